@@ -1,0 +1,179 @@
+//! Events, their positions, and the encodings shared by every subscriber.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::topic::Topic;
+use crate::wire;
+
+/// Where an event sits in its topic: a sequence number that grows by one per
+/// event, and the epoch of the topic's history. The epoch changes when the
+/// history is lost (a restart of the memory engine, a lost Redis stream), so a
+/// position from an older epoch can be recognised as "you may have missed
+/// events" instead of being silently misread.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct Position {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    pub const fn new(epoch: u64, seq: u64) -> Position {
+        Position { epoch, seq }
+    }
+}
+
+/// The payload of an event. Publishers send any JSON value: a string is
+/// delivered on SSE as its text, anything else as compact JSON. WebSocket and
+/// long-poll messages carry the value as it was published.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Data {
+    /// A JSON string, held as its (unescaped) text.
+    Text(Box<str>),
+    /// Any other JSON value, held as compact JSON text.
+    Json(Box<str>),
+}
+
+impl Data {
+    /// Makes the payload from a parsed JSON value.
+    pub fn from_json(value: &serde_json::Value) -> Data {
+        match value {
+            serde_json::Value::String(s) => Data::Text(s.as_str().into()),
+            other => Data::Json(other.to_string().into()),
+        }
+    }
+
+    /// The payload's size in bytes as it is stored.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Text(s) | Data::Json(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The text an SSE `data:` field carries.
+    pub fn as_sse_text(&self) -> &str {
+        match self {
+            Data::Text(s) | Data::Json(s) => s,
+        }
+    }
+}
+
+/// An event a publisher asks to publish, before the engine gives it a position.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub topic: Topic,
+    /// The event name (`event:` in SSE); `None` for the default `message`.
+    pub name: Option<Box<str>>,
+    pub data: Data,
+    /// A client-chosen id that makes a retried publish idempotent.
+    pub idempotency_key: Option<Box<str>>,
+}
+
+impl NewEvent {
+    pub fn new(topic: Topic, data: Data) -> NewEvent {
+        NewEvent {
+            topic,
+            name: None,
+            data,
+            idempotency_key: None,
+        }
+    }
+
+    pub fn named(mut self, name: &str) -> NewEvent {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// A published event with its position. Shared (`Arc<Event>`) by history and
+/// every subscriber's queue; each wire encoding is computed once, on first
+/// use, and the same bytes go to every connection.
+#[derive(Debug)]
+pub struct Event {
+    pub topic: Topic,
+    pub position: Position,
+    pub name: Option<Box<str>>,
+    pub data: Data,
+    /// Milliseconds since the Unix epoch when the engine accepted the event.
+    pub published_at_ms: u64,
+    sse: OnceLock<SseFrame>,
+    json: OnceLock<Bytes>,
+}
+
+/// An SSE frame: `id:` line followed by the body (`event:`/`data:` lines and
+/// the blank line). `body()` is a zero-copy slice for streams that write their
+/// own multi-topic `id:` line.
+#[derive(Debug, Clone)]
+pub struct SseFrame {
+    frame: Bytes,
+    body_start: usize,
+}
+
+impl SseFrame {
+    /// The whole frame, with the single-topic cursor as its id.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+    /// The frame without its `id:` line.
+    pub fn body(&self) -> Bytes {
+        self.frame.slice(self.body_start..)
+    }
+}
+
+impl Event {
+    pub fn new(new: NewEvent, position: Position, published_at_ms: u64) -> Event {
+        Event {
+            topic: new.topic,
+            position,
+            name: new.name,
+            data: new.data,
+            published_at_ms,
+            sse: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// Shortcut for an `Arc<Event>` stamped now.
+    pub fn stamped(new: NewEvent, position: Position) -> Arc<Event> {
+        Arc::new(Event::new(new, position, now_ms()))
+    }
+
+    /// The cursor string of this event alone (one topic).
+    pub fn id(&self) -> String {
+        crate::cursor::Cursor::single(&self.topic, self.position).encode()
+    }
+
+    /// The SSE encoding, computed once.
+    pub fn sse(&self) -> &SseFrame {
+        self.sse.get_or_init(|| {
+            let id = self.id();
+            let (frame, body_start) =
+                wire::sse::encode_event(Some(&id), self.name.as_deref(), self.data.as_sse_text());
+            SseFrame {
+                frame: frame.freeze(),
+                body_start,
+            }
+        })
+    }
+
+    /// The JSON message `{"type":"event","topic","id","event"?,"data","published_at"}`
+    /// used by WebSocket and long polling, computed once.
+    pub fn json(&self) -> &Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(wire::json::encode_event(self, &self.id())))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

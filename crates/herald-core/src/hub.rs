@@ -1,0 +1,364 @@
+//! The hub: the one publish path and the one subscribe path every transport uses.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::engine::memory::MemoryEngine;
+use crate::engine::{Engine, EngineError, HistoryLimits};
+use crate::event::{Event, NewEvent};
+use crate::fanout::Fanout;
+use crate::idempotency::{Claim, Idempotency};
+use crate::metrics::Metrics;
+use crate::subscription::Subscription;
+use crate::wire::reserved;
+
+/// Limits and sizes of the hub. Every field has a production default.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// History kept per topic (used when the hub builds its own memory engine).
+    pub history: HistoryLimits,
+    /// Live events queued per connection before it counts as a slow consumer.
+    pub queue_capacity: usize,
+    /// Largest `data` of one event, in bytes.
+    pub max_data_bytes: usize,
+    /// Most events in one batch publish.
+    pub max_batch: usize,
+    /// Most topics one subscription (one SSE stream, one WebSocket) may hold.
+    pub max_topics_per_subscription: usize,
+    /// Events read from history per page while a subscriber catches up.
+    pub read_page: usize,
+    /// How long idempotency keys are remembered.
+    pub idempotency_ttl: Duration,
+    /// How many idempotency keys are remembered at most.
+    pub idempotency_max_keys: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history: HistoryLimits::default(),
+            queue_capacity: 1024,
+            max_data_bytes: 1024 * 1024,
+            max_batch: 1000,
+            max_topics_per_subscription: 64,
+            read_page: 256,
+            idempotency_ttl: Duration::from_secs(600),
+            idempotency_max_keys: 100_000,
+        }
+    }
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    #[error("event name is invalid: {0}")]
+    InvalidEventName(&'static str),
+    #[error("event data is {len} bytes; the maximum is {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("a batch holds 1 to {max} events; this one holds {len}")]
+    BadBatch { len: usize, max: usize },
+    #[error("idempotency id is invalid: {0}")]
+    InvalidId(&'static str),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Longest event name accepted, in bytes.
+pub const MAX_EVENT_NAME_LEN: usize = 128;
+/// Longest idempotency id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Checks an event name: non-empty, short, one line, not reserved.
+pub fn validate_event_name(name: &str) -> Result<(), PublishError> {
+    if name.is_empty() {
+        return Err(PublishError::InvalidEventName("it is empty"));
+    }
+    if name.len() > MAX_EVENT_NAME_LEN {
+        return Err(PublishError::InvalidEventName("it is longer than 128 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(PublishError::InvalidEventName("it contains a control character"));
+    }
+    if name.starts_with(reserved::PREFIX) {
+        return Err(PublishError::InvalidEventName("names starting with \"herald.\" are reserved"));
+    }
+    Ok(())
+}
+
+pub(crate) struct HubInner {
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) fanout: Arc<Fanout>,
+    pub(crate) config: HubConfig,
+    metrics: Arc<Metrics>,
+    idempotency: Idempotency,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The publish/subscribe hub. Cheap to clone; every clone is the same hub.
+///
+/// ```
+/// # tokio_test_block(async {
+/// use herald_core::{Hub, HubConfig, NewEvent, Data, Topic, Delivery};
+/// let hub = Hub::memory(HubConfig::default());
+/// let topic = Topic::new("orders/123").unwrap();
+/// let mut sub = hub.subscribe();
+/// sub.add(topic.clone(), None).await.unwrap();
+/// hub.publish(NewEvent::new(topic, Data::Text("shipped".into()))).await.unwrap();
+/// match sub.next().await {
+///     Delivery::Event(e) => assert_eq!(e.data, Data::Text("shipped".into())),
+///     other => panic!("{other:?}"),
+/// }
+/// # });
+/// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl Hub {
+    /// A hub over `engine`.
+    pub fn new(engine: Arc<dyn Engine>, config: HubConfig) -> Hub {
+        let metrics = Arc::new(Metrics::default());
+        let fanout = Arc::new(Fanout::new(metrics.clone()));
+        engine.attach(fanout.clone());
+        let idempotency = Idempotency::new(config.idempotency_ttl, config.idempotency_max_keys);
+        Hub {
+            inner: Arc::new(HubInner {
+                engine,
+                fanout,
+                config,
+                metrics,
+                idempotency,
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// A hub with an in-memory engine using `config.history`.
+    pub fn memory(config: HubConfig) -> Hub {
+        let engine = Arc::new(MemoryEngine::new(config.history));
+        Hub::new(engine, config)
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.inner.engine
+    }
+
+    /// Publishes one event. Resolves once the engine has accepted it.
+    pub async fn publish(&self, event: NewEvent) -> Result<Arc<Event>, PublishError> {
+        let mut v = self.publish_batch(vec![event]).await?;
+        v.pop()
+            .ok_or(PublishError::Engine(EngineError::Unavailable("engine returned no event".into())))
+    }
+
+    /// Publishes events in order; all are validated before any is stored.
+    /// Events whose idempotency id was already published are not stored
+    /// again: the earlier event is returned in their place.
+    pub async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, PublishError> {
+        let started = Instant::now();
+        let r = self.publish_inner(events).await;
+        match &r {
+            Ok(v) => {
+                self.inner.metrics.observe_publish(started.elapsed());
+                let _ = v;
+            }
+            Err(_) => {
+                self.inner.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn validate(&self, events: &[NewEvent]) -> Result<(), PublishError> {
+        let cfg = &self.inner.config;
+        if events.is_empty() || events.len() > cfg.max_batch {
+            return Err(PublishError::BadBatch {
+                len: events.len(),
+                max: cfg.max_batch,
+            });
+        }
+        for e in events {
+            if let Some(name) = &e.name {
+                validate_event_name(name)?;
+            }
+            if e.data.len() > cfg.max_data_bytes {
+                return Err(PublishError::TooLarge {
+                    len: e.data.len(),
+                    max: cfg.max_data_bytes,
+                });
+            }
+            if let Some(id) = &e.idempotency_key {
+                if id.is_empty() || id.len() > MAX_ID_LEN {
+                    return Err(PublishError::InvalidId("it must be 1 to 256 bytes"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_inner(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, PublishError> {
+        self.validate(&events)?;
+        if *self.inner.shutdown.borrow() {
+            return Err(EngineError::ShuttingDown.into());
+        }
+        if events.iter().all(|e| e.idempotency_key.is_none()) {
+            let out = self.inner.engine.publish(events).await?;
+            self.inner
+                .metrics
+                .events_published
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            return Ok(out);
+        }
+        self.publish_idempotent(events).await
+    }
+
+    async fn publish_idempotent(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, PublishError> {
+        let idem = &self.inner.idempotency;
+        let keys: Vec<Option<String>> = events
+            .iter()
+            .map(|e| {
+                e.idempotency_key
+                    .as_deref()
+                    .map(|id| Idempotency::scoped_key(e.topic.as_str(), id))
+            })
+            .collect();
+        // Claim every key; wait out any that another publish holds.
+        let mut known: Vec<Option<Arc<Event>>> = vec![None; events.len()];
+        let mut owned: Vec<bool> = vec![false; events.len()];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, key) in keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            // The same key twice in one batch: the later one repeats the earlier.
+            if keys[..i].iter().any(|k| k.as_deref() == Some(key.as_str())) {
+                continue;
+            }
+            loop {
+                match idem.claim(key) {
+                    Claim::Owned => {
+                        owned[i] = true;
+                        break;
+                    }
+                    Claim::Done(e) => {
+                        known[i] = Some(e);
+                        break;
+                    }
+                    Claim::Wait(n) => {
+                        if Instant::now() > deadline {
+                            self.abandon_owned(&keys, &owned);
+                            return Err(EngineError::Unavailable(
+                                "an earlier publish with the same id is still in progress".into(),
+                            )
+                            .into());
+                        }
+                        let _ = tokio::time::timeout(Duration::from_millis(20), n.notified()).await;
+                    }
+                }
+            }
+        }
+        let mut to_store = Vec::new();
+        let mut slots = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let dup_in_batch = keys[i].is_some() && !owned[i] && known[i].is_none();
+            if known[i].is_none() && !dup_in_batch {
+                slots.push(i);
+                to_store.push(e);
+            }
+        }
+        let stored = if to_store.is_empty() {
+            Vec::new()
+        } else {
+            match self.inner.engine.publish(to_store).await {
+                Ok(v) => v,
+                Err(err) => {
+                    self.abandon_owned(&keys, &owned);
+                    return Err(err.into());
+                }
+            }
+        };
+        self.inner
+            .metrics
+            .events_published
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        for (slot, e) in slots.into_iter().zip(stored) {
+            if owned[slot] {
+                if let Some(k) = &keys[slot] {
+                    idem.complete(k, e.clone());
+                }
+            }
+            known[slot] = Some(e);
+        }
+        // In-batch repeats take the event of their first occurrence.
+        for i in 0..known.len() {
+            if known[i].is_none() {
+                let first = keys[..i]
+                    .iter()
+                    .position(|k| k.is_some() && *k == keys[i])
+                    .and_then(|j| known[j].clone());
+                known[i] = first;
+            }
+        }
+        known
+            .into_iter()
+            .map(|e| e.ok_or(PublishError::Engine(EngineError::Unavailable("lost a batch result".into()))))
+            .collect()
+    }
+
+    fn abandon_owned(&self, keys: &[Option<String>], owned: &[bool]) {
+        for (k, o) in keys.iter().zip(owned) {
+            if let (Some(k), true) = (k, o) {
+                self.inner.idempotency.abandon(k);
+            }
+        }
+    }
+
+    /// A new, empty subscription with the default queue capacity.
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribe_with(None)
+    }
+
+    /// A new subscription whose queue wakes `on_slow` when it is closed for
+    /// falling behind (so a connection that is not being read can be dropped).
+    pub fn subscribe_with(&self, on_slow: Option<Arc<Notify>>) -> Subscription {
+        let q = self
+            .inner
+            .fanout
+            .new_queue(self.inner.config.queue_capacity, on_slow);
+        Subscription::new(self.inner.clone(), q)
+    }
+
+    /// Stops accepting publishes and closes every subscription (clients
+    /// reconnect elsewhere or later, with their cursors).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner.fanout.shutdown();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Resolves when [`Hub::shutdown`] is called.
+    pub async fn shutdown_signal(&self) {
+        let mut rx = self.inner.shutdown.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Local subscribers of a topic (tests, admin).
+    pub fn subscribers(&self, topic: &crate::Topic) -> usize {
+        self.inner.fanout.subscribers(topic)
+    }
+}

@@ -1,0 +1,57 @@
+//! # herald-core
+//!
+//! Herald's publish/subscribe core, with no HTTP and no engine client
+//! libraries: topics, events, cursors, history, live fan-out, and the
+//! [`Engine`] trait that storage back-ends implement.
+//!
+//! # Layout
+//!
+//! - [`topic`]: validated topic names and the stable key cursors use.
+//! - [`event`]: events, positions (`epoch` + `seq`) and their shared encodings.
+//! - [`cursor`]: the opaque resume ids clients see, one position per topic.
+//! - [`engine`]: the [`Engine`] trait and the [`MemoryEngine`]; durable and
+//!   Redis engines live beside it.
+//! - [`fanout`]: the registry of local subscriber queues; bounded queues and
+//!   the slow-consumer policy.
+//! - [`subscription`]: resume (live first, back-fill, de-duplicate) written
+//!   once for every transport.
+//! - [`hub`]: the publish path (validation, idempotency) and the entry point.
+//! - [`wire`]: SSE and JSON encodings as pure functions.
+//! - [`metrics`]: counters rendered in the Prometheus format.
+//!
+//! # Example
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use herald_core::{Data, Delivery, Hub, HubConfig, NewEvent, Topic};
+//!
+//! let hub = Hub::memory(HubConfig::default());
+//! let topic = Topic::new("users/42/notifications").unwrap();
+//! let mut sub = hub.subscribe();
+//! sub.add(topic.clone(), None).await.unwrap();
+//! hub.publish(NewEvent::new(topic, Data::Text("hello".into()))).await.unwrap();
+//! let Delivery::Event(event) = sub.next().await else { panic!() };
+//! assert_eq!(event.data.as_sse_text(), "hello");
+//! # });
+//! ```
+
+pub mod cursor;
+pub mod engine;
+pub mod event;
+pub mod fanout;
+pub mod hub;
+pub mod idempotency;
+pub mod metrics;
+pub mod subscription;
+pub mod topic;
+pub mod wire;
+
+pub use cursor::{Cursor, CursorError};
+pub use engine::memory::MemoryEngine;
+pub use engine::{Engine, EngineError, GapReason, HistoryLimits, ReadResult};
+pub use event::{Data, Event, NewEvent, Position};
+pub use fanout::CloseReason;
+pub use hub::{Hub, HubConfig, PublishError};
+pub use metrics::{Metrics, Transport};
+pub use subscription::{Delivery, Gap, SubscribeError, Subscription};
+pub use topic::{Topic, TopicError, TopicKey};

@@ -1,0 +1,316 @@
+//! Subscriptions: resume from a cursor, then live delivery, with no gap and
+//! no duplicate.
+//!
+//! Every transport reads events through a [`Subscription`], so resume is
+//! written once. For each topic it (1) registers for live events first, (2)
+//! back-fills from history after the client's position, page by page, and (3)
+//! drops live events it already has. A live event that is not the next one in
+//! sequence (a publish raced the back-fill, or a distributed engine skipped
+//! one) sends the topic back to history to fill the hole, so delivery is exact
+//! whatever the interleaving.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::cursor::Cursor;
+use crate::engine::{EngineError, GapReason};
+use crate::event::{Data, Event, Position};
+use crate::fanout::{CloseReason, Popped, SubscriberQueue};
+use crate::hub::HubInner;
+use crate::topic::Topic;
+use crate::wire;
+
+/// What a subscription yields.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// The next event of one of the topics.
+    Event(Arc<Event>),
+    /// Events of a topic may have been missed (see [`wire::reserved::GAP`]).
+    Gap(Gap),
+    /// The hub closed the subscription; the client should reconnect with its cursor.
+    Closed(CloseReason),
+}
+
+/// A gap signal: delivery of `topic` continues after `position`.
+#[derive(Debug, Clone)]
+pub struct Gap {
+    pub topic: Topic,
+    pub reason: GapReason,
+    pub position: Position,
+}
+
+impl Gap {
+    /// The gap's payload: `{"topic","reason"}`.
+    pub fn data(&self) -> Data {
+        Data::Json(
+            serde_json::json!({"topic": self.topic.as_str(), "reason": self.reason.as_str()})
+                .to_string()
+                .into(),
+        )
+    }
+
+    /// The JSON event message (WebSocket, long polling) with this topic's cursor as id.
+    pub fn json(&self) -> Bytes {
+        let id = Cursor::single(&self.topic, self.position).encode();
+        Bytes::from(wire::json::encode_event_parts(
+            self.topic.as_str(),
+            &id,
+            Some(wire::reserved::GAP),
+            &self.data(),
+            crate::event::now_ms(),
+        ))
+    }
+}
+
+#[derive(Debug)]
+struct TopicState {
+    topic: Topic,
+    /// Last position read into `pending` or taken live; `None` until a
+    /// "from now" subscription has learnt the head.
+    fetched: Option<Position>,
+    /// Last position handed to the client: what its cursor says.
+    delivered: Option<Position>,
+    /// History must be read before live events of this topic are used.
+    catching_up: bool,
+}
+
+/// One connection's subscription to any number of topics.
+pub struct Subscription {
+    hub: Arc<HubInner>,
+    queue: Arc<SubscriberQueue>,
+    topics: Vec<TopicState>,
+    pending: VecDeque<Delivery>,
+    closed: Option<CloseReason>,
+}
+
+/// Why a topic could not be added.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("a subscription may hold at most {0} topics")]
+    TooManyTopics(usize),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl Subscription {
+    pub(crate) fn new(hub: Arc<HubInner>, queue: Arc<SubscriberQueue>) -> Subscription {
+        Subscription {
+            hub,
+            queue,
+            topics: Vec::new(),
+            pending: VecDeque::new(),
+            closed: None,
+        }
+    }
+
+    /// Adds `topic`, resuming after `since` (`None`: from now). Re-adding a
+    /// topic restarts it from the new position. Returns the position the
+    /// subscription starts from (before any back-filled event).
+    pub async fn add(&mut self, topic: Topic, since: Option<Position>) -> Result<Position, SubscribeError> {
+        if let Some(i) = self.index(&topic) {
+            self.pending.retain(|d| !is_of(d, &topic));
+            let st = &mut self.topics[i];
+            st.fetched = since;
+            st.delivered = since;
+            st.catching_up = true;
+        } else {
+            let max = self.hub.config.max_topics_per_subscription;
+            if self.topics.len() >= max {
+                return Err(SubscribeError::TooManyTopics(max));
+            }
+            // Live first, then history: nothing published from here on can be missed.
+            if self.hub.fanout.add(&topic, &self.queue) {
+                self.hub.engine.watch(&topic);
+            }
+            self.topics.push(TopicState {
+                topic: topic.clone(),
+                fetched: since,
+                delivered: since,
+                catching_up: true,
+            });
+        }
+        let i = self.topics.len() - 1;
+        let i = self.index(&topic).unwrap_or(i);
+        self.catch_up(i).await?;
+        let st = &self.topics[i];
+        Ok(st.delivered.or(st.fetched).unwrap_or(Position::new(0, 0)))
+    }
+
+    /// Stops delivering `topic`. Returns whether it was subscribed.
+    pub fn remove(&mut self, topic: &Topic) -> bool {
+        let Some(i) = self.index(topic) else {
+            return false;
+        };
+        self.topics.swap_remove(i);
+        self.pending.retain(|d| !is_of(d, topic));
+        if self.hub.fanout.remove(topic, self.queue.id()) {
+            self.hub.engine.unwatch(topic);
+        }
+        true
+    }
+
+    /// The topics, in the order they were added.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.iter().map(|t| &t.topic)
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// The cursor of everything delivered so far, for every topic.
+    pub fn cursor(&self) -> Cursor {
+        let mut c = Cursor::new();
+        for st in &self.topics {
+            if let Some(p) = st.delivered {
+                c.set(&st.topic, p);
+            }
+        }
+        c
+    }
+
+    /// The position delivered so far for one topic.
+    pub fn position(&self, topic: &Topic) -> Option<Position> {
+        self.index(topic).and_then(|i| self.topics[i].delivered)
+    }
+
+    /// Waits for the next delivery. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&mut self) -> Delivery {
+        match self.next_inner(true).await {
+            Some(d) => d,
+            None => Delivery::Closed(CloseReason::Shutdown),
+        }
+    }
+
+    /// The next delivery if one is ready without waiting for a publish (it
+    /// may still read history). Used to batch what is already queued.
+    pub async fn next_ready(&mut self) -> Option<Delivery> {
+        self.next_inner(false).await
+    }
+
+    async fn next_inner(&mut self, wait: bool) -> Option<Delivery> {
+        loop {
+            if let Some(reason) = self.closed {
+                return Some(Delivery::Closed(reason));
+            }
+            if let Some(d) = self.pending.pop_front() {
+                self.mark_delivered(&d);
+                return Some(d);
+            }
+            if let Some(i) = self.topics.iter().position(|t| t.catching_up) {
+                if self.catch_up(i).await.is_err() {
+                    self.closed = Some(CloseReason::EngineUnavailable);
+                }
+                continue;
+            }
+            let popped = if wait {
+                self.queue.pop().await
+            } else {
+                self.queue.try_pop()?
+            };
+            match popped {
+                Popped::Closed(reason) => self.closed = Some(reason),
+                Popped::Event(e) => {
+                    if let Some(d) = self.accept_live(e) {
+                        return Some(d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_live(&mut self, e: Arc<Event>) -> Option<Delivery> {
+        let i = self.index(&e.topic)?;
+        let st = &mut self.topics[i];
+        if st.catching_up {
+            return None; // history will have it
+        }
+        let fetched = st.fetched?;
+        if e.position.epoch == fetched.epoch {
+            if e.position.seq <= fetched.seq {
+                return None; // already back-filled
+            }
+            if e.position.seq == fetched.seq + 1 {
+                st.fetched = Some(e.position);
+                st.delivered = Some(e.position);
+                return Some(Delivery::Event(e));
+            }
+        }
+        // A hole or a new epoch: fill it from history.
+        st.catching_up = true;
+        None
+    }
+
+    fn mark_delivered(&mut self, d: &Delivery) {
+        let (topic, pos) = match d {
+            Delivery::Event(e) => (&e.topic, e.position),
+            Delivery::Gap(g) => (&g.topic, g.position),
+            Delivery::Closed(_) => return,
+        };
+        if let Some(i) = self.index(topic) {
+            self.topics[i].delivered = Some(pos);
+        }
+    }
+
+    async fn catch_up(&mut self, i: usize) -> Result<(), EngineError> {
+        let topic = self.topics[i].topic.clone();
+        let after = self.topics[i].fetched;
+        let page = self.hub.config.read_page.max(1);
+        let read = self.hub.engine.read(&topic, after, page).await?;
+        // The topic may have been removed or restarted while we read.
+        let Some(i) = self.index(&topic) else {
+            return Ok(());
+        };
+        if self.topics[i].fetched != after || !self.topics[i].catching_up {
+            return Ok(());
+        }
+        let more = read.more();
+        let st = &mut self.topics[i];
+        if after.is_none() {
+            // "From now": the client's cursor starts at the head.
+            st.delivered = Some(read.from);
+        }
+        if let Some(reason) = read.gap {
+            self.pending.push_back(Delivery::Gap(Gap {
+                topic: topic.clone(),
+                reason,
+                position: read.from,
+            }));
+        }
+        st.fetched = Some(read.events.last().map_or(read.from, |e| e.position));
+        st.catching_up = more;
+        self.pending
+            .extend(read.events.into_iter().map(Delivery::Event));
+        Ok(())
+    }
+
+    fn index(&self, topic: &Topic) -> Option<usize> {
+        self.topics.iter().position(|t| &t.topic == topic)
+    }
+
+    /// Events waiting in the live queue (for tests and metrics).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+fn is_of(d: &Delivery, topic: &Topic) -> bool {
+    match d {
+        Delivery::Event(e) => &e.topic == topic,
+        Delivery::Gap(g) => &g.topic == topic,
+        Delivery::Closed(_) => false,
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for st in &self.topics {
+            if self.hub.fanout.remove(&st.topic, self.queue.id()) {
+                self.hub.engine.unwatch(&st.topic);
+            }
+        }
+        self.hub.fanout.drop_queue(self.queue.id());
+    }
+}

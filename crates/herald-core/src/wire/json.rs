@@ -1,0 +1,99 @@
+//! JSON messages for WebSocket and long polling.
+//!
+//! Every message is an object with a `type`. Events carry `data` as the JSON
+//! value it was published as (a string stays a string).
+
+use serde::Serialize;
+
+use crate::event::{Data, Event};
+
+#[derive(Serialize)]
+struct EventMessage<'a> {
+    r#type: &'static str,
+    topic: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    data: RawData<'a>,
+    published_at: u64,
+}
+
+/// Serializes `Data` as a JSON value without re-parsing stored JSON.
+struct RawData<'a>(&'a Data);
+
+impl Serialize for RawData<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Data::Text(t) => s.serialize_str(t),
+            Data::Json(j) => match serde_json::from_str::<&serde_json::value::RawValue>(j) {
+                Ok(raw) => raw.serialize(s),
+                // Stored JSON is always valid (it was produced by serde_json);
+                // fall back to a string rather than writing invalid JSON.
+                Err(_) => s.serialize_str(j),
+            },
+        }
+    }
+}
+
+/// `{"type":"event","topic","id","event"?,"data","published_at"}`.
+pub fn encode_event(event: &Event, id: &str) -> Vec<u8> {
+    encode_event_parts(
+        event.topic.as_str(),
+        id,
+        event.name.as_deref(),
+        &event.data,
+        event.published_at_ms,
+    )
+}
+
+/// The same message from its parts (used for Herald's own events such as gaps).
+pub fn encode_event_parts(
+    topic: &str,
+    id: &str,
+    name: Option<&str>,
+    data: &Data,
+    published_at: u64,
+) -> Vec<u8> {
+    let msg = EventMessage {
+        r#type: "event",
+        topic,
+        id,
+        event: name,
+        data: RawData(data),
+        published_at,
+    };
+    serde_json::to_vec(&msg).unwrap_or_default()
+}
+
+/// `{"type":"error","code","message"}`.
+pub fn encode_error(code: &str, message: &str) -> String {
+    serde_json::json!({"type": "error", "code": code, "message": message}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{NewEvent, Position};
+    use crate::topic::Topic;
+
+    #[test]
+    fn data_keeps_its_json_type() {
+        let t = Topic::new("t").unwrap();
+        let json = Data::from_json(&serde_json::json!({"a": [1, "x"]}));
+        let e = Event::new(
+            NewEvent::new(t.clone(), json).named("n"),
+            Position::new(1, 2),
+            5,
+        );
+        let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
+        assert_eq!(v["data"], serde_json::json!({"a": [1, "x"]}));
+        assert_eq!(v["event"], "n");
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["published_at"], 5);
+
+        let e = Event::new(NewEvent::new(t, Data::Text("line\n\"q\"".into())), Position::new(1, 3), 5);
+        let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
+        assert_eq!(v["data"], "line\n\"q\"");
+        assert!(v.get("event").is_none());
+    }
+}
