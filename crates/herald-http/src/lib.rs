@@ -1,1 +1,74 @@
+//! # herald-http
+//!
+//! Herald's HTTP layer: the SSE, WebSocket and long-poll transports, the
+//! publish API and the operational endpoints, as an axum [`Router`] that the
+//! `herald` binary serves and that any axum application can nest.
+//!
+//! # Layout
+//!
+//! - [`transport`]: `sse`, `ws` and `poll`, each over the core's one
+//!   [`Subscription`](herald_core::Subscription).
+//! - [`publish`]: `POST /v1/publish` and the parsing WebSocket publishes share.
+//! - [`error`]: every error's status and JSON body, in one place.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`server`]: the accept loop (HTTP/1.1 + h2c, upgrades, graceful shutdown).
+//! - [`config`]: keepalives, limits and timeouts.
+//!
+//! # Example: nest Herald in your axum app
+//!
+//! ```no_run
+//! use herald_core::{Data, Hub, HubConfig, NewEvent, Topic};
+//! use herald_http::HttpConfig;
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let hub = Hub::memory(HubConfig::default());
+//! let app = axum::Router::new().nest("/realtime", herald_http::router(hub.clone(), HttpConfig::default()));
+//! // From your own code, e.g. after an order ships:
+//! let topic = Topic::new("orders/123").unwrap();
+//! hub.publish(NewEvent::new(topic, Data::Text("shipped".into()))).await.unwrap();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
 
+pub mod config;
+pub mod error;
+pub mod ops;
+pub mod publish;
+pub mod server;
+pub mod transport;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+pub use config::HttpConfig;
+pub use error::ApiError;
+pub use herald_core::{Hub, HubConfig};
+pub use server::{serve, ConnectionHandle};
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) hub: Hub,
+    pub(crate) config: Arc<HttpConfig>,
+}
+
+/// The Herald routes (see DESIGN.md, "HTTP surface"), ready to serve or to nest.
+pub fn router(hub: Hub, config: HttpConfig) -> Router {
+    let state = AppState {
+        hub,
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/v1/publish", post(publish::publish))
+        .route("/v1/sse", get(transport::sse::handler))
+        .route("/v1/ws", get(transport::ws::handler))
+        .route("/v1/poll", get(transport::poll::handler))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+}

@@ -1,0 +1,51 @@
+//! Settings of the HTTP layer. Every field has a production default.
+
+use std::time::Duration;
+
+/// HTTP-level settings: keepalives, size limits, poll timeouts, WebSocket limits.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// SSE keepalive comment and WebSocket ping interval.
+    pub keepalive: Duration,
+    /// The `retry:` reconnection delay sent first on SSE streams, in ms.
+    pub sse_retry_ms: u64,
+    /// Largest `POST /v1/publish` body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Long poll: timeout when the request names none.
+    pub poll_default_timeout: Duration,
+    /// Long poll: the most a request may ask to be held.
+    pub poll_max_timeout: Duration,
+    /// Long poll: most events in one answer.
+    pub poll_batch: usize,
+    /// WebSocket: largest incoming message, in bytes (close 1009 above).
+    pub ws_max_message_bytes: usize,
+    /// WebSocket: a peer silent (no pong, no message) this long is closed.
+    pub ws_pong_timeout: Duration,
+    /// WebSocket: publishes per second allowed per connection (sustained).
+    pub ws_publish_rate: f64,
+    /// WebSocket: publishes allowed in a burst.
+    pub ws_publish_burst: f64,
+    /// A write to a subscriber that does not progress for this long ends the connection.
+    pub write_timeout: Duration,
+    /// Most events coalesced into one write when a subscriber has fallen behind.
+    pub max_coalesce: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            keepalive: Duration::from_secs(15),
+            sse_retry_ms: 2000,
+            max_body_bytes: 1024 * 1024,
+            poll_default_timeout: Duration::from_secs(25),
+            poll_max_timeout: Duration::from_secs(60),
+            poll_batch: 100,
+            ws_max_message_bytes: 1024 * 1024,
+            ws_pong_timeout: Duration::from_secs(45),
+            ws_publish_rate: 50.0,
+            ws_publish_burst: 100.0,
+            write_timeout: Duration::from_secs(30),
+            max_coalesce: 64,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The process is up.
+pub(crate) async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// The engine is reachable and the server is not shutting down.
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
+    if app.hub.is_shutting_down() {
+        return ApiError::unavailable("the server is shutting down").into_response();
+    }
+    match app.hub.engine().ready().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "engine": app.hub.engine().name()})),
+        )
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Prometheus text format.
+pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
+    let body = app.hub.metrics().render(app.hub.engine().name());
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}

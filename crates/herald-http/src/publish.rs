@@ -1,0 +1,178 @@
+//! `POST /v1/publish`, and the request parsing that WebSocket publishes share.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::BodyExt;
+use herald_core::{Data, NewEvent, Topic};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// One event as a publisher sends it.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PublishItem {
+    pub topic: String,
+    #[serde(default)]
+    pub event: Option<String>,
+    pub data: serde_json::Value,
+    /// A client id that makes retries idempotent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl PublishItem {
+    /// Validates the topic and makes the event. Event name, size and id are
+    /// checked by the hub, on every transport alike.
+    pub fn into_new_event(self) -> Result<NewEvent, ApiError> {
+        let topic = Topic::new(&self.topic)?;
+        Ok(NewEvent {
+            topic,
+            name: self.event.map(Into::into),
+            data: Data::from_json(&self.data),
+            idempotency_key: self.id.map(Into::into),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    events: Vec<PublishItem>,
+}
+
+/// Parses a publish body: one event, or `{"events": [...]}`. Returns the
+/// events and whether it was a batch.
+pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<NewEvent>, bool), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))?;
+    let is_batch = value.as_object().is_some_and(|o| o.contains_key("events"));
+    let items = if is_batch {
+        serde_json::from_value::<Batch>(value)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?
+            .events
+    } else {
+        vec![serde_json::from_value::<PublishItem>(value)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?]
+    };
+    let events = items
+        .into_iter()
+        .map(PublishItem::into_new_event)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((events, is_batch))
+}
+
+/// Whether a `content-type` names JSON (`application/json`, with or without parameters).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            let m = m.trim();
+            m.eq_ignore_ascii_case("application/json")
+                || (m.len() > 17 && m[..12].eq_ignore_ascii_case("application/") && m.ends_with("+json"))
+        })
+}
+
+/// Reads a body of at most `max` bytes; 413 above.
+pub async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large =
+        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body exceeds {max} bytes"));
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request("invalid_body", format!("could not read the body: {e}"))),
+    }
+}
+
+pub(crate) async fn publish(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match publish_inner(app, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn publish_inner(app: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the publish body as application/json",
+        ));
+    }
+    let bytes = read_limited(&headers, body, app.config.max_body_bytes).await?;
+    let (events, is_batch) = parse_publish_body(&bytes)?;
+    let published = app.hub.publish_batch(events).await?;
+    let body = if is_batch {
+        serde_json::json!({"ids": published.iter().map(|e| e.id()).collect::<Vec<_>>()})
+    } else {
+        serde_json::json!({"id": published.first().map(|e| e.id())})
+    };
+    Ok(Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_and_batch() {
+        let (e, batch) = parse_publish_body(br#"{"topic":"a","data":{"x":1},"event":"n","id":"k"}"#).unwrap();
+        assert!(!batch);
+        assert_eq!(e[0].topic.as_str(), "a");
+        assert_eq!(e[0].data, Data::Json("{\"x\":1}".into()));
+        let (e, batch) =
+            parse_publish_body(br#"{"events":[{"topic":"a","data":"x"},{"topic":"b","data":null}]}"#).unwrap();
+        assert!(batch);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1].data, Data::Json("null".into()));
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        for b in [
+            &b"not json"[..],
+            br#"{"data":1}"#,
+            br#"{"topic":"a"}"#,
+            br#"{"topic":"","data":1}"#,
+            br#"{"topic":"a","data":1,"extra":2}"#,
+            br#"{"topic":5,"data":1}"#,
+            br#"[1,2]"#,
+            br#"{"events":{"topic":"a"}}"#,
+        ] {
+            let err = parse_publish_body(b).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        for (v, ok) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/cloudevents+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            assert_eq!(is_json(&h), ok, "{v}");
+        }
+    }
+}

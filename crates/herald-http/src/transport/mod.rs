@@ -1,0 +1,62 @@
+//! The three transports. Each reads events through a
+//! [`herald_core::Subscription`] (the one resume path) and writes the shared
+//! encodings of [`herald_core::wire`]; none of them knows which engine runs.
+
+pub mod poll;
+pub mod sse;
+pub mod ws;
+
+use herald_core::{Cursor, Subscription, Topic};
+
+use crate::error::ApiError;
+
+/// The query string as decoded pairs, in order.
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The `topic` parameters, validated, without repeats.
+pub(crate) fn topics_param(pairs: &[(String, String)], max: usize) -> Result<Vec<Topic>, ApiError> {
+    let mut topics: Vec<Topic> = Vec::new();
+    for (k, v) in pairs {
+        if k == "topic" {
+            let t = Topic::new(v)?;
+            if !topics.contains(&t) {
+                topics.push(t);
+            }
+        }
+    }
+    if topics.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_topic",
+            "name at least one topic: ?topic=NAME (repeatable)",
+        ));
+    }
+    if topics.len() > max {
+        return Err(ApiError::bad_request(
+            "too_many_topics",
+            format!("at most {max} topics per subscription"),
+        ));
+    }
+    Ok(topics)
+}
+
+/// The first value of a parameter.
+pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A subscription to `topics`, each resuming from its position in `cursor`
+/// (from now for a topic the cursor does not name).
+pub(crate) async fn subscribe_all(
+    mut sub: Subscription,
+    topics: &[Topic],
+    cursor: &Cursor,
+) -> Result<Subscription, ApiError> {
+    for t in topics {
+        sub.add(t.clone(), cursor.get(t)).await?;
+    }
+    Ok(sub)
+}

@@ -1,0 +1,373 @@
+//! `GET /v1/ws`: WebSocket, JSON text messages both ways.
+//!
+//! Built on axum's WebSocket (tokio-tungstenite underneath: a complete,
+//! Autobahn-tested RFC 6455 implementation that validates UTF-8, reassembles
+//! fragments and runs the close handshake). Event frames are the JSON bytes
+//! each event encodes once; every subscriber sends the same bytes.
+//!
+//! Client → server: `subscribe {topic, since?}`, `unsubscribe {topic}`,
+//! `publish {topic, event?, data, id?}`, `auth {token}`; any may carry a
+//! `ref` that the answer echoes. Server → client: `event`, `subscribed`,
+//! `unsubscribed`, `published`, `error`. A malformed message gets an `error`
+//! and the connection stays usable.
+//!
+//! Close codes: 1000 shutdown (reconnect), 1008 slow consumer or policy,
+//! 1009 message too large, 1011 peer stopped answering pings, 1013 engine
+//! unavailable, 4001 missing/invalid credential, 4003 forbidden topic.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::wire::json::encode_error;
+use herald_core::{CloseReason, Cursor, Delivery, Subscription, Topic, Transport};
+use serde::Deserialize;
+use tokio::time::{timeout, Instant};
+
+use crate::error::ApiError;
+use crate::publish::PublishItem;
+use crate::AppState;
+
+/// WebSocket close codes Herald uses.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const UNAUTHORIZED: u16 = 4001;
+    pub const FORBIDDEN: u16 = 4003;
+}
+
+pub(crate) async fn handler(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if app.hub.is_shutting_down() {
+        return ApiError::unavailable("the server is shutting down").into_response();
+    }
+    let max = app.config.ws_max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers: an idle connection should cost little memory.
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| run(app, socket))
+}
+
+/// Messages a client sends.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientMessage {
+    Subscribe {
+        topic: String,
+        #[serde(default)]
+        since: Option<String>,
+    },
+    Unsubscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        #[serde(default)]
+        event: Option<String>,
+        data: serde_json::Value,
+        #[serde(default)]
+        id: Option<String>,
+    },
+    Auth {
+        #[allow(dead_code)]
+        token: String,
+    },
+}
+
+/// A token bucket for the per-connection publish rate.
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, burst: f64) -> Self {
+        RateLimit {
+            rate,
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Connection {
+    app: AppState,
+    sink: SplitSink<WebSocket, Message>,
+    sub: Subscription,
+    rate: RateLimit,
+}
+
+enum Outcome {
+    Continue,
+    Close(u16, &'static str),
+    Gone,
+}
+
+async fn run(app: AppState, socket: WebSocket) {
+    let (sink, mut stream) = socket.split();
+    let _guard = app.hub.metrics().connection(Transport::WebSocket);
+    let sub = app.hub.subscribe();
+    let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
+    let mut c = Connection {
+        app,
+        sink,
+        sub,
+        rate,
+    };
+    let keepalive = c.app.config.keepalive;
+    let pong_timeout = c.app.config.ws_pong_timeout;
+    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let outcome = loop {
+        let step = tokio::select! {
+            msg = stream.next() => {
+                last_seen = Instant::now();
+                c.on_message(msg).await
+            }
+            d = c.sub.next() => c.on_delivery(d).await,
+            _ = ping.tick() => {
+                if last_seen.elapsed() > pong_timeout {
+                    Outcome::Close(close_code::INTERNAL, "no pong")
+                } else {
+                    c.send(Message::Ping(bytes::Bytes::new())).await
+                }
+            }
+        };
+        match step {
+            Outcome::Continue => {}
+            other => break other,
+        }
+    };
+    if let Outcome::Close(code, reason) = outcome {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(Duration::from_secs(2), c.sink.send(Message::Close(Some(frame)))).await;
+        // Wait briefly for the peer's close reply so the handshake completes.
+        let _ = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Connection {
+    async fn send(&mut self, m: Message) -> Outcome {
+        match timeout(self.app.config.write_timeout, self.sink.send(m)).await {
+            Ok(Ok(())) => Outcome::Continue,
+            _ => Outcome::Gone,
+        }
+    }
+
+    async fn send_json(&mut self, v: serde_json::Value) -> Outcome {
+        self.send(Message::Text(v.to_string().into())).await
+    }
+
+    async fn send_error(&mut self, code: &str, message: &str, reference: Option<serde_json::Value>) -> Outcome {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&encode_error(code, message)).unwrap_or_default();
+        if let (Some(r), Some(o)) = (reference, v.as_object_mut()) {
+            o.insert("ref".into(), r);
+        }
+        self.send_json(v).await
+    }
+
+    async fn on_delivery(&mut self, first: Delivery) -> Outcome {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(d) = next.take() {
+            let frame = match d {
+                Delivery::Event(e) => {
+                    self.app.hub.metrics().events_delivered.fetch_add(1, Ordering::Relaxed);
+                    e.json().clone()
+                }
+                Delivery::Gap(g) => g.json(),
+                Delivery::Closed(reason) => {
+                    let _ = self.flush().await;
+                    return match reason {
+                        CloseReason::Shutdown => Outcome::Close(close_code::NORMAL, "server shutting down"),
+                        CloseReason::SlowConsumer => Outcome::Close(close_code::POLICY, "slow consumer"),
+                        CloseReason::EngineUnavailable => {
+                            Outcome::Close(close_code::TRY_AGAIN_LATER, "engine unavailable")
+                        }
+                    };
+                }
+            };
+            let text = match Utf8Bytes::try_from(frame) {
+                Ok(t) => t,
+                Err(_) => continue,
+            };
+            // Feed without flushing; one flush sends everything queued.
+            if timeout(self.app.config.write_timeout, self.sink.feed(Message::Text(text)))
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                return Outcome::Gone;
+            }
+            n += 1;
+            if n < self.app.config.max_coalesce && self.sub.queued() > 0 {
+                next = self.sub.next_ready().await;
+            }
+        }
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Outcome {
+        match timeout(self.app.config.write_timeout, self.sink.flush()).await {
+            Ok(Ok(())) => Outcome::Continue,
+            _ => Outcome::Gone,
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, axum::Error>>) -> Outcome {
+        let msg = match msg {
+            None => return Outcome::Gone,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                return if is_too_large(e) {
+                    Outcome::Close(close_code::TOO_BIG, "message too large")
+                } else {
+                    Outcome::Gone
+                };
+            }
+        };
+        match msg {
+            Message::Text(t) => self.on_text(t.as_str()).await,
+            Message::Binary(_) => {
+                self.send_error("bad_request", "send JSON text messages, not binary", None)
+                    .await
+            }
+            Message::Ping(_) | Message::Pong(_) => Outcome::Continue,
+            Message::Close(_) => Outcome::Gone,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Outcome {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return self.send_error("invalid_json", &format!("message is not valid JSON: {e}"), None).await,
+        };
+        let reference = value.get("ref").cloned();
+        let msg: ClientMessage = match serde_json::from_value(value) {
+            Ok(m) => m,
+            Err(e) => return self.send_error("invalid_message", &e.to_string(), reference).await,
+        };
+        match msg {
+            ClientMessage::Subscribe { topic, since } => self.subscribe(topic, since, reference).await,
+            ClientMessage::Unsubscribe { topic } => {
+                let topic = match Topic::new(&topic) {
+                    Ok(t) => t,
+                    Err(e) => return self.api_error(e.into(), reference).await,
+                };
+                let was = self.sub.remove(&topic);
+                let mut v = serde_json::json!({"type": "unsubscribed", "topic": topic.as_str(), "was_subscribed": was});
+                put_ref(&mut v, reference);
+                self.send_json(v).await
+            }
+            ClientMessage::Publish { topic, event, data, id } => {
+                if !self.rate.allow() {
+                    return self
+                        .send_error("rate_limited", "too many publishes on this connection; slow down", reference)
+                        .await;
+                }
+                let item = PublishItem { topic, event, data, id };
+                let result = match item.into_new_event() {
+                    Ok(e) => self.app.hub.publish(e).await.map_err(ApiError::from),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(e) => {
+                        let mut v = serde_json::json!({"type": "published", "topic": e.topic.as_str(), "id": e.id()});
+                        put_ref(&mut v, reference);
+                        self.send_json(v).await
+                    }
+                    Err(e) => self.api_error(e, reference).await,
+                }
+            }
+            ClientMessage::Auth { .. } => {
+                self.send_error(
+                    "auth_disabled",
+                    "this server runs without authentication; no credential is needed",
+                    reference,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, topic: String, since: Option<String>, reference: Option<serde_json::Value>) -> Outcome {
+        let topic = match Topic::new(&topic) {
+            Ok(t) => t,
+            Err(e) => return self.api_error(e.into(), reference).await,
+        };
+        let since = match since.as_deref().map(Cursor::decode) {
+            None => None,
+            Some(Err(e)) => return self.api_error(e.into(), reference).await,
+            Some(Ok(c)) => match c.get(&topic) {
+                Some(p) => Some(p),
+                None if c.is_empty() => None,
+                None => {
+                    return self
+                        .send_error("invalid_cursor", "the cursor does not name this topic", reference)
+                        .await
+                }
+            },
+        };
+        match self.sub.add(topic.clone(), since).await {
+            Ok(start) => {
+                let cursor = Cursor::single(&topic, start).encode();
+                let mut v = serde_json::json!({"type": "subscribed", "topic": topic.as_str(), "cursor": cursor});
+                put_ref(&mut v, reference);
+                self.send_json(v).await
+            }
+            Err(e) => self.api_error(e.into(), reference).await,
+        }
+    }
+
+    async fn api_error(&mut self, e: ApiError, reference: Option<serde_json::Value>) -> Outcome {
+        self.send_error(e.code, &e.message, reference).await
+    }
+}
+
+fn put_ref(v: &mut serde_json::Value, reference: Option<serde_json::Value>) {
+    if let (Some(r), Some(o)) = (reference, v.as_object_mut()) {
+        o.insert("ref".into(), r);
+    }
+}
+
+fn is_too_large(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) => matches!(*e, WsError::Capacity(_)),
+        Err(_) => false,
+    }
+}
