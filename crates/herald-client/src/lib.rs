@@ -1,1 +1,335 @@
+//! # herald-client
+//!
+//! A Rust client for a Herald server over its three transports, used by the
+//! `herald publish` / `herald subscribe` commands, the integration tests and
+//! the load generator.
+//!
+//! # Layout
+//!
+//! - [`sse`]: a WHATWG-exact `text/event-stream` parser (pure, fuzzed).
+//! - [`Client`]: publish, and open an [`SseStream`], a [`WsClient`] or a long [`Client::poll`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), herald_client::ClientError> {
+//! let client = herald_client::Client::new("http://127.0.0.1:8080")?;
+//! let mut stream = client.sse(&["orders/123"], None).await?;
+//! client.publish("orders/123", serde_json::json!({"status": "shipped"}), None).await?;
+//! while let Some(event) = stream.next_event().await? {
+//!     println!("{} {}", event.event, event.data);
+//! }
+//! # Ok(()) }
+//! ```
 
+pub mod sse;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_tungstenite::tungstenite::Message;
+
+pub use sse::{SseEvent, SseItem, SseParser};
+
+/// What went wrong talking to Herald.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid URL: {0}")]
+    Url(String),
+    #[error("HTTP error: {0}")]
+    Http(String),
+    #[error("server answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("WebSocket error: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("invalid JSON from server: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
+/// A connection to one Herald server.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: HttpClient,
+}
+
+/// The answer to a long poll.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PollResponse {
+    pub events: Vec<serde_json::Value>,
+    pub cursor: String,
+}
+
+impl Client {
+    /// `base` is the server's root, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: &str) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        base.parse::<http::Uri>()
+            .map_err(|e| ClientError::Url(format!("{base}: {e}")))?;
+        if !base.starts_with("http://") {
+            return Err(ClientError::Url(format!("{base}: only http:// is supported")));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Client { base, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let mut s = format!("{}{}", self.base, path);
+        if !query.is_empty() {
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in query {
+                ser.append_pair(k, v);
+            }
+            s.push('?');
+            s.push_str(&ser.finish());
+        }
+        s
+    }
+
+    /// Sends a request and returns the response with its body unread.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path_and_query));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        self.http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// POSTs a raw publish body; returns the status and the JSON answer.
+    pub async fn publish_raw(
+        &self,
+        body: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Result<(StatusCode, serde_json::Value), ClientError> {
+        let resp = self
+            .request(
+                http::Method::POST,
+                "/v1/publish",
+                &[("content-type", content_type)],
+                body.into(),
+            )
+            .await?;
+        let status = resp.status();
+        let bytes = read_body(resp.into_body()).await?;
+        let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, v))
+    }
+
+    /// Publishes one event; returns its id.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: serde_json::Value,
+        event: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let mut body = serde_json::json!({"topic": topic, "data": data});
+        if let Some(e) = event {
+            body["event"] = e.into();
+        }
+        let (status, v) = self
+            .publish_raw(body.to_string(), "application/json")
+            .await?;
+        if status != StatusCode::OK {
+            return Err(ClientError::Status {
+                status,
+                body: v.to_string(),
+            });
+        }
+        Ok(v["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Opens an SSE stream of `topics`, resuming after `last_event_id`.
+    pub async fn sse(&self, topics: &[&str], last_event_id: Option<&str>) -> Result<SseStream, ClientError> {
+        let query: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        let url = self.url("/v1/sse", &query);
+        let path = &url[self.base.len()..];
+        let mut headers = vec![("accept", "text/event-stream")];
+        if let Some(id) = last_event_id {
+            headers.push(("last-event-id", id));
+        }
+        let resp = self
+            .request(http::Method::GET, path, &headers, Bytes::new())
+            .await?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = String::from_utf8_lossy(&read_body(resp.into_body()).await?).into_owned();
+            return Err(ClientError::Status { status, body });
+        }
+        Ok(SseStream {
+            headers: resp.headers().clone(),
+            body: resp.into_body(),
+            parser: SseParser::new(),
+            queue: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// One long poll.
+    pub async fn poll(
+        &self,
+        topics: &[&str],
+        cursor: Option<&str>,
+        timeout: Duration,
+    ) -> Result<PollResponse, ClientError> {
+        let secs = format!("{}", timeout.as_secs_f64());
+        let mut query: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        if let Some(c) = cursor {
+            query.push(("cursor", c));
+        }
+        query.push(("timeout", &secs));
+        let url = self.url("/v1/poll", &query);
+        let resp = self
+            .request(http::Method::GET, &url[self.base.len()..], &[], Bytes::new())
+            .await?;
+        let status = resp.status();
+        let bytes = read_body(resp.into_body()).await?;
+        if status != StatusCode::OK {
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Opens a WebSocket to `/v1/ws`.
+    pub async fn ws(&self) -> Result<WsClient, ClientError> {
+        let url = format!("ws://{}/v1/ws", &self.base["http://".len()..]);
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(WsClient { socket })
+    }
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ClientError> {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+/// An open SSE stream.
+pub struct SseStream {
+    pub headers: http::HeaderMap,
+    body: Incoming,
+    parser: SseParser,
+    queue: std::collections::VecDeque<SseItem>,
+}
+
+impl SseStream {
+    /// The next item (event, comment or retry); `None` when the server ended the stream.
+    pub async fn next_item(&mut self) -> Result<Option<SseItem>, ClientError> {
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Ok(Some(item));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(ClientError::Http(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.queue.extend(self.parser.feed(&data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event, skipping comments and retry fields.
+    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, ClientError> {
+        loop {
+            match self.next_item().await? {
+                Some(SseItem::Event(e)) => return Ok(Some(e)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The last event id seen, to resume with.
+    pub fn last_event_id(&self) -> &str {
+        self.parser.last_event_id()
+    }
+}
+
+/// An open WebSocket speaking Herald's JSON messages.
+pub struct WsClient {
+    pub socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, v: &serde_json::Value) -> Result<(), ClientError> {
+        self.socket.send(Message::Text(v.to_string().into())).await?;
+        Ok(())
+    }
+
+    /// Sends `{"type":"subscribe","topic","since"?}` (does not wait for the answer).
+    pub async fn subscribe(&mut self, topic: &str, since: Option<&str>) -> Result<(), ClientError> {
+        let mut m = serde_json::json!({"type": "subscribe", "topic": topic});
+        if let Some(s) = since {
+            m["since"] = s.into();
+        }
+        self.send_json(&m).await
+    }
+
+    /// The next JSON message; `None` when the socket closed (the close frame,
+    /// if any, is returned as `{"type":"close","code","reason"}`).
+    pub async fn next_json(&mut self) -> Result<Option<serde_json::Value>, ClientError> {
+        loop {
+            match self.socket.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
+                Some(Ok(Message::Close(f))) => {
+                    let (code, reason) = f
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Ok(Some(
+                        serde_json::json!({"type": "close", "code": code, "reason": reason}),
+                    ));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next message of a given type, skipping others.
+    pub async fn next_of_type(&mut self, ty: &str) -> Result<Option<serde_json::Value>, ClientError> {
+        while let Some(v) = self.next_json().await? {
+            if v["type"] == ty {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,1 +1,244 @@
-fn main(){}
+//! The `herald` binary: `serve` runs the hub; `publish` and `subscribe` talk
+//! to a running one.
+
+mod duration;
+mod settings;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald_client::Client;
+use herald_core::{Hub, MemoryEngine};
+use tracing_subscriber::EnvFilter;
+
+use settings::{EngineKind, ServeArgs, Settings};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "A real-time push hub: SSE, WebSocket and long polling over one publish/subscribe core")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(Box<ServeArgs>),
+    /// Publish one event to a running hub.
+    Publish {
+        topic: String,
+        /// JSON (an object, number, ...) or, if it is not JSON, plain text.
+        data: String,
+        /// The event name.
+        #[arg(long)]
+        event: Option<String>,
+        /// Send DATA as a string even if it parses as JSON.
+        #[arg(long)]
+        raw: bool,
+        /// An id that makes a retried publish idempotent.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+    /// Print the events of topics as they arrive, one JSON object per line.
+    Subscribe {
+        #[arg(required = true)]
+        topics: Vec<String>,
+        /// sse, ws or poll.
+        #[arg(long, default_value = "sse")]
+        transport: String,
+        /// Resume after this cursor.
+        #[arg(long)]
+        since: Option<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Publish {
+                topic,
+                data,
+                event,
+                raw,
+                id,
+                server,
+            } => publish(&server, &topic, &data, event, raw, id).await,
+            Command::Subscribe {
+                topics,
+                transport,
+                since,
+                count,
+                server,
+            } => subscribe(&server, &topics, &transport, since, count).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if settings.log_json {
+        tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    let hub = match settings.engine {
+        EngineKind::Memory => Hub::new(Arc::new(MemoryEngine::new(settings.hub.history)), settings.hub.clone()),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    // The one line scripts and tests wait for.
+    println!("herald listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, engine = hub.engine().name(), history = settings.hub.history.max_events, "serving");
+    if addr.ip().is_loopback() {
+        tracing::warn!("no authentication configured: every topic is open to anyone who can reach {addr}");
+    }
+    let router = herald_http::router(hub.clone(), settings.http);
+    herald_http::serve(listener, router, hub, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn publish(
+    server: &str,
+    topic: &str,
+    data: &str,
+    event: Option<String>,
+    raw: bool,
+    id: Option<String>,
+) -> anyhow::Result<()> {
+    let client = Client::new(server)?;
+    let value = if raw {
+        serde_json::Value::String(data.to_owned())
+    } else {
+        serde_json::from_str(data).unwrap_or_else(|_| serde_json::Value::String(data.to_owned()))
+    };
+    let mut body = serde_json::json!({"topic": topic, "data": value});
+    if let Some(e) = event {
+        body["event"] = e.into();
+    }
+    if let Some(id) = id {
+        body["id"] = id.into();
+    }
+    let (status, answer) = client.publish_raw(body.to_string(), "application/json").await?;
+    if !status.is_success() {
+        anyhow::bail!("server answered {status}: {answer}");
+    }
+    println!("{}", answer["id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn subscribe(
+    server: &str,
+    topics: &[String],
+    transport: &str,
+    since: Option<String>,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let client = Client::new(server)?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if count == Some(0) {
+        return Ok(());
+    }
+    let mut left = count.unwrap_or(u64::MAX);
+    let mut out = std::io::stdout();
+    let mut print = |v: serde_json::Value| -> anyhow::Result<bool> {
+        writeln!(out, "{v}")?;
+        out.flush()?;
+        left -= 1;
+        Ok(left == 0)
+    };
+    match transport {
+        "sse" => {
+            let mut stream = client.sse(&topics, since.as_deref()).await?;
+            while let Some(e) = stream.next_event().await? {
+                let v = serde_json::json!({"id": e.id, "event": e.event, "data": e.data});
+                if print(v)? {
+                    break;
+                }
+            }
+        }
+        "ws" => {
+            let mut ws = client.ws().await?;
+            for t in &topics {
+                ws.subscribe(t, since.as_deref()).await?;
+            }
+            while let Some(v) = ws.next_json().await? {
+                match v["type"].as_str() {
+                    Some("event") => {
+                        if print(v)? {
+                            break;
+                        }
+                    }
+                    Some("error") => eprintln!("herald: {}", v["message"]),
+                    Some("close") => anyhow::bail!("server closed the WebSocket: {} {}", v["code"], v["reason"]),
+                    _ => {}
+                }
+            }
+        }
+        "poll" => {
+            let mut cursor = since;
+            loop {
+                let r = client
+                    .poll(&topics, cursor.as_deref(), Duration::from_secs(25))
+                    .await?;
+                cursor = Some(r.cursor);
+                for v in r.events {
+                    if print(v)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        other => anyhow::bail!("--transport {other:?}: choose sse, ws or poll"),
+    }
+    Ok(())
+}
