@@ -192,6 +192,7 @@ impl Client {
             body: resp.into_body(),
             parser: SseParser::new(),
             queue: std::collections::VecDeque::new(),
+            last_event_id: last_event_id.unwrap_or_default().to_owned(),
         })
     }
 
@@ -244,6 +245,7 @@ pub struct SseStream {
     body: Incoming,
     parser: SseParser,
     queue: std::collections::VecDeque<SseItem>,
+    last_event_id: String,
 }
 
 impl SseStream {
@@ -251,6 +253,11 @@ impl SseStream {
     pub async fn next_item(&mut self) -> Result<Option<SseItem>, ClientError> {
         loop {
             if let Some(item) = self.queue.pop_front() {
+                match &item {
+                    SseItem::Event(e) => self.last_event_id.clone_from(&e.id),
+                    SseItem::Id(id) => self.last_event_id.clone_from(id),
+                    _ => {}
+                }
                 return Ok(Some(item));
             }
             match self.body.frame().await {
@@ -276,9 +283,10 @@ impl SseStream {
         }
     }
 
-    /// The last event id seen, to resume with.
+    /// The last event id of what was returned so far (events the parser
+    /// read ahead do not count), to resume with.
     pub fn last_event_id(&self) -> &str {
-        self.parser.last_event_id()
+        &self.last_event_id
     }
 }
 

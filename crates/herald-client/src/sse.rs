@@ -24,6 +24,9 @@ pub enum SseItem {
     Comment(String),
     /// A `retry:` field: the reconnection delay in milliseconds.
     Retry(u64),
+    /// A block that set the last event id but carried no data (browsers
+    /// dispatch nothing for it, yet keep the id for the next reconnect).
+    Id(String),
 }
 
 /// The incremental parser. Feed it chunks as they arrive.
@@ -36,6 +39,7 @@ pub struct SseParser {
     event: String,
     id_buffer: String,
     last_event_id: String,
+    block_had_id: bool,
 }
 
 impl SseParser {
@@ -116,6 +120,7 @@ impl SseParser {
             "id" => {
                 if !value.contains('\0') {
                     self.id_buffer = value.to_owned();
+                    self.block_had_id = true;
                 }
             }
             "retry" => {
@@ -131,8 +136,12 @@ impl SseParser {
 
     fn dispatch(&mut self, out: &mut Vec<SseItem>) {
         self.last_event_id = self.id_buffer.clone();
+        let had_id = std::mem::take(&mut self.block_had_id);
         if self.data.is_empty() {
             self.event.clear();
+            if had_id {
+                out.push(SseItem::Id(self.last_event_id.clone()));
+            }
             return;
         }
         let mut data = std::mem::take(&mut self.data);

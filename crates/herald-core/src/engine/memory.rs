@@ -6,7 +6,7 @@
 //! so sequence numbers never repeat within an epoch.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use super::{resolve_start, BoxFuture, Engine, EngineError, HistoryLimits, ReadResult};
@@ -21,7 +21,9 @@ pub struct MemoryEngine {
     epoch: u64,
     limits: HistoryLimits,
     shards: Box<[Mutex<HashMap<Topic, TopicLog>>]>,
-    fanout: OnceLock<Arc<Fanout>>,
+    /// Replaced when a new hub attaches (an in-process server restart keeps
+    /// the engine, and so its history).
+    fanout: RwLock<Option<Arc<Fanout>>>,
 }
 
 #[derive(Default)]
@@ -61,7 +63,7 @@ impl MemoryEngine {
             epoch,
             limits,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            fanout: OnceLock::new(),
+            fanout: RwLock::new(None),
         }
     }
 
@@ -75,7 +77,7 @@ impl MemoryEngine {
     }
 
     fn publish_now(&self, events: Vec<NewEvent>) -> Vec<Arc<Event>> {
-        let fanout = self.fanout.get();
+        let fanout = self.fanout.read().unwrap_or_else(|e| e.into_inner()).clone();
         let now = now_ms();
         let mut out = Vec::with_capacity(events.len());
         for new in events {
@@ -88,7 +90,7 @@ impl MemoryEngine {
             // Dispatch under the topic's lock: subscribers see a topic's
             // events in position order, and a reader that takes the lock
             // after us sees the event in history.
-            if let Some(f) = fanout {
+            if let Some(f) = &fanout {
                 f.dispatch(&event);
             }
             drop(shard);
@@ -130,7 +132,7 @@ impl MemoryEngine {
 
 impl Engine for MemoryEngine {
     fn attach(&self, fanout: Arc<Fanout>) {
-        let _ = self.fanout.set(fanout);
+        *self.fanout.write().unwrap_or_else(|e| e.into_inner()) = Some(fanout);
     }
 
     fn publish(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {

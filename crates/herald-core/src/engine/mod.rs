@@ -98,7 +98,8 @@ impl ReadResult {
 
 /// The storage and cross-node side of the hub.
 pub trait Engine: Send + Sync + 'static {
-    /// Called once by the hub before any other call: where stored events go.
+    /// Called by the hub before any other call: where stored events go. A
+    /// later call (a new hub over the same engine) replaces the earlier.
     fn attach(&self, fanout: Arc<Fanout>);
 
     /// Stores the events (in order), then dispatches them. Resolves only once

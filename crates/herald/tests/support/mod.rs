@@ -1,0 +1,137 @@
+//! Shared test support: a real server on a real port, and one client adapter
+//! per transport so the contract suite runs the same scenario on each.
+#![allow(dead_code)]
+
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_client::Client;
+use herald_core::{Engine, Hub, HubConfig, MemoryEngine};
+use herald_http::HttpConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A Herald server running in this process on a loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: Client,
+    pub hub: Hub,
+    pub engine: Arc<MemoryEngine>,
+    pub hub_config: HubConfig,
+    pub http_config: HttpConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub fn quick_http() -> HttpConfig {
+    HttpConfig {
+        keepalive: Duration::from_secs(5),
+        ..HttpConfig::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(HubConfig::default(), quick_http()).await
+    }
+
+    pub async fn start_with(hub_config: HubConfig, http_config: HttpConfig) -> TestServer {
+        let engine = Arc::new(MemoryEngine::new(hub_config.history));
+        TestServer::start_on("127.0.0.1:0".parse().unwrap(), engine, hub_config, http_config).await
+    }
+
+    /// Starts on `addr` over an existing engine (a restart keeps its history).
+    pub async fn start_on(
+        addr: SocketAddr,
+        engine: Arc<MemoryEngine>,
+        hub_config: HubConfig,
+        http_config: HttpConfig,
+    ) -> TestServer {
+        let hub = Hub::new(engine.clone() as Arc<dyn Engine>, hub_config.clone());
+        let mut listener = None;
+        for _ in 0..100 {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let listener = listener.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let router = herald_http::router(hub.clone(), http_config.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                herald_http::serve(listener, router, hub, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        let base = format!("http://{addr}");
+        TestServer {
+            addr,
+            client: Client::new(&base).unwrap(),
+            base,
+            hub,
+            engine,
+            hub_config,
+            http_config,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful shutdown; returns once the server has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// Stops, then starts again on the same address over the same engine.
+    pub async fn restart(mut self) -> TestServer {
+        self.stop().await;
+        TestServer::start_on(
+            self.addr,
+            self.engine.clone(),
+            self.hub_config.clone(),
+            self.http_config.clone(),
+        )
+        .await
+    }
+
+    pub async fn publish(&self, topic: &str, data: serde_json::Value, event: Option<&str>) -> String {
+        self.client.publish(topic, data, event).await.expect("publish")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Waits (bounded) until `f` holds.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
