@@ -77,7 +77,9 @@ impl Client {
         base.parse::<http::Uri>()
             .map_err(|e| ClientError::Url(format!("{base}: {e}")))?;
         if !base.starts_with("http://") {
-            return Err(ClientError::Url(format!("{base}: only http:// is supported")));
+            return Err(ClientError::Url(format!(
+                "{base}: only http:// is supported"
+            )));
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -171,7 +173,11 @@ impl Client {
     }
 
     /// Opens an SSE stream of `topics`, resuming after `last_event_id`.
-    pub async fn sse(&self, topics: &[&str], last_event_id: Option<&str>) -> Result<SseStream, ClientError> {
+    pub async fn sse(
+        &self,
+        topics: &[&str],
+        last_event_id: Option<&str>,
+    ) -> Result<SseStream, ClientError> {
         let query: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
         let url = self.url("/v1/sse", &query);
         let path = &url[self.base.len()..];
@@ -211,7 +217,12 @@ impl Client {
         query.push(("timeout", &secs));
         let url = self.url("/v1/poll", &query);
         let resp = self
-            .request(http::Method::GET, &url[self.base.len()..], &[], Bytes::new())
+            .request(
+                http::Method::GET,
+                &url[self.base.len()..],
+                &[],
+                Bytes::new(),
+            )
             .await?;
         let status = resp.status();
         let bytes = read_body(resp.into_body()).await?;
@@ -292,12 +303,16 @@ impl SseStream {
 
 /// An open WebSocket speaking Herald's JSON messages.
 pub struct WsClient {
-    pub socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 impl WsClient {
     pub async fn send_json(&mut self, v: &serde_json::Value) -> Result<(), ClientError> {
-        self.socket.send(Message::Text(v.to_string().into())).await?;
+        self.socket
+            .send(Message::Text(v.to_string().into()))
+            .await?;
         Ok(())
     }
 
@@ -332,7 +347,10 @@ impl WsClient {
     }
 
     /// The next message of a given type, skipping others.
-    pub async fn next_of_type(&mut self, ty: &str) -> Result<Option<serde_json::Value>, ClientError> {
+    pub async fn next_of_type(
+        &mut self,
+        ty: &str,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
         while let Some(v) = self.next_json().await? {
             if v["type"] == ty {
                 return Ok(Some(v));

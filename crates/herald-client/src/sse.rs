@@ -117,17 +117,13 @@ impl SseParser {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
-            "id" => {
-                if !value.contains('\0') {
-                    self.id_buffer = value.to_owned();
-                    self.block_had_id = true;
-                }
+            "id" if !value.contains('\0') => {
+                self.id_buffer = value.to_owned();
+                self.block_had_id = true;
             }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(ms) = value.parse() {
-                        out.push(SseItem::Retry(ms));
-                    }
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse() {
+                    out.push(SseItem::Retry(ms));
                 }
             }
             _ => {}
@@ -150,7 +146,11 @@ impl SseParser {
         }
         let event = std::mem::take(&mut self.event);
         out.push(SseItem::Event(SseEvent {
-            event: if event.is_empty() { "message".into() } else { event },
+            event: if event.is_empty() {
+                "message".into()
+            } else {
+                event
+            },
             data,
             id: self.last_event_id.clone(),
         }));
@@ -179,8 +179,14 @@ mod tests {
         assert_eq!(got[0], SseItem::Comment("test stream".into()));
         let ev = events(got);
         assert_eq!(ev.len(), 3);
-        assert_eq!((ev[0].data.as_str(), ev[0].id.as_str()), ("first event", "1"));
-        assert_eq!((ev[1].data.as_str(), ev[1].id.as_str()), ("second event", ""));
+        assert_eq!(
+            (ev[0].data.as_str(), ev[0].id.as_str()),
+            ("first event", "1")
+        );
+        assert_eq!(
+            (ev[1].data.as_str(), ev[1].id.as_str()),
+            ("second event", "")
+        );
         assert_eq!(ev[2].data, " third event");
 
         let mut p = SseParser::new();

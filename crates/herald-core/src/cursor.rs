@@ -128,7 +128,9 @@ mod tests {
         c.set(&b, Position::new(7, 0));
         c.set(&a, Position::new(7, 4));
         let s = c.encode();
-        assert!(s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-'));
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-'));
         let d = Cursor::decode(&s).unwrap();
         assert_eq!(d.get(&a), Some(Position::new(7, 4)));
         assert_eq!(d.get(&b), Some(Position::new(7, 0)));
@@ -137,7 +139,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["x", "1-2", "1-2-3-4", "g-1-1", "1--1", "11111111111111111-1-1", "1-1-1.", "-"] {
+        for s in [
+            "x",
+            "1-2",
+            "1-2-3-4",
+            "g-1-1",
+            "1--1",
+            "11111111111111111-1-1",
+            "1-1-1.",
+            "-",
+        ] {
             assert!(Cursor::decode(s).is_err(), "{s:?}");
         }
         assert_eq!(Cursor::decode("").unwrap(), Cursor::new());

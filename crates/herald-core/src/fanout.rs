@@ -152,10 +152,13 @@ impl SubscriberQueue {
     }
 }
 
+/// One shard of the registry: topic → its local subscriber queues.
+type Shard = HashMap<Topic, Vec<Arc<SubscriberQueue>>>;
+
 /// The registry of local subscribers by topic.
 #[derive(Debug)]
 pub struct Fanout {
-    shards: Box<[Mutex<HashMap<Topic, Vec<Arc<SubscriberQueue>>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     all: Mutex<HashMap<SubscriberId, std::sync::Weak<SubscriberQueue>>>,
     next_id: AtomicU64,
     shut_down: std::sync::atomic::AtomicBool,
@@ -173,13 +176,17 @@ impl Fanout {
         }
     }
 
-    fn shard(&self, topic: &Topic) -> MutexGuard<'_, HashMap<Topic, Vec<Arc<SubscriberQueue>>>> {
+    fn shard(&self, topic: &Topic) -> MutexGuard<'_, Shard> {
         let i = (topic.key().0 as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes a new queue (registered for shutdown, not yet for any topic).
-    pub fn new_queue(&self, capacity: usize, on_close: Option<Arc<Notify>>) -> Arc<SubscriberQueue> {
+    pub fn new_queue(
+        &self,
+        capacity: usize,
+        on_close: Option<Arc<Notify>>,
+    ) -> Arc<SubscriberQueue> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let q = Arc::new(SubscriberQueue::new(id, capacity, on_close));
         if self.shut_down.load(Ordering::Acquire) {
@@ -194,7 +201,10 @@ impl Fanout {
 
     /// Forgets a queue (when its subscription is dropped).
     pub fn drop_queue(&self, id: SubscriberId) {
-        self.all.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     /// Adds `queue` to `topic`. Returns true if it is the topic's first local subscriber.
@@ -244,7 +254,9 @@ impl Fanout {
         }
         drop(shard);
         if slow > 0 {
-            self.metrics.slow_consumer_disconnects.fetch_add(slow, Ordering::Relaxed);
+            self.metrics
+                .slow_consumer_disconnects
+                .fetch_add(slow, Ordering::Relaxed);
         }
     }
 

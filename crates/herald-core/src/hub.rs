@@ -77,13 +77,19 @@ pub fn validate_event_name(name: &str) -> Result<(), PublishError> {
         return Err(PublishError::InvalidEventName("it is empty"));
     }
     if name.len() > MAX_EVENT_NAME_LEN {
-        return Err(PublishError::InvalidEventName("it is longer than 128 bytes"));
+        return Err(PublishError::InvalidEventName(
+            "it is longer than 128 bytes",
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(PublishError::InvalidEventName("it contains a control character"));
+        return Err(PublishError::InvalidEventName(
+            "it contains a control character",
+        ));
     }
     if name.starts_with(reserved::PREFIX) {
-        return Err(PublishError::InvalidEventName("names starting with \"herald.\" are reserved"));
+        return Err(PublishError::InvalidEventName(
+            "names starting with \"herald.\" are reserved",
+        ));
     }
     Ok(())
 }
@@ -161,14 +167,18 @@ impl Hub {
     /// Publishes one event. Resolves once the engine has accepted it.
     pub async fn publish(&self, event: NewEvent) -> Result<Arc<Event>, PublishError> {
         let mut v = self.publish_batch(vec![event]).await?;
-        v.pop()
-            .ok_or(PublishError::Engine(EngineError::Unavailable("engine returned no event".into())))
+        v.pop().ok_or(PublishError::Engine(EngineError::Unavailable(
+            "engine returned no event".into(),
+        )))
     }
 
     /// Publishes events in order; all are validated before any is stored.
     /// Events whose idempotency id was already published are not stored
     /// again: the earlier event is returned in their place.
-    pub async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, PublishError> {
+    pub async fn publish_batch(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Arc<Event>>, PublishError> {
         let started = Instant::now();
         let r = self.publish_inner(events).await;
         match &r {
@@ -177,7 +187,10 @@ impl Hub {
                 let _ = v;
             }
             Err(_) => {
-                self.inner.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .metrics
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         r
@@ -226,7 +239,10 @@ impl Hub {
         self.publish_idempotent(events).await
     }
 
-    async fn publish_idempotent(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, PublishError> {
+    async fn publish_idempotent(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Arc<Event>>, PublishError> {
         let idem = &self.inner.idempotency;
         let keys: Vec<Option<String>> = events
             .iter()
@@ -313,7 +329,11 @@ impl Hub {
         }
         known
             .into_iter()
-            .map(|e| e.ok_or(PublishError::Engine(EngineError::Unavailable("lost a batch result".into()))))
+            .map(|e| {
+                e.ok_or(PublishError::Engine(EngineError::Unavailable(
+                    "lost a batch result".into(),
+                )))
+            })
             .collect()
     }
 

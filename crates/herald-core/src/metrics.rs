@@ -83,27 +83,62 @@ impl Metrics {
     pub fn render(&self, engine: &str) -> String {
         let mut o = String::with_capacity(2048);
         let c = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let _ = writeln!(o, "# HELP herald_events_published_total Events accepted by the engine.");
+        let _ = writeln!(
+            o,
+            "# HELP herald_events_published_total Events accepted by the engine."
+        );
         let _ = writeln!(o, "# TYPE herald_events_published_total counter");
-        let _ = writeln!(o, "herald_events_published_total {}", c(&self.events_published));
-        let _ = writeln!(o, "# HELP herald_events_delivered_total Events written to subscribers, all transports.");
+        let _ = writeln!(
+            o,
+            "herald_events_published_total {}",
+            c(&self.events_published)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP herald_events_delivered_total Events written to subscribers, all transports."
+        );
         let _ = writeln!(o, "# TYPE herald_events_delivered_total counter");
-        let _ = writeln!(o, "herald_events_delivered_total {}", c(&self.events_delivered));
+        let _ = writeln!(
+            o,
+            "herald_events_delivered_total {}",
+            c(&self.events_delivered)
+        );
         let _ = writeln!(o, "# HELP herald_slow_consumer_disconnects_total Subscribers disconnected for falling behind.");
         let _ = writeln!(o, "# TYPE herald_slow_consumer_disconnects_total counter");
-        let _ = writeln!(o, "herald_slow_consumer_disconnects_total {}", c(&self.slow_consumer_disconnects));
-        let _ = writeln!(o, "# HELP herald_publish_errors_total Publishes refused or failed.");
+        let _ = writeln!(
+            o,
+            "herald_slow_consumer_disconnects_total {}",
+            c(&self.slow_consumer_disconnects)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP herald_publish_errors_total Publishes refused or failed."
+        );
         let _ = writeln!(o, "# TYPE herald_publish_errors_total counter");
         let _ = writeln!(o, "herald_publish_errors_total {}", c(&self.publish_errors));
-        let _ = writeln!(o, "# HELP herald_connections Open subscriber connections by transport.");
+        let _ = writeln!(
+            o,
+            "# HELP herald_connections Open subscriber connections by transport."
+        );
         let _ = writeln!(o, "# TYPE herald_connections gauge");
         for t in [Transport::Sse, Transport::WebSocket, Transport::Poll] {
-            let _ = writeln!(o, "herald_connections{{transport=\"{}\"}} {}", t.as_str(), self.open(t));
+            let _ = writeln!(
+                o,
+                "herald_connections{{transport=\"{}\"}} {}",
+                t.as_str(),
+                self.open(t)
+            );
         }
-        let _ = writeln!(o, "# HELP herald_connections_total Subscriber connections accepted.");
+        let _ = writeln!(
+            o,
+            "# HELP herald_connections_total Subscriber connections accepted."
+        );
         let _ = writeln!(o, "# TYPE herald_connections_total counter");
         let _ = writeln!(o, "herald_connections_total {}", c(&self.connections_total));
-        let _ = writeln!(o, "# HELP herald_publish_duration_seconds Time for the engine to accept a publish.");
+        let _ = writeln!(
+            o,
+            "# HELP herald_publish_duration_seconds Time for the engine to accept a publish."
+        );
         let _ = writeln!(o, "# TYPE herald_publish_duration_seconds histogram");
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
@@ -113,7 +148,10 @@ impl Metrics {
             );
         }
         let count = c(&self.latency_count);
-        let _ = writeln!(o, "herald_publish_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "herald_publish_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             o,
             "herald_publish_duration_seconds_sum {}",
@@ -136,6 +174,8 @@ pub struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.metrics.gauge(self.transport).fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .gauge(self.transport)
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -108,7 +108,11 @@ impl Subscription {
     /// Adds `topic`, resuming after `since` (`None`: from now). Re-adding a
     /// topic restarts it from the new position. Returns the position the
     /// subscription starts from (before any back-filled event).
-    pub async fn add(&mut self, topic: Topic, since: Option<Position>) -> Result<Position, SubscribeError> {
+    pub async fn add(
+        &mut self,
+        topic: Topic,
+        since: Option<Position>,
+    ) -> Result<Position, SubscribeError> {
         if let Some(i) = self.index(&topic) {
             self.pending.retain(|d| !is_of(d, &topic));
             let st = &mut self.topics[i];

@@ -109,7 +109,13 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in ["orders/123", "users/42/notifications", "chat", "ünïcødé/✓", "a b"] {
+        for n in [
+            "orders/123",
+            "users/42/notifications",
+            "chat",
+            "ünïcødé/✓",
+            "a b",
+        ] {
             assert_eq!(Topic::new(n).unwrap().as_str(), n);
         }
     }

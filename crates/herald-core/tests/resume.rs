@@ -52,7 +52,10 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {
@@ -95,7 +98,7 @@ proptest! {
             sub.add(topic(0), cursor.get(&topic(0))).await.unwrap();
             added += 1;
             let mut got: Vec<(usize, u64)> = Vec::new();
-            let mut take = |d: Delivery, got: &mut Vec<(usize, u64)>| match d {
+            let take = |d: Delivery, got: &mut Vec<(usize, u64)>| match d {
                 Delivery::Event(e) => {
                     let t = TOPICS.iter().position(|n| *n == e.topic.as_str()).unwrap();
                     got.push((t, e.data.as_sse_text().parse().unwrap()));
@@ -196,7 +199,9 @@ fn concurrent_publishers_race_resume() {
                     let hub = hub.clone();
                     tokio::spawn(async move {
                         for i in 0..300u64 {
-                            hub.publish(new_event(0, 1000 + p * 1000 + i)).await.unwrap();
+                            hub.publish(new_event(0, 1000 + p * 1000 + i))
+                                .await
+                                .unwrap();
                             if i % 50 == 0 {
                                 tokio::task::yield_now().await;
                             }
@@ -216,14 +221,19 @@ fn concurrent_publishers_race_resume() {
                 let d = tokio::time::timeout(Duration::from_secs(5), sub.next())
                     .await
                     .expect("stalled");
-                let Delivery::Event(e) = d else { panic!("{d:?}") };
+                let Delivery::Event(e) = d else {
+                    panic!("{d:?}")
+                };
                 assert_eq!(e.position.seq, last + 1, "gap or duplicate");
                 last = e.position.seq;
                 let n: u64 = e.data.as_sse_text().parse().unwrap();
                 if n >= 1000 {
                     let p = n / 1000;
                     let prev = per_publisher.insert(p, n);
-                    assert!(prev.is_none_or(|prev| prev < n), "out of order for publisher {p}");
+                    assert!(
+                        prev.is_none_or(|prev| prev < n),
+                        "out of order for publisher {p}"
+                    );
                 }
             }
             assert!(sub.next_ready().await.is_none());

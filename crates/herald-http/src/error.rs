@@ -55,9 +55,13 @@ impl IntoResponse for ApiError {
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::TOO_MANY_REQUESTS {
-            r.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         r
     }
@@ -86,7 +90,9 @@ impl From<PublishError> for ApiError {
         let msg = e.to_string();
         match e {
             PublishError::InvalidEventName(_) => ApiError::bad_request("invalid_event", msg),
-            PublishError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg),
+            PublishError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)
+            }
             PublishError::BadBatch { .. } => ApiError::bad_request("invalid_batch", msg),
             PublishError::InvalidId(_) => ApiError::bad_request("invalid_id", msg),
             PublishError::Engine(e) => e.into(),
@@ -97,7 +103,9 @@ impl From<PublishError> for ApiError {
 impl From<SubscribeError> for ApiError {
     fn from(e: SubscribeError) -> Self {
         match e {
-            SubscribeError::TooManyTopics(_) => ApiError::bad_request("too_many_topics", e.to_string()),
+            SubscribeError::TooManyTopics(_) => {
+                ApiError::bad_request("too_many_topics", e.to_string())
+            }
             SubscribeError::Engine(e) => e.into(),
         }
     }

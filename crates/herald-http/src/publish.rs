@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::BodyExt;
 use herald_core::{Data, NewEvent, Topic};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -48,8 +48,9 @@ struct Batch {
 /// Parses a publish body: one event, or `{"events": [...]}`. Returns the
 /// events and whether it was a batch.
 pub fn parse_publish_body(body: &[u8]) -> Result<(Vec<NewEvent>, bool), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+    })?;
     let is_batch = value.as_object().is_some_and(|o| o.contains_key("events"));
     let items = if is_batch {
         serde_json::from_value::<Batch>(value)
@@ -75,14 +76,25 @@ pub fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| {
             let m = m.trim();
             m.eq_ignore_ascii_case("application/json")
-                || (m.len() > 17 && m[..12].eq_ignore_ascii_case("application/") && m.ends_with("+json"))
+                || (m.len() > 17
+                    && m[..12].eq_ignore_ascii_case("application/")
+                    && m.ends_with("+json"))
         })
 }
 
 /// Reads a body of at most `max` bytes; 413 above.
-pub async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result<bytes::Bytes, ApiError> {
-    let too_large =
-        || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body exceeds {max} bytes"));
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body exceeds {max} bytes"),
+        )
+    };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -95,18 +107,29 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, max: usize) -> Result
     match http_body_util::Limited::new(body, max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request("invalid_body", format!("could not read the body: {e}"))),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("could not read the body: {e}"),
+        )),
     }
 }
 
-pub(crate) async fn publish(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match publish_inner(app, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn publish_inner(app: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn publish_inner(
+    app: AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if !is_json(&headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -131,12 +154,15 @@ mod tests {
 
     #[test]
     fn parses_single_and_batch() {
-        let (e, batch) = parse_publish_body(br#"{"topic":"a","data":{"x":1},"event":"n","id":"k"}"#).unwrap();
+        let (e, batch) =
+            parse_publish_body(br#"{"topic":"a","data":{"x":1},"event":"n","id":"k"}"#).unwrap();
         assert!(!batch);
         assert_eq!(e[0].topic.as_str(), "a");
         assert_eq!(e[0].data, Data::Json("{\"x\":1}".into()));
-        let (e, batch) =
-            parse_publish_body(br#"{"events":[{"topic":"a","data":"x"},{"topic":"b","data":null}]}"#).unwrap();
+        let (e, batch) = parse_publish_body(
+            br#"{"events":[{"topic":"a","data":"x"},{"topic":"b","data":null}]}"#,
+        )
+        .unwrap();
         assert!(batch);
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].data, Data::Json("null".into()));
@@ -155,7 +181,12 @@ mod tests {
             br#"{"events":{"topic":"a"}}"#,
         ] {
             let err = parse_publish_body(b).unwrap_err();
-            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(b));
+            assert_eq!(
+                err.status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(b)
+            );
         }
     }
 

@@ -38,7 +38,12 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves `router` on `listener` until `shutdown` resolves, then shuts the hub
 /// down (streams end, WebSockets close with 1000, held polls answer), waits up
 /// to [`DRAIN_TIMEOUT`] for connections to finish, and returns.
-pub async fn serve<F>(listener: TcpListener, router: Router, hub: Hub, shutdown: F) -> std::io::Result<()>
+pub async fn serve<F>(
+    listener: TcpListener,
+    router: Router,
+    hub: Hub,
+    shutdown: F,
+) -> std::io::Result<()>
 where
     F: Future<Output = ()> + Send,
 {

@@ -17,7 +17,11 @@ use tracing_subscriber::EnvFilter;
 use settings::{EngineKind, ServeArgs, Settings};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "A real-time push hub: SSE, WebSocket and long polling over one publish/subscribe core")]
+#[command(
+    name = "herald",
+    version,
+    about = "A real-time push hub: SSE, WebSocket and long polling over one publish/subscribe core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,7 +68,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");
@@ -104,12 +111,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if settings.log_json {
-        tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_writer(std::io::stderr)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
     let hub = match settings.engine {
-        EngineKind::Memory => Hub::new(Arc::new(MemoryEngine::new(settings.hub.history)), settings.hub.clone()),
+        EngineKind::Memory => Hub::new(
+            Arc::new(MemoryEngine::new(settings.hub.history)),
+            settings.hub.clone(),
+        ),
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -120,7 +137,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, engine = hub.engine().name(), history = settings.hub.history.max_events, "serving");
     if addr.ip().is_loopback() {
-        tracing::warn!("no authentication configured: every topic is open to anyone who can reach {addr}");
+        tracing::warn!(
+            "no authentication configured: every topic is open to anyone who can reach {addr}"
+        );
     }
     let router = herald_http::router(hub.clone(), settings.http);
     herald_http::serve(listener, router, hub, shutdown_signal()).await?;
@@ -132,7 +151,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             std::future::pending::<()>().await;
             return;
         };
@@ -168,7 +190,9 @@ async fn publish(
     if let Some(id) = id {
         body["id"] = id.into();
     }
-    let (status, answer) = client.publish_raw(body.to_string(), "application/json").await?;
+    let (status, answer) = client
+        .publish_raw(body.to_string(), "application/json")
+        .await?;
     if !status.is_success() {
         anyhow::bail!("server answered {status}: {answer}");
     }
@@ -213,13 +237,12 @@ async fn subscribe(
             }
             while let Some(v) = ws.next_json().await? {
                 match v["type"].as_str() {
-                    Some("event") => {
-                        if print(v)? {
-                            break;
-                        }
-                    }
+                    Some("event") if print(v.clone())? => break,
+                    Some("event") => {}
                     Some("error") => eprintln!("herald: {}", v["message"]),
-                    Some("close") => anyhow::bail!("server closed the WebSocket: {} {}", v["code"], v["reason"]),
+                    Some("close") => {
+                        anyhow::bail!("server closed the WebSocket: {} {}", v["code"], v["reason"])
+                    }
                     _ => {}
                 }
             }

@@ -143,19 +143,25 @@ impl Settings {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read the config file {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", p.display()))?
             }
         };
-        let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("--listen {listen:?} is not an address such as 127.0.0.1:8080"))?;
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("--listen {listen:?} is not an address such as 127.0.0.1:8080")
+        })?;
         let engine = match args.engine.or(file.engine).as_deref().unwrap_or("memory") {
             "memory" => EngineKind::Memory,
-            "embedded" => bail!(
-                "--engine embedded is not yet supported in this version; use --engine memory"
-            ),
-            "redis" => bail!("--engine redis is not yet supported in this version; use --engine memory"),
+            "embedded" => {
+                bail!("--engine embedded is not yet supported in this version; use --engine memory")
+            }
+            "redis" => {
+                bail!("--engine redis is not yet supported in this version; use --engine memory")
+            }
             other => bail!("--engine {other:?}: choose memory, embedded or redis"),
         };
         let _ = args.data_dir.or(file.data_dir);
@@ -181,7 +187,10 @@ impl Settings {
         }
 
         let defaults_hub = HubConfig::default();
-        let history = args.history.or(file.history).unwrap_or(defaults_hub.history.max_events);
+        let history = args
+            .history
+            .or(file.history)
+            .unwrap_or(defaults_hub.history.max_events);
         if history == 0 {
             bail!("--history must be at least 1");
         }
@@ -211,7 +220,11 @@ impl Settings {
                 args.poll_max_timeout.or(file.poll_max_timeout),
                 d.poll_max_timeout,
             )?,
-            poll_batch: args.poll_batch.or(file.poll_batch).unwrap_or(d.poll_batch).max(1),
+            poll_batch: args
+                .poll_batch
+                .or(file.poll_batch)
+                .unwrap_or(d.poll_batch)
+                .max(1),
             ws_max_message_bytes: args
                 .ws_max_message
                 .or(file.ws_max_message)

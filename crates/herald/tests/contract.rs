@@ -23,7 +23,9 @@ fn history(n: usize) -> HubConfig {
 }
 
 async fn open(s: &TestServer, kind: Kind, topics: &[&str], resume: Option<&str>) -> Sub {
-    Sub::open(&s.client, kind, topics, resume).await.expect("subscribe")
+    Sub::open(&s.client, kind, topics, resume)
+        .await
+        .expect("subscribe")
 }
 
 async fn expect_quiet(sub: &mut Sub) {
@@ -52,7 +54,12 @@ async fn deliver(kind: Kind) {
 async fn named_events(kind: Kind) {
     let s = TestServer::start().await;
     let mut sub = open(&s, kind, &["orders/2"], None).await;
-    s.publish("orders/2", json!({"status": "shipped"}), Some("order-update")).await;
+    s.publish(
+        "orders/2",
+        json!({"status": "shipped"}),
+        Some("order-update"),
+    )
+    .await;
     s.publish("orders/2", json!("plain"), None).await;
     let a = sub.next(WAIT).await.unwrap();
     assert_eq!(a.event, "order-update");
@@ -78,7 +85,8 @@ async fn multiline_and_unicode(kind: Kind) {
     for d in samples {
         s.publish("text", json!(d), None).await;
     }
-    s.publish("text", json!({"msg": "héllo\nwörld", "emoji": "🎉"}), None).await;
+    s.publish("text", json!({"msg": "héllo\nwörld", "emoji": "🎉"}), None)
+        .await;
     for d in samples {
         let g = sub.next(WAIT).await.unwrap();
         let want = if kind == Kind::Sse {
@@ -95,7 +103,11 @@ async fn multiline_and_unicode(kind: Kind) {
 
 /// Takes `n` events and groups their data by topic (order is guaranteed per
 /// topic; a resume back-fills topic by topic).
-async fn take_by_topic(sub: &mut Sub, n: usize, topic_of: impl Fn(&str) -> String) -> HashMap<String, Vec<String>> {
+async fn take_by_topic(
+    sub: &mut Sub,
+    n: usize,
+    topic_of: impl Fn(&str) -> String,
+) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for _ in 0..n {
         let g = sub.next(WAIT).await.expect("event");
@@ -114,7 +126,10 @@ async fn several_topics(kind: Kind) {
     }
     s.publish("room/other", json!("not subscribed"), None).await;
     let got = take_by_topic(&mut sub, order.len(), |d| {
-        serde_json::from_str::<serde_json::Value>(d).unwrap()["t"].as_str().unwrap().to_owned()
+        serde_json::from_str::<serde_json::Value>(d).unwrap()["t"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     })
     .await;
     for t in ["room/a", "room/b", "room/c"] {
@@ -169,7 +184,10 @@ async fn resume_races_publishes(kind: Kind) {
     let publisher = tokio::spawn(async move {
         for i in 0..N {
             let t = topics[i % 2];
-            client.publish(t, json!({"t": t, "i": i}), None).await.unwrap();
+            client
+                .publish(t, json!({"t": t, "i": i}), None)
+                .await
+                .unwrap();
         }
     });
     let mut got: Vec<(String, usize)> = Vec::new();
@@ -178,23 +196,35 @@ async fn resume_races_publishes(kind: Kind) {
         match sub.next(WAIT).await {
             Some(g) => {
                 let v: serde_json::Value = serde_json::from_str(&g.data).unwrap();
-                got.push((v["t"].as_str().unwrap().to_owned(), v["i"].as_u64().unwrap() as usize));
+                got.push((
+                    v["t"].as_str().unwrap().to_owned(),
+                    v["i"].as_u64().unwrap() as usize,
+                ));
                 // Drop the connection every 37 events, mid-stream.
-                if got.len() % 37 == 0 {
+                if got.len().is_multiple_of(37) {
                     let token = sub.resume_token();
                     drop(sub);
                     reconnects += 1;
                     sub = open(&s, kind, &topics, Some(&token)).await;
                 }
             }
-            None => panic!("{kind:?}: stalled after {} events; last {:?}; token {}", got.len(), &got[got.len().saturating_sub(5)..], sub.resume_token()),
+            None => panic!(
+                "{kind:?}: stalled after {} events; last {:?}; token {}",
+                got.len(),
+                &got[got.len().saturating_sub(5)..],
+                sub.resume_token()
+            ),
         }
     }
     publisher.await.unwrap();
     expect_quiet(&mut sub).await;
     assert!(reconnects >= 8);
     for t in topics {
-        let seq: Vec<usize> = got.iter().filter(|(gt, _)| gt == t).map(|(_, i)| *i).collect();
+        let seq: Vec<usize> = got
+            .iter()
+            .filter(|(gt, _)| gt == t)
+            .map(|(_, i)| *i)
+            .collect();
         let want: Vec<usize> = (0..N).filter(|i| topics[i % 2] == t).collect();
         assert_eq!(seq, want, "{kind:?} {t}");
     }
@@ -222,7 +252,10 @@ async fn gap_signal(kind: Kind) {
     }
     expect_quiet(&mut sub).await;
     // A cursor from another epoch (a lost history) is a gap too.
-    let foreign = "af63dc4c8601ec8c-1-1".replace("af63dc4c8601ec8c", &format!("{:x}", herald_core::TopicKey::of("g").0));
+    let foreign = "af63dc4c8601ec8c-1-1".replace(
+        "af63dc4c8601ec8c",
+        &format!("{:x}", herald_core::TopicKey::of("g").0),
+    );
     let mut sub = open(&s, kind, &["g"], Some(&foreign)).await;
     let gap = sub.next(WAIT).await.unwrap();
     assert!(gap.is_gap());
@@ -243,23 +276,30 @@ async fn unknown_and_invalid_topics(kind: Kind) {
     }
     let mut sub = open(&s, kind, &["never/published/before"], None).await;
     expect_quiet(&mut sub).await;
-    s.publish("never/published/before", json!("first"), None).await;
+    s.publish("never/published/before", json!("first"), None)
+        .await;
     assert_eq!(sub.next(WAIT).await.unwrap().data, "first");
 }
 
 /// An oversized publish is refused and delivers nothing; the connection stays usable.
 async fn oversized_publish(kind: Kind) {
-    let mut hub = HubConfig::default();
-    hub.max_data_bytes = 1024;
+    let hub = HubConfig {
+        max_data_bytes: 1024,
+        ..HubConfig::default()
+    };
     let http = HttpConfig {
         max_body_bytes: 4096,
         ..quick_http()
     };
     let s = TestServer::start_with(hub, http).await;
     let mut sub = open(&s, kind, &["big"], None).await;
-    let err = sub.publish(&s.client, "big", json!("x".repeat(2000)), None).await;
+    let err = sub
+        .publish(&s.client, "big", json!("x".repeat(2000)), None)
+        .await;
     assert_eq!(err, Err("too_large".to_owned()), "{kind:?}");
-    let err = sub.publish(&s.client, "big", json!("x".repeat(8000)), None).await;
+    let err = sub
+        .publish(&s.client, "big", json!("x".repeat(8000)), None)
+        .await;
     assert!(err.is_err(), "{kind:?}: {err:?}");
     if kind != Kind::Ws {
         assert_eq!(err.unwrap_err(), "too_large");
@@ -268,7 +308,9 @@ async fn oversized_publish(kind: Kind) {
         // The socket was closed with 1009 (message too large): reconnect.
         sub = open(&s, kind, &["big"], None).await;
     }
-    sub.publish(&s.client, "big", json!("small"), None).await.unwrap();
+    sub.publish(&s.client, "big", json!("small"), None)
+        .await
+        .unwrap();
     assert_eq!(sub.next(WAIT).await.unwrap().data, "small");
     expect_quiet(&mut sub).await;
 }
@@ -294,7 +336,10 @@ async fn slow_consumer(kind: Kind) {
     });
     let mut fast_got = 0;
     while fast_got < N {
-        let g = fast.next(WAIT).await.expect("the fast subscriber was delayed");
+        let g = fast
+            .next(WAIT)
+            .await
+            .expect("the fast subscriber was delayed");
         assert!(g.data.starts_with(&format!("{fast_got}:")));
         fast_got += 1;
     }
@@ -304,7 +349,10 @@ async fn slow_consumer(kind: Kind) {
     loop {
         match slow.next(Duration::from_secs(2)).await {
             Some(g) => {
-                assert!(g.data.starts_with(&format!("{next_i}:")), "{kind:?} duplicate or gap");
+                assert!(
+                    g.data.starts_with(&format!("{next_i}:")),
+                    "{kind:?} duplicate or gap"
+                );
                 next_i += 1;
                 if next_i == N {
                     break;
@@ -312,7 +360,10 @@ async fn slow_consumer(kind: Kind) {
             }
             None => {
                 if kind != Kind::Poll {
-                    assert!(slow.ended.is_some(), "{kind:?}: slow subscriber was not disconnected");
+                    assert!(
+                        slow.ended.is_some(),
+                        "{kind:?}: slow subscriber was not disconnected"
+                    );
                 }
                 let token = slow.resume_token();
                 slow = open(&s, kind, &["firehose"], Some(&token)).await;
@@ -343,7 +394,9 @@ async fn shutdown_then_resume(kind: Kind) {
         let cursor = token.clone();
         tokio::spawn(async move {
             let t = std::time::Instant::now();
-            let r = client.poll(&["orders/9"], Some(&cursor), Duration::from_secs(20)).await;
+            let r = client
+                .poll(&["orders/9"], Some(&cursor), Duration::from_secs(20))
+                .await;
             (t.elapsed(), r.map(|r| r.events.len()))
         })
     };

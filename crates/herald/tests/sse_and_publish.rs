@@ -14,7 +14,11 @@ use support::{eventually, quick_http, TestServer};
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn next_event(s: &mut herald_client::SseStream) -> herald_client::SseEvent {
-    tokio::time::timeout(WAIT, s.next_event()).await.expect("timeout").unwrap().expect("ended")
+    tokio::time::timeout(WAIT, s.next_event())
+        .await
+        .expect("timeout")
+        .unwrap()
+        .expect("ended")
 }
 
 #[tokio::test]
@@ -24,12 +28,20 @@ async fn stream_starts_with_retry_and_a_cursor_and_has_the_headers() {
     assert_eq!(stream.headers["content-type"], "text/event-stream");
     assert_eq!(stream.headers["cache-control"], "no-cache");
     assert_eq!(stream.headers["x-accel-buffering"], "no");
-    assert_eq!(stream.next_item().await.unwrap(), Some(SseItem::Retry(2000)));
-    let Some(SseItem::Id(start)) = stream.next_item().await.unwrap() else { panic!("no start id") };
+    assert_eq!(
+        stream.next_item().await.unwrap(),
+        Some(SseItem::Retry(2000))
+    );
+    let Some(SseItem::Id(start)) = stream.next_item().await.unwrap() else {
+        panic!("no start id")
+    };
     assert!(!start.is_empty());
     s.publish("t", json!({"a": 1}), Some("order-update")).await;
     let e = next_event(&mut stream).await;
-    assert_eq!((e.event.as_str(), e.data.as_str()), ("order-update", r#"{"a":1}"#));
+    assert_eq!(
+        (e.event.as_str(), e.data.as_str()),
+        ("order-update", r#"{"a":1}"#)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +49,8 @@ async fn raw_wire_format() {
     let s = TestServer::start().await;
     // A raw socket: check the bytes themselves, not a parser's reading of them.
     let mut sock = std::net::TcpStream::connect(s.addr).unwrap();
-    sock.write_all(b"GET /v1/sse?topic=raw HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    sock.write_all(b"GET /v1/sse?topic=raw HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
     let mut buf = vec![0u8; 4096];
     let n = sock.read(&mut buf).unwrap();
@@ -55,7 +68,10 @@ async fn raw_wire_format() {
     // The id-only preamble block ends with a blank line (chunk framing aside).
     let preamble_end = body.find("\n\n").expect("preamble block");
     assert!(!body[..preamble_end].contains("data:"), "{body:?}");
-    assert!(body.contains("\nevent: multi\ndata: one\ndata: two\n\n"), "{body:?}");
+    assert!(
+        body.contains("\nevent: multi\ndata: one\ndata: two\n\n"),
+        "{body:?}"
+    );
 }
 
 #[tokio::test]
@@ -88,7 +104,11 @@ async fn resume_with_header_and_with_query_parameter() {
     let mut datas = Vec::new();
     while datas.len() < 2 {
         use http_body_util::BodyExt;
-        let frame = tokio::time::timeout(WAIT, body.frame()).await.unwrap().unwrap().unwrap();
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         for item in parser.feed(&frame.into_data().unwrap()) {
             if let SseItem::Event(e) = item {
                 datas.push(e.data);
@@ -115,11 +135,19 @@ async fn resume_with_header_and_with_query_parameter() {
     let mut body = resp.into_body();
     loop {
         use http_body_util::BodyExt;
-        let frame = tokio::time::timeout(WAIT, body.frame()).await.unwrap().unwrap().unwrap();
-        if let Some(e) = parser.feed(&frame.into_data().unwrap()).into_iter().find_map(|i| match i {
-            SseItem::Event(e) => Some(e),
-            _ => None,
-        }) {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(e) = parser
+            .feed(&frame.into_data().unwrap())
+            .into_iter()
+            .find_map(|i| match i {
+                SseItem::Event(e) => Some(e),
+                _ => None,
+            })
+        {
             assert_eq!(e.data, "3");
             break;
         }
@@ -137,7 +165,11 @@ async fn keepalive_comments_while_idle() {
     let mut comments = 0;
     let started = std::time::Instant::now();
     while comments < 3 {
-        match tokio::time::timeout(WAIT, stream.next_item()).await.unwrap().unwrap() {
+        match tokio::time::timeout(WAIT, stream.next_item())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Some(SseItem::Comment(c)) => {
                 assert_eq!(c, "keepalive");
                 comments += 1;
@@ -154,8 +186,16 @@ async fn idempotent_publish() {
     let s = TestServer::start().await;
     let mut stream = s.client.sse(&["idem"], None).await.unwrap();
     let body = json!({"topic": "idem", "data": "once", "id": "order-7-shipped"}).to_string();
-    let (st1, a) = s.client.publish_raw(body.clone(), "application/json").await.unwrap();
-    let (st2, b) = s.client.publish_raw(body.clone(), "application/json").await.unwrap();
+    let (st1, a) = s
+        .client
+        .publish_raw(body.clone(), "application/json")
+        .await
+        .unwrap();
+    let (st2, b) = s
+        .client
+        .publish_raw(body.clone(), "application/json")
+        .await
+        .unwrap();
     assert_eq!((st1.as_u16(), st2.as_u16()), (200, 200));
     assert_eq!(a["id"], b["id"]);
     // Concurrent retries with the same id store one event.
@@ -178,7 +218,11 @@ async fn idempotent_publish() {
         {"topic": "idem", "data": "once", "id": "order-7-shipped"},
         {"topic": "idem", "data": "new"}
     ]});
-    let (st, v) = s.client.publish_raw(batch.to_string(), "application/json").await.unwrap();
+    let (st, v) = s
+        .client
+        .publish_raw(batch.to_string(), "application/json")
+        .await
+        .unwrap();
     assert_eq!(st.as_u16(), 200);
     assert_eq!(v["ids"][0], a["id"]);
     let got: Vec<String> = vec![
@@ -187,10 +231,18 @@ async fn idempotent_publish() {
         next_event(&mut stream).await.data,
     ];
     assert_eq!(got, ["once", "burst", "new"]);
-    assert!(tokio::time::timeout(Duration::from_millis(300), stream.next_event()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next_event())
+            .await
+            .is_err()
+    );
     // The same id on another topic is another event.
     let other = json!({"topic": "idem2", "data": "x", "id": "order-7-shipped"}).to_string();
-    let (_, c) = s.client.publish_raw(other, "application/json").await.unwrap();
+    let (_, c) = s
+        .client
+        .publish_raw(other, "application/json")
+        .await
+        .unwrap();
     assert_ne!(c["id"], a["id"]);
 }
 
@@ -203,7 +255,11 @@ async fn batch_publish() {
         {"topic": "b2", "data": 2, "event": "n"},
         {"topic": "b1", "data": 3}
     ]});
-    let (st, v) = s.client.publish_raw(batch.to_string(), "application/json").await.unwrap();
+    let (st, v) = s
+        .client
+        .publish_raw(batch.to_string(), "application/json")
+        .await
+        .unwrap();
     assert_eq!(st.as_u16(), 200);
     assert_eq!(v["ids"].as_array().unwrap().len(), 3);
     let got: Vec<String> = vec![
@@ -216,9 +272,11 @@ async fn batch_publish() {
 
 #[tokio::test]
 async fn every_error_status() {
-    let mut hub = HubConfig::default();
-    hub.max_data_bytes = 100;
-    hub.max_batch = 3;
+    let hub = HubConfig {
+        max_data_bytes: 100,
+        max_batch: 3,
+        ..HubConfig::default()
+    };
     let http = HttpConfig {
         max_body_bytes: 1000,
         ..quick_http()
@@ -228,45 +286,143 @@ async fn every_error_status() {
     let json_ct = "application/json";
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
         ("not json", "{".into(), json_ct, 400, "invalid_json"),
-        ("no topic", r#"{"data":1}"#.into(), json_ct, 400, "invalid_request"),
-        ("no data", r#"{"topic":"a"}"#.into(), json_ct, 400, "invalid_request"),
-        ("empty topic", r#"{"topic":"","data":1}"#.into(), json_ct, 400, "invalid_topic"),
-        ("control char", "{\"topic\":\"a\\u0007\",\"data\":1}".into(), json_ct, 400, "invalid_topic"),
-        ("long topic", format!(r#"{{"topic":"{}","data":1}}"#, "x".repeat(1025)), json_ct, 413, "too_large"),
-        ("reserved name", r#"{"topic":"a","data":1,"event":"herald.gap"}"#.into(), json_ct, 400, "invalid_event"),
-        ("newline name", r#"{"topic":"a","data":1,"event":"a\nb"}"#.into(), json_ct, 400, "invalid_event"),
-        ("unknown field", r#"{"topic":"a","data":1,"evnet":"x"}"#.into(), json_ct, 400, "invalid_request"),
-        ("empty batch", r#"{"events":[]}"#.into(), json_ct, 400, "invalid_batch"),
-        ("big batch", format!(r#"{{"events":[{}]}}"#, vec![r#"{"topic":"a","data":1}"#; 4].join(",")), json_ct, 400, "invalid_batch"),
-        ("data too large", format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(200)), json_ct, 413, "too_large"),
-        ("body too large", format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(2000)), json_ct, 413, "too_large"),
-        ("wrong type", r#"{"topic":"a","data":1}"#.into(), "text/plain", 415, "unsupported_media_type"),
+        (
+            "no topic",
+            r#"{"data":1}"#.into(),
+            json_ct,
+            400,
+            "invalid_request",
+        ),
+        (
+            "no data",
+            r#"{"topic":"a"}"#.into(),
+            json_ct,
+            400,
+            "invalid_request",
+        ),
+        (
+            "empty topic",
+            r#"{"topic":"","data":1}"#.into(),
+            json_ct,
+            400,
+            "invalid_topic",
+        ),
+        (
+            "control char",
+            "{\"topic\":\"a\\u0007\",\"data\":1}".into(),
+            json_ct,
+            400,
+            "invalid_topic",
+        ),
+        (
+            "long topic",
+            format!(r#"{{"topic":"{}","data":1}}"#, "x".repeat(1025)),
+            json_ct,
+            413,
+            "too_large",
+        ),
+        (
+            "reserved name",
+            r#"{"topic":"a","data":1,"event":"herald.gap"}"#.into(),
+            json_ct,
+            400,
+            "invalid_event",
+        ),
+        (
+            "newline name",
+            r#"{"topic":"a","data":1,"event":"a\nb"}"#.into(),
+            json_ct,
+            400,
+            "invalid_event",
+        ),
+        (
+            "unknown field",
+            r#"{"topic":"a","data":1,"evnet":"x"}"#.into(),
+            json_ct,
+            400,
+            "invalid_request",
+        ),
+        (
+            "empty batch",
+            r#"{"events":[]}"#.into(),
+            json_ct,
+            400,
+            "invalid_batch",
+        ),
+        (
+            "big batch",
+            format!(
+                r#"{{"events":[{}]}}"#,
+                [r#"{"topic":"a","data":1}"#; 4].join(",")
+            ),
+            json_ct,
+            400,
+            "invalid_batch",
+        ),
+        (
+            "data too large",
+            format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(200)),
+            json_ct,
+            413,
+            "too_large",
+        ),
+        (
+            "body too large",
+            format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(2000)),
+            json_ct,
+            413,
+            "too_large",
+        ),
+        (
+            "wrong type",
+            r#"{"topic":"a","data":1}"#.into(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
     ];
     for (what, body, ct, status, code) in cases {
         let (st, v) = c.publish_raw(body, ct).await.unwrap();
         assert_eq!(st.as_u16(), status, "{what}: {v}");
         assert_eq!(v["error"]["code"], code, "{what}: {v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
     }
     // Nothing of the refused publishes was stored.
     assert_eq!(
-        s.hub.metrics().events_published.load(std::sync::atomic::Ordering::Relaxed),
+        s.hub
+            .metrics()
+            .events_published
+            .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
     // Routes and methods.
     let get = |path: &'static str| async move {
-        let r = c.request(http::Method::GET, path, &[], bytes::Bytes::new()).await.unwrap();
+        let r = c
+            .request(http::Method::GET, path, &[], bytes::Bytes::new())
+            .await
+            .unwrap();
         let st = r.status().as_u16();
         use http_body_util::BodyExt;
         let body = r.into_body().collect().await.unwrap().to_bytes();
-        (st, serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default())
+        (
+            st,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
+        )
     };
     assert_eq!(get("/nope").await.0, 404);
     assert_eq!(get("/nope").await.1["error"]["code"], "not_found");
     assert_eq!(get("/v1/publish").await.0, 405);
     assert_eq!(get("/v1/sse").await.0, 400);
     assert_eq!(get("/v1/sse?topic=").await.0, 400);
-    assert_eq!(get("/v1/sse?topic=a&last_event_id=garbage").await.1["error"]["code"], "invalid_cursor");
+    assert_eq!(
+        get("/v1/sse?topic=a&last_event_id=garbage").await.1["error"]["code"],
+        "invalid_cursor"
+    );
     assert_eq!(get("/v1/poll?topic=a&cursor=zz").await.0, 400);
     assert_eq!(get("/v1/poll?topic=a&timeout=soon").await.0, 400);
 }
@@ -275,7 +431,11 @@ async fn every_error_status() {
 async fn long_topic_is_refused_as_invalid_topic_when_body_allows() {
     let s = TestServer::start().await;
     let body = format!(r#"{{"topic":"{}","data":1}}"#, "x".repeat(1025));
-    let (st, v) = s.client.publish_raw(body, "application/json").await.unwrap();
+    let (st, v) = s
+        .client
+        .publish_raw(body, "application/json")
+        .await
+        .unwrap();
     assert_eq!(st.as_u16(), 400);
     assert_eq!(v["error"]["code"], "invalid_topic");
 }
@@ -285,18 +445,29 @@ async fn health_readiness_and_metrics() {
     let s = TestServer::start().await;
     let c = &s.client;
     for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200)] {
-        let r = c.request(http::Method::GET, path, &[], bytes::Bytes::new()).await.unwrap();
+        let r = c
+            .request(http::Method::GET, path, &[], bytes::Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), want, "{path}");
     }
     let _stream = c.sse(&["m"], None).await.unwrap();
     s.publish("m", json!(1), None).await;
     eventually("a delivery", || {
-        s.hub.metrics().events_delivered.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        s.hub
+            .metrics()
+            .events_delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
     })
     .await;
-    let r = c.request(http::Method::GET, "/metrics", &[], bytes::Bytes::new()).await.unwrap();
+    let r = c
+        .request(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
     use http_body_util::BodyExt;
-    let text = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text =
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     for needle in [
         "herald_events_published_total 1",
         "herald_events_delivered_total 1",
@@ -317,7 +488,10 @@ async fn a_client_that_leaves_frees_what_it_held() {
     assert_eq!(s.hub.subscribers(&topic), 2);
     assert_eq!(s.hub.metrics().open(Transport::Sse), 2);
     drop(a);
-    eventually("the first subscription to go", || s.hub.subscribers(&topic) == 1).await;
+    eventually("the first subscription to go", || {
+        s.hub.subscribers(&topic) == 1
+    })
+    .await;
     drop(b);
     eventually("every subscription to go", || {
         s.hub.subscribers(&topic) == 0 && s.hub.metrics().open(Transport::Sse) == 0
@@ -327,8 +501,10 @@ async fn a_client_that_leaves_frees_what_it_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_is_cut_off_without_delaying_others() {
-    let mut hub = HubConfig::default();
-    hub.queue_capacity = 32;
+    let hub = HubConfig {
+        queue_capacity: 32,
+        ..HubConfig::default()
+    };
     let s = TestServer::start_with(hub, quick_http()).await;
     // A raw client that sends its request and never reads a byte.
     let mut stuck = std::net::TcpStream::connect(s.addr).unwrap();
@@ -343,7 +519,10 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_delaying_others() {
     const N: usize = 1000;
     let publisher = tokio::spawn(async move {
         for i in 0..N {
-            client.publish("flood", json!(format!("{i} {payload}")), None).await.unwrap();
+            client
+                .publish("flood", json!(format!("{i} {payload}")), None)
+                .await
+                .unwrap();
         }
     });
     for i in 0..N {
@@ -351,9 +530,21 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_delaying_others() {
         assert!(e.data.starts_with(&format!("{i} ")));
     }
     publisher.await.unwrap();
-    eventually("the stuck subscriber to be dropped", || s.hub.subscribers(&topic) == 1).await;
-    eventually("its connection gauge", || s.hub.metrics().open(Transport::Sse) == 1).await;
-    assert!(s.hub.metrics().slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    eventually("the stuck subscriber to be dropped", || {
+        s.hub.subscribers(&topic) == 1
+    })
+    .await;
+    eventually("its connection gauge", || {
+        s.hub.metrics().open(Transport::Sse) == 1
+    })
+    .await;
+    assert!(
+        s.hub
+            .metrics()
+            .slow_consumer_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
     // The server closed the socket: reading drains what was buffered, then EOF.
     stuck.set_read_timeout(Some(WAIT)).unwrap();
     let mut sink = vec![0u8; 1 << 20];
@@ -365,5 +556,8 @@ async fn a_subscriber_that_stops_reading_is_cut_off_without_delaying_others() {
             Err(e) => panic!("expected EOF after {total} bytes: {e}"),
         }
     }
-    assert!(total < N * 16 * 1024, "the stuck client should not receive everything");
+    assert!(
+        total < N * 16 * 1024,
+        "the stuck client should not receive everything"
+    );
 }

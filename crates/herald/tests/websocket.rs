@@ -15,7 +15,11 @@ use tokio_tungstenite::tungstenite::Message;
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn next(ws: &mut herald_client::WsClient) -> serde_json::Value {
-    tokio::time::timeout(WAIT, ws.next_json()).await.expect("timeout").unwrap().expect("closed")
+    tokio::time::timeout(WAIT, ws.next_json())
+        .await
+        .expect("timeout")
+        .unwrap()
+        .expect("closed")
 }
 
 async fn subscribed(ws: &mut herald_client::WsClient, topic: &str) {
@@ -47,12 +51,17 @@ async fn publish_on_websocket_reaches_sse_and_http_publish_reaches_websocket() {
     }
     let ack = ack.unwrap();
     assert_eq!(ack["ref"], "r1");
-    let e = tokio::time::timeout(WAIT, sse.next_event()).await.unwrap().unwrap().unwrap();
+    let e = tokio::time::timeout(WAIT, sse.next_event())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(e.data, r#"{"text":"hi"}"#);
     assert_eq!(e.id, ack["id"].as_str().unwrap());
     assert_eq!(echoed.unwrap()["data"], json!({"text": "hi"}));
 
-    s.publish("chat/1", json!({"text": "from backend"}), Some("message")).await;
+    s.publish("chat/1", json!({"text": "from backend"}), Some("message"))
+        .await;
     let v = next(&mut ws).await;
     assert_eq!(v["type"], "event");
     assert_eq!(v["topic"], "chat/1");
@@ -66,14 +75,23 @@ async fn unsubscribe_stops_delivery() {
     let mut ws = s.client.ws().await.unwrap();
     subscribed(&mut ws, "u/a").await;
     subscribed(&mut ws, "u/b").await;
-    ws.send_json(&json!({"type": "unsubscribe", "topic": "u/a"})).await.unwrap();
+    ws.send_json(&json!({"type": "unsubscribe", "topic": "u/a"}))
+        .await
+        .unwrap();
     let v = next(&mut ws).await;
-    assert_eq!((v["type"].as_str(), v["was_subscribed"].as_bool()), (Some("unsubscribed"), Some(true)));
+    assert_eq!(
+        (v["type"].as_str(), v["was_subscribed"].as_bool()),
+        (Some("unsubscribed"), Some(true))
+    );
     s.publish("u/a", json!("gone"), None).await;
     s.publish("u/b", json!("kept"), None).await;
     let v = next(&mut ws).await;
     assert_eq!(v["data"], "kept");
-    assert!(tokio::time::timeout(Duration::from_millis(300), ws.next_json()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ws.next_json())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -86,9 +104,15 @@ async fn malformed_messages_get_errors_and_the_connection_keeps_working() {
         (r#"{"no":"type"}"#, "invalid_message"),
         (r#"{"type":"subscribe"}"#, "invalid_message"),
         (r#"{"type":"subscribe","topic":""}"#, "invalid_topic"),
-        (r#"{"type":"subscribe","topic":"a","since":"bogus"}"#, "invalid_cursor"),
+        (
+            r#"{"type":"subscribe","topic":"a","since":"bogus"}"#,
+            "invalid_cursor",
+        ),
         (r#"{"type":"publish","topic":"a"}"#, "invalid_message"),
-        (r#"{"type":"publish","topic":"a","data":1,"event":"herald.x"}"#, "invalid_event"),
+        (
+            r#"{"type":"publish","topic":"a","data":1,"event":"herald.x"}"#,
+            "invalid_event",
+        ),
         ("[]", "invalid_message"),
     ] {
         ws.socket.send(Message::Text(bad.into())).await.unwrap();
@@ -96,7 +120,10 @@ async fn malformed_messages_get_errors_and_the_connection_keeps_working() {
         assert_eq!(v["type"], "error", "{bad}");
         assert_eq!(v["code"], code, "{bad}: {v}");
     }
-    ws.socket.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    ws.socket
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     assert_eq!(next(&mut ws).await["type"], "error");
     // Still usable.
     subscribed(&mut ws, "still/here").await;
@@ -132,7 +159,10 @@ async fn a_peer_that_never_answers_pings_is_closed() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut saw_ping = false;
     loop {
-        match tokio::time::timeout(WAIT, ws.socket.next()).await.expect("still open") {
+        match tokio::time::timeout(WAIT, ws.socket.next())
+            .await
+            .expect("still open")
+        {
             Some(Ok(Message::Ping(_))) => saw_ping = true,
             Some(Ok(Message::Close(f))) => {
                 assert_eq!(u16::from(f.unwrap().code), 1011);
@@ -188,7 +218,10 @@ async fn many_topics_on_one_connection() {
     }
     ws.subscribe("many/64", None).await.unwrap();
     let v = next(&mut ws).await;
-    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("too_many_topics")));
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("too_many_topics"))
+    );
 }
 
 #[tokio::test]
@@ -202,18 +235,29 @@ async fn publish_rate_limit_and_idempotency_on_the_socket() {
     let mut ws = s.client.ws().await.unwrap();
     let mut outcomes = Vec::new();
     for i in 0..5 {
-        ws.send_json(&json!({"type": "publish", "topic": "rl", "data": i, "id": "same"})).await.unwrap();
+        ws.send_json(&json!({"type": "publish", "topic": "rl", "data": i, "id": "same"}))
+            .await
+            .unwrap();
         let v = next(&mut ws).await;
         outcomes.push(v);
     }
-    let ok: Vec<_> = outcomes.iter().filter(|v| v["type"] == "published").collect();
+    let ok: Vec<_> = outcomes
+        .iter()
+        .filter(|v| v["type"] == "published")
+        .collect();
     assert_eq!(ok.len(), 3, "{outcomes:?}");
-    assert!(ok.windows(2).all(|w| w[0]["id"] == w[1]["id"]), "same id, one event");
+    assert!(
+        ok.windows(2).all(|w| w[0]["id"] == w[1]["id"]),
+        "same id, one event"
+    );
     assert_eq!(outcomes[3]["code"], "rate_limited");
     // The HTTP path shares the idempotency memory.
     let (_, v) = s
         .client
-        .publish_raw(json!({"topic": "rl", "data": 0, "id": "same"}).to_string(), "application/json")
+        .publish_raw(
+            json!({"topic": "rl", "data": 0, "id": "same"}).to_string(),
+            "application/json",
+        )
         .await
         .unwrap();
     assert_eq!(v["id"], ok[0]["id"]);
@@ -226,5 +270,8 @@ async fn shutdown_closes_with_1000() {
     subscribed(&mut ws, "bye").await;
     s.stop().await;
     let v = next(&mut ws).await;
-    assert_eq!((v["type"].as_str(), v["code"].as_u64()), (Some("close"), Some(1000)));
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_u64()),
+        (Some("close"), Some(1000))
+    );
 }

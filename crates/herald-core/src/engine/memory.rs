@@ -48,7 +48,9 @@ impl TopicLog {
     }
 
     fn first_retained(&self) -> u64 {
-        self.events.front().map_or(self.head + 1, |e| e.position.seq)
+        self.events
+            .front()
+            .map_or(self.head + 1, |e| e.position.seq)
     }
 }
 
@@ -77,7 +79,11 @@ impl MemoryEngine {
     }
 
     fn publish_now(&self, events: Vec<NewEvent>) -> Vec<Arc<Event>> {
-        let fanout = self.fanout.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let fanout = self
+            .fanout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let now = now_ms();
         let mut out = Vec::with_capacity(events.len());
         for new in events {
@@ -135,7 +141,10 @@ impl Engine for MemoryEngine {
         *self.fanout.write().unwrap_or_else(|e| e.into_inner()) = Some(fanout);
     }
 
-    fn publish(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+    fn publish(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
         let out = self.publish_now(events);
         Box::pin(async move { Ok(out) })
     }
@@ -187,7 +196,10 @@ mod tests {
         }
         let r = e.read(&t, Some(Position::new(9, 0)), 100).await.unwrap();
         assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
-        assert_eq!(r.events.iter().map(|e| e.position.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            r.events.iter().map(|e| e.position.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         let r = e.read(&t, Some(Position::new(9, 2)), 100).await.unwrap();
         assert_eq!(r.gap, None);
         assert_eq!(r.events.len(), 3);

@@ -104,7 +104,8 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Stores the events (in order), then dispatches them. Resolves only once
     /// they are accepted (durable, for a durable engine).
-    fn publish(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
+    fn publish(&self, events: Vec<NewEvent>)
+        -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>>;
 
     /// Reads up to `limit` events of `topic` after `after`; `None` reads from
     /// the current head (nothing, but the head's position).
@@ -178,8 +179,14 @@ mod tests {
     fn start_rules() {
         // Nothing published yet: head 0, first retained 1.
         assert_eq!(resolve_start(5, 0, 1, None), (Position::new(5, 0), None));
-        assert_eq!(resolve_start(5, 0, 1, Some(Position::new(5, 0))), (Position::new(5, 0), None));
-        assert_eq!(resolve_start(5, 10, 4, Some(Position::new(5, 3))), (Position::new(5, 3), None));
+        assert_eq!(
+            resolve_start(5, 0, 1, Some(Position::new(5, 0))),
+            (Position::new(5, 0), None)
+        );
+        assert_eq!(
+            resolve_start(5, 10, 4, Some(Position::new(5, 3))),
+            (Position::new(5, 3), None)
+        );
         assert_eq!(
             resolve_start(5, 10, 4, Some(Position::new(5, 2))),
             (Position::new(5, 3), Some(GapReason::HistoryTruncated))
@@ -197,6 +204,9 @@ mod tests {
             resolve_start(5, 10, 11, Some(Position::new(5, 8))),
             (Position::new(5, 10), Some(GapReason::HistoryTruncated))
         );
-        assert_eq!(resolve_start(5, 10, 11, Some(Position::new(5, 10))), (Position::new(5, 10), None));
+        assert_eq!(
+            resolve_start(5, 10, 11, Some(Position::new(5, 10))),
+            (Position::new(5, 10), None)
+        );
     }
 }

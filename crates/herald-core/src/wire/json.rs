@@ -91,7 +91,11 @@ mod tests {
         assert_eq!(v["type"], "event");
         assert_eq!(v["published_at"], 5);
 
-        let e = Event::new(NewEvent::new(t, Data::Text("line\n\"q\"".into())), Position::new(1, 3), 5);
+        let e = Event::new(
+            NewEvent::new(t, Data::Text("line\n\"q\"".into())),
+            Position::new(1, 3),
+            5,
+        );
         let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(v["data"], "line\n\"q\"");
         assert!(v.get("event").is_none());

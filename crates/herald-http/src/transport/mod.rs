@@ -45,7 +45,10 @@ pub(crate) fn topics_param(pairs: &[(String, String)], max: usize) -> Result<Vec
 
 /// The first value of a parameter.
 pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A subscription to `topics`, each resuming from its position in `cursor`

@@ -30,13 +30,15 @@ fn parse_timeout(v: Option<&str>, default: Duration, max: Duration) -> Result<Du
     let Some(v) = v else {
         return Ok(default.min(max));
     };
-    let secs: f64 = v
-        .trim()
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid_timeout", "timeout is a number of seconds"))?;
+    let secs: f64 =
+        v.trim().trim_end_matches('s').parse().map_err(|_| {
+            ApiError::bad_request("invalid_timeout", "timeout is a number of seconds")
+        })?;
     if !secs.is_finite() || secs < 0.0 {
-        return Err(ApiError::bad_request("invalid_timeout", "timeout is a number of seconds"));
+        return Err(ApiError::bad_request(
+            "invalid_timeout",
+            "timeout is a number of seconds",
+        ));
     }
     Ok(Duration::from_secs_f64(secs.min(max.as_secs_f64())))
 }
@@ -72,7 +74,9 @@ async fn poll(app: AppState, uri: Uri) -> Result<Response, ApiError> {
         .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
 
     let cursor = sub.cursor().encode();
-    let mut body = BytesMut::with_capacity(frames.iter().map(|f| f.len() + 1).sum::<usize>() + cursor.len() + 32);
+    let mut body = BytesMut::with_capacity(
+        frames.iter().map(|f| f.len() + 1).sum::<usize>() + cursor.len() + 32,
+    );
     body.put_slice(b"{\"events\":[");
     for (i, f) in frames.iter().enumerate() {
         if i > 0 {
@@ -84,8 +88,10 @@ async fn poll(app: AppState, uri: Uri) -> Result<Response, ApiError> {
     body.put_slice(cursor.as_bytes());
     body.put_slice(b"\"}");
     let mut r = body.freeze().into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
@@ -125,8 +131,14 @@ mod tests {
         let d = Duration::from_secs(25);
         let m = Duration::from_secs(60);
         assert_eq!(parse_timeout(None, d, m).unwrap(), d);
-        assert_eq!(parse_timeout(Some("5"), d, m).unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_timeout(Some("0.5"), d, m).unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_timeout(Some("5"), d, m).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse_timeout(Some("0.5"), d, m).unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(parse_timeout(Some("999"), d, m).unwrap(), m);
         assert!(parse_timeout(Some("-1"), d, m).is_err());
         assert!(parse_timeout(Some("abc"), d, m).is_err());

@@ -54,7 +54,9 @@ async fn open(
         .and_then(|v| v.to_str().ok())
         .or_else(|| param(&pairs, "last_event_id"));
     let cursor = Cursor::decode(last_id.unwrap_or(""))?;
-    let sub = app.hub.subscribe_with(conn.as_ref().map(|c| c.kill.clone()));
+    let sub = app
+        .hub
+        .subscribe_with(conn.as_ref().map(|c| c.kill.clone()));
     let sub = subscribe_all(sub, &topics, &cursor).await?;
 
     let preamble = sse::preamble(app.config.sse_retry_ms, &sub.cursor().encode()).freeze();
@@ -74,7 +76,10 @@ async fn open(
     }));
     let mut r = body.into_response();
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
@@ -136,7 +141,9 @@ impl SseStream {
     fn encode(&mut self, d: Delivery) -> Bytes {
         match d {
             Delivery::Event(e) => {
-                self.metrics.events_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .events_delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if self.sub.topic_count() == 1 {
                     // One topic: the event's own id is the stream's cursor,
                     // so the frame shared by every subscriber is complete.
@@ -150,12 +157,16 @@ impl SseStream {
             Delivery::Gap(g) => {
                 let id = self.sub.cursor().encode();
                 let data = g.data();
-                sse::encode_event(Some(&id), Some(reserved::GAP), data.as_sse_text()).0.freeze()
+                sse::encode_event(Some(&id), Some(reserved::GAP), data.as_sse_text())
+                    .0
+                    .freeze()
             }
             Delivery::Closed(reason) => {
                 self.done = true;
                 let data = serde_json::json!({"reason": reason.as_str()}).to_string();
-                sse::encode_event(None, Some(reserved::DISCONNECT), &data).0.freeze()
+                sse::encode_event(None, Some(reserved::DISCONNECT), &data)
+                    .0
+                    .freeze()
             }
         }
     }

@@ -102,7 +102,8 @@ impl RateLimit {
 
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -167,7 +168,11 @@ async fn run(app: AppState, socket: WebSocket) {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = timeout(Duration::from_secs(2), c.sink.send(Message::Close(Some(frame)))).await;
+        let _ = timeout(
+            Duration::from_secs(2),
+            c.sink.send(Message::Close(Some(frame))),
+        )
+        .await;
         // Wait briefly for the peer's close reply so the handshake completes.
         let _ = timeout(Duration::from_secs(2), async {
             while let Some(Ok(m)) = stream.next().await {
@@ -192,7 +197,12 @@ impl Connection {
         self.send(Message::Text(v.to_string().into())).await
     }
 
-    async fn send_error(&mut self, code: &str, message: &str, reference: Option<serde_json::Value>) -> Outcome {
+    async fn send_error(
+        &mut self,
+        code: &str,
+        message: &str,
+        reference: Option<serde_json::Value>,
+    ) -> Outcome {
         let mut v: serde_json::Value =
             serde_json::from_str(&encode_error(code, message)).unwrap_or_default();
         if let (Some(r), Some(o)) = (reference, v.as_object_mut()) {
@@ -207,15 +217,23 @@ impl Connection {
         while let Some(d) = next.take() {
             let frame = match d {
                 Delivery::Event(e) => {
-                    self.app.hub.metrics().events_delivered.fetch_add(1, Ordering::Relaxed);
+                    self.app
+                        .hub
+                        .metrics()
+                        .events_delivered
+                        .fetch_add(1, Ordering::Relaxed);
                     e.json().clone()
                 }
                 Delivery::Gap(g) => g.json(),
                 Delivery::Closed(reason) => {
                     let _ = self.flush().await;
                     return match reason {
-                        CloseReason::Shutdown => Outcome::Close(close_code::NORMAL, "server shutting down"),
-                        CloseReason::SlowConsumer => Outcome::Close(close_code::POLICY, "slow consumer"),
+                        CloseReason::Shutdown => {
+                            Outcome::Close(close_code::NORMAL, "server shutting down")
+                        }
+                        CloseReason::SlowConsumer => {
+                            Outcome::Close(close_code::POLICY, "slow consumer")
+                        }
                         CloseReason::EngineUnavailable => {
                             Outcome::Close(close_code::TRY_AGAIN_LATER, "engine unavailable")
                         }
@@ -227,9 +245,12 @@ impl Connection {
                 Err(_) => continue,
             };
             // Feed without flushing; one flush sends everything queued.
-            if timeout(self.app.config.write_timeout, self.sink.feed(Message::Text(text)))
-                .await
-                .map_or(true, |r| r.is_err())
+            if timeout(
+                self.app.config.write_timeout,
+                self.sink.feed(Message::Text(text)),
+            )
+            .await
+            .map_or(true, |r| r.is_err())
             {
                 return Outcome::Gone;
             }
@@ -274,15 +295,29 @@ impl Connection {
     async fn on_text(&mut self, text: &str) -> Outcome {
         let value: serde_json::Value = match serde_json::from_str(text) {
             Ok(v) => v,
-            Err(e) => return self.send_error("invalid_json", &format!("message is not valid JSON: {e}"), None).await,
+            Err(e) => {
+                return self
+                    .send_error(
+                        "invalid_json",
+                        &format!("message is not valid JSON: {e}"),
+                        None,
+                    )
+                    .await
+            }
         };
         let reference = value.get("ref").cloned();
         let msg: ClientMessage = match serde_json::from_value(value) {
             Ok(m) => m,
-            Err(e) => return self.send_error("invalid_message", &e.to_string(), reference).await,
+            Err(e) => {
+                return self
+                    .send_error("invalid_message", &e.to_string(), reference)
+                    .await
+            }
         };
         match msg {
-            ClientMessage::Subscribe { topic, since } => self.subscribe(topic, since, reference).await,
+            ClientMessage::Subscribe { topic, since } => {
+                self.subscribe(topic, since, reference).await
+            }
             ClientMessage::Unsubscribe { topic } => {
                 let topic = match Topic::new(&topic) {
                     Ok(t) => t,
@@ -293,13 +328,27 @@ impl Connection {
                 put_ref(&mut v, reference);
                 self.send_json(v).await
             }
-            ClientMessage::Publish { topic, event, data, id } => {
+            ClientMessage::Publish {
+                topic,
+                event,
+                data,
+                id,
+            } => {
                 if !self.rate.allow() {
                     return self
-                        .send_error("rate_limited", "too many publishes on this connection; slow down", reference)
+                        .send_error(
+                            "rate_limited",
+                            "too many publishes on this connection; slow down",
+                            reference,
+                        )
                         .await;
                 }
-                let item = PublishItem { topic, event, data, id };
+                let item = PublishItem {
+                    topic,
+                    event,
+                    data,
+                    id,
+                };
                 let result = match item.into_new_event() {
                     Ok(e) => self.app.hub.publish(e).await.map_err(ApiError::from),
                     Err(e) => Err(e),
@@ -324,7 +373,12 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, topic: String, since: Option<String>, reference: Option<serde_json::Value>) -> Outcome {
+    async fn subscribe(
+        &mut self,
+        topic: String,
+        since: Option<String>,
+        reference: Option<serde_json::Value>,
+    ) -> Outcome {
         let topic = match Topic::new(&topic) {
             Ok(t) => t,
             Err(e) => return self.api_error(e.into(), reference).await,
@@ -337,7 +391,11 @@ impl Connection {
                 None if c.is_empty() => None,
                 None => {
                     return self
-                        .send_error("invalid_cursor", "the cursor does not name this topic", reference)
+                        .send_error(
+                            "invalid_cursor",
+                            "the cursor does not name this topic",
+                            reference,
+                        )
                         .await
                 }
             },

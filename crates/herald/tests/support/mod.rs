@@ -41,7 +41,13 @@ impl TestServer {
 
     pub async fn start_with(hub_config: HubConfig, http_config: HttpConfig) -> TestServer {
         let engine = Arc::new(MemoryEngine::new(hub_config.history));
-        TestServer::start_on("127.0.0.1:0".parse().unwrap(), engine, hub_config, http_config).await
+        TestServer::start_on(
+            "127.0.0.1:0".parse().unwrap(),
+            engine,
+            hub_config,
+            http_config,
+        )
+        .await
     }
 
     /// Starts on `addr` over an existing engine (a restart keeps its history).
@@ -112,8 +118,16 @@ impl TestServer {
         .await
     }
 
-    pub async fn publish(&self, topic: &str, data: serde_json::Value, event: Option<&str>) -> String {
-        self.client.publish(topic, data, event).await.expect("publish")
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: serde_json::Value,
+        event: Option<&str>,
+    ) -> String {
+        self.client
+            .publish(topic, data, event)
+            .await
+            .expect("publish")
     }
 }
 

@@ -81,7 +81,12 @@ fn got_from_json(v: &Value) -> Got {
 
 impl Sub {
     /// Opens a subscription to `topics`, resuming after `resume` when given.
-    pub async fn open(client: &Client, kind: Kind, topics: &[&str], resume: Option<&str>) -> Result<Sub, Refused> {
+    pub async fn open(
+        client: &Client,
+        kind: Kind,
+        topics: &[&str],
+        resume: Option<&str>,
+    ) -> Result<Sub, Refused> {
         let resume_cursor = Cursor::decode(resume.unwrap_or("")).unwrap_or_default();
         let mut ws_early = VecDeque::new();
         let mut ws_start = resume_cursor.clone();
@@ -115,14 +120,19 @@ impl Sub {
                             Some("subscribed") => {
                                 // Where this topic starts: part of the resume cursor
                                 // even before its first event.
-                                let start = Cursor::decode(answer["cursor"].as_str().unwrap()).unwrap();
+                                let start =
+                                    Cursor::decode(answer["cursor"].as_str().unwrap()).unwrap();
                                 let tt = herald_core::Topic::new(t).unwrap();
                                 ws_start.set(&tt, start.get(&tt).unwrap());
                                 break;
                             }
                             // Back-filled events of a topic subscribed before.
                             Some("event") => early.push_back(got_from_json(&answer)),
-                            Some("error") => return Err(Refused::Code(answer["code"].as_str().unwrap().to_owned())),
+                            Some("error") => {
+                                return Err(Refused::Code(
+                                    answer["code"].as_str().unwrap().to_owned(),
+                                ))
+                            }
                             _ => panic!("unexpected {answer}"),
                         }
                     }
@@ -153,11 +163,20 @@ impl Sub {
             kind,
             topics: topics.iter().map(|s| s.to_string()).collect(),
             inner,
-            resume: if kind == Kind::Ws { ws_start } else { resume_cursor },
+            resume: if kind == Kind::Ws {
+                ws_start
+            } else {
+                resume_cursor
+            },
             ended: None,
             early: ws_early,
         };
-        if let Inner::Poll { cursor: Some(c), buffer, .. } = &sub.inner {
+        if let Inner::Poll {
+            cursor: Some(c),
+            buffer,
+            ..
+        } = &sub.inner
+        {
             if buffer.is_empty() {
                 sub.resume = Cursor::decode(c).unwrap();
             }
@@ -188,7 +207,10 @@ impl Sub {
 
     /// The next event within `wait`; `None` on timeout or when the server ended the subscription.
     pub async fn next(&mut self, wait: Duration) -> Option<Got> {
-        let got = tokio::time::timeout(wait, self.next_inner()).await.ok().flatten();
+        let got = tokio::time::timeout(wait, self.next_inner())
+            .await
+            .ok()
+            .flatten();
         if let Some(g) = &got {
             self.note(g);
         }
@@ -240,12 +262,19 @@ impl Sub {
                         return None;
                     }
                 },
-                Inner::Poll { client, cursor, buffer } => {
+                Inner::Poll {
+                    client,
+                    cursor,
+                    buffer,
+                } => {
                     if let Some(g) = buffer.pop_front() {
                         return Some(g);
                     }
                     let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-                    match client.poll(&topics, cursor.as_deref(), Duration::from_secs(10)).await {
+                    match client
+                        .poll(&topics, cursor.as_deref(), Duration::from_secs(10))
+                        .await
+                    {
                         Ok(r) => {
                             *cursor = Some(r.cursor);
                             buffer.extend(r.events.iter().map(got_from_json));
@@ -264,10 +293,17 @@ impl Sub {
     /// Publishes through this transport's own publish path (a WebSocket
     /// publishes on the socket; SSE and poll clients use `POST /v1/publish`).
     /// Returns the id, or the refusal's code.
-    pub async fn publish(&mut self, client: &Client, topic: &str, data: Value, event: Option<&str>) -> Result<String, String> {
+    pub async fn publish(
+        &mut self,
+        client: &Client,
+        topic: &str,
+        data: Value,
+        event: Option<&str>,
+    ) -> Result<String, String> {
         match &mut self.inner {
             Inner::Ws(ws) => {
-                let mut m = serde_json::json!({"type": "publish", "topic": topic, "data": data, "ref": 1});
+                let mut m =
+                    serde_json::json!({"type": "publish", "topic": topic, "data": data, "ref": 1});
                 if let Some(e) = event {
                     m["event"] = e.into();
                 }

@@ -1,0 +1,275 @@
+//! The `herald` binary as a user runs it: serve, flags, config precedence,
+//! signals, and the publish/subscribe commands on every transport.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("HERALD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn herald");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("herald listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "herald did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn herald(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run herald")
+}
+
+fn publish(url: &str, topic: &str, data: &str, extra: &[&str]) -> String {
+    let out = herald(&[&["publish", topic, data, "--server", url], extra].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn serve_prints_its_address_and_exits_0_on_sigterm() {
+    let mut s = Server::start(&["--engine", "memory"], &[]);
+    assert!(s.url.starts_with("http://127.0.0.1:"));
+    let id = publish(&s.url, "t", r#"{"a":1}"#, &[]);
+    assert!(!id.is_empty());
+    let st = s.sigterm();
+    assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn clear_errors_for_bad_flags_and_busy_ports() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--listen", "nonsense"], "--listen"),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--engine", "mongo"],
+            "--engine",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--keepalive", "soon"],
+            "--keepalive",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--history", "0"],
+            "--history",
+        ),
+        (&["serve", "--listen", "0.0.0.0:0"], "--insecure"),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                "/nonexistent.toml",
+            ],
+            "config",
+        ),
+        (&["serve", "--bogus-flag"], "bogus"),
+    ];
+    for (args, needle) in cases {
+        let out = herald(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = herald(&["serve", "--listen", &addr]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
+
+/// Events published while a subscriber was away, resumed from a cursor,
+/// show how much history the server kept.
+fn kept_history(url: &str) -> usize {
+    let first = publish(url, "h", "0", &[]);
+    for i in 1..=9 {
+        publish(url, "h", &i.to_string(), &[]);
+    }
+    let out = Command::new(BIN)
+        .args([
+            "subscribe",
+            "h",
+            "--transport",
+            "ws",
+            "--since",
+            &first,
+            "--server",
+            url,
+            "--count",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The first event delivered after a gap is the oldest kept.
+    let oldest: usize = if line["event"] == "herald.gap" {
+        let out = Command::new(BIN)
+            .args([
+                "subscribe",
+                "h",
+                "--transport",
+                "poll",
+                "--since",
+                &first,
+                "--server",
+                url,
+                "--count",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines[1]["data"].as_u64().unwrap() as usize
+    } else {
+        1
+    };
+    10 - oldest
+}
+
+#[test]
+fn config_file_then_environment_then_flags() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("herald.toml");
+    std::fs::write(&file, "history = 2\nkeepalive = \"5s\"\n").unwrap();
+    let f = file.to_str().unwrap();
+    let s = Server::start(&["--config", f], &[]);
+    assert_eq!(kept_history(&s.url), 2);
+    let s = Server::start(&["--config", f], &[("HERALD_HISTORY", "3")]);
+    assert_eq!(kept_history(&s.url), 3);
+    let s = Server::start(
+        &["--config", f, "--history", "4"],
+        &[("HERALD_HISTORY", "3")],
+    );
+    assert_eq!(kept_history(&s.url), 4);
+    std::fs::write(&file, "histroy = 2\n").unwrap();
+    let out = herald(&["serve", "--listen", "127.0.0.1:0", "--config", f]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("histroy"));
+}
+
+#[test]
+fn subscribe_command_on_every_transport() {
+    let s = Server::start(&[], &[]);
+    for transport in ["sse", "ws", "poll"] {
+        let topic = format!("cli/{transport}");
+        let mut sub = Command::new(BIN)
+            .args([
+                "subscribe",
+                &topic,
+                "--transport",
+                transport,
+                "--count",
+                "2",
+                "--server",
+                &s.url,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Give the subscriber time to connect; publishes before that are not "from now".
+        std::thread::sleep(Duration::from_millis(400));
+        publish(&s.url, &topic, r#"{"n":1}"#, &["--event", "tick"]);
+        publish(&s.url, &topic, "plain text", &[]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sub.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{transport}: subscriber did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(sub.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{transport}: {out}");
+        assert_eq!(lines[0]["event"], "tick", "{transport}");
+        let first = &lines[0]["data"];
+        assert!(
+            first == &serde_json::json!({"n": 1}) || first == r#"{"n":1}"#,
+            "{transport}: {first}"
+        );
+        assert_eq!(lines[1]["data"], "plain text", "{transport}");
+    }
+}
+
+#[test]
+fn sigterm_ends_streams_so_clients_reconnect() {
+    let mut s = Server::start(&[], &[]);
+    let mut sub = Command::new(BIN)
+        .args(["subscribe", "bye", "--server", &s.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let t = Instant::now();
+    assert!(s.sigterm().success());
+    assert!(t.elapsed() < Duration::from_secs(6));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sub.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber's stream was not ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(sub.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains("herald.disconnect") && out.contains("shutdown"),
+        "{out}"
+    );
+}

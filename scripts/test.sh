@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs every check CI runs:
+# formatting, clippy with warnings as errors, and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace
