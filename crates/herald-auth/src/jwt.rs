@@ -1,0 +1,153 @@
+//! JWT verification (HS256, RS256, ES256) and the claims Herald reads.
+//!
+//! Claims: `sub`, `exp` (required), `nbf`, `iat`, and a `herald` object with
+//! the topic patterns the holder may use:
+//!
+//! ```json
+//! {"sub": "alice", "exp": 1767225600, "iat": 1767225300,
+//!  "herald": {"subscribe": ["users/{sub}/**"], "publish": ["chat/*"]}}
+//! ```
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::pattern::TopicPattern;
+use crate::{AuthError, Grant};
+
+/// The `herald` claim.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeraldClaim {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+}
+
+/// The claims of a Herald token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default)]
+    pub herald: HeraldClaim,
+}
+
+/// A verification key and the one algorithm it accepts.
+pub(crate) struct Key {
+    pub(crate) alg: Algorithm,
+    pub(crate) key: DecodingKey,
+}
+
+/// Builds the verification key for a PEM public key: RSA (RS256) or EC P-256 (ES256).
+pub(crate) fn public_key(pem: &[u8]) -> Result<Key, String> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok(Key {
+            alg: Algorithm::RS256,
+            key,
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok(Key {
+            alg: Algorithm::ES256,
+            key,
+        });
+    }
+    Err("not an RSA or EC (P-256) public key in PEM".into())
+}
+
+/// Verifies `token` with `keys`. `key_id` is the configured key's `kid`, if any.
+pub(crate) fn verify(
+    token: &str,
+    keys: &[Key],
+    key_id: Option<&str>,
+    leeway: u64,
+) -> Result<Claims, AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| {
+        // `alg: none` and unknown algorithms fail here: the header does not parse
+        // into an algorithm Herald knows.
+        if token.split('.').next().is_some_and(header_says_none) {
+            AuthError::Invalid("unsigned tokens (alg none) are refused")
+        } else {
+            AuthError::Invalid("malformed token")
+        }
+    })?;
+    if let Some(kid) = &header.kid {
+        if key_id != Some(kid.as_str()) {
+            return Err(AuthError::Invalid("unknown key id (kid)"));
+        }
+    }
+    let key = keys
+        .iter()
+        .find(|k| k.alg == header.alg)
+        .ok_or(AuthError::Invalid("the token's algorithm is not accepted by this server"))?;
+    let mut validation = Validation::new(key.alg);
+    validation.leeway = leeway;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    validation.algorithms = vec![key.alg];
+    match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Invalid("token expired"),
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                AuthError::Invalid("token not valid yet (nbf)")
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                AuthError::Invalid("the token's algorithm is not accepted by this server")
+            }
+            _ => AuthError::Invalid("invalid token"),
+        }),
+    }
+}
+
+fn header_says_none(b64: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(|a| a.eq_ignore_ascii_case("none")))
+        .unwrap_or(false)
+}
+
+impl Claims {
+    /// The grant these claims give, with patterns parsed.
+    pub(crate) fn grant(&self) -> Result<Grant, AuthError> {
+        let parse = |v: &[String]| {
+            v.iter()
+                .map(|p| TopicPattern::parse(p).map_err(|_| AuthError::Invalid("invalid topic pattern in claims")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Grant {
+            subject: self.sub.clone(),
+            subscribe: parse(&self.herald.subscribe)?,
+            publish: parse(&self.herald.publish)?,
+            expires_at: Some(self.exp),
+        })
+    }
+}
+
+/// Signs claims (for `herald token` and tests). `key` is an HS256 secret, or
+/// a PEM private key (RSA → RS256, EC P-256 → ES256) when `pem` is true.
+pub fn sign(claims: &Claims, key: &[u8], pem: bool, kid: Option<&str>) -> Result<String, String> {
+    let (alg, enc) = if pem {
+        if let Ok(k) = EncodingKey::from_rsa_pem(key) {
+            (Algorithm::RS256, k)
+        } else if let Ok(k) = EncodingKey::from_ec_pem(key) {
+            (Algorithm::ES256, k)
+        } else {
+            return Err("not an RSA or EC (P-256) private key in PEM".into());
+        }
+    } else {
+        (Algorithm::HS256, EncodingKey::from_secret(key))
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &enc).map_err(|e| e.to_string())
+}

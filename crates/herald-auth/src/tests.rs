@@ -1,0 +1,185 @@
+use super::*;
+
+const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+
+fn claims(sub: &str, subscribe: &[&str], publish: &[&str], ttl: i64) -> jwt::Claims {
+    let now = now();
+    jwt::Claims {
+        sub: Some(sub.into()),
+        exp: (now as i64 + ttl) as u64,
+        iat: Some(now),
+        nbf: None,
+        herald: jwt::HeraldClaim {
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+        },
+    }
+}
+
+fn hs_auth() -> Auth {
+    Auth::new(AuthConfig {
+        hs256_secret: Some(SECRET.to_vec()),
+        public: vec!["public/**".into()],
+        api_keys: vec!["publisher-key-0123456789".into()],
+        ..AuthConfig::default()
+    })
+    .unwrap()
+}
+
+fn t(s: &str) -> Topic {
+    Topic::new(s).unwrap()
+}
+
+#[test]
+fn grants_follow_patterns() {
+    let auth = hs_auth();
+    let tok = jwt::sign(&claims("alice", &["users/{sub}/**"], &["chat/*"], 60), SECRET, false, None).unwrap();
+    let who = auth.authenticate(Some(Credential::new(tok, Source::Header))).unwrap();
+    assert!(auth.authorize(&who, Action::Subscribe, &t("users/alice/n")).is_ok());
+    assert!(matches!(
+        auth.authorize(&who, Action::Subscribe, &t("users/bob/n")),
+        Err(Denied::Forbidden { .. })
+    ));
+    assert!(auth.authorize(&who, Action::Publish, &t("chat/room")).is_ok());
+    assert!(auth.authorize(&who, Action::Publish, &t("users/alice/n")).is_err());
+    assert!(auth.authorize(&who, Action::Subscribe, &t("public/news")).is_ok());
+    let anon = auth.authenticate(None).unwrap();
+    assert!(auth.authorize(&anon, Action::Subscribe, &t("public/news")).is_ok());
+    assert!(matches!(
+        auth.authorize(&anon, Action::Subscribe, &t("users/alice/n")),
+        Err(Denied::Unauthenticated(_))
+    ));
+    assert!(auth.authorize(&anon, Action::Publish, &t("public/news")).is_err());
+}
+
+#[test]
+fn refuses_bad_tokens() {
+    let auth = hs_auth();
+    let cred = |tok: String| auth.authenticate(Some(Credential::new(tok, Source::Header)));
+    // Expired.
+    let tok = jwt::sign(&claims("a", &["**"], &[], -60), SECRET, false, None).unwrap();
+    assert_eq!(cred(tok), Err(AuthError::Invalid("token expired")));
+    // Bad signature.
+    let tok = jwt::sign(&claims("a", &["**"], &[], 60), b"another-secret-another-secret!!", false, None).unwrap();
+    assert_eq!(cred(tok), Err(AuthError::Invalid("bad signature")));
+    // alg none.
+    use base64::Engine;
+    let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let payload = serde_json::to_string(&claims("a", &["**"], &[], 60)).unwrap();
+    let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&payload));
+    assert_eq!(cred(none), Err(AuthError::Invalid("unsigned tokens (alg none) are refused")));
+    // Unknown kid.
+    let tok = jwt::sign(&claims("a", &["**"], &[], 60), SECRET, false, Some("other")).unwrap();
+    assert_eq!(cred(tok), Err(AuthError::Invalid("unknown key id (kid)")));
+    // Garbage.
+    assert!(cred("not.a.jwt".into()).is_err());
+    assert!(cred("".into()).is_err());
+    // Not yet valid.
+    let mut c = claims("a", &["**"], &[], 600);
+    c.nbf = Some(now() + 300);
+    let tok = jwt::sign(&c, SECRET, false, None).unwrap();
+    assert_eq!(cred(tok), Err(AuthError::Invalid("token not valid yet (nbf)")));
+    // Invalid pattern in the claims.
+    let tok = jwt::sign(&claims("a", &["a/**/b"], &[], 60), SECRET, false, None).unwrap();
+    assert!(cred(tok).is_err());
+}
+
+#[test]
+fn query_tokens_must_be_short_lived() {
+    let auth = hs_auth();
+    let long = jwt::sign(&claims("a", &["**"], &[], 3600), SECRET, false, None).unwrap();
+    assert!(auth.authenticate(Some(Credential::new(long.clone(), Source::Query))).is_err());
+    assert!(auth.authenticate(Some(Credential::new(long, Source::Header))).is_ok());
+    let short = jwt::sign(&claims("a", &["**"], &[], 120), SECRET, false, None).unwrap();
+    assert!(auth.authenticate(Some(Credential::new(short, Source::Query))).is_ok());
+}
+
+#[test]
+fn api_keys_only_in_the_header() {
+    let auth = hs_auth();
+    let key = "publisher-key-0123456789";
+    assert_eq!(
+        auth.authenticate(Some(Credential::new(key, Source::Header))),
+        Ok(Principal::Publisher)
+    );
+    assert!(auth.authenticate(Some(Credential::new(key, Source::Query))).is_err());
+    assert!(auth.authenticate(Some(Credential::new("publisher-key-012345678X", Source::Header))).is_err());
+}
+
+#[test]
+fn one_time_tokens_are_single_use() {
+    let auth = hs_auth();
+    let tok = jwt::sign(&claims("alice", &["users/{sub}/**"], &[], 60), SECRET, false, None).unwrap();
+    let who = auth.authenticate(Some(Credential::new(tok, Source::Header))).unwrap();
+    let (ot, ttl) = auth.issue_one_time(&who).unwrap();
+    assert!(ot.starts_with("ot_") && ot.len() > 40);
+    assert_eq!(ttl, Duration::from_secs(60));
+    let first = auth.authenticate(Some(Credential::new(ot.clone(), Source::Query))).unwrap();
+    assert_eq!(first, who);
+    assert!(auth.authenticate(Some(Credential::new(ot, Source::Query))).is_err());
+    // Expired.
+    let auth = Auth::new(AuthConfig {
+        hs256_secret: Some(SECRET.to_vec()),
+        one_time_ttl: Duration::from_millis(10),
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    let (ot, _) = auth.issue_one_time(&Principal::Publisher).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(
+        auth.authenticate(Some(Credential::new(ot, Source::Query))),
+        Err(AuthError::Invalid("one-time token expired"))
+    );
+}
+
+#[test]
+fn one_time_token_race_has_one_winner() {
+    let auth = Arc::new(hs_auth());
+    for _ in 0..50 {
+        let (ot, _) = auth.issue_one_time(&Principal::Publisher).unwrap();
+        let wins: usize = (0..4)
+            .map(|_| {
+                let auth = auth.clone();
+                let ot = ot.clone();
+                std::thread::spawn(move || auth.authenticate(Some(Credential::new(ot, Source::Query))).is_ok())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum();
+        assert_eq!(wins, 1);
+    }
+}
+
+#[test]
+fn open_mode_allows_everything() {
+    let auth = Auth::open();
+    let who = auth.authenticate(None).unwrap();
+    assert_eq!(who, Principal::Open);
+    assert!(auth.authorize(&who, Action::Publish, &t("x")).is_ok());
+}
+
+#[test]
+fn credentials_do_not_print_their_token() {
+    let c = Credential::new("secret-token-value", Source::Query);
+    assert!(!format!("{c:?}").contains("secret-token-value"));
+}
+
+#[test]
+fn config_errors() {
+    assert!(Auth::new(AuthConfig {
+        public_key_pem: Some(b"-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n".to_vec()),
+        ..AuthConfig::default()
+    })
+    .is_err());
+    assert!(Auth::new(AuthConfig {
+        public: vec!["a/**/b".into()],
+        ..AuthConfig::default()
+    })
+    .is_err());
+    assert!(Auth::new(AuthConfig {
+        api_keys: vec!["short".into()],
+        ..AuthConfig::default()
+    })
+    .is_err());
+}
