@@ -61,6 +61,7 @@ type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>
 pub struct Client {
     base: String,
     http: HttpClient,
+    token: Option<String>,
 }
 
 /// The answer to a long poll.
@@ -86,7 +87,17 @@ impl Client {
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Ok(Client { base, http })
+        Ok(Client {
+            base,
+            http,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        self.token = Some(token.into());
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -117,6 +128,11 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path_and_query));
+        if let Some(t) = &self.token {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -237,8 +253,25 @@ impl Client {
 
     /// Opens a WebSocket to `/v1/ws`.
     pub async fn ws(&self) -> Result<WsClient, ClientError> {
-        let url = format!("ws://{}/v1/ws", &self.base["http://".len()..]);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        self.ws_with(&[], "").await
+    }
+
+    /// Opens a WebSocket to `/v1/ws` + `query` with extra request headers.
+    pub async fn ws_with(&self, headers: &[(&str, &str)], query: &str) -> Result<WsClient, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://{}/v1/ws{query}", &self.base["http://".len()..]);
+        let mut req = url.into_client_request()?;
+        if let Some(t) = &self.token {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                req.headers_mut().insert("authorization", v);
+            }
+        }
+        for (k, v) in headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| ClientError::Http(e.to_string()))?;
+            let value = http::HeaderValue::from_str(v).map_err(|e| ClientError::Http(e.to_string()))?;
+            req.headers_mut().insert(name, value);
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(req).await?;
         Ok(WsClient { socket })
     }
 }

@@ -1,6 +1,9 @@
 //! Settings of the HTTP layer. Every field has a production default.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use herald_auth::Auth;
 
 /// HTTP-level settings: keepalives, size limits, poll timeouts, WebSocket limits.
 #[derive(Clone, Debug)]
@@ -29,6 +32,19 @@ pub struct HttpConfig {
     pub write_timeout: Duration,
     /// Most events coalesced into one write when a subscriber has fallen behind.
     pub max_coalesce: usize,
+    /// Authentication and authorization (open when nothing is configured).
+    pub auth: Arc<Auth>,
+    /// The cookie that may carry a token.
+    pub auth_cookie: String,
+    /// Origins whose WebSocket upgrades may use the cookie credential (empty:
+    /// only the server's own host).
+    pub ws_allowed_origins: Vec<String>,
+    /// Origins allowed by CORS on SSE, poll, publish and tokens (`*` for any); empty: CORS off.
+    pub cors_origins: Vec<String>,
+    /// Open streaming connections (SSE, WebSocket, long poll) at most (503 above).
+    pub max_connections: usize,
+    /// Open streaming connections per client address at most (429 above).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +62,12 @@ impl Default for HttpConfig {
             ws_publish_burst: 100.0,
             write_timeout: Duration::from_secs(30),
             max_coalesce: 64,
+            auth: Arc::new(Auth::open()),
+            auth_cookie: "herald_token".into(),
+            ws_allowed_origins: Vec::new(),
+            cors_origins: Vec::new(),
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
         }
     }
 }

@@ -31,8 +31,11 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod error;
+mod layers;
+pub mod limits;
 pub mod ops;
 pub mod publish;
 pub mod server;
@@ -52,6 +55,18 @@ pub use server::{serve, ConnectionHandle};
 pub(crate) struct AppState {
     pub(crate) hub: Hub,
     pub(crate) config: Arc<HttpConfig>,
+    pub(crate) limiter: Arc<limits::ConnectionLimiter>,
+}
+
+impl AppState {
+    /// A slot for one more streaming connection from `peer`.
+    pub(crate) fn connection_slot(&self, peer: Option<std::net::IpAddr>) -> Result<limits::Slot, ApiError> {
+        self.limiter.acquire(
+            peer,
+            self.config.max_connections,
+            self.config.max_connections_per_ip,
+        )
+    }
 }
 
 /// The Herald routes (see DESIGN.md, "HTTP surface"), ready to serve or to nest.
@@ -59,9 +74,11 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
     let state = AppState {
         hub,
         config: Arc::new(config),
+        limiter: Arc::default(),
     };
     Router::new()
         .route("/v1/publish", post(publish::publish))
+        .route("/v1/tokens", post(auth::tokens))
         .route("/v1/sse", get(transport::sse::handler))
         .route("/v1/ws", get(transport::ws::handler))
         .route("/v1/poll", get(transport::poll::handler))
@@ -70,5 +87,7 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), layers::cors))
+        .layer(axum::middleware::from_fn(layers::access_log))
         .with_state(state)
 }

@@ -2,13 +2,15 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use herald_auth::Action;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_core::{Data, NewEvent, Topic};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
+use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -117,9 +119,10 @@ pub async fn read_limited(
 pub(crate) async fn publish(
     State(app): State<AppState>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Response {
-    match publish_inner(app, headers, body).await {
+    match publish_inner(app, headers, uri, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -128,8 +131,12 @@ pub(crate) async fn publish(
 async fn publish_inner(
     app: AppState,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Who first: an unauthenticated caller learns nothing about the body.
+    let pairs = crate::transport::query_pairs(uri.query());
+    let (who, _) = authenticate(&app, &headers, &pairs)?;
     if !is_json(&headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -139,6 +146,9 @@ async fn publish_inner(
     }
     let bytes = read_limited(&headers, body, app.config.max_body_bytes).await?;
     let (events, is_batch) = parse_publish_body(&bytes)?;
+    for e in &events {
+        app.config.auth.authorize(&who, Action::Publish, &e.topic)?;
+    }
     let published = app.hub.publish_batch(events).await?;
     let body = if is_batch {
         serde_json::json!({"ids": published.iter().map(|e| e.id()).collect::<Vec<_>>()})

@@ -14,7 +14,7 @@ use herald_client::Client;
 use herald_core::{Hub, MemoryEngine};
 use tracing_subscriber::EnvFilter;
 
-use settings::{EngineKind, ServeArgs, Settings};
+use settings::{EngineKind, ServeArgs, Settings, TokenArgs};
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +47,12 @@ enum Command {
         id: Option<String>,
         #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
+        /// A JWT or publisher key, sent as `Authorization: Bearer`.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
+    /// Print a JWT signed with the configured key, for development.
+    Token(TokenArgs),
     /// Print the events of topics as they arrive, one JSON object per line.
     Subscribe {
         #[arg(required = true)]
@@ -63,6 +68,9 @@ enum Command {
         count: Option<u64>,
         #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
+        /// A JWT, sent as `Authorization: Bearer`.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -88,14 +96,17 @@ fn main() -> std::process::ExitCode {
                 raw,
                 id,
                 server,
-            } => publish(&server, &topic, &data, event, raw, id).await,
+                token,
+            } => publish(&client(&server, token)?, &topic, &data, event, raw, id).await,
+            Command::Token(args) => settings::mint_token(args).map(|t| println!("{t}")),
             Command::Subscribe {
                 topics,
                 transport,
                 since,
                 count,
                 server,
-            } => subscribe(&server, &topics, &transport, since, count).await,
+                token,
+            } => subscribe(&client(&server, token)?, &topics, &transport, since, count).await,
         }
     });
     match result {
@@ -169,15 +180,22 @@ async fn shutdown_signal() {
     }
 }
 
+fn client(server: &str, token: Option<String>) -> anyhow::Result<Client> {
+    let c = Client::new(server)?;
+    Ok(match token {
+        Some(t) => c.with_token(t),
+        None => c,
+    })
+}
+
 async fn publish(
-    server: &str,
+    client: &Client,
     topic: &str,
     data: &str,
     event: Option<String>,
     raw: bool,
     id: Option<String>,
 ) -> anyhow::Result<()> {
-    let client = Client::new(server)?;
     let value = if raw {
         serde_json::Value::String(data.to_owned())
     } else {
@@ -201,13 +219,12 @@ async fn publish(
 }
 
 async fn subscribe(
-    server: &str,
+    client: &Client,
     topics: &[String],
     transport: &str,
     since: Option<String>,
     count: Option<u64>,
 ) -> anyhow::Result<()> {
-    let client = Client::new(server)?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     if count == Some(0) {
         return Ok(());

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use std::sync::Arc;
+
 use clap::Args;
+use herald_auth::{Auth, AuthConfig};
 use herald_core::{HistoryLimits, HubConfig};
 use herald_http::HttpConfig;
 use serde::Deserialize;
@@ -61,15 +64,42 @@ pub struct ServeArgs {
     /// Publishes per second allowed per WebSocket [default: 50].
     #[arg(long, env = "HERALD_WS_PUBLISH_RATE")]
     pub ws_publish_rate: Option<f64>,
-    /// JWT HS256 secret (authentication is not yet supported).
+    /// JWT HS256 secret.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// JWT RS256/ES256 public key, PEM (authentication is not yet supported).
+    /// JWT RS256/ES256 public key, PEM file.
     #[arg(long, env = "HERALD_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
-    /// Topic pattern anyone may subscribe to (authentication is not yet supported).
+    /// The `kid` of the configured key; tokens naming another kid are refused.
+    #[arg(long, env = "HERALD_JWT_KEY_ID")]
+    pub jwt_key_id: Option<String>,
+    /// Topic pattern anyone may subscribe to (repeatable; `*` one segment, `**` the rest).
     #[arg(long)]
     pub public: Vec<String>,
+    /// Publisher API key for backends, sent as `Authorization: Bearer KEY` (repeatable).
+    #[arg(long, env = "HERALD_PUBLISH_KEY", hide_env_values = true)]
+    pub publish_key: Vec<String>,
+    /// The cookie that may carry a token [default: herald_token].
+    #[arg(long, env = "HERALD_AUTH_COOKIE")]
+    pub auth_cookie: Option<String>,
+    /// Longest `exp - iat` of a JWT passed as `?token=` [default: 5m].
+    #[arg(long, env = "HERALD_QUERY_TOKEN_MAX_LIFETIME")]
+    pub query_token_max_lifetime: Option<String>,
+    /// Lifetime of one-time tokens from POST /v1/tokens [default: 60s].
+    #[arg(long, env = "HERALD_ONE_TIME_TOKEN_TTL")]
+    pub one_time_token_ttl: Option<String>,
+    /// Origin allowed to open WebSockets with the cookie credential (repeatable; default: same host only).
+    #[arg(long)]
+    pub ws_allowed_origin: Vec<String>,
+    /// Origin allowed by CORS on SSE, poll, publish and tokens (repeatable, `*` for any; default: off).
+    #[arg(long)]
+    pub cors_origin: Vec<String>,
+    /// Streaming connections (SSE, WebSocket, poll) at most [default: 100000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Streaming connections per client address at most [default: 10000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
     /// TLS certificate, PEM (not yet supported).
     #[arg(long, env = "HERALD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -104,8 +134,22 @@ struct FileSettings {
     ws_publish_rate: Option<f64>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
+    jwt_key_id: Option<String>,
+    /// Used by `herald token` only.
+    jwt_private_key: Option<PathBuf>,
     #[serde(default)]
     public: Vec<String>,
+    #[serde(default)]
+    publish_key: Vec<String>,
+    auth_cookie: Option<String>,
+    query_token_max_lifetime: Option<String>,
+    one_time_token_ttl: Option<String>,
+    #[serde(default)]
+    ws_allowed_origin: Vec<String>,
+    #[serde(default)]
+    cors_origin: Vec<String>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     #[serde(default)]
@@ -129,6 +173,117 @@ pub struct Settings {
     pub log_json: bool,
 }
 
+/// Flags of `herald token`: the signing key, from the same flags,
+/// environment and config file as `serve`.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The token's subject (`sub`), also what `{sub}` in patterns stands for.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// Topic pattern the holder may subscribe to (repeatable).
+    #[arg(long)]
+    pub subscribe: Vec<String>,
+    /// Topic pattern the holder may publish to (repeatable).
+    #[arg(long)]
+    pub publish: Vec<String>,
+    /// Lifetime [default: 5m].
+    #[arg(long, default_value = "5m")]
+    pub ttl: String,
+    /// A TOML config file (as for `serve`).
+    #[arg(long, env = "HERALD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HS256 secret.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// RS256/ES256 private key, PEM file (the server verifies with its public key).
+    #[arg(long, env = "HERALD_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+    /// `kid` to put in the header.
+    #[arg(long, env = "HERALD_JWT_KEY_ID")]
+    pub jwt_key_id: Option<String>,
+}
+
+/// Mints a development token as `herald token` does.
+pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
+    let file: FileSettings = match &args.config {
+        None => FileSettings::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))?
+        }
+    };
+    let ttl = dur("ttl", Some(args.ttl), Duration::from_secs(300))?;
+    for p in args.subscribe.iter().chain(&args.publish) {
+        herald_auth::TopicPattern::parse(p).map_err(|e| anyhow::anyhow!("pattern {p:?}: {e}"))?;
+    }
+    let (key, pem) = match (
+        args.jwt_private_key.or(file.jwt_private_key),
+        args.jwt_secret.or(file.jwt_secret),
+    ) {
+        (Some(path), _) => (
+            std::fs::read(&path).with_context(|| format!("--jwt-private-key: cannot read {}", path.display()))?,
+            true,
+        ),
+        (None, Some(secret)) => (secret.into_bytes(), false),
+        (None, None) => bail!("no signing key: pass --jwt-secret or --jwt-private-key (or set them in --config)"),
+    };
+    let now = herald_auth::now();
+    let claims = herald_auth::jwt::Claims {
+        sub: args.sub,
+        exp: now + ttl.as_secs().max(1),
+        iat: Some(now),
+        nbf: None,
+        herald: herald_auth::jwt::HeraldClaim {
+            subscribe: args.subscribe,
+            publish: args.publish,
+        },
+    };
+    let kid = args.jwt_key_id.or(file.jwt_key_id);
+    herald_auth::jwt::sign(&claims, &key, pem, kid.as_deref()).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
+}
+
+/// A repeatable setting: the flags (or environment) when given, else the file's.
+fn pick(flags: Vec<String>, file: Vec<String>) -> Vec<String> {
+    if flags.is_empty() {
+        file
+    } else {
+        flags
+    }
+}
+
+fn auth_config(args: &ServeArgs, file: &FileSettings) -> anyhow::Result<AuthConfig> {
+    let d = AuthConfig::default();
+    let public_key_pem = match args.jwt_public_key.clone().or(file.jwt_public_key.clone()) {
+        None => None,
+        Some(p) => Some(
+            std::fs::read(&p).with_context(|| format!("--jwt-public-key: cannot read {}", p.display()))?,
+        ),
+    };
+    Ok(AuthConfig {
+        hs256_secret: args
+            .jwt_secret
+            .clone()
+            .or(file.jwt_secret.clone())
+            .map(String::into_bytes),
+        public_key_pem,
+        key_id: args.jwt_key_id.clone().or(file.jwt_key_id.clone()),
+        public: pick(args.public.clone(), file.public.clone()),
+        api_keys: pick(args.publish_key.clone(), file.publish_key.clone()),
+        max_query_token_lifetime: dur(
+            "query-token-max-lifetime",
+            args.query_token_max_lifetime.clone().or(file.query_token_max_lifetime.clone()),
+            d.max_query_token_lifetime,
+        )?,
+        one_time_ttl: dur(
+            "one-time-token-ttl",
+            args.one_time_token_ttl.clone().or(file.one_time_token_ttl.clone()),
+            d.one_time_ttl,
+        )?,
+        ..d
+    })
+}
+
 fn dur(name: &str, v: Option<String>, default: Duration) -> anyhow::Result<Duration> {
     match v {
         None => Ok(default),
@@ -147,6 +302,7 @@ impl Settings {
                     .with_context(|| format!("invalid config file {}", p.display()))?
             }
         };
+        let auth = auth_config(&args, &file)?;
         let listen = args
             .listen
             .or(file.listen)
@@ -168,21 +324,17 @@ impl Settings {
         if args.redis_url.or(file.redis_url).is_some() {
             bail!("--redis-url is not yet supported in this version");
         }
-        if args.jwt_secret.or(file.jwt_secret).is_some()
-            || args.jwt_public_key.or(file.jwt_public_key).is_some()
-            || !args.public.is_empty()
-            || !file.public.is_empty()
-        {
-            bail!("authentication (--jwt-secret, --jwt-public-key, --public) is not yet supported in this version");
-        }
+        let has_keys = auth.hs256_secret.is_some() || auth.public_key_pem.is_some() || !auth.api_keys.is_empty();
+        let auth = Arc::new(Auth::new(auth)?);
         if args.tls_cert.or(file.tls_cert).is_some() || args.tls_key.or(file.tls_key).is_some() {
             bail!("TLS (--tls-cert, --tls-key) is not yet supported in this version");
         }
         let insecure = args.insecure || file.insecure;
-        if !listen.ip().is_loopback() && !insecure {
+        if !listen.ip().is_loopback() && !insecure && !has_keys {
             bail!(
                 "refusing to listen on {listen} without authentication: anyone who can reach it could read and publish every topic. \
-                 Listen on a loopback address, or pass --insecure if a proxy in front of Herald authenticates"
+                 Configure --jwt-secret, --jwt-public-key or --publish-key, listen on a loopback address, \
+                 or pass --insecure if a proxy in front of Herald authenticates"
             );
         }
 
@@ -238,6 +390,21 @@ impl Settings {
                 .ws_publish_rate
                 .or(file.ws_publish_rate)
                 .unwrap_or(d.ws_publish_rate),
+            auth,
+            auth_cookie: args
+                .auth_cookie
+                .or(file.auth_cookie)
+                .unwrap_or(d.auth_cookie.clone()),
+            ws_allowed_origins: pick(args.ws_allowed_origin, file.ws_allowed_origin),
+            cors_origins: pick(args.cors_origin, file.cors_origin),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(d.max_connections_per_ip),
             ..d
         };
         let hub = HubConfig {

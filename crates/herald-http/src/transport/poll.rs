@@ -10,17 +10,27 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Uri};
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use herald_auth::Action;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::{Cursor, Delivery, Subscription, Transport};
 
 use super::{param, query_pairs, subscribe_all, topics_param};
+use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
+use crate::server::ConnectionHandle;
 use crate::AppState;
 
-pub(crate) async fn handler(State(app): State<AppState>, uri: Uri) -> Response {
-    match poll(app, uri).await {
+pub(crate) async fn handler(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    conn: Option<axum::Extension<ConnectionHandle>>,
+) -> Response {
+    match poll(app, headers, uri, conn.map(|c| c.0.peer.ip())).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -43,9 +53,12 @@ fn parse_timeout(v: Option<&str>, default: Duration, max: Duration) -> Result<Du
     Ok(Duration::from_secs_f64(secs.min(max.as_secs_f64())))
 }
 
-async fn poll(app: AppState, uri: Uri) -> Result<Response, ApiError> {
+async fn poll(app: AppState, headers: HeaderMap, uri: Uri, peer: Option<IpAddr>) -> Result<Response, ApiError> {
     let pairs = query_pairs(uri.query());
     let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
+    let (who, _) = authenticate(&app, &headers, &pairs)?;
+    authorize_all(&app, &who, Action::Subscribe, &topics)?;
+    let _slot = app.connection_slot(peer)?;
     let cursor = Cursor::decode(param(&pairs, "cursor").unwrap_or(""))?;
     let wait = parse_timeout(
         param(&pairs, "timeout"),

@@ -20,7 +20,10 @@ use herald_core::{Cursor, Delivery, Subscription, Transport};
 use tokio::time::{Instant, Sleep};
 
 use super::{param, query_pairs, subscribe_all, topics_param};
+use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
+use crate::limits::Slot;
+use herald_auth::Action;
 use crate::server::ConnectionHandle;
 use crate::AppState;
 
@@ -47,6 +50,9 @@ async fn open(
     }
     let pairs = query_pairs(uri.query());
     let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
+    let (who, _) = authenticate(&app, &headers, &pairs)?;
+    authorize_all(&app, &who, Action::Subscribe, &topics)?;
+    let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()))?;
     // The header wins: a browser's EventSource sends it on every reconnect,
     // while the URL keeps the query parameter of the first connection.
     let last_id = headers
@@ -63,6 +69,7 @@ async fn open(
     let stream = SseStream {
         sub,
         metrics: app.hub.metrics().clone(),
+        _slot: slot,
         _guard: app.hub.metrics().connection(Transport::Sse),
         keepalive: app.config.keepalive,
         idle: Box::pin(tokio::time::sleep(app.config.keepalive)),
@@ -90,6 +97,7 @@ struct SseStream {
     sub: Subscription,
     metrics: Arc<herald_core::Metrics>,
     _guard: ConnectionGuard,
+    _slot: Slot,
     keepalive: Duration,
     idle: Pin<Box<Sleep>>,
     max_coalesce: usize,

@@ -28,7 +28,13 @@ use herald_core::{CloseReason, Cursor, Delivery, Subscription, Topic, Transport}
 use serde::Deserialize;
 use tokio::time::{timeout, Instant};
 
+use crate::auth::origin_allowed;
 use crate::error::ApiError;
+use crate::limits::Slot;
+use crate::server::ConnectionHandle;
+use crate::transport::query_pairs;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
 use crate::publish::PublishItem;
 use crate::AppState;
 
@@ -43,17 +49,47 @@ pub mod close_code {
     pub const FORBIDDEN: u16 = 4003;
 }
 
-pub(crate) async fn handler(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn handler(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    conn: Option<axum::Extension<ConnectionHandle>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if app.hub.is_shutting_down() {
         return ApiError::unavailable("the server is shutting down").into_response();
     }
+    let pairs = query_pairs(uri.query());
+    let credential = match crate::auth::credential(&headers, &pairs, &app.config.auth_cookie) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    // Cross-site WebSocket hijacking: a cookie rides along with any page's
+    // upgrade, so a cookie credential is only honoured from allowed origins.
+    if credential.as_ref().is_some_and(|c| c.source == Source::Cookie)
+        && !origin_allowed(&headers, &app.config.ws_allowed_origins)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this origin may not open a WebSocket with the cookie credential",
+        )
+        .into_response();
+    }
+    // Refusals of the credential are sent as close 4001 after the upgrade,
+    // where browsers can see them.
+    let who = app.config.auth.authenticate(credential);
+    let slot = match app.connection_slot(conn.map(|c| c.0.peer.ip())) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     let max = app.config.ws_max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
         // Small buffers: an idle connection should cost little memory.
         .read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| run(app, socket))
+        .on_upgrade(move |socket| run(app, socket, who, slot))
 }
 
 /// Messages a client sends.
@@ -77,7 +113,6 @@ enum ClientMessage {
         id: Option<String>,
     },
     Auth {
-        #[allow(dead_code)]
         token: String,
     },
 }
@@ -119,6 +154,7 @@ struct Connection {
     sink: SplitSink<WebSocket, Message>,
     sub: Subscription,
     rate: RateLimit,
+    who: Principal,
 }
 
 enum Outcome {
@@ -127,7 +163,7 @@ enum Outcome {
     Gone,
 }
 
-async fn run(app: AppState, socket: WebSocket) {
+async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>, _slot: Slot) {
     let (sink, mut stream) = socket.split();
     let _guard = app.hub.metrics().connection(Transport::WebSocket);
     let sub = app.hub.subscribe();
@@ -137,13 +173,22 @@ async fn run(app: AppState, socket: WebSocket) {
         sink,
         sub,
         rate,
+        who: Principal::Anonymous,
     };
+    let mut refused = None;
+    match who {
+        Ok(w) => c.who = w,
+        Err(e) => refused = Some(e),
+    }
     let keepalive = c.app.config.keepalive;
     let pong_timeout = c.app.config.ws_pong_timeout;
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let outcome = loop {
+        if refused.take().is_some() {
+            break Outcome::Close(close_code::UNAUTHORIZED, "invalid credential");
+        }
         let step = tokio::select! {
             msg = stream.next() => {
                 last_seen = Instant::now();
@@ -362,13 +407,16 @@ impl Connection {
                     Err(e) => self.api_error(e, reference).await,
                 }
             }
-            ClientMessage::Auth { .. } => {
-                self.send_error(
-                    "auth_disabled",
-                    "this server runs without authentication; no credential is needed",
-                    reference,
-                )
-                .await
+            ClientMessage::Auth { token } => {
+                match self.app.config.auth.authenticate(Some(Credential::new(token, Source::Message))) {
+                    Ok(who) => {
+                        let mut v = serde_json::json!({"type": "authenticated", "sub": who.subject()});
+                        self.who = who;
+                        put_ref(&mut v, reference);
+                        self.send_json(v).await
+                    }
+                    Err(_) => Outcome::Close(close_code::UNAUTHORIZED, "invalid credential"),
+                }
             }
         }
     }
@@ -383,6 +431,9 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.api_error(e.into(), reference).await,
         };
+        if let Err(d) = self.app.config.auth.authorize(&self.who, Action::Subscribe, &topic) {
+            return denied(d);
+        }
         let since = match since.as_deref().map(Cursor::decode) {
             None => None,
             Some(Err(e)) => return self.api_error(e.into(), reference).await,
@@ -413,6 +464,14 @@ impl Connection {
 
     async fn api_error(&mut self, e: ApiError, reference: Option<serde_json::Value>) -> Outcome {
         self.send_error(e.code, &e.message, reference).await
+    }
+}
+
+/// A refused topic closes the socket: 4001 without a credential, 4003 with one.
+fn denied(d: Denied) -> Outcome {
+    match d {
+        Denied::Unauthenticated(_) => Outcome::Close(close_code::UNAUTHORIZED, "credential required"),
+        Denied::Forbidden { .. } => Outcome::Close(close_code::FORBIDDEN, "forbidden topic"),
     }
 }
 

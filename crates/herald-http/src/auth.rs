@@ -1,0 +1,176 @@
+//! Credentials from a request, the `POST /v1/tokens` exchange, and query
+//! redaction for logs. The decisions themselves are [`herald_auth::Auth`]'s.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
+use herald_core::Topic;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        match e {
+            Denied::Unauthenticated(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+            Denied::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        }
+    }
+}
+
+/// The credential a request carries: `Authorization: Bearer`, then
+/// `?token=`, then the cookie.
+pub fn credential(headers: &HeaderMap, pairs: &[(String, String)], cookie_name: &str) -> Result<Option<Credential>, ApiError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().unwrap_or("");
+        let token = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the Authorization header must be `Bearer <token>`",
+                )
+            })?;
+        return Ok(Some(Credential::new(token, Source::Header)));
+    }
+    if let Some((_, t)) = pairs.iter().find(|(k, _)| k == "token") {
+        return Ok(Some(Credential::new(t.clone(), Source::Query)));
+    }
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for part in v.split(';') {
+            if let Some((k, val)) = part.trim().split_once('=') {
+                if k == cookie_name && !val.is_empty() {
+                    return Ok(Some(Credential::new(val.trim_matches('"'), Source::Cookie)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Authenticates the request. Returns who it is and where the credential came from.
+pub(crate) fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> Result<(Principal, Option<Source>), ApiError> {
+    let cred = credential(headers, pairs, &app.config.auth_cookie)?;
+    let source = cred.as_ref().map(|c| c.source);
+    Ok((app.config.auth.authenticate(cred)?, source))
+}
+
+/// Authorizes `action` on every topic.
+pub(crate) fn authorize_all(app: &AppState, who: &Principal, action: Action, topics: &[Topic]) -> Result<(), ApiError> {
+    for t in topics {
+        app.config.auth.authorize(who, action, t)?;
+    }
+    Ok(())
+}
+
+/// `POST /v1/tokens`: a caller authenticated by header or cookie gets a
+/// short-lived, single-use token for `?token=` on an EventSource or WebSocket URL.
+pub(crate) async fn tokens(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let pairs = crate::transport::query_pairs(uri.query());
+    let result = (|| {
+        let (who, source) = authenticate(&app, &headers, &pairs)?;
+        if app.config.auth.is_enabled() && (!who.is_authenticated() || source == Some(Source::Query)) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "authenticate with an Authorization header or the cookie to get a one-time token",
+            ));
+        }
+        let (token, ttl) = app.config.auth.issue_one_time(&who)?;
+        Ok(Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response())
+    })();
+    let mut r = result.unwrap_or_else(IntoResponse::into_response);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The query string with credential values replaced, for logs.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn is_secret_param(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    k == "token" || k == "access_token" || k == "jwt" || k == "authorization" || k.contains("key")
+}
+
+/// Whether a WebSocket upgrade's `Origin` may use a cookie credential: it is
+/// in the allow-list or, with no list, it is the page's own host.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        // Browsers always send Origin on WebSocket upgrades; a client without
+        // one is not a browser a cross-site page could drive.
+        return true;
+    };
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_query("topic=a&token=eyJ.x.y"), "topic=a&token=[redacted]");
+        assert_eq!(redact_query("Token=abc&api_key=1"), "Token=[redacted]&api_key=[redacted]");
+        assert_eq!(redact_query("topic=a"), "topic=a");
+    }
+
+    #[test]
+    fn credential_order_and_parsing() {
+        let mut h = HeaderMap::new();
+        let q = vec![("token".to_string(), "q".to_string())];
+        h.insert(header::COOKIE, "a=1; herald_token=c".parse().unwrap());
+        assert_eq!(credential(&h, &[], "herald_token").unwrap().unwrap().source, Source::Cookie);
+        assert_eq!(credential(&h, &q, "herald_token").unwrap().unwrap().source, Source::Query);
+        h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        assert_eq!(credential(&h, &q, "herald_token").unwrap().unwrap().source, Source::Header);
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert!(credential(&h, &q, "herald_token").is_err());
+        assert!(credential(&HeaderMap::new(), &[], "herald_token").unwrap().is_none());
+    }
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        assert!(origin_allowed(&h, &[]));
+        h.insert(header::HOST, "app.example:8080".parse().unwrap());
+        h.insert(header::ORIGIN, "https://app.example:8080".parse().unwrap());
+        assert!(origin_allowed(&h, &[]));
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(!origin_allowed(&h, &[]));
+        assert!(origin_allowed(&h, &["https://evil.example".into()]));
+        assert!(!origin_allowed(&h, &["https://app.example".into()]));
+    }
+}
