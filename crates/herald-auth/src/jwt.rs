@@ -84,7 +84,9 @@ pub(crate) fn verify(
     let key = keys
         .iter()
         .find(|k| k.alg == header.alg)
-        .ok_or(AuthError::Invalid("the token's algorithm is not accepted by this server"))?;
+        .ok_or(AuthError::Invalid(
+            "the token's algorithm is not accepted by this server",
+        ))?;
     let mut validation = Validation::new(key.alg);
     validation.leeway = leeway;
     validation.validate_nbf = true;
@@ -93,11 +95,15 @@ pub(crate) fn verify(
     match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
         Ok(data) => Ok(data.claims),
         Err(e) => Err(match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Invalid("token expired"),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                AuthError::Invalid("token expired")
+            }
             jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
                 AuthError::Invalid("token not valid yet (nbf)")
             }
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                AuthError::Invalid("bad signature")
+            }
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
                 AuthError::Invalid("the token's algorithm is not accepted by this server")
             }
@@ -112,7 +118,11 @@ fn header_says_none(b64: &str) -> bool {
         .decode(b64.trim_end_matches('='))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(|a| a.eq_ignore_ascii_case("none")))
+        .and_then(|v| {
+            v.get("alg")
+                .and_then(|a| a.as_str())
+                .map(|a| a.eq_ignore_ascii_case("none"))
+        })
         .unwrap_or(false)
 }
 
@@ -121,7 +131,10 @@ impl Claims {
     pub(crate) fn grant(&self) -> Result<Grant, AuthError> {
         let parse = |v: &[String]| {
             v.iter()
-                .map(|p| TopicPattern::parse(p).map_err(|_| AuthError::Invalid("invalid topic pattern in claims")))
+                .map(|p| {
+                    TopicPattern::parse(p)
+                        .map_err(|_| AuthError::Invalid("invalid topic pattern in claims"))
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Grant {

@@ -188,7 +188,10 @@ pub enum AuthConfigError {
     #[error("--jwt-public-key: {0}")]
     PublicKey(String),
     #[error("--public {pattern:?}: {error}")]
-    Pattern { pattern: String, error: PatternError },
+    Pattern {
+        pattern: String,
+        error: PatternError,
+    },
     #[error("the JWT secret is empty")]
     EmptySecret,
     #[error("a publisher key must be at least 16 characters")]
@@ -294,7 +297,11 @@ impl Auth {
         if c.token.starts_with(ONE_TIME_PREFIX) {
             return self.redeem(&c.token);
         }
-        if self.api_keys.iter().any(|k| constant_time_eq(k.as_bytes(), c.token.as_bytes())) {
+        if self
+            .api_keys
+            .iter()
+            .any(|k| constant_time_eq(k.as_bytes(), c.token.as_bytes()))
+        {
             if c.source != Source::Header {
                 return Err(AuthError::Invalid(
                     "publisher keys are accepted only in the Authorization header",
@@ -305,7 +312,12 @@ impl Auth {
         if self.keys.is_empty() {
             return Err(AuthError::Invalid("this server accepts no tokens"));
         }
-        let claims = jwt::verify(&c.token, &self.keys, self.key_id.as_deref(), self.config.leeway_secs)?;
+        let claims = jwt::verify(
+            &c.token,
+            &self.keys,
+            self.key_id.as_deref(),
+            self.config.leeway_secs,
+        )?;
         if c.source == Source::Query {
             let max = self.config.max_query_token_lifetime.as_secs();
             match claims.iat {
@@ -325,8 +337,12 @@ impl Auth {
     pub fn authorize(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Denied> {
         let (patterns, name) = match (who, action) {
             (Principal::Open | Principal::Publisher, _) => return Ok(()),
-            (_, Action::Subscribe) if self.public.iter().any(|p| p.matches(topic, None)) => return Ok(()),
-            (Principal::Anonymous, _) => return Err(Denied::Unauthenticated(topic.as_str().to_owned())),
+            (_, Action::Subscribe) if self.public.iter().any(|p| p.matches(topic, None)) => {
+                return Ok(())
+            }
+            (Principal::Anonymous, _) => {
+                return Err(Denied::Unauthenticated(topic.as_str().to_owned()))
+            }
             (Principal::User(g), Action::Subscribe) => (&g.subscribe, "subscribe to"),
             (Principal::User(g), Action::Publish) => (&g.publish, "publish to"),
         };
@@ -354,7 +370,9 @@ impl Auth {
         let mut map = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, (exp, _)| *exp > now);
         if map.len() >= self.config.one_time_max {
-            return Err(AuthError::Invalid("too many outstanding one-time tokens; try again shortly"));
+            return Err(AuthError::Invalid(
+                "too many outstanding one-time tokens; try again shortly",
+            ));
         }
         map.insert(token.clone(), (now + ttl, who.clone()));
         Ok((token, ttl))

@@ -97,7 +97,9 @@ impl TopicPattern {
                 }
                 Segment::WithSubject(s) => {
                     let Some(sub) = subject else { return false };
-                    let Some(part) = parts.next() else { return false };
+                    let Some(part) = parts.next() else {
+                        return false;
+                    };
                     if !matches_with_subject(s, sub, part) {
                         return false;
                     }
@@ -133,7 +135,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn m(p: &str, t: &str, sub: Option<&str>) -> bool {
-        TopicPattern::parse(p).unwrap().matches(&Topic::new(t).unwrap(), sub)
+        TopicPattern::parse(p)
+            .unwrap()
+            .matches(&Topic::new(t).unwrap(), sub)
     }
 
     #[test]
@@ -145,10 +149,18 @@ mod tests {
         assert!(!m("chat/*", "chat", None));
         assert!(!m("chat/*", "chat/a/b", None));
         assert!(m("chat/*/typing", "chat/x/typing", None));
-        assert!(m("users/{sub}/**", "users/alice/notifications", Some("alice")));
+        assert!(m(
+            "users/{sub}/**",
+            "users/alice/notifications",
+            Some("alice")
+        ));
         assert!(m("users/{sub}/**", "users/alice", Some("alice")));
         assert!(m("users/{sub}/**", "users/alice/a/b/c", Some("alice")));
-        assert!(!m("users/{sub}/**", "users/bob/notifications", Some("alice")));
+        assert!(!m(
+            "users/{sub}/**",
+            "users/bob/notifications",
+            Some("alice")
+        ));
         assert!(!m("users/{sub}/**", "users/alice/x", None));
         assert!(m("dm/{sub}-{sub}", "dm/al-al", Some("al")));
         assert!(!m("dm/{sub}-x", "dm/al-y", Some("al")));
@@ -162,11 +174,26 @@ mod tests {
     #[test]
     fn refuses_bad_patterns() {
         assert_eq!(TopicPattern::parse(""), Err(PatternError::Empty));
-        assert_eq!(TopicPattern::parse("a/**/b"), Err(PatternError::RestNotLast));
-        assert_eq!(TopicPattern::parse("a*"), Err(PatternError::PartialWildcard));
-        assert_eq!(TopicPattern::parse("a/b**"), Err(PatternError::PartialWildcard));
-        assert_eq!(TopicPattern::parse("a\nb"), Err(PatternError::ControlCharacter));
-        assert_eq!(TopicPattern::parse(&"a".repeat(1025)), Err(PatternError::TooLong));
+        assert_eq!(
+            TopicPattern::parse("a/**/b"),
+            Err(PatternError::RestNotLast)
+        );
+        assert_eq!(
+            TopicPattern::parse("a*"),
+            Err(PatternError::PartialWildcard)
+        );
+        assert_eq!(
+            TopicPattern::parse("a/b**"),
+            Err(PatternError::PartialWildcard)
+        );
+        assert_eq!(
+            TopicPattern::parse("a\nb"),
+            Err(PatternError::ControlCharacter)
+        );
+        assert_eq!(
+            TopicPattern::parse(&"a".repeat(1025)),
+            Err(PatternError::TooLong)
+        );
     }
 
     proptest! {

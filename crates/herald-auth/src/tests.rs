@@ -33,23 +33,43 @@ fn t(s: &str) -> Topic {
 #[test]
 fn grants_follow_patterns() {
     let auth = hs_auth();
-    let tok = jwt::sign(&claims("alice", &["users/{sub}/**"], &["chat/*"], 60), SECRET, false, None).unwrap();
-    let who = auth.authenticate(Some(Credential::new(tok, Source::Header))).unwrap();
-    assert!(auth.authorize(&who, Action::Subscribe, &t("users/alice/n")).is_ok());
+    let tok = jwt::sign(
+        &claims("alice", &["users/{sub}/**"], &["chat/*"], 60),
+        SECRET,
+        false,
+        None,
+    )
+    .unwrap();
+    let who = auth
+        .authenticate(Some(Credential::new(tok, Source::Header)))
+        .unwrap();
+    assert!(auth
+        .authorize(&who, Action::Subscribe, &t("users/alice/n"))
+        .is_ok());
     assert!(matches!(
         auth.authorize(&who, Action::Subscribe, &t("users/bob/n")),
         Err(Denied::Forbidden { .. })
     ));
-    assert!(auth.authorize(&who, Action::Publish, &t("chat/room")).is_ok());
-    assert!(auth.authorize(&who, Action::Publish, &t("users/alice/n")).is_err());
-    assert!(auth.authorize(&who, Action::Subscribe, &t("public/news")).is_ok());
+    assert!(auth
+        .authorize(&who, Action::Publish, &t("chat/room"))
+        .is_ok());
+    assert!(auth
+        .authorize(&who, Action::Publish, &t("users/alice/n"))
+        .is_err());
+    assert!(auth
+        .authorize(&who, Action::Subscribe, &t("public/news"))
+        .is_ok());
     let anon = auth.authenticate(None).unwrap();
-    assert!(auth.authorize(&anon, Action::Subscribe, &t("public/news")).is_ok());
+    assert!(auth
+        .authorize(&anon, Action::Subscribe, &t("public/news"))
+        .is_ok());
     assert!(matches!(
         auth.authorize(&anon, Action::Subscribe, &t("users/alice/n")),
         Err(Denied::Unauthenticated(_))
     ));
-    assert!(auth.authorize(&anon, Action::Publish, &t("public/news")).is_err());
+    assert!(auth
+        .authorize(&anon, Action::Publish, &t("public/news"))
+        .is_err());
 }
 
 #[test]
@@ -60,14 +80,27 @@ fn refuses_bad_tokens() {
     let tok = jwt::sign(&claims("a", &["**"], &[], -60), SECRET, false, None).unwrap();
     assert_eq!(cred(tok), Err(AuthError::Invalid("token expired")));
     // Bad signature.
-    let tok = jwt::sign(&claims("a", &["**"], &[], 60), b"another-secret-another-secret!!", false, None).unwrap();
+    let tok = jwt::sign(
+        &claims("a", &["**"], &[], 60),
+        b"another-secret-another-secret!!",
+        false,
+        None,
+    )
+    .unwrap();
     assert_eq!(cred(tok), Err(AuthError::Invalid("bad signature")));
     // alg none.
     use base64::Engine;
     let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let payload = serde_json::to_string(&claims("a", &["**"], &[], 60)).unwrap();
-    let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&payload));
-    assert_eq!(cred(none), Err(AuthError::Invalid("unsigned tokens (alg none) are refused")));
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&payload)
+    );
+    assert_eq!(
+        cred(none),
+        Err(AuthError::Invalid("unsigned tokens (alg none) are refused"))
+    );
     // Unknown kid.
     let tok = jwt::sign(&claims("a", &["**"], &[], 60), SECRET, false, Some("other")).unwrap();
     assert_eq!(cred(tok), Err(AuthError::Invalid("unknown key id (kid)")));
@@ -78,7 +111,10 @@ fn refuses_bad_tokens() {
     let mut c = claims("a", &["**"], &[], 600);
     c.nbf = Some(now() + 300);
     let tok = jwt::sign(&c, SECRET, false, None).unwrap();
-    assert_eq!(cred(tok), Err(AuthError::Invalid("token not valid yet (nbf)")));
+    assert_eq!(
+        cred(tok),
+        Err(AuthError::Invalid("token not valid yet (nbf)"))
+    );
     // Invalid pattern in the claims.
     let tok = jwt::sign(&claims("a", &["a/**/b"], &[], 60), SECRET, false, None).unwrap();
     assert!(cred(tok).is_err());
@@ -88,10 +124,16 @@ fn refuses_bad_tokens() {
 fn query_tokens_must_be_short_lived() {
     let auth = hs_auth();
     let long = jwt::sign(&claims("a", &["**"], &[], 3600), SECRET, false, None).unwrap();
-    assert!(auth.authenticate(Some(Credential::new(long.clone(), Source::Query))).is_err());
-    assert!(auth.authenticate(Some(Credential::new(long, Source::Header))).is_ok());
+    assert!(auth
+        .authenticate(Some(Credential::new(long.clone(), Source::Query)))
+        .is_err());
+    assert!(auth
+        .authenticate(Some(Credential::new(long, Source::Header)))
+        .is_ok());
     let short = jwt::sign(&claims("a", &["**"], &[], 120), SECRET, false, None).unwrap();
-    assert!(auth.authenticate(Some(Credential::new(short, Source::Query))).is_ok());
+    assert!(auth
+        .authenticate(Some(Credential::new(short, Source::Query)))
+        .is_ok());
 }
 
 #[test]
@@ -102,21 +144,40 @@ fn api_keys_only_in_the_header() {
         auth.authenticate(Some(Credential::new(key, Source::Header))),
         Ok(Principal::Publisher)
     );
-    assert!(auth.authenticate(Some(Credential::new(key, Source::Query))).is_err());
-    assert!(auth.authenticate(Some(Credential::new("publisher-key-012345678X", Source::Header))).is_err());
+    assert!(auth
+        .authenticate(Some(Credential::new(key, Source::Query)))
+        .is_err());
+    assert!(auth
+        .authenticate(Some(Credential::new(
+            "publisher-key-012345678X",
+            Source::Header
+        )))
+        .is_err());
 }
 
 #[test]
 fn one_time_tokens_are_single_use() {
     let auth = hs_auth();
-    let tok = jwt::sign(&claims("alice", &["users/{sub}/**"], &[], 60), SECRET, false, None).unwrap();
-    let who = auth.authenticate(Some(Credential::new(tok, Source::Header))).unwrap();
+    let tok = jwt::sign(
+        &claims("alice", &["users/{sub}/**"], &[], 60),
+        SECRET,
+        false,
+        None,
+    )
+    .unwrap();
+    let who = auth
+        .authenticate(Some(Credential::new(tok, Source::Header)))
+        .unwrap();
     let (ot, ttl) = auth.issue_one_time(&who).unwrap();
     assert!(ot.starts_with("ot_") && ot.len() > 40);
     assert_eq!(ttl, Duration::from_secs(60));
-    let first = auth.authenticate(Some(Credential::new(ot.clone(), Source::Query))).unwrap();
+    let first = auth
+        .authenticate(Some(Credential::new(ot.clone(), Source::Query)))
+        .unwrap();
     assert_eq!(first, who);
-    assert!(auth.authenticate(Some(Credential::new(ot, Source::Query))).is_err());
+    assert!(auth
+        .authenticate(Some(Credential::new(ot, Source::Query)))
+        .is_err());
     // Expired.
     let auth = Auth::new(AuthConfig {
         hs256_secret: Some(SECRET.to_vec()),
@@ -141,7 +202,10 @@ fn one_time_token_race_has_one_winner() {
             .map(|_| {
                 let auth = auth.clone();
                 let ot = ot.clone();
-                std::thread::spawn(move || auth.authenticate(Some(Credential::new(ot, Source::Query))).is_ok())
+                std::thread::spawn(move || {
+                    auth.authenticate(Some(Credential::new(ot, Source::Query)))
+                        .is_ok()
+                })
             })
             .collect::<Vec<_>>()
             .into_iter()
@@ -168,7 +232,9 @@ fn credentials_do_not_print_their_token() {
 #[test]
 fn config_errors() {
     assert!(Auth::new(AuthConfig {
-        public_key_pem: Some(b"-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n".to_vec()),
+        public_key_pem: Some(
+            b"-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n".to_vec()
+        ),
         ..AuthConfig::default()
     })
     .is_err());
@@ -182,4 +248,35 @@ fn config_errors() {
         ..AuthConfig::default()
     })
     .is_err());
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any string as a credential, from any source: an answer, never a panic,
+        /// and never an accepted identity.
+        #[test]
+        fn arbitrary_tokens_are_refused_without_panic(tok in "\\PC{0,200}", dots in "[A-Za-z0-9_=-]{0,40}\\.[A-Za-z0-9_=-]{0,60}\\.[A-Za-z0-9_=-]{0,40}") {
+            let auth = hs_auth();
+            for t in [tok.as_str(), dots.as_str()] {
+                for src in [Source::Header, Source::Cookie, Source::Query, Source::Message] {
+                    let r = auth.authenticate(Some(Credential::new(t, src)));
+                    prop_assert!(r.is_err());
+                }
+            }
+        }
+
+        /// Well-formed JWT shapes with arbitrary JSON inside are refused cleanly.
+        #[test]
+        fn arbitrary_headers_and_payloads(h in "\\PC{0,60}", p in "\\PC{0,80}") {
+            use base64::Engine;
+            let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+            let t = format!("{}.{}.{}", b64(&h), b64(&p), b64("sig"));
+            prop_assert!(hs_auth().authenticate(Some(Credential::new(t, Source::Header))).is_err());
+        }
+    }
 }

@@ -42,7 +42,11 @@ fn rs256_and_es256_verify() {
         let tok = jwt::sign(&claims(), private, true, None).unwrap();
         let who = header(&auth, tok).unwrap();
         assert!(auth
-            .authorize(&who, Action::Subscribe, &Topic::new("users/alice/x").unwrap())
+            .authorize(
+                &who,
+                Action::Subscribe,
+                &Topic::new("users/alice/x").unwrap()
+            )
             .is_ok());
     }
     // An ES256 token against an RS256-only server, and the other way round.

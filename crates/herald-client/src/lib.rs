@@ -129,7 +129,10 @@ impl Client {
             .method(method)
             .uri(format!("{}{}", self.base, path_and_query));
         if let Some(t) = &self.token {
-            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
                 req = req.header("authorization", format!("Bearer {t}"));
             }
         }
@@ -257,7 +260,11 @@ impl Client {
     }
 
     /// Opens a WebSocket to `/v1/ws` + `query` with extra request headers.
-    pub async fn ws_with(&self, headers: &[(&str, &str)], query: &str) -> Result<WsClient, ClientError> {
+    pub async fn ws_with(
+        &self,
+        headers: &[(&str, &str)],
+        query: &str,
+    ) -> Result<WsClient, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!("ws://{}/v1/ws{query}", &self.base["http://".len()..]);
         let mut req = url.into_client_request()?;
@@ -267,8 +274,10 @@ impl Client {
             }
         }
         for (k, v) in headers {
-            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|e| ClientError::Http(e.to_string()))?;
-            let value = http::HeaderValue::from_str(v).map_err(|e| ClientError::Http(e.to_string()))?;
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| ClientError::Http(e.to_string()))?;
+            let value =
+                http::HeaderValue::from_str(v).map_err(|e| ClientError::Http(e.to_string()))?;
             req.headers_mut().insert(name, value);
         }
         let (socket, _) = tokio_tungstenite::connect_async(req).await?;

@@ -20,15 +20,23 @@ impl From<AuthError> for ApiError {
 impl From<Denied> for ApiError {
     fn from(e: Denied) -> Self {
         match e {
-            Denied::Unauthenticated(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
-            Denied::Forbidden { .. } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            Denied::Unauthenticated(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            }
+            Denied::Forbidden { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
         }
     }
 }
 
 /// The credential a request carries: `Authorization: Bearer`, then
 /// `?token=`, then the cookie.
-pub fn credential(headers: &HeaderMap, pairs: &[(String, String)], cookie_name: &str) -> Result<Option<Credential>, ApiError> {
+pub fn credential(
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    cookie_name: &str,
+) -> Result<Option<Credential>, ApiError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().unwrap_or("");
         let token = v
@@ -73,7 +81,12 @@ pub(crate) fn authenticate(
 }
 
 /// Authorizes `action` on every topic.
-pub(crate) fn authorize_all(app: &AppState, who: &Principal, action: Action, topics: &[Topic]) -> Result<(), ApiError> {
+pub(crate) fn authorize_all(
+    app: &AppState,
+    who: &Principal,
+    action: Action,
+    topics: &[Topic],
+) -> Result<(), ApiError> {
     for t in topics {
         app.config.auth.authorize(who, action, t)?;
     }
@@ -86,7 +99,9 @@ pub(crate) async fn tokens(State(app): State<AppState>, headers: HeaderMap, uri:
     let pairs = crate::transport::query_pairs(uri.query());
     let result = (|| {
         let (who, source) = authenticate(&app, &headers, &pairs)?;
-        if app.config.auth.is_enabled() && (!who.is_authenticated() || source == Some(Source::Query)) {
+        if app.config.auth.is_enabled()
+            && (!who.is_authenticated() || source == Some(Source::Query))
+        {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -97,8 +112,10 @@ pub(crate) async fn tokens(State(app): State<AppState>, headers: HeaderMap, uri:
         Ok(Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response())
     })();
     let mut r = result.unwrap_or_else(IntoResponse::into_response);
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
@@ -128,9 +145,14 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         return true;
     };
     if !allowed.is_empty() {
-        return allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
+        return allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     origin
         .split_once("://")
         .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
@@ -142,8 +164,14 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(redact_query("topic=a&token=eyJ.x.y"), "topic=a&token=[redacted]");
-        assert_eq!(redact_query("Token=abc&api_key=1"), "Token=[redacted]&api_key=[redacted]");
+        assert_eq!(
+            redact_query("topic=a&token=eyJ.x.y"),
+            "topic=a&token=[redacted]"
+        );
+        assert_eq!(
+            redact_query("Token=abc&api_key=1"),
+            "Token=[redacted]&api_key=[redacted]"
+        );
         assert_eq!(redact_query("topic=a"), "topic=a");
     }
 
@@ -152,13 +180,24 @@ mod tests {
         let mut h = HeaderMap::new();
         let q = vec![("token".to_string(), "q".to_string())];
         h.insert(header::COOKIE, "a=1; herald_token=c".parse().unwrap());
-        assert_eq!(credential(&h, &[], "herald_token").unwrap().unwrap().source, Source::Cookie);
-        assert_eq!(credential(&h, &q, "herald_token").unwrap().unwrap().source, Source::Query);
+        assert_eq!(
+            credential(&h, &[], "herald_token").unwrap().unwrap().source,
+            Source::Cookie
+        );
+        assert_eq!(
+            credential(&h, &q, "herald_token").unwrap().unwrap().source,
+            Source::Query
+        );
         h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
-        assert_eq!(credential(&h, &q, "herald_token").unwrap().unwrap().source, Source::Header);
+        assert_eq!(
+            credential(&h, &q, "herald_token").unwrap().unwrap().source,
+            Source::Header
+        );
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert!(credential(&h, &q, "herald_token").is_err());
-        assert!(credential(&HeaderMap::new(), &[], "herald_token").unwrap().is_none());
+        assert!(credential(&HeaderMap::new(), &[], "herald_token")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub(crate) async fn cors(State(app): State<AppState>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let allowed = match &origin {
-        Some(o) if !origins.is_empty() => origins.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
+        Some(o) if !origins.is_empty() => origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
         _ => false,
     };
     if !allowed {
@@ -63,7 +65,10 @@ pub(crate) async fn cors(State(app): State<AppState>, req: Request, next: Next) 
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("authorization, content-type, last-event-id"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         r
     } else {
         next.run(req).await
@@ -72,7 +77,10 @@ pub(crate) async fn cors(State(app): State<AppState>, req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(&origin) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
     }
-    h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
     h.append(header::VARY, HeaderValue::from_static("origin"));
     resp
 }

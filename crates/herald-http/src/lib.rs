@@ -60,7 +60,10 @@ pub(crate) struct AppState {
 
 impl AppState {
     /// A slot for one more streaming connection from `peer`.
-    pub(crate) fn connection_slot(&self, peer: Option<std::net::IpAddr>) -> Result<limits::Slot, ApiError> {
+    pub(crate) fn connection_slot(
+        &self,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<limits::Slot, ApiError> {
         self.limiter.acquire(
             peer,
             self.config.max_connections,
@@ -87,7 +90,10 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), layers::cors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            layers::cors,
+        ))
         .layer(axum::middleware::from_fn(layers::access_log))
         .with_state(state)
 }

@@ -26,7 +26,12 @@ pub struct Slot {
 
 impl ConnectionLimiter {
     /// Takes a slot for `ip` (unknown when Herald is nested in another server).
-    pub fn acquire(self: &Arc<Self>, ip: Option<IpAddr>, max_total: usize, max_per_ip: usize) -> Result<Slot, ApiError> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Slot, ApiError> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::new(
@@ -64,7 +69,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.ip {
-            let mut map = self.limiter.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self
+                .limiter
+                .per_ip
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(n) = map.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -86,9 +95,15 @@ mod tests {
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let s1 = l.acquire(Some(a), 3, 2).unwrap();
         let _s2 = l.acquire(Some(a), 3, 2).unwrap();
-        assert_eq!(l.acquire(Some(a), 3, 2).unwrap_err().status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            l.acquire(Some(a), 3, 2).unwrap_err().status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
         let _s3 = l.acquire(Some(b), 3, 2).unwrap();
-        assert_eq!(l.acquire(Some(b), 3, 2).unwrap_err().status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            l.acquire(Some(b), 3, 2).unwrap_err().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         drop(s1);
         let _s4 = l.acquire(Some(a), 3, 2).unwrap();
         assert_eq!(l.open(), 3);

@@ -3,9 +3,9 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
-use herald_auth::Action;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use herald_auth::Action;
 use herald_core::{Data, NewEvent, Topic};
 use http_body_util::BodyExt;
 use serde::Deserialize;

@@ -222,11 +222,14 @@ pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
         args.jwt_secret.or(file.jwt_secret),
     ) {
         (Some(path), _) => (
-            std::fs::read(&path).with_context(|| format!("--jwt-private-key: cannot read {}", path.display()))?,
+            std::fs::read(&path)
+                .with_context(|| format!("--jwt-private-key: cannot read {}", path.display()))?,
             true,
         ),
         (None, Some(secret)) => (secret.into_bytes(), false),
-        (None, None) => bail!("no signing key: pass --jwt-secret or --jwt-private-key (or set them in --config)"),
+        (None, None) => bail!(
+            "no signing key: pass --jwt-secret or --jwt-private-key (or set them in --config)"
+        ),
     };
     let now = herald_auth::now();
     let claims = herald_auth::jwt::Claims {
@@ -240,7 +243,8 @@ pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
         },
     };
     let kid = args.jwt_key_id.or(file.jwt_key_id);
-    herald_auth::jwt::sign(&claims, &key, pem, kid.as_deref()).map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
+    herald_auth::jwt::sign(&claims, &key, pem, kid.as_deref())
+        .map_err(|e| anyhow::anyhow!("cannot sign: {e}"))
 }
 
 /// A repeatable setting: the flags (or environment) when given, else the file's.
@@ -257,7 +261,8 @@ fn auth_config(args: &ServeArgs, file: &FileSettings) -> anyhow::Result<AuthConf
     let public_key_pem = match args.jwt_public_key.clone().or(file.jwt_public_key.clone()) {
         None => None,
         Some(p) => Some(
-            std::fs::read(&p).with_context(|| format!("--jwt-public-key: cannot read {}", p.display()))?,
+            std::fs::read(&p)
+                .with_context(|| format!("--jwt-public-key: cannot read {}", p.display()))?,
         ),
     };
     Ok(AuthConfig {
@@ -272,12 +277,16 @@ fn auth_config(args: &ServeArgs, file: &FileSettings) -> anyhow::Result<AuthConf
         api_keys: pick(args.publish_key.clone(), file.publish_key.clone()),
         max_query_token_lifetime: dur(
             "query-token-max-lifetime",
-            args.query_token_max_lifetime.clone().or(file.query_token_max_lifetime.clone()),
+            args.query_token_max_lifetime
+                .clone()
+                .or(file.query_token_max_lifetime.clone()),
             d.max_query_token_lifetime,
         )?,
         one_time_ttl: dur(
             "one-time-token-ttl",
-            args.one_time_token_ttl.clone().or(file.one_time_token_ttl.clone()),
+            args.one_time_token_ttl
+                .clone()
+                .or(file.one_time_token_ttl.clone()),
             d.one_time_ttl,
         )?,
         ..d
@@ -324,7 +333,9 @@ impl Settings {
         if args.redis_url.or(file.redis_url).is_some() {
             bail!("--redis-url is not yet supported in this version");
         }
-        let has_keys = auth.hs256_secret.is_some() || auth.public_key_pem.is_some() || !auth.api_keys.is_empty();
+        let has_keys = auth.hs256_secret.is_some()
+            || auth.public_key_pem.is_some()
+            || !auth.api_keys.is_empty();
         let auth = Arc::new(Auth::new(auth)?);
         if args.tls_cert.or(file.tls_cert).is_some() || args.tls_key.or(file.tls_key).is_some() {
             bail!("TLS (--tls-cert, --tls-key) is not yet supported in this version");

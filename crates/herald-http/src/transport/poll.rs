@@ -13,9 +13,9 @@ use axum::extract::State;
 use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
-use herald_auth::Action;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use herald_auth::Action;
 use herald_core::{Cursor, Delivery, Subscription, Transport};
 
 use super::{param, query_pairs, subscribe_all, topics_param};
@@ -53,7 +53,12 @@ fn parse_timeout(v: Option<&str>, default: Duration, max: Duration) -> Result<Du
     Ok(Duration::from_secs_f64(secs.min(max.as_secs_f64())))
 }
 
-async fn poll(app: AppState, headers: HeaderMap, uri: Uri, peer: Option<IpAddr>) -> Result<Response, ApiError> {
+async fn poll(
+    app: AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    peer: Option<IpAddr>,
+) -> Result<Response, ApiError> {
     let pairs = query_pairs(uri.query());
     let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
     let (who, _) = authenticate(&app, &headers, &pairs)?;

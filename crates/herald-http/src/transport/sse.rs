@@ -23,9 +23,9 @@ use super::{param, query_pairs, subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
 use crate::limits::Slot;
-use herald_auth::Action;
 use crate::server::ConnectionHandle;
 use crate::AppState;
+use herald_auth::Action;
 
 pub(crate) async fn handler(
     State(app): State<AppState>,

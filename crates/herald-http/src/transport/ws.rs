@@ -31,12 +31,12 @@ use tokio::time::{timeout, Instant};
 use crate::auth::origin_allowed;
 use crate::error::ApiError;
 use crate::limits::Slot;
+use crate::publish::PublishItem;
 use crate::server::ConnectionHandle;
 use crate::transport::query_pairs;
+use crate::AppState;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
-use crate::publish::PublishItem;
-use crate::AppState;
 
 /// WebSocket close codes Herald uses.
 pub mod close_code {
@@ -66,7 +66,9 @@ pub(crate) async fn handler(
     };
     // Cross-site WebSocket hijacking: a cookie rides along with any page's
     // upgrade, so a cookie credential is only honoured from allowed origins.
-    if credential.as_ref().is_some_and(|c| c.source == Source::Cookie)
+    if credential
+        .as_ref()
+        .is_some_and(|c| c.source == Source::Cookie)
         && !origin_allowed(&headers, &app.config.ws_allowed_origins)
     {
         return ApiError::new(
@@ -408,9 +410,15 @@ impl Connection {
                 }
             }
             ClientMessage::Auth { token } => {
-                match self.app.config.auth.authenticate(Some(Credential::new(token, Source::Message))) {
+                match self
+                    .app
+                    .config
+                    .auth
+                    .authenticate(Some(Credential::new(token, Source::Message)))
+                {
                     Ok(who) => {
-                        let mut v = serde_json::json!({"type": "authenticated", "sub": who.subject()});
+                        let mut v =
+                            serde_json::json!({"type": "authenticated", "sub": who.subject()});
                         self.who = who;
                         put_ref(&mut v, reference);
                         self.send_json(v).await
@@ -431,7 +439,12 @@ impl Connection {
             Ok(t) => t,
             Err(e) => return self.api_error(e.into(), reference).await,
         };
-        if let Err(d) = self.app.config.auth.authorize(&self.who, Action::Subscribe, &topic) {
+        if let Err(d) = self
+            .app
+            .config
+            .auth
+            .authorize(&self.who, Action::Subscribe, &topic)
+        {
             return denied(d);
         }
         let since = match since.as_deref().map(Cursor::decode) {
@@ -470,7 +483,9 @@ impl Connection {
 /// A refused topic closes the socket: 4001 without a credential, 4003 with one.
 fn denied(d: Denied) -> Outcome {
     match d {
-        Denied::Unauthenticated(_) => Outcome::Close(close_code::UNAUTHORIZED, "credential required"),
+        Denied::Unauthenticated(_) => {
+            Outcome::Close(close_code::UNAUTHORIZED, "credential required")
+        }
         Denied::Forbidden { .. } => Outcome::Close(close_code::FORBIDDEN, "forbidden topic"),
     }
 }
