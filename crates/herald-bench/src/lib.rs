@@ -1,0 +1,45 @@
+//! # herald-bench
+//!
+//! The load generator that measures Herald beside its peers (nginx + Nchan,
+//! a Node.js Express/`ws` baseline, Pushpin) and beside the ceiling program,
+//! all on the same machine in the same run. `bench/run.sh` drives it; see
+//! `bench/README.md` for the scenarios and the results.
+//!
+//! # Layout
+//!
+//! - [`wire`]: pure parsing of what subscribers receive (HTTP heads, chunked
+//!   bodies, WebSocket frames) and the `~SEQ~MICROS~` marker each payload carries.
+//! - [`target`]: one small adapter per server: subscribe paths, publish requests.
+//! - [`subscriber`]: one connection over SSE, WebSocket or long polling.
+//! - [`run`]: a whole run: connect, measure memory, publish, drain, report.
+//! - [`procfs`]: RSS and CPU time of the server's process tree.
+//!
+//! The `herald-bench-ceiling` binary (`src/bin/ceiling.rs`) is the ceiling: it
+//! writes one pre-encoded frame per subscriber per message and does nothing else.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use herald_bench::run::{run, Plan, Topics};
+//! use herald_bench::target::{Target, Transport};
+//! use std::time::Duration;
+//! let addr = "127.0.0.1:8080".parse()?;
+//! let report = run(Plan {
+//!     label: "fanout".into(), target: Target::Herald, transport: Transport::Sse,
+//!     addr, pub_addr: addr, server_pid: None, subs: 1000, topics: Topics::Shared,
+//!     rate: 100.0, window: 0, shared_every: 1, size: 100, publishers: 1,
+//!     duration: Duration::from_secs(10), hold: Duration::ZERO,
+//!     drain: Duration::from_secs(5), settle: Duration::from_secs(1),
+//!     connect_timeout: Duration::from_secs(60), threads: 1, sources: 4,
+//!     connect_concurrency: 128, max_messages: 1_000_000,
+//! })?;
+//! println!("{}", serde_json::to_string(&report)?);
+//! # Ok(()) }
+//! ```
+
+pub mod procfs;
+pub mod run;
+pub mod subscriber;
+pub mod target;
+pub mod wire;

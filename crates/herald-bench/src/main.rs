@@ -1,0 +1,108 @@
+//! `herald-bench`: one measured run against one server; prints a JSON line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use herald_bench::run::{run, Plan, Topics};
+use herald_bench::target::{Target, Transport};
+
+/// Measure a push server: N subscribers, a publisher, memory, CPU, latency.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A free-form label copied into the report.
+    #[arg(long, default_value = "")]
+    label: String,
+    #[arg(long, value_enum, default_value = "herald")]
+    target: Target,
+    #[arg(long, value_enum, default_value = "sse")]
+    transport: Transport,
+    /// The server's subscriber address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Where to publish (defaults to --addr).
+    #[arg(long)]
+    pub_addr: Option<SocketAddr>,
+    /// The server's process id, for RSS and CPU (its children are counted too).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long, default_value_t = 1000)]
+    subs: usize,
+    #[arg(long, value_enum, default_value = "shared")]
+    topics: Topics,
+    /// Messages per second over all publishers; 0 = as fast as the server takes them.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// With --rate 0: messages in flight (published, not yet delivered to all); 0 = no limit.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// With --topics own-shared: every n-th message goes to the shared topic.
+    #[arg(long, default_value_t = 100)]
+    shared_every: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Seconds of publishing; 0 holds the connections idle for --hold.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 5.0)]
+    hold: f64,
+    /// Most seconds to wait for deliveries after the last publish.
+    #[arg(long, default_value_t = 10.0)]
+    drain: f64,
+    /// Seconds between the last connection and the memory reading.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    #[arg(long, default_value_t = 120.0)]
+    connect_timeout: f64,
+    /// Load-generator threads for the subscribers (the publishers get one more).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Source addresses 127.0.0.2 ... to spread connections over.
+    #[arg(long, default_value_t = 20)]
+    sources: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// The most messages a run publishes (the per-message counters are this long).
+    #[arg(long, default_value_t = 2_000_000)]
+    max_messages: usize,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let report = run(Plan {
+        label: a.label,
+        target: a.target,
+        transport: a.transport,
+        addr: a.addr,
+        pub_addr: a.pub_addr.unwrap_or(a.addr),
+        server_pid: a.server_pid,
+        subs: a.subs,
+        topics: a.topics,
+        rate: a.rate,
+        window: a.window,
+        shared_every: a.shared_every,
+        size: a.size,
+        publishers: a.publishers,
+        duration: secs(a.duration),
+        hold: secs(a.hold),
+        drain: secs(a.drain),
+        settle: secs(a.settle),
+        connect_timeout: secs(a.connect_timeout),
+        threads: a.threads,
+        sources: a.sources,
+        connect_concurrency: a.connect_concurrency,
+        max_messages: a.max_messages,
+    })?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! The load generator's wire handling, as pure functions and small state
+//! machines over bytes (no sockets here, so each is unit-tested alone).
+//!
+//! The load generator never parses events properly: every payload carries a
+//! marker `~SEQ~MICROS~` (sequence number, send time in microseconds since the
+//! run started), and a streaming [`MarkerScanner`] finds markers in whatever
+//! bytes arrive: an SSE body after de-chunking, WebSocket payloads, a
+//! long-poll JSON answer. `~` never occurs in Herald's, Nchan's or the
+//! baseline's framing, so each marker is one delivery.
+
+/// The payload of message `seq` sent at `micros`, padded with `x` to `size` bytes.
+pub fn payload(seq: u64, micros: u64, size: usize) -> String {
+    let mut s = format!("~{seq}~{micros}~");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
+/// Finds `~SEQ~MICROS~` markers in a byte stream split anywhere.
+#[derive(Debug, Default, Clone)]
+pub struct MarkerScanner {
+    state: u8,
+    seq: u64,
+    micros: u64,
+}
+
+impl MarkerScanner {
+    /// Scans `bytes`, calling `found(seq, micros)` for each complete marker.
+    pub fn feed(&mut self, bytes: &[u8], mut found: impl FnMut(u64, u64)) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == 0 {
+                // Skip to the next `~` quickly: payload padding is long.
+                match bytes[i..].iter().position(|&b| b == b'~') {
+                    Some(p) => {
+                        i += p + 1;
+                        self.state = 1;
+                        self.seq = 0;
+                        self.micros = 0;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let b = bytes[i];
+            i += 1;
+            match (self.state, b) {
+                (1, b'0'..=b'9') => self.seq = self.seq * 10 + u64::from(b - b'0'),
+                (1, b'~') => self.state = 2,
+                (2, b'0'..=b'9') => self.micros = self.micros * 10 + u64::from(b - b'0'),
+                (2, b'~') => {
+                    found(self.seq, self.micros);
+                    self.state = 0;
+                }
+                (_, b'~') => {
+                    // A stray `~`: start over from here.
+                    self.state = 1;
+                    self.seq = 0;
+                    self.micros = 0;
+                }
+                _ => self.state = 0,
+            }
+        }
+    }
+}
+
+/// The head of an HTTP/1.1 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub chunked: bool,
+    pub content_length: Option<usize>,
+    /// `Last-Modified` and `Etag`, which Nchan's long polling hands back.
+    pub last_modified: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// Parses a response head from the start of `buf`. `Ok(None)`: not complete
+/// yet. `Ok(Some((head, len)))`: the head and its length with the blank line.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        if buf.len() > 64 * 1024 {
+            return Err("response head over 64 KiB".into());
+        }
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&buf[..end]).map_err(|_| "head is not UTF-8".to_string())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut head = ResponseHead {
+        status,
+        chunked: false,
+        content_length: None,
+        last_modified: None,
+        etag: None,
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            head.content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("last-modified") {
+            head.last_modified = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("etag") {
+            head.etag = Some(value.to_string());
+        }
+    }
+    Ok(Some((head, end + 4)))
+}
+
+/// The first position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes `Transfer-Encoding: chunked` incrementally.
+#[derive(Debug, Default, Clone)]
+pub struct Dechunker {
+    state: ChunkState,
+    size: usize,
+    /// The terminating zero-size chunk was seen.
+    pub done: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// After the size: extensions up to the line end.
+    SizeLine,
+    Data,
+    DataEnd,
+    /// After the last chunk: trailers up to the blank line.
+    Trailer,
+}
+
+impl Dechunker {
+    /// Feeds raw body bytes; `out` gets the decoded bytes. Returns how many
+    /// input bytes were used (less than all only once `done`).
+    pub fn feed(&mut self, input: &[u8], mut out: impl FnMut(&[u8])) -> Result<usize, String> {
+        let mut i = 0;
+        while i < input.len() && !self.done {
+            match self.state {
+                ChunkState::Size => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                            let d = (b as char).to_digit(16).unwrap_or(0) as usize;
+                            self.size = self
+                                .size
+                                .checked_mul(16)
+                                .and_then(|s| s.checked_add(d))
+                                .ok_or("chunk size overflow")?;
+                        }
+                        b'\r' | b';' | b' ' => self.state = ChunkState::SizeLine,
+                        b'\n' => self.after_size_line(),
+                        _ => return Err(format!("bad chunk size byte {b:#x}")),
+                    }
+                }
+                ChunkState::SizeLine => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        self.after_size_line();
+                    }
+                }
+                ChunkState::Data => {
+                    let n = self.size.min(input.len() - i);
+                    out(&input[i..i + n]);
+                    i += n;
+                    self.size -= n;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataEnd;
+                    }
+                }
+                ChunkState::DataEnd => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        self.state = ChunkState::Size;
+                    }
+                }
+                ChunkState::Trailer => {
+                    // Trailers are not used by any target: the next LF ends the body.
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        self.done = true;
+                    }
+                }
+            }
+        }
+        Ok(i)
+    }
+
+    fn after_size_line(&mut self) {
+        if self.size == 0 {
+            self.state = ChunkState::Trailer;
+        } else {
+            self.state = ChunkState::Data;
+        }
+    }
+}
+
+/// A WebSocket frame from the server (never masked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsFrame<'a> {
+    pub opcode: u8,
+    pub fin: bool,
+    pub payload: &'a [u8],
+}
+
+/// Parses one frame at the start of `buf`. `Ok(None)`: incomplete.
+/// `Ok(Some((frame, len)))`: the frame and the bytes it took.
+pub fn parse_ws_frame(buf: &[u8]) -> Result<Option<(WsFrame<'_>, usize)>, String> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let fin = buf[0] & 0x80 != 0;
+    let opcode = buf[0] & 0x0f;
+    if buf[1] & 0x80 != 0 {
+        return Err("server frames must not be masked".into());
+    }
+    let (len, at) = match buf[1] & 0x7f {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (
+                usize::try_from(u64::from_be_bytes(b)).map_err(|_| "frame too large")?,
+                10,
+            )
+        }
+        n => (n as usize, 2),
+    };
+    if buf.len() < at + len {
+        return Ok(None);
+    }
+    Ok(Some((
+        WsFrame {
+            opcode,
+            fin,
+            payload: &buf[at..at + len],
+        },
+        at + len,
+    )))
+}
+
+/// A client frame (masked with a zero key, which leaves the payload as is).
+pub fn ws_client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A server frame (unmasked), as the ceiling program sends it.
+pub fn ws_server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 10);
+    f.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= 0xffff => {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(chunks: &[&[u8]]) -> Vec<(u64, u64)> {
+        let mut s = MarkerScanner::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, |a, b| out.push((a, b)));
+        }
+        out
+    }
+
+    #[test]
+    fn markers_split_anywhere() {
+        let text = format!(
+            "id: 1\ndata: {}\n\ndata: {}\n\n",
+            payload(7, 123, 40),
+            payload(8, 456, 10)
+        );
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(scan_all(&[a, b]), vec![(7, 123), (8, 456)], "cut at {cut}");
+        }
+        assert_eq!(scan_all(&[b"~x~1~2~3~"]), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn payload_size() {
+        assert_eq!(payload(1, 2, 100).len(), 100);
+        assert_eq!(payload(1, 2, 0), "~1~2~");
+    }
+
+    #[test]
+    fn response_head() {
+        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nEtag: 0\r\n\r\nabc";
+        let (h, n) = parse_head(r).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert!(h.chunked);
+        assert_eq!(h.etag.as_deref(), Some("0"));
+        assert_eq!(&r[n..], b"abc");
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
+    }
+
+    #[test]
+    fn dechunk_split_anywhere() {
+        let body = b"5\r\nhello\r\n3;x=y\r\n, w\r\n0\r\n\r\n";
+        for cut in 0..body.len() {
+            let mut d = Dechunker::default();
+            let mut out = Vec::new();
+            d.feed(&body[..cut], |b| out.extend_from_slice(b)).unwrap();
+            d.feed(&body[cut..], |b| out.extend_from_slice(b)).unwrap();
+            assert_eq!(out, b"hello, w");
+            assert!(d.done);
+        }
+    }
+
+    #[test]
+    fn ws_frames_round_trip() {
+        for len in [0, 5, 125, 126, 300, 70_000] {
+            let p = vec![b'a'; len];
+            let f = ws_server_frame(1, &p);
+            let (frame, n) = parse_ws_frame(&f).unwrap().unwrap();
+            assert_eq!((frame.opcode, frame.payload.len(), n), (1, len, f.len()));
+            assert_eq!(parse_ws_frame(&f[..f.len() - 1]).unwrap(), None);
+        }
+        let c = ws_client_frame(1, b"hi");
+        assert_eq!(c, vec![0x81, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    }
+}
