@@ -20,6 +20,10 @@ pub struct Metrics {
     pub connections_ws: AtomicI64,
     pub connections_poll: AtomicI64,
     pub connections_total: AtomicU64,
+    /// TCP connections accepted, and open now (one HTTP/2 connection carries many streams).
+    pub tcp_connections_total: AtomicU64,
+    pub tcp_connections_open: AtomicI64,
+    pub tls_handshake_failures: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -135,6 +139,33 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE herald_connections_total counter");
         let _ = writeln!(o, "herald_connections_total {}", c(&self.connections_total));
+        let _ = writeln!(
+            o,
+            "# HELP herald_tcp_connections_total TCP connections accepted."
+        );
+        let _ = writeln!(o, "# TYPE herald_tcp_connections_total counter");
+        let _ = writeln!(
+            o,
+            "herald_tcp_connections_total {}",
+            c(&self.tcp_connections_total)
+        );
+        let _ = writeln!(o, "# HELP herald_tcp_connections Open TCP connections.");
+        let _ = writeln!(o, "# TYPE herald_tcp_connections gauge");
+        let _ = writeln!(
+            o,
+            "herald_tcp_connections {}",
+            self.tcp_connections_open.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP herald_tls_handshake_failures_total TLS handshakes that failed or timed out."
+        );
+        let _ = writeln!(o, "# TYPE herald_tls_handshake_failures_total counter");
+        let _ = writeln!(
+            o,
+            "herald_tls_handshake_failures_total {}",
+            c(&self.tls_handshake_failures)
+        );
         let _ = writeln!(
             o,
             "# HELP herald_publish_duration_seconds Time for the engine to accept a publish."

@@ -39,16 +39,17 @@ pub mod limits;
 pub mod ops;
 pub mod publish;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{get, on, post, MethodFilter};
 use axum::Router;
 pub use config::HttpConfig;
 pub use error::ApiError;
 pub use herald_core::{Hub, HubConfig};
-pub use server::{serve, ConnectionHandle};
+pub use server::{serve, serve_with, ConnectionHandle, ServeOptions};
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -83,7 +84,14 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route("/v1/publish", post(publish::publish))
         .route("/v1/tokens", post(auth::tokens))
         .route("/v1/sse", get(transport::sse::handler))
-        .route("/v1/ws", get(transport::ws::handler))
+        // GET for the HTTP/1.1 upgrade, CONNECT for HTTP/2 (RFC 8441).
+        .route(
+            "/v1/ws",
+            on(
+                MethodFilter::GET.or(MethodFilter::CONNECT),
+                transport::ws::handler,
+            ),
+        )
         .route("/v1/poll", get(transport::poll::handler))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -1,13 +1,19 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one port,
-//! WebSocket upgrades, graceful shutdown, and a per-connection kill switch.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port (h2c by prior knowledge
+//! in cleartext, `h2` by ALPN under TLS), WebSocket upgrades over both
+//! (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT, RFC 8441), graceful shutdown
+//! (GOAWAY on HTTP/2), and a per-connection kill switch.
 //!
-//! The kill switch exists for the slow-consumer policy: a client that stops
-//! reading fills its socket, so its response body is no longer polled and
-//! could not end itself. When its queue overflows the hub wakes the
-//! connection's [`ConnectionHandle::kill`], and the connection is dropped.
+//! The kill switch exists for the slow-consumer policy on HTTP/1.1: a client
+//! that stops reading fills its socket, so its response body is no longer
+//! polled and could not end itself. When its queue overflows the hub wakes
+//! the connection's [`ConnectionHandle::kill`], and the connection is dropped.
+//! HTTP/2 streams get no kill switch: a stalled stream is held back by its
+//! own flow-control window while the connection's other streams go on, and
+//! its queue is freed as soon as it overflows.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,16 +24,19 @@ use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+use crate::tls::Tls;
+
 /// Per-connection data handlers can read from the request extensions.
 #[derive(Clone, Debug)]
 pub struct ConnectionHandle {
-    /// Wake to drop the connection at once.
-    pub kill: Arc<Notify>,
+    /// Wake to drop the connection at once (HTTP/1.1 only).
+    pub kill: Option<Arc<Notify>>,
     /// The peer's address.
     pub peer: SocketAddr,
 }
@@ -35,13 +44,39 @@ pub struct ConnectionHandle {
 /// How long graceful shutdown waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `router` on `listener` until `shutdown` resolves, then shuts the hub
-/// down (streams end, WebSockets close with 1000, held polls answer), waits up
-/// to [`DRAIN_TIMEOUT`] for connections to finish, and returns.
+/// A TLS handshake that takes longer than this is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of [`serve_with`].
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Serve HTTPS with this certificate (HTTP/2 by ALPN); cleartext when `None`.
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// Serves `router` in cleartext (HTTP/1.1 and h2c) until `shutdown`
+/// resolves; see [`serve_with`].
 pub async fn serve<F>(
     listener: TcpListener,
     router: Router,
     hub: Hub,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    serve_with(listener, router, hub, ServeOptions::default(), shutdown).await
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then shuts the hub
+/// down (streams end, WebSockets close with 1000, held polls answer), sends
+/// GOAWAY on HTTP/2, waits up to [`DRAIN_TIMEOUT`] for connections to finish,
+/// closes the engine and returns.
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    router: Router,
+    hub: Hub,
+    options: ServeOptions,
     shutdown: F,
 ) -> std::io::Result<()>
 where
@@ -59,9 +94,15 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(20)));
+        // Many SSE streams of one page share a connection.
+        .max_concurrent_streams(1000)
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let metrics = hub.metrics().clone();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -77,28 +118,41 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let kill = Arc::new(Notify::new());
-        let handle = ConnectionHandle {
-            kill: kill.clone(),
+        metrics
+            .tcp_connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            builder: builder.clone(),
+            router: router.clone(),
             peer,
+            watcher: graceful.watcher(),
+            metrics: metrics.clone(),
         };
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(handle.clone());
-            router.clone().oneshot(req.map(Body::new))
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = conn => {}
-                _ = kill.notified() => {
-                    tracing::debug!(%peer, "dropping a connection that fell behind");
-                }
+        match &options.tls {
+            None => {
+                tokio::spawn(conn.run(stream));
             }
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor().clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => conn.run(tls_stream).await,
+                        Ok(Err(e)) => {
+                            conn.metrics
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            conn.metrics
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     hub.shutdown();
@@ -113,4 +167,58 @@ where
     .await;
     hub.engine().close().await;
     Ok(())
+}
+
+/// One accepted connection.
+struct Conn {
+    builder: Arc<Builder<TokioExecutor>>,
+    router: Router,
+    peer: SocketAddr,
+    watcher: Watcher,
+    metrics: Arc<herald_core::Metrics>,
+}
+
+impl Conn {
+    async fn run<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.metrics
+            .tcp_connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        let kill = Arc::new(Notify::new());
+        let http1 = ConnectionHandle {
+            kill: Some(kill.clone()),
+            peer: self.peer,
+        };
+        let http2 = ConnectionHandle {
+            kill: None,
+            peer: self.peer,
+        };
+        let router = self.router;
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let handle = if req.version() == hyper::Version::HTTP_2 {
+                http2.clone()
+            } else {
+                http1.clone()
+            };
+            req.extensions_mut().insert(handle);
+            router.clone().oneshot(req.map(Body::new))
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = self.watcher.watch(conn);
+        let peer = self.peer;
+        tokio::select! {
+            _ = conn => {}
+            _ = kill.notified() => {
+                tracing::debug!(%peer, "dropping a connection that fell behind");
+            }
+        }
+        self.metrics
+            .tcp_connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }

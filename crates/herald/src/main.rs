@@ -139,23 +139,66 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             settings.hub.clone(),
         ),
     };
+    let tls = match settings.tls.clone() {
+        None => None,
+        Some(source) => Some(Arc::new(herald_http::tls::Tls::new(source).context("TLS")?)),
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     // The one line scripts and tests wait for.
-    println!("herald listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("herald listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
+    if let Some(tls) = &tls {
+        if tls.self_signed_pem.is_some() {
+            tracing::warn!("serving a self-signed certificate: for development only");
+        }
+        tokio::spawn(reload_certificates(tls.clone()));
+    }
     tracing::info!(%addr, engine = hub.engine().name(), history = settings.hub.history.max_events, "serving");
-    if addr.ip().is_loopback() {
+    if addr.ip().is_loopback() && !settings.http.auth.is_enabled() {
         tracing::warn!(
             "no authentication configured: every topic is open to anyone who can reach {addr}"
         );
     }
     let router = herald_http::router(hub.clone(), settings.http);
-    herald_http::serve(listener, router, hub, shutdown_signal()).await?;
+    let options = herald_http::ServeOptions { tls };
+    herald_http::serve_with(listener, router, hub, options, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the TLS certificate on SIGHUP, and when its files change.
+async fn reload_certificates(tls: Arc<herald_http::tls::Tls>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let result = tokio::select! {
+            _ = hangup => tls.reload().map(|()| true),
+            _ = tick.tick() => tls.reload_if_changed(),
+        };
+        match result {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::Args;
 use herald_auth::{Auth, AuthConfig};
 use herald_core::{HistoryLimits, HubConfig};
+use herald_http::tls::CertSource;
 use herald_http::HttpConfig;
 use serde::Deserialize;
 
@@ -100,12 +101,15 @@ pub struct ServeArgs {
     /// Streaming connections per client address at most [default: 10000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
-    /// TLS certificate, PEM (not yet supported).
+    /// Serve HTTPS with this certificate chain, PEM (reloaded on SIGHUP or when the file changes).
     #[arg(long, env = "HERALD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
-    /// TLS key, PEM (not yet supported).
+    /// The certificate's private key, PEM.
     #[arg(long, env = "HERALD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate made at start for localhost (development only).
+    #[arg(long, env = "HERALD_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
     /// Allow a non-loopback address without authentication.
     #[arg(long, env = "HERALD_INSECURE")]
     pub insecure: bool,
@@ -153,6 +157,8 @@ struct FileSettings {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     #[serde(default)]
+    tls_self_signed: bool,
+    #[serde(default)]
     insecure: bool,
     log_format: Option<String>,
 }
@@ -167,6 +173,8 @@ pub enum EngineKind {
 #[derive(Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Serve HTTPS from this certificate.
+    pub tls: Option<CertSource>,
     pub engine: EngineKind,
     pub hub: HubConfig,
     pub http: HttpConfig,
@@ -337,9 +345,21 @@ impl Settings {
             || auth.public_key_pem.is_some()
             || !auth.api_keys.is_empty();
         let auth = Arc::new(Auth::new(auth)?);
-        if args.tls_cert.or(file.tls_cert).is_some() || args.tls_key.or(file.tls_key).is_some() {
-            bail!("TLS (--tls-cert, --tls-key) is not yet supported in this version");
-        }
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_self_signed || file.tls_self_signed,
+        ) {
+            (Some(_), _, true) | (_, Some(_), true) => {
+                bail!("--tls-self-signed and --tls-cert/--tls-key exclude each other")
+            }
+            (Some(cert), Some(key), false) => Some(CertSource::Files { cert, key }),
+            (Some(_), None, _) | (None, Some(_), _) => {
+                bail!("--tls-cert and --tls-key go together")
+            }
+            (None, None, true) => Some(CertSource::SelfSigned),
+            (None, None, false) => None,
+        };
         let insecure = args.insecure || file.insecure;
         if !listen.ip().is_loopback() && !insecure && !has_keys {
             bail!(
@@ -434,6 +454,7 @@ impl Settings {
         };
         Ok(Settings {
             listen,
+            tls,
             engine,
             hub,
             http,

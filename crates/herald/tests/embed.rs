@@ -9,7 +9,10 @@ async fn nested_router_and_publish_from_code() {
     let hub = Hub::memory(HubConfig::default());
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "my app" }))
-        .nest("/realtime", herald_http::router(hub.clone(), HttpConfig::default()));
+        .nest(
+            "/realtime",
+            herald_http::router(hub.clone(), HttpConfig::default()),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -18,7 +21,10 @@ async fn nested_router_and_publish_from_code() {
     let mut stream = client.sse(&["orders/42"], None).await.unwrap();
     let topic = Topic::new("orders/42").unwrap();
     let data = Data::from_json(&serde_json::json!({"status": "shipped"}));
-    let published = hub.publish(NewEvent::new(topic, data).named("order-update")).await.unwrap();
+    let published = hub
+        .publish(NewEvent::new(topic, data).named("order-update"))
+        .await
+        .unwrap();
     let e = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next_event())
         .await
         .unwrap()

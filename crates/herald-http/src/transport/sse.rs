@@ -62,7 +62,7 @@ async fn open(
     let cursor = Cursor::decode(last_id.unwrap_or(""))?;
     let sub = app
         .hub
-        .subscribe_with(conn.as_ref().map(|c| c.kill.clone()));
+        .subscribe_with(conn.as_ref().and_then(|c| c.kill.clone()));
     let sub = subscribe_all(sub, &topics, &cursor).await?;
 
     let preamble = sse::preamble(app.config.sse_retry_ms, &sub.cursor().encode()).freeze();

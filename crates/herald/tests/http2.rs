@@ -1,0 +1,361 @@
+//! HTTP/2: many SSE streams and long polls on one connection (TLS with ALPN
+//! and cleartext h2c), WebSockets over HTTP/2 (RFC 8441), a stalled stream
+//! that does not hold the others back, GOAWAY on shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald_client::{SseItem, SseParser};
+use herald_core::{Hub, HubConfig, Transport};
+use herald_http::tls::{CertSource, Tls};
+use herald_http::{HttpConfig, ServeOptions};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio_rustls::rustls;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    addr: std::net::SocketAddr,
+    hub: Hub,
+    tls: Option<Arc<Tls>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(tls: bool, hub_config: HubConfig) -> Server {
+    let hub = Hub::memory(hub_config);
+    let tls = tls.then(|| Arc::new(Tls::new(CertSource::SelfSigned).unwrap()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = herald_http::router(hub.clone(), HttpConfig::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let options = ServeOptions { tls: tls.clone() };
+    let h = hub.clone();
+    let task = tokio::spawn(async move {
+        herald_http::serve_with(listener, router, h, options, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        addr,
+        hub,
+        tls,
+        stop: Some(tx),
+        task,
+    }
+}
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+/// One HTTP/2 connection (h2 by ALPN over TLS, or h2c by prior knowledge).
+async fn h2_connection(s: &Server) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024);
+    match &s.tls {
+        None => {
+            let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            sender
+        }
+        Some(tls) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = tls.self_signed_pem.as_ref().unwrap();
+            use rustls::pki_types::pem::PemObject;
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let stream = connector.connect(name, tcp).await.unwrap();
+            assert_eq!(
+                stream.get_ref().1.alpn_protocol(),
+                Some(&b"h2"[..]),
+                "ALPN must pick h2"
+            );
+            let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            sender
+        }
+    }
+}
+
+fn uri(s: &Server, path: &str) -> String {
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://localhost:{}{path}", s.addr.port())
+}
+
+async fn get(
+    sender: &mut Sender,
+    s: &Server,
+    path: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    sender.ready().await.unwrap();
+    let req = hyper::Request::get(uri(s, path))
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    resp
+}
+
+async fn publish(s: &Server, topic: &str, data: serde_json::Value) {
+    let e = herald_core::NewEvent::new(
+        herald_core::Topic::new(topic).unwrap(),
+        herald_core::Data::from_json(&data),
+    );
+    s.hub.publish(e).await.unwrap();
+}
+
+/// Reads SSE events from a body until one carries `want`.
+async fn read_until(body: &mut hyper::body::Incoming, parser: &mut SseParser, want: &str) {
+    loop {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if parser
+            .feed(&data)
+            .iter()
+            .any(|i| matches!(i, SseItem::Event(e) if e.data.contains(want)))
+        {
+            return;
+        }
+    }
+}
+
+async fn many_streams_on_one_connection(tls: bool) {
+    let s = start(tls, HubConfig::default()).await;
+    let mut sender = h2_connection(&s).await;
+    // 90 SSE streams and 10 held long polls, on ten topics, one TCP connection.
+    let mut streams = Vec::new();
+    for i in 0..90 {
+        let resp = get(&mut sender, &s, &format!("/v1/sse?topic=t/{}", i % 10)).await;
+        assert_eq!(resp.status(), 200);
+        streams.push((i % 10, resp.into_body(), SseParser::new()));
+    }
+    let mut polls = Vec::new();
+    for i in 0..10 {
+        let mut sender = sender.clone();
+        let req = hyper::Request::get(uri(&s, &format!("/v1/poll?topic=t/{i}&timeout=20")))
+            .body(Empty::new())
+            .unwrap();
+        polls.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }));
+    }
+    let m = s.hub.metrics();
+    for _ in 0..500 {
+        if m.open(Transport::Sse) == 90 && m.open(Transport::Poll) == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.open(Transport::Sse), 90);
+    assert_eq!(m.open(Transport::Poll), 10);
+    assert_eq!(
+        m.tcp_connections_total.load(Ordering::Relaxed),
+        1,
+        "all streams share one TCP connection"
+    );
+    for t in 0..10 {
+        publish(&s, &format!("t/{t}"), json!(format!("event for t/{t}"))).await;
+    }
+    for (t, body, parser) in &mut streams {
+        read_until(body, parser, &format!("event for t/{t}")).await;
+    }
+    for (i, p) in polls.into_iter().enumerate() {
+        let v = tokio::time::timeout(WAIT, p).await.unwrap().unwrap();
+        assert_eq!(v["events"][0]["data"], format!("event for t/{i}"));
+    }
+    assert_eq!(m.tcp_connections_total.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_streams_over_one_h2c_connection() {
+    many_streams_on_one_connection(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_streams_over_one_tls_h2_connection() {
+    many_streams_on_one_connection(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect() {
+    for tls in [false, true] {
+        let s = start(tls, HubConfig::default()).await;
+        let mut sender = h2_connection(&s).await;
+        sender.ready().await.unwrap();
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(uri(&s, "/v1/ws"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "extended CONNECT accepted");
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "topic": "h2/chat"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        ws.send(Message::Text(
+            json!({"type": "publish", "topic": "h2/chat", "data": {"text": "over h2"}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let m = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                seen.push(v["type"].as_str().unwrap().to_owned());
+                if v["type"] == "event" {
+                    assert_eq!(v["data"]["text"], "over h2");
+                }
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["event", "published", "subscribed"], "tls={tls}");
+        // The same connection still serves plain requests beside the WebSocket.
+        let r = get(&mut sender, &s, "/healthz").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            s.hub
+                .metrics()
+                .tcp_connections_total
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_does_not_delay_the_others() {
+    let s = start(false, HubConfig::default()).await;
+    let mut sender = h2_connection(&s).await;
+    // Stream A is never read; B is read throughout.
+    let stalled = get(&mut sender, &s, "/v1/sse?topic=busy").await;
+    let mut reader = get(&mut sender, &s, "/v1/sse?topic=busy").await.into_body();
+    const N: usize = 1500;
+    let payload = "p".repeat(4096);
+    let hub = s.hub.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            let e = herald_core::NewEvent::new(
+                herald_core::Topic::new("busy").unwrap(),
+                herald_core::Data::Text(format!("{i} {payload}").into()),
+            );
+            hub.publish(e).await.unwrap();
+            // A steady publisher a reading client can follow (an in-process
+            // publish is far faster than any network delivery).
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let mut parser = SseParser::new();
+    let mut next = 0usize;
+    let started = std::time::Instant::now();
+    while next < N {
+        let frame = tokio::time::timeout(WAIT, reader.frame())
+            .await
+            .expect("the reading stream stalled")
+            .unwrap()
+            .unwrap();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        for item in parser.feed(&data) {
+            if let SseItem::Event(e) = item {
+                assert!(e.data.starts_with(&format!("{next} ")), "gap at {next}");
+                next += 1;
+            }
+        }
+    }
+    publisher.await.unwrap();
+    assert!(started.elapsed() < WAIT);
+    // The stalled stream fell behind its queue and was cut loose on its own;
+    // the connection itself is still up and serving.
+    assert!(
+        s.hub
+            .metrics()
+            .slow_consumer_disconnects
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+    let r = get(&mut sender, &s, "/healthz").await;
+    assert_eq!(r.status(), 200);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_ends_h2_streams() {
+    let mut s = start(true, HubConfig::default()).await;
+    let mut sender = h2_connection(&s).await;
+    let mut body = get(&mut sender, &s, "/v1/sse?topic=bye").await.into_body();
+    let mut parser = SseParser::new();
+    let _ = s.stop.take().unwrap().send(());
+    let mut text = Vec::new();
+    while let Some(Ok(f)) = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("stream ended in time")
+    {
+        if let Ok(d) = f.into_data() {
+            text.extend(parser.feed(&d));
+        }
+    }
+    assert!(
+        text.iter()
+            .any(|i| matches!(i, SseItem::Event(e) if e.event == "herald.disconnect")),
+        "{text:?}"
+    );
+    tokio::time::timeout(WAIT, &mut s.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
