@@ -207,7 +207,21 @@ pub struct Auth {
     api_keys: Vec<String>,
     config: AuthConfig,
     one_time: Mutex<HashMap<String, (Instant, Principal)>>,
+    /// Topics granted at run time (an LLM stream to its creator), by topic.
+    granted: Mutex<HashMap<String, (Instant, Readers)>>,
 }
+
+/// Who may read a topic granted at run time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readers {
+    /// Anyone, with or without a credential.
+    Everyone,
+    /// These subjects.
+    Subjects(Vec<String>),
+}
+
+/// Run-time grants held at most; the oldest expire first.
+const MAX_GRANTS: usize = 100_000;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,6 +247,7 @@ impl Auth {
             api_keys: Vec::new(),
             config: AuthConfig::default(),
             one_time: Mutex::new(HashMap::new()),
+            granted: Mutex::new(HashMap::new()),
         }
     }
 
@@ -272,6 +287,7 @@ impl Auth {
             api_keys: config.api_keys.clone(),
             config,
             one_time: Mutex::new(HashMap::new()),
+            granted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -340,6 +356,7 @@ impl Auth {
             (_, Action::Subscribe) if self.public.iter().any(|p| p.matches(topic, None)) => {
                 return Ok(())
             }
+            (_, Action::Subscribe) if self.granted_to(topic, who.subject()) => return Ok(()),
             (Principal::Anonymous, _) => {
                 return Err(Denied::Unauthenticated(topic.as_str().to_owned()))
             }
@@ -353,6 +370,37 @@ impl Auth {
                 action: name,
                 topic: topic.as_str().to_owned(),
             })
+        }
+    }
+
+    /// Lets `readers` subscribe to `topic` for `ttl`, beside what their
+    /// tokens grant (e.g. an LLM stream readable by its creator).
+    pub fn grant_subscribe(&self, topic: &Topic, readers: Readers, ttl: Duration) {
+        let now = Instant::now();
+        let mut map = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_GRANTS {
+            map.retain(|_, (exp, _)| *exp > now);
+            if map.len() >= MAX_GRANTS {
+                if let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (exp, _))| *exp)
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        map.insert(topic.as_str().to_owned(), (now + ttl, readers));
+    }
+
+    fn granted_to(&self, topic: &Topic, subject: Option<&str>) -> bool {
+        let map = self.granted.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(topic.as_str()) {
+            Some((exp, readers)) if *exp > Instant::now() => match readers {
+                Readers::Everyone => true,
+                Readers::Subjects(s) => subject.is_some_and(|sub| s.iter().any(|x| x == sub)),
+            },
+            _ => false,
         }
     }
 

@@ -280,3 +280,38 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn run_time_grants() {
+    let auth = hs_auth();
+    let tok = jwt::sign(&claims("alice", &[], &[], 60), SECRET, false, None).unwrap();
+    let alice = auth
+        .authenticate(Some(Credential::new(tok, Source::Header)))
+        .unwrap();
+    let tok = jwt::sign(&claims("bob", &[], &[], 60), SECRET, false, None).unwrap();
+    let bob = auth
+        .authenticate(Some(Credential::new(tok, Source::Header)))
+        .unwrap();
+    let anon = Principal::Anonymous;
+    let t1 = t("llm/abc");
+    assert!(auth.authorize(&alice, Action::Subscribe, &t1).is_err());
+    auth.grant_subscribe(
+        &t1,
+        Readers::Subjects(vec!["alice".into()]),
+        Duration::from_secs(60),
+    );
+    assert!(auth.authorize(&alice, Action::Subscribe, &t1).is_ok());
+    assert!(auth.authorize(&bob, Action::Subscribe, &t1).is_err());
+    assert!(auth.authorize(&anon, Action::Subscribe, &t1).is_err());
+    assert!(
+        auth.authorize(&alice, Action::Publish, &t1).is_err(),
+        "a read grant is not a write grant"
+    );
+    let t2 = t("llm/shared");
+    auth.grant_subscribe(&t2, Readers::Everyone, Duration::from_secs(60));
+    assert!(auth.authorize(&anon, Action::Subscribe, &t2).is_ok());
+    let t3 = t("llm/expired");
+    auth.grant_subscribe(&t3, Readers::Everyone, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(auth.authorize(&anon, Action::Subscribe, &t3).is_err());
+}
