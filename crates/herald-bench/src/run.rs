@@ -590,7 +590,13 @@ async fn publisher(
         let payload = wire::payload(seq, sent, plan.size);
         let req = plan.target.publish_request(&host, &topic, &payload);
         stream.write_all(&req).await.context("publish write")?;
-        let status = read_response(&mut stream, &mut buf).await?;
+        let (status, close) = read_response(&mut stream, &mut buf).await?;
+        if close {
+            // Pushpin's publish endpoint answers once per connection.
+            stream = subscriber::connect(IpAddr::V4(Ipv4Addr::LOCALHOST), plan.pub_addr)
+                .await
+                .context("publisher reconnect")?;
+        }
         out.latency
             .saturating_record(shared.now_us().saturating_sub(sent).max(1));
         if !(200..300).contains(&status) {
@@ -604,8 +610,9 @@ async fn publisher(
     Ok(out)
 }
 
-/// Reads one whole response (content-length or chunked) and returns its status.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Result<u16> {
+/// Reads one whole response (content-length or chunked); returns its status
+/// and whether the server closes the connection after it.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Result<(u16, bool)> {
     let mut raw: Vec<u8> = Vec::new();
     loop {
         let n = tokio::time::timeout(Duration::from_secs(30), stream.read(buf))
@@ -625,7 +632,7 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Re
                 body.len() >= h.content_length.unwrap_or(0)
             };
             if complete {
-                return Ok(h.status);
+                return Ok((h.status, h.close));
             }
         }
     }

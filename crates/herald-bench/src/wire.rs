@@ -74,6 +74,8 @@ pub struct ResponseHead {
     /// `Last-Modified` and `Etag`, which Nchan's long polling hands back.
     pub last_modified: Option<String>,
     pub etag: Option<String>,
+    /// `Connection: close`: the server ends the connection after this answer.
+    pub close: bool,
 }
 
 /// Parses a response head from the start of `buf`. `Ok(None)`: not complete
@@ -99,6 +101,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
         content_length: None,
         last_modified: None,
         etag: None,
+        close: false,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -111,6 +114,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, String> {
             head.content_length = value.parse().ok();
         } else if name.eq_ignore_ascii_case("last-modified") {
             head.last_modified = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("connection") {
+            head.close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("etag") {
             head.etag = Some(value.to_string());
         }

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Turns bench/results/NAME.jsonl into a Markdown table (printed, and written
+beside it as NAME.md) and, when matplotlib is installed, a PNG chart.
+
+usage: report.py RESULTS.jsonl [--chart docs/bench.png]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+PEERS = ["nchan1", "nchan2", "node", "pushpin"]
+COLS = ["herald", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+NAMES = {"herald": "Herald", "nchan1": "Nchan ×1", "nchan2": "Nchan ×2", "node": "Node",
+         "pushpin": "Pushpin", "ceiling": "ceiling"}
+
+
+def load(path):
+    machine, rows = {}, []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if "machine" in r:
+            machine = r
+        else:
+            rows.append(r)
+    return machine, rows
+
+
+def fmt(v, kind):
+    if v is None:
+        return "–"
+    if kind == "bytes":
+        return f"{v / 1024:.1f} KiB"
+    if kind == "rate":
+        return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+    if kind == "ms":
+        return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def ok(r):
+    """A measurement that is usable for a comparison."""
+    return r and "error" not in r
+
+
+def clean(r):
+    return ok(r) and r.get("connect_errors", 0) == 0 and r.get("dropped", 0) == 0 and r.get("lost", 0) == 0
+
+
+def metric(r, key):
+    return r.get(key) if ok(r) else None
+
+
+def ratio(herald, peers, lower_is_better):
+    vals = [v for v in peers if v]
+    if herald is None or not vals:
+        return "–", None
+    best = min(vals) if lower_is_better else max(vals)
+    if best == 0:
+        return "–", None
+    x = herald / best
+    return f"**{x:.2f}×**", x
+
+
+def table(rows, scenarios, key, kind, lower, title, note=""):
+    by = {}
+    for r in rows:
+        by[(r["scenario"], r.get("transport") or r["args"].split()[1], r["server"])] = r
+    keys = sorted({(s, t) for (s, t, _) in by if any(s.startswith(p) for p in scenarios)})
+    if not keys:
+        return ""
+    out = [f"### {title}", ""]
+    if note:
+        out += [note, ""]
+    out.append("| scenario | transport | " + " | ".join(NAMES[c] for c in COLS) + " | Herald ÷ best peer | Herald ÷ ceiling |")
+    out.append("|---|---|" + "---|" * len(COLS) + "---|---|")
+    for (s, t) in keys:
+        cells = []
+        for c in COLS:
+            r = by.get((s, t, c))
+            if r is None:
+                cells.append("")
+            elif not ok(r):
+                cells.append("error")
+            else:
+                v = fmt(metric(r, key), kind)
+                flags = []
+                if r.get("connect_errors") or r.get("dropped"):
+                    flags.append(f"{r.get('connected')}/{r.get('subs')} held")
+                if r.get("lost"):
+                    flags.append(f"lost {r['lost'] / max(1, r['expected']):.1%}")
+                cells.append(v + (f" ({', '.join(flags)})" if flags else ""))
+        h = by.get((s, t, "herald"))
+        hv = metric(h, key) if h else None
+        peers = [metric(by[(s, t, p)], key) if (s, t, p) in by and clean(by[(s, t, p)]) else None for p in PEERS]
+        rtxt, _ = ratio(hv, peers, lower)
+        c = by.get((s, t, "ceiling"))
+        cv = metric(c, key) if c else None
+        ctxt = f"{hv / cv:.2f}×" if hv and cv else "–"
+        out.append(f"| {s} | {t} | " + " | ".join(cells) + f" | {rtxt} | {ctxt} |")
+    return "\n".join(out) + "\n"
+
+
+def render(path):
+    machine, rows = load(path)
+    m = machine.get("machine", {})
+    parts = [f"Run of {machine.get('started', '?')} on {m.get('cores', '?')} cores "
+             f"({m.get('cpu', '?')}), {m.get('mem_gib', '?')} GiB, kernel {m.get('kernel', '?')}, "
+             f"open-file limit {m.get('nofile', '?')}{' (quick run)' if machine.get('quick') else ''}.", ""]
+    parts.append(table(rows, ["a-"], "bytes_per_conn", "bytes", True,
+                       "(a) Memory per idle connection (server RSS growth ÷ connections; lower is better)",
+                       "A cell notes `held x/N` when not every connection was established and kept."))
+    parts.append(table(rows, ["b-"], "deliveries_per_s", "rate", False,
+                       "(b) Fan-out deliveries per second, one topic (higher is better)",
+                       "`-100`: 100 messages/s of 100 bytes; `-max`: as fast as the server delivers "
+                       "(4 publishers, at most 64 messages not yet delivered to every subscriber). "
+                       "Peers with loss are left out of the best-peer ratio."))
+    parts.append(table(rows, ["b-"], "p99_ms", "ms", True,
+                       "(b) Fan-out publish-to-deliver latency p99, ms (lower is better)"))
+    parts.append(table(rows, ["c-"], "deliveries_per_s", "rate", False,
+                       "(c) Many topics: each subscriber on its own topic plus a shared one, deliveries/s"))
+    parts.append(table(rows, ["c-"], "p99_ms", "ms", True, "(c) Many topics: latency p99, ms"))
+    parts.append(table(rows, ["c-"], "bytes_per_conn", "bytes", True, "(c) Many topics: memory per connection"))
+    parts.append(table(rows, ["d-"], "publishes_per_s", "rate", False,
+                       "(d) Publish throughput, publishes/s with 1/16/256 concurrent publishers (higher is better)"))
+    parts.append(table(rows, ["d-"], "publish_p99_ms", "ms", True, "(d) Publish round trip p99, ms"))
+    return "\n".join(p for p in parts if p is not None), machine, rows
+
+
+def chart(rows, png):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return
+    panels = [
+        ("a-idle-10000", "bytes_per_conn", 1 / 1024, "KiB per idle connection, 10k (lower is better)"),
+        ("b-fanout-10000-max", "deliveries_per_s", 1 / 1000, "fan-out k deliveries/s, 10k subs (higher is better)"),
+        ("b-fanout-10000-100", "p99_ms", 1, "p99 ms, 10k subs, 100 msg/s (lower is better)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    colors = {"herald": "#d1495b", "nchan1": "#00798c", "nchan2": "#30638e", "node": "#edae49",
+              "pushpin": "#66a182", "ceiling": "#8d8d8d"}
+    for ax, (scen, key, scale, title) in zip(axes, panels):
+        transports = ["sse", "ws"]
+        width = 0.8 / len(COLS)
+        for i, c in enumerate(COLS):
+            vals = []
+            for t in transports:
+                r = next((r for r in rows if r["scenario"] == scen and r["server"] == c
+                          and r.get("transport") == t and ok(r)), None)
+                vals.append((r[key] * scale) if r else 0)
+            xs = [j + (i - len(COLS) / 2 + 0.5) * width for j in range(len(transports))]
+            ax.bar(xs, vals, width, label=NAMES[c], color=colors[c])
+        ax.set_xticks(range(len(transports)))
+        ax.set_xticklabels([t.upper() for t in transports])
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Herald vs peers on one 2-core machine (same load generator, same run)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"chart: {png}")
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__)
+        sys.exit(2)
+    path = Path(sys.argv[1])
+    text, _, rows = render(path)
+    print(text)
+    path.with_suffix(".md").write_text(text)
+    if "--chart" in sys.argv:
+        chart(rows, sys.argv[sys.argv.index("--chart") + 1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Runs the benchmark scenarios against Herald, its peers and the ceiling.
+
+Each measurement starts its server fresh (so memory readings do not inherit
+an earlier run's heap), runs one `herald-bench` against it, and stops it.
+Results go to bench/results/<name>.jsonl, one JSON object per measurement;
+bench/report.py turns them into the table and the chart.
+
+bench/run.sh installs what this needs and calls it; run it directly with
+--help to pick scenarios and targets.
+"""
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+NOFILE = 20000
+
+# Ports, all on loopback.
+PORTS = {"herald": 9101, "nchan1": 9201, "nchan2": 9202, "node": 9301,
+         "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401}
+
+TARGETS = ["herald", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+PEERS = ["nchan1", "nchan2", "node", "pushpin"]
+
+
+def limits():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+def wait_port(port, timeout=15.0):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+class Server:
+    """A started server: its process (whose tree is measured) and its addresses."""
+
+    def __init__(self, name, procs, pid, port, pub_port=None, extra=()):
+        self.name, self.procs, self.pid = name, procs, pid
+        self.port, self.pub_port = port, pub_port or port
+        self.extra = list(extra)  # helpers not measured (Pushpin's origin, zurl)
+
+    def stop(self):
+        for p in self.procs + self.extra:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs + self.extra:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start(name, workdir, herald_args=()):
+    log = open(workdir / f"{name}.log", "ab")
+    common = dict(stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits)
+    if name == "herald":
+        port = PORTS["herald"]
+        p = subprocess.Popen([str(RELEASE / "herald"), "serve", "--listen", f"127.0.0.1:{port}",
+                              "--engine", "memory", *herald_args], **common)
+        srv = Server(name, [p], p.pid, port)
+    elif name.startswith("nchan"):
+        workers = name[-1]
+        port = PORTS[name]
+        d = workdir / name
+        d.mkdir(exist_ok=True)
+        conf = (BENCH / "nchan" / "nginx.conf.template").read_text()
+        conf = conf.replace("@WORKERS@", workers).replace("@PORT@", str(port)).replace("@DIR@", str(d))
+        (d / "nginx.conf").write_text(conf)
+        p = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], **common)
+        srv = Server(name, [p], p.pid, port)
+    elif name == "node":
+        port = PORTS["node"]
+        p = subprocess.Popen(["node", str(BENCH / "node" / "server.js"), str(port)], **common)
+        srv = Server(name, [p], p.pid, port)
+    elif name == "ceiling":
+        port = PORTS["ceiling"]
+        p = subprocess.Popen([str(RELEASE / "herald-bench-ceiling"), f"127.0.0.1:{port}"], **common)
+        srv = Server(name, [p], p.pid, port)
+    elif name == "pushpin":
+        port, pub = PORTS["pushpin"], PORTS["pushpin_pub"]
+        d = workdir / "pushpin"
+        (d / "run").mkdir(parents=True, exist_ok=True)
+        (d / "log").mkdir(exist_ok=True)
+        (d / "routes").write_text(f"* 127.0.0.1:{PORTS['node']}\n")
+        conf = []
+        for line in Path("/etc/pushpin/pushpin.conf").read_text().splitlines():
+            key = line.split("=", 1)[0]
+            repl = {
+                "rundir": f"rundir={d / 'run'}", "logdir": f"logdir={d / 'log'}",
+                "http_port": f"http_port=127.0.0.1:{port}", "routesfile": f"routesfile={d / 'routes'}",
+                "push_in_http_port": f"push_in_http_port={pub}", "log_level": "log_level=1",
+                # The defaults cap deliveries at 2,500 messages/s: lift the cap.
+                "message_rate": "message_rate=100000000", "message_hwm": "message_hwm=100000000",
+            }
+            conf.append(repl.get(key, line))
+        (d / "pushpin.conf").write_text("\n".join(conf) + "\n")
+        # The origin (the Node baseline's GRIP route) and zurl, which the
+        # proxy uses to reach it, are helpers and are not measured.
+        Path("/var/run/zurl").mkdir(parents=True, exist_ok=True)
+        zurl = subprocess.Popen(["zurl", "--config=/etc/zurl.conf"], **common)
+        origin = subprocess.Popen(["node", str(BENCH / "node" / "server.js"), str(PORTS["node"])], **common)
+        wait_port(PORTS["node"])
+        p = subprocess.Popen(["pushpin", "--config", str(d / "pushpin.conf")], **common)
+        srv = Server(name, [p], p.pid, port, pub, extra=[origin, zurl])
+    else:
+        raise ValueError(name)
+    if not wait_port(srv.port) or not wait_port(srv.pub_port):
+        srv.stop()
+        raise RuntimeError(f"{name} did not start; see {workdir / (name + '.log')}")
+    time.sleep(0.5)
+    return srv
+
+
+def bench_target(name):
+    return {"nchan1": "nchan", "nchan2": "nchan"}.get(name, name)
+
+
+def supports(name, transport):
+    if name == "pushpin":
+        return transport == "sse"
+    if name in ("node", "ceiling"):
+        return transport != "poll"
+    return True
+
+
+def measure(name, workdir, out, args, scenario, herald_args=()):
+    srv = start(name, workdir, herald_args)
+    try:
+        cmd = [str(RELEASE / "herald-bench"), "--target", bench_target(name),
+               "--addr", f"127.0.0.1:{srv.port}", "--pub-addr", f"127.0.0.1:{srv.pub_port}",
+               "--server-pid", str(srv.pid), *args]
+        t0 = time.time()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+        if r.returncode != 0 or not line:
+            rec = {"error": (r.stderr or r.stdout)[-2000:].strip()}
+        else:
+            rec = json.loads(line)
+    finally:
+        srv.stop()
+    rec.update({"server": name, "scenario": scenario, "wall_s": round(time.time() - t0, 1),
+                "args": " ".join(args)})
+    out.write(json.dumps(rec) + "\n")
+    out.flush()
+    summary = {k: rec.get(k) for k in ("connected", "dropped", "lost", "deliveries_per_s",
+                                         "p99_ms", "bytes_per_conn", "publishes_per_s")}
+    if "error" in rec:
+        summary = {"error": rec["error"].splitlines()[0] if rec["error"] else "?"}
+    print(f"  {scenario:<28} {name:<8} {' '.join(args[:4]):<34} {summary}", flush=True)
+    time.sleep(1.0)  # let TIME_WAIT sockets and the CPU settle
+    return rec
+
+
+def scenarios(quick):
+    """(scenario, transports, extra args) in run order."""
+    dur = "4" if quick else "10"
+    sizes = [2000] if quick else [2000, 10000, 19000]
+    out = []
+    for n in sizes:
+        hold = "20" if n >= 19000 else "5"
+        for tr in ("sse", "ws", "poll"):
+            out.append((f"a-idle-{n}", tr, ["--transport", tr, "--subs", str(n), "--duration", "0",
+                                           "--hold", hold, "--sources", str(max(2, n // 1000))]))
+    fan = [1000] if quick else [1000, 10000]
+    for n in fan:
+        for tr in ("sse", "ws"):
+            out.append((f"b-fanout-{n}-100", tr, ["--transport", tr, "--subs", str(n), "--rate", "100",
+                                                 "--duration", dur, "--sources", "10"]))
+            out.append((f"b-fanout-{n}-max", tr, ["--transport", tr, "--subs", str(n), "--rate", "0",
+                                                 "--window", "64", "--publishers", "4",
+                                                 "--duration", dur, "--sources", "10"]))
+    n = 1000 if quick else 10000
+    out.append((f"c-topics-{n}", "sse", ["--transport", "sse", "--subs", str(n), "--topics", "own-shared",
+                                         "--rate", "1000", "--shared-every", "500",
+                                         "--duration", dur, "--sources", "10"]))
+    for p in (1, 16, 256):
+        out.append((f"d-publish-{p}", "sse", ["--transport", "sse", "--subs", str(p),
+                                              "--topics", "per-publisher", "--publishers", str(p),
+                                              "--rate", "0", "--window", "0", "--duration", dur]))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes and short runs (a few minutes)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: " + ",".join(TARGETS))
+    ap.add_argument("--only", default="", help="run only scenarios whose name starts with one of these (comma-separated)")
+    ap.add_argument("--name", default="latest", help="results file bench/results/NAME.jsonl")
+    ap.add_argument("--append", action="store_true", help="append to the results file")
+    ap.add_argument("--herald-arg", action="append", default=[], help="extra `herald serve` flag")
+    a = ap.parse_args()
+    targets = [t for t in a.targets.split(",") if t]
+    only = [o for o in a.only.split(",") if o]
+    results = BENCH / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{a.name}.jsonl"
+    workdir = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    print(f"results: {path}\nserver logs: {workdir}", flush=True)
+    with open(path, "a" if a.append else "w") as out:
+        out.write(json.dumps({"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                              "quick": a.quick}) + "\n")
+        for scenario, tr, args in scenarios(a.quick):
+            if only and not any(scenario.startswith(o) for o in only):
+                continue
+            for t in targets:
+                if not supports(t, tr):
+                    continue
+                if scenario.startswith(("c-", "d-")) and t == "ceiling":
+                    continue  # the ceiling serves one topic
+                try:
+                    measure(t, workdir, out, args, scenario, a.herald_arg)
+                except Exception as e:  # a peer that fails to start is reported, not fatal
+                    rec = {"server": t, "scenario": scenario, "args": " ".join(args), "error": str(e)}
+                    out.write(json.dumps(rec) + "\n")
+                    print(f"  {scenario:<28} {t:<8} ERROR {e}", flush=True)
+    subprocess.run([sys.executable, str(BENCH / "report.py"), str(path)], check=False)
+
+
+def machine():
+    info = {"cores": os.cpu_count(), "kernel": os.uname().release}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        info["mem_gib"] = round(int(mem) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    info["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return info
+
+
+if __name__ == "__main__":
+    main()
