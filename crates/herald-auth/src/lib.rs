@@ -8,7 +8,8 @@
 //! - [`pattern`]: topic patterns (`orders/*`, `users/{sub}/**`).
 //! - [`jwt`]: JWT verification (HS256, RS256, ES256) and Herald's claims.
 //! - [`Auth`]: credentials → [`Principal`] ([`Auth::authenticate`]), and the one
-//!   authorization check ([`Auth::authorize`]); one-time tokens.
+//!   authorization check ([`Auth::authorize`]); one-time tokens, kept in
+//!   memory or, for several nodes, in a shared [`OneTimeStore`].
 //!
 //! # Example
 //!
@@ -34,8 +35,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use herald_core::engine::BoxFuture;
 use herald_core::Topic;
 pub use pattern::{PatternError, TopicPattern};
+
+/// Where one-time tokens wait between issue and redemption when several
+/// nodes must share them (the Redis engine provides one). Values are opaque
+/// strings; `take` must remove and return atomically, so a token is redeemed
+/// once across every node. Without a store, tokens stay in this process.
+pub trait OneTimeStore: Send + Sync + 'static {
+    /// Keeps `value` under `token` for `ttl`.
+    fn put<'a>(
+        &'a self,
+        token: &'a str,
+        value: String,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), String>>;
+    /// Removes and returns the value of `token`, if it is there and not expired.
+    fn take<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
+}
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
@@ -207,6 +225,7 @@ pub struct Auth {
     api_keys: Vec<String>,
     config: AuthConfig,
     one_time: Mutex<HashMap<String, (Instant, Principal)>>,
+    shared_one_time: Option<Arc<dyn OneTimeStore>>,
     /// Topics granted at run time (an LLM stream to its creator), by topic.
     granted: Mutex<HashMap<String, (Instant, Readers)>>,
 }
@@ -247,6 +266,7 @@ impl Auth {
             api_keys: Vec::new(),
             config: AuthConfig::default(),
             one_time: Mutex::new(HashMap::new()),
+            shared_one_time: None,
             granted: Mutex::new(HashMap::new()),
         }
     }
@@ -287,8 +307,57 @@ impl Auth {
             api_keys: config.api_keys.clone(),
             config,
             one_time: Mutex::new(HashMap::new()),
+            shared_one_time: None,
             granted: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Keeps one-time tokens in `store` instead of this process's memory,
+    /// so a token issued by one node can be redeemed, once, on any node.
+    /// Tokens must then be issued and redeemed with
+    /// [`Auth::issue_one_time_async`] and [`Auth::authenticate_async`].
+    pub fn set_one_time_store(&mut self, store: Arc<dyn OneTimeStore>) {
+        self.shared_one_time = Some(store);
+    }
+
+    /// [`Auth::authenticate`], redeeming one-time tokens from the shared
+    /// store when there is one. Every transport calls this.
+    pub async fn authenticate_async(
+        &self,
+        credential: Option<Credential>,
+    ) -> Result<Principal, AuthError> {
+        match (&self.shared_one_time, &credential) {
+            (Some(store), Some(c)) if c.token.starts_with(ONE_TIME_PREFIX) => {
+                match store.take(&c.token).await {
+                    Ok(Some(v)) => principal_from_store(&v)
+                        .ok_or(AuthError::Invalid("one-time token unreadable")),
+                    Ok(None) => Err(AuthError::Invalid(
+                        "one-time token unknown, expired or already used",
+                    )),
+                    Err(_) => Err(AuthError::Invalid(
+                        "one-time tokens cannot be checked right now",
+                    )),
+                }
+            }
+            _ => self.authenticate(credential),
+        }
+    }
+
+    /// [`Auth::issue_one_time`], into the shared store when there is one.
+    pub async fn issue_one_time_async(
+        &self,
+        who: &Principal,
+    ) -> Result<(String, Duration), AuthError> {
+        let Some(store) = &self.shared_one_time else {
+            return self.issue_one_time(who);
+        };
+        let token = new_one_time_token()?;
+        let ttl = self.config.one_time_ttl;
+        store
+            .put(&token, principal_to_store(who), ttl)
+            .await
+            .map_err(|_| AuthError::Invalid("one-time tokens cannot be issued right now"))?;
+        Ok((token, ttl))
     }
 
     /// Whether any authentication is configured.
@@ -406,13 +475,12 @@ impl Auth {
 
     /// Issues a one-time token carrying `who`'s rights. Returns the token and its lifetime.
     pub fn issue_one_time(&self, who: &Principal) -> Result<(String, Duration), AuthError> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|_| AuthError::Invalid("no randomness available"))?;
-        use base64::Engine;
-        let token = format!(
-            "{ONE_TIME_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        );
+        if self.shared_one_time.is_some() {
+            return Err(AuthError::Invalid(
+                "one-time tokens are shared; issue them with issue_one_time_async",
+            ));
+        }
+        let token = new_one_time_token()?;
         let ttl = self.config.one_time_ttl;
         let now = Instant::now();
         let mut map = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
@@ -427,6 +495,11 @@ impl Auth {
     }
 
     fn redeem(&self, token: &str) -> Result<Principal, AuthError> {
+        if self.shared_one_time.is_some() {
+            return Err(AuthError::Invalid(
+                "one-time tokens are shared; redeem them with authenticate_async",
+            ));
+        }
         let mut map = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
         match map.remove(token) {
             Some((exp, who)) if exp > Instant::now() => Ok(who),
@@ -434,6 +507,57 @@ impl Auth {
             None => Err(AuthError::Invalid("one-time token unknown or already used")),
         }
     }
+}
+
+fn new_one_time_token() -> Result<String, AuthError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| AuthError::Invalid("no randomness available"))?;
+    use base64::Engine;
+    Ok(format!(
+        "{ONE_TIME_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// A principal as a shared one-time store keeps it (JSON).
+fn principal_to_store(who: &Principal) -> String {
+    let patterns = |v: &[TopicPattern]| v.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
+    match who {
+        Principal::Open => serde_json::json!({"kind": "open"}),
+        Principal::Anonymous => serde_json::json!({"kind": "anonymous"}),
+        Principal::Publisher => serde_json::json!({"kind": "publisher"}),
+        Principal::User(g) => serde_json::json!({
+            "kind": "user",
+            "sub": g.subject,
+            "subscribe": patterns(&g.subscribe),
+            "publish": patterns(&g.publish),
+            "exp": g.expires_at,
+        }),
+    }
+    .to_string()
+}
+
+fn principal_from_store(v: &str) -> Option<Principal> {
+    let v: serde_json::Value = serde_json::from_str(v).ok()?;
+    let patterns = |key: &str| -> Option<Vec<TopicPattern>> {
+        v[key]
+            .as_array()?
+            .iter()
+            .map(|p| TopicPattern::parse(p.as_str()?).ok())
+            .collect()
+    };
+    Some(match v["kind"].as_str()? {
+        "open" => Principal::Open,
+        "anonymous" => Principal::Anonymous,
+        "publisher" => Principal::Publisher,
+        "user" => Principal::User(Arc::new(Grant {
+            subject: v["sub"].as_str().map(str::to_owned),
+            subscribe: patterns("subscribe")?,
+            publish: patterns("publish")?,
+            expires_at: v["exp"].as_u64(),
+        })),
+        _ => return None,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

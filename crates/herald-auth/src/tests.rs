@@ -315,3 +315,23 @@ fn run_time_grants() {
     std::thread::sleep(Duration::from_millis(5));
     assert!(auth.authorize(&anon, Action::Subscribe, &t3).is_err());
 }
+
+#[test]
+fn principals_survive_a_shared_store() {
+    let grant = Grant {
+        subject: Some("alice".into()),
+        subscribe: vec![TopicPattern::parse("users/{sub}/**").unwrap()],
+        publish: vec![TopicPattern::parse("chat/*").unwrap()],
+        expires_at: Some(1_900_000_000),
+    };
+    for who in [
+        Principal::Open,
+        Principal::Anonymous,
+        Principal::Publisher,
+        Principal::User(Arc::new(grant)),
+    ] {
+        assert_eq!(principal_from_store(&principal_to_store(&who)), Some(who));
+    }
+    assert_eq!(principal_from_store("{\"kind\":\"root\"}"), None);
+    assert_eq!(principal_from_store("not json"), None);
+}

@@ -10,9 +10,10 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, EngineError, HistoryLimits};
 use crate::event::{Event, NewEvent};
 use crate::fanout::Fanout;
-use crate::idempotency::{Claim, Idempotency};
+use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
 use crate::metrics::Metrics;
 use crate::subscription::Subscription;
+use crate::topic::Topic;
 use crate::wire::reserved;
 
 /// Limits and sizes of the hub. Every field has a production default.
@@ -99,7 +100,7 @@ pub(crate) struct HubInner {
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) config: HubConfig,
     metrics: Arc<Metrics>,
-    idempotency: Idempotency,
+    idempotency: Arc<dyn IdempotencyStore>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -133,7 +134,14 @@ impl Hub {
         let metrics = Arc::new(Metrics::default());
         let fanout = Arc::new(Fanout::new(metrics.clone()));
         engine.attach(fanout.clone());
-        let idempotency = Idempotency::new(config.idempotency_ttl, config.idempotency_max_keys);
+        let idempotency = engine
+            .idempotency_store(config.idempotency_ttl)
+            .unwrap_or_else(|| {
+                Arc::new(Idempotency::new(
+                    config.idempotency_ttl,
+                    config.idempotency_max_keys,
+                ))
+            });
         Hub {
             inner: Arc::new(HubInner {
                 engine,
@@ -262,8 +270,17 @@ impl Hub {
             if keys[..i].iter().any(|k| k.as_deref() == Some(key.as_str())) {
                 continue;
             }
+            let (topic, id) = (&events[i].topic, events[i].idempotency_key.as_deref());
+            let id = id.unwrap_or_default();
             loop {
-                match idem.claim(key) {
+                let claim = match idem.claim(topic, id).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.abandon_owned(&events, &owned).await;
+                        return Err(e.into());
+                    }
+                };
+                match claim {
                     Claim::Owned => {
                         owned[i] = true;
                         break;
@@ -272,21 +289,35 @@ impl Hub {
                         known[i] = Some(e);
                         break;
                     }
+                    Claim::DoneAt(position, at) => {
+                        known[i] = Some(Arc::new(Event::new(events[i].clone(), position, at)));
+                        break;
+                    }
                     Claim::Wait(n) => {
                         if Instant::now() > deadline {
-                            self.abandon_owned(&keys, &owned);
+                            self.abandon_owned(&events, &owned).await;
                             return Err(EngineError::Unavailable(
                                 "an earlier publish with the same id is still in progress".into(),
                             )
                             .into());
                         }
-                        let _ = tokio::time::timeout(Duration::from_millis(20), n.notified()).await;
+                        let pause = Duration::from_millis(20);
+                        match n {
+                            Some(n) => {
+                                let _ = tokio::time::timeout(pause, n.notified()).await;
+                            }
+                            None => tokio::time::sleep(pause).await,
+                        }
                     }
                 }
             }
         }
         let mut to_store = Vec::new();
         let mut slots = Vec::new();
+        let claimed: Vec<(Topic, Option<Box<str>>)> = events
+            .iter()
+            .map(|e| (e.topic.clone(), e.idempotency_key.clone()))
+            .collect();
         for (i, e) in events.into_iter().enumerate() {
             let dup_in_batch = keys[i].is_some() && !owned[i] && known[i].is_none();
             if known[i].is_none() && !dup_in_batch {
@@ -300,7 +331,7 @@ impl Hub {
             match self.inner.engine.publish(to_store).await {
                 Ok(v) => v,
                 Err(err) => {
-                    self.abandon_owned(&keys, &owned);
+                    self.abandon_claimed(&claimed, &owned).await;
                     return Err(err.into());
                 }
             }
@@ -310,9 +341,10 @@ impl Hub {
             .events_published
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
         for (slot, e) in slots.into_iter().zip(stored) {
-            if owned[slot] {
-                if let Some(k) = &keys[slot] {
-                    idem.complete(k, e.clone());
+            if let (true, (topic, Some(id))) = (owned[slot], &claimed[slot]) {
+                if let Err(err) = idem.complete(topic, id, &e).await {
+                    // Stored, so still acknowledged; a retry waits out the claim.
+                    tracing::warn!(%err, "could not record an idempotent publish");
                 }
             }
             known[slot] = Some(e);
@@ -337,10 +369,18 @@ impl Hub {
             .collect()
     }
 
-    fn abandon_owned(&self, keys: &[Option<String>], owned: &[bool]) {
-        for (k, o) in keys.iter().zip(owned) {
-            if let (Some(k), true) = (k, o) {
-                self.inner.idempotency.abandon(k);
+    async fn abandon_owned(&self, events: &[NewEvent], owned: &[bool]) {
+        for (e, o) in events.iter().zip(owned) {
+            if let (Some(id), true) = (&e.idempotency_key, o) {
+                self.inner.idempotency.abandon(&e.topic, id).await;
+            }
+        }
+    }
+
+    async fn abandon_claimed(&self, claimed: &[(Topic, Option<Box<str>>)], owned: &[bool]) {
+        for ((topic, id), o) in claimed.iter().zip(owned) {
+            if let (Some(id), true) = (id, o) {
+                self.inner.idempotency.abandon(topic, id).await;
             }
         }
     }

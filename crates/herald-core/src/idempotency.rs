@@ -4,6 +4,11 @@
 //! Keys are scoped by topic and remembered for a bounded time and count.
 //! Concurrent publishes with the same key are serialised: the second waits for
 //! the first and gets its result; if the first fails, the second publishes.
+//!
+//! The records live in an [`IdempotencyStore`]: this process's memory
+//! ([`Idempotency`]) unless the engine offers a shared one
+//! ([`Engine::idempotency_store`](crate::Engine::idempotency_store)), so that
+//! a retry that reaches another node is recognised too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,7 +16,32 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::event::Event;
+use crate::engine::{BoxFuture, EngineError};
+use crate::event::{Event, Position};
+use crate::topic::Topic;
+
+/// Where idempotency records live. A record goes from claimed (a publish
+/// with this id is in flight) to completed (here is its event) and expires
+/// after the hub's `idempotency_ttl`.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `id` on `topic` for a publish.
+    fn claim<'a>(
+        &'a self,
+        topic: &'a Topic,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, EngineError>>;
+
+    /// Records the event the owner of a claim published.
+    fn complete<'a>(
+        &'a self,
+        topic: &'a Topic,
+        id: &'a str,
+        event: &'a Arc<Event>,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Releases a claim whose publish failed, so that a retry may publish.
+    fn abandon<'a>(&'a self, topic: &'a Topic, id: &'a str) -> BoxFuture<'a, ()>;
+}
 
 enum Slot {
     InFlight(Arc<Notify>),
@@ -35,12 +65,17 @@ struct State {
 /// The outcome of claiming a key.
 pub enum Claim {
     /// Nobody has published with this key: the caller publishes, then calls
-    /// [`Idempotency::complete`] or [`Idempotency::abandon`].
+    /// [`IdempotencyStore::complete`] or [`IdempotencyStore::abandon`].
     Owned,
     /// Already published: here is the event.
     Done(Arc<Event>),
-    /// Another publish with this key is in flight: wait, then claim again.
-    Wait(Arc<Notify>),
+    /// Already published at this position and time (milliseconds since the
+    /// Unix epoch). A shared store keeps only these; the retry carries the
+    /// same event, so the hub rebuilds it from the request.
+    DoneAt(Position, u64),
+    /// Another publish with this key is in flight: wait (on the `Notify`
+    /// when the store has one, else briefly), then claim again.
+    Wait(Option<Arc<Notify>>),
 }
 
 impl Idempotency {
@@ -64,12 +99,12 @@ impl Idempotency {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn claim(&self, key: &str) -> Claim {
+    fn claim_key(&self, key: &str) -> Claim {
         let mut st = self.lock();
         self.expire(&mut st);
         match st.slots.get(key) {
             Some(Slot::Done(e)) => Claim::Done(e.clone()),
-            Some(Slot::InFlight(n)) => Claim::Wait(n.clone()),
+            Some(Slot::InFlight(n)) => Claim::Wait(Some(n.clone())),
             None => {
                 st.slots
                     .insert(key.to_owned(), Slot::InFlight(Arc::new(Notify::new())));
@@ -78,7 +113,7 @@ impl Idempotency {
         }
     }
 
-    pub fn complete(&self, key: &str, event: Arc<Event>) {
+    fn complete_key(&self, key: &str, event: Arc<Event>) {
         let mut st = self.lock();
         if let Some(Slot::InFlight(n)) = st.slots.insert(key.to_owned(), Slot::Done(event)) {
             n.notify_waiters();
@@ -91,7 +126,7 @@ impl Idempotency {
         }
     }
 
-    pub fn abandon(&self, key: &str) {
+    fn abandon_key(&self, key: &str) {
         let mut st = self.lock();
         if let Some(Slot::InFlight(n)) = st.slots.remove(key) {
             n.notify_waiters();
@@ -110,5 +145,31 @@ impl Idempotency {
                 }
             }
         }
+    }
+}
+
+impl IdempotencyStore for Idempotency {
+    fn claim<'a>(
+        &'a self,
+        topic: &'a Topic,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, EngineError>> {
+        let c = self.claim_key(&Idempotency::scoped_key(topic.as_str(), id));
+        Box::pin(async move { Ok(c) })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        topic: &'a Topic,
+        id: &'a str,
+        event: &'a Arc<Event>,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        self.complete_key(&Idempotency::scoped_key(topic.as_str(), id), event.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn abandon<'a>(&'a self, topic: &'a Topic, id: &'a str) -> BoxFuture<'a, ()> {
+        self.abandon_key(&Idempotency::scoped_key(topic.as_str(), id));
+        Box::pin(async {})
     }
 }

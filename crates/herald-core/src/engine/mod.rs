@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
+use crate::idempotency::IdempotencyStore;
 use crate::topic::Topic;
 
 /// A boxed future, so that engines can be used as `Arc<dyn Engine>`.
@@ -122,6 +123,13 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The last local subscriber of `topic` left. Default: nothing.
     fn unwatch(&self, _topic: &Topic) {}
+
+    /// A store for idempotency records shared by every node on this engine,
+    /// keeping records for `ttl`. Default: none, and the hub keeps them in
+    /// its own memory.
+    fn idempotency_store(&self, _ttl: Duration) -> Option<Arc<dyn IdempotencyStore>> {
+        None
+    }
 
     /// Whether the engine can serve (for `/readyz`).
     fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>>;

@@ -1,0 +1,440 @@
+//! # herald-engine-redis
+//!
+//! Herald's Redis engine: several Herald nodes share one Redis (or Redis
+//! Cluster), so a subscriber on node B gets what was published on node A and
+//! resumes on any node. It implements [`herald_core::Engine`]; the transports
+//! never know it runs.
+//!
+//! # How it works
+//!
+//! - **History**: one Redis Stream per topic, entry id `<seq>-<published ms>`,
+//!   trimmed with `MAXLEN ~` to the history size and by age. A hash beside it
+//!   holds the topic's `epoch` and last `seq`, so positions (and so cursors)
+//!   mean the same on every node. If the stream is lost (Redis restarted
+//!   without persistence, a key evicted) the topic gets a new epoch, and
+//!   clients with older cursors get `herald.gap` (`epoch_changed`).
+//! - **Publish**: one Lua script per topic appends the events, notifies the
+//!   topic's sharded pub/sub channel with each (`SPUBLISH`) and trims, all
+//!   atomically: a subscriber that resumes during a publish reads either
+//!   before or after it, and the core's live-first-then-back-fill resume does
+//!   the rest.
+//! - **Live fan-out**: each node subscribes (`SSUBSCRIBE`) only to the
+//!   channels of topics its own clients use ([`Engine::watch`]) and
+//!   unsubscribes when the last one leaves. Every message is dispatched
+//!   locally once, in position order per topic. After each subscribe and each
+//!   reconnect the node reads what it may have missed, so a lost message only
+//!   delays an event, never drops it.
+//! - **Keys** share one hash tag per topic ([`keys`]), so a topic lives on
+//!   one shard of a cluster.
+//! - **Outages**: with Redis unreachable, publishes fail at once with
+//!   [`EngineError::Unavailable`] (503), [`Engine::ready`] fails (`/readyz`),
+//!   live connections stay open, and the clients reconnect with backoff.
+//! - **Shared records**: idempotent publish ids ([`Engine::idempotency_store`])
+//!   and one-time tokens ([`RedisOneTimeTokens`]) live in Redis too, so they
+//!   hold across nodes.
+//!
+//! The client library is [fred](https://docs.rs/fred): it speaks sharded
+//! pub/sub to a single server and to a cluster (routing each `SSUBSCRIBE` to
+//! the shard that owns the channel), reconnects with a backoff policy, and
+//! takes `redis://`, `rediss://`, `redis-cluster://` and `rediss-cluster://`
+//! URLs.
+//!
+//! # Layout
+//!
+//! - [`keys`]: key and channel names (pure).
+//! - [`scripts`]: the Lua scripts for publish, read and idempotency claims.
+//! - `codec`: events to script arguments and back (pure).
+//! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up.
+//! - [`stores`]: idempotency records and one-time tokens in Redis.
+//! - [`test_server`]: a throw-away `redis-server` for the tests of this and other crates.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use herald_core::{Hub, HubConfig};
+//! use herald_engine_redis::{RedisConfig, RedisEngine};
+//!
+//! let config = HubConfig::default();
+//! let engine = RedisEngine::connect(RedisConfig::new("redis://127.0.0.1:6379", config.history)).await?;
+//! let hub = Hub::new(Arc::new(engine), config);
+//! # Ok(()) }
+//! ```
+
+mod codec;
+pub mod keys;
+mod listener;
+pub mod scripts;
+pub mod stores;
+pub mod test_server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fred::clients::Pool;
+use fred::interfaces::ClientLike;
+use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
+use fred::types::scripts::Script;
+use fred::types::Value;
+use herald_core::engine::{new_epoch, resolve_start, BoxFuture};
+use herald_core::fanout::Fanout;
+use herald_core::idempotency::IdempotencyStore;
+use herald_core::{
+    Engine, EngineError, Event, HistoryLimits, NewEvent, Position, ReadResult, Topic,
+};
+use tokio::sync::mpsc;
+
+pub use keys::Keys;
+pub use stores::{RedisIdempotency, RedisOneTimeTokens};
+
+/// How to reach Redis and what to keep there.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://`, `rediss://` (TLS), `redis-cluster://` or
+    /// `rediss-cluster://` (more nodes as `?node=host:port`).
+    pub url: String,
+    /// Put before every key and channel name (`herald:`), so several
+    /// Herald deployments can share one Redis.
+    pub prefix: String,
+    /// History kept per topic.
+    pub history: HistoryLimits,
+    /// Connections for commands.
+    pub pool_size: usize,
+    /// A command that takes longer fails (and its publish answers 503).
+    pub command_timeout: Duration,
+    /// Longest pause between reconnection attempts (the backoff starts at 50 ms).
+    pub max_reconnect_delay: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: &str, history: HistoryLimits) -> RedisConfig {
+        RedisConfig {
+            url: url.to_owned(),
+            prefix: "herald:".to_owned(),
+            history,
+            pool_size: 2,
+            command_timeout: Duration::from_secs(2),
+            max_reconnect_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A configuration the engine cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error("--redis-url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot set up the Redis client: {0}")]
+    Client(String),
+}
+
+/// Maps a client error to the engine's "unavailable" (503).
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("redis: {e}"))
+}
+
+/// What the engine and its listener share.
+pub(crate) struct Shared {
+    pub(crate) keys: Keys,
+    pub(crate) history: HistoryLimits,
+    pub(crate) pool: Pool,
+    publish_script: Script,
+    read_script: Script,
+    pub(crate) fanout: RwLock<Option<Arc<Fanout>>>,
+}
+
+/// The Redis engine. See the crate docs.
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+    subscriber: Client,
+    control: mpsc::UnboundedSender<listener::Control>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl RedisEngine {
+    /// Builds the clients and starts connecting. Waits up to the command
+    /// timeout for a first connection; if Redis is not reachable yet the
+    /// engine still starts (not ready, publishes answer 503) and keeps
+    /// trying in the background.
+    pub async fn connect(config: RedisConfig) -> Result<RedisEngine, RedisConfigError> {
+        let mut fred_config = Config::from_url(&config.url).map_err(|e| RedisConfigError::Url {
+            url: config.url.clone(),
+            reason: e.details().to_string(),
+        })?;
+        // Start even when Redis is down; the reconnect policy takes over.
+        fred_config.fail_fast = false;
+        let max_delay = u32::try_from(config.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                max_delay.max(50),
+                2,
+            ))
+            .with_connection_config(|c| {
+                c.connection_timeout = config.command_timeout;
+                c.internal_command_timeout = config.command_timeout;
+                // A publish must never run twice: a command whose connection
+                // drops fails instead of being sent again.
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+                // Pub/sub messages are buffered here between the socket and
+                // the listener; if it ever lags, it catches up from history.
+                p.broadcast_channel_capacity = 4096;
+            });
+        let client_error = |e: fred::error::Error| RedisConfigError::Client(e.to_string());
+        let pool = builder
+            .build_pool(config.pool_size.max(1))
+            .map_err(client_error)?;
+        let subscriber = builder.build().map_err(client_error)?;
+        pool.connect_pool();
+        subscriber.connect();
+        let wait = async {
+            let _ = pool.wait_for_connect().await;
+            let _ = subscriber.wait_for_connect().await;
+        };
+        if tokio::time::timeout(config.command_timeout, wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(url = %redact_url(&config.url), "Redis is not reachable yet; retrying in the background");
+        }
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&config.prefix),
+            history: config.history,
+            pool,
+            publish_script: Script::from_lua(scripts::publish()),
+            read_script: Script::from_lua(scripts::read()),
+            fanout: RwLock::new(None),
+        });
+        let (control, rx) = mpsc::unbounded_channel();
+        let listener = tokio::spawn(listener::run(shared.clone(), subscriber.clone(), rx));
+        Ok(RedisEngine {
+            shared,
+            subscriber,
+            control,
+            listener,
+        })
+    }
+
+    /// The key names this engine uses.
+    pub fn keys(&self) -> &Keys {
+        &self.shared.keys
+    }
+
+    /// A client of the command pool (tests and tools).
+    pub fn client(&self) -> &Client {
+        self.shared.pool.next()
+    }
+
+    /// A shared one-time token store on this engine's connections.
+    pub fn one_time_tokens(&self) -> RedisOneTimeTokens {
+        RedisOneTimeTokens::new(self.shared.clone())
+    }
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://[redacted]@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl Shared {
+    /// A connected command client, or 503 at once.
+    pub(crate) fn client(&self) -> Result<&Client, EngineError> {
+        let c = self.pool.next_connected();
+        if c.is_connected() {
+            Ok(c)
+        } else {
+            Err(EngineError::Unavailable("redis is not connected".into()))
+        }
+    }
+
+    fn max_age_ms(&self) -> u64 {
+        u64::try_from(self.history.max_age.as_millis()).unwrap_or(u64::MAX / 2)
+    }
+
+    async fn publish_topic(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
+        let topic = events[0].topic.clone();
+        let client = self.client()?;
+        let mut args: Vec<Value> = Vec::with_capacity(4 + 3 * events.len());
+        args.push(new_epoch().to_string().into());
+        args.push(self.history.max_events.to_string().into());
+        args.push(self.max_age_ms().to_string().into());
+        args.push(self.keys.channel(&topic).into());
+        for e in &events {
+            codec::push_event_args(e, &mut args);
+        }
+        let keys = vec![self.keys.meta(&topic), self.keys.stream(&topic)];
+        let answer: Vec<Value> = self
+            .publish_script
+            .evalsha_with_reload(client, keys, args)
+            .await
+            .map_err(unavailable)?;
+        let (epoch, first, at) = codec::publish_answer(&answer).map_err(unavailable)?;
+        Ok(events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| Arc::new(Event::new(e, Position::new(epoch, first + i as u64), at)))
+            .collect())
+    }
+
+    /// Reads `topic`; `after` is `Some(None)` for the latest event alone.
+    pub(crate) async fn read_raw(
+        &self,
+        topic: &Topic,
+        after: ReadFrom,
+        limit: usize,
+    ) -> Result<ReadResult, EngineError> {
+        let client = self.client()?;
+        let (after_epoch, after_seq) = match after {
+            ReadFrom::Now => (String::new(), 0),
+            ReadFrom::Latest => ("*".to_owned(), 0),
+            ReadFrom::After(p) => (p.epoch.to_string(), p.seq),
+        };
+        let args: Vec<Value> = vec![
+            new_epoch().to_string().into(),
+            after_epoch.into(),
+            after_seq.to_string().into(),
+            limit.to_string().into(),
+            self.history.max_events.to_string().into(),
+            self.max_age_ms().to_string().into(),
+        ];
+        let keys = vec![self.keys.meta(topic), self.keys.stream(topic)];
+        let answer: Vec<Value> = self
+            .read_script
+            .evalsha_with_reload(client, keys, args)
+            .await
+            .map_err(unavailable)?;
+        let raw = codec::read_answer(topic, answer).map_err(unavailable)?;
+        let requested = match after {
+            ReadFrom::After(p) => Some(p),
+            ReadFrom::Now => None,
+            // The latest event: as if reading after the one before it.
+            ReadFrom::Latest => Some(Position::new(raw.epoch, raw.head.saturating_sub(1))),
+        };
+        let (from, gap) = resolve_start(raw.epoch, raw.head, raw.first_retained, requested);
+        let events = raw
+            .events
+            .into_iter()
+            .filter(|e| e.position.seq > from.seq)
+            .take(limit)
+            .collect();
+        Ok(ReadResult {
+            epoch: raw.epoch,
+            head: raw.head,
+            gap,
+            from,
+            events,
+        })
+    }
+}
+
+/// Where a read starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ReadFrom {
+    /// Nothing, just the head.
+    Now,
+    /// The latest event alone.
+    Latest,
+    After(Position),
+}
+
+impl Engine for RedisEngine {
+    fn attach(&self, fanout: Arc<Fanout>) {
+        *self
+            .shared
+            .fanout
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(fanout);
+    }
+
+    fn publish(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
+        Box::pin(async move {
+            // One script per topic (a topic's keys share a shard; a batch's
+            // topics may not). Order is kept within each topic.
+            let n = events.len();
+            let mut groups: Vec<(Topic, Vec<usize>, Vec<NewEvent>)> = Vec::new();
+            let mut index: HashMap<Topic, usize> = HashMap::new();
+            for (i, e) in events.into_iter().enumerate() {
+                let g = *index.entry(e.topic.clone()).or_insert_with(|| {
+                    groups.push((e.topic.clone(), Vec::new(), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].1.push(i);
+                groups[g].2.push(e);
+            }
+            let mut out: Vec<Option<Arc<Event>>> = vec![None; n];
+            for (_, slots, group) in groups {
+                let stored = self.shared.publish_topic(group).await?;
+                for (slot, e) in slots.into_iter().zip(stored) {
+                    out[slot] = Some(e);
+                }
+            }
+            Ok(out.into_iter().flatten().collect())
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        topic: &'a Topic,
+        after: Option<Position>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ReadResult, EngineError>> {
+        let from = after.map_or(ReadFrom::Now, ReadFrom::After);
+        Box::pin(self.shared.read_raw(topic, from, limit))
+    }
+
+    fn watch(&self, topic: &Topic) {
+        let _ = self.control.send(listener::Control::Watch(topic.clone()));
+    }
+
+    fn unwatch(&self, topic: &Topic) {
+        let _ = self.control.send(listener::Control::Unwatch(topic.clone()));
+    }
+
+    fn idempotency_store(&self, ttl: Duration) -> Option<Arc<dyn IdempotencyStore>> {
+        Some(Arc::new(RedisIdempotency::new(self.shared.clone(), ttl)))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move {
+            if !self.subscriber.is_connected() {
+                return Err(EngineError::Unavailable(
+                    "redis pub/sub is not connected".into(),
+                ));
+            }
+            let client = self.shared.client()?;
+            let _: Value = client.ping(None).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.listener.abort();
+            let _ = self.subscriber.quit().await;
+            let _ = self.shared.pool.quit().await;
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! The pub/sub task: one per engine. It subscribes to the channels of the
+//! topics local clients use, and hands each notification to the local
+//! fan-out once, in position order per topic.
+//!
+//! Pub/sub may drop a message (it is not stored, and a connection can break
+//! between a publish and its delivery), so after every subscribe and every
+//! reconnect the task reads the topic from history and dispatches what it has
+//! not seen. Subscribers also heal themselves: an event that is not the next
+//! one sends them back to history. Events already dispatched are skipped by
+//! position, so nothing arrives twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::prelude::Client;
+use herald_core::{Event, Position, Topic};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use crate::{codec, ReadFrom, Shared};
+
+/// Asked of the task by the engine.
+pub(crate) enum Control {
+    /// The first local subscriber of a topic arrived.
+    Watch(Topic),
+    /// The last local subscriber of a topic left.
+    Unwatch(Topic),
+}
+
+struct Watched {
+    topic: Topic,
+    /// The last position dispatched.
+    last: Option<Position>,
+}
+
+/// Events read from history for a channel, to dispatch if still new.
+type CaughtUp = (String, Vec<Arc<Event>>);
+
+/// Events read per topic when catching up; if more were missed, the latest
+/// is dispatched too and subscribers read the rest themselves.
+const CATCH_UP_PAGE: usize = 256;
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    subscriber: Client,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    let (caught_tx, mut caught_rx) = mpsc::unbounded_channel::<CaughtUp>();
+    let mut watched: HashMap<String, Watched> = HashMap::new();
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                None => return,
+                Some(Control::Watch(topic)) => {
+                    let channel = shared.keys.channel(&topic);
+                    if watched.contains_key(&channel) {
+                        continue;
+                    }
+                    watched.insert(channel.clone(), Watched { topic: topic.clone(), last: None });
+                    // On failure (Redis down) the reconnect subscribes again.
+                    if let Err(e) = subscriber.ssubscribe(channel.as_str()).await {
+                        tracing::debug!(%e, %topic, "SSUBSCRIBE failed; retrying after reconnect");
+                    }
+                    catch_up(&shared, &caught_tx, channel, topic, None);
+                }
+                Some(Control::Unwatch(topic)) => {
+                    let channel = shared.keys.channel(&topic);
+                    if watched.remove(&channel).is_some() {
+                        if let Err(e) = subscriber.sunsubscribe(channel.as_str()).await {
+                            tracing::debug!(%e, %topic, "SUNSUBSCRIBE failed");
+                        }
+                    }
+                }
+            },
+            m = messages.recv() => match m {
+                Ok(message) => {
+                    let Some(w) = watched.get_mut(&*message.channel) else { continue };
+                    let Some(payload) = message.value.as_str() else { continue };
+                    match codec::decode_message(&w.topic, &payload) {
+                        Ok(event) => dispatch(&shared, w, &event),
+                        Err(e) => tracing::warn!(%e, topic = %w.topic, "undecodable notification"),
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "pub/sub listener lagged; catching up from history");
+                    catch_up_all(&shared, &caught_tx, &watched);
+                }
+                Err(RecvError::Closed) => return,
+            },
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // A new connection has no subscriptions: subscribe again,
+                    // then read what went by while we were away.
+                    for channel in watched.keys() {
+                        if let Err(e) = subscriber.ssubscribe(channel.as_str()).await {
+                            tracing::debug!(%e, channel, "SSUBSCRIBE after reconnect failed");
+                        }
+                    }
+                    if !watched.is_empty() {
+                        tracing::info!(topics = watched.len(), "Redis pub/sub reconnected; catching up");
+                    }
+                    catch_up_all(&shared, &caught_tx, &watched);
+                }
+                Err(RecvError::Closed) => return,
+            },
+            Some((channel, events)) = caught_rx.recv() => {
+                if let Some(w) = watched.get_mut(&channel) {
+                    for e in &events {
+                        dispatch(&shared, w, e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dispatches `event` unless an event at or after its position already was.
+fn dispatch(shared: &Shared, w: &mut Watched, event: &Arc<Event>) {
+    if let Some(last) = w.last {
+        if last.epoch == event.position.epoch && event.position.seq <= last.seq {
+            return;
+        }
+    }
+    w.last = Some(event.position);
+    let fanout = shared.fanout.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = fanout.as_ref() {
+        f.dispatch(event);
+    }
+}
+
+fn catch_up_all(
+    shared: &Arc<Shared>,
+    tx: &mpsc::UnboundedSender<CaughtUp>,
+    watched: &HashMap<String, Watched>,
+) {
+    for (channel, w) in watched {
+        catch_up(shared, tx, channel.clone(), w.topic.clone(), w.last);
+    }
+}
+
+/// Reads, in the background, what `topic` has after `last` (or its latest
+/// event) and sends it back to the task to dispatch.
+fn catch_up(
+    shared: &Arc<Shared>,
+    tx: &mpsc::UnboundedSender<CaughtUp>,
+    channel: String,
+    topic: Topic,
+    last: Option<Position>,
+) {
+    let shared = shared.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let mut events = Vec::new();
+        if let Some(last) = last {
+            match shared
+                .read_raw(&topic, ReadFrom::After(last), CATCH_UP_PAGE)
+                .await
+            {
+                Ok(r) if r.gap.is_none() => {
+                    let more = r.more();
+                    events = r.events;
+                    if !more {
+                        let _ = tx.send((channel, events));
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%e, %topic, "catch-up read failed");
+                    return;
+                }
+            }
+        }
+        // Dispatching the latest event makes every subscriber that is
+        // behind it read history for the rest.
+        match shared.read_raw(&topic, ReadFrom::Latest, 1).await {
+            Ok(r) => events.extend(r.events),
+            Err(e) => tracing::debug!(%e, %topic, "catch-up read failed"),
+        }
+        let _ = tx.send((channel, events));
+    });
+}

@@ -1,0 +1,142 @@
+//! The Lua scripts that make a publish and a read atomic on the topic's shard.
+//!
+//! A topic is two keys with one hash tag: `meta` (a hash: `epoch`, and `seq`,
+//! the last sequence given out) and `stream` (entries with id
+//! `<seq>-<published ms>` and fields `k` (`t` text / `j` JSON), `n` (event
+//! name, empty for none) and `d` (data)). Both scripts start by checking the
+//! epoch: when the metadata is missing, or the stream is gone while the
+//! metadata says events were stored (Redis restarted without persistence, a
+//! key was evicted), the topic starts a new epoch with the candidate the
+//! caller passes, so clients holding older cursors are told they missed
+//! events.
+//!
+//! Numbers go through `string.format('%d')`: Lua's `tostring` switches to
+//! exponent notation past 14 digits.
+
+/// Shared by both scripts: epoch check, age trimming, the oldest retained seq.
+const PRELUDE: &str = r#"
+local meta, stream = KEYS[1], KEYS[2]
+
+local function ensure_epoch(candidate)
+  local m = redis.call('HMGET', meta, 'epoch', 'seq')
+  local epoch, seq = m[1], tonumber(m[2] or '0')
+  if epoch and not (seq > 0 and redis.call('EXISTS', stream) == 0) then
+    return epoch, seq
+  end
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', candidate, 'seq', '0')
+  return candidate, 0
+end
+
+local function parse_id(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Drops entries older than `cutoff` ms from the front of the stream.
+local function trim_age(cutoff)
+  while true do
+    local page = redis.call('XRANGE', stream, '-', '+', 'COUNT', 100)
+    if #page == 0 then return end
+    for i = 1, #page do
+      local s, t = parse_id(page[i][1])
+      if t >= cutoff then
+        if i > 1 then redis.call('XTRIM', stream, 'MINID', string.format('%d', s)) end
+        return
+      end
+    end
+    local last = parse_id(page[#page][1])
+    redis.call('XTRIM', stream, 'MINID', string.format('%d', last + 1))
+  end
+end
+
+-- The oldest retained seq (head + 1 when nothing is): the stream is trimmed
+-- approximately (MAXLEN ~), the count limit applies exactly here.
+local function first_retained(head, maxlen)
+  local first = head + 1
+  local e = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #e > 0 then first = parse_id(e[1][1]) end
+  if head - maxlen + 1 > first then first = head - maxlen + 1 end
+  return first
+end
+"#;
+
+/// KEYS: meta, stream. ARGV: candidate epoch, max events, max age ms, channel,
+/// then `k`, `n`, `d` of each event. Appends the events, notifies the
+/// channel with each, trims. Returns `{epoch, first seq, published ms}`.
+///
+/// A notification is `epoch \n id \n k \n n \n d`: names hold no control
+/// characters, so only the data may contain newlines, and it comes last.
+const PUBLISH_BODY: &str = r#"
+local maxlen, maxage, channel = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local now = now_ms()
+local epoch, seq = ensure_epoch(ARGV[1])
+local first = seq + 1
+local i = 5
+while i + 2 <= #ARGV do
+  seq = seq + 1
+  local id = string.format('%d-%d', seq, now)
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'k', ARGV[i], 'n', ARGV[i + 1], 'd', ARGV[i + 2])
+  redis.call('SPUBLISH', channel, epoch .. '\n' .. id .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2])
+  i = i + 3
+end
+redis.call('HSET', meta, 'seq', string.format('%d', seq))
+trim_age(now - maxage)
+return {epoch, string.format('%d', first), string.format('%d', now)}
+"#;
+
+/// KEYS: meta, stream. ARGV: candidate epoch, after epoch, after seq, limit,
+/// max events, max age ms. "After epoch" is empty to read from now (no
+/// events, just the head), `*` for the latest event alone, else a position.
+/// Returns `{epoch, head, first retained, entries...}`, each entry
+/// `{id, {k, kv, n, nv, d, dv}}`. Where the entries start follows the same
+/// rule as `herald_core::engine::resolve_start`, which the caller applies.
+const READ_BODY: &str = r#"
+local after_epoch, after_seq, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxlen, maxage = tonumber(ARGV[5]), tonumber(ARGV[6])
+local epoch, head = ensure_epoch(ARGV[1])
+trim_age(now_ms() - maxage)
+local first = first_retained(head, maxlen)
+local start = nil
+if after_epoch == '*' then
+  start = head
+elseif after_epoch ~= '' then
+  if after_epoch ~= epoch or after_seq > head or after_seq + 1 < first then
+    start = first
+  else
+    start = after_seq + 1
+  end
+end
+local out = {epoch, string.format('%d', head), string.format('%d', first)}
+if start and start >= first and start <= head and limit > 0 then
+  local entries = redis.call('XRANGE', stream, string.format('%d', start), '+', 'COUNT', limit)
+  for i = 1, #entries do out[#out + 1] = entries[i] end
+end
+return out
+"#;
+
+pub fn publish() -> String {
+    format!("{PRELUDE}{PUBLISH_BODY}")
+}
+
+pub fn read() -> String {
+    format!("{PRELUDE}{READ_BODY}")
+}
+
+/// Claims an idempotency key: KEYS: the record. ARGV: in-flight marker ttl
+/// ms. Returns `owned`, `pending`, or the stored position.
+pub const CLAIM: &str = r#"
+if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then return 'owned' end
+return redis.call('GET', KEYS[1]) or 'pending'
+"#;
+
+/// Drops an in-flight claim, never a completed record. KEYS: the record.
+pub const ABANDON: &str = r#"
+if redis.call('GET', KEYS[1]) == 'pending' then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
