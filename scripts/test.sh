@@ -14,3 +14,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --workspace
+
+step "browser client tests (headless Chromium)"
+clients/js/test/run.sh

@@ -13,6 +13,7 @@
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`server`]: the accept loop (HTTP/1.1 + h2c, upgrades, graceful shutdown).
 //! - [`config`]: keepalives, limits and timeouts.
+//! - `assets`: the browser client (`/client/herald.js`, `.d.ts`) and the demo page at `/`.
 //!
 //! # Example: nest Herald in your axum app
 //!
@@ -31,6 +32,7 @@
 //! # }
 //! ```
 
+mod assets;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -96,6 +98,9 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/", get(assets::demo))
+        .route("/client/herald.js", get(assets::client))
+        .route("/client/herald.d.ts", get(assets::types))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(

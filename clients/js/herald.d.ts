@@ -1,0 +1,144 @@
+// Types for herald.js, Herald's browser client.
+
+/** Which transport carries events. `auto` picks one (see ConnectOptions.transport). */
+export type Transport = 'sse' | 'ws' | 'poll';
+
+/** An event as every transport delivers it. */
+export interface HeraldEvent<T = unknown> {
+  /** The topic it was published to. */
+  topic: string;
+  /** Its cursor: hand it back as `since` to resume right after this event. */
+  id: string | null;
+  /** Its name; `null` for unnamed events. `herald.gap` when events were missed. */
+  event: string | null;
+  /**
+   * The data as it was published (any JSON value). Over SSE, which carries
+   * text, data that parses as JSON is parsed: a string published as `"42"`
+   * arrives as the number 42 there.
+   */
+  data: T;
+  /** The data as text: strings as they are, other values as compact JSON. */
+  text: string;
+  /** Milliseconds since the Unix epoch; `null` over SSE, which does not carry it. */
+  publishedAt: number | null;
+}
+
+/** The data of a `herald.gap` event. */
+export interface GapData {
+  topic: string;
+  reason: 'history_truncated' | 'epoch_changed' | 'unknown_position' | string;
+}
+
+export type Handler<T = unknown> = (event: HeraldEvent<T>) => void;
+
+export interface Status {
+  state: 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+  transport: Transport;
+  /** reconnecting: milliseconds until the next attempt. */
+  delay?: number;
+  /** reconnecting: how many attempts in a row have failed. */
+  attempt?: number;
+  /** Why the connection dropped, or why the transport changed. */
+  reason?: string;
+  /** SSE (one stream per topic): the topic whose stream is reconnecting. */
+  topic?: string;
+}
+
+export interface ConnectOptions {
+  /**
+   * `sse`, `ws`, `poll`, or `auto` (the default): Server-Sent Events while the
+   * page only receives (up to `maxSseTopics` topics), WebSocket once it
+   * publishes or subscribes to more, long polling when a stream turns out to be
+   * buffered (no byte within `fallbackTimeout`) or WebSockets cannot get through.
+   */
+  transport?: 'auto' | Transport;
+  /**
+   * A credential of any lifetime. It is sent in the Authorization header or
+   * the WebSocket `auth` message, and exchanged at `POST /v1/tokens` for a
+   * one-time token where a URL must carry one (EventSource): never put in a URL.
+   */
+  token?: string;
+  /**
+   * Called before every request that needs a credential: each EventSource and
+   * WebSocket (re)connect, each long poll, each HTTP publish. Its token may go
+   * into an EventSource URL, so return a short-lived one (for instance from
+   * `POST /v1/tokens`); cache it yourself while it is valid if you like.
+   */
+  getToken?: () => string | null | Promise<string | null>;
+  /** Send cookies to another origin (EventSource withCredentials, fetch credentials: 'include'). */
+  withCredentials?: boolean;
+  /** First reconnect delay in ms (default 500); doubles up to maxDelay, with jitter. */
+  initialDelay?: number;
+  /** Longest reconnect delay in ms (default 30000). */
+  maxDelay?: number;
+  /** auto: ms to wait for a stream's first bytes before falling back to long polling (default 8000). */
+  fallbackTimeout?: number;
+  /** ms for a WebSocket to open (default 10000). */
+  connectTimeout?: number;
+  /** Seconds the server holds a long poll (default 25). */
+  pollTimeout?: number;
+  /** ms to wait for a WebSocket publish's acknowledgement (default 30000). */
+  publishTimeout?: number;
+  /** auto: most topics served by SSE before switching to one WebSocket (default 4). */
+  maxSseTopics?: number;
+  /** Status changes: connecting, open, reconnecting (with the delay), closed. */
+  onStatus?: (status: Status) => void;
+  /** Errors that are not a publish's: refused topics, refused credentials. */
+  onError?: (error: HeraldError) => void;
+}
+
+export interface SubscribeOptions {
+  /** Resume right after this cursor (an event's `id`) instead of from now. */
+  since?: string;
+}
+
+/** Stops listening. When a topic has no listener left, it is unsubscribed. */
+export interface Unsubscribe {
+  (): void;
+  /** Resolves once the subscription is live: from then on nothing published to it is missed. */
+  readonly ready: Promise<void>;
+}
+
+export interface PublishOptions {
+  /** The event's name (listeners: `on(topic, name, fn)`). */
+  event?: string;
+  /** An idempotency id; one is generated when absent, so retries publish once. */
+  id?: string;
+}
+
+export interface Herald {
+  /** The transport in use now. */
+  readonly transport: Transport;
+  /** The last status reported. */
+  readonly status: Status;
+  /** The topic's unnamed events, and `herald.gap` when events were missed. */
+  subscribe<T = unknown>(topic: string, handler?: Handler<T>): Unsubscribe;
+  subscribe<T = unknown>(topic: string, options: SubscribeOptions, handler?: Handler<T>): Unsubscribe;
+  /** The topic's events named `event` (subscribing to the topic if needed). */
+  on<T = unknown>(topic: string, event: string, handler: Handler<T>): Unsubscribe;
+  /** Adds a status listener; returns a function that removes it. */
+  onStatus(listener: (status: Status) => void): () => void;
+  /** Publishes; resolves to the event's id once the server has stored it. */
+  publish(topic: string, data: unknown, options?: PublishOptions): Promise<string>;
+  /** Closes every connection; no reconnect follows. */
+  close(): void;
+}
+
+export class HeraldError extends Error {
+  constructor(code: string, message: string, extra?: { status?: number; topic?: string });
+  /** Herald's error code, e.g. `forbidden`, `unauthorized`, `invalid_topic`, `closed`. */
+  readonly code: string;
+  /** The HTTP status, when the server answered with one. */
+  readonly status?: number;
+  /** The topic concerned, for a refused subscription. */
+  readonly topic?: string;
+}
+
+/** Connects to the Herald server at `url`: where its routes are mounted, e.g. `https://push.example.com`. */
+export function connect(url: string | URL, options?: ConnectOptions): Herald;
+
+declare const herald: {
+  connect: typeof connect;
+  HeraldError: typeof HeraldError;
+};
+export default herald;

@@ -1,0 +1,1061 @@
+// Herald's browser client: one API over Server-Sent Events, WebSocket and long
+// polling, with reconnection and exact resume. No dependencies; types in
+// herald.d.ts; the guide in README.md next to this file.
+//
+// Layout
+//   connect(), Client   topics and their handlers, cursors, status, publish, and
+//                       the choice of transport ('auto' switches between them)
+//   SseTransport        one EventSource per topic: an event of a multi-topic SSE
+//                       stream does not say its topic, and EventSource cannot see it
+//   WsTransport         one WebSocket for every topic; publishes go over it
+//   PollTransport       one long poll for every topic
+//
+// Resume: for every topic the client keeps the cursor of the last event it handed
+// to the page (or where the subscription started), and each (re)connect of each
+// transport starts from there, so a reconnect or a change of transport loses
+// nothing and repeats nothing. Cursors are opaque, with one exception the client
+// relies on: several single-topic cursors joined with '.' are one cursor for all
+// of those topics (later entries win), which is how a long poll resumes topics
+// that were subscribed from different points.
+
+const GAP = 'herald.gap';
+const DISCONNECT = 'herald.disconnect';
+const TRANSPORTS = ['auto', 'sse', 'ws', 'poll'];
+
+const DEFAULTS = {
+  transport: 'auto',
+  token: undefined,
+  getToken: undefined,
+  withCredentials: false,
+  initialDelay: 500,
+  maxDelay: 30000,
+  fallbackTimeout: 8000,
+  connectTimeout: 10000,
+  pollTimeout: 25,
+  publishTimeout: 30000,
+  maxSseTopics: 4,
+  onStatus: undefined,
+  onError: undefined,
+};
+
+/** An error the server or the client reports: a stable `code`, a readable `message`. */
+export class HeraldError extends Error {
+  constructor(code, message, { status, topic } = {}) {
+    super(message);
+    this.name = 'HeraldError';
+    this.code = code;
+    if (status !== undefined) this.status = status;
+    if (topic !== undefined) this.topic = topic;
+  }
+}
+
+/** Connects to the Herald server at `url` (the prefix where its routes are mounted). */
+export function connect(url, options = {}) {
+  return new Client(url, options);
+}
+
+export default { connect, HeraldError };
+
+class Client {
+  constructor(url, options) {
+    const opts = { ...DEFAULTS };
+    for (const [k, v] of Object.entries(options || {})) if (v !== undefined) opts[k] = v;
+    if (!TRANSPORTS.includes(opts.transport)) {
+      throw new TypeError(`transport must be one of ${TRANSPORTS.join(', ')}`);
+    }
+    if (opts.getToken !== undefined && typeof opts.getToken !== 'function') {
+      throw new TypeError('getToken must be a function returning a token (or a promise of one)');
+    }
+    this._opts = opts;
+    this._base = baseUrl(url);
+    this._credentials = opts.withCredentials ? 'include' : 'same-origin';
+    this._topics = new Map();
+    this._statusListeners = new Set();
+    if (opts.onStatus) this._statusListeners.add(opts.onStatus);
+    this._auto = opts.transport === 'auto';
+    this._mode = this._auto ? 'sse' : opts.transport;
+    this._transport = null;
+    this._status = { state: 'idle', transport: this._mode };
+    this._closed = false;
+    this._wantsPublish = false;
+    this._streamChecked = false;
+    // Start once the page has made its first subscriptions, in one go.
+    queueMicrotask(() => this._start());
+  }
+
+  /** The transport in use: 'sse', 'ws' or 'poll'. */
+  get transport() {
+    return this._mode;
+  }
+
+  /** The last status reported (see onStatus). */
+  get status() {
+    return { ...this._status };
+  }
+
+  /**
+   * Subscribes to `topic`. `handler` gets the topic's unnamed events and
+   * `herald.gap`; named events go to `on(topic, name, fn)` listeners.
+   * Returns a function that unsubscribes; its `ready` promise resolves once the
+   * subscription is live.
+   */
+  subscribe(topic, options, handler) {
+    if (typeof options === 'function') {
+      handler = options;
+      options = {};
+    }
+    return this._listen(topic, null, handler, (options || {}).since);
+  }
+
+  /** Listens to the events named `event` of `topic` (subscribing to it if needed). */
+  on(topic, event, handler) {
+    if (typeof event !== 'string' || event === '') {
+      throw new TypeError('name the event to listen to');
+    }
+    if (typeof handler !== 'function') throw new TypeError('handler must be a function');
+    return this._listen(topic, event === 'message' ? null : event, handler, undefined);
+  }
+
+  /** Adds a status listener; returns a function that removes it. */
+  onStatus(fn) {
+    this._statusListeners.add(fn);
+    return () => this._statusListeners.delete(fn);
+  }
+
+  /**
+   * Publishes `data` (any JSON value) to `topic`. Over the WebSocket when that is
+   * the transport, else `POST /v1/publish`. Resolves to the event's id. Every
+   * publish carries an idempotency id, so a retry after a reconnect happens once.
+   */
+  async publish(topic, data, options = {}) {
+    if (this._closed) throw closedError();
+    checkTopic(topic);
+    if (data === undefined) throw new TypeError('data is required (any JSON value)');
+    const msg = { topic, data, id: options.id ?? randomId() };
+    if (options.event != null) msg.event = options.event;
+    if (this._auto && !this._wantsPublish) {
+      this._wantsPublish = true;
+      this._maybeUpgrade('publish');
+    }
+    if (this._mode === 'ws') {
+      if (!this._transport) this._start();
+      return this._transport.publish(msg);
+    }
+    return this._httpPublish(msg);
+  }
+
+  /** Closes every connection; no reconnect follows. */
+  close() {
+    if (this._closed) return;
+    if (this._transport) this._transport.stop();
+    this._transport = null;
+    this._setStatus('closed');
+    this._closed = true;
+  }
+
+  // ---- internals shared by the transports ----
+
+  _listen(topic, name, handler, since) {
+    if (this._closed) throw closedError();
+    checkTopic(topic);
+    if (handler != null && typeof handler !== 'function') {
+      throw new TypeError('handler must be a function');
+    }
+    let state = this._topics.get(topic);
+    const isNew = !state;
+    if (isNew) {
+      state = new TopicState(topic, since);
+      this._topics.set(topic, state);
+    }
+    const entry = { name, fn: handler || null };
+    state.listeners.add(entry);
+    if (isNew) {
+      if (this._transport) this._transport.addTopic(state);
+      this._maybeUpgrade('topics');
+    } else if (name && this._transport && this._transport.addName) {
+      this._transport.addName(state, name);
+    }
+    let done = false;
+    const off = () => {
+      if (done) return;
+      done = true;
+      state.listeners.delete(entry);
+      if (state.listeners.size === 0 && this._topics.get(topic) === state) {
+        this._topics.delete(topic);
+        if (this._transport) this._transport.removeTopic(state);
+      }
+    };
+    off.ready = state.ready;
+    return off;
+  }
+
+  _start() {
+    if (this._closed || this._transport) return;
+    if (this._auto && this._needsWs()) this._mode = 'ws';
+    this._setStatus('connecting');
+    this._transport = makeTransport(this._mode, this);
+    this._transport.start();
+  }
+
+  _needsWs() {
+    return this._wantsPublish || this._topics.size > this._opts.maxSseTopics;
+  }
+
+  // auto: SSE while the page only receives a few topics; WebSocket once it
+  // publishes or subscribes to more topics than HTTP/1.1's six connections allow.
+  _maybeUpgrade(reason) {
+    if (!this._auto || this._mode !== 'sse' || !this._needsWs()) return;
+    if (this._transport) this._switch('ws', reason);
+    else this._mode = 'ws';
+  }
+
+  _switch(mode, reason) {
+    if (this._closed || this._mode === mode) return;
+    const old = this._transport;
+    this._mode = mode;
+    this._transport = makeTransport(mode, this);
+    if (old) old.stop({ handOver: true });
+    this._setStatus('connecting', { reason });
+    this._transport.start();
+  }
+
+  _setStatus(state, extra = {}) {
+    if (this._closed) return;
+    const prev = this._status;
+    if (state !== 'reconnecting' && prev.state === state && prev.transport === this._mode) return;
+    const s = { state, transport: this._mode, ...extra };
+    this._status = s;
+    for (const fn of [...this._statusListeners]) safeCall(fn, s);
+  }
+
+  _error(err) {
+    if (this._opts.onError) safeCall(this._opts.onError, err);
+    else if (typeof console !== 'undefined') console.warn('herald:', err);
+  }
+
+  // A topic the server refuses (forbidden, invalid): drop it and tell the page.
+  _topicFailed(state, err) {
+    err.topic = state.topic;
+    state.fail(err);
+    if (this._topics.get(state.topic) === state) {
+      this._topics.delete(state.topic);
+      if (this._transport) this._transport.removeTopic(state);
+    }
+    this._error(err);
+  }
+
+  _dispatch(state, ev) {
+    if (ev.id) state.cursor = ev.id;
+    if (this._closed || this._topics.get(state.topic) !== state) return;
+    const name = ev.event && ev.event !== 'message' ? ev.event : null;
+    for (const entry of [...state.listeners]) {
+      if (!entry.fn) continue;
+      const match =
+        entry.name === name || (entry.name === null && name === GAP);
+      if (match) safeCall(entry.fn, ev);
+    }
+  }
+
+  // An event as WebSocket and long polling carry it.
+  _dispatchJson(state, m) {
+    this._dispatch(state, {
+      topic: m.topic,
+      id: m.id ?? null,
+      event: m.event ?? null,
+      data: m.data,
+      text: typeof m.data === 'string' ? m.data : JSON.stringify(m.data),
+      publishedAt: m.published_at ?? null,
+    });
+  }
+
+  // For the Authorization header and the WebSocket auth message.
+  async _headerToken() {
+    const { getToken, token } = this._opts;
+    if (getToken) {
+      const t = await getToken();
+      if (t != null && typeof t !== 'string') throw new TypeError('getToken must return a string');
+      return t || null;
+    }
+    return token || null;
+  }
+
+  // For an EventSource URL, which cannot carry headers: getToken's token (it
+  // must be short-lived), or a one-time token exchanged for the long-lived
+  // `token`, which never goes into a URL itself.
+  async _urlToken() {
+    if (this._opts.getToken) return this._headerToken();
+    if (this._opts.token) {
+      const res = await fetch(`${this._base}/v1/tokens`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${this._opts.token}` },
+        credentials: this._credentials,
+        cache: 'no-store',
+      });
+      if (!res.ok) throw await httpError(res);
+      return (await res.json()).token;
+    }
+    return null;
+  }
+
+  async _authHeaders() {
+    const t = await this._headerToken();
+    return t ? { authorization: `Bearer ${t}` } : {};
+  }
+
+  async _poll(topics, cursor, timeoutSecs, signal) {
+    const q = new URLSearchParams();
+    for (const t of topics) q.append('topic', t);
+    if (cursor) q.set('cursor', cursor);
+    q.set('timeout', String(timeoutSecs));
+    const headers = await this._authHeaders();
+    const res = await fetch(`${this._base}/v1/poll?${q}`, {
+      headers,
+      signal,
+      cache: 'no-store',
+      credentials: this._credentials,
+    });
+    if (!res.ok) throw await httpError(res);
+    const body = await res.json();
+    if (!body || !Array.isArray(body.events) || typeof body.cursor !== 'string') {
+      throw new HeraldError('bad_response', 'unexpected long-poll answer');
+    }
+    return body;
+  }
+
+  async _httpPublish(msg) {
+    const backoff = new Backoff(this._opts);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const res = await fetch(`${this._base}/v1/publish`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...(await this._authHeaders()) },
+          body: JSON.stringify(msg),
+          credentials: this._credentials,
+          cache: 'no-store',
+        });
+        if (res.ok) return (await res.json()).id;
+        const err = await httpError(res);
+        if (![502, 503, 504].includes(res.status) || attempt >= 3) throw err;
+      } catch (err) {
+        // fetch rejects with a TypeError on network errors; retry those too,
+        // with the same idempotency id.
+        if (err instanceof HeraldError && ![502, 503, 504].includes(err.status)) throw err;
+        if (attempt >= 3 || this._closed) throw err;
+      }
+      await sleep(backoff.next());
+    }
+  }
+
+  // auto: does a stream reach the page as it is written? A buffering proxy
+  // holds the body (sometimes the headers too), and EventSource cannot tell:
+  // the first bytes (`retry:` and the starting cursor) dispatch no event.
+  // So read them once with fetch. Network errors are thrown (the server is
+  // down: retry); only silence means "buffered".
+  async _probeStream(state) {
+    const headers = await this._authHeaders();
+    const q = new URLSearchParams({ topic: state.topic });
+    if (state.cursor) q.set('last_event_id', state.cursor);
+    const ctrl = new AbortController();
+    let silent = false;
+    const timer = setTimeout(() => {
+      silent = true;
+      ctrl.abort();
+    }, this._opts.fallbackTimeout);
+    try {
+      const res = await fetch(`${this._base}/v1/sse?${q}`, {
+        headers,
+        signal: ctrl.signal,
+        cache: 'no-store',
+        credentials: this._credentials,
+      });
+      if (!res.ok || !res.body) return true; // a refusal, not buffering: the stream reports it
+      await res.body.getReader().read();
+      return true;
+    } catch (err) {
+      if (silent) return false;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      ctrl.abort();
+    }
+  }
+
+  // auto: is the server reachable over plain HTTP although a WebSocket is not?
+  async _reachable() {
+    try {
+      const res = await fetch(`${this._base}/healthz`, { cache: 'no-store' });
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+}
+
+class TopicState {
+  constructor(topic, since) {
+    this.topic = topic;
+    this.cursor = since || null;
+    this.listeners = new Set();
+    this.ready = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.ready.catch(() => {});
+  }
+
+  names() {
+    const out = new Set();
+    for (const l of this.listeners) if (l.name) out.add(l.name);
+    return out;
+  }
+
+  markLive() {
+    this._resolve();
+  }
+
+  fail(err) {
+    this._reject(err);
+  }
+}
+
+function makeTransport(mode, client) {
+  if (mode === 'sse') return new SseTransport(client);
+  if (mode === 'ws') return new WsTransport(client);
+  return new PollTransport(client);
+}
+
+// ---- Server-Sent Events ----
+
+class SseTransport {
+  constructor(client) {
+    this.c = client;
+    this.streams = new Map();
+    this.stopped = false;
+  }
+
+  start() {
+    for (const state of this.c._topics.values()) this.addTopic(state);
+    this._check();
+  }
+
+  addTopic(state) {
+    const stream = new TopicStream(this, state);
+    this.streams.set(state.topic, stream);
+    stream.connect();
+  }
+
+  removeTopic(state) {
+    const stream = this.streams.get(state.topic);
+    if (stream && stream.state === state) {
+      stream.stop();
+      this.streams.delete(state.topic);
+    }
+    this._check();
+  }
+
+  addName(state, name) {
+    const stream = this.streams.get(state.topic);
+    if (stream) stream.listen(name);
+  }
+
+  stop() {
+    this.stopped = true;
+    for (const s of this.streams.values()) s.stop();
+    this.streams.clear();
+  }
+
+  _check() {
+    if (this.stopped) return;
+    for (const s of this.streams.values()) if (!s.open) return;
+    this.c._setStatus('open');
+  }
+}
+
+class TopicStream {
+  constructor(transport, state) {
+    this.t = transport;
+    this.c = transport.c;
+    this.state = state;
+    this.es = null;
+    this.open = false;
+    this.stopped = false;
+    this.failedBeforeOpen = false;
+    this.timer = 0;
+    this.gen = 0;
+    this.backoff = new Backoff(this.c._opts);
+    this.onEvent = (e) => {
+      if (e.target === this.es) this.deliver(e);
+    };
+  }
+
+  async connect() {
+    if (this.stopped) return;
+    const { c, state } = this;
+    const gen = ++this.gen;
+    try {
+      if (!state.cursor || this.failedBeforeOpen) {
+        // A zero-timeout poll: it says where "now" is, so that even a topic
+        // with no event yet resumes exactly after a reconnect (EventSource
+        // keeps the stream's starting cursor to itself), and it shows the
+        // real status of a refused request (EventSource only says "error").
+        const body = await c._poll([state.topic], state.cursor, 0);
+        if (this.stale(gen)) return;
+        for (const m of body.events) c._dispatchJson(state, m);
+        state.cursor = body.cursor;
+      }
+      if (c._auto && !c._streamChecked) {
+        const flowing = await c._probeStream(state);
+        if (this.stale(gen)) return;
+        if (!flowing) {
+          c._switch('poll', 'stream buffered');
+          return;
+        }
+        c._streamChecked = true;
+      }
+      const token = await c._urlToken();
+      if (this.stale(gen)) return;
+      const q = new URLSearchParams({ topic: state.topic });
+      if (state.cursor) q.set('last_event_id', state.cursor);
+      if (token) q.set('token', token);
+      const es = new EventSource(`${c._base}/v1/sse?${q}`, {
+        withCredentials: c._opts.withCredentials,
+      });
+      this.es = es;
+      es.onopen = () => {
+        if (this.es !== es) return;
+        this.open = true;
+        this.failedBeforeOpen = false;
+        this.backoff.reset();
+        state.markLive();
+        this.t._check();
+      };
+      // EventSource would reconnect by itself, but with the same URL (a used
+      // token) and only while the server answers 200: reconnect here instead.
+      es.onerror = () => {
+        if (this.es === es) this.retry('stream failed or refused');
+      };
+      es.addEventListener('message', this.onEvent);
+      es.addEventListener(GAP, this.onEvent);
+      for (const name of state.names()) this.listen(name);
+      es.addEventListener(DISCONNECT, (e) => {
+        if (this.es === es) this.retry(`server ended the stream: ${disconnectReason(e.data)}`);
+      });
+    } catch (err) {
+      if (this.stale(gen)) return;
+      if (isRefusal(err)) {
+        c._topicFailed(state, err);
+        return;
+      }
+      if (err && err.status === 401) c._error(err);
+      this.retry(err && err.message);
+    }
+  }
+
+  listen(name) {
+    if (this.es && name !== GAP && name !== DISCONNECT) this.es.addEventListener(name, this.onEvent);
+  }
+
+  deliver(e) {
+    this.c._dispatch(this.state, {
+      topic: this.state.topic,
+      id: e.lastEventId || null,
+      event: e.type === 'message' ? null : e.type,
+      data: parseData(e.data),
+      text: e.data,
+      publishedAt: null,
+    });
+  }
+
+  stale(gen) {
+    return this.stopped || gen !== this.gen;
+  }
+
+  retry(reason) {
+    if (this.stopped) return;
+    this.gen++;
+    if (this.es) {
+      this.es.close();
+      this.es = null;
+    }
+    if (!this.open) this.failedBeforeOpen = true;
+    this.open = false;
+    clearTimeout(this.timer);
+    const delay = this.backoff.next();
+    this.c._setStatus('reconnecting', {
+      delay,
+      attempt: this.backoff.attempt,
+      reason,
+      topic: this.state.topic,
+    });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.es) this.es.close();
+    this.es = null;
+  }
+}
+
+// ---- WebSocket ----
+
+class WsTransport {
+  constructor(client) {
+    this.c = client;
+    this.ws = null;
+    this.stopped = false;
+    this.open = false;
+    this.everOpened = false;
+    this.backoff = new Backoff(client._opts);
+    this.refs = 0;
+    this.subs = new Map(); // ref -> TopicState, subscribes not yet answered
+    this.publishes = new Map(); // ref -> {msg, resolve, reject, timer}
+    this.timer = 0;
+    this.gen = 0;
+  }
+
+  start() {
+    this.connect();
+  }
+
+  async connect() {
+    if (this.stopped) return;
+    const gen = ++this.gen;
+    let token;
+    try {
+      // Sent as the first message, never in the URL.
+      token = await this.c._headerToken();
+    } catch (err) {
+      if (this.stopped || gen !== this.gen) return;
+      this.c._error(err);
+      this.retry(err && err.message);
+      return;
+    }
+    if (this.stopped || gen !== this.gen) return;
+    const ws = new WebSocket(wsUrl(this.c._base));
+    this.ws = ws;
+    const connectTimer = setTimeout(() => {
+      if (this.ws === ws && ws.readyState !== WebSocket.OPEN) ws.close();
+    }, this.c._opts.connectTimeout);
+    ws.onopen = () => {
+      clearTimeout(connectTimer);
+      if (this.ws !== ws) return;
+      if (token) this.send({ type: 'auth', token, ref: ++this.refs });
+      for (const state of this.c._topics.values()) this.subscribe(state);
+      // Publishes not answered before a reconnect go again, with the same
+      // idempotency id: the server stores each once.
+      for (const p of this.publishes.values()) this.send(p.msg);
+      if (this.subs.size === 0) this.markOpen();
+    };
+    ws.onmessage = (m) => {
+      if (this.ws === ws) this.onMessage(m.data);
+    };
+    ws.onclose = (e) => {
+      clearTimeout(connectTimer);
+      if (this.ws === ws) this.onClose(e.code, e.reason);
+    };
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  subscribe(state) {
+    const ref = ++this.refs;
+    const msg = { type: 'subscribe', topic: state.topic, ref };
+    if (state.cursor) msg.since = state.cursor;
+    this.subs.set(ref, state);
+    this.send(msg);
+  }
+
+  onMessage(text) {
+    let m;
+    try {
+      m = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const c = this.c;
+    switch (m.type) {
+      case 'event': {
+        const state = c._topics.get(m.topic);
+        if (state) c._dispatchJson(state, m);
+        break;
+      }
+      case 'subscribed': {
+        const state = this.subs.get(m.ref);
+        this.subs.delete(m.ref);
+        // The topic's starting point; its events follow this answer.
+        if (state && c._topics.get(state.topic) === state) {
+          state.cursor = m.cursor;
+          state.markLive();
+        }
+        if (this.subs.size === 0) this.markOpen();
+        break;
+      }
+      case 'published': {
+        const p = this.publishes.get(m.ref);
+        if (p) {
+          this.publishes.delete(m.ref);
+          clearTimeout(p.timer);
+          p.resolve(m.id);
+        }
+        break;
+      }
+      case 'error': {
+        const err = new HeraldError(m.code || 'error', m.message || 'error');
+        const p = this.publishes.get(m.ref);
+        const state = this.subs.get(m.ref);
+        if (p) {
+          this.publishes.delete(m.ref);
+          clearTimeout(p.timer);
+          p.reject(err);
+        } else if (state) {
+          this.subs.delete(m.ref);
+          c._topicFailed(state, err);
+          if (this.subs.size === 0) this.markOpen();
+        } else {
+          c._error(err);
+        }
+        break;
+      }
+      default:
+        break; // authenticated, unsubscribed
+    }
+  }
+
+  markOpen() {
+    if (this.open) return;
+    this.open = true;
+    this.everOpened = true;
+    this.backoff.reset();
+    this.c._setStatus('open');
+  }
+
+  async onClose(code, reason) {
+    this.ws = null;
+    this.open = false;
+    if (this.stopped) return;
+    const unanswered = [...this.subs.values()];
+    this.subs.clear();
+    if (code === 4003 && unanswered.length) {
+      // A forbidden topic closes the socket. The server answers messages in
+      // order, so the first subscribe left unanswered is the one refused.
+      this.c._topicFailed(
+        unanswered[0],
+        new HeraldError('forbidden', reason || 'forbidden topic', { status: 403 }),
+      );
+    } else if (code === 4001) {
+      this.c._error(
+        new HeraldError('unauthorized', reason || 'missing or invalid credential', { status: 401 }),
+      );
+    }
+    // auto: a server that answers HTTP but never completes a WebSocket sits
+    // behind something that blocks upgrades: long polling gets through.
+    if (this.c._auto && !this.everOpened && code !== 4001 && code !== 4003) {
+      const gen = this.gen;
+      if (await this.c._reachable()) {
+        if (!this.stopped && gen === this.gen) this.c._switch('poll', 'websocket unavailable');
+        return;
+      }
+      if (this.stopped || gen !== this.gen) return;
+    }
+    this.retry(`closed (${code}${reason ? ` ${reason}` : ''})`);
+  }
+
+  retry(reason) {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    const delay = this.backoff.next();
+    this.c._setStatus('reconnecting', { delay, attempt: this.backoff.attempt, reason });
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  addTopic(state) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.subscribe(state);
+  }
+
+  removeTopic(state) {
+    for (const [ref, s] of this.subs) if (s === state) this.subs.delete(ref);
+    this.send({ type: 'unsubscribe', topic: state.topic });
+    if (this.ws && this.subs.size === 0 && this.ws.readyState === WebSocket.OPEN) this.markOpen();
+  }
+
+  publish(msg) {
+    return new Promise((resolve, reject) => {
+      const ref = ++this.refs;
+      const wire = { type: 'publish', ...msg, ref };
+      const timer = setTimeout(() => {
+        if (this.publishes.delete(ref)) {
+          reject(new HeraldError('timeout', 'the publish was not acknowledged in time'));
+        }
+      }, this.c._opts.publishTimeout);
+      this.publishes.set(ref, { msg: wire, resolve, reject, timer });
+      this.send(wire);
+    });
+  }
+
+  stop({ handOver = false } = {}) {
+    this.stopped = true;
+    this.gen++;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    this.ws = null;
+    for (const p of this.publishes.values()) {
+      clearTimeout(p.timer);
+      if (handOver) {
+        const { type, ref, ...msg } = p.msg;
+        this.c._httpPublish(msg).then(p.resolve, p.reject);
+      } else {
+        p.reject(closedError());
+      }
+    }
+    this.publishes.clear();
+  }
+}
+
+// ---- long polling ----
+
+class PollTransport {
+  constructor(client) {
+    this.c = client;
+    this.stopped = false;
+    this.open = false;
+    this.quick = true; // the next poll answers at once (a topic was added)
+    this.changed = false;
+    this.ctrl = null;
+    this.wake = null;
+    this.backoff = new Backoff(client._opts);
+    // Carry on from what another transport delivered.
+    this.cursor = joinCursors([...client._topics.values()].map((s) => s.cursor));
+  }
+
+  start() {
+    this.loop();
+  }
+
+  async loop() {
+    const c = this.c;
+    while (!this.stopped) {
+      const states = [...c._topics.values()];
+      if (states.length === 0) {
+        this.markOpen(states);
+        await this.pause(24 * 3600 * 1000);
+        continue;
+      }
+      this.changed = false;
+      const hold = this.quick ? 0 : c._opts.pollTimeout;
+      const ctrl = new AbortController();
+      this.ctrl = ctrl;
+      // A poll that outlives its hold by far sits on a dead connection.
+      const timer = setTimeout(() => ctrl.abort(), (hold + 15) * 1000);
+      try {
+        const body = await c._poll(
+          states.map((s) => s.topic),
+          this.cursor,
+          hold,
+          ctrl.signal,
+        );
+        if (this.stopped) return;
+        for (const m of body.events) {
+          const state = c._topics.get(m.topic);
+          if (state) c._dispatchJson(state, m);
+        }
+        this.cursor = body.cursor;
+        this.quick = false;
+        this.markOpen(states);
+      } catch (err) {
+        if (this.stopped) return;
+        if (this.changed) continue;
+        if (isRefusal(err)) {
+          await this.dropRefused(states, err);
+          continue;
+        }
+        if (err && err.status === 401) c._error(err);
+        this.open = false;
+        this.quick = true;
+        const delay = this.backoff.next();
+        c._setStatus('reconnecting', {
+          delay,
+          attempt: this.backoff.attempt,
+          reason: err && err.message,
+        });
+        await this.pause(delay);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  }
+
+  markOpen(states) {
+    for (const s of states) s.markLive();
+    if (this.open) return;
+    this.open = true;
+    this.backoff.reset();
+    this.c._setStatus('open');
+  }
+
+  // One poll names every topic, so a refusal does not say which topic was
+  // refused: ask for each alone and drop the ones refused.
+  async dropRefused(states, err) {
+    let found = false;
+    for (const s of states) {
+      try {
+        await this.c._poll([s.topic], null, 0);
+      } catch (e) {
+        if (isRefusal(e)) {
+          found = true;
+          this.c._topicFailed(s, e);
+        }
+      }
+      if (this.stopped) return;
+    }
+    if (!found) {
+      this.c._error(err);
+      await this.pause(this.backoff.next());
+    }
+  }
+
+  pause(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  interrupt() {
+    this.changed = true;
+    this.quick = true;
+    if (this.ctrl) this.ctrl.abort();
+    if (this.wake) this.wake();
+  }
+
+  addTopic(state) {
+    if (state.cursor) this.cursor = joinCursors([this.cursor, state.cursor]);
+    this.interrupt();
+  }
+
+  removeTopic() {
+    this.interrupt();
+  }
+
+  stop() {
+    this.stopped = true;
+    if (this.ctrl) this.ctrl.abort();
+    if (this.wake) this.wake();
+  }
+}
+
+// ---- helpers ----
+
+// Exponential backoff with jitter: each delay is drawn from [cap/2, cap], the
+// cap doubling from initialDelay up to maxDelay.
+class Backoff {
+  constructor(opts) {
+    this.initial = opts.initialDelay;
+    this.max = opts.maxDelay;
+    this.attempt = 0;
+  }
+
+  next() {
+    const cap = Math.min(this.max, this.initial * 2 ** Math.min(this.attempt, 30));
+    this.attempt++;
+    return Math.round(cap / 2 + (Math.random() * cap) / 2);
+  }
+
+  reset() {
+    this.attempt = 0;
+  }
+}
+
+function baseUrl(url) {
+  const u = new URL(url, typeof location !== 'undefined' ? location.href : undefined);
+  return u.href.replace(/[?#].*$/, '').replace(/\/+$/, '');
+}
+
+function wsUrl(base) {
+  return `${base.replace(/^http/, 'ws')}/v1/ws`;
+}
+
+function joinCursors(cursors) {
+  return cursors.filter(Boolean).join('.') || null;
+}
+
+function checkTopic(topic) {
+  if (typeof topic !== 'string' || topic === '') {
+    throw new TypeError('topic must be a non-empty string');
+  }
+}
+
+// SSE carries text: JSON values arrive as their JSON text, strings as
+// themselves. Parse what is JSON, keep the rest as text.
+function parseData(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function disconnectReason(data) {
+  try {
+    return JSON.parse(data).reason || 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+// 400 (invalid topic), 403 (forbidden) and 404 (wrong URL) do not get better by retrying.
+function isRefusal(err) {
+  return err instanceof HeraldError && [400, 403, 404].includes(err.status);
+}
+
+async function httpError(res) {
+  let code = `http_${res.status}`;
+  let message = `the server answered ${res.status}`;
+  try {
+    const body = await res.json();
+    if (body && body.error) {
+      code = body.error.code || code;
+      message = body.error.message || message;
+    }
+  } catch {
+    // not JSON: keep the status
+  }
+  return new HeraldError(code, message, { status: res.status });
+}
+
+function closedError() {
+  return new HeraldError('closed', 'the client is closed');
+}
+
+// An idempotency id (crypto.randomUUID needs a secure context; this does not).
+function randomId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function safeCall(fn, arg) {
+  try {
+    fn(arg);
+  } catch (err) {
+    // A page's handler that throws must not stop delivery to the others.
+    if (typeof reportError === 'function') {
+      reportError(err);
+    } else {
+      setTimeout(() => {
+        throw err;
+      });
+    }
+  }
+}
