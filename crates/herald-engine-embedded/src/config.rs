@@ -1,0 +1,65 @@
+//! The embedded engine's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_core::HistoryLimits;
+
+/// Settings of an [`EmbeddedEngine`](crate::EmbeddedEngine). Every field but
+/// `dir` has a production default.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// The data dir (created if missing).
+    pub dir: PathBuf,
+    /// History kept per topic, by count and by age.
+    pub history: HistoryLimits,
+    /// Group commit: how long the writer may keep collecting publishes after
+    /// the first one of a batch before it writes and fsyncs them together.
+    /// Publishes that queued up while the previous commit was in flight
+    /// always join; the writer waits for more only while fewer have come than
+    /// the previous commit held (publishers that were just acknowledged come
+    /// back), so a lone publisher never waits. `0` disables the wait.
+    pub commit_delay: Duration,
+    /// Most events in one commit (a single publish is never split).
+    pub max_commit_events: usize,
+    /// Events kept in memory per topic (the newest ones), so live fan-out
+    /// and recent resumes never read the disk.
+    pub hot_tail: usize,
+    /// Most events waiting for the writer; publishes beyond that wait.
+    pub max_pending_events: usize,
+    /// How often age retention looks for expired events.
+    pub retention_interval: Duration,
+    /// Read every stored event when opening, so that damage anywhere is
+    /// refused at start instead of failing a read later. It costs one
+    /// sequential read of the store (see the crate README for figures);
+    /// without it, opening checks each topic's first and last event only.
+    pub verify_on_open: bool,
+}
+
+impl EmbeddedConfig {
+    /// The defaults, storing in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> EmbeddedConfig {
+        EmbeddedConfig {
+            dir: dir.into(),
+            history: HistoryLimits::default(),
+            commit_delay: DEFAULT_COMMIT_DELAY,
+            max_commit_events: 4096,
+            hot_tail: 128,
+            max_pending_events: 65_536,
+            retention_interval: Duration::from_secs(1),
+            verify_on_open: true,
+        }
+    }
+
+    /// Sets the history limits, and checks for expired events often enough
+    /// for a short age limit (a quarter of it, between 10 ms and 1 s).
+    pub fn with_history(mut self, history: HistoryLimits) -> EmbeddedConfig {
+        self.history = history;
+        self.retention_interval =
+            (history.max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self
+    }
+}
+
+/// The default group-commit delay (see [`EmbeddedConfig::commit_delay`]).
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);

@@ -1,0 +1,375 @@
+//! The on-disk format, as pure functions over bytes: the marker file, keys
+//! and values. Nothing here touches a file.
+//!
+//! - The marker file `HERALD-STORE` (text) names the format version and the
+//!   store's epoch. It is read before the store is opened, so an
+//!   incompatible data dir is refused before anything touches it.
+//! - `events` keyspace: key = topic id (u64, big-endian) ++ seq (u64,
+//!   big-endian), so one topic's events are contiguous and in order; value =
+//!   [`encode_event`].
+//! - `topics` keyspace: key = topic name; value = [`TopicMeta`]: the topic's
+//!   id, epoch, head and first retained sequence. It is written in the same
+//!   atomic batch as the events it describes.
+//! - `store` keyspace: one record, the format version and epoch again, so a
+//!   marker whose store files went missing is noticed.
+//!
+//! Every value starts with a version byte; a decoder refuses anything it does
+//! not fully understand rather than guessing.
+
+use herald_core::Data;
+
+/// The format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The marker file's name, in the data dir.
+pub const MARKER_FILE: &str = "HERALD-STORE";
+
+/// The key of the one record in the `store` keyspace.
+pub const STORE_RECORD_KEY: &[u8] = b"store";
+
+const MARKER_HEADER: &str = "herald embedded store";
+const VALUE_VERSION: u8 = 1;
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{what} is {len} bytes, too short")]
+    Truncated { what: &'static str, len: usize },
+    #[error("{what} has record version {found}; this build reads version {VALUE_VERSION}")]
+    Version { what: &'static str, found: u8 },
+    #[error("{what}: {detail}")]
+    Invalid {
+        what: &'static str,
+        detail: &'static str,
+    },
+}
+
+/// What the marker file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub format: u32,
+    pub epoch: u64,
+}
+
+/// Why a marker file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarkerError {
+    #[error("it is not a Herald store marker")]
+    NotAMarker,
+    #[error("its line {0:?} is malformed")]
+    Malformed(String),
+    #[error("it has no {0} line")]
+    Missing(&'static str),
+}
+
+/// The marker file's text.
+pub fn encode_marker(m: Marker) -> String {
+    format!(
+        "{MARKER_HEADER}\nformat = {}\nepoch = {:x}\n",
+        m.format, m.epoch
+    )
+}
+
+/// Parses the marker file's text.
+pub fn decode_marker(text: &str) -> Result<Marker, MarkerError> {
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(MARKER_HEADER) {
+        return Err(MarkerError::NotAMarker);
+    }
+    let (mut format, mut epoch) = (None, None);
+    for line in lines {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(MarkerError::Malformed(line.into()));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        match k {
+            "format" => {
+                format = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| MarkerError::Malformed(line.into()))?,
+                )
+            }
+            "epoch" => {
+                epoch = Some(
+                    u64::from_str_radix(v, 16)
+                        .ok()
+                        .filter(|e| *e != 0)
+                        .ok_or_else(|| MarkerError::Malformed(line.into()))?,
+                )
+            }
+            // Later formats may add lines; the format number decides
+            // whether this build may read them.
+            _ => {}
+        }
+    }
+    Ok(Marker {
+        format: format.ok_or(MarkerError::Missing("format"))?,
+        epoch: epoch.ok_or(MarkerError::Missing("epoch"))?,
+    })
+}
+
+/// The `store` keyspace record: the same facts as the marker.
+pub fn encode_store_record(m: Marker) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&m.format.to_le_bytes());
+    b[4..].copy_from_slice(&m.epoch.to_le_bytes());
+    b
+}
+
+pub fn decode_store_record(b: &[u8]) -> Result<Marker, DecodeError> {
+    let what = "the store record";
+    if b.len() != 12 {
+        return Err(DecodeError::Truncated { what, len: b.len() });
+    }
+    Ok(Marker {
+        format: u32::from_le_bytes(arr(&b[..4])),
+        epoch: u64::from_le_bytes(arr(&b[4..])),
+    })
+}
+
+fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[..N]);
+    a
+}
+
+/// The key of event `seq` of topic `id`.
+pub fn event_key(id: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Splits an event key into (topic id, seq).
+pub fn decode_event_key(k: &[u8]) -> Result<(u64, u64), DecodeError> {
+    if k.len() != 16 {
+        return Err(DecodeError::Truncated {
+            what: "an event key",
+            len: k.len(),
+        });
+    }
+    Ok((
+        u64::from_be_bytes(arr(&k[..8])),
+        u64::from_be_bytes(arr(&k[8..])),
+    ))
+}
+
+/// An event as stored: everything but its topic and position, which the
+/// key and the topic record hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub published_at_ms: u64,
+    pub name: Option<Box<str>>,
+    pub data: Data,
+}
+
+const KIND_TEXT: u8 = 0;
+const KIND_JSON: u8 = 1;
+
+/// `[version][published_at u64][kind u8][name_len u32][name][data]`,
+/// little-endian; `name_len` is `u32::MAX` for no name.
+pub fn encode_event(published_at_ms: u64, name: Option<&str>, data: &Data) -> Vec<u8> {
+    let (kind, text) = match data {
+        Data::Text(s) => (KIND_TEXT, s),
+        Data::Json(s) => (KIND_JSON, s),
+    };
+    let name_bytes = name.map_or(&[][..], str::as_bytes);
+    let mut v = Vec::with_capacity(14 + name_bytes.len() + text.len());
+    v.push(VALUE_VERSION);
+    v.extend_from_slice(&published_at_ms.to_le_bytes());
+    v.push(kind);
+    let name_len = match name {
+        None => u32::MAX,
+        Some(n) => u32::try_from(n.len()).unwrap_or(u32::MAX - 1),
+    };
+    v.extend_from_slice(&name_len.to_le_bytes());
+    v.extend_from_slice(name_bytes);
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+pub fn decode_event(b: &[u8]) -> Result<StoredEvent, DecodeError> {
+    let what = "a stored event";
+    if b.len() < 14 {
+        return Err(DecodeError::Truncated { what, len: b.len() });
+    }
+    if b[0] != VALUE_VERSION {
+        return Err(DecodeError::Version { what, found: b[0] });
+    }
+    let published_at_ms = u64::from_le_bytes(arr(&b[1..9]));
+    let kind = b[9];
+    let name_len = u32::from_le_bytes(arr(&b[10..14]));
+    let rest = &b[14..];
+    let (name, data) = if name_len == u32::MAX {
+        (None, rest)
+    } else {
+        let n = name_len as usize;
+        if rest.len() < n {
+            return Err(DecodeError::Truncated { what, len: b.len() });
+        }
+        let name = std::str::from_utf8(&rest[..n]).map_err(|_| DecodeError::Invalid {
+            what,
+            detail: "its name is not UTF-8",
+        })?;
+        (Some(name.into()), &rest[n..])
+    };
+    let text: Box<str> = std::str::from_utf8(data)
+        .map_err(|_| DecodeError::Invalid {
+            what,
+            detail: "its data is not UTF-8",
+        })?
+        .into();
+    let data = match kind {
+        KIND_TEXT => Data::Text(text),
+        KIND_JSON => Data::Json(text),
+        _ => {
+            return Err(DecodeError::Invalid {
+                what,
+                detail: "unknown data kind",
+            })
+        }
+    };
+    Ok(StoredEvent {
+        published_at_ms,
+        name,
+        data,
+    })
+}
+
+/// A topic's record in the `topics` keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicMeta {
+    /// The short id its events are keyed by.
+    pub id: u64,
+    pub epoch: u64,
+    /// Sequence of its latest event (0: none yet).
+    pub head: u64,
+    /// Sequence of its oldest retained event (`head + 1`: none retained).
+    pub first: u64,
+}
+
+pub fn encode_topic_meta(m: &TopicMeta) -> [u8; 33] {
+    let mut b = [0u8; 33];
+    b[0] = VALUE_VERSION;
+    b[1..9].copy_from_slice(&m.id.to_le_bytes());
+    b[9..17].copy_from_slice(&m.epoch.to_le_bytes());
+    b[17..25].copy_from_slice(&m.head.to_le_bytes());
+    b[25..33].copy_from_slice(&m.first.to_le_bytes());
+    b
+}
+
+pub fn decode_topic_meta(b: &[u8]) -> Result<TopicMeta, DecodeError> {
+    let what = "a topic record";
+    if b.len() != 33 {
+        return Err(DecodeError::Truncated { what, len: b.len() });
+    }
+    if b[0] != VALUE_VERSION {
+        return Err(DecodeError::Version { what, found: b[0] });
+    }
+    let m = TopicMeta {
+        id: u64::from_le_bytes(arr(&b[1..9])),
+        epoch: u64::from_le_bytes(arr(&b[9..17])),
+        head: u64::from_le_bytes(arr(&b[17..25])),
+        first: u64::from_le_bytes(arr(&b[25..33])),
+    };
+    if m.epoch == 0 || m.first == 0 || m.first > m.head.saturating_add(1) {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: "its positions are inconsistent",
+        });
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn marker_round_trip_and_refusals() {
+        let m = Marker {
+            format: 1,
+            epoch: 0xabc,
+        };
+        assert_eq!(decode_marker(&encode_marker(m)), Ok(m));
+        assert_eq!(decode_marker("hello"), Err(MarkerError::NotAMarker));
+        assert_eq!(
+            decode_marker("herald embedded store\nepoch = 1\n"),
+            Err(MarkerError::Missing("format"))
+        );
+        assert!(matches!(
+            decode_marker("herald embedded store\nformat = x\nepoch = 1\n"),
+            Err(MarkerError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_marker("herald embedded store\nformat = 1\nepoch = 0\n"),
+            Err(MarkerError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn event_keys_sort_by_topic_then_seq() {
+        assert!(event_key(1, 2) < event_key(1, 3));
+        assert!(event_key(1, u64::MAX) < event_key(2, 0));
+        assert!(event_key(1, 255) < event_key(1, 256));
+        assert_eq!(decode_event_key(&event_key(7, 9)), Ok((7, 9)));
+    }
+
+    #[test]
+    fn decoders_refuse_damage() {
+        let v = encode_event(5, Some("n"), &Data::Text("x".into()));
+        assert!(decode_event(&v[..10]).is_err());
+        let mut bad = v.clone();
+        bad[0] = 9;
+        assert!(matches!(
+            decode_event(&bad),
+            Err(DecodeError::Version { .. })
+        ));
+        let mut bad = v.clone();
+        bad[9] = 7;
+        assert!(decode_event(&bad).is_err());
+        let mut bad = v;
+        bad[10] = 200; // name longer than the value
+        assert!(decode_event(&bad).is_err());
+        let m = TopicMeta {
+            id: 1,
+            epoch: 2,
+            head: 3,
+            first: 9,
+        };
+        assert!(decode_topic_meta(&encode_topic_meta(&m)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn event_round_trip(ts in any::<u64>(), name in proptest::option::of(".{0,20}"), text in ".{0,50}", json in any::<bool>()) {
+            let data = if json { Data::Json(text.into()) } else { Data::Text(text.into()) };
+            let v = encode_event(ts, name.as_deref(), &data);
+            let e = decode_event(&v).unwrap();
+            prop_assert_eq!(e.published_at_ms, ts);
+            prop_assert_eq!(e.name.as_deref(), name.as_deref());
+            prop_assert_eq!(e.data, data);
+        }
+
+        #[test]
+        fn topic_meta_round_trip(id in any::<u64>(), epoch in 1..u64::MAX, head in 0..u64::MAX - 1, back in 0u64..5) {
+            let m = TopicMeta { id, epoch, head, first: head + 1 - back.min(head) };
+            prop_assert_eq!(decode_topic_meta(&encode_topic_meta(&m)), Ok(m));
+        }
+
+        #[test]
+        fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_event(&b);
+            let _ = decode_topic_meta(&b);
+            let _ = decode_store_record(&b);
+            let _ = decode_event_key(&b);
+            let _ = decode_marker(&String::from_utf8_lossy(&b));
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The store on disk: opening (with the marker checks and recovery),
+//! reading event ranges, and atomic, durable write batches. Blocking calls;
+//! the engine runs them on its writer thread or on tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use herald_core::{Event, NewEvent, Position, Topic};
+
+use crate::error::{OpenError, StoreError};
+use crate::format::{self, Marker, TopicMeta, FORMAT_VERSION, MARKER_FILE, STORE_RECORD_KEY};
+
+/// fjall's folder inside the data dir.
+const DB_DIR: &str = "db";
+/// Journals are flushed into tables past this size, which bounds both the
+/// disk they use and the time a restart spends replaying them.
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An open store.
+pub struct Store {
+    db: Database,
+    events: Keyspace,
+    topics: Keyspace,
+    marker: Marker,
+    dir: PathBuf,
+}
+
+/// A topic as recovered at open.
+#[derive(Debug, Clone)]
+pub struct RecoveredTopic {
+    pub topic: Topic,
+    pub meta: TopicMeta,
+    /// The lowest sequence still on disk (`meta.first` or below: retention
+    /// may not have deleted everything it dropped yet).
+    pub on_disk_from: u64,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it if `dir` is missing or empty,
+    /// and recovers every topic's record (see [`Store::recover`] for
+    /// `verify`). Refuses a dir that is not a Herald
+    /// store, has another format version, or is damaged.
+    pub fn open(dir: &Path, verify: bool) -> Result<(Store, Vec<RecoveredTopic>), OpenError> {
+        // The storage library may panic on some kinds of damage; that is a
+        // damaged store too, and deserves the same clear refusal.
+        match std::panic::catch_unwind(|| Store::open_inner(dir, verify)) {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic".into());
+                Err(OpenError::Corrupted {
+                    path: dir.to_owned(),
+                    detail: format!("the storage library failed while reading it ({what})"),
+                })
+            }
+        }
+    }
+
+    fn open_inner(dir: &Path, verify: bool) -> Result<(Store, Vec<RecoveredTopic>), OpenError> {
+        let corrupted = |detail: String| OpenError::Corrupted {
+            path: dir.to_owned(),
+            detail,
+        };
+        let marker_path = dir.join(MARKER_FILE);
+        let store = match std::fs::read(&marker_path) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| corrupted(format!("its {MARKER_FILE} file is not text")))?;
+                let marker = format::decode_marker(&text)
+                    .map_err(|e| corrupted(format!("its {MARKER_FILE} file is unreadable: {e}")))?;
+                if marker.format != FORMAT_VERSION {
+                    return Err(OpenError::IncompatibleVersion {
+                        path: dir.to_owned(),
+                        found: marker.format,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                let db_dir = dir.join(DB_DIR);
+                if !db_dir.is_dir() {
+                    return Err(corrupted(format!(
+                        "its {DB_DIR}/ folder, which holds the events, is missing"
+                    )));
+                }
+                let store = Store::open_db(dir, marker)?;
+                match store.read_store_record()? {
+                    Some(rec) if rec == marker => {}
+                    Some(rec) => {
+                        return Err(corrupted(format!(
+                            "its {MARKER_FILE} file (format {}, epoch {:x}) does not match the store (format {}, epoch {:x})",
+                            marker.format, marker.epoch, rec.format, rec.epoch
+                        )))
+                    }
+                    None => {
+                        return Err(corrupted(
+                            "its store files were replaced or lost (the store record is missing)"
+                                .into(),
+                        ))
+                    }
+                }
+                store
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::create(dir)?,
+            Err(e) => {
+                return Err(OpenError::Io {
+                    path: marker_path,
+                    source: e,
+                })
+            }
+        };
+        let topics = store.recover(verify)?;
+        Ok((store, topics))
+    }
+
+    /// A dir without a marker: a fresh start, or a first start that was
+    /// interrupted between creating the store and writing the marker.
+    fn create(dir: &Path) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| OpenError::Io {
+                path: dir.to_owned(),
+                source: e,
+            })?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(&format!("{MARKER_FILE}.tmp")))
+            .collect();
+        let interrupted = names == [DB_DIR];
+        if !names.is_empty() && !interrupted {
+            return Err(OpenError::NotAStore {
+                path: dir.to_owned(),
+            });
+        }
+        let fresh = Marker {
+            format: FORMAT_VERSION,
+            epoch: herald_core::engine::new_epoch(),
+        };
+        let mut store = Store::open_db(dir, fresh)?;
+        match store.read_store_record()? {
+            Some(rec) if rec.format == FORMAT_VERSION => store.marker = rec,
+            Some(rec) => {
+                return Err(OpenError::IncompatibleVersion {
+                    path: dir.to_owned(),
+                    found: rec.format,
+                    supported: FORMAT_VERSION,
+                })
+            }
+            None => {
+                let empty = store.events.first_key_value().is_none()
+                    && store.topics.first_key_value().is_none();
+                if !empty {
+                    return Err(OpenError::Corrupted {
+                        path: dir.to_owned(),
+                        detail: format!(
+                            "it holds events but neither a {MARKER_FILE} file nor a store record"
+                        ),
+                    });
+                }
+                let mut b = store.db.batch().durability(Some(PersistMode::SyncAll));
+                b.insert(
+                    &store.topics,
+                    STORE_RECORD_KEY.to_vec(),
+                    format::encode_store_record(fresh).to_vec(),
+                );
+                // The store record lives in the `topics` keyspace under a key
+                // no topic can have (topic records are keyed by `t` + name).
+                b.commit().map_err(|e| store.open_error(e))?;
+            }
+        }
+        write_marker(dir, store.marker)?;
+        Ok(store)
+    }
+
+    fn open_db(dir: &Path, marker: Marker) -> Result<Store, OpenError> {
+        let db = Database::builder(dir.join(DB_DIR))
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .worker_threads(2)
+            .open()
+            .map_err(|e| fjall_open_error(dir, e))?;
+        let events = db
+            .keyspace("events", KeyspaceCreateOptions::default)
+            .map_err(|e| fjall_open_error(dir, e))?;
+        let topics = db
+            .keyspace("topics", KeyspaceCreateOptions::default)
+            .map_err(|e| fjall_open_error(dir, e))?;
+        Ok(Store {
+            db,
+            events,
+            topics,
+            marker,
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn open_error(&self, e: fjall::Error) -> OpenError {
+        fjall_open_error(&self.dir, e)
+    }
+
+    fn read_store_record(&self) -> Result<Option<Marker>, OpenError> {
+        match self.topics.get(STORE_RECORD_KEY) {
+            Ok(None) => Ok(None),
+            Ok(Some(v)) => {
+                format::decode_store_record(&v)
+                    .map(Some)
+                    .map_err(|e| OpenError::Corrupted {
+                        path: self.dir.clone(),
+                        detail: e.to_string(),
+                    })
+            }
+            Err(e) => Err(self.open_error(e)),
+        }
+    }
+
+    /// Reads every topic record and checks it against the events on disk:
+    /// with `verify`, by reading every stored event (which checks every
+    /// block's checksum, every value's format, and that each topic's events
+    /// are contiguous); without, by looking at each topic's first and last.
+    fn recover(&self, verify: bool) -> Result<Vec<RecoveredTopic>, OpenError> {
+        let corrupted = |detail: String| OpenError::Corrupted {
+            path: self.dir.clone(),
+            detail,
+        };
+        let mut out = Vec::new();
+        let mut by_id = HashMap::new();
+        for kv in self.topics.prefix(TOPIC_PREFIX) {
+            let (k, v) = kv.into_inner().map_err(|e| self.open_error(e))?;
+            let name = std::str::from_utf8(&k[TOPIC_PREFIX.len()..])
+                .ok()
+                .and_then(|n| Topic::new(n).ok())
+                .ok_or_else(|| corrupted("a topic record has an invalid name".into()))?;
+            let meta = format::decode_topic_meta(&v)
+                .map_err(|e| corrupted(format!("topic {name:?}: {e}")))?;
+            if by_id.insert(meta.id, out.len()).is_some() {
+                return Err(corrupted(format!(
+                    "topic {name:?} shares its id {} with another topic",
+                    meta.id
+                )));
+            }
+            out.push(RecoveredTopic {
+                topic: name,
+                meta,
+                on_disk_from: meta.head + 1,
+            });
+        }
+        // What is on disk per topic: (lowest, highest) sequence.
+        let mut span: Vec<Option<(u64, u64)>> = vec![None; out.len()];
+        let mut check = |k: &[u8], v: &[u8], must_follow: bool| -> Result<(), OpenError> {
+            let (id, seq) = format::decode_event_key(k).map_err(|e| corrupted(e.to_string()))?;
+            let Some(&i) = by_id.get(&id) else {
+                return Err(corrupted(format!(
+                    "it holds events of a topic (id {id}) that has no record"
+                )));
+            };
+            let name = &out[i].topic;
+            format::decode_event(v)
+                .map_err(|e| corrupted(format!("topic {name:?}, event {seq}: {e}")))?;
+            span[i] = match span[i] {
+                None => Some((seq, seq)),
+                Some((lo, hi)) if !must_follow || seq == hi + 1 => Some((lo.min(seq), hi.max(seq))),
+                Some((_, hi)) => {
+                    return Err(corrupted(format!(
+                        "topic {name:?}: events {} to {} are missing",
+                        hi + 1,
+                        seq - 1
+                    )))
+                }
+            };
+            Ok(())
+        };
+        if verify {
+            for kv in self.events.iter() {
+                let (k, v) = kv.into_inner().map_err(|e| self.open_error(e))?;
+                check(&k, &v, true)?;
+            }
+        } else {
+            for r in &out {
+                let prefix = r.meta.id.to_be_bytes();
+                for g in [
+                    self.events.prefix(prefix).next(),
+                    self.events.prefix(prefix).next_back(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let (k, v) = g.into_inner().map_err(|e| self.open_error(e))?;
+                    check(&k, &v, false)?;
+                }
+            }
+        }
+        for (r, span) in out.iter_mut().zip(span) {
+            let (name, meta) = (&r.topic, r.meta);
+            if meta.first <= meta.head {
+                match span {
+                    Some((lo, hi)) if lo <= meta.first && hi == meta.head => r.on_disk_from = lo,
+                    Some((_, hi)) if hi != meta.head => return Err(corrupted(format!(
+                        "topic {name:?}: its latest event is {hi} on disk, but {} in its record",
+                        meta.head
+                    ))),
+                    _ => return Err(corrupted(format!(
+                        "topic {name:?}: events from {} that its record says are kept are missing",
+                        meta.first
+                    ))),
+                }
+            } else if let Some((lo, hi)) = span {
+                if hi > meta.head {
+                    return Err(corrupted(format!(
+                        "topic {name:?}: it holds events past its recorded head ({})",
+                        meta.head
+                    )));
+                }
+                r.on_disk_from = lo;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn marker(&self) -> Marker {
+        self.marker
+    }
+
+    /// Events `from..=to` of the topic with id `id`, as far as they are on
+    /// disk, in order.
+    pub fn read_events(
+        &self,
+        topic: &Topic,
+        id: u64,
+        epoch: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        let range = format::event_key(id, from)..=format::event_key(id, to);
+        for kv in self.events.range(range) {
+            let (k, v) = kv.into_inner().map_err(StoreError::from)?;
+            let (_, seq) = format::decode_event_key(&k).map_err(|e| StoreError::Corrupt {
+                topic: topic.to_string(),
+                detail: e.to_string(),
+            })?;
+            let stored = format::decode_event(&v).map_err(|e| StoreError::Corrupt {
+                topic: topic.to_string(),
+                detail: format!("event {seq}: {e}"),
+            })?;
+            let mut new = NewEvent::new(topic.clone(), stored.data);
+            new.name = stored.name;
+            out.push(Arc::new(Event::new(
+                new,
+                Position::new(epoch, seq),
+                stored.published_at_ms,
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The first event in `from..=to` of topic `id` published at or after
+    /// `cutoff_ms`, looking at no more than `budget` events: `Found(seq,
+    /// published_at)`, `NoneUpTo(seq)` when every event up to `seq` is older
+    /// (the budget ran out, or `seq == to`).
+    pub fn first_not_older(
+        &self,
+        id: u64,
+        from: u64,
+        to: u64,
+        cutoff_ms: u64,
+        budget: usize,
+    ) -> Result<AgeScan, StoreError> {
+        let mut last = from.saturating_sub(1);
+        if from > to {
+            return Ok(AgeScan::NoneUpTo(last));
+        }
+        let range = format::event_key(id, from)..=format::event_key(id, to);
+        for kv in self.events.range(range).take(budget.max(1)) {
+            let (k, v) = kv.into_inner().map_err(StoreError::from)?;
+            let (_, seq) = format::decode_event_key(&k).map_err(|e| StoreError::Corrupt {
+                topic: format!("#{id}"),
+                detail: e.to_string(),
+            })?;
+            let stored = format::decode_event(&v).map_err(|e| StoreError::Corrupt {
+                topic: format!("#{id}"),
+                detail: format!("event {seq}: {e}"),
+            })?;
+            if stored.published_at_ms >= cutoff_ms {
+                return Ok(AgeScan::Found(seq, stored.published_at_ms));
+            }
+            last = seq;
+        }
+        Ok(AgeScan::NoneUpTo(last))
+    }
+
+    /// A new atomic batch of writes.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: self.db.batch().durability(Some(PersistMode::SyncAll)),
+        }
+    }
+
+    /// Makes everything written so far durable (graceful close).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(StoreError::from)
+    }
+}
+
+/// Topic records are keyed by this prefix + the name, apart from the store
+/// record.
+const TOPIC_PREFIX: &[u8] = b"t";
+
+/// The result of [`Store::first_not_older`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeScan {
+    Found(u64, u64),
+    NoneUpTo(u64),
+}
+
+/// Writes that become durable together, or not at all.
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: fjall::OwnedWriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put_event(&mut self, id: u64, seq: u64, value: Vec<u8>) {
+        self.inner.insert(
+            &self.store.events,
+            format::event_key(id, seq).to_vec(),
+            value,
+        );
+    }
+
+    pub fn delete_event(&mut self, id: u64, seq: u64) {
+        self.inner
+            .remove(&self.store.events, format::event_key(id, seq).to_vec());
+    }
+
+    pub fn put_topic(&mut self, topic: &Topic, meta: &TopicMeta) {
+        let mut key = Vec::with_capacity(TOPIC_PREFIX.len() + topic.as_str().len());
+        key.extend_from_slice(TOPIC_PREFIX);
+        key.extend_from_slice(topic.as_str().as_bytes());
+        self.inner.insert(
+            &self.store.topics,
+            key,
+            format::encode_topic_meta(meta).to_vec(),
+        );
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Writes the batch and waits for the fsync.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.inner.commit().map_err(StoreError::from)
+    }
+}
+
+fn fjall_open_error(dir: &Path, e: fjall::Error) -> OpenError {
+    let path = dir.to_owned();
+    match e {
+        fjall::Error::Locked => OpenError::Locked { path },
+        fjall::Error::InvalidVersion(v) => OpenError::Corrupted {
+            path,
+            detail: format!(
+                "its store files have a format this build cannot read ({v:?}); they were written by another version or damaged"
+            ),
+        },
+        fjall::Error::Io(io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenError::Io {
+                path: path.join(DB_DIR),
+                source: io,
+            }
+        }
+        other => OpenError::Corrupted {
+            path,
+            detail: format!("the store files are damaged ({other:?})"),
+        },
+    }
+}
+
+/// Writes the marker so that it is either absent or complete: a temporary
+/// file, fsync, rename, fsync of the folder.
+fn write_marker(dir: &Path, marker: Marker) -> Result<(), OpenError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| OpenError::Io { path, source }
+    };
+    let tmp = dir.join(format!("{MARKER_FILE}.tmp"));
+    let path = dir.join(MARKER_FILE);
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(format::encode_marker(marker).as_bytes())
+        .map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! The writer thread: the only code that writes the store.
+//!
+//! It takes publishes from a channel, collects those that arrive within
+//! `commit_delay` (and all that queued up during the previous commit),
+//! assigns positions, writes them with retention's deletions and the topics'
+//! records in one atomic batch, waits for the fsync, and only then shows the
+//! events to readers, dispatches them in order and acknowledges them.
+//!
+//! Retention never stalls publishes for long: the count limit is applied to
+//! the topics a batch touches; the age limit is checked every
+//! `retention_interval` in a bounded pass over the topics; deletions beyond a
+//! per-commit budget are carried over to later commits. Readers stop seeing
+//! dropped events before they are deleted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::event::now_ms;
+use herald_core::{EngineError, Event, NewEvent, Position, Topic};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::config::EmbeddedConfig;
+use crate::engine::Shared;
+use crate::format::{self, TopicMeta};
+use crate::store::{AgeScan, Batch, RecoveredTopic, Store};
+
+/// Most old events deleted in one commit; the rest wait for the next ones.
+const DELETE_BUDGET: usize = 8192;
+/// Most events an age pass reads from disk, and the longest it runs.
+const AGE_SCAN_BUDGET: usize = 4096;
+const AGE_PASS_TIME: Duration = Duration::from_millis(5);
+
+pub(crate) enum Msg {
+    Publish(Request),
+    Close(oneshot::Sender<()>),
+}
+
+pub(crate) struct Request {
+    pub(crate) events: Vec<NewEvent>,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Arc<Event>>, EngineError>>,
+    /// Held until the request is answered: bounds the events in flight.
+    pub(crate) _permit: OwnedSemaphorePermit,
+}
+
+/// The writer's own copy of a topic's state; readers see theirs in
+/// [`Shared`], updated after each commit.
+struct WriterTopic {
+    topic: Topic,
+    id: u64,
+    epoch: u64,
+    head: u64,
+    first: u64,
+    /// Lowest sequence still on disk: `first` once retention caught up.
+    on_disk_from: u64,
+    /// A lower bound of when event `first` was published (0: unknown).
+    first_at: u64,
+    /// Its record must be written in the next commit.
+    dirty: bool,
+    /// Waiting in the deletion backlog.
+    queued: bool,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    store: Arc<Store>,
+    rx: Receiver<Msg>,
+    commit_delay: Duration,
+    max_commit_events: usize,
+    retention_interval: Duration,
+    max_events: u64,
+    max_age_ms: Option<u64>,
+    topics: Vec<WriterTopic>,
+    index: HashMap<Topic, usize>,
+    next_id: u64,
+    last_ts: u64,
+    dirty: Vec<usize>,
+    backlog: VecDeque<usize>,
+    sweep_at: usize,
+    last_sweep: Instant,
+    failed: Option<String>,
+    /// How many publishes the last commit held: how many to wait for.
+    expected: usize,
+    /// Commits and events since start (logged on close).
+    stat_commits: u64,
+    stat_events: u64,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        store: Arc<Store>,
+        rx: Receiver<Msg>,
+        config: &EmbeddedConfig,
+        recovered: Vec<RecoveredTopic>,
+    ) -> Writer {
+        let mut w = Writer {
+            shared,
+            store,
+            rx,
+            commit_delay: config.commit_delay,
+            max_commit_events: config.max_commit_events.max(1),
+            retention_interval: config.retention_interval.max(Duration::from_millis(1)),
+            max_events: config.history.max_events.max(1) as u64,
+            max_age_ms: u64::try_from(config.history.max_age.as_millis()).ok(),
+            topics: Vec::with_capacity(recovered.len()),
+            index: HashMap::with_capacity(recovered.len()),
+            next_id: 1,
+            last_ts: 0,
+            dirty: Vec::new(),
+            backlog: VecDeque::new(),
+            sweep_at: 0,
+            last_sweep: Instant::now(),
+            failed: None,
+            expected: 1,
+            stat_commits: 0,
+            stat_events: 0,
+        };
+        for r in recovered {
+            let i = w.topics.len();
+            w.next_id = w.next_id.max(r.meta.id + 1);
+            w.index.insert(r.topic.clone(), i);
+            w.topics.push(WriterTopic {
+                topic: r.topic,
+                id: r.meta.id,
+                epoch: r.meta.epoch,
+                head: r.meta.head,
+                first: r.meta.first,
+                on_disk_from: r.on_disk_from,
+                first_at: 0,
+                dirty: false,
+                queued: false,
+            });
+            // A lower history limit than last time applies at once.
+            w.apply_count_limit(i);
+            w.shared.retain_from(&w.topics[i].topic, w.topics[i].first);
+        }
+        w
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let wait = if self.dirty.is_empty() && self.backlog.is_empty() {
+                self.retention_interval
+                    .saturating_sub(self.last_sweep.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            let mut batch = Vec::new();
+            let mut close = None;
+            match self.rx.recv_timeout(wait) {
+                Ok(Msg::Publish(r)) => {
+                    batch.push(r);
+                    self.gather(&mut batch, &mut close);
+                }
+                Ok(Msg::Close(done)) => close = Some(done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.last_sweep.elapsed() >= self.retention_interval {
+                self.sweep_ages();
+                self.last_sweep = Instant::now();
+            }
+            if !batch.is_empty() || !self.dirty.is_empty() || !self.backlog.is_empty() {
+                self.commit(batch);
+            }
+            if let Some(done) = close {
+                self.finish();
+                let _ = done.send(());
+                return;
+            }
+        }
+        self.finish();
+    }
+
+    /// Collects more publishes: all that are queued, then, while fewer
+    /// publishes than the last commit held have arrived, those that arrive
+    /// within `commit_delay`. Publishers that were just acknowledged usually
+    /// come back with their next publish, so the delay is spent only while
+    /// they are expected (a lone publisher never waits) and never longer
+    /// than `commit_delay`.
+    fn gather(&mut self, batch: &mut Vec<Request>, close: &mut Option<oneshot::Sender<()>>) {
+        let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
+        let deadline = Instant::now() + self.commit_delay;
+        while n < self.max_commit_events {
+            let msg = match self.rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || batch.len() >= self.expected {
+                        break;
+                    }
+                    match self.rx.recv_timeout(left) {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                }
+            };
+            match msg {
+                Msg::Publish(r) => {
+                    n += r.events.len();
+                    batch.push(r);
+                }
+                Msg::Close(done) => {
+                    *close = Some(done);
+                    break;
+                }
+            }
+        }
+        self.expected = batch.len();
+    }
+
+    fn topic_index(&mut self, topic: &Topic) -> usize {
+        if let Some(&i) = self.index.get(topic) {
+            return i;
+        }
+        let i = self.topics.len();
+        self.topics.push(WriterTopic {
+            topic: topic.clone(),
+            id: self.next_id,
+            epoch: self.shared.epoch,
+            head: 0,
+            first: 1,
+            on_disk_from: 1,
+            first_at: 0,
+            dirty: false,
+            queued: false,
+        });
+        self.next_id += 1;
+        self.index.insert(topic.clone(), i);
+        i
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        if !self.topics[i].dirty {
+            self.topics[i].dirty = true;
+            self.dirty.push(i);
+        }
+    }
+
+    /// Drops events past the count limit (logically; deletion follows).
+    fn apply_count_limit(&mut self, i: usize) {
+        let t = &mut self.topics[i];
+        let min_first = t.head.saturating_sub(self.max_events) + 1;
+        if t.first < min_first {
+            t.first = min_first;
+            self.mark_dirty(i);
+        }
+        self.queue_deletions(i);
+    }
+
+    fn queue_deletions(&mut self, i: usize) {
+        let t = &mut self.topics[i];
+        if t.on_disk_from < t.first && !t.queued {
+            t.queued = true;
+            self.backlog.push_back(i);
+        }
+    }
+
+    /// One atomic, durable commit: the batch's events, retention's
+    /// deletions, the changed topic records. Then readers, subscribers and
+    /// publishers learn of it, in that order.
+    fn commit(&mut self, mut batch: Vec<Request>) {
+        if let Some(why) = &self.failed {
+            for r in batch {
+                let _ = r.reply.send(Err(EngineError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        let now = now_ms().max(self.last_ts);
+        self.last_ts = now;
+        let store = self.store.clone();
+        let mut wb = store.batch();
+        let mut stored: Vec<Vec<(Arc<Event>, usize)>> = Vec::with_capacity(batch.len());
+        for r in &mut batch {
+            let mut events = Vec::with_capacity(r.events.len());
+            for new in std::mem::take(&mut r.events) {
+                let i = self.topic_index(&new.topic);
+                self.mark_dirty(i);
+                let t = &mut self.topics[i];
+                t.head += 1;
+                if t.first == t.head {
+                    // The topic had nothing retained: this is its oldest event.
+                    t.first_at = now;
+                }
+                let event = Arc::new(Event::new(new, Position::new(t.epoch, t.head), now));
+                wb.put_event(
+                    t.id,
+                    t.head,
+                    format::encode_event(now, event.name.as_deref(), &event.data),
+                );
+                events.push((event, i));
+            }
+            stored.push(events);
+        }
+        let changed = std::mem::take(&mut self.dirty);
+        for &i in &changed {
+            self.apply_count_limit(i);
+            // Readers stop seeing dropped events now, before the deletion.
+            self.shared
+                .retain_from(&self.topics[i].topic, self.topics[i].first);
+        }
+        // `apply_count_limit` may have marked them dirty again.
+        for &i in &changed {
+            self.topics[i].dirty = false;
+        }
+        self.dirty.clear();
+        self.delete_old(&mut wb);
+        for &i in &changed {
+            let t = &self.topics[i];
+            wb.put_topic(
+                &t.topic,
+                &TopicMeta {
+                    id: t.id,
+                    epoch: t.epoch,
+                    head: t.head,
+                    first: t.first,
+                },
+            );
+        }
+        if wb.is_empty() {
+            return;
+        }
+        if let Err(e) = wb.commit() {
+            let why = format!("the store cannot write: {e}");
+            tracing::error!(error = %e, "commit failed; refusing further publishes until a restart");
+            self.shared.fail(why.clone());
+            self.failed = Some(why.clone());
+            for r in batch {
+                let _ = r.reply.send(Err(EngineError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        self.stat_commits += 1;
+        self.stat_events += stored.iter().map(|v| v.len() as u64).sum::<u64>();
+        // Durable: show, dispatch, acknowledge.
+        let fanout = self.shared.fanout();
+        for events in &stored {
+            for (e, i) in events {
+                let t = &self.topics[*i];
+                self.shared.append(e, t.id, t.first, fanout.as_deref());
+            }
+        }
+        for (r, events) in batch.into_iter().zip(stored) {
+            let _ = r
+                .reply
+                .send(Ok(events.into_iter().map(|(e, _)| e).collect()));
+        }
+    }
+
+    /// Deletes dropped events from disk, within the per-commit budget.
+    fn delete_old(&mut self, wb: &mut Batch<'_>) {
+        let mut budget = DELETE_BUDGET;
+        while budget > 0 {
+            let Some(&i) = self.backlog.front() else {
+                break;
+            };
+            let t = &mut self.topics[i];
+            while t.on_disk_from < t.first && budget > 0 {
+                wb.delete_event(t.id, t.on_disk_from);
+                t.on_disk_from += 1;
+                budget -= 1;
+            }
+            if t.on_disk_from >= t.first {
+                t.queued = false;
+                self.backlog.pop_front();
+            }
+        }
+    }
+
+    /// A bounded pass of age retention, resuming where the last one stopped.
+    fn sweep_ages(&mut self) {
+        let Some(max_age) = self.max_age_ms else {
+            return;
+        };
+        let n = self.topics.len();
+        if n == 0 {
+            return;
+        }
+        let cutoff = now_ms().saturating_sub(max_age);
+        let started = Instant::now();
+        let mut scan_budget = AGE_SCAN_BUDGET;
+        for _ in 0..n {
+            if scan_budget == 0 || started.elapsed() > AGE_PASS_TIME {
+                break;
+            }
+            let i = self.sweep_at % n;
+            self.sweep_at = (i + 1) % n;
+            let t = &self.topics[i];
+            if t.first > t.head || t.first_at >= cutoff {
+                continue; // nothing kept, or nothing old enough
+            }
+            let (id, first, head) = (t.id, t.first, t.head);
+            let scan = match self
+                .store
+                .first_not_older(id, first, head, cutoff, scan_budget)
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(topic = %t.topic, error = %e, "age retention could not read");
+                    continue;
+                }
+            };
+            let t = &mut self.topics[i];
+            let new_first = match scan {
+                AgeScan::Found(seq, at) => {
+                    scan_budget = scan_budget.saturating_sub((seq - first + 1) as usize);
+                    t.first_at = at;
+                    seq
+                }
+                AgeScan::NoneUpTo(seq) => {
+                    scan_budget =
+                        scan_budget.saturating_sub((seq + 1).saturating_sub(first) as usize);
+                    seq + 1
+                }
+            };
+            if new_first > t.first {
+                t.first = new_first;
+                let topic = t.topic.clone();
+                self.mark_dirty(i);
+                self.queue_deletions(i);
+                self.shared.retain_from(&topic, new_first);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        tracing::debug!(
+            commits = self.stat_commits,
+            events = self.stat_events,
+            "writer stopped"
+        );
+        if let Err(e) = self.store.persist() {
+            tracing::error!(error = %e, "final fsync failed");
+        }
+    }
+}

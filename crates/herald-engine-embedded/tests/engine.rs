@@ -1,0 +1,467 @@
+//! The embedded engine through the `Engine` trait and a `Hub`: durability
+//! across restarts, retention by count and by age, 10,000 topics, and the
+//! refusals (damage, another format, a foreign folder, a second process).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::{
+    Data, Delivery, Engine, GapReason, HistoryLimits, Hub, HubConfig, NewEvent, Position, Topic,
+};
+use herald_engine_embedded::{EmbeddedConfig, EmbeddedEngine, OpenError};
+
+fn topic(name: &str) -> Topic {
+    Topic::new(name).unwrap()
+}
+
+fn ev(t: &Topic, s: &str) -> NewEvent {
+    NewEvent::new(t.clone(), Data::Text(s.into()))
+}
+
+fn config(dir: &Path, max_events: usize, max_age: Duration) -> EmbeddedConfig {
+    EmbeddedConfig::new(dir).with_history(HistoryLimits {
+        max_events,
+        max_age,
+    })
+}
+
+fn open(cfg: EmbeddedConfig) -> EmbeddedEngine {
+    EmbeddedEngine::open(cfg).expect("open the store")
+}
+
+fn texts(events: &[Arc<herald_core::Event>]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.data.as_sse_text().to_owned())
+        .collect()
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_positions_and_epoch_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (topic("orders/1"), topic("orders/2"));
+    let e = open(config(dir.path(), 1000, HOUR));
+    let epoch = e.epoch();
+    let mut stored = Vec::new();
+    for i in 0..50 {
+        let t = if i % 3 == 0 { &b } else { &a };
+        let mut new = ev(t, &format!("{i}"));
+        if i % 5 == 0 {
+            new = new.named("tick");
+        }
+        stored.extend(e.publish(vec![new]).await.unwrap());
+    }
+    // A batch is stored in order, with consecutive positions.
+    let batch = e
+        .publish(vec![ev(&a, "x"), ev(&a, "y"), ev(&b, "z")])
+        .await
+        .unwrap();
+    assert_eq!(batch[1].position.seq, batch[0].position.seq + 1);
+    stored.extend(batch);
+    e.close().await;
+    // After close, publishes are refused and reads say the engine is closed.
+    assert!(e.publish(vec![ev(&a, "late")]).await.is_err());
+    assert!(e.ready().await.is_err());
+    drop(e);
+
+    let e = open(config(dir.path(), 1000, HOUR));
+    assert_eq!(e.epoch(), epoch, "the epoch is kept");
+    for t in [&a, &b] {
+        let r = e
+            .read(t, Some(Position::new(epoch, 0)), 1000)
+            .await
+            .unwrap();
+        assert_eq!(r.gap, None);
+        let want: Vec<_> = stored.iter().filter(|s| &s.topic == t).collect();
+        assert_eq!(r.events.len(), want.len());
+        for (got, want) in r.events.iter().zip(want) {
+            assert_eq!(got.position, want.position);
+            assert_eq!(got.id(), want.id(), "cursor ids are unchanged");
+            assert_eq!(got.name, want.name);
+            assert_eq!(got.data, want.data);
+            assert_eq!(got.published_at_ms, want.published_at_ms);
+        }
+        assert_eq!(r.head, want_head(&stored, t));
+    }
+    // Sequences continue after the restart.
+    let next = e.publish(vec![ev(&a, "after")]).await.unwrap();
+    assert_eq!(next[0].position.seq, want_head(&stored, &a) + 1);
+    // A topic with no event yet has the store's epoch, so a cursor issued
+    // for it before the restart resumes without a gap.
+    let r = e
+        .read(&topic("never"), Some(Position::new(epoch, 0)), 10)
+        .await
+        .unwrap();
+    assert_eq!((r.epoch, r.gap), (epoch, None));
+    e.close().await;
+}
+
+fn want_head(stored: &[Arc<herald_core::Event>], t: &Topic) -> u64 {
+    stored
+        .iter()
+        .filter(|s| &s.topic == t)
+        .map(|s| s.position.seq)
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_beyond_the_hot_tail_come_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1000, HOUR);
+    cfg.hot_tail = 4;
+    let e = open(cfg);
+    let t = topic("t");
+    for i in 1..=40 {
+        e.publish(vec![ev(&t, &i.to_string())]).await.unwrap();
+    }
+    let epoch = e.epoch();
+    // Every starting point and page size returns exactly the next events.
+    for after in 0..40u64 {
+        for limit in [1usize, 3, 7, 100] {
+            let r = e
+                .read(&t, Some(Position::new(epoch, after)), limit)
+                .await
+                .unwrap();
+            let want: Vec<String> = (after + 1..=40.min(after + limit as u64))
+                .map(|i| i.to_string())
+                .collect();
+            assert_eq!(texts(&r.events), want, "after {after} limit {limit}");
+            assert_eq!(r.from, Position::new(epoch, after));
+        }
+    }
+    e.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_count_survives_restarts_and_deletes_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("t");
+    let e = open(config(dir.path(), 5, HOUR));
+    let epoch = e.epoch();
+    for i in 1..=20 {
+        e.publish(vec![ev(&t, &i.to_string())]).await.unwrap();
+    }
+    let check = |r: herald_core::ReadResult| {
+        assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
+        assert_eq!(r.from, Position::new(epoch, 15));
+        assert_eq!(texts(&r.events), ["16", "17", "18", "19", "20"]);
+    };
+    check(
+        e.read(&t, Some(Position::new(epoch, 3)), 100)
+            .await
+            .unwrap(),
+    );
+    // A cursor inside the kept history resumes without a gap.
+    let r = e
+        .read(&t, Some(Position::new(epoch, 17)), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.gap, texts(&r.events)),
+        (None, vec!["18".into(), "19".into(), "20".into()])
+    );
+    e.close().await;
+    drop(e);
+    let e = open(config(dir.path(), 5, HOUR));
+    check(
+        e.read(&t, Some(Position::new(epoch, 3)), 100)
+            .await
+            .unwrap(),
+    );
+    e.close().await;
+    drop(e);
+    // The dropped events are gone from disk, not only hidden: a larger
+    // limit does not bring them back.
+    let e = open(config(dir.path(), 1000, HOUR));
+    check(
+        e.read(&t, Some(Position::new(epoch, 3)), 100)
+            .await
+            .unwrap(),
+    );
+    // A lower limit applies at once on open.
+    e.close().await;
+    drop(e);
+    let e = open(config(dir.path(), 2, HOUR));
+    let r = e
+        .read(&t, Some(Position::new(epoch, 0)), 100)
+        .await
+        .unwrap();
+    assert_eq!(texts(&r.events), ["19", "20"]);
+    e.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_without_new_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, mixed) = (topic("old"), topic("mixed"));
+    let max_age = Duration::from_millis(400);
+    let e = open(config(dir.path(), 1000, max_age));
+    let epoch = e.epoch();
+    e.publish(vec![ev(&old, "a"), ev(&old, "b"), ev(&mixed, "early")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    e.publish(vec![ev(&mixed, "late")]).await.unwrap();
+    // Bounded wait for the age pass (it runs every max_age / 4).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = e
+            .read(&old, Some(Position::new(epoch, 0)), 100)
+            .await
+            .unwrap();
+        if r.events.is_empty() {
+            assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
+            assert_eq!(r.from, Position::new(epoch, 2));
+            break;
+        }
+        assert!(Instant::now() < deadline, "old events were not dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = e
+        .read(&mixed, Some(Position::new(epoch, 0)), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&r.events),
+        ["late"],
+        "only the expired event is dropped"
+    );
+    // The cursor at the head still resumes without a gap.
+    let r = e
+        .read(&old, Some(Position::new(epoch, 2)), 100)
+        .await
+        .unwrap();
+    assert_eq!((r.gap, r.events.len()), (None, 0));
+    e.close().await;
+    drop(e);
+    // Dropped for good: a restart with a long age limit does not bring them back.
+    let e = open(config(dir.path(), 1000, HOUR));
+    let r = e
+        .read(&old, Some(Position::new(epoch, 0)), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.gap, r.events.len(), r.head),
+        (Some(GapReason::HistoryTruncated), 0, 2)
+    );
+    let next = e.publish(vec![ev(&old, "c")]).await.unwrap();
+    assert_eq!(next[0].position, Position::new(epoch, 3));
+    e.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_ten_thousand_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    const TOPICS: usize = 10_000;
+    let names: Vec<Topic> = (0..TOPICS)
+        .map(|i| topic(&format!("users/{i}/feed")))
+        .collect();
+    let e = open(config(dir.path(), 1000, HOUR));
+    let epoch = e.epoch();
+    let started = Instant::now();
+    for round in 0..2 {
+        for chunk in names.chunks(500) {
+            let batch = chunk
+                .iter()
+                .map(|t| ev(t, &format!("{t} {round}")))
+                .collect();
+            e.publish(batch).await.unwrap();
+        }
+    }
+    let publish_time = started.elapsed();
+    e.close().await;
+    drop(e);
+    let started = Instant::now();
+    let e = open(config(dir.path(), 1000, HOUR));
+    let open_time = started.elapsed();
+    eprintln!(
+        "10,000 topics: published 20,000 events in {publish_time:?}, reopened in {open_time:?}"
+    );
+    assert!(
+        open_time < Duration::from_secs(30),
+        "reopen took {open_time:?}"
+    );
+    for t in &names {
+        let r = e.read(t, Some(Position::new(epoch, 0)), 10).await.unwrap();
+        assert_eq!(r.gap, None);
+        assert_eq!(texts(&r.events), [format!("{t} 0"), format!("{t} 1")]);
+    }
+    let next = e.publish(vec![ev(&names[1234], "more")]).await.unwrap();
+    assert_eq!(next[0].position, Position::new(epoch, 3));
+    e.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_subscribers_get_live_events_after_a_restart_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("chat/1");
+    let config = HubConfig::default();
+    let hub = Hub::new(
+        Arc::new(open(EmbeddedConfig::new(dir.path()))),
+        config.clone(),
+    );
+    let mut sub = hub.subscribe();
+    sub.add(t.clone(), None).await.unwrap();
+    for i in 0..3 {
+        hub.publish(ev(&t, &i.to_string())).await.unwrap();
+    }
+    let mut cursor = None;
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+        {
+            Delivery::Event(e) => cursor = Some(e.position),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(sub);
+    hub.engine().close().await;
+    drop(hub);
+
+    let hub = Hub::new(Arc::new(open(EmbeddedConfig::new(dir.path()))), config);
+    let mut sub = hub.subscribe();
+    sub.add(t.clone(), cursor).await.unwrap();
+    hub.publish(ev(&t, "3")).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .unwrap()
+        {
+            Delivery::Event(e) => got.push(e.data.as_sse_text().to_owned()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, ["2", "3"]);
+    hub.engine().close().await;
+}
+
+fn flip_bytes(path: &Path, at: f64) {
+    let mut b = std::fs::read(path).unwrap();
+    let start = ((b.len() as f64) * at) as usize;
+    for x in b.iter_mut().skip(start).take(16) {
+        *x ^= 0x5a;
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+fn files_under(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.path().is_dir() {
+            v.extend(files_under(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}
+
+async fn filled_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(EmbeddedConfig::new(dir.path()));
+    let t = topic("t");
+    for i in 0..300 {
+        e.publish(vec![ev(&t, &format!("event {i} {}", "x".repeat(50)))])
+            .await
+            .unwrap();
+    }
+    e.close().await;
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_stores_are_refused() {
+    // A damaged event table.
+    let dir = filled_store().await;
+    let tables: Vec<_> = files_under(&dir.path().join("db"))
+        .into_iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("tables")))
+        .collect();
+    assert!(
+        !tables.is_empty(),
+        "a closed store has its events in tables"
+    );
+    let biggest = tables
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    flip_bytes(biggest, 0.3);
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, OpenError::Corrupted { .. }), "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+
+    // A garbled marker.
+    let dir = filled_store().await;
+    std::fs::write(dir.path().join("HERALD-STORE"), "garbage").unwrap();
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, OpenError::Corrupted { .. }), "{err}");
+
+    // The events folder gone while the marker stays: refusing keeps old
+    // cursors from being misread against a new history with the same epoch.
+    let dir = filled_store().await;
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, OpenError::Corrupted { .. }), "{err}");
+
+    // The store files replaced by another store's.
+    let dir = filled_store().await;
+    let other = filled_store().await;
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    std::fs::rename(other.path().join("db"), dir.path().join("db")).unwrap();
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("does not match"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_formats_foreign_folders_and_second_processes_are_refused() {
+    let dir = filled_store().await;
+    let marker = dir.path().join("HERALD-STORE");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    std::fs::write(&marker, text.replace("format = 1", "format = 2")).unwrap();
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            OpenError::IncompatibleVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, OpenError::NotAStore { .. }), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(EmbeddedConfig::new(dir.path()));
+    let err = EmbeddedEngine::open(EmbeddedConfig::new(dir.path()))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    first.close().await;
+    drop(first);
+    // Closing released the files.
+    open(EmbeddedConfig::new(dir.path())).close().await;
+}
