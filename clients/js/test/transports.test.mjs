@@ -3,6 +3,7 @@
 // restart and after a cut connection, and credentials (getToken, token).
 
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import {
   CutProxy,
@@ -24,12 +25,14 @@ const FAST = { initialDelay: 100, maxDelay: 800, pollTimeout: 5 };
 const SECRET = 'browser-test-secret-0123456789abcdef';
 const BACKEND_KEY = 'browser-test-backend-key';
 
+// The restart test runs on the memory engine, and on the durable one too
+// when this build has it.
+const ENGINES = (await pickEngine()) === 'embedded' ? ['memory', 'embedded'] : ['memory'];
+
 let browser;
-let engine;
 
 before(async () => {
   browser = await launchBrowser();
-  engine = await pickEngine();
 });
 
 after(async () => {
@@ -103,48 +106,51 @@ for (const transport of ['sse', 'ws', 'poll']) {
       }
     });
 
-    test('resumes after the server restarts: every event published meanwhile, once', async () => {
-      // With the memory engine the restart loses history (a new epoch): the
-      // page is kept from reconnecting until the restarted server has the
-      // events, then resumes with its old cursor and gets a herald.gap
-      // (epoch_changed) followed by all of them. With the durable engine the
-      // cursor stays valid and no gap is reported.
-      const dataDir = engine === 'embedded' ? tempDir() : undefined;
-      const server = await Herald.start({ engine, dataDir });
-      const proxy = await CutProxy.start(server.port);
-      const { context, page } = await openPage(browser, proxy.url);
-      try {
-        await connectPage(page, { transport, ...FAST }, ['orders/1']);
-        await server.publish('orders/1', 'e1');
-        await server.publish('orders/1', 'e2');
-        await waitInPage(page, () => rec.events.length >= 2);
+    for (const engine of ENGINES) {
+      test(`resumes after the server restarts (${engine} engine): every event published meanwhile, once`, async () => {
+        // The page is kept from reconnecting (by a proxy) until the restarted
+        // server has the events, then resumes with its old cursor. With the
+        // memory engine the restart lost the history (a new epoch): the page
+        // gets a herald.gap (epoch_changed), then every event published since
+        // the restart. With the durable engine the cursor stays valid: no gap.
+        const dataDir = engine === 'embedded' ? tempDir() : undefined;
+        const server = await Herald.start({ engine, dataDir });
+        const proxy = await CutProxy.start(server.port);
+        const { context, page } = await openPage(browser, proxy.url);
+        try {
+          await connectPage(page, { transport, ...FAST }, ['orders/1']);
+          await server.publish('orders/1', 'e1');
+          await server.publish('orders/1', 'e2');
+          await waitInPage(page, () => rec.events.length >= 2);
 
-        proxy.block(); // open connections stay; new ones are refused
-        await server.restart(); // graceful: SSE herald.disconnect, WebSocket 1000, polls answered
-        await waitInPage(page, () => rec.statuses.some((s) => s.state === 'reconnecting'));
-        await server.publish('orders/1', 'e3');
-        await server.publish('orders/1', 'e4');
-        await server.publish('orders/1', 'e5');
-        proxy.restore();
-        await waitInPage(page, () => rec.events.filter((e) => e.event !== 'herald.gap').length >= 5);
-        await server.publish('orders/1', 'e6');
-        const events = await expectData(page, ['e1', 'e2', 'e3', 'e4', 'e5', 'e6']);
+          proxy.block(); // open connections stay; new ones are refused
+          await server.restart(); // graceful: SSE herald.disconnect, WebSocket 1000, polls answered
+          await waitInPage(page, () => rec.statuses.some((s) => s.state === 'reconnecting'));
+          await server.publish('orders/1', 'e3');
+          await server.publish('orders/1', 'e4');
+          await server.publish('orders/1', 'e5');
+          proxy.restore();
+          await waitInPage(page, () => rec.events.filter((e) => e.event !== 'herald.gap').length >= 5);
+          await server.publish('orders/1', 'e6');
+          const events = await expectData(page, ['e1', 'e2', 'e3', 'e4', 'e5', 'e6']);
 
-        const gaps = gapsOf(events);
-        if (engine === 'memory') {
-          assert.equal(gaps.length, 1, 'one herald.gap for the lost history');
-          assert.deepEqual(gaps[0].data, { topic: 'orders/1', reason: 'epoch_changed' });
-        } else {
-          assert.equal(gaps.length, 0);
+          const gaps = gapsOf(events);
+          if (engine === 'memory') {
+            assert.equal(gaps.length, 1, 'one herald.gap for the lost history');
+            assert.deepEqual(gaps[0].data, { topic: 'orders/1', reason: 'epoch_changed' });
+          } else {
+            assert.equal(gaps.length, 0);
+          }
+          const statuses = await page.evaluate(() => rec.statuses);
+          const reconnecting = statuses.filter((s) => s.state === 'reconnecting');
+          assert.ok(reconnecting.every((s) => s.delay > 0 && s.delay <= FAST.maxDelay));
+          assert.equal(statuses.at(-1).state, 'open');
+        } finally {
+          await closeAll(context, proxy, server);
+          if (dataDir) rmSync(dataDir, { recursive: true, force: true });
         }
-        const statuses = await page.evaluate(() => rec.statuses);
-        const reconnecting = statuses.filter((s) => s.state === 'reconnecting');
-        assert.ok(reconnecting.every((s) => s.delay > 0 && s.delay <= FAST.maxDelay));
-        assert.equal(statuses.at(-1).state, 'open');
-      } finally {
-        await closeAll(context, proxy, server);
-      }
-    });
+      });
+    }
 
     test('resumes after the network connection is cut', async () => {
       const server = await Herald.start();
