@@ -12,6 +12,11 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "test dependencies: the openai Python SDK (for the OpenAI-compatible endpoint test)"
+if ! python3 -c 'import openai' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check 'openai>=1.40'
+fi
+
 step "cargo test"
 cargo test --workspace
 

@@ -69,6 +69,19 @@ pub fn credential(
     Ok(None)
 }
 
+/// Who sends a request, for routes outside this crate (e.g. the LLM relay):
+/// the same credential rules as every Herald endpoint.
+pub async fn principal(
+    config: &crate::HttpConfig,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(Principal, Option<Source>), ApiError> {
+    let pairs = crate::transport::query_pairs(query);
+    let cred = credential(headers, &pairs, &config.auth_cookie)?;
+    let source = cred.as_ref().map(|c| c.source);
+    Ok((config.auth.authenticate_async(cred).await?, source))
+}
+
 /// Authenticates the request. Returns who it is and where the credential came from.
 pub(crate) fn authenticate(
     app: &AppState,

@@ -52,6 +52,7 @@ pub use config::HttpConfig;
 pub use error::ApiError;
 pub use herald_core::{Hub, HubConfig};
 pub use server::{serve, serve_with, ConnectionHandle, ServeOptions};
+pub use transport::query_pairs;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -77,6 +78,12 @@ impl AppState {
 
 /// The Herald routes (see DESIGN.md, "HTTP surface"), ready to serve or to nest.
 pub fn router(hub: Hub, config: HttpConfig) -> Router {
+    router_with(hub, config, Router::new())
+}
+
+/// The Herald routes plus `extra` routes (such as the LLM relay's), under
+/// the same layers (access log, CORS) and the same JSON 404/405.
+pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
     let state = AppState {
         hub,
         config: Arc::new(config),
@@ -101,12 +108,10 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
         .route("/", get(assets::demo))
         .route("/client/herald.js", get(assets::client))
         .route("/client/herald.d.ts", get(assets::types))
+        .with_state(state.clone())
+        .merge(extra)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            layers::cors,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state, layers::cors))
         .layer(axum::middleware::from_fn(layers::access_log))
-        .with_state(state)
 }

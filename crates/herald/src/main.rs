@@ -163,7 +163,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no authentication configured: every topic is open to anyone who can reach {addr}"
         );
     }
-    let router = herald_http::router(hub.clone(), settings.http);
+    let upstream = match &settings.llm.upstream {
+        Some(url) => url.clone(),
+        None => herald_llm::offline::spawn(herald_llm::offline::OfflineModel {
+            token_delay: settings.llm.offline_delay,
+            ..Default::default()
+        })
+        .await
+        .context("cannot start the offline model")?,
+    };
+    let upstream = herald_llm::Upstream::new(
+        &upstream,
+        settings.llm.api_key.as_ref().map(|k| k.0.clone()),
+    )?;
+    tracing::info!(upstream = upstream.base(), "LLM relay");
+    let relay = herald_llm::Relay::new(
+        hub.clone(),
+        settings.http.auth.clone(),
+        upstream,
+        settings.llm.config.clone(),
+    );
+    let llm_routes = herald_llm::http::router(relay, Arc::new(settings.http.clone()));
+    let router = herald_http::router_with(hub.clone(), settings.http, llm_routes);
     let options = herald_http::ServeOptions { tls };
     herald_http::serve_with(listener, router, hub, options, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -113,6 +113,25 @@ pub struct ServeArgs {
     /// Allow a non-loopback address without authentication.
     #[arg(long, env = "HERALD_INSECURE")]
     pub insecure: bool,
+    /// OpenAI-compatible upstream for the LLM relay, e.g. https://api.openai.com/v1 or
+    /// http://127.0.0.1:11434/v1 (Ollama) [default: the built-in offline model].
+    #[arg(long, env = "HERALD_LLM_UPSTREAM")]
+    pub llm_upstream: Option<String>,
+    /// The upstream's API key (sent only to the upstream, never logged).
+    #[arg(long, env = "HERALD_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// Model used when a request names none [default: herald-offline].
+    #[arg(long, env = "HERALD_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// The upstream may be silent this long mid-stream [default: 60s].
+    #[arg(long, env = "HERALD_LLM_IDLE_TIMEOUT")]
+    pub llm_idle_timeout: Option<String>,
+    /// Generations running at once at most [default: 100].
+    #[arg(long, env = "HERALD_LLM_MAX_GENERATIONS")]
+    pub llm_max_generations: Option<usize>,
+    /// Delay between tokens of the built-in offline model [default: 25ms].
+    #[arg(long, env = "HERALD_LLM_OFFLINE_DELAY")]
+    pub llm_offline_delay: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "HERALD_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -161,6 +180,32 @@ struct FileSettings {
     #[serde(default)]
     insecure: bool,
     log_format: Option<String>,
+    llm_upstream: Option<String>,
+    llm_api_key: Option<String>,
+    llm_model: Option<String>,
+    llm_idle_timeout: Option<String>,
+    llm_max_generations: Option<usize>,
+    llm_offline_delay: Option<String>,
+}
+
+/// A secret whose `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The LLM relay's settings.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// `None`: the built-in offline model.
+    pub upstream: Option<String>,
+    pub api_key: Option<Secret>,
+    pub config: herald_llm::LlmConfig,
+    pub offline_delay: Duration,
 }
 
 /// The engines `herald serve` can run.
@@ -179,6 +224,7 @@ pub struct Settings {
     pub hub: HubConfig,
     pub http: HttpConfig,
     pub log_json: bool,
+    pub llm: LlmSettings,
 }
 
 /// Flags of `herald token`: the signing key, from the same flags,
@@ -452,7 +498,46 @@ impl Settings {
             Some("json") => true,
             Some(other) => bail!("--log-format {other:?}: choose text or json"),
         };
+        let llm_defaults = herald_llm::LlmConfig::default();
+        let upstream = args
+            .llm_upstream
+            .or(file.llm_upstream)
+            .filter(|u| !u.is_empty());
+        let llm = LlmSettings {
+            config: herald_llm::LlmConfig {
+                default_model: args
+                    .llm_model
+                    .or(file.llm_model)
+                    .unwrap_or(llm_defaults.default_model.clone()),
+                idle_timeout: dur(
+                    "llm-idle-timeout",
+                    args.llm_idle_timeout.or(file.llm_idle_timeout),
+                    llm_defaults.idle_timeout,
+                )?,
+                max_generations: args
+                    .llm_max_generations
+                    .or(file.llm_max_generations)
+                    .unwrap_or(llm_defaults.max_generations),
+                ..llm_defaults
+            },
+            api_key: args
+                .llm_api_key
+                .or(file.llm_api_key)
+                .filter(|k| !k.is_empty())
+                .map(Secret),
+            offline_delay: dur(
+                "llm-offline-delay",
+                args.llm_offline_delay.or(file.llm_offline_delay),
+                Duration::from_millis(25),
+            )?,
+            upstream,
+        };
+        if let Some(u) = &llm.upstream {
+            herald_llm::Upstream::new(u, None)
+                .map_err(|e| anyhow::anyhow!("--llm-upstream: {e}"))?;
+        }
         Ok(Settings {
+            llm,
             listen,
             tls,
             engine,

@@ -98,3 +98,95 @@ fn query_tokens_and_cookies_are_not_logged() {
         "the secret reached the logs:\n{logs}"
     );
 }
+
+/// The LLM upstream's API key goes to the upstream and nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_api_key_is_not_logged() {
+    let key = "sk-live-key-that-must-never-be-logged-42";
+    let model = herald_llm::offline::OfflineModel {
+        token_delay: Duration::from_millis(5),
+        api_key: Some(key.into()),
+        ..Default::default()
+    };
+    let upstream = herald_llm::offline::spawn(model).await.unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--engine",
+            "memory",
+            "--llm-upstream",
+            &upstream,
+        ])
+        .env("HERALD_LLM_API_KEY", key)
+        .env("HERALD_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("herald listening on ")
+        .unwrap()
+        .to_owned();
+    let client = herald_client::Client::new(&base).unwrap();
+    let (st, v) = {
+        let r = client
+            .request(
+                http::Method::POST,
+                "/v1/llm/chat",
+                &[("content-type", "application/json")],
+                serde_json::json!({"messages": [{"role": "user", "content": "hi [tokens:8]"}]})
+                    .to_string()
+                    .into(),
+            )
+            .await
+            .unwrap();
+        use http_body_util::BodyExt;
+        let st = r.status();
+        (st, r.into_body().collect().await.unwrap().to_bytes())
+    };
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+    let mut stream = client
+        .sse(&[v["topic"].as_str().unwrap()], v["cursor"].as_str())
+        .await
+        .unwrap();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!e.data.contains(key));
+        if e.event == "done" {
+            break;
+        }
+        assert_eq!(e.event, "token", "the upstream accepted the key: {e:?}");
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(logs.contains("LLM relay"), "{logs}");
+    assert!(!logs.contains(key), "the API key reached the logs:\n{logs}");
+    let help = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--help"])
+        .env("HERALD_LLM_API_KEY", key)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(key));
+}

@@ -11,7 +11,7 @@ use herald_core::{Cursor, Subscription, Topic};
 use crate::error::ApiError;
 
 /// The query string as decoded pairs, in order.
-pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
