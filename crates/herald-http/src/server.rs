@@ -31,6 +31,9 @@ use tokio::sync::Notify;
 use tower::ServiceExt;
 
 use crate::tls::Tls;
+use direct::{Answered, First, Rewind};
+
+mod direct;
 
 /// Per-connection data handlers can read from the request extensions.
 #[derive(Clone, Debug)]
@@ -156,8 +159,11 @@ where
     }
     drop(listener);
     hub.shutdown();
+    // WebSockets and directly written event streams end by themselves once
+    // the hub is shut down; hyper's own connections are drained by `graceful`.
     let ws_closed = async {
-        while hub.metrics().open(Transport::WebSocket) > 0 {
+        while hub.metrics().open(Transport::WebSocket) > 0 || hub.metrics().open(Transport::Sse) > 0
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -179,14 +185,47 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run<I>(self, io: I)
+    async fn run<I>(self, mut io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.metrics
-            .tcp_connections_open
-            .fetch_add(1, Ordering::Relaxed);
+        let metrics = self.metrics.clone();
+        metrics.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Notify::new());
+        // HTTP/1.1 event streams are written directly (see `direct`); every
+        // other request goes to hyper with the bytes read so far put back.
+        let io = match Box::pin(direct::first_request(&mut io)).await {
+            First::Gone => None,
+            First::Other(prefix) => Some(Rewind::new(prefix, io)),
+            First::Sse(req, rest) => {
+                let handle = ConnectionHandle {
+                    kill: Some(kill.clone()),
+                    peer: self.peer,
+                };
+                let router = self.router.clone();
+                let io = Rewind::new(rest, io);
+                // Boxed: routing is a large future that ends before streaming starts.
+                match Box::pin(direct::answer_sse(io, req, router, handle)).await {
+                    Answered::Stream(io, body) => {
+                        direct::stream(io, body, &kill).await;
+                        None
+                    }
+                    Answered::Done(io) => Some(io),
+                    Answered::Gone => None,
+                }
+            }
+        };
+        if let Some(io) = io {
+            // Boxed: only connections served by hyper pay for its state.
+            Box::pin(self.serve_hyper(io, kill)).await;
+        }
+        metrics.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn serve_hyper<I>(self, io: I, kill: Arc<Notify>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let http1 = ConnectionHandle {
             kill: Some(kill.clone()),
             peer: self.peer,
@@ -217,8 +256,5 @@ impl Conn {
                 tracing::debug!(%peer, "dropping a connection that fell behind");
             }
         }
-        self.metrics
-            .tcp_connections_open
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }

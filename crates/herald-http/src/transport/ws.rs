@@ -88,8 +88,9 @@ pub(crate) async fn handler(
     let max = app.config.ws_max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        // Small buffers: an idle connection should cost little memory.
-        .read_buffer_size(4096)
+        // Small buffers: an idle connection should cost little memory
+        // (subscribers send little; a bigger message just takes more reads).
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| run(app, socket, who, slot))
 }
@@ -194,7 +195,10 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
         let step = tokio::select! {
             msg = stream.next() => {
                 last_seen = Instant::now();
-                c.on_message(msg).await
+                // Boxed: handling a client message (subscribe, publish) is a
+                // large future, and every idle connection's task would
+                // otherwise be sized for it.
+                Box::pin(c.on_message(msg)).await
             }
             d = c.sub.next() => c.on_delivery(d).await,
             _ = ping.tick() => {
