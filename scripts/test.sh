@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "test dependencies: redis-server (the Redis engine's tests start their own on free ports)"
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

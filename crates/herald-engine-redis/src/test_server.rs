@@ -9,14 +9,16 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A `redis-server` process this test owns.
+/// A `redis-server` process this test owns. Shareable (`Arc`): stopping
+/// and restarting take `&self`.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     persistent: bool,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -49,7 +51,7 @@ impl RedisServer {
             port: 0,
             dir,
             persistent,
-            child: None,
+            child: Mutex::new(None),
         };
         // A free port can be taken between our probe and redis binding it: retry.
         for _ in 0..5 {
@@ -61,7 +63,11 @@ impl RedisServer {
         panic!("could not start {} (is it installed?)", binary());
     }
 
-    fn spawn(&mut self) -> bool {
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spawn(&self) -> bool {
         let mut cmd = Command::new(binary());
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -86,16 +92,18 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary()));
-        self.child = Some(child);
+        *self.child() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.ping() {
                 return true;
             }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
+            let mut child = self.child();
+            if let Some(Ok(Some(_))) = child.as_mut().map(Child::try_wait) {
+                *child = None;
                 return false; // exited: most likely the port was taken
             }
+            drop(child);
             std::thread::sleep(Duration::from_millis(20));
         }
         self.stop();
@@ -125,12 +133,12 @@ impl RedisServer {
 
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child().as_ref().map(Child::id)
     }
 
     /// Kills the server (SIGKILL, its pid only) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -138,7 +146,7 @@ impl RedisServer {
 
     /// Starts it again on the same port and folder (a persistent server
     /// comes back with its data).
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         for _ in 0..50 {
             if self.spawn() {

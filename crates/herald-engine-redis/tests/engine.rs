@@ -228,7 +228,7 @@ async fn a_node_listens_only_to_topics_its_clients_use() {
 
 #[tokio::test]
 async fn an_outage_fails_fast_keeps_subscribers_and_loses_nothing() {
-    let mut redis = RedisServer::start_persistent();
+    let redis = RedisServer::start_persistent();
     let (a, ea) = node(&redis).await;
     let (b, _) = node(&redis).await;
     let t = topic("orders/9");

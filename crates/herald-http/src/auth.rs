@@ -83,14 +83,14 @@ pub async fn principal(
 }
 
 /// Authenticates the request. Returns who it is and where the credential came from.
-pub(crate) fn authenticate(
+pub(crate) async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     pairs: &[(String, String)],
 ) -> Result<(Principal, Option<Source>), ApiError> {
     let cred = credential(headers, pairs, &app.config.auth_cookie)?;
     let source = cred.as_ref().map(|c| c.source);
-    Ok((app.config.auth.authenticate(cred)?, source))
+    Ok((app.config.auth.authenticate_async(cred).await?, source))
 }
 
 /// Authorizes `action` on every topic.
@@ -110,8 +110,8 @@ pub(crate) fn authorize_all(
 /// short-lived, single-use token for `?token=` on an EventSource or WebSocket URL.
 pub(crate) async fn tokens(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let pairs = crate::transport::query_pairs(uri.query());
-    let result = (|| {
-        let (who, source) = authenticate(&app, &headers, &pairs)?;
+    let result = async {
+        let (who, source) = authenticate(&app, &headers, &pairs).await?;
         if app.config.auth.is_enabled()
             && (!who.is_authenticated() || source == Some(Source::Query))
         {
@@ -121,9 +121,12 @@ pub(crate) async fn tokens(State(app): State<AppState>, headers: HeaderMap, uri:
                 "authenticate with an Authorization header or the cookie to get a one-time token",
             ));
         }
-        let (token, ttl) = app.config.auth.issue_one_time(&who)?;
-        Ok(Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response())
-    })();
+        let (token, ttl) = app.config.auth.issue_one_time_async(&who).await?;
+        Ok::<_, ApiError>(
+            Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response(),
+        )
+    }
+    .await;
     let mut r = result.unwrap_or_else(IntoResponse::into_response);
     r.headers_mut().insert(
         header::CACHE_CONTROL,

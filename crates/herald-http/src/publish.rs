@@ -136,7 +136,7 @@ async fn publish_inner(
 ) -> Result<Response, ApiError> {
     // Who first: an unauthenticated caller learns nothing about the body.
     let pairs = crate::transport::query_pairs(uri.query());
-    let (who, _) = authenticate(&app, &headers, &pairs)?;
+    let (who, _) = authenticate(&app, &headers, &pairs).await?;
     if !is_json(&headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -119,7 +119,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = Settings::resolve(args)?;
+    let mut settings = Settings::resolve(args)?;
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if settings.log_json {
         tracing_subscriber::fmt()
@@ -134,6 +134,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .init();
     }
     let hub = match settings.engine {
+        EngineKind::Redis => {
+            let redis = settings
+                .redis
+                .clone()
+                .context("--engine redis needs --redis-url")?;
+            let mut config =
+                herald_engine_redis::RedisConfig::new(&redis.url, settings.hub.history);
+            config.prefix = redis.prefix;
+            let engine = Arc::new(herald_engine_redis::RedisEngine::connect(config).await?);
+            // A one-time token issued by one node must be redeemable, once, on any.
+            Arc::get_mut(&mut settings.http.auth)
+                .context("the auth settings were shared before the engine was built")?
+                .set_one_time_store(Arc::new(engine.one_time_tokens()));
+            Hub::new(engine, settings.hub.clone())
+        }
         EngineKind::Memory => Hub::new(
             Arc::new(MemoryEngine::new(settings.hub.history)),
             settings.hub.clone(),

@@ -32,9 +32,13 @@ pub struct ServeArgs {
     /// The embedded store's folder [default: ./herald-data].
     #[arg(long, env = "HERALD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The Redis engine's server.
-    #[arg(long, env = "HERALD_REDIS_URL")]
+    /// The Redis engine's server: redis://HOST:PORT, rediss:// for TLS,
+    /// redis-cluster://HOST:PORT?node=HOST:PORT for a cluster.
+    #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Put before every Redis key and channel name [default: herald:].
+    #[arg(long, env = "HERALD_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// Events kept per topic [default: 1000].
     #[arg(long, env = "HERALD_HISTORY")]
     pub history: Option<usize>,
@@ -145,6 +149,7 @@ struct FileSettings {
     engine: Option<String>,
     data_dir: Option<PathBuf>,
     redis_url: Option<String>,
+    redis_prefix: Option<String>,
     history: Option<usize>,
     history_max_age: Option<String>,
     keepalive: Option<String>,
@@ -212,6 +217,24 @@ pub struct LlmSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Memory,
+    /// Several nodes on one Redis (`settings.redis` says where).
+    Redis,
+}
+
+/// Where the Redis engine keeps its data. `Debug` hides the URL's password.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &herald_engine_redis::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 /// Everything `herald serve` needs, resolved and checked.
@@ -221,6 +244,8 @@ pub struct Settings {
     /// Serve HTTPS from this certificate.
     pub tls: Option<CertSource>,
     pub engine: EngineKind,
+    /// The Redis engine's server and key prefix (with `--engine redis`).
+    pub redis: Option<RedisSettings>,
     pub hub: HubConfig,
     pub http: HttpConfig,
     pub log_json: bool,
@@ -378,15 +403,39 @@ impl Settings {
             "embedded" => {
                 bail!("--engine embedded is not yet supported in this version; use --engine memory")
             }
-            "redis" => {
-                bail!("--engine redis is not yet supported in this version; use --engine memory")
-            }
+            "redis" => EngineKind::Redis,
             other => bail!("--engine {other:?}: choose memory, embedded or redis"),
         };
         let _ = args.data_dir.or(file.data_dir);
-        if args.redis_url.or(file.redis_url).is_some() {
-            bail!("--redis-url is not yet supported in this version");
-        }
+        let redis_prefix = args
+            .redis_prefix
+            .or(file.redis_prefix)
+            .unwrap_or_else(|| "herald:".into());
+        let redis = match (engine, args.redis_url.or(file.redis_url)) {
+            (EngineKind::Redis, Some(url)) => {
+                let schemes = [
+                    "redis://",
+                    "rediss://",
+                    "redis-cluster://",
+                    "rediss-cluster://",
+                ];
+                if !schemes.iter().any(|s| url.starts_with(s)) {
+                    bail!(
+                        "--redis-url {:?}: use redis://HOST:PORT, rediss:// (TLS) or redis-cluster://HOST:PORT?node=HOST:PORT",
+                        herald_engine_redis::redact_url(&url)
+                    );
+                }
+                Some(RedisSettings {
+                    url,
+                    prefix: redis_prefix,
+                })
+            }
+            (EngineKind::Redis, None) => {
+                bail!("--engine redis needs --redis-url (e.g. redis://127.0.0.1:6379)")
+            }
+            (_, Some(_)) => bail!("--redis-url is used only with --engine redis"),
+            (_, None) => None,
+        };
         let has_keys = auth.hs256_secret.is_some()
             || auth.public_key_pem.is_some()
             || !auth.api_keys.is_empty();
@@ -537,6 +586,7 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("--llm-upstream: {e}"))?;
         }
         Ok(Settings {
+            redis,
             llm,
             listen,
             tls,

@@ -11,7 +11,7 @@ use herald_core::HubConfig;
 use herald_http::HttpConfig;
 use serde_json::json;
 use support::transport::{Got, Kind, Refused, Sub};
-use support::{quick_http, TestServer};
+use support::{quick_http, with_engine, EngineChoice, TestServer};
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
@@ -423,35 +423,48 @@ async fn shutdown_then_resume(kind: Kind) {
     expect_quiet(&mut sub).await;
 }
 
+/// Each scenario on each transport, on the memory engine and, in `mod
+/// redis`, on the Redis engine (a `redis-server` per test).
 macro_rules! contract {
-    ($($scenario:ident),* $(,)?) => {
+    ($engine:expr; $($scenario:ident),* $(,)?) => {
         $(
             mod $scenario {
                 use super::*;
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sse() { super::$scenario(Kind::Sse).await }
+                async fn sse() { with_engine($engine, $scenario(Kind::Sse)).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn ws() { super::$scenario(Kind::Ws).await }
+                async fn ws() { with_engine($engine, $scenario(Kind::Ws)).await }
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn poll() { super::$scenario(Kind::Poll).await }
+                async fn poll() { with_engine($engine, $scenario(Kind::Poll)).await }
             }
         )*
     };
 }
 
-contract!(
-    deliver,
-    named_events,
-    multiline_and_unicode,
-    several_topics,
-    resume_from_cursor,
-    resume_races_publishes,
-    gap_signal,
-    unknown_and_invalid_topics,
-    oversized_publish,
-    slow_consumer,
-    shutdown_then_resume,
-);
+macro_rules! scenarios {
+    ($engine:expr) => {
+        contract!($engine;
+            deliver,
+            named_events,
+            multiline_and_unicode,
+            several_topics,
+            resume_from_cursor,
+            resume_races_publishes,
+            gap_signal,
+            unknown_and_invalid_topics,
+            oversized_publish,
+            slow_consumer,
+            shutdown_then_resume,
+        );
+    };
+}
+
+scenarios!(EngineChoice::Memory);
+
+mod redis {
+    use super::*;
+    scenarios!(EngineChoice::Redis);
+}
 
 #[allow(dead_code)]
 fn unused(_: HashMap<(), ()>) {}

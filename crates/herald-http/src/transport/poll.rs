@@ -61,7 +61,7 @@ async fn poll(
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(uri.query());
     let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
-    let (who, _) = authenticate(&app, &headers, &pairs)?;
+    let (who, _) = authenticate(&app, &headers, &pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let _slot = app.connection_slot(peer)?;
     let cursor = Cursor::decode(param(&pairs, "cursor").unwrap_or(""))?;

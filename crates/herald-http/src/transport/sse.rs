@@ -50,7 +50,7 @@ async fn open(
     }
     let pairs = query_pairs(uri.query());
     let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
-    let (who, _) = authenticate(&app, &headers, &pairs)?;
+    let (who, _) = authenticate(&app, &headers, &pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()))?;
     // The header wins: a browser's EventSource sends it on every reconnect,

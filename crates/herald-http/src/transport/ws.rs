@@ -80,7 +80,7 @@ pub(crate) async fn handler(
     }
     // Refusals of the credential are sent as close 4001 after the upgrade,
     // where browsers can see them.
-    let who = app.config.auth.authenticate(credential);
+    let who = app.config.auth.authenticate_async(credential).await;
     let slot = match app.connection_slot(conn.map(|c| c.0.peer.ip())) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -418,7 +418,8 @@ impl Connection {
                     .app
                     .config
                     .auth
-                    .authenticate(Some(Credential::new(token, Source::Message)))
+                    .authenticate_async(Some(Credential::new(token, Source::Message)))
+                    .await
                 {
                     Ok(who) => {
                         let mut v =

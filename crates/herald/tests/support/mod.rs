@@ -1,5 +1,8 @@
 //! Shared test support: a real server on a real port, and one client adapter
 //! per transport so the contract suite runs the same scenario on each.
+//!
+//! Servers use the memory engine, or the Redis engine (each on its own
+//! throw-away `redis-server`) inside [`with_engine`]`(EngineChoice::Redis, ..)`.
 #![allow(dead_code)]
 
 pub mod transport;
@@ -10,6 +13,8 @@ use std::time::Duration;
 
 use herald_client::Client;
 use herald_core::{Engine, Hub, HubConfig, MemoryEngine};
+use herald_engine_redis::test_server::RedisServer;
+use herald_engine_redis::{RedisConfig, RedisEngine};
 use herald_http::HttpConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,11 +25,38 @@ pub struct TestServer {
     pub base: String,
     pub client: Client,
     pub hub: Hub,
-    pub engine: Arc<MemoryEngine>,
+    pub engine: Arc<dyn Engine>,
+    /// The Redis server behind a Redis engine (kept alive with the server).
+    pub redis: Option<Arc<RedisServer>>,
     pub hub_config: HubConfig,
     pub http_config: HttpConfig,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+/// Which engine [`TestServer::start`] and [`TestServer::start_with`] use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    Memory,
+    /// A Redis engine on a `redis-server` of its own.
+    Redis,
+}
+
+tokio::task_local! {
+    static ENGINE: EngineChoice;
+}
+
+/// Runs `f` with servers on `engine`: the same scenario, another engine.
+pub async fn with_engine<F: std::future::Future>(engine: EngineChoice, f: F) -> F::Output {
+    ENGINE.scope(engine, f).await
+}
+
+/// A Redis engine on `redis` with test timings.
+pub async fn redis_engine(redis: &RedisServer, hub_config: &HubConfig) -> Arc<RedisEngine> {
+    let mut config = RedisConfig::new(&redis.url(), hub_config.history);
+    config.command_timeout = Duration::from_millis(500);
+    config.max_reconnect_delay = Duration::from_millis(200);
+    Arc::new(RedisEngine::connect(config).await.expect("redis engine"))
 }
 
 pub fn quick_http() -> HttpConfig {
@@ -40,24 +72,33 @@ impl TestServer {
     }
 
     pub async fn start_with(hub_config: HubConfig, http_config: HttpConfig) -> TestServer {
-        let engine = Arc::new(MemoryEngine::new(hub_config.history));
-        TestServer::start_on(
+        let choice = ENGINE.try_with(|e| *e).unwrap_or(EngineChoice::Memory);
+        let (engine, redis): (Arc<dyn Engine>, _) = match choice {
+            EngineChoice::Memory => (Arc::new(MemoryEngine::new(hub_config.history)), None),
+            EngineChoice::Redis => {
+                let redis = Arc::new(RedisServer::start());
+                (redis_engine(&redis, &hub_config).await, Some(redis))
+            }
+        };
+        let mut s = TestServer::start_on(
             "127.0.0.1:0".parse().unwrap(),
             engine,
             hub_config,
             http_config,
         )
-        .await
+        .await;
+        s.redis = redis;
+        s
     }
 
     /// Starts on `addr` over an existing engine (a restart keeps its history).
     pub async fn start_on(
         addr: SocketAddr,
-        engine: Arc<MemoryEngine>,
+        engine: Arc<dyn Engine>,
         hub_config: HubConfig,
         http_config: HttpConfig,
     ) -> TestServer {
-        let hub = Hub::new(engine.clone() as Arc<dyn Engine>, hub_config.clone());
+        let hub = Hub::new(engine.clone(), hub_config.clone());
         let mut listener = None;
         for _ in 0..100 {
             match tokio::net::TcpListener::bind(addr).await {
@@ -89,6 +130,7 @@ impl TestServer {
             base,
             hub,
             engine,
+            redis: None,
             hub_config,
             http_config,
             stop: Some(tx),
@@ -109,13 +151,15 @@ impl TestServer {
     /// Stops, then starts again on the same address over the same engine.
     pub async fn restart(mut self) -> TestServer {
         self.stop().await;
-        TestServer::start_on(
+        let mut s = TestServer::start_on(
             self.addr,
             self.engine.clone(),
             self.hub_config.clone(),
             self.http_config.clone(),
         )
-        .await
+        .await;
+        s.redis = self.redis.take();
+        s
     }
 
     pub async fn publish(
