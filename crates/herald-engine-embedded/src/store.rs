@@ -54,6 +54,7 @@ impl Store {
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                     .unwrap_or_else(|| "a panic".into());
+                let what = what.lines().next().unwrap_or_default().to_owned();
                 Err(OpenError::Corrupted {
                     path: dir.to_owned(),
                     detail: format!("the storage library failed while reading it ({what})"),
@@ -300,14 +301,18 @@ impl Store {
             if meta.first <= meta.head {
                 match span {
                     Some((lo, hi)) if lo <= meta.first && hi == meta.head => r.on_disk_from = lo,
-                    Some((_, hi)) if hi != meta.head => return Err(corrupted(format!(
+                    Some((_, hi)) if hi != meta.head => {
+                        return Err(corrupted(format!(
                         "topic {name:?}: its latest event is {hi} on disk, but {} in its record",
                         meta.head
-                    ))),
-                    _ => return Err(corrupted(format!(
+                    )))
+                    }
+                    _ => {
+                        return Err(corrupted(format!(
                         "topic {name:?}: events from {} that its record says are kept are missing",
                         meta.first
-                    ))),
+                    )))
+                    }
                 }
             } else if let Some((lo, hi)) = span {
                 if hi > meta.head {

@@ -149,6 +149,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .set_one_time_store(Arc::new(engine.one_time_tokens()));
             Hub::new(engine, settings.hub.clone())
         }
+        EngineKind::Embedded => {
+            let embedded = settings
+                .embedded
+                .clone()
+                .context("--engine embedded needs --data-dir")?;
+            let mut config = herald_engine_embedded::EmbeddedConfig::new(&embedded.data_dir)
+                .with_history(settings.hub.history);
+            config.commit_delay = embedded.commit_delay;
+            // Opening reads (and checks) the whole store: off the async threads.
+            let engine = tokio::task::spawn_blocking(move || {
+                herald_engine_embedded::EmbeddedEngine::open(config)
+            })
+            .await
+            .context("opening the store failed")??;
+            Hub::new(Arc::new(engine), settings.hub.clone())
+        }
         EngineKind::Memory => Hub::new(
             Arc::new(MemoryEngine::new(settings.hub.history)),
             settings.hub.clone(),

@@ -26,12 +26,16 @@ pub struct ServeArgs {
     /// Address and port to listen on; port 0 picks a free one [default: 127.0.0.1:8080].
     #[arg(long, env = "HERALD_LISTEN")]
     pub listen: Option<String>,
-    /// Where events live: memory, embedded or redis [default: memory].
+    /// Where events live: memory, embedded or redis [default: embedded].
     #[arg(long, env = "HERALD_ENGINE")]
     pub engine: Option<String>,
     /// The embedded store's folder [default: ./herald-data].
     #[arg(long, env = "HERALD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Group commit of the embedded engine: how long it may wait for more
+    /// publishes to write with one fsync [default: 2ms].
+    #[arg(long, env = "HERALD_COMMIT_DELAY")]
+    pub commit_delay: Option<String>,
     /// The Redis engine's server: redis://HOST:PORT, rediss:// for TLS,
     /// redis-cluster://HOST:PORT?node=HOST:PORT for a cluster.
     #[arg(long, env = "HERALD_REDIS_URL", hide_env_values = true)]
@@ -148,6 +152,7 @@ struct FileSettings {
     listen: Option<String>,
     engine: Option<String>,
     data_dir: Option<PathBuf>,
+    commit_delay: Option<String>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     history: Option<usize>,
@@ -217,6 +222,8 @@ pub struct LlmSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     Memory,
+    /// An append-only log per topic on local disk (`settings.embedded` says where).
+    Embedded,
     /// Several nodes on one Redis (`settings.redis` says where).
     Redis,
 }
@@ -246,10 +253,19 @@ pub struct Settings {
     pub engine: EngineKind,
     /// The Redis engine's server and key prefix (with `--engine redis`).
     pub redis: Option<RedisSettings>,
+    /// The embedded engine's folder and group commit (with `--engine embedded`).
+    pub embedded: Option<EmbeddedSettings>,
     pub hub: HubConfig,
     pub http: HttpConfig,
     pub log_json: bool,
     pub llm: LlmSettings,
+}
+
+/// Where the embedded engine keeps its data.
+#[derive(Clone, Debug)]
+pub struct EmbeddedSettings {
+    pub data_dir: PathBuf,
+    pub commit_delay: Duration,
 }
 
 /// Flags of `herald token`: the signing key, from the same flags,
@@ -398,15 +414,32 @@ impl Settings {
         let listen: SocketAddr = listen.parse().with_context(|| {
             format!("--listen {listen:?} is not an address such as 127.0.0.1:8080")
         })?;
-        let engine = match args.engine.or(file.engine).as_deref().unwrap_or("memory") {
+        let engine = match args.engine.or(file.engine).as_deref().unwrap_or("embedded") {
             "memory" => EngineKind::Memory,
-            "embedded" => {
-                bail!("--engine embedded is not yet supported in this version; use --engine memory")
-            }
+            "embedded" => EngineKind::Embedded,
             "redis" => EngineKind::Redis,
             other => bail!("--engine {other:?}: choose memory, embedded or redis"),
         };
-        let _ = args.data_dir.or(file.data_dir);
+        let embedded = match engine {
+            EngineKind::Embedded => {
+                let commit_delay = dur(
+                    "commit-delay",
+                    args.commit_delay.or(file.commit_delay),
+                    herald_engine_embedded::DEFAULT_COMMIT_DELAY,
+                )?;
+                if commit_delay > Duration::from_secs(1) {
+                    bail!("--commit-delay must be at most 1s: every publish may wait that long");
+                }
+                Some(EmbeddedSettings {
+                    data_dir: args
+                        .data_dir
+                        .or(file.data_dir)
+                        .unwrap_or_else(|| PathBuf::from("herald-data")),
+                    commit_delay,
+                })
+            }
+            _ => None,
+        };
         let redis_prefix = args
             .redis_prefix
             .or(file.redis_prefix)
@@ -586,6 +619,7 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("--llm-upstream: {e}"))?;
         }
         Ok(Settings {
+            embedded,
             redis,
             llm,
             listen,

@@ -13,11 +13,15 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `herald serve` with the memory engine unless `args` names
+    /// one, so that no test writes a store into the source tree.
     fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--engine") {
+            cmd.args(["--engine", "memory"]);
+        }
+        cmd.args(args)
             .env("HERALD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -109,6 +113,10 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
             "config",
         ),
         (&["serve", "--bogus-flag"], "bogus"),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--commit-delay", "5s"],
+            "--commit-delay",
+        ),
     ];
     for (args, needle) in cases {
         let out = herald(args);
@@ -118,7 +126,7 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
     }
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let out = herald(&["serve", "--listen", &addr]);
+    let out = herald(&["serve", "--listen", &addr, "--engine", "memory"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
 }
