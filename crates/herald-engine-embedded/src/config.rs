@@ -22,6 +22,10 @@ pub struct EmbeddedConfig {
     pub commit_delay: Duration,
     /// Most events in one commit (a single publish is never split).
     pub max_commit_events: usize,
+    /// Most bytes of event data in one commit (a single publish is never
+    /// split), so that a burst of large events is written in several commits
+    /// rather than held in memory at once.
+    pub max_commit_bytes: usize,
     /// Events kept in memory per topic (the newest ones), so live fan-out
     /// and recent resumes never read the disk.
     pub hot_tail: usize,
@@ -44,6 +48,7 @@ impl EmbeddedConfig {
             history: HistoryLimits::default(),
             commit_delay: DEFAULT_COMMIT_DELAY,
             max_commit_events: 4096,
+            max_commit_bytes: 16 * 1024 * 1024,
             hot_tail: 128,
             max_pending_events: 65_536,
             retention_interval: Duration::from_secs(1),

@@ -98,9 +98,18 @@ impl EmbeddedEngine {
         let (tx, rx) = mpsc::channel();
         let max_pending = config.max_pending_events.max(1);
         let writer = Writer::new(shared.clone(), store, rx, &config, recovered);
+        let watch = shared.clone();
         let handle = std::thread::Builder::new()
             .name("herald-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                // A bug in the writer must not look like a shutdown: publishes
+                // fail with 503 and `/readyz` says why.
+                let run = std::panic::AssertUnwindSafe(|| writer.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("the store's writer thread panicked");
+                    watch.fail("the store's writer thread stopped after an internal error".into());
+                }
+            })
             .map_err(|e| OpenError::Io {
                 path: config.dir.clone(),
                 source: e,
@@ -132,22 +141,21 @@ impl EmbeddedEngine {
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
+        // If the writer is gone (closed, or it failed) say which.
+        let stopped = || {
+            self.shared
+                .check_writable()
+                .err()
+                .unwrap_or(EngineError::ShuttingDown)
+        };
         self.tx
             .send(Msg::Publish(Request {
                 events,
                 reply,
                 _permit: permit,
             }))
-            .map_err(|_| EngineError::ShuttingDown)?;
-        match answer.await {
-            Ok(r) => r,
-            // The writer stopped before it answered: closed, or it failed.
-            Err(_) => Err(self
-                .shared
-                .check_writable()
-                .err()
-                .unwrap_or(EngineError::ShuttingDown)),
-        }
+            .map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     async fn read_inner(
@@ -466,6 +474,35 @@ mod tests {
         e.close().await;
         drop(e);
         assert_eq!(keys_on_disk(dir.path(), &t), [8, 9, 10]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bursts_past_the_commit_byte_limit_all_commit_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EmbeddedConfig::new(dir.path());
+        cfg.max_commit_bytes = 1000;
+        cfg.commit_delay = Duration::from_millis(20);
+        let e = Arc::new(EmbeddedEngine::open(cfg).unwrap());
+        let t = Topic::new("big").unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let (e, t) = (e.clone(), t.clone());
+                tokio::spawn(async move {
+                    let data = Data::Text(format!("{i:03}{}", "x".repeat(297)).into());
+                    e.publish(vec![NewEvent::new(t, data)]).await.unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().len(), 1);
+        }
+        let r = e
+            .read(&t, Some(Position::new(e.epoch(), 0)), 100)
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = r.events.iter().map(|e| e.position.seq).collect();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+        e.close().await;
     }
 
     /// 256 MiB written through topics that keep 100 events each: the store

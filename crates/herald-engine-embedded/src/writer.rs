@@ -44,6 +44,16 @@ pub(crate) struct Request {
     pub(crate) _permit: OwnedSemaphorePermit,
 }
 
+impl Request {
+    /// The size of its events' data and names.
+    fn bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|e| e.data.len() + e.name.as_ref().map_or(0, |n| n.len()))
+            .sum()
+    }
+}
+
 /// The writer's own copy of a topic's state; readers see theirs in
 /// [`Shared`], updated after each commit.
 struct WriterTopic {
@@ -68,6 +78,7 @@ pub(crate) struct Writer {
     rx: Receiver<Msg>,
     commit_delay: Duration,
     max_commit_events: usize,
+    max_commit_bytes: usize,
     retention_interval: Duration,
     max_events: u64,
     max_age_ms: Option<u64>,
@@ -101,6 +112,7 @@ impl Writer {
             rx,
             commit_delay: config.commit_delay,
             max_commit_events: config.max_commit_events.max(1),
+            max_commit_bytes: config.max_commit_bytes.max(1),
             retention_interval: config.retention_interval.max(Duration::from_millis(1)),
             max_events: config.history.max_events.max(1) as u64,
             max_age_ms: u64::try_from(config.history.max_age.as_millis()).ok(),
@@ -182,8 +194,9 @@ impl Writer {
     /// than `commit_delay`.
     fn gather(&mut self, batch: &mut Vec<Request>, close: &mut Option<oneshot::Sender<()>>) {
         let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
+        let mut bytes: usize = batch.iter().map(Request::bytes).sum();
         let deadline = Instant::now() + self.commit_delay;
-        while n < self.max_commit_events {
+        while n < self.max_commit_events && bytes < self.max_commit_bytes {
             let msg = match self.rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Disconnected) => break,
@@ -201,6 +214,7 @@ impl Writer {
             match msg {
                 Msg::Publish(r) => {
                     n += r.events.len();
+                    bytes += r.bytes();
                     batch.push(r);
                 }
                 Msg::Close(done) => {
