@@ -7,11 +7,11 @@
 //! - `events` keyspace: key = topic id (u64, big-endian) ++ seq (u64,
 //!   big-endian), so one topic's events are contiguous and in order; value =
 //!   [`encode_event`].
-//! - `topics` keyspace: key = topic name; value = [`TopicMeta`]: the topic's
-//!   id, epoch, head and first retained sequence. It is written in the same
-//!   atomic batch as the events it describes.
-//! - `store` keyspace: one record, the format version and epoch again, so a
-//!   marker whose store files went missing is noticed.
+//! - `topics` keyspace: key = `t` + topic name; value = [`TopicMeta`]: the
+//!   topic's id, epoch, head and first retained sequence. It is written in the
+//!   same atomic batch as the events it describes. Beside them, under the key
+//!   [`STORE_RECORD_KEY`], the store record: the format version and epoch
+//!   again, so that a marker whose store files were lost or swapped is noticed.
 //!
 //! Every value starts with a version byte; a decoder refuses anything it does
 //! not fully understand rather than guessing.
@@ -24,7 +24,8 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The marker file's name, in the data dir.
 pub const MARKER_FILE: &str = "HERALD-STORE";
 
-/// The key of the one record in the `store` keyspace.
+/// The key of the store record in the `topics` keyspace (no topic record
+/// has it: theirs start with `t`).
 pub const STORE_RECORD_KEY: &[u8] = b"store";
 
 const MARKER_HEADER: &str = "herald embedded store";
@@ -112,7 +113,7 @@ pub fn decode_marker(text: &str) -> Result<Marker, MarkerError> {
     })
 }
 
-/// The `store` keyspace record: the same facts as the marker.
+/// The store record: the same facts as the marker.
 pub fn encode_store_record(m: Marker) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[..4].copy_from_slice(&m.format.to_le_bytes());

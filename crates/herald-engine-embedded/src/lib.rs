@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! - [`format`]: the on-disk format as pure functions: the `HERALD-STORE`
+//! - [`format`](mod@format): the on-disk format as pure functions: the `HERALD-STORE`
 //!   marker (format version, epoch), keys and values.
 //! - `store`: the store itself: open with checks and recovery, range
 //!   reads, atomic durable write batches.
