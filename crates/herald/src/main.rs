@@ -133,6 +133,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
+    // Certificate and port first: a bad flag or a busy port fails before the
+    // store is opened (or created).
+    let tls = match settings.tls.clone() {
+        None => None,
+        Some(source) => Some(Arc::new(herald_http::tls::Tls::new(source).context("TLS")?)),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
     let hub = match settings.engine {
         EngineKind::Redis => {
             let redis = settings
@@ -170,14 +180,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             settings.hub.clone(),
         ),
     };
-    let tls = match settings.tls.clone() {
-        None => None,
-        Some(source) => Some(Arc::new(herald_http::tls::Tls::new(source).context("TLS")?)),
-    };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr()?;
     // The one line scripts and tests wait for.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("herald listening on {scheme}://{addr}");

@@ -129,6 +129,22 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
     let out = herald(&["serve", "--listen", &addr, "--engine", "memory"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    // With the default (durable) engine, a busy port fails before the store
+    // is created: nothing is left behind.
+    let cwd = std::env::temp_dir().join(format!("herald-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &addr])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    assert!(
+        !cwd.join("herald-data").exists(),
+        "a failed start created the store"
+    );
+    let _ = std::fs::remove_dir_all(&cwd);
 }
 
 /// Events published while a subscriber was away, resumed from a cursor,
