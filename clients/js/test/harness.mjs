@@ -280,7 +280,7 @@ export class BufferingProxy {
 
 // ---- the browser ----
 
-export async function launchBrowser() {
+export async function launchBrowser({ extraArgs = [] } = {}) {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -292,6 +292,7 @@ export async function launchBrowser() {
       '--disable-sync',
       '--disable-quic',
       '--no-first-run',
+      ...extraArgs,
     ],
   });
 }

@@ -6,8 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { chromium } from 'playwright-core';
-import { HERALD_BIN, CHROMIUM, sleep } from './harness.mjs';
+import { HERALD_BIN, launchBrowser, sleep } from './harness.mjs';
 
 /** `herald serve` with extra flags; resolves with its URL. */
 async function serve(args) {
@@ -42,21 +41,9 @@ async function serve(args) {
   };
 }
 
-async function browser() {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--disable-quic',
-      '--no-first-run',
-      '--ignore-certificate-errors',
-    ],
-  });
+function browser() {
+  // The server's certificate is self-signed.
+  return launchBrowser({ extraArgs: ['--ignore-certificate-errors'] });
 }
 
 /** In the page: opens `n` EventSources on topics h2/0..n-1, recording opens and messages. */
