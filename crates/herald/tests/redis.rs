@@ -330,6 +330,41 @@ async fn three_herald_processes_share_one_redis() {
     }
     assert!(redis.command(&["EXISTS", "it:{ops}:s"]).starts_with(":1"));
 
+    // Killing one node (SIGKILL): its client reconnects to another node and
+    // resumes from its cursor with nothing lost and nothing repeated.
+    let mut procs = procs;
+    let token = subs[0].resume_token();
+    let moved_kind = subs[0].kind;
+    procs[0].0.kill().unwrap();
+    procs[0].0.wait().unwrap();
+    for i in 9..15 {
+        clients[1 + i % 2]
+            .publish("ops", json!(i), None)
+            .await
+            .unwrap();
+    }
+    assert!(
+        subs[0].next(WAIT).await.is_none(),
+        "the dead node's stream ended"
+    );
+    let mut moved = Sub::open(&clients[1], moved_kind, &["ops"], Some(&token))
+        .await
+        .expect("resume on another node");
+    for i in 9..15 {
+        assert_eq!(moved.next(WAIT).await.unwrap().data, i.to_string());
+    }
+    assert!(moved.next(Duration::from_millis(300)).await.is_none());
+    for s in &mut subs[1..] {
+        for i in 9..15 {
+            assert_eq!(
+                s.next(WAIT).await.unwrap().data,
+                i.to_string(),
+                "{:?}",
+                s.kind
+            );
+        }
+    }
+
     // Misconfiguration is refused with a message that says what to do.
     let out = Command::new(bin)
         .args(["serve", "--engine", "redis"])
