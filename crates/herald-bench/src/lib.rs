@@ -27,7 +27,7 @@
 //! let addr = "127.0.0.1:8080".parse()?;
 //! let report = run(Plan {
 //!     label: "fanout".into(), target: Target::Herald, transport: Transport::Sse,
-//!     addr, pub_addr: addr, server_pid: None, subs: 1000, topics: Topics::Shared,
+//!     addr, more_addrs: vec![], pub_addr: addr, server_pid: None, subs: 1000, topics: Topics::Shared,
 //!     rate: 100.0, window: 0, shared_every: 1, size: 100, publishers: 1,
 //!     duration: Duration::from_secs(10), hold: Duration::ZERO,
 //!     drain: Duration::from_secs(5), settle: Duration::from_secs(1),

@@ -22,6 +22,9 @@ struct Args {
     /// The server's subscriber address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Other nodes' subscriber addresses (comma-separated): subscribers are spread over all.
+    #[arg(long, value_delimiter = ',')]
+    more_addrs: Vec<SocketAddr>,
     /// Where to publish (defaults to --addr).
     #[arg(long)]
     pub_addr: Option<SocketAddr>,
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
         target: a.target,
         transport: a.transport,
         addr: a.addr,
+        more_addrs: a.more_addrs,
         pub_addr: a.pub_addr.unwrap_or(a.addr),
         server_pid: a.server_pid,
         subs: a.subs,

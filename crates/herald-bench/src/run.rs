@@ -43,6 +43,9 @@ pub struct Plan {
     pub target: Target,
     pub transport: Transport,
     pub addr: SocketAddr,
+    /// More subscriber addresses (other nodes of a cluster): subscribers are
+    /// spread round-robin over `addr` and these.
+    pub more_addrs: Vec<SocketAddr>,
     pub pub_addr: SocketAddr,
     pub server_pid: Option<u32>,
     pub subs: usize,
@@ -246,9 +249,18 @@ pub fn run(plan: Plan) -> Result<Report> {
     for t in 0..threads {
         let shared = shared.clone();
         let stop = stop_rx.clone();
-        let conns: Vec<(IpAddr, Vec<String>)> = (t..plan.subs)
+        let addrs: Vec<SocketAddr> = std::iter::once(plan.addr)
+            .chain(plan.more_addrs.iter().copied())
+            .collect();
+        let conns: Vec<(IpAddr, Vec<String>, SocketAddr)> = (t..plan.subs)
             .step_by(threads)
-            .map(|i| (sources[i % sources.len()], topics_of(&plan, &prefix, i)))
+            .map(|i| {
+                (
+                    sources[i % sources.len()],
+                    topics_of(&plan, &prefix, i),
+                    addrs[i % addrs.len()],
+                )
+            })
             .collect();
         let concurrency = (plan.connect_concurrency / threads).max(1);
         handles.push(std::thread::spawn(move || -> Result<ThreadStats> {
@@ -263,7 +275,7 @@ pub fn run(plan: Plan) -> Result<Report> {
             let sem = Rc::new(Semaphore::new(concurrency));
             local.block_on(&rt, async {
                 let mut tasks = Vec::new();
-                for (src, topics) in conns {
+                for (src, topics, addr) in conns {
                     tasks.push(tokio::task::spawn_local(subscriber::run(
                         shared.clone(),
                         stats.clone(),
@@ -271,6 +283,7 @@ pub fn run(plan: Plan) -> Result<Report> {
                         stop.clone(),
                         src,
                         topics,
+                        addr,
                     )));
                 }
                 for t in tasks {

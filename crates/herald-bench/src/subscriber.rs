@@ -105,9 +105,10 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     source: IpAddr,
     topics: Vec<String>,
+    addr: SocketAddr,
 ) {
     let permit = connecting.acquire().await;
-    let stream = match connect(source, shared.addr).await {
+    let stream = match connect(source, addr).await {
         Ok(s) => s,
         Err(e) => {
             shared.fail(format!("{e:#}"));
