@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
-COLS = ["herald", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
-NAMES = {"herald": "Herald", "nchan1": "Nchan ×1", "nchan2": "Nchan ×2", "node": "Node",
+COLS = ["herald", "herald-base", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+NAMES = {"herald": "Herald", "herald-base": "Herald before", "nchan1": "Nchan ×1", "nchan2": "Nchan ×2", "node": "Node",
          "pushpin": "Pushpin", "ceiling": "ceiling"}
 
 
@@ -88,7 +88,8 @@ def table(rows, scenarios, key, kind, lower, title, note=""):
                 v = fmt(metric(r, key), kind)
                 flags = []
                 if r.get("connect_errors") or r.get("dropped"):
-                    flags.append(f"{r.get('connected')}/{r.get('subs')} held")
+                    held = r.get("connected", 0) - r.get("dropped", 0)
+                    flags.append(f"{max(0, held)}/{r.get('subs')} held")
                 if r.get("lost"):
                     flags.append(f"lost {r['lost'] / max(1, r['expected']):.1%}")
                 cells.append(v + (f" ({', '.join(flags)})" if flags else ""))
@@ -140,10 +141,10 @@ def chart(rows, png):
     panels = [
         ("a-idle-10000", "bytes_per_conn", 1 / 1024, "KiB per idle connection, 10k (lower is better)"),
         ("b-fanout-10000-max", "deliveries_per_s", 1 / 1000, "fan-out k deliveries/s, 10k subs (higher is better)"),
-        ("b-fanout-10000-100", "p99_ms", 1, "p99 ms, 10k subs, 100 msg/s (lower is better)"),
+        ("b-fanout-10000-5", "p99_ms", 1, "p99 ms, 10k subs, 5 msg/s: equal load (lower is better)"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
-    colors = {"herald": "#d1495b", "nchan1": "#00798c", "nchan2": "#30638e", "node": "#edae49",
+    colors = {"herald": "#d1495b", "herald-base": "#f4a3ad", "nchan1": "#00798c", "nchan2": "#30638e", "node": "#edae49",
               "pushpin": "#66a182", "ceiling": "#8d8d8d"}
     for ax, (scen, key, scale, title) in zip(axes, panels):
         transports = ["sse", "ws"]
@@ -151,7 +152,8 @@ def chart(rows, png):
         for i, c in enumerate(COLS):
             vals = []
             for t in transports:
-                r = next((r for r in rows if r["scenario"] == scen and r["server"] == c
+                # The last measurement of a cell wins, as in the tables.
+                r = next((r for r in reversed(rows) if r["scenario"] == scen and r["server"] == c
                           and r.get("transport") == t and ok(r)), None)
                 vals.append((r[key] * scale) if r else 0)
             xs = [j + (i - len(COLS) / 2 + 0.5) * width for j in range(len(transports))]

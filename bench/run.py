@@ -23,14 +23,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-RELEASE = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+# Where the release binaries are; HERALD_BENCH_BIN overrides it (a copy kept
+# aside, so that a build during a long run cannot swap the binary under it).
+RELEASE = Path(os.environ.get("HERALD_BENCH_BIN",
+                              Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"))
 NOFILE = 20000
 
 # Ports, all on loopback.
-PORTS = {"herald": 9101, "nchan1": 9201, "nchan2": 9202, "node": 9301,
+PORTS = {"herald": 9101, "herald-base": 9102, "nchan1": 9201, "nchan2": 9202, "node": 9301,
          "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401}
 
 TARGETS = ["herald", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+# `--targets herald-base,...` adds the earlier Herald build.
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
 
 
@@ -73,9 +77,11 @@ class Server:
 def start(name, workdir, herald_args=()):
     log = open(workdir / f"{name}.log", "ab")
     common = dict(stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits)
-    if name == "herald":
-        port = PORTS["herald"]
-        p = subprocess.Popen([str(RELEASE / "herald"), "serve", "--listen", f"127.0.0.1:{port}",
+    if name in ("herald", "herald-base"):
+        # herald-base: an earlier build kept as RELEASE/herald-base, to show
+        # what a performance change did in the same run.
+        port = PORTS[name]
+        p = subprocess.Popen([str(RELEASE / name), "serve", "--listen", f"127.0.0.1:{port}",
                               "--engine", "memory", *herald_args], **common)
         srv = Server(name, [p], p.pid, port)
     elif name.startswith("nchan"):
@@ -132,7 +138,7 @@ def start(name, workdir, herald_args=()):
 
 
 def bench_target(name):
-    return {"nchan1": "nchan", "nchan2": "nchan"}.get(name, name)
+    return {"nchan1": "nchan", "nchan2": "nchan", "herald-base": "herald"}.get(name, name)
 
 
 def supports(name, transport):
@@ -173,11 +179,12 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
 
 def scenarios(quick):
     """(scenario, transports, extra args) in run order."""
-    dur = "4" if quick else "10"
+    dur = "4" if quick else "8"
     sizes = [2000] if quick else [2000, 10000, 19000]
     out = []
     for n in sizes:
-        hold = "20" if n >= 19000 else "5"
+        # 19k: held past one 15 s keepalive (SSE comment, WebSocket ping).
+        hold = "17" if n >= 19000 else "5"
         for tr in ("sse", "ws", "poll"):
             out.append((f"a-idle-{n}", tr, ["--transport", tr, "--subs", str(n), "--duration", "0",
                                            "--hold", hold, "--sources", str(max(2, n // 1000))]))
@@ -186,6 +193,10 @@ def scenarios(quick):
         for tr in ("sse", "ws"):
             out.append((f"b-fanout-{n}-100", tr, ["--transport", tr, "--subs", str(n), "--rate", "100",
                                                  "--duration", dur, "--sources", "10"]))
+            if n >= 10000 and not quick:
+                # A rate every server sustains at 10k subscribers, for latency at equal load.
+                out.append((f"b-fanout-{n}-5", tr, ["--transport", tr, "--subs", str(n), "--rate", "5",
+                                                   "--duration", dur, "--sources", "10"]))
             out.append((f"b-fanout-{n}-max", tr, ["--transport", tr, "--subs", str(n), "--rate", "0",
                                                  "--window", "64", "--publishers", "4",
                                                  "--duration", dur, "--sources", "10"]))
@@ -227,6 +238,8 @@ def main():
                     continue
                 if scenario.startswith(("c-", "d-")) and t == "ceiling":
                     continue  # the ceiling serves one topic
+                if t == "herald-base" and "10000" not in scenario:
+                    continue  # the earlier build: at 10k connections only
                 try:
                     measure(t, workdir, out, args, scenario, a.herald_arg)
                 except Exception as e:  # a peer that fails to start is reported, not fatal

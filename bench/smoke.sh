@@ -6,8 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -q -p herald -p herald-bench
-bin="${CARGO_TARGET_DIR:-target}/release"
+# A debug build by default: it checks the harness, not the speed, and reuses
+# what `cargo test --workspace` already compiled. SMOKE_PROFILE=release for speed.
+profile="${SMOKE_PROFILE:-debug}"
+if [ "$profile" = release ]; then
+    cargo build --release -q -p herald -p herald-bench
+else
+    cargo build -q -p herald -p herald-bench
+fi
+bin="${CARGO_TARGET_DIR:-target}/$profile"
 log="$(mktemp)"
 "$bin/herald" serve --listen 127.0.0.1:0 --engine memory >"$log" 2>&1 &
 pid=$!

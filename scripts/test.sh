@@ -27,3 +27,6 @@ cargo test --workspace
 
 step "browser client tests (headless Chromium)"
 clients/js/test/run.sh
+
+step "benchmark harness smoke (Herald only, 200 connections per transport; fails on errors or loss)"
+bench/smoke.sh

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One command, end to end, on a fresh machine: installs the peers (nginx +
+# Nchan, Pushpin, the Node.js baseline's packages) and matplotlib, builds
+# Herald and the load generator in release mode, runs every scenario against
+# every server, prints the table and draws docs/bench.png.
+#
+#   bench/run.sh            # the full run (about 40 minutes on 2 cores)
+#   bench/run.sh --quick    # small sizes, short runs (a few minutes)
+#   bench/run.sh --only b-fanout-10000 --targets herald,nchan1
+#
+# Every server listens on 127.0.0.1 and every connection stays on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need_apt+=(libnginx-mod-nchan)
+command -v pushpin >/dev/null || need_apt+=(pushpin)
+command -v zurl >/dev/null || need_apt+=(zurl)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "==> apt-get install ${need_apt[*]}"
+    apt-get update -q
+    # Install without starting the packages' own services (nginx on :80, Pushpin on :7999).
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+echo "==> npm ci (bench/node)"
+(cd bench/node && npm ci --no-audit --no-fund --silent)
+
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    echo "==> pip install matplotlib"
+    python3 -m pip install -q matplotlib
+fi
+
+echo "==> cargo build --release -p herald -p herald-bench"
+cargo build --release -q -p herald -p herald-bench
+
+python3 bench/run.py "$@"
+name=latest
+args=("$@")
+for i in "${!args[@]}"; do
+    [ "${args[$i]}" = "--name" ] && name="${args[$((i + 1))]}"
+done
+python3 bench/report.py "bench/results/$name.jsonl" --chart docs/bench.png >/dev/null
+echo "table: bench/results/$name.md   chart: docs/bench.png"
