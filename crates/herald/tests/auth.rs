@@ -672,21 +672,19 @@ async fn connection_limits_answer_429_and_503_with_retry_after() {
 
 /// Opens an SSE connection from `src` and keeps it open.
 async fn bind_from(src: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let mut stream = sock.connect(to).await.unwrap();
-    stream
-        .write_all(b"GET /v1/sse?topic=l HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (stream, status, _) = sse_from(src, to).await;
+    assert_eq!(status, 200);
     stream
 }
 
 async fn raw_status_from(src: &str, to: std::net::SocketAddr) -> (u16, String) {
+    let (_, status, head) = sse_from(src, to).await;
+    (status, head)
+}
+
+/// Opens `GET /v1/sse` from the loopback address `src`; returns the open
+/// stream, the status and the first bytes of the answer.
+async fn sse_from(src: &str, to: std::net::SocketAddr) -> (tokio::net::TcpStream, u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
@@ -698,5 +696,6 @@ async fn raw_status_from(src: &str, to: std::net::SocketAddr) -> (u16, String) {
     let mut buf = [0u8; 1024];
     let n = stream.read(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
-    (text[9..12].parse().unwrap(), text)
+    let status = text[9..12].parse().unwrap();
+    (stream, status, text)
 }
