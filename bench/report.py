@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
-COLS = ["herald", "herald-base", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
-NAMES = {"herald": "Herald", "herald-base": "Herald before", "nchan1": "Nchan ×1", "nchan2": "Nchan ×2", "node": "Node",
+COLS = ["herald", "herald1", "herald-base", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+NAMES = {"herald": "Herald", "herald1": "Herald ×1", "herald-base": "Herald before", "nchan1": "Nchan ×1", "nchan2": "Nchan ×2", "node": "Node",
          "pushpin": "Pushpin", "ceiling": "ceiling"}
 
 
@@ -119,7 +119,16 @@ def render(path):
                        "(4 publishers, at most 64 messages not yet delivered to every subscriber). "
                        "Peers with loss are left out of the best-peer ratio."))
     parts.append(table(rows, ["b-"], "p99_ms", "ms", True,
-                       "(b) Fan-out publish-to-deliver latency p99, ms (lower is better)"))
+                       "(b) Fan-out publish-to-deliver latency p99, ms, from the moment each message was sent (lower is better)",
+                       "A server that answers publishes slowly is sent fewer messages: see `publishes/s` below. "
+                       "Herald ×1 is Herald on one worker thread (`--workers 1`), beside Nchan ×1's one worker process."))
+    parts.append(table(rows, ["b-"], "sched_p99_ms", "ms", True,
+                       "(b) Fan-out latency p99, ms, from the moment each message was due at the fixed rate (lower is better)",
+                       "Corrected for coordinated omission: at `-100` the publisher means to send a message every 10 ms; "
+                       "when a server answers a publish late, the following messages go out late, and that wait "
+                       "counts. Equal to the table above when every message went out on time (and at `-max`)."))
+    parts.append(table(rows, ["b-"], "publishes_per_s", "rate", False,
+                       "(b) Messages published per second (at `-100` the publisher offers 100/s)"))
     parts.append(table(rows, ["c-"], "deliveries_per_s", "rate", False,
                        "(c) Many topics: each subscriber on its own topic plus a shared one, deliveries/s"))
     parts.append(table(rows, ["c-"], "p99_ms", "ms", True, "(c) Many topics: latency p99, ms"))
@@ -141,10 +150,11 @@ def chart(rows, png):
     panels = [
         ("a-idle-10000", "bytes_per_conn", 1 / 1024, "KiB per idle connection, 10k (lower is better)"),
         ("b-fanout-10000-max", "deliveries_per_s", 1 / 1000, "fan-out k deliveries/s, 10k subs (higher is better)"),
+        ("b-fanout-10000-100", "sched_p99_ms", 1 / 1000, "p99 s from due time, 10k subs, 100 msg/s (lower is better)"),
         ("b-fanout-10000-5", "p99_ms", 1, "p99 ms, 10k subs, 5 msg/s: equal load (lower is better)"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
-    colors = {"herald": "#d1495b", "herald-base": "#f4a3ad", "nchan1": "#00798c", "nchan2": "#30638e", "node": "#edae49",
+    colors = {"herald": "#d1495b", "herald1": "#a4161a", "herald-base": "#f4a3ad", "nchan1": "#00798c", "nchan2": "#30638e", "node": "#edae49",
               "pushpin": "#66a182", "ceiling": "#8d8d8d"}
     for ax, (scen, key, scale, title) in zip(axes, panels):
         transports = ["sse", "ws"]
@@ -154,7 +164,7 @@ def chart(rows, png):
             for t in transports:
                 # The last measurement of a cell wins, as in the tables.
                 r = next((r for r in reversed(rows) if r["scenario"] == scen and r["server"] == c
-                          and r.get("transport") == t and ok(r)), None)
+                          and r.get("transport") == t and ok(r) and key in r), None)
                 vals.append((r[key] * scale) if r else 0)
             xs = [j + (i - len(COLS) / 2 + 0.5) * width for j in range(len(transports))]
             ax.bar(xs, vals, width, label=NAMES[c], color=colors[c])

@@ -30,10 +30,10 @@ RELEASE = Path(os.environ.get("HERALD_BENCH_BIN",
 NOFILE = 20000
 
 # Ports, all on loopback.
-PORTS = {"herald": 9101, "herald-base": 9102, "nchan1": 9201, "nchan2": 9202, "node": 9301,
+PORTS = {"herald": 9101, "herald-base": 9102, "herald1": 9103, "nchan1": 9201, "nchan2": 9202, "node": 9301,
          "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401}
 
-TARGETS = ["herald", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+TARGETS = ["herald", "herald1", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
 # `--targets herald-base,...` adds the earlier Herald build.
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
 
@@ -77,12 +77,15 @@ class Server:
 def start(name, workdir, herald_args=()):
     log = open(workdir / f"{name}.log", "ab")
     common = dict(stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits)
-    if name in ("herald", "herald-base"):
+    if name in ("herald", "herald-base", "herald1"):
         # herald-base: an earlier build kept as RELEASE/herald-base, to show
-        # what a performance change did in the same run.
+        # what a performance change did in the same run. herald1: Herald on
+        # one worker thread, beside Nchan with one worker process.
         port = PORTS[name]
-        p = subprocess.Popen([str(RELEASE / name), "serve", "--listen", f"127.0.0.1:{port}",
-                              "--engine", "memory", *herald_args], **common)
+        binary = "herald" if name == "herald1" else name
+        one = ["--workers", "1"] if name == "herald1" else []
+        p = subprocess.Popen([str(RELEASE / binary), "serve", "--listen", f"127.0.0.1:{port}",
+                              "--engine", "memory", *one, *herald_args], **common)
         srv = Server(name, [p], p.pid, port)
     elif name.startswith("nchan"):
         workers = name[-1]
@@ -138,7 +141,7 @@ def start(name, workdir, herald_args=()):
 
 
 def bench_target(name):
-    return {"nchan1": "nchan", "nchan2": "nchan", "herald-base": "herald"}.get(name, name)
+    return {"nchan1": "nchan", "nchan2": "nchan", "herald-base": "herald", "herald1": "herald"}.get(name, name)
 
 
 def supports(name, transport):
@@ -169,7 +172,7 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
     out.write(json.dumps(rec) + "\n")
     out.flush()
     summary = {k: rec.get(k) for k in ("connected", "dropped", "lost", "deliveries_per_s",
-                                         "p99_ms", "bytes_per_conn", "publishes_per_s")}
+                                         "p99_ms", "sched_p99_ms", "bytes_per_conn", "publishes_per_s")}
     if "error" in rec:
         summary = {"error": rec["error"].splitlines()[0] if rec["error"] else "?"}
     print(f"  {scenario:<28} {name:<8} {' '.join(args[:4]):<34} {summary}", flush=True)
@@ -240,6 +243,8 @@ def main():
                     continue  # the ceiling serves one topic
                 if t == "herald-base" and "10000" not in scenario:
                     continue  # the earlier build: at 10k connections only
+                if t == "herald1" and not scenario.startswith("b-"):
+                    continue  # one thread: fan-out and latency only
                 try:
                     measure(t, workdir, out, args, scenario, a.herald_arg)
                 except Exception as e:  # a peer that fails to start is reported, not fatal

@@ -80,6 +80,9 @@ pub struct Shared {
     start: Instant,
     counts: Box<[AtomicU32]>,
     expected: Box<[AtomicU32]>,
+    /// Per message, how many microseconds after its scheduled time (at a
+    /// fixed rate) it was sent: the time a server made the publisher wait.
+    late: Box<[AtomicU32]>,
     pub ready: AtomicUsize,
     failed: AtomicUsize,
     dropped: AtomicUsize,
@@ -93,6 +96,13 @@ impl Shared {
     /// Microseconds since the run started (the clock every payload carries).
     pub fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
+    }
+
+    /// How late message `seq` was sent (0 without a fixed rate).
+    pub fn late_us(&self, seq: u64) -> u64 {
+        self.late
+            .get(seq as usize)
+            .map_or(0, |l| u64::from(l.load(Ordering::Relaxed)))
     }
 
     pub fn delivered(&self, seq: u64) {
@@ -129,7 +139,11 @@ impl Shared {
 /// What one load-generator thread measured.
 pub struct ThreadStats {
     pub deliveries: u64,
+    /// From the moment the message was sent.
     pub latency: Histogram<u64>,
+    /// From the moment the message was due at the fixed rate (coordinated
+    /// omission corrected: time a server kept the publisher waiting counts).
+    pub scheduled: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -167,6 +181,14 @@ pub struct Report {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Latency from the time each message was due at the fixed rate rather
+    /// than the time it was sent (coordinated omission corrected): a server
+    /// that accepts fewer messages than the rate delays the rest, and that
+    /// wait is part of what a publishing application sees. Equal to the
+    /// plain figures when every publish went out on time, or without a rate.
+    pub sched_p50_ms: f64,
+    pub sched_p99_ms: f64,
+    pub sched_max_ms: f64,
     pub rss_before_kib: u64,
     pub rss_connected_kib: u64,
     pub rss_end_kib: u64,
@@ -228,6 +250,7 @@ pub fn run(plan: Plan) -> Result<Report> {
         start: Instant::now(),
         counts: (0..cap).map(|_| AtomicU32::new(0)).collect(),
         expected: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+        late: (0..cap).map(|_| AtomicU32::new(0)).collect(),
         ready: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
         dropped: AtomicUsize::new(0),
@@ -271,6 +294,7 @@ pub fn run(plan: Plan) -> Result<Report> {
             let stats = Rc::new(RefCell::new(ThreadStats {
                 deliveries: 0,
                 latency: histogram(),
+                scheduled: histogram(),
             }));
             let sem = Rc::new(Semaphore::new(concurrency));
             local.block_on(&rt, async {
@@ -307,12 +331,14 @@ pub fn run(plan: Plan) -> Result<Report> {
     stop_tx.send_replace(true);
     let mut deliveries = 0;
     let mut latency = histogram();
+    let mut scheduled = histogram();
     for h in handles {
         let st = h
             .join()
             .map_err(|_| anyhow!("a load-generator thread panicked"))??;
         deliveries += st.deliveries;
         latency.add(&st.latency).map_err(|e| anyhow!("{e:?}"))?;
+        scheduled.add(&st.scheduled).map_err(|e| anyhow!("{e:?}"))?;
     }
     let out = outcome?;
 
@@ -378,6 +404,13 @@ pub fn run(plan: Plan) -> Result<Report> {
             0.0
         } else {
             latency.max() as f64 / 1000.0
+        },
+        sched_p50_ms: ms(&scheduled, 0.5),
+        sched_p99_ms: ms(&scheduled, 0.99),
+        sched_max_ms: if scheduled.is_empty() {
+            0.0
+        } else {
+            scheduled.max() as f64 / 1000.0
         },
         rss_before_kib: rss_before,
         rss_connected_kib: out.rss_connected,
@@ -560,9 +593,12 @@ async fn publisher(
     });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if let Some(i) = interval.as_mut() {
-            i.tick().await;
-        }
+        // When this message is due: with a fixed rate, its tick (a server
+        // that answers slowly makes later ticks fire late, in a burst).
+        let due = match interval.as_mut() {
+            Some(i) => Some(i.tick().await.into_std()),
+            None => None,
+        };
         if Instant::now() >= stop_at {
             break;
         }
@@ -600,6 +636,11 @@ async fn publisher(
         }
         shared.expected[seq as usize].store(expect as u32, Ordering::Relaxed);
         let sent = shared.now_us();
+        if let Some(due) = due {
+            let due_us = due.saturating_duration_since(shared.start).as_micros() as u64;
+            let late = sent.saturating_sub(due_us).min(u64::from(u32::MAX)) as u32;
+            shared.late[seq as usize].store(late, Ordering::Relaxed);
+        }
         let payload = wire::payload(seq, sent, plan.size);
         let req = plan.target.publish_request(&host, &topic, &payload);
         stream.write_all(&req).await.context("publish write")?;

@@ -90,8 +90,10 @@ impl Counter<'_> {
         scan.feed(bytes, |seq, sent| {
             self.shared.delivered(seq);
             st.deliveries += 1;
-            st.latency
-                .saturating_record(now.saturating_sub(sent).max(1));
+            let lat = now.saturating_sub(sent).max(1);
+            st.latency.saturating_record(lat);
+            st.scheduled
+                .saturating_record(lat + self.shared.late_us(seq));
         });
     }
 }

@@ -75,11 +75,25 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut cli = Cli::parse();
+    // `serve` settings are read before the runtime exists: they size it.
+    let mut serve_settings = None;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &mut cli.command {
+        match Settings::resolve(std::mem::take(&mut **args)) {
+            Ok(s) => {
+                if let Some(w) = s.workers {
+                    builder.worker_threads(w);
+                }
+                serve_settings = Some(s);
+            }
+            Err(e) => {
+                eprintln!("herald: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");
@@ -88,7 +102,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(*args).await,
+            Command::Serve(_) => match serve_settings {
+                Some(s) => serve(s).await,
+                None => unreachable!("serve settings are resolved above"),
+            },
             Command::Publish {
                 topic,
                 data,
@@ -118,8 +135,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings = Settings::resolve(args)?;
+async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if settings.log_json {
         tracing_subscriber::fmt()

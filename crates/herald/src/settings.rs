@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Live events queued per connection before it is dropped as a slow consumer [default: 1024].
     #[arg(long, env = "HERALD_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
+    /// Threads serving connections [default: one per CPU core]. Fewer leave
+    /// cores to other processes on the machine (say, a container's CPU limit).
+    #[arg(long, env = "HERALD_WORKERS")]
+    pub workers: Option<usize>,
     /// Longest hold of a long poll [default: 60s].
     #[arg(long, env = "HERALD_POLL_MAX_TIMEOUT")]
     pub poll_max_timeout: Option<String>,
@@ -160,6 +164,7 @@ struct FileSettings {
     keepalive: Option<String>,
     max_body: Option<usize>,
     queue_capacity: Option<usize>,
+    workers: Option<usize>,
     poll_max_timeout: Option<String>,
     poll_batch: Option<usize>,
     ws_max_message: Option<usize>,
@@ -259,6 +264,8 @@ pub struct Settings {
     pub http: HttpConfig,
     pub log_json: bool,
     pub llm: LlmSettings,
+    /// Runtime worker threads; `None`: one per core.
+    pub workers: Option<usize>,
 }
 
 /// Where the embedded engine keeps its data.
@@ -517,6 +524,12 @@ impl Settings {
         if queue_capacity == 0 {
             bail!("--queue-capacity must be at least 1");
         }
+        let workers = args.workers.or(file.workers);
+        if let Some(w) = workers {
+            if !(1..=1024).contains(&w) {
+                bail!("--workers must be between 1 and 1024, not {w}");
+            }
+        }
         let d = HttpConfig::default();
         let keepalive = dur("keepalive", args.keepalive.or(file.keepalive), d.keepalive)?;
         if keepalive.is_zero() {
@@ -619,6 +632,7 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("--llm-upstream: {e}"))?;
         }
         Ok(Settings {
+            workers,
             embedded,
             redis,
             llm,

@@ -117,6 +117,10 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
             &["serve", "--listen", "127.0.0.1:0", "--commit-delay", "5s"],
             "--commit-delay",
         ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
+            "--workers",
+        ),
     ];
     for (args, needle) in cases {
         let out = herald(args);
@@ -219,6 +223,48 @@ fn config_file_then_environment_then_flags() {
     let out = herald(&["serve", "--listen", "127.0.0.1:0", "--config", f]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("histroy"));
+}
+
+/// The runtime's worker threads of a running server, by their name, once
+/// that many have started (they start beside the first accepts); `None` if
+/// the count stays different for 5 s.
+fn worker_threads(pid: u32, want: usize) -> Option<usize> {
+    let count = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "tokio-rt-worker")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = count();
+        if n == want {
+            // Still `want` a moment later: no more are on their way.
+            std::thread::sleep(Duration::from_millis(300));
+            return Some(count());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn workers_flag_file_and_environment_size_the_runtime() {
+    let s = Server::start(&["--workers", "1"], &[]);
+    assert_eq!(worker_threads(s.child.id(), 1), Some(1));
+    assert_eq!(kept_history(&s.url), 9, "a one-thread server serves");
+    let s = Server::start(&[], &[("HERALD_WORKERS", "3")]);
+    assert_eq!(worker_threads(s.child.id(), 3), Some(3));
+    let dir = std::env::temp_dir().join(format!("herald-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("herald.toml");
+    std::fs::write(&file, "workers = 2\n").unwrap();
+    let s = Server::start(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(worker_threads(s.child.id(), 2), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

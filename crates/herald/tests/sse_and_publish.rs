@@ -181,6 +181,61 @@ async fn keepalive_comments_while_idle() {
     assert!(started.elapsed() >= Duration::from_millis(500));
 }
 
+/// The keepalive counts from the last write: a stream that carries events
+/// gets no comment, and one comes `keepalive` after the events stop.
+#[tokio::test]
+async fn keepalive_counts_from_the_last_event() {
+    let keepalive = Duration::from_millis(400);
+    let http = HttpConfig {
+        keepalive,
+        ..quick_http()
+    };
+    let s = TestServer::start_with(HubConfig::default(), http).await;
+    let mut stream = s.client.sse(&["busy"], None).await.unwrap();
+    // 12 events 100 ms apart: 1.2 s, three keepalive intervals, no comment.
+    for i in 0..12 {
+        s.publish("busy", json!(i), None).await;
+        loop {
+            match tokio::time::timeout(WAIT, stream.next_item())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Some(SseItem::Event(e)) => {
+                    assert_eq!(e.data, i.to_string());
+                    break;
+                }
+                Some(SseItem::Comment(c)) => panic!("comment {c:?} on a busy stream"),
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quiet = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(WAIT, stream.next_item())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(SseItem::Comment(c)) => {
+                assert_eq!(c, "keepalive");
+                break;
+            }
+            Some(SseItem::Event(e)) => panic!("unexpected event {e:?}"),
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+    // The last event went out about 100 ms before `quiet`.
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= keepalive - Duration::from_millis(150) && waited < keepalive * 3,
+        "keepalive after {waited:?}"
+    );
+}
+
 #[tokio::test]
 async fn idempotent_publish() {
     let s = TestServer::start().await;

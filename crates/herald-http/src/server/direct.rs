@@ -279,11 +279,17 @@ async fn write_chunk<I: AsyncWrite + Unpin>(io: &mut I, mut data: Bytes) -> std:
     io.flush().await
 }
 
-/// `{len:x}\r\n` into `out`; returns its length.
+/// `{len:x}\r\n` into `out`; returns its length. (Written by hand: this
+/// runs once per write on every stream, and `format!` allocates.)
 fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
-    let hex = format!("{len:x}\r\n");
-    out[..hex.len()].copy_from_slice(hex.as_bytes());
-    hex.len()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
 }
 
 /// A stream that yields `prefix` before reading from `inner`: the bytes the
@@ -378,8 +384,17 @@ mod tests {
     #[test]
     fn chunk_size_lines() {
         let mut b = [0u8; 20];
-        let n = chunk_size_line(255, &mut b);
-        assert_eq!(&b[..n], b"ff\r\n");
+        for (len, line) in [
+            (0usize, "0\r\n"),
+            (9, "9\r\n"),
+            (255, "ff\r\n"),
+            (256, "100\r\n"),
+            (0x1a2b3c, "1a2b3c\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let n = chunk_size_line(len, &mut b);
+            assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), line);
+        }
     }
 
     #[tokio::test]

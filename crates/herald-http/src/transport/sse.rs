@@ -73,6 +73,7 @@ async fn open(
         _guard: app.hub.metrics().connection(Transport::Sse),
         keepalive: app.config.keepalive,
         idle: Box::pin(tokio::time::sleep(app.config.keepalive)),
+        last_write: Instant::now(),
         max_coalesce: app.config.max_coalesce.max(1),
         preamble: Some(preamble),
         done: false,
@@ -99,7 +100,10 @@ struct SseStream {
     _guard: ConnectionGuard,
     _slot: Slot,
     keepalive: Duration,
+    /// Fires `keepalive` after the last write, give or take: it is moved
+    /// only when it fires (see [`SseStream::next_chunk`]).
     idle: Pin<Box<Sleep>>,
+    last_write: Instant,
     max_coalesce: usize,
     preamble: Option<Bytes>,
     done: bool,
@@ -113,14 +117,25 @@ impl SseStream {
         if let Some(p) = self.preamble.take() {
             return Some(p);
         }
-        let first = tokio::select! {
-            d = self.sub.next() => d,
-            _ = &mut self.idle => {
-                self.reset_idle();
-                return Some(Bytes::from_static(sse::KEEPALIVE));
+        let first = loop {
+            tokio::select! {
+                d = self.sub.next() => break d,
+                _ = &mut self.idle => {
+                    // The timer is not moved on every write (a timer-wheel
+                    // update per event per subscriber); when it fires, a
+                    // stream that wrote since gets the rest of its interval.
+                    let due = self.last_write + self.keepalive;
+                    if Instant::now() < due {
+                        self.idle.as_mut().reset(due);
+                        continue;
+                    }
+                    self.last_write = Instant::now();
+                    self.idle.as_mut().reset(self.last_write + self.keepalive);
+                    return Some(Bytes::from_static(sse::KEEPALIVE));
+                }
             }
         };
-        self.reset_idle();
+        self.last_write = Instant::now();
         let first = self.encode(first);
         if self.done || self.sub.queued() == 0 {
             return Some(first);
@@ -140,10 +155,6 @@ impl SseStream {
             }
         }
         Some(buf.freeze())
-    }
-
-    fn reset_idle(&mut self) {
-        self.idle.as_mut().reset(Instant::now() + self.keepalive);
     }
 
     fn encode(&mut self, d: Delivery) -> Bytes {

@@ -262,7 +262,17 @@ impl Connection {
         self.send_json(v).await
     }
 
+    /// Writes `first` and whatever else is already queued (up to
+    /// `max_coalesce`) with one flush, all under one write timeout (a timer
+    /// per event per subscriber would cost more than the write).
     async fn on_delivery(&mut self, first: Delivery) -> Outcome {
+        let write_timeout = self.app.config.write_timeout;
+        timeout(write_timeout, self.write_deliveries(first))
+            .await
+            .unwrap_or(Outcome::Gone)
+    }
+
+    async fn write_deliveries(&mut self, first: Delivery) -> Outcome {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(d) = next.take() {
@@ -277,7 +287,7 @@ impl Connection {
                 }
                 Delivery::Gap(g) => g.json(),
                 Delivery::Closed(reason) => {
-                    let _ = self.flush().await;
+                    let _ = self.sink.flush().await;
                     return match reason {
                         CloseReason::Shutdown => {
                             Outcome::Close(close_code::NORMAL, "server shutting down")
@@ -296,13 +306,7 @@ impl Connection {
                 Err(_) => continue,
             };
             // Feed without flushing; one flush sends everything queued.
-            if timeout(
-                self.app.config.write_timeout,
-                self.sink.feed(Message::Text(text)),
-            )
-            .await
-            .map_or(true, |r| r.is_err())
-            {
+            if self.sink.feed(Message::Text(text)).await.is_err() {
                 return Outcome::Gone;
             }
             n += 1;
@@ -310,13 +314,9 @@ impl Connection {
                 next = self.sub.next_ready().await;
             }
         }
-        self.flush().await
-    }
-
-    async fn flush(&mut self) -> Outcome {
-        match timeout(self.app.config.write_timeout, self.sink.flush()).await {
-            Ok(Ok(())) => Outcome::Continue,
-            _ => Outcome::Gone,
+        match self.sink.flush().await {
+            Ok(()) => Outcome::Continue,
+            Err(_) => Outcome::Gone,
         }
     }
 
