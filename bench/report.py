@@ -2,7 +2,12 @@
 """Turns bench/results/NAME.jsonl into a Markdown table (printed, and written
 beside it as NAME.md) and, when matplotlib is installed, a PNG chart.
 
-usage: report.py RESULTS.jsonl [--chart docs/bench.png]
+usage: report.py RESULTS.jsonl [MORE.jsonl ...] [--chart docs/bench.png]
+
+With several files, their measurements are taken together and a scenario
+measured in a later file replaces that scenario's every cell from earlier
+files (a re-run of some scenarios over a full run: cells of one scenario
+always come from one run); the tables are written beside the last file.
 """
 
 import json
@@ -104,12 +109,18 @@ def table(rows, scenarios, key, kind, lower, title, note=""):
     return "\n".join(out) + "\n"
 
 
-def render(path):
-    machine, rows = load(path)
-    m = machine.get("machine", {})
-    parts = [f"Run of {machine.get('started', '?')} on {m.get('cores', '?')} cores "
-             f"({m.get('cpu', '?')}), {m.get('mem_gib', '?')} GiB, kernel {m.get('kernel', '?')}, "
-             f"open-file limit {m.get('nofile', '?')}{' (quick run)' if machine.get('quick') else ''}.", ""]
+def render(paths):
+    parts, rows, machine = [], [], {}
+    for path in paths:
+        machine, more = load(path)
+        rerun = {r["scenario"] for r in more}
+        rows = [r for r in rows if r["scenario"] not in rerun] + more
+        m = machine.get("machine", {})
+        which = f"`{Path(path).name}`: " if len(paths) > 1 else ""
+        parts += [f"{which}Run of {machine.get('started', '?')} on {m.get('cores', '?')} cores "
+                  f"({m.get('cpu', '?')}), {m.get('mem_gib', '?')} GiB, kernel {m.get('kernel', '?')}, "
+                  f"open-file limit {m.get('nofile', '?')}{' (quick run)' if machine.get('quick') else ''}"
+                  f"{': ' + ', '.join(sorted({r['scenario'] for r in more})) if len(paths) > 1 else ''}.", ""]
     parts.append(table(rows, ["a-"], "bytes_per_conn", "bytes", True,
                        "(a) Memory per idle connection (server RSS growth ÷ connections; lower is better)",
                        "A cell notes `held x/N` when not every connection was established and kept."))
@@ -165,6 +176,8 @@ def chart(rows, png):
                 # The last measurement of a cell wins, as in the tables.
                 r = next((r for r in reversed(rows) if r["scenario"] == scen and r["server"] == c
                           and r.get("transport") == t and ok(r) and key in r), None)
+                if r and "p99" in key and not clean(r):
+                    r = None  # a latency of the few deliveries a lossy server made means little
                 vals.append((r[key] * scale) if r else 0)
             xs = [j + (i - len(COLS) / 2 + 0.5) * width for j in range(len(transports))]
             ax.bar(xs, vals, width, label=NAMES[c], color=colors[c])
@@ -173,7 +186,7 @@ def chart(rows, png):
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Herald vs peers on one 2-core machine (same load generator, same run)", fontsize=10)
+    fig.suptitle("Herald vs peers on one 2-core machine (same load generator; every panel from one run)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     print(f"chart: {png}")
@@ -183,12 +196,18 @@ def main():
     if len(sys.argv) < 2:
         print(__doc__)
         sys.exit(2)
-    path = Path(sys.argv[1])
-    text, _, rows = render(path)
+    args = sys.argv[1:]
+    chart_png = None
+    if "--chart" in args:
+        i = args.index("--chart")
+        chart_png = args[i + 1]
+        del args[i:i + 2]
+    paths = [Path(a) for a in args]
+    text, _, rows = render(paths)
     print(text)
-    path.with_suffix(".md").write_text(text)
-    if "--chart" in sys.argv:
-        chart(rows, sys.argv[sys.argv.index("--chart") + 1])
+    paths[-1].with_suffix(".md").write_text(text)
+    if chart_png:
+        chart(rows, chart_png)
 
 
 if __name__ == "__main__":
