@@ -427,25 +427,39 @@ impl Settings {
             "redis" => EngineKind::Redis,
             other => bail!("--engine {other:?}: choose memory, embedded or redis"),
         };
+        let data_dir = args.data_dir.or(file.data_dir);
+        let commit_delay = args.commit_delay.or(file.commit_delay);
         let embedded = match engine {
             EngineKind::Embedded => {
                 let commit_delay = dur(
                     "commit-delay",
-                    args.commit_delay.or(file.commit_delay),
+                    commit_delay,
                     herald_engine_embedded::DEFAULT_COMMIT_DELAY,
                 )?;
                 if commit_delay > Duration::from_secs(1) {
                     bail!("--commit-delay must be at most 1s: every publish may wait that long");
                 }
                 Some(EmbeddedSettings {
-                    data_dir: args
-                        .data_dir
-                        .or(file.data_dir)
-                        .unwrap_or_else(|| PathBuf::from("herald-data")),
+                    data_dir: data_dir.unwrap_or_else(|| PathBuf::from("herald-data")),
                     commit_delay,
                 })
             }
-            _ => None,
+            other => {
+                // A setting that would silently do nothing is a mistake to
+                // point out: events would not be where the user looks.
+                let name = if other == EngineKind::Redis {
+                    "redis"
+                } else {
+                    "memory"
+                };
+                if data_dir.is_some() {
+                    bail!("--data-dir is for --engine embedded; --engine {name} keeps no files");
+                }
+                if commit_delay.is_some() {
+                    bail!("--commit-delay is for --engine embedded, not --engine {name}");
+                }
+                None
+            }
         };
         let redis_prefix = args
             .redis_prefix

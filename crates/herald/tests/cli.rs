@@ -121,6 +121,30 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
             &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
             "--workers",
         ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--engine",
+                "memory",
+                "--data-dir",
+                "/tmp/x",
+            ],
+            "--data-dir is for --engine embedded",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--engine",
+                "memory",
+                "--commit-delay",
+                "5ms",
+            ],
+            "--commit-delay is for --engine embedded",
+        ),
     ];
     for (args, needle) in cases {
         let out = herald(args);
