@@ -130,6 +130,7 @@ where
             peer,
             watcher: graceful.watcher(),
             metrics: metrics.clone(),
+            hub: hub.clone(),
         };
         match &options.tls {
             None => {
@@ -182,36 +183,50 @@ struct Conn {
     peer: SocketAddr,
     watcher: Watcher,
     metrics: Arc<herald_core::Metrics>,
+    hub: Hub,
 }
 
 impl Conn {
-    async fn run<I>(self, mut io: I)
+    async fn run<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = self.metrics.clone();
         metrics.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Notify::new());
-        // HTTP/1.1 event streams are written directly (see `direct`); every
-        // other request goes to hyper with the bytes read so far put back.
-        let io = match Box::pin(direct::first_request(&mut io)).await {
-            First::Gone => None,
-            First::Other(prefix) => Some(Rewind::new(prefix, io)),
-            First::Sse(req, rest) => {
-                let handle = ConnectionHandle {
-                    kill: Some(kill.clone()),
-                    peer: self.peer,
-                };
-                let router = self.router.clone();
-                let io = Rewind::new(rest, io);
-                // Boxed: routing is a large future that ends before streaming starts.
-                match Box::pin(direct::answer_sse(io, req, router, handle)).await {
-                    Answered::Stream(io, body) => {
-                        direct::stream(io, body, &kill).await;
-                        None
+        // HTTP/1.1 event streams and long polls are written directly (see
+        // `direct`), one request after another; the first other request goes
+        // to hyper with the bytes read so far put back, and hyper serves the
+        // connection from then on.
+        let mut io = Rewind::new(bytes::Bytes::new(), io);
+        let io = loop {
+            match Box::pin(direct::first_request(&mut io)).await {
+                First::Gone => break None,
+                First::Other(prefix) => {
+                    io.unread(prefix);
+                    break Some(io);
+                }
+                First::Direct(req, rest) => {
+                    io.unread(rest);
+                    let handle = ConnectionHandle {
+                        kill: Some(kill.clone()),
+                        peer: self.peer,
+                    };
+                    let router = self.router.clone();
+                    let hub = &self.hub;
+                    // Boxed: routing is a large future that ends before streaming starts.
+                    let answered = Box::pin(direct::answer(io, req, router, handle, || {
+                        hub.is_shutting_down()
+                    }))
+                    .await;
+                    match answered {
+                        Answered::Stream(io, body) => {
+                            direct::stream(io, body, &kill).await;
+                            break None;
+                        }
+                        Answered::Done(back) => io = back,
+                        Answered::Gone => break None,
                     }
-                    Answered::Done(io) => Some(io),
-                    Answered::Gone => None,
                 }
             }
         };

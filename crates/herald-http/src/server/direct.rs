@@ -1,18 +1,20 @@
-//! HTTP/1.1 event streams written straight to the socket.
+//! HTTP/1.1 event streams and long polls written straight to the socket.
 //!
-//! An idle SSE connection is most of what a push server holds, and through
-//! hyper each one keeps a read buffer and a write buffer of 8 KiB (hyper's
-//! smallest) for as long as it lives, although after the request head it
-//! reads nothing and writes only small chunks. So the accept loop reads the
-//! first request head itself. A cleartext or TLS HTTP/1.1 `GET /v1/sse` goes
-//! through the same router as any request (authentication, limits and the
-//! handler are unchanged); when the answer is an event stream, its head and
-//! chunks are written here with no buffer kept between writes. Any other
-//! request, or an SSE request answered with an error, is handed to hyper with
-//! the bytes already read put back in front of the stream ([`Rewind`]).
+//! An idle SSE connection or a held long poll is most of what a push server
+//! holds, and through hyper each one keeps a read buffer and a write buffer of
+//! 8 KiB (hyper's smallest) for as long as it lives, although after the
+//! request head it reads nothing and writes little. So the accept loop reads
+//! request heads itself. A cleartext or TLS HTTP/1.1 `GET /v1/sse` or
+//! `GET /v1/poll` goes through the same router as any request
+//! (authentication, limits and the handler are unchanged); an event stream's
+//! head and chunks are written here with no buffer kept between writes, and
+//! any other answer (a poll's batch, an error) is written whole, after which
+//! the connection's next request is read the same way. Any other request is
+//! handed to hyper with the bytes already read put back in front of the
+//! stream ([`Rewind`]), and hyper serves the connection from then on.
 //!
-//! Measured with `bench/run.sh` (scenario a, 10k idle SSE connections): the
-//! server's memory per connection fell from about 15 KiB to about 3 KiB.
+//! Measured with `bench/run.sh` (scenario a, 10k idle connections): the
+//! server's memory per SSE connection fell from about 15 KiB to about 3 KiB.
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -31,16 +33,18 @@ use super::ConnectionHandle;
 
 /// The most request-head bytes read before giving the connection to hyper.
 const MAX_HEAD: usize = 8192;
-/// The one path served directly.
+/// The paths served directly.
 const SSE_PATH: &str = "/v1/sse";
+const POLL_PATH: &str = "/v1/poll";
 /// A connection that sends no complete head in this time is closed (hyper's
 /// own header read timeout is the same).
 pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the first bytes of a connection asked for.
+/// What the next bytes of a connection asked for.
 pub(super) enum First {
-    /// An HTTP/1.1 `GET /v1/sse`: the request, and the bytes that followed its head.
-    Sse(Box<http::Request<Body>>, Bytes),
+    /// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll`: the request, and the
+    /// bytes that followed its head.
+    Direct(Box<http::Request<Body>>, Bytes),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),
     /// The peer closed or the head timed out.
@@ -74,15 +78,16 @@ where
         Ok(true) => {}
         _ => return First::Gone,
     }
-    match parse_sse_request(&buf) {
-        Some((req, used)) => First::Sse(Box::new(req), Bytes::copy_from_slice(&buf[used..])),
+    match parse_direct_request(&buf) {
+        Some((req, used)) => First::Direct(Box::new(req), Bytes::copy_from_slice(&buf[used..])),
         None => First::Other(Bytes::from(buf)),
     }
 }
 
-/// An HTTP/1.1 `GET /v1/sse` with no body and no upgrade, as a request for
-/// the router; `None` for anything else (hyper handles it, errors included).
-fn parse_sse_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
+/// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll` with no body and no upgrade,
+/// as a request for the router; `None` for anything else (hyper handles it,
+/// errors included).
+fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -90,9 +95,10 @@ fn parse_sse_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
         _ => return None,
     };
     let path = req.path?;
+    let route = path.split('?').next();
     if req.method != Some("GET")
         || req.version != Some(1)
-        || path.split('?').next() != Some(SSE_PATH)
+        || !(route == Some(SSE_PATH) || route == Some(POLL_PATH))
     {
         return None;
     }
@@ -113,35 +119,64 @@ fn parse_sse_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
     b.body(Body::empty()).ok().map(|r| (r, used))
 }
 
-/// How [`answer_sse`] left the connection.
+/// How [`answer`] left the connection.
 pub(super) enum Answered<I> {
     /// The head of an event stream is written: write `body` with [`stream`].
-    Stream(I, Body),
-    /// An answer that was not a stream was written whole; hyper serves what follows.
-    Done(I),
-    /// The connection failed.
+    Stream(Rewind<I>, Body),
+    /// An answer that was not a stream was written whole; the connection's
+    /// next request may follow.
+    Done(Rewind<I>),
+    /// The connection is closed or failed, or the client asked to close it.
     Gone,
 }
 
-/// Routes an SSE request and writes the answer's head. Kept apart from
-/// [`stream`] so that the long-lived part of a connection's task is sized
-/// only for what streaming needs.
-pub(super) async fn answer_sse<I>(
-    mut io: I,
+/// Routes a request read by [`first_request`] and writes the answer: an
+/// event stream's head (its body is then written by [`stream`], which is
+/// kept apart so that the long-lived part of a connection's task is sized
+/// only for what streaming needs), or any other answer whole. While the
+/// handler holds the request (a long poll), the socket is watched so that a
+/// client that leaves frees the poll at once.
+pub(super) async fn answer<I>(
+    mut io: Rewind<I>,
     req: Box<http::Request<Body>>,
     router: Router,
     handle: ConnectionHandle,
+    shutting_down: impl Fn() -> bool,
 ) -> Answered<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut req = *req;
+    let close_asked = req
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        });
     req.extensions_mut().insert(handle);
-    // Boxed: the handler's future is large and lives only until the answer.
-    let response = match router.oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+    let route = router.oneshot(req);
+    tokio::pin!(route);
+    // Bytes the client sent while its request was held (a pipelined next
+    // request), given back to the connection afterwards.
+    let mut early: Vec<u8> = Vec::new();
+    let response = loop {
+        tokio::select! {
+            r = &mut route => match r {
+                Ok(r) => break r,
+                Err(never) => match never {},
+            },
+            more = read_some(&mut io) => match more {
+                Some(b) if early.len() + b.len() <= MAX_HEAD => early.extend_from_slice(&b),
+                // The peer left (or sends more than a request head while it waits).
+                _ => return Answered::Gone,
+            },
+        }
     };
+    if !early.is_empty() {
+        io.unread(Bytes::from(early));
+    }
     let (parts, body) = response.into_parts();
     let is_stream = parts.status == http::StatusCode::OK
         && parts
@@ -149,6 +184,7 @@ where
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut head = Vec::with_capacity(256);
+    let close = close_asked || shutting_down();
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(parts.status.as_str().as_bytes());
     head.push(b' ');
@@ -160,6 +196,9 @@ where
             .as_bytes(),
     );
     head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
             continue;
@@ -170,14 +209,25 @@ where
         head.extend_from_slice(b"\r\n");
     }
     if !is_stream {
-        // An error answer: send it whole, then let hyper serve what follows.
+        // A poll's batch or an error: send it whole, then read the next request.
         let bytes = match http_body_util::BodyExt::collect(body).await {
             Ok(c) => c.to_bytes(),
             Err(_) => return Answered::Gone,
         };
+        if close {
+            head.extend_from_slice(b"connection: close\r\n");
+        }
         head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
-        head.extend_from_slice(&bytes);
-        if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
+        if io
+            .write_vectored_all(&head, &bytes)
+            .await
+            .and(io.flush().await)
+            .is_err()
+        {
+            return Answered::Gone;
+        }
+        if close {
+            let _ = io.shutdown().await;
             return Answered::Gone;
         }
         return Answered::Done(io);
@@ -187,6 +237,16 @@ where
         return Answered::Gone;
     }
     Answered::Stream(io, body)
+}
+
+/// Waits for bytes from the peer; `None` when it closed or failed.
+async fn read_some<I: AsyncRead + Unpin>(io: &mut I) -> Option<Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    match io.read(&mut buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(Bytes::copy_from_slice(&buf[..n])),
+    }
 }
 
 /// What woke the stream.
@@ -303,6 +363,39 @@ impl<I> Rewind<I> {
     pub(super) fn new(prefix: Bytes, inner: I) -> Self {
         Rewind { prefix, inner }
     }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub(super) fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.prefix = if self.prefix.is_empty() {
+            bytes
+        } else {
+            let mut b = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            b.extend_from_slice(&bytes);
+            b.extend_from_slice(&self.prefix);
+            b.freeze()
+        };
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Rewind<I> {
+    /// Writes `a` then `b`, with vectored writes.
+    async fn write_vectored_all(&mut self, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+        while !(a.is_empty() && b.is_empty()) {
+            let n = self
+                .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+                .await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_a = n.min(a.len());
+            a = &a[from_a..];
+            b = &b[(n - from_a)..];
+        }
+        Ok(())
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
@@ -361,15 +454,20 @@ mod tests {
 
     #[test]
     fn only_plain_sse_gets_through() {
-        let (r, n) = parse_sse_request(
+        let (r, n) = parse_direct_request(
             b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: x\r\nlast-event-id: 1\r\n\r\nrest",
         )
         .unwrap();
         assert_eq!(r.uri(), "/v1/sse?topic=a");
         assert_eq!(r.headers()["last-event-id"], "1");
         assert_eq!(n, 59);
+        let (r, _) =
+            parse_direct_request(b"GET /v1/poll?topic=a&timeout=5 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.uri(), "/v1/poll?topic=a&timeout=5");
         for other in [
             &b"GET /v1/ssex HTTP/1.1\r\n\r\n"[..],
+            b"GET /v1/polls HTTP/1.1\r\n\r\n",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
             b"POST /v1/sse HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
             b"GET /v1/sse HTTP/1.0\r\n\r\n",
             b"GET /v1/sse HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
@@ -377,7 +475,7 @@ mod tests {
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET /v1/sse HTTP/1.1\r\n",
         ] {
-            assert!(parse_sse_request(other).is_none(), "{other:?}");
+            assert!(parse_direct_request(other).is_none(), "{other:?}");
         }
     }
 
@@ -401,6 +499,12 @@ mod tests {
     async fn rewind_replays_the_prefix() {
         use tokio::io::AsyncReadExt;
         let mut r = Rewind::new(Bytes::from_static(b"abc"), &b"def"[..]);
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "abcdef");
+        let mut r = Rewind::new(Bytes::from_static(b"cd"), &b"ef"[..]);
+        r.unread(Bytes::from_static(b"ab"));
+        r.unread(Bytes::new());
         let mut s = String::new();
         r.read_to_string(&mut s).await.unwrap();
         assert_eq!(s, "abcdef");

@@ -21,7 +21,6 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use herald_core::wire::json::encode_error;
 use herald_core::{CloseReason, Cursor, Delivery, Subscription, Topic, Transport};
@@ -154,7 +153,9 @@ impl RateLimit {
 
 struct Connection {
     app: AppState,
-    sink: SplitSink<WebSocket, Message>,
+    /// Not split into a sink and a stream: the loop below reads or writes,
+    /// never both at once, and a split pair costs a lock on every write.
+    ws: WebSocket,
     sub: Subscription,
     rate: RateLimit,
     who: Principal,
@@ -167,13 +168,12 @@ enum Outcome {
 }
 
 async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>, _slot: Slot) {
-    let (sink, mut stream) = socket.split();
     let _guard = app.hub.metrics().connection(Transport::WebSocket);
     let sub = app.hub.subscribe();
     let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
     let mut c = Connection {
         app,
-        sink,
+        ws: socket,
         sub,
         rate,
         who: Principal::Anonymous,
@@ -193,7 +193,8 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
             break Outcome::Close(close_code::UNAUTHORIZED, "invalid credential");
         }
         let step = tokio::select! {
-            msg = stream.next() => {
+            // `next` is cancel-safe: a frame read in part stays buffered.
+            msg = c.ws.next() => {
                 last_seen = Instant::now();
                 // Boxed: handling a client message (subscribe, publish) is a
                 // large future, and every idle connection's task would
@@ -221,12 +222,12 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
         };
         let _ = timeout(
             Duration::from_secs(2),
-            c.sink.send(Message::Close(Some(frame))),
+            c.ws.send(Message::Close(Some(frame))),
         )
         .await;
         // Wait briefly for the peer's close reply so the handshake completes.
         let _ = timeout(Duration::from_secs(2), async {
-            while let Some(Ok(m)) = stream.next().await {
+            while let Some(Ok(m)) = c.ws.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
@@ -238,7 +239,7 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
 
 impl Connection {
     async fn send(&mut self, m: Message) -> Outcome {
-        match timeout(self.app.config.write_timeout, self.sink.send(m)).await {
+        match timeout(self.app.config.write_timeout, self.ws.send(m)).await {
             Ok(Ok(())) => Outcome::Continue,
             _ => Outcome::Gone,
         }
@@ -287,7 +288,7 @@ impl Connection {
                 }
                 Delivery::Gap(g) => g.json(),
                 Delivery::Closed(reason) => {
-                    let _ = self.sink.flush().await;
+                    let _ = self.ws.flush().await;
                     return match reason {
                         CloseReason::Shutdown => {
                             Outcome::Close(close_code::NORMAL, "server shutting down")
@@ -306,7 +307,7 @@ impl Connection {
                 Err(_) => continue,
             };
             // Feed without flushing; one flush sends everything queued.
-            if self.sink.feed(Message::Text(text)).await.is_err() {
+            if self.ws.feed(Message::Text(text)).await.is_err() {
                 return Outcome::Gone;
             }
             n += 1;
@@ -314,7 +315,7 @@ impl Connection {
                 next = self.sub.next_ready().await;
             }
         }
-        match self.sink.flush().await {
+        match self.ws.flush().await {
             Ok(()) => Outcome::Continue,
             Err(_) => Outcome::Gone,
         }
