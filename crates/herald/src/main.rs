@@ -149,6 +149,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
     // Certificate and port first: a bad flag or a busy port fails before the
     // store is opened (or created).
     let tls = match settings.tls.clone() {

@@ -266,6 +266,8 @@ pub struct Settings {
     pub llm: LlmSettings,
     /// Runtime worker threads; `None`: one per core.
     pub workers: Option<usize>,
+    /// Settings that were given but do nothing, to log at start.
+    pub warnings: Vec<String>,
 }
 
 /// Where the embedded engine keeps its data.
@@ -427,6 +429,7 @@ impl Settings {
             "redis" => EngineKind::Redis,
             other => bail!("--engine {other:?}: choose memory, embedded or redis"),
         };
+        let mut warnings = Vec::new();
         let data_dir = args.data_dir.or(file.data_dir);
         let commit_delay = args.commit_delay.or(file.commit_delay);
         let embedded = match engine {
@@ -445,18 +448,23 @@ impl Settings {
                 })
             }
             other => {
-                // A setting that would silently do nothing is a mistake to
-                // point out: events would not be where the user looks.
+                // A setting that does nothing is pointed out (events are not
+                // where the user may look for them), but not refused: a
+                // launcher may pass the same flags whatever the engine.
                 let name = if other == EngineKind::Redis {
                     "redis"
                 } else {
                     "memory"
                 };
                 if data_dir.is_some() {
-                    bail!("--data-dir is for --engine embedded; --engine {name} keeps no files");
+                    warnings.push(format!(
+                        "--data-dir is ignored: it is for --engine embedded, and --engine {name} keeps no files"
+                    ));
                 }
                 if commit_delay.is_some() {
-                    bail!("--commit-delay is for --engine embedded, not --engine {name}");
+                    warnings.push(format!(
+                        "--commit-delay is ignored: it is for --engine embedded, not --engine {name}"
+                    ));
                 }
                 None
             }
@@ -646,6 +654,7 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("--llm-upstream: {e}"))?;
         }
         Ok(Settings {
+            warnings,
             workers,
             embedded,
             redis,

@@ -121,30 +121,6 @@ fn clear_errors_for_bad_flags_and_busy_ports() {
             &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
             "--workers",
         ),
-        (
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--engine",
-                "memory",
-                "--data-dir",
-                "/tmp/x",
-            ],
-            "--data-dir is for --engine embedded",
-        ),
-        (
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--engine",
-                "memory",
-                "--commit-delay",
-                "5ms",
-            ],
-            "--commit-delay is for --engine embedded",
-        ),
     ];
     for (args, needle) in cases {
         let out = herald(args);
@@ -247,6 +223,31 @@ fn config_file_then_environment_then_flags() {
     let out = herald(&["serve", "--listen", "127.0.0.1:0", "--config", f]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("histroy"));
+}
+
+/// `--data-dir` and `--commit-delay` with an engine that ignores them: the
+/// server starts (a launcher may pass the same flags whatever the engine)
+/// and says at start that they do nothing.
+#[test]
+fn embedded_only_flags_with_another_engine_are_named_at_start() {
+    let mut s = Server::start(
+        &[
+            "--engine",
+            "memory",
+            "--data-dir",
+            "/nonexistent/herald-data",
+            "--commit-delay",
+            "5ms",
+        ],
+        &[("HERALD_LOG", "warn")],
+    );
+    assert_eq!(kept_history(&s.url), 9, "the server serves");
+    s.sigterm();
+    let mut err = String::new();
+    std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("--data-dir is ignored"), "{err}");
+    assert!(err.contains("--commit-delay is ignored"), "{err}");
+    assert!(!std::path::Path::new("/nonexistent/herald-data").exists());
 }
 
 /// The runtime's worker threads of a running server, by their name, once
