@@ -1,7 +1,8 @@
 //! The `herald` binary as a user runs it: serve, flags, config precedence,
 //! signals, and the publish/subscribe commands on every transport.
 
-use std::io::{BufRead, BufReader};
+mod spawn;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,20 +24,11 @@ impl Server {
         }
         cmd.args(args)
             .env("HERALD_LOG", "warn")
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn herald");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("herald listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, url) = spawn::listening(cmd);
         Server { child, url }
     }
 

@@ -1,37 +1,29 @@
 //! Tokens never reach the logs: a real `herald serve` at debug level, a
 //! token in the query string, and a look at everything it wrote.
 
-use std::io::{BufRead, BufReader, Read};
+mod spawn;
+
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn query_tokens_and_cookies_are_not_logged() {
     let secret = "log-test-secret-0123456789abcdef";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--engine",
-            "memory",
-            "--jwt-secret",
-            secret,
-        ])
-        .env("HERALD_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("herald listening on http://")
-        .unwrap()
-        .to_owned();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--jwt-secret",
+        secret,
+    ])
+    .env("HERALD_LOG", "debug")
+    .stderr(Stdio::piped());
+    let (mut child, url) = spawn::listening(cmd);
+    let addr = url.strip_prefix("http://").unwrap().to_owned();
     let token = String::from_utf8(
         Command::new(env!("CARGO_BIN_EXE_herald"))
             .args([
@@ -109,31 +101,20 @@ async fn the_llm_api_key_is_not_logged() {
         ..Default::default()
     };
     let upstream = herald_llm::offline::spawn(model).await.unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--engine",
-            "memory",
-            "--llm-upstream",
-            &upstream,
-        ])
-        .env("HERALD_LLM_API_KEY", key)
-        .env("HERALD_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("herald listening on ")
-        .unwrap()
-        .to_owned();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--llm-upstream",
+        &upstream,
+    ])
+    .env("HERALD_LLM_API_KEY", key)
+    .env("HERALD_LOG", "debug")
+    .stderr(Stdio::piped());
+    let (mut child, base) = spawn::listening(cmd);
     let client = herald_client::Client::new(&base).unwrap();
     let (st, v) = {
         let r = client

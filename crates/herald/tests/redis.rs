@@ -2,6 +2,7 @@
 //! real `herald serve --engine redis` processes) on loopback ports, each
 //! Redis a throw-away `redis-server` that the test starts and stops itself.
 
+mod spawn;
 mod support;
 
 use std::sync::Arc;
@@ -276,7 +277,6 @@ async fn publish_ids_and_one_time_tokens_hold_across_nodes() {
 /// The binary as operators run it: three `herald serve --engine redis`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_herald_processes_share_one_redis() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Child, Command, Stdio};
 
     struct Proc(Child, String);
@@ -290,23 +290,12 @@ async fn three_herald_processes_share_one_redis() {
     let redis = RedisServer::start();
     let url = redis.url();
     let start = || {
-        let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--engine", "redis"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", "redis"])
             .args(["--redis-url", &url, "--redis-prefix", "it:"])
             .env("HERALD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn herald");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("herald listening on ")
-            .expect(&line)
-            .to_owned();
+            .stderr(Stdio::null());
+        let (child, base) = spawn::listening(cmd);
         Proc(child, base)
     };
     let procs: Vec<Proc> = (0..3).map(|_| start()).collect();

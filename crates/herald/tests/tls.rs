@@ -1,7 +1,8 @@
 //! `herald serve` over HTTPS: certificate files, reload on SIGHUP and on file
 //! change without a restart, the self-signed development mode, clear errors.
 
-use std::io::{BufRead, BufReader};
+mod spawn;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,22 +26,15 @@ impl Drop for Server {
 }
 
 fn serve(args: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--engine", "memory"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", "memory"])
         .args(args)
         .env("HERALD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("herald listening on https://")
-        .unwrap_or_else(|| panic!("{line}"))
+        .stderr(Stdio::null());
+    let (child, url) = spawn::listening(cmd);
+    let addr = url
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("{url}"))
         .to_owned();
     Server(child, addr)
 }
