@@ -218,12 +218,7 @@ where
             head.extend_from_slice(b"connection: close\r\n");
         }
         head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
-        if io
-            .write_vectored_all(&head, &bytes)
-            .await
-            .and(io.flush().await)
-            .is_err()
-        {
+        if io.write_vectored_all(&head, &bytes).await.is_err() || io.flush().await.is_err() {
             return Answered::Gone;
         }
         if close {
