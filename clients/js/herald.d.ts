@@ -38,7 +38,11 @@ export interface Status {
   delay?: number;
   /** reconnecting: how many attempts in a row have failed. */
   attempt?: number;
-  /** Why the connection dropped, or why the transport changed. */
+  /**
+   * Why the connection dropped, or why the transport changed, e.g.
+   * `server ended the stream: token_expired` (resumed at once, `delay` 0) or
+   * `server ended the stream: rate_limited` (a temporary refusal).
+   */
   reason?: string;
   /** SSE (one stream per topic): the topic whose stream is reconnecting. */
   topic?: string;
@@ -63,6 +67,14 @@ export interface ConnectOptions {
    * WebSocket (re)connect, each long poll, each HTTP publish. Its token may go
    * into an EventSource URL, so return a short-lived one (for instance from
    * `POST /v1/tokens`); cache it yourself while it is valid if you like.
+   *
+   * Also called ahead of a credential's deadline: when the token is a JWT
+   * with `exp`, the client refreshes at 80 % of its remaining lifetime or 30 s
+   * before `exp`, whichever is earlier (at most every 2 s): in-band over the
+   * WebSocket (`{"type":"auth"}`, same `sub`), with a new EventSource from the
+   * last cursor over SSE, on the next request of a long poll. A connection the
+   * server ends at its deadline (`token_expired`) resumes at once, by cursor,
+   * with a fresh token.
    */
   getToken?: () => string | null | Promise<string | null>;
   /** Send cookies to another origin (EventSource withCredentials, fetch credentials: 'include'). */
@@ -125,13 +137,19 @@ export interface Herald {
 }
 
 export class HeraldError extends Error {
-  constructor(code: string, message: string, extra?: { status?: number; topic?: string });
+  constructor(
+    code: string,
+    message: string,
+    extra?: { status?: number; topic?: string; retryAfter?: number },
+  );
   /** Herald's error code, e.g. `forbidden`, `unauthorized`, `invalid_topic`, `closed`. */
   readonly code: string;
   /** The HTTP status, when the server answered with one. */
   readonly status?: number;
   /** The topic concerned, for a refused subscription. */
   readonly topic?: string;
+  /** A temporary refusal (429, 503): ms to wait, from its `Retry-After`. */
+  readonly retryAfter?: number;
 }
 
 /** Connects to the Herald server at `url`: where its routes are mounted, e.g. `https://push.example.com`. */

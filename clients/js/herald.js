@@ -17,10 +17,32 @@
 // relies on: several single-topic cursors joined with '.' are one cursor for all
 // of those topics (later entries win), which is how a long poll resumes topics
 // that were subscribed from different points.
+//
+// Credentials over time: a connection's credential has a deadline (a JWT's
+// `exp`), where the server ends it (SSE `herald.disconnect` `token_expired`,
+// WebSocket close 4001 `token_expired`). With `getToken`, the client fetches a
+// fresh token ahead of the deadline (refreshDelay): in-band `auth` on the
+// WebSocket, a new EventSource from the same cursor over SSE, the next request
+// of a long poll. A connection that the server ends at its deadline anyway is
+// resumed at once, by cursor, with a fresh token.
 
 const GAP = 'herald.gap';
 const DISCONNECT = 'herald.disconnect';
 const TRANSPORTS = ['auto', 'sse', 'ws', 'poll'];
+
+// herald.disconnect reasons after which a stream comes back later: the
+// server refused it for now (its `retry:` says when) or is going away.
+const TEMPORARY = ['rate_limited', 'server_full', 'engine_unavailable', 'shutdown'];
+const TOKEN_EXPIRED = 'token_expired';
+// The WebSocket close code of a refused or expired credential.
+const CLOSE_UNAUTHORIZED = 4001;
+// A credential is refreshed, or a connection resumed at once after its
+// credential ran out, at most this often; faster than that, the usual
+// backoff applies (a getToken that keeps returning stale tokens).
+const REFRESH_MIN_MS = 2000;
+// The least delay after a temporary refusal whose `retry:` the client cannot
+// read (EventSource keeps it to itself): the server's default.
+const TEMPORARY_MIN_MS = 2000;
 
 const DEFAULTS = {
   transport: 'auto',
@@ -40,12 +62,13 @@ const DEFAULTS = {
 
 /** An error the server or the client reports: a stable `code`, a readable `message`. */
 export class HeraldError extends Error {
-  constructor(code, message, { status, topic } = {}) {
+  constructor(code, message, { status, topic, retryAfter } = {}) {
     super(message);
     this.name = 'HeraldError';
     this.code = code;
     if (status !== undefined) this.status = status;
     if (topic !== undefined) this.topic = topic;
+    if (retryAfter !== undefined) this.retryAfter = retryAfter;
   }
 }
 
@@ -281,9 +304,15 @@ class Client {
 
   // For an EventSource URL, which cannot carry headers: getToken's token (it
   // must be short-lived), or a one-time token exchanged for the long-lived
-  // `token`, which never goes into a URL itself.
+  // `token`, which never goes into a URL itself. With the credential's
+  // deadline (ms since the epoch) when it is known: a JWT's `exp`, or the
+  // `expires_at` of the exchange (a one-time token carries the deadline of
+  // the credential it was issued for).
   async _urlToken() {
-    if (this._opts.getToken) return this._headerToken();
+    if (this._opts.getToken) {
+      const token = await this._headerToken();
+      return { token, deadline: tokenDeadline(token) };
+    }
     if (this._opts.token) {
       const res = await fetch(`${this._base}/v1/tokens`, {
         method: 'POST',
@@ -292,22 +321,39 @@ class Client {
         cache: 'no-store',
       });
       if (!res.ok) throw await httpError(res);
-      return (await res.json()).token;
+      const body = await res.json();
+      const deadline =
+        typeof body.expires_at === 'number' ? body.expires_at * 1000 : tokenDeadline(this._opts.token);
+      return { token: body.token, deadline };
     }
-    return null;
+    return { token: null, deadline: null };
   }
 
   async _authHeaders() {
+    return (await this._authed()).headers;
+  }
+
+  // The Authorization header, with the deadline of its credential if known.
+  async _authed() {
     const t = await this._headerToken();
-    return t ? { authorization: `Bearer ${t}` } : {};
+    return {
+      headers: t ? { authorization: `Bearer ${t}` } : {},
+      deadline: tokenDeadline(t),
+    };
   }
 
   async _poll(topics, cursor, timeoutSecs, signal) {
     const q = new URLSearchParams();
     for (const t of topics) q.append('topic', t);
     if (cursor) q.set('cursor', cursor);
+    const { headers, deadline } = await this._authed();
+    // A held poll does not outlive its credential: the next one carries a
+    // fresh token.
+    if (timeoutSecs > 0 && deadline != null) {
+      const left = Math.floor((deadline - Date.now()) / 1000);
+      if (left > 0) timeoutSecs = Math.max(1, Math.min(timeoutSecs, left));
+    }
     q.set('timeout', String(timeoutSecs));
-    const headers = await this._authHeaders();
     const res = await fetch(`${this._base}/v1/poll?${q}`, {
       headers,
       signal,
@@ -481,6 +527,9 @@ class TopicStream {
     this.stopped = false;
     this.failedBeforeOpen = false;
     this.timer = 0;
+    this.refreshTimer = 0;
+    this.resetTimer = 0;
+    this.lastResume = 0;
     this.gen = 0;
     this.backoff = new Backoff(this.c._opts);
     this.onEvent = (e) => {
@@ -512,34 +561,9 @@ class TopicStream {
         }
         c._streamChecked = true;
       }
-      const token = await c._urlToken();
+      const credential = await c._urlToken();
       if (this.stale(gen)) return;
-      const q = new URLSearchParams({ topic: state.topic });
-      if (state.cursor) q.set('last_event_id', state.cursor);
-      if (token) q.set('token', token);
-      const es = new EventSource(`${c._base}/v1/sse?${q}`, {
-        withCredentials: c._opts.withCredentials,
-      });
-      this.es = es;
-      es.onopen = () => {
-        if (this.es !== es) return;
-        this.open = true;
-        this.failedBeforeOpen = false;
-        this.backoff.reset();
-        state.markLive();
-        this.t._check();
-      };
-      // EventSource would reconnect by itself, but with the same URL (a used
-      // token) and only while the server answers 200: reconnect here instead.
-      es.onerror = () => {
-        if (this.es === es) this.retry('stream failed or refused');
-      };
-      es.addEventListener('message', this.onEvent);
-      es.addEventListener(GAP, this.onEvent);
-      for (const name of state.names()) this.listen(name);
-      es.addEventListener(DISCONNECT, (e) => {
-        if (this.es === es) this.retry(`server ended the stream: ${disconnectReason(e.data)}`);
-      });
+      this.openStream(gen, credential);
     } catch (err) {
       if (this.stale(gen)) return;
       if (isRefusal(err)) {
@@ -547,8 +571,77 @@ class TopicStream {
         return;
       }
       if (err && err.status === 401) c._error(err);
-      this.retry(err && err.message);
+      this.retry(err && err.message, { atLeast: err && err.retryAfter });
     }
+  }
+
+  // Opens the EventSource from the topic's cursor with `credential`
+  // ({token, deadline}); with getToken, a refresh is planned ahead of the
+  // deadline.
+  openStream(gen, { token, deadline }) {
+    const { c, state } = this;
+    const q = new URLSearchParams({ topic: state.topic });
+    if (state.cursor) q.set('last_event_id', state.cursor);
+    if (token) q.set('token', token);
+    const es = new EventSource(`${c._base}/v1/sse?${q}`, {
+      withCredentials: c._opts.withCredentials,
+    });
+    this.es = es;
+    es.onopen = () => {
+      if (this.es !== es) return;
+      this.open = true;
+      this.failedBeforeOpen = false;
+      // A temporary refusal also opens (200) before it ends: only a stream
+      // that stays up resets the backoff.
+      clearTimeout(this.resetTimer);
+      this.resetTimer = setTimeout(() => this.backoff.reset(), 1000);
+      state.markLive();
+      this.t._check();
+      this.planRefresh(gen, deadline);
+    };
+    // EventSource would reconnect by itself, but with the same URL (a used
+    // token) and only while the server answers 200: reconnect here instead.
+    es.onerror = () => {
+      if (this.es === es) this.retry('stream failed or refused');
+    };
+    es.addEventListener('message', this.onEvent);
+    es.addEventListener(GAP, this.onEvent);
+    for (const name of state.names()) this.listen(name);
+    es.addEventListener(DISCONNECT, (e) => {
+      if (this.es !== es) return;
+      const { reason, retry } = disconnectData(e.data);
+      const why = `server ended the stream: ${reason}`;
+      if (reason === TOKEN_EXPIRED) this.retry(why, { now: true });
+      else if (TEMPORARY.includes(reason)) this.retry(why, { atLeast: retry ?? TEMPORARY_MIN_MS });
+      else this.retry(why);
+    });
+  }
+
+  // With getToken and a known deadline: ahead of it, fetch a fresh token and
+  // move to a new EventSource from the last cursor (the old one is closed
+  // first, so nothing arrives twice; the new one resumes right after the
+  // last event handed to the page, so nothing is missed).
+  planRefresh(gen, deadline) {
+    clearTimeout(this.refreshTimer);
+    const delay = this.c._opts.getToken ? refreshDelay(deadline) : null;
+    if (delay == null) return;
+    this.refreshTimer = setTimeout(async () => {
+      if (this.stale(gen)) return;
+      let credential;
+      try {
+        credential = await this.c._urlToken();
+      } catch (err) {
+        // Keep the stream: the server ends it at the deadline, and the
+        // reconnect then tries again.
+        if (!this.stale(gen)) this.c._error(err);
+        return;
+      }
+      if (this.stale(gen) || !this.es) return;
+      const next = ++this.gen;
+      this.es.close();
+      this.es = null;
+      this.openStream(next, credential);
+    }, delay);
   }
 
   listen(name) {
@@ -570,7 +663,10 @@ class TopicStream {
     return this.stopped || gen !== this.gen;
   }
 
-  retry(reason) {
+  // Reconnects after the backoff; `now`: at once (the credential ran out:
+  // a fresh token resumes the stream), unless that happened moments ago;
+  // `atLeast`: not before that many ms (a temporary refusal).
+  retry(reason, { now = false, atLeast = 0 } = {}) {
     if (this.stopped) return;
     this.gen++;
     if (this.es) {
@@ -580,7 +676,15 @@ class TopicStream {
     if (!this.open) this.failedBeforeOpen = true;
     this.open = false;
     clearTimeout(this.timer);
-    const delay = this.backoff.next();
+    clearTimeout(this.refreshTimer);
+    clearTimeout(this.resetTimer);
+    let delay;
+    if (now && Date.now() - this.lastResume >= REFRESH_MIN_MS) {
+      this.lastResume = Date.now();
+      delay = 0;
+    } else {
+      delay = Math.max(this.backoff.next(), atLeast || 0);
+    }
     this.c._setStatus('reconnecting', {
       delay,
       attempt: this.backoff.attempt,
@@ -593,6 +697,8 @@ class TopicStream {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
+    clearTimeout(this.resetTimer);
     if (this.es) this.es.close();
     this.es = null;
   }
@@ -612,6 +718,9 @@ class WsTransport {
     this.subs = new Map(); // ref -> TopicState, subscribes not yet answered
     this.publishes = new Map(); // ref -> {msg, resolve, reject, timer}
     this.timer = 0;
+    this.refreshTimer = 0;
+    this.authRef = 0; // the ref of the last auth message sent
+    this.lastResume = 0;
     this.gen = 0;
   }
 
@@ -641,7 +750,12 @@ class WsTransport {
     ws.onopen = () => {
       clearTimeout(connectTimer);
       if (this.ws !== ws) return;
-      if (token) this.send({ type: 'auth', token, ref: ++this.refs });
+      if (token) {
+        this.authRef = ++this.refs;
+        this.send({ type: 'auth', token, ref: this.authRef });
+        // Planned again from the server's answer (`expires_at`).
+        this.planRefresh(gen, tokenDeadline(token));
+      }
       for (const state of this.c._topics.values()) this.subscribe(state);
       // Publishes not answered before a reconnect go again, with the same
       // idempotency id: the server stores each once.
@@ -703,6 +817,12 @@ class WsTransport {
         }
         break;
       }
+      case 'authenticated': {
+        if (m.ref === this.authRef && typeof m.expires_at === 'number') {
+          this.planRefresh(this.gen, m.expires_at * 1000);
+        }
+        break;
+      }
       case 'error': {
         const err = new HeraldError(m.code || 'error', m.message || 'error');
         const p = this.publishes.get(m.ref);
@@ -721,8 +841,31 @@ class WsTransport {
         break;
       }
       default:
-        break; // authenticated, unsubscribed
+        break; // unsubscribed
     }
+  }
+
+  // With getToken and a known deadline: ahead of it, send a fresh token
+  // in-band (`auth`), which moves the connection's deadline; the server's
+  // `authenticated` answer plans the next refresh.
+  planRefresh(gen, deadline) {
+    clearTimeout(this.refreshTimer);
+    const delay = this.c._opts.getToken ? refreshDelay(deadline) : null;
+    if (delay == null) return;
+    this.refreshTimer = setTimeout(async () => {
+      if (this.stopped || gen !== this.gen) return;
+      let token;
+      try {
+        token = await this.c._headerToken();
+      } catch (err) {
+        // The server closes at the deadline; the reconnect tries again.
+        if (!this.stopped && gen === this.gen) this.c._error(err);
+        return;
+      }
+      if (this.stopped || gen !== this.gen || !token) return;
+      this.authRef = ++this.refs;
+      this.send({ type: 'auth', token, ref: this.authRef });
+    }, delay);
   }
 
   markOpen() {
@@ -736,9 +879,15 @@ class WsTransport {
   async onClose(code, reason) {
     this.ws = null;
     this.open = false;
+    clearTimeout(this.refreshTimer);
     if (this.stopped) return;
     const unanswered = [...this.subs.values()];
     this.subs.clear();
+    if (code === CLOSE_UNAUTHORIZED && reason === TOKEN_EXPIRED) {
+      // The credential ran out: resume at once with a fresh one.
+      this.retry(`closed (${code} ${reason})`, { now: true });
+      return;
+    }
     if (code === 4003 && unanswered.length) {
       // A forbidden topic closes the socket. The server answers messages in
       // order, so the first subscribe left unanswered is the one refused.
@@ -746,7 +895,7 @@ class WsTransport {
         unanswered[0],
         new HeraldError('forbidden', reason || 'forbidden topic', { status: 403 }),
       );
-    } else if (code === 4001) {
+    } else if (code === CLOSE_UNAUTHORIZED) {
       this.c._error(
         new HeraldError('unauthorized', reason || 'missing or invalid credential', { status: 401 }),
       );
@@ -764,10 +913,18 @@ class WsTransport {
     this.retry(`closed (${code}${reason ? ` ${reason}` : ''})`);
   }
 
-  retry(reason) {
+  // Reconnects after the backoff; `now`: at once, unless that happened
+  // moments ago.
+  retry(reason, { now = false } = {}) {
     if (this.stopped) return;
     clearTimeout(this.timer);
-    const delay = this.backoff.next();
+    let delay;
+    if (now && Date.now() - this.lastResume >= REFRESH_MIN_MS) {
+      this.lastResume = Date.now();
+      delay = 0;
+    } else {
+      delay = this.backoff.next();
+    }
     this.c._setStatus('reconnecting', { delay, attempt: this.backoff.attempt, reason });
     this.timer = setTimeout(() => this.connect(), delay);
   }
@@ -800,6 +957,7 @@ class WsTransport {
     this.stopped = true;
     this.gen++;
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000);
     this.ws = null;
     for (const p of this.publishes.values()) {
@@ -827,6 +985,7 @@ class PollTransport {
     this.ctrl = null;
     this.wake = null;
     this.backoff = new Backoff(client._opts);
+    this.lastResume = 0;
     // Carry on from what another transport delivered.
     this.cursor = joinCursors([...client._topics.values()].map((s) => s.cursor));
   }
@@ -872,10 +1031,22 @@ class PollTransport {
           await this.dropRefused(states, err);
           continue;
         }
+        if (
+          err &&
+          err.status === 401 &&
+          this.open &&
+          c._opts.getToken &&
+          Date.now() - this.lastResume >= REFRESH_MIN_MS
+        ) {
+          // The credential ran out between two polls: the next one asks
+          // getToken for a fresh token, at once.
+          this.lastResume = Date.now();
+          continue;
+        }
         if (err && err.status === 401) c._error(err);
         this.open = false;
         this.quick = true;
-        const delay = this.backoff.next();
+        const delay = Math.max(this.backoff.next(), (err && err.retryAfter) || 0);
         c._setStatus('reconnecting', {
           delay,
           attempt: this.backoff.attempt,
@@ -1002,12 +1173,45 @@ function parseData(text) {
   }
 }
 
-function disconnectReason(data) {
+// A herald.disconnect's data: its `reason`, and `retry` (ms) if it says.
+function disconnectData(data) {
   try {
-    return JSON.parse(data).reason || 'unknown';
+    const d = JSON.parse(data);
+    return {
+      reason: (d && d.reason) || 'unknown',
+      retry: d && typeof d.retry === 'number' ? d.retry : undefined,
+    };
   } catch {
-    return 'unknown';
+    return { reason: 'unknown', retry: undefined };
   }
+}
+
+// When the credential `token` runs out, in ms since the epoch: a JWT's
+// `exp`; null for other tokens (one-time tokens, opaque ones) and for a JWT
+// without `exp`.
+function tokenDeadline(token) {
+  if (typeof token !== 'string') return null;
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    return claims && typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+// How long until a credential that runs out at `deadline` is refreshed: at
+// 80 % of its remaining lifetime or 30 s before it, whichever is earlier,
+// and never sooner than REFRESH_MIN_MS. null when the deadline is unknown or
+// already past by the browser's clock (the server then ends the connection
+// and the client resumes at once).
+function refreshDelay(deadline, now = Date.now()) {
+  if (deadline == null) return null;
+  const left = deadline - now;
+  if (!(left > 0)) return null;
+  return Math.max(REFRESH_MIN_MS, Math.min(left * 0.8, left - 30_000));
 }
 
 // 400 (invalid topic), 403 (forbidden) and 404 (wrong URL) do not get better by retrying.
@@ -1018,6 +1222,9 @@ function isRefusal(err) {
 async function httpError(res) {
   let code = `http_${res.status}`;
   let message = `the server answered ${res.status}`;
+  // Seconds (RFC 9110 also allows a date; Herald sends seconds).
+  const after = Number(res.headers.get('retry-after'));
+  const retryAfter = after > 0 ? after * 1000 : undefined;
   try {
     const body = await res.json();
     if (body && body.error) {
@@ -1027,7 +1234,7 @@ async function httpError(res) {
   } catch {
     // not JSON: keep the status
   }
-  return new HeraldError(code, message, { status: res.status });
+  return new HeraldError(code, message, { status: res.status, retryAfter });
 }
 
 function closedError() {

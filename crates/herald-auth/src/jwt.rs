@@ -5,8 +5,11 @@
 //!
 //! ```json
 //! {"sub": "alice", "exp": 1767225600, "iat": 1767225300,
-//!  "herald": {"subscribe": ["users/{sub}/**"], "publish": ["chat/*"]}}
+//!  "herald": {"subscribe": ["users/{sub}/**"], "publish": ["chat/*"], "llm": true}}
 //! ```
+//!
+//! `llm: true` lets the holder start LLM generations; topics under `llm/`
+//! are never publishable by a token, whatever its `publish` patterns say.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,9 @@ pub struct HeraldClaim {
     pub subscribe: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+    /// May start LLM generations (`POST /v1/llm/chat`, `/v1/chat/completions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub llm: bool,
 }
 
 /// The claims of a Herald token.
@@ -141,6 +147,7 @@ impl Claims {
             subject: self.sub.clone(),
             subscribe: parse(&self.herald.subscribe)?,
             publish: parse(&self.herald.publish)?,
+            llm: self.herald.llm,
             expires_at: Some(self.exp),
         })
     }

@@ -9,7 +9,8 @@
 //! - [`jwt`]: JWT verification (HS256, RS256, ES256) and Herald's claims.
 //! - [`Auth`]: credentials → [`Principal`] ([`Auth::authenticate`]), and the one
 //!   authorization check ([`Auth::authorize`]); one-time tokens, kept in
-//!   memory or, for several nodes, in a shared [`OneTimeStore`].
+//!   memory or, for several nodes, in a shared [`OneTimeStore`], with a
+//!   per-user share of the pool ([`one_time`]).
 //!
 //! # Example
 //!
@@ -20,7 +21,7 @@
 //! let auth = Auth::new(AuthConfig { hs256_secret: Some(b"0123456789abcdef0123456789abcdef".to_vec()), ..AuthConfig::default() }).unwrap();
 //! let claims = jwt::Claims {
 //!     sub: Some("alice".into()), exp: herald_auth::now() + 60, iat: Some(herald_auth::now()), nbf: None,
-//!     herald: jwt::HeraldClaim { subscribe: vec!["users/{sub}/**".into()], publish: vec![] },
+//!     herald: jwt::HeraldClaim { subscribe: vec!["users/{sub}/**".into()], ..Default::default() },
 //! };
 //! let token = jwt::sign(&claims, b"0123456789abcdef0123456789abcdef", false, None).unwrap();
 //! let who = auth.authenticate(Some(Credential::new(token, Source::Header))).unwrap();
@@ -29,31 +30,18 @@
 //! ```
 
 pub mod jwt;
+pub mod one_time;
 pub mod pattern;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herald_core::engine::BoxFuture;
 use herald_core::Topic;
+use one_time::{LocalTokens, ONE_TIME_PREFIX};
+pub use one_time::{quota_key, Capped, IssueError, OneTimeStore};
 pub use pattern::{PatternError, TopicPattern};
-
-/// Where one-time tokens wait between issue and redemption when several
-/// nodes must share them (the Redis engine provides one). Values are opaque
-/// strings; `take` must remove and return atomically, so a token is redeemed
-/// once across every node. Without a store, tokens stay in this process.
-pub trait OneTimeStore: Send + Sync + 'static {
-    /// Keeps `value` under `token` for `ttl`.
-    fn put<'a>(
-        &'a self,
-        token: &'a str,
-        value: String,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), String>>;
-    /// Removes and returns the value of `token`, if it is there and not expired.
-    fn take<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
-}
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
@@ -105,7 +93,11 @@ pub struct Grant {
     pub subject: Option<String>,
     pub subscribe: Vec<TopicPattern>,
     pub publish: Vec<TopicPattern>,
-    /// `exp`, seconds since the epoch.
+    /// May start LLM generations (the token's `herald.llm` claim).
+    pub llm: bool,
+    /// `exp`, seconds since the epoch: the credential's deadline. A
+    /// connection opened with it ends at this instant (DESIGN.md,
+    /// "Credentials over time").
     pub expires_at: Option<u64>,
 }
 
@@ -133,14 +125,55 @@ impl Principal {
     pub fn is_authenticated(&self) -> bool {
         matches!(self, Principal::User(_) | Principal::Publisher)
     }
+
+    /// The credential's deadline (`exp`, seconds since the Unix epoch), if it
+    /// has one. Connections check it: an SSE stream ends with
+    /// `herald.disconnect {"reason":"token_expired"}` and a WebSocket closes
+    /// with 4001 `token_expired` once it passes.
+    pub fn expires_at(&self) -> Option<u64> {
+        match self {
+            Principal::User(g) => g.expires_at,
+            _ => None,
+        }
+    }
 }
 
-/// What a principal wants to do with a topic.
+/// What a principal wants to do with a topic. Every transport and endpoint
+/// asks [`Auth::authorize`] before doing it (DESIGN.md, "Every action is
+/// authorized, on every transport").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Receive the topic's events (SSE, WebSocket `subscribe`, long poll).
     Subscribe,
+    /// Publish to the topic (`POST /v1/publish`, WebSocket `publish`).
+    /// Topics under [`RELAY_TOPIC_PREFIX`] are refused to everyone: only
+    /// the LLM relay writes them, from inside the server.
     Publish,
+    /// Read who is subscribed to the topic; granted like [`Action::Subscribe`].
+    Presence,
+    /// Read the topic's retained events; granted like [`Action::Subscribe`].
+    History,
+    /// Start an LLM generation whose tokens go to the topic (`llm/<id>`):
+    /// needs the `llm` claim, a publisher key, an open server, or
+    /// [`AuthConfig::public_llm`].
+    Generate,
 }
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Subscribe => "subscribe to",
+            Action::Publish => "publish to",
+            Action::Presence => "read the presence of",
+            Action::History => "read the history of",
+            Action::Generate => "start an LLM generation on",
+        }
+    }
+}
+
+/// Topics under this prefix (`llm/<id>`) carry LLM generations; only the
+/// relay writes them.
+pub const RELAY_TOPIC_PREFIX: &str = "llm/";
 
 /// A credential that was not accepted (maps to 401 / WebSocket 4001). The
 /// message never contains the token.
@@ -159,6 +192,9 @@ pub enum Denied {
     /// The credential does not grant this topic (403 / 4003).
     #[error("not allowed to {action} topic {topic:?}")]
     Forbidden { action: &'static str, topic: String },
+    /// The credential cannot be used for this (401); the message says which one can.
+    #[error("{0}")]
+    Credential(&'static str),
 }
 
 /// Authentication settings.
@@ -180,8 +216,14 @@ pub struct AuthConfig {
     pub one_time_ttl: Duration,
     /// Clock leeway for `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
-    /// One-time tokens outstanding at most.
+    /// One-time tokens outstanding at most, in this process (503
+    /// `server_full` when full).
     pub one_time_max: usize,
+    /// One-time tokens outstanding at most per principal (see
+    /// [`quota_key`]), across nodes with a shared store (429 when reached).
+    pub one_time_max_per_user: usize,
+    /// Anyone, with or without a credential, may start LLM generations.
+    pub public_llm: bool,
 }
 
 impl Default for AuthConfig {
@@ -196,6 +238,8 @@ impl Default for AuthConfig {
             one_time_ttl: Duration::from_secs(60),
             leeway_secs: 5,
             one_time_max: 100_000,
+            one_time_max_per_user: 100,
+            public_llm: false,
         }
     }
 }
@@ -224,7 +268,7 @@ pub struct Auth {
     public: Vec<TopicPattern>,
     api_keys: Vec<String>,
     config: AuthConfig,
-    one_time: Mutex<HashMap<String, (Instant, Principal)>>,
+    one_time: LocalTokens,
     shared_one_time: Option<Arc<dyn OneTimeStore>>,
     /// Topics granted at run time (an LLM stream to its creator), by topic.
     granted: Mutex<HashMap<String, (Instant, Readers)>>,
@@ -252,9 +296,6 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// The prefix of one-time tokens (JWTs never start with it).
-const ONE_TIME_PREFIX: &str = "ot_";
-
 impl Auth {
     /// No authentication: every request is allowed.
     pub fn open() -> Auth {
@@ -265,7 +306,7 @@ impl Auth {
             public: Vec::new(),
             api_keys: Vec::new(),
             config: AuthConfig::default(),
-            one_time: Mutex::new(HashMap::new()),
+            one_time: LocalTokens::default(),
             shared_one_time: None,
             granted: Mutex::new(HashMap::new()),
         }
@@ -306,7 +347,7 @@ impl Auth {
             public,
             api_keys: config.api_keys.clone(),
             config,
-            one_time: Mutex::new(HashMap::new()),
+            one_time: LocalTokens::default(),
             shared_one_time: None,
             granted: Mutex::new(HashMap::new()),
         })
@@ -329,8 +370,13 @@ impl Auth {
         match (&self.shared_one_time, &credential) {
             (Some(store), Some(c)) if c.token.starts_with(ONE_TIME_PREFIX) => {
                 match store.take(&c.token).await {
-                    Ok(Some(v)) => principal_from_store(&v)
-                        .ok_or(AuthError::Invalid("one-time token unreadable")),
+                    Ok(Some(v)) => {
+                        if let Some(owner) = owner_from_store(&v) {
+                            store.release(&owner, &c.token).await;
+                        }
+                        principal_from_store(&v)
+                            .ok_or(AuthError::Invalid("one-time token unreadable"))
+                    }
                     Ok(None) => Err(AuthError::Invalid(
                         "one-time token unknown, expired or already used",
                     )),
@@ -344,20 +390,68 @@ impl Auth {
     }
 
     /// [`Auth::issue_one_time`], into the shared store when there is one.
+    /// Refusals (share used up, pool full, store unreachable) all become
+    /// [`AuthError`]; [`Auth::issue_one_time_for`] tells them apart.
     pub async fn issue_one_time_async(
         &self,
         who: &Principal,
     ) -> Result<(String, Duration), AuthError> {
-        let Some(store) = &self.shared_one_time else {
-            return self.issue_one_time(who);
-        };
-        let token = new_one_time_token()?;
+        self.issue_one_time_for(who, None).await.map_err(|e| match e {
+            IssueError::Auth(a) => a,
+            IssueError::UserLimit { .. } => {
+                AuthError::Invalid("too many outstanding one-time tokens for this user")
+            }
+            IssueError::Full { .. } => AuthError::Invalid("the one-time token pool is full"),
+            IssueError::Unavailable => {
+                AuthError::Invalid("one-time tokens cannot be issued right now")
+            }
+        })
+    }
+
+    /// Issues a one-time token carrying `who`'s rights, into the shared
+    /// store when there is one, counted against `who`'s share
+    /// ([`quota_key`]`(who, client)`; `client` is the caller's address,
+    /// used for principals without a subject). Returns the token and its
+    /// lifetime.
+    ///
+    /// Errors: [`IssueError::UserLimit`] when `who` holds
+    /// [`AuthConfig::one_time_max_per_user`] unexpired tokens,
+    /// [`IssueError::Full`] when this process holds
+    /// [`AuthConfig::one_time_max`], [`IssueError::Unavailable`] when the
+    /// shared store cannot be reached.
+    pub async fn issue_one_time_for(
+        &self,
+        who: &Principal,
+        client: Option<IpAddr>,
+    ) -> Result<(String, Duration), IssueError> {
         let ttl = self.config.one_time_ttl;
-        store
-            .put(&token, principal_to_store(who), ttl)
+        let owner = quota_key(who, client);
+        let Some(store) = &self.shared_one_time else {
+            let token = self.one_time.issue(
+                who,
+                owner,
+                ttl,
+                self.config.one_time_max,
+                self.config.one_time_max_per_user,
+            )?;
+            return Ok((token, ttl));
+        };
+        let token = one_time::new_token()?;
+        let value = principal_to_store(who, &owner);
+        match store
+            .put_capped(
+                &token,
+                value,
+                ttl,
+                &owner,
+                self.config.one_time_max_per_user,
+            )
             .await
-            .map_err(|_| AuthError::Invalid("one-time tokens cannot be issued right now"))?;
-        Ok((token, ttl))
+        {
+            Ok(Capped::Stored) => Ok((token, ttl)),
+            Ok(Capped::OwnerFull { retry_after }) => Err(IssueError::UserLimit { retry_after }),
+            Err(_) => Err(IssueError::Unavailable),
+        }
     }
 
     /// Whether any authentication is configured.
@@ -404,42 +498,89 @@ impl Auth {
             self.config.leeway_secs,
         )?;
         if c.source == Source::Query {
-            let max = self.config.max_query_token_lifetime.as_secs();
-            match claims.iat {
-                Some(iat) if claims.exp.saturating_sub(iat) <= max => {}
-                Some(_) => {
-                    return Err(AuthError::Invalid(
-                        "tokens in a URL must be short-lived (exp - iat too large); use POST /v1/tokens",
-                    ))
-                }
-                None => return Err(AuthError::Invalid("tokens in a URL need an iat claim")),
-            }
+            query_token_lifetime(
+                claims.iat,
+                claims.exp,
+                now(),
+                self.config.max_query_token_lifetime.as_secs(),
+                self.config.leeway_secs,
+            )?;
         }
         Ok(Principal::User(Arc::new(claims.grant()?)))
     }
 
-    /// The one authorization check, used by every transport and the publish API.
+    /// The one authorization check, used by every transport and endpoint
+    /// for every [`Action`]. A principal whose credential has passed its
+    /// deadline is refused as unauthenticated.
+    ///
+    /// Errors: [`Denied::Unauthenticated`] (401 / WebSocket 4001) without a
+    /// credential or with an expired one, [`Denied::Forbidden`] (403 / 4003)
+    /// when the credential does not grant the action on `topic`.
     pub fn authorize(&self, who: &Principal, action: Action, topic: &Topic) -> Result<(), Denied> {
-        let (patterns, name) = match (who, action) {
+        let forbidden = || Denied::Forbidden {
+            action: action.verb(),
+            topic: topic.as_str().to_owned(),
+        };
+        if action == Action::Publish && topic.as_str().starts_with(RELAY_TOPIC_PREFIX) {
+            return Err(forbidden());
+        }
+        if let Some(exp) = who.expires_at() {
+            if now() >= exp.saturating_add(self.config.leeway_secs) {
+                return Err(Denied::Unauthenticated(topic.as_str().to_owned()));
+            }
+        }
+        let reads = matches!(
+            action,
+            Action::Subscribe | Action::Presence | Action::History
+        );
+        let patterns = match (who, action) {
             (Principal::Open | Principal::Publisher, _) => return Ok(()),
-            (_, Action::Subscribe) if self.public.iter().any(|p| p.matches(topic, None)) => {
+            (_, Action::Generate) if self.config.public_llm => return Ok(()),
+            (_, _) if reads && self.public.iter().any(|p| p.matches(topic, None)) => {
                 return Ok(())
             }
-            (_, Action::Subscribe) if self.granted_to(topic, who.subject()) => return Ok(()),
+            (_, _) if reads && self.granted_to(topic, who.subject()) => return Ok(()),
             (Principal::Anonymous, _) => {
                 return Err(Denied::Unauthenticated(topic.as_str().to_owned()))
             }
-            (Principal::User(g), Action::Subscribe) => (&g.subscribe, "subscribe to"),
-            (Principal::User(g), Action::Publish) => (&g.publish, "publish to"),
+            (Principal::User(g), Action::Generate) => {
+                return if g.llm { Ok(()) } else { Err(forbidden()) }
+            }
+            (Principal::User(g), Action::Publish) => &g.publish,
+            (Principal::User(g), _) => &g.subscribe,
         };
         if patterns.iter().any(|p| p.matches(topic, who.subject())) {
             Ok(())
         } else {
-            Err(Denied::Forbidden {
-                action: name,
-                topic: topic.as_str().to_owned(),
-            })
+            Err(forbidden())
         }
+    }
+
+    /// Whether `who`, authenticated by a credential from `source`, may
+    /// exchange it for a one-time token (`POST /v1/tokens`): on a server with
+    /// authentication, only a credential from the `Authorization` header or
+    /// the cookie may, never a token from a URL (nor another one-time token).
+    pub fn authorize_exchange(&self, who: &Principal, source: Option<Source>) -> Result<(), Denied> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let expired = who
+            .expires_at()
+            .is_some_and(|exp| now() >= exp.saturating_add(self.config.leeway_secs));
+        if !who.is_authenticated()
+            || expired
+            || !matches!(source, Some(Source::Header | Source::Cookie))
+        {
+            return Err(Denied::Credential(
+                "authenticate with an Authorization header or the cookie to get a one-time token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Clock leeway applied to `exp`, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.config.leeway_secs
     }
 
     /// Lets `readers` subscribe to `topic` for `ttl`, beside what their
@@ -473,25 +614,30 @@ impl Auth {
         }
     }
 
-    /// Issues a one-time token carrying `who`'s rights. Returns the token and its lifetime.
+    /// Issues a one-time token carrying `who`'s rights, in this process.
+    /// Returns the token and its lifetime. Refused when a shared store is
+    /// configured (use [`Auth::issue_one_time_for`]), when `who` holds its
+    /// share, or when the pool is full.
     pub fn issue_one_time(&self, who: &Principal) -> Result<(String, Duration), AuthError> {
         if self.shared_one_time.is_some() {
             return Err(AuthError::Invalid(
                 "one-time tokens are shared; issue them with issue_one_time_async",
             ));
         }
-        let token = new_one_time_token()?;
         let ttl = self.config.one_time_ttl;
-        let now = Instant::now();
-        let mut map = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (exp, _)| *exp > now);
-        if map.len() >= self.config.one_time_max {
-            return Err(AuthError::Invalid(
-                "too many outstanding one-time tokens; try again shortly",
-            ));
-        }
-        map.insert(token.clone(), (now + ttl, who.clone()));
-        Ok((token, ttl))
+        self.one_time
+            .issue(
+                who,
+                quota_key(who, None),
+                ttl,
+                self.config.one_time_max,
+                self.config.one_time_max_per_user,
+            )
+            .map(|t| (t, ttl))
+            .map_err(|e| match e {
+                IssueError::Auth(a) => a,
+                _ => AuthError::Invalid("too many outstanding one-time tokens; try again shortly"),
+            })
     }
 
     fn redeem(&self, token: &str) -> Result<Principal, AuthError> {
@@ -500,41 +646,62 @@ impl Auth {
                 "one-time tokens are shared; redeem them with authenticate_async",
             ));
         }
-        let mut map = self.one_time.lock().unwrap_or_else(|e| e.into_inner());
-        match map.remove(token) {
-            Some((exp, who)) if exp > Instant::now() => Ok(who),
-            Some(_) => Err(AuthError::Invalid("one-time token expired")),
-            None => Err(AuthError::Invalid("one-time token unknown or already used")),
-        }
+        self.one_time.redeem(token)
     }
 }
 
-fn new_one_time_token() -> Result<String, AuthError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| AuthError::Invalid("no randomness available"))?;
-    use base64::Engine;
-    Ok(format!(
-        "{ONE_TIME_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+/// The rule for a JWT carried in a URL (DESIGN.md, "Credentials over time"):
+/// it needs `iat`, its `iat` may not lie in the future (beyond `leeway`
+/// seconds), and its remaining lifetime `exp - max(now, iat)` may not exceed
+/// `max` seconds. All values are seconds since the Unix epoch.
+pub fn query_token_lifetime(
+    iat: Option<u64>,
+    exp: u64,
+    now: u64,
+    max: u64,
+    leeway: u64,
+) -> Result<(), AuthError> {
+    let Some(iat) = iat else {
+        return Err(AuthError::Invalid("tokens in a URL need an iat claim"));
+    };
+    if iat > now.saturating_add(leeway) {
+        return Err(AuthError::Invalid(
+            "tokens in a URL may not be issued in the future (iat)",
+        ));
+    }
+    if exp.saturating_sub(now.max(iat)) > max {
+        return Err(AuthError::Invalid(
+            "tokens in a URL must be short-lived (exp too far ahead); use POST /v1/tokens",
+        ));
+    }
+    Ok(())
 }
 
-/// A principal as a shared one-time store keeps it (JSON).
-fn principal_to_store(who: &Principal) -> String {
+/// A principal as a shared one-time store keeps it (JSON), with the
+/// [`quota_key`] it is counted under.
+fn principal_to_store(who: &Principal, owner: &str) -> String {
     let patterns = |v: &[TopicPattern]| v.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
     match who {
-        Principal::Open => serde_json::json!({"kind": "open"}),
-        Principal::Anonymous => serde_json::json!({"kind": "anonymous"}),
-        Principal::Publisher => serde_json::json!({"kind": "publisher"}),
+        Principal::Open => serde_json::json!({"kind": "open", "owner": owner}),
+        Principal::Anonymous => serde_json::json!({"kind": "anonymous", "owner": owner}),
+        Principal::Publisher => serde_json::json!({"kind": "publisher", "owner": owner}),
         Principal::User(g) => serde_json::json!({
             "kind": "user",
+            "owner": owner,
             "sub": g.subject,
             "subscribe": patterns(&g.subscribe),
             "publish": patterns(&g.publish),
+            "llm": g.llm,
             "exp": g.expires_at,
         }),
     }
     .to_string()
+}
+
+/// The [`quota_key`] a stored one-time token is counted under.
+fn owner_from_store(v: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(v).ok()?;
+    v["owner"].as_str().map(str::to_owned)
 }
 
 fn principal_from_store(v: &str) -> Option<Principal> {
@@ -554,6 +721,7 @@ fn principal_from_store(v: &str) -> Option<Principal> {
             subject: v["sub"].as_str().map(str::to_owned),
             subscribe: patterns("subscribe")?,
             publish: patterns("publish")?,
+            llm: v["llm"].as_bool().unwrap_or(false),
             expires_at: v["exp"].as_u64(),
         })),
         _ => return None,

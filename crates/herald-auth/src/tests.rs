@@ -12,6 +12,7 @@ fn claims(sub: &str, subscribe: &[&str], publish: &[&str], ttl: i64) -> jwt::Cla
         herald: jwt::HeraldClaim {
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
             publish: publish.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         },
     }
 }
@@ -24,6 +25,12 @@ fn hs_auth() -> Auth {
         ..AuthConfig::default()
     })
     .unwrap()
+}
+
+fn user(auth: &Auth, c: jwt::Claims) -> Principal {
+    let tok = jwt::sign(&c, SECRET, false, None).unwrap();
+    auth.authenticate(Some(Credential::new(tok, Source::Header)))
+        .unwrap()
 }
 
 fn t(s: &str) -> Topic {
@@ -322,6 +329,7 @@ fn principals_survive_a_shared_store() {
         subject: Some("alice".into()),
         subscribe: vec![TopicPattern::parse("users/{sub}/**").unwrap()],
         publish: vec![TopicPattern::parse("chat/*").unwrap()],
+        llm: true,
         expires_at: Some(1_900_000_000),
     };
     for who in [
@@ -334,4 +342,125 @@ fn principals_survive_a_shared_store() {
     }
     assert_eq!(principal_from_store("{\"kind\":\"root\"}"), None);
     assert_eq!(principal_from_store("not json"), None);
+}
+
+#[test]
+fn relay_topics_are_written_by_nobody_but_the_relay() {
+    let auth = hs_auth();
+    let wide = user(&auth, claims("alice", &["**"], &["**", "llm/*"], 60));
+    let topic = t("llm/abc");
+    for who in [Principal::Open, Principal::Publisher, Principal::Anonymous, wide.clone()] {
+        assert!(matches!(
+            auth.authorize(&who, Action::Publish, &topic),
+            Err(Denied::Forbidden { .. })
+        ));
+    }
+    // Reading stays a matter of grants.
+    assert!(auth.authorize(&wide, Action::Subscribe, &topic).is_ok());
+    // A topic that merely starts with the letters is not reserved.
+    assert!(auth.authorize(&wide, Action::Publish, &t("llmx/a")).is_ok());
+}
+
+#[test]
+fn starting_a_generation_is_its_own_grant() {
+    let auth = hs_auth();
+    let topic = t("llm/abc");
+    let publisher_of_llm = user(&auth, claims("alice", &[], &["llm/*", "**"], 60));
+    assert!(matches!(
+        auth.authorize(&publisher_of_llm, Action::Generate, &topic),
+        Err(Denied::Forbidden { .. })
+    ));
+    let mut c = claims("bob", &[], &[], 60);
+    c.herald.llm = true;
+    let llm = user(&auth, c);
+    assert!(auth.authorize(&llm, Action::Generate, &topic).is_ok());
+    assert!(matches!(
+        auth.authorize(&Principal::Anonymous, Action::Generate, &topic),
+        Err(Denied::Unauthenticated(_))
+    ));
+    assert!(auth
+        .authorize(&Principal::Publisher, Action::Generate, &topic)
+        .is_ok());
+    let open_llm = Auth::new(AuthConfig {
+        hs256_secret: Some(SECRET.to_vec()),
+        public_llm: true,
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    assert!(open_llm
+        .authorize(&Principal::Anonymous, Action::Generate, &topic)
+        .is_ok());
+}
+
+#[test]
+fn presence_and_history_are_granted_like_subscribe() {
+    let auth = hs_auth();
+    let alice = user(&auth, claims("alice", &["rooms/*"], &[], 60));
+    for action in [Action::Subscribe, Action::Presence, Action::History] {
+        assert!(auth.authorize(&alice, action, &t("rooms/1")).is_ok());
+        assert!(auth.authorize(&alice, action, &t("other/1")).is_err());
+    }
+}
+
+#[test]
+fn an_expired_principal_is_refused_every_action() {
+    let auth = hs_auth();
+    let grant = Grant {
+        subject: Some("alice".into()),
+        subscribe: vec![TopicPattern::parse("**").unwrap()],
+        publish: vec![TopicPattern::parse("**").unwrap()],
+        llm: true,
+        expires_at: Some(now() - 10),
+    };
+    let who = Principal::User(Arc::new(grant));
+    for action in [
+        Action::Subscribe,
+        Action::Publish,
+        Action::Presence,
+        Action::History,
+        Action::Generate,
+    ] {
+        assert!(
+            matches!(
+                auth.authorize(&who, action, &t("a/b")),
+                Err(Denied::Unauthenticated(_))
+            ),
+            "{action:?}"
+        );
+    }
+    assert!(auth.authorize_exchange(&who, Some(Source::Header)).is_err());
+}
+
+#[test]
+fn token_exchange_needs_a_header_or_cookie_credential() {
+    let auth = hs_auth();
+    let alice = user(&auth, claims("alice", &["**"], &[], 60));
+    assert!(auth.authorize_exchange(&alice, Some(Source::Header)).is_ok());
+    assert!(auth.authorize_exchange(&alice, Some(Source::Cookie)).is_ok());
+    assert!(auth.authorize_exchange(&alice, Some(Source::Query)).is_err());
+    assert!(auth.authorize_exchange(&alice, Some(Source::Message)).is_err());
+    assert!(auth
+        .authorize_exchange(&Principal::Anonymous, None)
+        .is_err());
+    assert!(Auth::open()
+        .authorize_exchange(&Principal::Open, None)
+        .is_ok());
+}
+
+#[test]
+fn url_token_lifetime_counts_from_now_or_iat() {
+    use crate::query_token_lifetime as rule;
+    let now = 1_800_000_000;
+    // Five minutes ahead, issued now: fine.
+    assert!(rule(Some(now), now + 300, now, 300, 5).is_ok());
+    // Issued long ago, five minutes left: fine (remaining lifetime counts).
+    assert!(rule(Some(now - 86_400), now + 300, now, 300, 5).is_ok());
+    // Ten years ahead with exp five minutes after it: iat in the future.
+    let future = now + 10 * 365 * 86_400;
+    assert!(rule(Some(future), future + 300, now, 300, 5).is_err());
+    // Too long.
+    assert!(rule(Some(now), now + 301, now, 300, 5).is_err());
+    // iat within the leeway is accepted, no iat is not.
+    assert!(rule(Some(now + 3), now + 200, now, 300, 5).is_ok());
+    assert!(rule(None, now + 60, now, 300, 5).is_err());
 }

@@ -18,6 +18,7 @@ fn claims() -> jwt::Claims {
         herald: jwt::HeraldClaim {
             subscribe: vec!["users/{sub}/**".into()],
             publish: vec![],
+            ..Default::default()
         },
     }
 }

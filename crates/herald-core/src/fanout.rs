@@ -234,6 +234,11 @@ impl Fanout {
         false
     }
 
+    /// The hub's metrics, where engines report what they hold.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &Topic) -> usize {
         self.shard(topic).get(topic).map_or(0, Vec::len)

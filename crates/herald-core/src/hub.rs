@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use crate::engine::memory::MemoryEngine;
-use crate::engine::{Engine, EngineError, HistoryLimits};
+use crate::engine::{Budget, Engine, EngineError, HistoryLimits};
 use crate::event::{Event, NewEvent};
 use crate::fanout::Fanout;
 use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
@@ -33,8 +33,14 @@ pub struct HubConfig {
     pub read_page: usize,
     /// How long idempotency keys are remembered.
     pub idempotency_ttl: Duration,
-    /// How many idempotency keys are remembered at most.
+    /// How many idempotency keys are remembered at most (in this process's
+    /// memory; a shared store bounds itself).
     pub idempotency_max_keys: usize,
+    /// Bytes of idempotency keys (topic and id) remembered at most, in this
+    /// process's memory.
+    pub idempotency_max_bytes: usize,
+    /// Global caps on the topics and retained bytes the engine holds.
+    pub budget: Budget,
 }
 
 impl Default for HubConfig {
@@ -48,6 +54,8 @@ impl Default for HubConfig {
             read_page: 256,
             idempotency_ttl: Duration::from_secs(600),
             idempotency_max_keys: 100_000,
+            idempotency_max_bytes: 32 * 1024 * 1024,
+            budget: Budget::default(),
         }
     }
 }
@@ -133,6 +141,7 @@ impl Hub {
     pub fn new(engine: Arc<dyn Engine>, config: HubConfig) -> Hub {
         let metrics = Arc::new(Metrics::default());
         let fanout = Arc::new(Fanout::new(metrics.clone()));
+        engine.set_budget(config.budget);
         engine.attach(fanout.clone());
         let idempotency = engine
             .idempotency_store(config.idempotency_ttl)
@@ -140,6 +149,7 @@ impl Hub {
                 Arc::new(Idempotency::new(
                     config.idempotency_ttl,
                     config.idempotency_max_keys,
+                    config.idempotency_max_bytes,
                 ))
             });
         Hub {
@@ -194,11 +204,17 @@ impl Hub {
                 self.inner.metrics.observe_publish(started.elapsed());
                 let _ = v;
             }
-            Err(_) => {
+            Err(e) => {
                 self.inner
                     .metrics
                     .publish_errors
                     .fetch_add(1, Ordering::Relaxed);
+                if matches!(e, PublishError::Engine(EngineError::ServerFull(_))) {
+                    self.inner
+                        .metrics
+                        .budget_refusals
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         r
@@ -283,10 +299,6 @@ impl Hub {
                 match claim {
                     Claim::Owned => {
                         owned[i] = true;
-                        break;
-                    }
-                    Claim::Done(e) => {
-                        known[i] = Some(e);
                         break;
                     }
                     Claim::DoneAt(position, at) => {

@@ -24,6 +24,17 @@ pub struct Metrics {
     pub tcp_connections_total: AtomicU64,
     pub tcp_connections_open: AtomicI64,
     pub tls_handshake_failures: AtomicU64,
+    /// Topics the engine dropped from memory (idle: no subscriber, nothing retained).
+    pub topics_dropped: AtomicU64,
+    /// Publishes refused because a global budget was used up (503 `server_full`).
+    pub budget_refusals: AtomicU64,
+    /// Topics the engine holds now (set with [`Metrics::set_usage`]).
+    topics_held: AtomicU64,
+    /// Bytes of retained events the engine holds now (see `Budget::event_bytes`).
+    retained_bytes: AtomicU64,
+    /// Whether the engine reports the two gauges above (Redis does not: its
+    /// state lives in Redis).
+    usage_reported: std::sync::atomic::AtomicBool,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -66,6 +77,22 @@ impl Metrics {
             Transport::WebSocket => &self.connections_ws,
             Transport::Poll => &self.connections_poll,
         }
+    }
+
+    /// Sets the engine's usage gauges: topics held and bytes of retained
+    /// events. Engines that hold per-topic state call this as it changes.
+    pub fn set_usage(&self, topics: u64, retained_bytes: u64) {
+        self.topics_held.store(topics, Ordering::Relaxed);
+        self.retained_bytes.store(retained_bytes, Ordering::Relaxed);
+        self.usage_reported.store(true, Ordering::Relaxed);
+    }
+
+    /// The last usage set: (topics held, bytes of retained events).
+    pub fn usage(&self) -> (u64, u64) {
+        (
+            self.topics_held.load(Ordering::Relaxed),
+            self.retained_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts a connection for as long as the guard lives.
@@ -189,6 +216,34 @@ impl Metrics {
             c(&self.latency_sum_us) as f64 / 1e6
         );
         let _ = writeln!(o, "herald_publish_duration_seconds_count {count}");
+        let _ = writeln!(
+            o,
+            "# HELP herald_topics_dropped_total Idle topics dropped from memory (no subscriber, nothing retained)."
+        );
+        let _ = writeln!(o, "# TYPE herald_topics_dropped_total counter");
+        let _ = writeln!(o, "herald_topics_dropped_total {}", c(&self.topics_dropped));
+        let _ = writeln!(
+            o,
+            "# HELP herald_budget_refusals_total Publishes refused because a global budget (topics, retained bytes) was used up."
+        );
+        let _ = writeln!(o, "# TYPE herald_budget_refusals_total counter");
+        let _ = writeln!(
+            o,
+            "herald_budget_refusals_total {}",
+            c(&self.budget_refusals)
+        );
+        if self.usage_reported.load(Ordering::Relaxed) {
+            let (topics, bytes) = self.usage();
+            let _ = writeln!(o, "# HELP herald_topics Topics the engine holds in memory.");
+            let _ = writeln!(o, "# TYPE herald_topics gauge");
+            let _ = writeln!(o, "herald_topics {topics}");
+            let _ = writeln!(
+                o,
+                "# HELP herald_retained_bytes Bytes of retained events the engine holds (data, name and a fixed overhead per event)."
+            );
+            let _ = writeln!(o, "# TYPE herald_retained_bytes gauge");
+            let _ = writeln!(o, "herald_retained_bytes {bytes}");
+        }
         let _ = writeln!(o, "# HELP herald_engine_info The engine in use.");
         let _ = writeln!(o, "# TYPE herald_engine_info gauge");
         let _ = writeln!(o, "herald_engine_info{{engine=\"{engine}\"}} 1");

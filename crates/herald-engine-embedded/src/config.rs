@@ -29,6 +29,22 @@ pub struct EmbeddedConfig {
     /// Events kept in memory per topic (the newest ones), so live fan-out
     /// and recent resumes never read the disk.
     pub hot_tail: usize,
+    /// Bytes kept in memory per topic's hot tail (counted as in
+    /// [`EmbeddedConfig::tail_event_bytes`]); the oldest events leave first,
+    /// and an event larger than this is not kept (reads find it on disk).
+    /// Default 1 MiB.
+    pub hot_tail_bytes: usize,
+    /// Bytes kept in all hot tails together; past it the writer trims the
+    /// tails, oldest events first within each, until they are under 3/4 of
+    /// it. Default 64 MiB.
+    pub hot_tail_total_bytes: usize,
+    /// Idempotency records kept on disk at most (each: the topic, the id and
+    /// the event's position and time); past it the oldest go first, before
+    /// their TTL. Default 100,000.
+    pub idempotency_max_records: usize,
+    /// Bytes of idempotency records on disk at most (their keys twice, plus
+    /// 25 bytes each); past it the oldest go first. Default 64 MiB.
+    pub idempotency_max_bytes: usize,
     /// Most events waiting for the writer; publishes beyond that wait.
     pub max_pending_events: usize,
     /// How often age retention looks for expired events.
@@ -50,6 +66,10 @@ impl EmbeddedConfig {
             max_commit_events: 4096,
             max_commit_bytes: 16 * 1024 * 1024,
             hot_tail: 128,
+            hot_tail_bytes: 1024 * 1024,
+            hot_tail_total_bytes: 64 * 1024 * 1024,
+            idempotency_max_records: 100_000,
+            idempotency_max_bytes: 64 * 1024 * 1024,
             max_pending_events: 65_536,
             retention_interval: Duration::from_secs(1),
             verify_on_open: true,
@@ -63,6 +83,18 @@ impl EmbeddedConfig {
         self.retention_interval =
             (history.max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self
+    }
+}
+
+impl EmbeddedConfig {
+    /// The bytes an event counts for in the hot tail: its data twice (the
+    /// event, and the SSE frame it caches once it is sent), its name and
+    /// topic, and 256 bytes of bookkeeping.
+    pub fn tail_event_bytes(event: &herald_core::Event) -> usize {
+        2 * event.data.len()
+            + event.name.as_ref().map_or(0, |n| n.len())
+            + event.topic.as_str().len()
+            + 256
     }
 }
 

@@ -3,15 +3,18 @@
 //! the store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use herald_core::engine::{resolve_start, BoxFuture, ReadResult};
+use herald_core::engine::{resolve_start, BoxFuture, Budget, ReadResult};
+use herald_core::event::now_ms;
 use herald_core::fanout::Fanout;
+use herald_core::idempotency::{Claim, Idempotency, IdempotencyStore};
 use herald_core::{Engine, EngineError, Event, NewEvent, Position, Topic};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
 use crate::config::EmbeddedConfig;
 use crate::error::{OpenError, StoreError};
@@ -38,15 +41,32 @@ pub struct EmbeddedEngine {
 
 /// What readers and the writer share.
 pub(crate) struct Shared {
-    /// The store's epoch: every topic's, including topics with no event yet.
+    /// The store's epoch.
     pub(crate) epoch: u64,
+    /// The epoch of topics created from now on, and of topics the store
+    /// does not hold (see [`crate::format::TOPIC_EPOCH_KEY`]).
+    topic_epoch: AtomicU64,
     tail_cap: usize,
+    tail_max_bytes: usize,
+    tail_total_max_bytes: usize,
+    /// Bytes in all hot tails.
+    tail_bytes: AtomicUsize,
+    /// Where the next trim of the tails starts (a shard index).
+    trim_at: AtomicUsize,
     views: Box<[Mutex<HashMap<Topic, TopicView>>]>,
     fanout: RwLock<Option<Arc<Fanout>>>,
     /// Taken out on close, so that the files are released.
     store: RwLock<Option<Arc<Store>>>,
     state: AtomicU8,
     failure: Mutex<String>,
+    /// Why the final persist at close failed, if it did.
+    close_error: Mutex<Option<String>>,
+    /// The topic budget (`Budget::max_topics`).
+    max_topics: AtomicUsize,
+    /// How long idempotency records count, in milliseconds.
+    idempotency_ttl_ms: AtomicU64,
+    /// Idempotency ids whose publish is in flight.
+    claims: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// What readers see of a topic: its committed positions and hot tail.
@@ -57,6 +77,8 @@ struct TopicView {
     first: u64,
     /// The newest events, contiguous and ending at `head` (maybe empty).
     tail: VecDeque<Arc<Event>>,
+    /// Their bytes, as [`EmbeddedConfig::tail_event_bytes`] counts them.
+    tail_bytes: usize,
 }
 
 impl EmbeddedEngine {
@@ -68,16 +90,37 @@ impl EmbeddedEngine {
         let (store, recovered) = Store::open(&config.dir, config.verify_on_open)?;
         let store = Arc::new(store);
         let epoch = store.marker().epoch;
+        if let Some((expected, found)) = recovered.rolled_back {
+            tracing::warn!(
+                dir = %config.dir.display(),
+                expected_commits = expected,
+                found_commits = found,
+                previous_epoch = %format_args!("{:x}", store.previous_epoch()),
+                epoch = %format_args!("{epoch:x}"),
+                "the store holds fewer commits than it acknowledged (its journal was cut or \
+                 restored from an older copy): started a new epoch, so clients resuming \
+                 with earlier cursors get an epoch_changed gap"
+            );
+        }
         let shared = Arc::new(Shared {
             epoch,
+            topic_epoch: AtomicU64::new(recovered.topic_epoch),
             tail_cap: config.hot_tail.min(config.history.max_events),
+            tail_max_bytes: config.hot_tail_bytes,
+            tail_total_max_bytes: config.hot_tail_total_bytes.max(1),
+            tail_bytes: AtomicUsize::new(0),
+            trim_at: AtomicUsize::new(0),
             views: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             fanout: RwLock::new(None),
             store: RwLock::new(Some(store.clone())),
             state: AtomicU8::new(OPEN),
             failure: Mutex::new(String::new()),
+            close_error: Mutex::new(None),
+            max_topics: AtomicUsize::new(Budget::default().max_topics),
+            idempotency_ttl_ms: AtomicU64::new(600_000),
+            claims: Mutex::new(HashMap::new()),
         });
-        for r in &recovered {
+        for r in &recovered.topics {
             shared.shard(&r.topic).insert(
                 r.topic.clone(),
                 TopicView {
@@ -86,12 +129,13 @@ impl EmbeddedEngine {
                     head: r.meta.head,
                     first: r.meta.first,
                     tail: VecDeque::new(),
+                    tail_bytes: 0,
                 },
             );
         }
         tracing::info!(
             dir = %config.dir.display(),
-            topics = recovered.len(),
+            topics = recovered.topics.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "embedded store open"
         );
@@ -123,9 +167,42 @@ impl EmbeddedEngine {
         })
     }
 
-    /// The store's epoch (every topic's).
+    /// The store's epoch: that of every topic created before the first
+    /// topic was dropped.
     pub fn epoch(&self) -> u64 {
         self.shared.epoch
+    }
+
+    /// The epoch topics created now get (see
+    /// [`format::TOPIC_EPOCH_KEY`](crate::format::TOPIC_EPOCH_KEY)).
+    pub fn topic_epoch(&self) -> u64 {
+        self.shared.topic_epoch()
+    }
+
+    /// Topics the engine holds (with retained events, or a subscriber).
+    pub fn topic_count(&self) -> usize {
+        self.shared
+            .views
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Bytes held in the hot tails (see [`EmbeddedConfig::tail_event_bytes`]).
+    pub fn hot_tail_bytes(&self) -> usize {
+        self.shared.tail_bytes()
+    }
+
+    /// After [`Engine::close`]: why the final flush and fsync failed, if it
+    /// did. Events acknowledged before were already durable; a binary
+    /// should still exit non-zero, since the store's state at exit is not
+    /// known.
+    pub fn close_error(&self) -> Option<String> {
+        self.shared
+            .close_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn publish_inner(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
@@ -169,9 +246,10 @@ impl EmbeddedEngine {
             let (mut result, id, want, end) = {
                 let shard = self.shared.shard(topic);
                 let Some(v) = shard.get(topic) else {
-                    let (from, gap) = resolve_start(self.shared.epoch, 0, 1, after);
+                    let epoch = self.shared.topic_epoch();
+                    let (from, gap) = resolve_start(epoch, 0, 1, after);
                     return Ok(ReadResult {
-                        epoch: self.shared.epoch,
+                        epoch,
                         head: 0,
                         gap,
                         from,
@@ -248,6 +326,75 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Shared {
+    pub(crate) fn topic_epoch(&self) -> u64 {
+        self.topic_epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_topic_epoch(&self, epoch: u64) {
+        self.topic_epoch.store(epoch, Ordering::Release);
+    }
+
+    pub(crate) fn tail_bytes(&self) -> usize {
+        self.tail_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn max_topics(&self) -> usize {
+        self.max_topics.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn idempotency_ttl_ms(&self) -> u64 {
+        self.idempotency_ttl_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_close_error(&self, why: String) {
+        *self.close_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// A dropped topic (its drop is durable): its view goes.
+    pub(crate) fn drop_view(&self, topic: &Topic) {
+        if let Some(v) = self.shard(topic).remove(topic) {
+            self.tail_bytes.fetch_sub(v.tail_bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Pops a view's oldest tail event.
+    fn pop_tail(&self, v: &mut TopicView) {
+        if let Some(e) = v.tail.pop_front() {
+            let b = EmbeddedConfig::tail_event_bytes(&e);
+            v.tail_bytes -= b;
+            self.tail_bytes.fetch_sub(b, Ordering::Relaxed);
+        }
+    }
+
+    /// When the hot tails together hold more than their budget, trims them
+    /// (each visited tail loses its older half) until they hold under 3/4
+    /// of it, visiting shards round-robin from where the last trim stopped.
+    pub(crate) fn trim_tails(&self) {
+        if self.tail_bytes() <= self.tail_total_max_bytes {
+            return;
+        }
+        let target = self.tail_total_max_bytes / 4 * 3;
+        let start = self.trim_at.load(Ordering::Relaxed);
+        for k in 0..SHARDS {
+            let i = (start + k) % SHARDS;
+            let mut shard = self.views[i].lock().unwrap_or_else(|e| e.into_inner());
+            for v in shard.values_mut() {
+                let keep = v.tail_bytes / 2;
+                while v.tail_bytes > keep && !v.tail.is_empty() {
+                    self.pop_tail(v);
+                }
+                if self.tail_bytes() <= target {
+                    break;
+                }
+            }
+            drop(shard);
+            if self.tail_bytes() <= target {
+                self.trim_at.store((i + 1) % SHARDS, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
     fn shard(&self, topic: &Topic) -> MutexGuard<'_, HashMap<Topic, TopicView>> {
         let i = (topic.key().0 as usize) % SHARDS;
         self.views[i].lock().unwrap_or_else(|e| e.into_inner())
@@ -289,7 +436,7 @@ impl Shared {
             if first > v.first {
                 v.first = first;
                 while v.tail.front().is_some_and(|e| e.position.seq < first) {
-                    v.tail.pop_front();
+                    self.pop_tail(v);
                 }
             }
         }
@@ -308,6 +455,7 @@ impl Shared {
                 head: 0,
                 first: 1,
                 tail: VecDeque::new(),
+                tail_bytes: 0,
             });
         let seq = event.position.seq;
         v.head = seq;
@@ -315,13 +463,22 @@ impl Shared {
         if first > v.first {
             v.first = first;
         }
-        if self.tail_cap > 0 {
+        let bytes = EmbeddedConfig::tail_event_bytes(event);
+        if self.tail_cap > 0 && bytes <= self.tail_max_bytes {
             v.tail.push_back(event.clone());
+            v.tail_bytes += bytes;
+            self.tail_bytes.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            // Not kept: the tail must stay contiguous up to the head.
+            while !v.tail.is_empty() {
+                self.pop_tail(v);
+            }
         }
         while v.tail.len() > self.tail_cap
+            || v.tail_bytes > self.tail_max_bytes
             || v.tail.front().is_some_and(|e| e.position.seq < v.first)
         {
-            v.tail.pop_front();
+            self.pop_tail(v);
         }
         if let Some(f) = fanout {
             f.dispatch(event);
@@ -346,10 +503,17 @@ impl Shared {
             return;
         }
         for e in events.iter().rev() {
-            if v.tail.len() >= self.tail_cap || e.position.seq < v.first {
+            let bytes = EmbeddedConfig::tail_event_bytes(e);
+            if v.tail.len() >= self.tail_cap
+                || e.position.seq < v.first
+                || v.tail_bytes + bytes > self.tail_max_bytes
+                || self.tail_bytes() + bytes > self.tail_total_max_bytes
+            {
                 break;
             }
             v.tail.push_front(e.clone());
+            v.tail_bytes += bytes;
+            self.tail_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 }
@@ -361,6 +525,30 @@ impl Engine for EmbeddedEngine {
             .fanout
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(fanout);
+    }
+
+    /// Applies `max_topics` (a publish that would create a topic beyond it
+    /// is refused whole with `ServerFull`). Retained events live on disk,
+    /// bounded by the history limits; their memory is the hot tails',
+    /// bounded by [`EmbeddedConfig::hot_tail_total_bytes`], so
+    /// `max_retained_bytes` is not applied.
+    fn set_budget(&self, budget: Budget) {
+        self.shared
+            .max_topics
+            .store(budget.max_topics.max(1), Ordering::Relaxed);
+    }
+
+    /// Idempotency records on disk, written in the batch of their event (a
+    /// retry after a crash is answered with the first publish's position),
+    /// kept for `ttl` and bounded by
+    /// [`EmbeddedConfig::idempotency_max_records`] and
+    /// [`EmbeddedConfig::idempotency_max_bytes`].
+    fn idempotency_store(&self, ttl: Duration) -> Option<Arc<dyn IdempotencyStore>> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.shared.idempotency_ttl_ms.store(ms, Ordering::Relaxed);
+        Some(Arc::new(DurableIdempotency {
+            shared: self.shared.clone(),
+        }))
     }
 
     fn publish(
@@ -421,6 +609,111 @@ impl Engine for EmbeddedEngine {
     }
 }
 
+/// The embedded engine's idempotency records: in-flight claims in memory,
+/// completed records on disk (written by the writer with their event).
+struct DurableIdempotency {
+    shared: Arc<Shared>,
+}
+
+/// Releases an in-flight claim unless disarmed (the claim's owner keeps it).
+struct ClaimGuard<'a> {
+    shared: &'a Shared,
+    key: Option<String>,
+}
+
+impl ClaimGuard<'_> {
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.shared.release_claim(&k);
+        }
+    }
+}
+
+impl Shared {
+    fn release_claim(&self, key: &str) {
+        let n = self
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if let Some(n) = n {
+            n.notify_waiters();
+        }
+    }
+}
+
+impl IdempotencyStore for DurableIdempotency {
+    fn claim<'a>(
+        &'a self,
+        topic: &'a Topic,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, EngineError>> {
+        Box::pin(async move {
+            let key = Idempotency::scoped_key(topic.as_str(), id);
+            {
+                let mut claims = self.shared.claims.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = claims.get(&key) {
+                    return Ok(Claim::Wait(Some(n.clone())));
+                }
+                claims.insert(key.clone(), Arc::new(Notify::new()));
+            }
+            let guard = ClaimGuard {
+                shared: &self.shared,
+                key: Some(key),
+            };
+            let store = self
+                .shared
+                .store
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .ok_or_else(|| EngineError::Unavailable("the engine is closed".into()))?;
+            let (t, i) = (topic.clone(), id.to_owned());
+            let record = blocking(move || store.idempotency_record(&t, &i))
+                .await
+                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            let ttl = self.shared.idempotency_ttl_ms();
+            match record {
+                Some(r) if r.published_at_ms.saturating_add(ttl) > now_ms() => {
+                    // `guard` releases the claim: the record answers retries.
+                    Ok(Claim::DoneAt(
+                        Position::new(r.epoch, r.seq),
+                        r.published_at_ms,
+                    ))
+                }
+                _ => {
+                    guard.keep();
+                    Ok(Claim::Owned)
+                }
+            }
+        })
+    }
+
+    /// The record was written with the event; this ends the claim.
+    fn complete<'a>(
+        &'a self,
+        topic: &'a Topic,
+        id: &'a str,
+        _event: &'a Arc<Event>,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        self.shared
+            .release_claim(&Idempotency::scoped_key(topic.as_str(), id));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn abandon<'a>(&'a self, topic: &'a Topic, id: &'a str) -> BoxFuture<'a, ()> {
+        self.shared
+            .release_claim(&Idempotency::scoped_key(topic.as_str(), id));
+        Box::pin(async {})
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -444,8 +737,8 @@ mod tests {
     }
 
     fn keys_on_disk(dir: &std::path::Path, topic: &Topic) -> Vec<u64> {
-        let (store, topics) = Store::open(dir, true).unwrap();
-        let t = topics.iter().find(|r| &r.topic == topic).unwrap();
+        let (store, recovered) = Store::open(dir, true).unwrap();
+        let t = recovered.topics.iter().find(|r| &r.topic == topic).unwrap();
         store
             .read_events(topic, t.meta.id, t.meta.epoch, 0, u64::MAX)
             .unwrap()

@@ -11,7 +11,15 @@
 //!   topic's id, epoch, head and first retained sequence. It is written in the
 //!   same atomic batch as the events it describes. Beside them, under the key
 //!   [`STORE_RECORD_KEY`], the store record: the format version and epoch
-//!   again, so that a marker whose store files were lost or swapped is noticed.
+//!   again, so that a marker whose store files were lost or swapped is noticed;
+//!   the commit counter ([`COMMIT_COUNTER_KEY`]) and the topic epoch
+//!   ([`TOPIC_EPOCH_KEY`]).
+//! - `idempotency` keyspace: records of publishes with an `id` (key
+//!   [`idempotency_key`], value [`encode_idempotency_record`]), written in the
+//!   batch of their event, and their expiry index ([`idempotency_expiry_key`]).
+//! - The high-water file `HERALD-HIGH-WATER`: the commit counter, fsynced
+//!   after each commit, so that a journal that lost acknowledged commits is
+//!   noticed on open.
 //!
 //! Every value starts with a version byte; a decoder refuses anything it does
 //! not fully understand rather than guessing.
@@ -113,22 +121,162 @@ pub fn decode_marker(text: &str) -> Result<Marker, MarkerError> {
     })
 }
 
-/// The store record: the same facts as the marker.
-pub fn encode_store_record(m: Marker) -> [u8; 12] {
-    let mut b = [0u8; 12];
-    b[..4].copy_from_slice(&m.format.to_le_bytes());
-    b[4..].copy_from_slice(&m.epoch.to_le_bytes());
+/// The store record: the same facts as the marker, and the epoch before
+/// the current one (0: none). A recovery that starts a new epoch writes the
+/// record first and the marker after it, so a marker naming the previous
+/// epoch is a marker whose rewrite was interrupted, not a swapped store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreRecord {
+    pub marker: Marker,
+    pub previous_epoch: u64,
+}
+
+/// `[format u32][epoch u64][previous epoch u64]`, little-endian (the
+/// previous epoch is absent in stores that never changed epoch).
+pub fn encode_store_record(r: StoreRecord) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[..4].copy_from_slice(&r.marker.format.to_le_bytes());
+    b[4..12].copy_from_slice(&r.marker.epoch.to_le_bytes());
+    b[12..].copy_from_slice(&r.previous_epoch.to_le_bytes());
     b
 }
 
-pub fn decode_store_record(b: &[u8]) -> Result<Marker, DecodeError> {
+pub fn decode_store_record(b: &[u8]) -> Result<StoreRecord, DecodeError> {
     let what = "the store record";
-    if b.len() != 12 {
+    if b.len() != 12 && b.len() != 20 {
         return Err(DecodeError::Truncated { what, len: b.len() });
     }
-    Ok(Marker {
-        format: u32::from_le_bytes(arr(&b[..4])),
-        epoch: u64::from_le_bytes(arr(&b[4..])),
+    Ok(StoreRecord {
+        marker: Marker {
+            format: u32::from_le_bytes(arr(&b[..4])),
+            epoch: u64::from_le_bytes(arr(&b[4..12])),
+        },
+        previous_epoch: if b.len() == 20 {
+            u64::from_le_bytes(arr(&b[12..]))
+        } else {
+            0
+        },
+    })
+}
+
+/// The key, in the `topics` keyspace, of the commit counter: how many
+/// commits the store holds. It is written in every commit's batch.
+pub const COMMIT_COUNTER_KEY: &[u8] = b"commits";
+
+/// The key, in the `topics` keyspace (not starting with `t`, like topic
+/// records), of the topic epoch: the epoch new
+/// topics get, and reads of a topic the store does not hold report (absent:
+/// the store's epoch). It changes in every commit that drops a topic, so a
+/// cursor of a dropped topic never resumes silently into a later topic of
+/// the same name: it gets an `epoch_changed` gap.
+pub const TOPIC_EPOCH_KEY: &[u8] = b"new-topic-epoch";
+
+/// A counter or epoch value: `u64`, little-endian.
+pub fn encode_u64(v: u64) -> [u8; 8] {
+    v.to_le_bytes()
+}
+
+pub fn decode_u64(what: &'static str, b: &[u8]) -> Result<u64, DecodeError> {
+    if b.len() != 8 {
+        return Err(DecodeError::Truncated { what, len: b.len() });
+    }
+    Ok(u64::from_le_bytes(arr(b)))
+}
+
+/// The high-water file's name, in the data dir: the number of commits
+/// acknowledged, fsynced after each commit. A store that opens with fewer
+/// commits than it says lost acknowledged writes.
+pub const HIGH_WATER_FILE: &str = "HERALD-HIGH-WATER";
+
+/// `[commits u64][!commits u64]`, little-endian: the complement tells a
+/// complete file from a damaged one.
+pub fn encode_high_water(commits: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&commits.to_le_bytes());
+    b[8..].copy_from_slice(&(!commits).to_le_bytes());
+    b
+}
+
+pub fn decode_high_water(b: &[u8]) -> Result<u64, DecodeError> {
+    let what = "the high-water file";
+    if b.len() != 16 {
+        return Err(DecodeError::Truncated { what, len: b.len() });
+    }
+    let (v, check) = (
+        u64::from_le_bytes(arr(&b[..8])),
+        u64::from_le_bytes(arr(&b[8..])),
+    );
+    if check != !v {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: "its check value does not match",
+        });
+    }
+    Ok(v)
+}
+
+/// An idempotency record's key in the `idempotency` keyspace: `r` + topic
+/// + NUL + id.
+pub fn idempotency_key(topic: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + topic.len() + id.len());
+    k.push(b'r');
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The expiry index entry of an idempotency record: `x` + published at
+/// (u64, big-endian, so entries sort oldest first) + the record's key.
+pub fn idempotency_expiry_key(at_ms: u64, record_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + record_key.len());
+    k.push(b'x');
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(record_key);
+    k
+}
+
+/// Splits an expiry index key into (published at, record key).
+pub fn decode_idempotency_expiry_key(k: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    if k.len() < 10 || k[0] != b'x' {
+        return Err(DecodeError::Truncated {
+            what: "an idempotency expiry key",
+            len: k.len(),
+        });
+    }
+    Ok((u64::from_be_bytes(arr(&k[1..9])), &k[9..]))
+}
+
+/// What an idempotency record says: the event's position and publish time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub epoch: u64,
+    pub seq: u64,
+    pub published_at_ms: u64,
+}
+
+/// `[version][epoch u64][seq u64][published at u64]`, little-endian.
+pub fn encode_idempotency_record(r: &IdempotencyRecord) -> [u8; 25] {
+    let mut b = [0u8; 25];
+    b[0] = VALUE_VERSION;
+    b[1..9].copy_from_slice(&r.epoch.to_le_bytes());
+    b[9..17].copy_from_slice(&r.seq.to_le_bytes());
+    b[17..25].copy_from_slice(&r.published_at_ms.to_le_bytes());
+    b
+}
+
+pub fn decode_idempotency_record(b: &[u8]) -> Result<IdempotencyRecord, DecodeError> {
+    let what = "an idempotency record";
+    if b.len() != 25 {
+        return Err(DecodeError::Truncated { what, len: b.len() });
+    }
+    if b[0] != VALUE_VERSION {
+        return Err(DecodeError::Version { what, found: b[0] });
+    }
+    Ok(IdempotencyRecord {
+        epoch: u64::from_le_bytes(arr(&b[1..9])),
+        seq: u64::from_le_bytes(arr(&b[9..17])),
+        published_at_ms: u64::from_le_bytes(arr(&b[17..25])),
     })
 }
 
@@ -347,6 +495,38 @@ mod tests {
         assert!(decode_topic_meta(&encode_topic_meta(&m)).is_err());
     }
 
+    #[test]
+    fn records_round_trip() {
+        let r = StoreRecord {
+            marker: Marker {
+                format: 1,
+                epoch: 7,
+            },
+            previous_epoch: 3,
+        };
+        assert_eq!(decode_store_record(&encode_store_record(r)), Ok(r));
+        // A record written before the previous epoch existed.
+        let old = &encode_store_record(r)[..12];
+        assert_eq!(decode_store_record(old).map(|r| r.previous_epoch), Ok(0));
+        assert_eq!(decode_high_water(&encode_high_water(42)), Ok(42));
+        let mut torn = encode_high_water(42);
+        torn[3] = 1;
+        assert!(decode_high_water(&torn).is_err());
+        let i = IdempotencyRecord {
+            epoch: 1,
+            seq: 2,
+            published_at_ms: 3,
+        };
+        assert_eq!(
+            decode_idempotency_record(&encode_idempotency_record(&i)),
+            Ok(i)
+        );
+        let k = idempotency_key("t", "id");
+        let x = idempotency_expiry_key(9, &k);
+        assert_eq!(decode_idempotency_expiry_key(&x), Ok((9, &k[..])));
+        assert!(idempotency_expiry_key(1, &k) < idempotency_expiry_key(256, &k));
+    }
+
     proptest! {
         #[test]
         fn event_round_trip(ts in any::<u64>(), name in proptest::option::of(".{0,20}"), text in ".{0,50}", json in any::<bool>()) {
@@ -369,6 +549,9 @@ mod tests {
             let _ = decode_event(&b);
             let _ = decode_topic_meta(&b);
             let _ = decode_store_record(&b);
+            let _ = decode_high_water(&b);
+            let _ = decode_idempotency_record(&b);
+            let _ = decode_idempotency_expiry_key(&b);
             let _ = decode_event_key(&b);
             let _ = decode_marker(&String::from_utf8_lossy(&b));
         }

@@ -74,3 +74,4 @@ mod writer;
 pub use config::{EmbeddedConfig, DEFAULT_COMMIT_DELAY};
 pub use engine::EmbeddedEngine;
 pub use error::{OpenError, StoreError};
+pub use writer::{FAULT_ENV, FAULT_FINAL_PERSIST};

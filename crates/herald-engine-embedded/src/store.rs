@@ -3,7 +3,9 @@
 //! the engine runs them on its writer thread or on tokio's blocking pool.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +13,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use herald_core::{Event, NewEvent, Position, Topic};
 
 use crate::error::{OpenError, StoreError};
-use crate::format::{self, Marker, TopicMeta, FORMAT_VERSION, MARKER_FILE, STORE_RECORD_KEY};
+use crate::format::{
+    self, IdempotencyRecord, Marker, StoreRecord, TopicMeta, COMMIT_COUNTER_KEY, FORMAT_VERSION,
+    HIGH_WATER_FILE, MARKER_FILE, STORE_RECORD_KEY, TOPIC_EPOCH_KEY,
+};
 
 /// fjall's folder inside the data dir.
 const DB_DIR: &str = "db";
@@ -19,13 +24,40 @@ const DB_DIR: &str = "db";
 /// disk they use and the time a restart spends replaying them.
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
+/// fjall's lock file inside `db/`: an empty file it locks. A store copied
+/// or restored without it is still whole; the file is recreated under the
+/// data dir's own lock.
+const FJALL_LOCK_FILE: &str = "lock";
+
 /// An open store.
 pub struct Store {
     db: Database,
     events: Keyspace,
     topics: Keyspace,
+    idempotency: Keyspace,
     marker: Marker,
+    previous_epoch: u64,
     dir: PathBuf,
+    /// The data dir, locked for as long as the store is open.
+    _dir_lock: File,
+    /// The high-water file, rewritten and fsynced after each commit.
+    high_water: File,
+}
+
+/// What opening found, besides the topics.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub topics: Vec<RecoveredTopic>,
+    /// Commits the store holds (and the high-water file says).
+    pub commits: u64,
+    /// The epoch of new topics (see [`format::TOPIC_EPOCH_KEY`]).
+    pub topic_epoch: u64,
+    /// Idempotency records on disk: expiry index entries, and their bytes.
+    pub idempotency_records: usize,
+    pub idempotency_bytes: usize,
+    /// Set when the store had lost acknowledged commits and a new epoch was
+    /// started: (commits the high-water file names, commits found).
+    pub rolled_back: Option<(u64, u64)>,
 }
 
 /// A topic as recovered at open.
@@ -42,8 +74,12 @@ impl Store {
     /// Opens the store in `dir`, creating it if `dir` is missing or empty,
     /// and recovers every topic's record (see [`Store::recover`] for
     /// `verify`). Refuses a dir that is not a Herald
-    /// store, has another format version, or is damaged.
-    pub fn open(dir: &Path, verify: bool) -> Result<(Store, Vec<RecoveredTopic>), OpenError> {
+    /// store, has another format version, or is damaged. A store that holds
+    /// fewer commits than its high-water file says (its journal lost
+    /// acknowledged writes) is given a new epoch, so that every earlier
+    /// cursor gets an `epoch_changed` gap instead of silently skipping
+    /// events.
+    pub fn open(dir: &Path, verify: bool) -> Result<(Store, Recovered), OpenError> {
         // The storage library may panic on some kinds of damage; that is a
         // damaged store too, and deserves the same clear refusal.
         match std::panic::catch_unwind(|| Store::open_inner(dir, verify)) {
@@ -63,13 +99,18 @@ impl Store {
         }
     }
 
-    fn open_inner(dir: &Path, verify: bool) -> Result<(Store, Vec<RecoveredTopic>), OpenError> {
+    fn open_inner(dir: &Path, verify: bool) -> Result<(Store, Recovered), OpenError> {
         let corrupted = |detail: String| OpenError::Corrupted {
             path: dir.to_owned(),
             detail,
         };
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+        let dir_lock = lock_dir(dir)?;
         let marker_path = dir.join(MARKER_FILE);
-        let store = match std::fs::read(&marker_path) {
+        let mut store = match std::fs::read(&marker_path) {
             Ok(bytes) => {
                 let text = String::from_utf8(bytes)
                     .map_err(|_| corrupted(format!("its {MARKER_FILE} file is not text")))?;
@@ -88,14 +129,25 @@ impl Store {
                         "its {DB_DIR}/ folder, which holds the events, is missing"
                     )));
                 }
-                let store = Store::open_db(dir, marker)?;
+                let mut store = Store::open_db(dir, marker, dir_lock)?;
                 match store.read_store_record()? {
-                    Some(rec) if rec == marker => {}
+                    Some(rec) if rec.marker == marker => store.previous_epoch = rec.previous_epoch,
+                    Some(rec)
+                        if rec.marker.format == marker.format
+                            && rec.previous_epoch == marker.epoch =>
+                    {
+                        // A new epoch was started and the marker's rewrite
+                        // was interrupted: finish it.
+                        store.marker = rec.marker;
+                        store.previous_epoch = rec.previous_epoch;
+                        write_marker(dir, rec.marker)?;
+                    }
                     Some(rec) => {
+                        let rec = rec.marker;
                         return Err(corrupted(format!(
                             "its {MARKER_FILE} file (format {}, epoch {:x}) does not match the store (format {}, epoch {:x})",
                             marker.format, marker.epoch, rec.format, rec.epoch
-                        )))
+                        )));
                     }
                     None => {
                         return Err(corrupted(
@@ -106,7 +158,7 @@ impl Store {
                 }
                 store
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::create(dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::create(dir, dir_lock)?,
             Err(e) => {
                 return Err(OpenError::Io {
                     path: marker_path,
@@ -114,17 +166,135 @@ impl Store {
                 })
             }
         };
-        let topics = store.recover(verify)?;
-        Ok((store, topics))
+        let mut recovered = Recovered {
+            topics: store.recover(verify)?,
+            ..Recovered::default()
+        };
+        let found = store.read_u64(COMMIT_COUNTER_KEY, "the commit counter")?;
+        recovered.topic_epoch = store.read_u64(TOPIC_EPOCH_KEY, "the topic epoch")?;
+        let high_water = store.read_high_water()?;
+        recovered.commits = found.max(high_water);
+        if found < high_water {
+            store.start_new_epoch(&mut recovered.topics, high_water)?;
+            recovered.rolled_back = Some((high_water, found));
+            recovered.topic_epoch = store.marker.epoch;
+        }
+        if recovered.topic_epoch == 0 {
+            recovered.topic_epoch = store.marker.epoch;
+        }
+        let (n, bytes) = store.count_idempotency()?;
+        recovered.idempotency_records = n;
+        recovered.idempotency_bytes = bytes;
+        Ok((store, recovered))
+    }
+
+    /// The journal lost acknowledged commits: every topic (and the store)
+    /// moves to a new epoch, in one batch that also sets the commit counter
+    /// back to the high-water mark; then the marker is rewritten.
+    fn start_new_epoch(
+        &mut self,
+        topics: &mut [RecoveredTopic],
+        high_water: u64,
+    ) -> Result<(), OpenError> {
+        let epoch = loop {
+            let e = herald_core::engine::new_epoch();
+            if e != self.marker.epoch {
+                break e;
+            }
+        };
+        let record = StoreRecord {
+            marker: Marker {
+                format: self.marker.format,
+                epoch,
+            },
+            previous_epoch: self.marker.epoch,
+        };
+        let mut b = self.batch();
+        b.inner.insert(
+            &self.topics,
+            STORE_RECORD_KEY.to_vec(),
+            format::encode_store_record(record).to_vec(),
+        );
+        b.put_commit_counter(high_water);
+        b.put_topic_epoch(epoch);
+        for t in topics.iter_mut() {
+            t.meta.epoch = epoch;
+            b.put_topic(&t.topic, &t.meta);
+        }
+        b.commit().map_err(|e| OpenError::Io {
+            path: self.dir.join(DB_DIR),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        write_marker(&self.dir, record.marker)?;
+        self.marker = record.marker;
+        self.previous_epoch = record.previous_epoch;
+        Ok(())
+    }
+
+    fn read_u64(&self, key: &[u8], what: &'static str) -> Result<u64, OpenError> {
+        match self.topics.get(key) {
+            Ok(None) => Ok(0),
+            Ok(Some(v)) => format::decode_u64(what, &v).map_err(|e| OpenError::Corrupted {
+                path: self.dir.clone(),
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(self.open_error(e)),
+        }
+    }
+
+    /// The high-water mark; 0 when the file is empty or missing (a store
+    /// written before it existed, or restored without it: then a rollback
+    /// cannot be told, and the file starts again from the store's count).
+    fn read_high_water(&self) -> Result<u64, OpenError> {
+        let mut b = [0u8; 16];
+        let len = self
+            .high_water
+            .metadata()
+            .map_err(|e| OpenError::Io {
+                path: self.dir.join(HIGH_WATER_FILE),
+                source: e,
+            })?
+            .len();
+        if len == 0 {
+            return Ok(0);
+        }
+        self.high_water
+            .read_exact_at(&mut b, 0)
+            .map_err(|e| OpenError::Io {
+                path: self.dir.join(HIGH_WATER_FILE),
+                source: e,
+            })?;
+        format::decode_high_water(&b).map_err(|e| OpenError::Corrupted {
+            path: self.dir.clone(),
+            detail: format!(
+                "{e}; if the store itself is intact, delete {HIGH_WATER_FILE} and start again"
+            ),
+        })
+    }
+
+    /// Rewrites the high-water file with `commits` and fsyncs it.
+    pub fn write_high_water(&self, commits: u64) -> Result<(), StoreError> {
+        self.high_water
+            .write_all_at(&format::encode_high_water(commits), 0)
+            .and_then(|()| self.high_water.sync_data())
+            .map_err(|e| StoreError::Storage(format!("cannot write {HIGH_WATER_FILE}: {e}")))
+    }
+
+    /// Counts the idempotency records (their expiry entries) and the bytes of
+    /// their keys.
+    fn count_idempotency(&self) -> Result<(usize, usize), OpenError> {
+        let (mut n, mut bytes) = (0usize, 0usize);
+        for kv in self.idempotency.prefix(b"x") {
+            let k = kv.key().map_err(|e| self.open_error(e))?;
+            n += 1;
+            bytes += idempotency_entry_bytes(k.len());
+        }
+        Ok((n, bytes))
     }
 
     /// A dir without a marker: a fresh start, or a first start that was
     /// interrupted between creating the store and writing the marker.
-    fn create(dir: &Path) -> Result<Store, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|e| OpenError::Io {
-            path: dir.to_owned(),
-            source: e,
-        })?;
+    fn create(dir: &Path, dir_lock: File) -> Result<Store, OpenError> {
         let names: Vec<String> = std::fs::read_dir(dir)
             .map_err(|e| OpenError::Io {
                 path: dir.to_owned(),
@@ -132,7 +302,7 @@ impl Store {
             })?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with(&format!("{MARKER_FILE}.tmp")))
+            .filter(|n| !n.starts_with(&format!("{MARKER_FILE}.tmp")) && n != HIGH_WATER_FILE)
             .collect();
         let interrupted = names == [DB_DIR];
         if !names.is_empty() && !interrupted {
@@ -144,13 +314,16 @@ impl Store {
             format: FORMAT_VERSION,
             epoch: herald_core::engine::new_epoch(),
         };
-        let mut store = Store::open_db(dir, fresh)?;
+        let mut store = Store::open_db(dir, fresh, dir_lock)?;
         match store.read_store_record()? {
-            Some(rec) if rec.format == FORMAT_VERSION => store.marker = rec,
+            Some(rec) if rec.marker.format == FORMAT_VERSION => {
+                store.marker = rec.marker;
+                store.previous_epoch = rec.previous_epoch;
+            }
             Some(rec) => {
                 return Err(OpenError::IncompatibleVersion {
                     path: dir.to_owned(),
-                    found: rec.format,
+                    found: rec.marker.format,
                     supported: FORMAT_VERSION,
                 })
             }
@@ -169,7 +342,11 @@ impl Store {
                 b.insert(
                     &store.topics,
                     STORE_RECORD_KEY.to_vec(),
-                    format::encode_store_record(fresh).to_vec(),
+                    format::encode_store_record(StoreRecord {
+                        marker: fresh,
+                        previous_epoch: 0,
+                    })
+                    .to_vec(),
                 );
                 // The store record lives in the `topics` keyspace under a key
                 // no topic can have (topic records are keyed by `t` + name).
@@ -180,8 +357,36 @@ impl Store {
         Ok(store)
     }
 
-    fn open_db(dir: &Path, marker: Marker) -> Result<Store, OpenError> {
-        let db = Database::builder(dir.join(DB_DIR))
+    fn open_db(dir: &Path, marker: Marker, dir_lock: File) -> Result<Store, OpenError> {
+        let db_dir = dir.join(DB_DIR);
+        // fjall refuses a store whose lock file is missing (a copy or backup
+        // restore that skipped the empty file). The data dir is locked by
+        // this process, so no other Herald uses it: recreate the file.
+        if db_dir.join("version").is_file() && !db_dir.join(FJALL_LOCK_FILE).exists() {
+            let lock = db_dir.join(FJALL_LOCK_FILE);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+                .and_then(|_| File::open(&db_dir).and_then(|d| d.sync_all()))
+                .map_err(|e| OpenError::Io {
+                    path: lock.clone(),
+                    source: e,
+                })?;
+            tracing::warn!(path = %lock.display(), "the store's lock file was missing; recreated it");
+        }
+        let high_water_path = dir.join(HIGH_WATER_FILE);
+        let high_water = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&high_water_path)
+            .map_err(|e| OpenError::Io {
+                path: high_water_path,
+                source: e,
+            })?;
+        let db = Database::builder(db_dir)
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .worker_threads(2)
             .open()
@@ -192,12 +397,19 @@ impl Store {
         let topics = db
             .keyspace("topics", KeyspaceCreateOptions::default)
             .map_err(|e| fjall_open_error(dir, e))?;
+        let idempotency = db
+            .keyspace("idempotency", KeyspaceCreateOptions::default)
+            .map_err(|e| fjall_open_error(dir, e))?;
         Ok(Store {
             db,
             events,
             topics,
+            idempotency,
             marker,
+            previous_epoch: 0,
             dir: dir.to_owned(),
+            _dir_lock: dir_lock,
+            high_water,
         })
     }
 
@@ -205,7 +417,7 @@ impl Store {
         fjall_open_error(&self.dir, e)
     }
 
-    fn read_store_record(&self) -> Result<Option<Marker>, OpenError> {
+    fn read_store_record(&self) -> Result<Option<StoreRecord>, OpenError> {
         match self.topics.get(STORE_RECORD_KEY) {
             Ok(None) => Ok(None),
             Ok(Some(v)) => {
@@ -331,6 +543,55 @@ impl Store {
         self.marker
     }
 
+    /// The epoch before the current one (0: the store never changed epoch).
+    pub fn previous_epoch(&self) -> u64 {
+        self.previous_epoch
+    }
+
+    /// The idempotency record of `id` on `topic`, if there is one.
+    pub fn idempotency_record(
+        &self,
+        topic: &Topic,
+        id: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = format::idempotency_key(topic.as_str(), id);
+        match self.idempotency.get(&key).map_err(StoreError::from)? {
+            None => Ok(None),
+            Some(v) => format::decode_idempotency_record(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    topic: topic.to_string(),
+                    detail: format!("idempotency record {id:?}: {e}"),
+                }),
+        }
+    }
+
+    /// Up to `n` of the oldest idempotency expiry entries: (published at,
+    /// record key).
+    pub fn oldest_idempotency(&self, n: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.idempotency.prefix(b"x").take(n) {
+            let k = kv.key().map_err(StoreError::from)?;
+            let (at, record) =
+                format::decode_idempotency_expiry_key(&k).map_err(|e| StoreError::Corrupt {
+                    topic: String::new(),
+                    detail: e.to_string(),
+                })?;
+            out.push((at, record.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The publish time of the record under `record_key`, if there is one.
+    pub fn idempotency_record_time(&self, record_key: &[u8]) -> Result<Option<u64>, StoreError> {
+        match self.idempotency.get(record_key).map_err(StoreError::from)? {
+            None => Ok(None),
+            Some(v) => Ok(format::decode_idempotency_record(&v)
+                .ok()
+                .map(|r| r.published_at_ms)),
+        }
+    }
+
     /// Events `from..=to` of the topic with id `id`, as far as they are on
     /// disk, in order.
     pub fn read_events(
@@ -422,6 +683,39 @@ impl Store {
 /// record.
 const TOPIC_PREFIX: &[u8] = b"t";
 
+fn topic_key(topic: &Topic) -> Vec<u8> {
+    let mut key = Vec::with_capacity(TOPIC_PREFIX.len() + topic.as_str().len());
+    key.extend_from_slice(TOPIC_PREFIX);
+    key.extend_from_slice(topic.as_str().as_bytes());
+    key
+}
+
+/// What one idempotency record costs on disk, as counted for the bound: its
+/// key twice (record and expiry entry) and its value.
+pub fn idempotency_entry_bytes(expiry_key_len: usize) -> usize {
+    2 * expiry_key_len + 25
+}
+
+/// Locks the data dir (an advisory lock on the folder itself) for this
+/// process, so that two Herald processes never open one store, whatever
+/// state fjall's own lock file is in.
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let f = File::open(dir).map_err(|e| OpenError::Io {
+        path: dir.to_owned(),
+        source: e,
+    })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
+            path: dir.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(OpenError::Io {
+            path: dir.to_owned(),
+            source: e,
+        }),
+    }
+}
+
 /// The result of [`Store::first_not_older`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgeScan {
@@ -450,14 +744,61 @@ impl Batch<'_> {
     }
 
     pub fn put_topic(&mut self, topic: &Topic, meta: &TopicMeta) {
-        let mut key = Vec::with_capacity(TOPIC_PREFIX.len() + topic.as_str().len());
-        key.extend_from_slice(TOPIC_PREFIX);
-        key.extend_from_slice(topic.as_str().as_bytes());
         self.inner.insert(
             &self.store.topics,
-            key,
+            topic_key(topic),
             format::encode_topic_meta(meta).to_vec(),
         );
+    }
+
+    /// Removes a topic's record (its events must be deleted too).
+    pub fn delete_topic(&mut self, topic: &Topic) {
+        self.inner.remove(&self.store.topics, topic_key(topic));
+    }
+
+    pub fn put_commit_counter(&mut self, commits: u64) {
+        self.inner.insert(
+            &self.store.topics,
+            COMMIT_COUNTER_KEY.to_vec(),
+            format::encode_u64(commits).to_vec(),
+        );
+    }
+
+    pub fn put_topic_epoch(&mut self, epoch: u64) {
+        self.inner.insert(
+            &self.store.topics,
+            TOPIC_EPOCH_KEY.to_vec(),
+            format::encode_u64(epoch).to_vec(),
+        );
+    }
+
+    /// An idempotency record and its expiry entry; returns the bytes it
+    /// counts for the bound.
+    pub fn put_idempotency(&mut self, topic: &Topic, id: &str, r: &IdempotencyRecord) -> usize {
+        let key = format::idempotency_key(topic.as_str(), id);
+        let expiry = format::idempotency_expiry_key(r.published_at_ms, &key);
+        let bytes = idempotency_entry_bytes(expiry.len());
+        self.inner.insert(
+            &self.store.idempotency,
+            key,
+            format::encode_idempotency_record(r).to_vec(),
+        );
+        self.inner
+            .insert(&self.store.idempotency, expiry, Vec::<u8>::new());
+        bytes
+    }
+
+    /// Removes an expiry entry, and its record when the record is still the
+    /// one the entry was written for.
+    pub fn delete_idempotency(&mut self, at_ms: u64, record_key: &[u8], record_too: bool) {
+        self.inner.remove(
+            &self.store.idempotency,
+            format::idempotency_expiry_key(at_ms, record_key),
+        );
+        if record_too {
+            self.inner
+                .remove(&self.store.idempotency, record_key.to_vec());
+        }
     }
 
     pub fn is_empty(&self) -> bool {

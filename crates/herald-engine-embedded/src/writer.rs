@@ -11,26 +11,38 @@
 //! `retention_interval` in a bounded pass over the topics; deletions beyond a
 //! per-commit budget are carried over to later commits. Readers stop seeing
 //! dropped events before they are deleted.
+//!
+//! Each commit also writes the idempotency records of its events (so a retry
+//! after a crash finds them), the commit counter, and, once durable, the
+//! high-water file. A topic left with nothing retained and no subscriber is
+//! dropped in a commit: its record goes, and new topics from then on get a
+//! new epoch, so the dropped topic's cursors never resume into a later topic
+//! of the same name.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use herald_core::engine::Exhausted;
 use herald_core::event::now_ms;
 use herald_core::{EngineError, Event, NewEvent, Position, Topic};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::config::EmbeddedConfig;
 use crate::engine::Shared;
-use crate::format::{self, TopicMeta};
-use crate::store::{AgeScan, Batch, RecoveredTopic, Store};
+use crate::format::{self, IdempotencyRecord, TopicMeta};
+use crate::store::{AgeScan, Batch, Recovered, Store};
 
 /// Most old events deleted in one commit; the rest wait for the next ones.
 const DELETE_BUDGET: usize = 8192;
 /// Most events an age pass reads from disk, and the longest it runs.
 const AGE_SCAN_BUDGET: usize = 4096;
 const AGE_PASS_TIME: Duration = Duration::from_millis(5);
+/// Most idempotency records an expiry pass looks at.
+const IDEMPOTENCY_SWEEP_BUDGET: usize = 4096;
+/// Most topics dropped in one commit.
+const DROP_BUDGET: usize = 4096;
 
 pub(crate) enum Msg {
     Publish(Request),
@@ -72,6 +84,23 @@ struct WriterTopic {
     queued: bool,
 }
 
+impl WriterTopic {
+    /// Nothing retained and nothing left on disk to delete.
+    fn is_empty(&self) -> bool {
+        self.first > self.head && self.on_disk_from >= self.first && !self.queued
+    }
+}
+
+/// An idempotency record to delete in the next commit: its expiry entry's
+/// time, the record's key, whether the record itself goes too (it does not
+/// when a later publish reused the id), and the bytes it counted.
+struct IdempotencyDeletion {
+    at_ms: u64,
+    key: Vec<u8>,
+    record_too: bool,
+    bytes: usize,
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     store: Arc<Store>,
@@ -96,6 +125,20 @@ pub(crate) struct Writer {
     /// Commits and events since start (logged on close).
     stat_commits: u64,
     stat_events: u64,
+    /// Commits the store holds: the commit counter.
+    commits: u64,
+    /// Idempotency records on disk, and their bytes (see
+    /// `store::idempotency_entry_bytes`).
+    idem_records: usize,
+    idem_bytes: usize,
+    idem_max_records: usize,
+    idem_max_bytes: usize,
+    idem_deletions: Vec<IdempotencyDeletion>,
+    /// Topics to consider dropping in the next commit.
+    drop_candidates: Vec<usize>,
+    /// Fault injection for tests (see `EmbeddedConfig`): fail the final
+    /// persist.
+    fail_final_persist: bool,
 }
 
 impl Writer {
@@ -104,7 +147,7 @@ impl Writer {
         store: Arc<Store>,
         rx: Receiver<Msg>,
         config: &EmbeddedConfig,
-        recovered: Vec<RecoveredTopic>,
+        recovered: Recovered,
     ) -> Writer {
         let mut w = Writer {
             shared,
@@ -116,8 +159,8 @@ impl Writer {
             retention_interval: config.retention_interval.max(Duration::from_millis(1)),
             max_events: config.history.max_events.max(1) as u64,
             max_age_ms: u64::try_from(config.history.max_age.as_millis()).ok(),
-            topics: Vec::with_capacity(recovered.len()),
-            index: HashMap::with_capacity(recovered.len()),
+            topics: Vec::with_capacity(recovered.topics.len()),
+            index: HashMap::with_capacity(recovered.topics.len()),
             next_id: 1,
             last_ts: 0,
             dirty: Vec::new(),
@@ -128,8 +171,17 @@ impl Writer {
             expected: 1,
             stat_commits: 0,
             stat_events: 0,
+            commits: recovered.commits,
+            idem_records: recovered.idempotency_records,
+            idem_bytes: recovered.idempotency_bytes,
+            idem_max_records: config.idempotency_max_records.max(1),
+            idem_max_bytes: config.idempotency_max_bytes.max(1),
+            idem_deletions: Vec::new(),
+            drop_candidates: Vec::new(),
+            fail_final_persist: std::env::var_os(FAULT_ENV)
+                .is_some_and(|v| v == FAULT_FINAL_PERSIST),
         };
-        for r in recovered {
+        for r in recovered.topics {
             let i = w.topics.len();
             w.next_id = w.next_id.max(r.meta.id + 1);
             w.index.insert(r.topic.clone(), i);
@@ -148,12 +200,27 @@ impl Writer {
             w.apply_count_limit(i);
             w.shared.retain_from(&w.topics[i].topic, w.topics[i].first);
         }
+        w.report_usage();
         w
+    }
+
+    fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.backlog.is_empty()
+            || !self.idem_deletions.is_empty()
+            || !self.drop_candidates.is_empty()
+    }
+
+    fn report_usage(&self) {
+        if let Some(f) = self.shared.fanout() {
+            f.metrics()
+                .set_usage(self.topics.len() as u64, self.shared.tail_bytes() as u64);
+        }
     }
 
     pub(crate) fn run(mut self) {
         loop {
-            let wait = if self.dirty.is_empty() && self.backlog.is_empty() {
+            let wait = if !self.has_work() {
                 self.retention_interval
                     .saturating_sub(self.last_sweep.elapsed())
             } else {
@@ -172,9 +239,14 @@ impl Writer {
             }
             if self.last_sweep.elapsed() >= self.retention_interval {
                 self.sweep_ages();
+                self.sweep_idempotency();
                 self.last_sweep = Instant::now();
+            } else if self.idem_records > self.idem_max_records
+                || self.idem_bytes > self.idem_max_bytes
+            {
+                self.sweep_idempotency();
             }
-            if !batch.is_empty() || !self.dirty.is_empty() || !self.backlog.is_empty() {
+            if !batch.is_empty() || self.has_work() {
                 self.commit(batch);
             }
             if let Some(done) = close {
@@ -234,7 +306,7 @@ impl Writer {
         self.topics.push(WriterTopic {
             topic: topic.clone(),
             id: self.next_id,
-            epoch: self.shared.epoch,
+            epoch: self.shared.topic_epoch(),
             head: 0,
             first: 1,
             on_disk_from: 1,
@@ -285,12 +357,37 @@ impl Writer {
         }
         let now = now_ms().max(self.last_ts);
         self.last_ts = now;
+        // The topic budget: a publish that would create topics beyond it is
+        // refused whole, before anything of it is written.
+        let max_topics = self.shared.max_topics();
+        let mut new_topics: Vec<Topic> = Vec::new();
+        batch.retain_mut(|r| {
+            let mut fresh: Vec<Topic> = Vec::new();
+            for e in &r.events {
+                if !self.index.contains_key(&e.topic)
+                    && !new_topics.contains(&e.topic)
+                    && !fresh.contains(&e.topic)
+                {
+                    fresh.push(e.topic.clone());
+                }
+            }
+            if self.topics.len() + new_topics.len() + fresh.len() > max_topics {
+                let reply = std::mem::replace(&mut r.reply, oneshot::channel().0);
+                let _ = reply.send(Err(EngineError::ServerFull(Exhausted::Topics {
+                    max: max_topics,
+                })));
+                return false;
+            }
+            new_topics.extend(fresh);
+            true
+        });
         let store = self.store.clone();
         let mut wb = store.batch();
         let mut stored: Vec<Vec<(Arc<Event>, usize)>> = Vec::with_capacity(batch.len());
+        let mut idem_added = (0usize, 0usize);
         for r in &mut batch {
             let mut events = Vec::with_capacity(r.events.len());
-            for new in std::mem::take(&mut r.events) {
+            for mut new in std::mem::take(&mut r.events) {
                 let i = self.topic_index(&new.topic);
                 self.mark_dirty(i);
                 let t = &mut self.topics[i];
@@ -298,6 +395,16 @@ impl Writer {
                 if t.first == t.head {
                     // The topic had nothing retained: this is its oldest event.
                     t.first_at = now;
+                }
+                if let Some(id) = new.idempotency_key.take() {
+                    // In the event's batch: a retry after a crash finds it.
+                    let rec = IdempotencyRecord {
+                        epoch: t.epoch,
+                        seq: t.head,
+                        published_at_ms: now,
+                    };
+                    idem_added.0 += 1;
+                    idem_added.1 += wb.put_idempotency(&t.topic, &id, &rec);
                 }
                 let event = Arc::new(Event::new(new, Position::new(t.epoch, t.head), now));
                 wb.put_event(
@@ -308,6 +415,10 @@ impl Writer {
                 events.push((event, i));
             }
             stored.push(events);
+        }
+        let idem_deleted = std::mem::take(&mut self.idem_deletions);
+        for d in &idem_deleted {
+            wb.delete_idempotency(d.at_ms, &d.key, d.record_too);
         }
         let changed = std::mem::take(&mut self.dirty);
         for &i in &changed {
@@ -322,8 +433,42 @@ impl Writer {
         }
         self.dirty.clear();
         self.delete_old(&mut wb);
+        // Topics left with nothing retained and no subscriber go, record and
+        // all; topics created from now on get a new epoch.
+        let mut dropping: Vec<usize> = Vec::new();
+        let candidates = std::mem::take(&mut self.drop_candidates);
+        let fanout = self.shared.fanout();
+        for i in changed.iter().copied().chain(candidates) {
+            if dropping.len() >= DROP_BUDGET {
+                break;
+            }
+            let t = &self.topics[i];
+            if t.is_empty()
+                && !dropping.contains(&i)
+                && fanout
+                    .as_deref()
+                    .is_none_or(|f| f.subscribers(&t.topic) == 0)
+            {
+                dropping.push(i);
+            }
+        }
+        let next_topic_epoch = if dropping.is_empty() {
+            None
+        } else {
+            let e = loop {
+                let e = herald_core::engine::new_epoch();
+                if e != self.shared.topic_epoch() && e != self.shared.epoch {
+                    break e;
+                }
+            };
+            wb.put_topic_epoch(e);
+            Some(e)
+        };
         for &i in &changed {
             let t = &self.topics[i];
+            if dropping.contains(&i) {
+                continue;
+            }
             wb.put_topic(
                 &t.topic,
                 &TopicMeta {
@@ -334,10 +479,17 @@ impl Writer {
                 },
             );
         }
+        for &i in &dropping {
+            wb.delete_topic(&self.topics[i].topic);
+        }
         if wb.is_empty() {
             return;
         }
-        if let Err(e) = wb.commit() {
+        wb.put_commit_counter(self.commits + 1);
+        let committed = wb
+            .commit()
+            .and_then(|()| self.store.write_high_water(self.commits + 1));
+        if let Err(e) = committed {
             let why = format!("the store cannot write: {e}");
             tracing::error!(error = %e, "commit failed; refusing further publishes until a restart");
             self.shared.fail(why.clone());
@@ -346,6 +498,13 @@ impl Writer {
                 let _ = r.reply.send(Err(EngineError::Unavailable(why.clone())));
             }
             return;
+        }
+        self.commits += 1;
+        self.idem_records += idem_added.0;
+        self.idem_bytes += idem_added.1;
+        for d in &idem_deleted {
+            self.idem_records = self.idem_records.saturating_sub(1);
+            self.idem_bytes = self.idem_bytes.saturating_sub(d.bytes);
         }
         self.stat_commits += 1;
         self.stat_events += stored.iter().map(|v| v.len() as u64).sum::<u64>();
@@ -357,10 +516,89 @@ impl Writer {
                 self.shared.append(e, t.id, t.first, fanout.as_deref());
             }
         }
+        // Drops are applied after this: they move topics in `self.topics`.
         for (r, events) in batch.into_iter().zip(stored) {
             let _ = r
                 .reply
                 .send(Ok(events.into_iter().map(|(e, _)| e).collect()));
+        }
+        if let Some(e) = next_topic_epoch {
+            // Readers of unknown topics see the new epoch before the views go.
+            self.shared.set_topic_epoch(e);
+            self.drop_topics(dropping);
+        }
+        self.shared.trim_tails();
+        self.report_usage();
+    }
+
+    /// Forgets topics whose drop was just committed: their views, then the
+    /// writer's state (the last topic moves into each freed slot).
+    fn drop_topics(&mut self, mut dropping: Vec<usize>) {
+        let n = dropping.len() as u64;
+        // Highest index first, so that a moved topic is never one still to drop.
+        dropping.sort_unstable_by(|a, b| b.cmp(a));
+        for i in dropping {
+            let t = self.topics.swap_remove(i);
+            self.shared.drop_view(&t.topic);
+            self.index.remove(&t.topic);
+            let moved = self.topics.len();
+            if i < moved {
+                self.index.insert(self.topics[i].topic.clone(), i);
+                for b in self.backlog.iter_mut().chain(self.dirty.iter_mut()) {
+                    if *b == moved {
+                        *b = i;
+                    }
+                }
+            }
+        }
+        if self.topics.capacity() > 64 && self.topics.len() < self.topics.capacity() / 4 {
+            self.topics.shrink_to(self.topics.len() * 2);
+            self.index.shrink_to(self.topics.len() * 2);
+        }
+        if let Some(f) = self.shared.fanout() {
+            f.metrics()
+                .topics_dropped
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Finds idempotency records past their TTL, or beyond the bounds (oldest
+    /// first), and queues their deletion for the next commit.
+    fn sweep_idempotency(&mut self) {
+        if !self.idem_deletions.is_empty() {
+            return;
+        }
+        let ttl_ms = self.shared.idempotency_ttl_ms();
+        let cutoff = now_ms().saturating_sub(ttl_ms);
+        let oldest = match self.store.oldest_idempotency(IDEMPOTENCY_SWEEP_BUDGET) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "idempotency expiry could not read");
+                return;
+            }
+        };
+        let (mut records, mut bytes) = (self.idem_records, self.idem_bytes);
+        for (at_ms, key) in oldest {
+            let over = records > self.idem_max_records || bytes > self.idem_max_bytes;
+            if at_ms > cutoff && !over {
+                break;
+            }
+            let record_too = match self.store.idempotency_record_time(&key) {
+                Ok(t) => t == Some(at_ms),
+                Err(e) => {
+                    tracing::error!(error = %e, "idempotency expiry could not read");
+                    return;
+                }
+            };
+            let b = crate::store::idempotency_entry_bytes(key.len() + 9);
+            records = records.saturating_sub(1);
+            bytes = bytes.saturating_sub(b);
+            self.idem_deletions.push(IdempotencyDeletion {
+                at_ms,
+                key,
+                record_too,
+                bytes: b,
+            });
         }
     }
 
@@ -384,11 +622,10 @@ impl Writer {
         }
     }
 
-    /// A bounded pass of age retention, resuming where the last one stopped.
+    /// A bounded pass of age retention, resuming where the last one stopped;
+    /// topics found with nothing retained become drop candidates.
     fn sweep_ages(&mut self) {
-        let Some(max_age) = self.max_age_ms else {
-            return;
-        };
+        let max_age = self.max_age_ms.unwrap_or(u64::MAX);
         let n = self.topics.len();
         if n == 0 {
             return;
@@ -403,6 +640,13 @@ impl Writer {
             let i = self.sweep_at % n;
             self.sweep_at = (i + 1) % n;
             let t = &self.topics[i];
+            if t.is_empty() {
+                // Nothing kept: dropped in the next commit if idle.
+                if self.drop_candidates.len() < DROP_BUDGET {
+                    self.drop_candidates.push(i);
+                }
+                continue;
+            }
             if t.first > t.head || t.first_at >= cutoff {
                 continue; // nothing kept, or nothing old enough
             }
@@ -446,8 +690,25 @@ impl Writer {
             events = self.stat_events,
             "writer stopped"
         );
-        if let Err(e) = self.store.persist() {
+        let persisted = if self.fail_final_persist {
+            Err(crate::StoreError::Storage(format!(
+                "fault injected by {FAULT_ENV}={FAULT_FINAL_PERSIST}"
+            )))
+        } else {
+            self.store.persist()
+        };
+        if let Err(e) = persisted {
             tracing::error!(error = %e, "final fsync failed");
+            self.shared
+                .set_close_error(format!("the store's final flush and fsync failed: {e}"));
         }
     }
 }
+
+/// The environment variable that injects a fault, for tests of what the
+/// binary does when the store fails; [`FAULT_FINAL_PERSIST`] is the only
+/// value it knows.
+pub const FAULT_ENV: &str = "HERALD_EMBEDDED_FAULT";
+
+/// Makes the final persist at close fail.
+pub const FAULT_FINAL_PERSIST: &str = "final-persist";

@@ -206,19 +206,28 @@ async fn retention_by_age_without_new_publishes() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     e.publish(vec![ev(&mixed, "late")]).await.unwrap();
-    // Bounded wait for the age pass (it runs every max_age / 4).
+    // Bounded wait for the age pass (it runs every max_age / 4): the old
+    // events go, then the topic itself (nothing retained, no subscriber).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = e
             .read(&old, Some(Position::new(epoch, 0)), 100)
             .await
             .unwrap();
-        if r.events.is_empty() {
-            assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
+        assert!(r.events.is_empty() || texts(&r.events) == ["a", "b"]);
+        if r.events.is_empty() && r.gap == Some(GapReason::HistoryTruncated) {
             assert_eq!(r.from, Position::new(epoch, 2));
+        }
+        if r.gap == Some(GapReason::EpochChanged) {
+            // Dropped: reads report the epoch new topics get, and nothing.
+            assert_ne!(r.epoch, epoch);
+            assert_eq!((r.head, r.events.len()), (0, 0));
             break;
         }
-        assert!(Instant::now() < deadline, "old events were not dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the expired topic was not dropped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = e
@@ -230,26 +239,32 @@ async fn retention_by_age_without_new_publishes() {
         ["late"],
         "only the expired event is dropped"
     );
-    // The cursor at the head still resumes without a gap.
+    // Even the cursor at the old head gets a gap: a later topic of that
+    // name never continues its positions.
     let r = e
         .read(&old, Some(Position::new(epoch, 2)), 100)
         .await
         .unwrap();
-    assert_eq!((r.gap, r.events.len()), (None, 0));
+    assert_eq!((r.gap, r.events.len()), (Some(GapReason::EpochChanged), 0));
+    let topic_epoch = e.topic_epoch();
+    assert_ne!(topic_epoch, epoch);
+    assert_eq!(e.topic_count(), 1, "only `mixed` is held");
     e.close().await;
     drop(e);
-    // Dropped for good: a restart with a long age limit does not bring them back.
+    // Dropped for good: a restart with a long age limit does not bring it back.
     let e = open(config(dir.path(), 1000, HOUR));
+    assert_eq!(e.topic_count(), 1);
+    assert_eq!(e.topic_epoch(), topic_epoch);
     let r = e
-        .read(&old, Some(Position::new(epoch, 0)), 100)
+        .read(&old, Some(Position::new(epoch, 2)), 100)
         .await
         .unwrap();
     assert_eq!(
         (r.gap, r.events.len(), r.head),
-        (Some(GapReason::HistoryTruncated), 0, 2)
+        (Some(GapReason::EpochChanged), 0, 0)
     );
     let next = e.publish(vec![ev(&old, "c")]).await.unwrap();
-    assert_eq!(next[0].position, Position::new(epoch, 3));
+    assert_eq!(next[0].position, Position::new(topic_epoch, 1));
     e.close().await;
 }
 
@@ -464,4 +479,32 @@ async fn other_formats_foreign_folders_and_second_processes_are_refused() {
     drop(first);
     // Closing released the files.
     open(EmbeddedConfig::new(dir.path())).close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_topics_are_dropped_and_stay_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    const TOPICS: usize = 10_000;
+    let e = open(config(dir.path(), 1000, Duration::from_millis(300)));
+    let names: Vec<Topic> = (0..TOPICS).map(|i| topic(&format!("once/{i}"))).collect();
+    for chunk in names.chunks(1000) {
+        e.publish(chunk.iter().map(|t| ev(t, "x")).collect())
+            .await
+            .unwrap();
+    }
+    assert_eq!(e.topic_count(), TOPICS);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while e.topic_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} topics still held",
+            e.topic_count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    e.close().await;
+    drop(e);
+    let e = open(config(dir.path(), 1000, HOUR));
+    assert_eq!(e.topic_count(), 0);
+    e.close().await;
 }

@@ -13,6 +13,14 @@
 //!   mean the same on every node. If the stream is lost (Redis restarted
 //!   without persistence, a key evicted) the topic gets a new epoch, and
 //!   clients with older cursors get `herald.gap` (`epoch_changed`).
+//! - **Expiry**: both keys of a topic expire [`topic_ttl`] after its last
+//!   publish (the history age limit, at least 1 s): a topic nobody
+//!   publishes to leaves nothing behind, and when it is used again it
+//!   starts a new epoch (older cursors get `herald.gap`). A read of a topic
+//!   never published creates its metadata with the same expiry. The global
+//!   [`Budget`](herald_core::engine::Budget) is not enforced here: Redis's
+//!   own `maxmemory` bounds what it holds, and a write it refuses for lack
+//!   of memory answers 503 `server_full`.
 //! - **Publish**: one Lua script per topic appends the events, notifies the
 //!   topic's sharded pub/sub channel with each (`SPUBLISH`) and trims, all
 //!   atomically: a subscriber that resumes during a publish reads either
@@ -78,7 +86,7 @@ use fred::interfaces::ClientLike;
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::Value;
-use herald_core::engine::{new_epoch, resolve_start, BoxFuture};
+use herald_core::engine::{new_epoch, resolve_start, BoxFuture, Exhausted};
 use herald_core::fanout::Fanout;
 use herald_core::idempotency::IdempotencyStore;
 use herald_core::{
@@ -133,6 +141,27 @@ pub enum RedisConfigError {
 /// Maps a client error to the engine's "unavailable" (503).
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("redis: {e}"))
+}
+
+/// Maps the error of a write: Redis out of memory (`maxmemory` reached,
+/// nothing written) is "server full", anything else "unavailable".
+fn write_error(e: fred::error::Error) -> EngineError {
+    let text = e.to_string();
+    if text.contains("OOM command not allowed") {
+        EngineError::ServerFull(Exhausted::Storage)
+    } else {
+        unavailable(text)
+    }
+}
+
+/// How long a topic's keys live after its last publish: the history age
+/// limit (so retained history is never cut short), at least 1 s and at
+/// most 100 years.
+pub fn topic_ttl(history: &HistoryLimits) -> Duration {
+    history.max_age.clamp(
+        Duration::from_secs(1),
+        Duration::from_secs(100 * 365 * 24 * 3600),
+    )
 }
 
 /// What the engine and its listener share.
@@ -275,6 +304,10 @@ impl Shared {
         u64::try_from(self.history.max_age.as_millis()).unwrap_or(u64::MAX / 2)
     }
 
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(topic_ttl(&self.history).as_millis()).unwrap_or(u64::MAX)
+    }
+
     async fn publish_topic(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
         let topic = events[0].topic.clone();
         let client = self.client()?;
@@ -283,6 +316,7 @@ impl Shared {
         args.push(self.history.max_events.to_string().into());
         args.push(self.max_age_ms().to_string().into());
         args.push(self.keys.channel(&topic).into());
+        args.push(self.ttl_ms().to_string().into());
         for e in &events {
             codec::push_event_args(e, &mut args);
         }
@@ -291,7 +325,7 @@ impl Shared {
             .publish_script
             .evalsha_with_reload(client, keys, args)
             .await
-            .map_err(unavailable)?;
+            .map_err(write_error)?;
         let (epoch, first, at) = codec::publish_answer(&answer).map_err(unavailable)?;
         Ok(events
             .into_iter()
@@ -320,6 +354,7 @@ impl Shared {
             limit.to_string().into(),
             self.history.max_events.to_string().into(),
             self.max_age_ms().to_string().into(),
+            self.ttl_ms().to_string().into(),
         ];
         let keys = vec![self.keys.meta(topic), self.keys.stream(topic)];
         let answer: Vec<Value> = self

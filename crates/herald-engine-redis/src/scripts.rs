@@ -10,6 +10,13 @@
 //! caller passes, so clients holding older cursors are told they missed
 //! events.
 //!
+//! Neither key lives forever: a publish sets both to expire after the
+//! topic's time-to-live (at least the history age limit, so retained history
+//! is never cut short), and a read that creates the metadata of a topic
+//! never published gives it the same time-to-live. A topic unused for that
+//! long is gone from Redis; used again, it starts a new epoch (the missing
+//! metadata above), so an older cursor gets `herald.gap`.
+//!
 //! Numbers go through `string.format('%d')`: Lua's `tostring` switches to
 //! exponent notation past 14 digits.
 
@@ -17,7 +24,8 @@
 const PRELUDE: &str = r#"
 local meta, stream = KEYS[1], KEYS[2]
 
-local function ensure_epoch(candidate)
+-- `ttl` (ms): how long new metadata lives unless a publish extends it.
+local function ensure_epoch(candidate, ttl)
   local m = redis.call('HMGET', meta, 'epoch', 'seq')
   local epoch, seq = m[1], tonumber(m[2] or '0')
   if epoch and not (seq > 0 and redis.call('EXISTS', stream) == 0) then
@@ -25,6 +33,7 @@ local function ensure_epoch(candidate)
   end
   redis.call('DEL', stream)
   redis.call('HSET', meta, 'epoch', candidate, 'seq', '0')
+  redis.call('PEXPIRE', meta, ttl)
   return candidate, 0
 end
 
@@ -67,17 +76,18 @@ end
 "#;
 
 /// KEYS: meta, stream. ARGV: candidate epoch, max events, max age ms, channel,
-/// then `k`, `n`, `d` of each event. Appends the events, notifies the
-/// channel with each, trims. Returns `{epoch, first seq, published ms}`.
+/// time-to-live ms, then `k`, `n`, `d` of each event. Appends the events,
+/// notifies the channel with each, trims, and sets both keys to expire after
+/// the time-to-live. Returns `{epoch, first seq, published ms}`.
 ///
 /// A notification is `epoch \n id \n k \n n \n d`: names hold no control
 /// characters, so only the data may contain newlines, and it comes last.
 const PUBLISH_BODY: &str = r#"
-local maxlen, maxage, channel = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local maxlen, maxage, channel, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
-local epoch, seq = ensure_epoch(ARGV[1])
+local epoch, seq = ensure_epoch(ARGV[1], ttl)
 local first = seq + 1
-local i = 5
+local i = 6
 while i + 2 <= #ARGV do
   seq = seq + 1
   local id = string.format('%d-%d', seq, now)
@@ -87,11 +97,14 @@ while i + 2 <= #ARGV do
 end
 redis.call('HSET', meta, 'seq', string.format('%d', seq))
 trim_age(now - maxage)
+redis.call('PEXPIRE', meta, ttl)
+redis.call('PEXPIRE', stream, ttl)
 return {epoch, string.format('%d', first), string.format('%d', now)}
 "#;
 
 /// KEYS: meta, stream. ARGV: candidate epoch, after epoch, after seq, limit,
-/// max events, max age ms. "After epoch" is empty to read from now (no
+/// max events, max age ms, time-to-live ms (of metadata the read creates).
+/// "After epoch" is empty to read from now (no
 /// events, just the head), `*` for the latest event alone, else a position.
 /// Returns `{epoch, head, first retained, entries...}`, each entry
 /// `{id, {k, kv, n, nv, d, dv}}`. Where the entries start follows the same
@@ -99,7 +112,7 @@ return {epoch, string.format('%d', first), string.format('%d', now)}
 const READ_BODY: &str = r#"
 local after_epoch, after_seq, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxlen, maxage = tonumber(ARGV[5]), tonumber(ARGV[6])
-local epoch, head = ensure_epoch(ARGV[1])
+local epoch, head = ensure_epoch(ARGV[1], ARGV[7])
 trim_age(now_ms() - maxage)
 local first = first_retained(head, maxlen)
 local start = nil

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
+use herald_auth::{Action, AuthError, Credential, Denied, IssueError, Principal, Source};
 use herald_core::Topic;
 
 use crate::error::ApiError;
@@ -20,7 +20,7 @@ impl From<AuthError> for ApiError {
 impl From<Denied> for ApiError {
     fn from(e: Denied) -> Self {
         match e {
-            Denied::Unauthenticated(_) => {
+            Denied::Unauthenticated(_) | Denied::Credential(_) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             }
             Denied::Forbidden { .. } => {
@@ -53,7 +53,8 @@ pub fn credential(
             })?;
         return Ok(Some(Credential::new(token, Source::Header)));
     }
-    if let Some((_, t)) = pairs.iter().find(|(k, _)| k == "token") {
+    // The last `token` parameter wins, as for every repeated parameter.
+    if let Some((_, t)) = pairs.iter().rev().find(|(k, _)| k == "token") {
         return Ok(Some(Credential::new(t.clone(), Source::Query)));
     }
     for v in headers.get_all(header::COOKIE) {
@@ -106,24 +107,65 @@ pub(crate) fn authorize_all(
     Ok(())
 }
 
+/// When `who`'s credential runs out (its `exp`, seconds since the Unix
+/// epoch), as a timer instant; `None` for a credential without a deadline.
+/// Every connection ends there (DESIGN.md, "Credentials over time").
+pub(crate) fn deadline_of(who: &Principal) -> Option<tokio::time::Instant> {
+    let exp = who.expires_at()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// A refused issue as an answer: 429 `rate_limited` when the caller holds
+/// its share of one-time tokens, 503 `server_full` when the pool is full,
+/// 503 `unavailable` when the shared store cannot be reached; `Retry-After`
+/// says when a token frees up.
+fn issue_refused(e: IssueError) -> Response {
+    let retry = e.retry_after_secs();
+    let api = match &e {
+        IssueError::UserLimit { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+        }
+        IssueError::Full { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_full", e.to_string())
+        }
+        IssueError::Unavailable => ApiError::unavailable(e.to_string()),
+        IssueError::Auth(a) => ApiError::from(a.clone()),
+    };
+    let mut r = api.into_response();
+    if let Some(secs) = retry {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    r
+}
+
 /// `POST /v1/tokens`: a caller authenticated by header or cookie gets a
 /// short-lived, single-use token for `?token=` on an EventSource or WebSocket URL.
-pub(crate) async fn tokens(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+/// Each caller holds at most its share of outstanding tokens (counted by
+/// `sub`, publisher key, or client address: [`herald_auth::quota_key`]).
+pub(crate) async fn tokens(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    conn: Option<axum::Extension<crate::server::ConnectionHandle>>,
+) -> Response {
     let pairs = crate::transport::query_pairs(uri.query());
+    let client = conn.map(|c| c.peer.ip());
     let result = async {
         let (who, source) = authenticate(&app, &headers, &pairs).await?;
-        if app.config.auth.is_enabled()
-            && (!who.is_authenticated() || source == Some(Source::Query))
-        {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "authenticate with an Authorization header or the cookie to get a one-time token",
-            ));
-        }
-        let (token, ttl) = app.config.auth.issue_one_time_async(&who).await?;
+        app.config.auth.authorize_exchange(&who, source)?;
         Ok::<_, ApiError>(
-            Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response(),
+            match app.config.auth.issue_one_time_for(&who, client).await {
+                Ok((token, ttl)) => {
+                    Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()}))
+                        .into_response()
+                }
+                Err(e) => issue_refused(e),
+            },
         )
     }
     .await;

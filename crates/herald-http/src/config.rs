@@ -20,6 +20,13 @@ pub struct HttpConfig {
     pub poll_max_timeout: Duration,
     /// Long poll: most events in one answer.
     pub poll_batch: usize,
+    /// Long poll: most bytes of event JSON in one answer. At least one event
+    /// is always included, so a single larger event still gets through; the
+    /// answer's cursor then points after the last included event.
+    pub poll_max_bytes: usize,
+    /// A request body (publish, LLM relay) not fully received this long after
+    /// its reading began is refused with 408 `request_timeout`.
+    pub body_timeout: Duration,
     /// WebSocket: largest incoming message, in bytes (close 1009 above).
     pub ws_max_message_bytes: usize,
     /// WebSocket: a peer silent (no pong, no message) this long is closed.
@@ -28,6 +35,21 @@ pub struct HttpConfig {
     pub ws_publish_rate: f64,
     /// WebSocket: publishes allowed in a burst.
     pub ws_publish_burst: f64,
+    /// WebSocket: client messages of any kind (frames, pings included) per
+    /// second allowed per connection, sustained; a burst of twice as many is
+    /// allowed. Messages over the rate are refused with an `error`
+    /// `rate_limited` and count as errors.
+    pub ws_message_rate: f64,
+    /// WebSocket: errors (malformed, refused or rate-limited messages) a
+    /// connection may cause in a burst; the allowance refills at one per
+    /// second. A connection over it is closed with 1008 `too many errors`.
+    pub ws_error_burst: f64,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` headers name the client
+    /// address that per-address limits count (see [`crate::forwarded`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Shutdown: streams (SSE, WebSocket) end at a random moment within this
+    /// window, so that clients do not all come back in the same millisecond.
+    pub shutdown_drain: Duration,
     /// A write to a subscriber that does not progress for this long ends the connection.
     pub write_timeout: Duration,
     /// Most events coalesced into one write when a subscriber has fallen behind.
@@ -56,10 +78,16 @@ impl Default for HttpConfig {
             poll_default_timeout: Duration::from_secs(25),
             poll_max_timeout: Duration::from_secs(60),
             poll_batch: 100,
+            poll_max_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
             ws_max_message_bytes: 1024 * 1024,
             ws_pong_timeout: Duration::from_secs(45),
             ws_publish_rate: 50.0,
             ws_publish_burst: 100.0,
+            ws_message_rate: 100.0,
+            ws_error_burst: 20.0,
+            trusted_proxies: Vec::new(),
+            shutdown_drain: Duration::from_secs(2),
             write_timeout: Duration::from_secs(30),
             max_coalesce: 64,
             auth: Arc::new(Auth::open()),

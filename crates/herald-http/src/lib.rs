@@ -36,6 +36,8 @@ mod assets;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod forwarded;
+pub mod input;
 mod layers;
 pub mod limits;
 pub mod ops;
@@ -63,13 +65,17 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// A slot for one more streaming connection from `peer`.
+    /// A slot for one more streaming connection from the client at `peer`
+    /// (behind a trusted proxy: the address its headers name, see
+    /// [`forwarded`]).
     pub(crate) fn connection_slot(
         &self,
         peer: Option<std::net::IpAddr>,
+        headers: &axum::http::HeaderMap,
     ) -> Result<limits::Slot, ApiError> {
+        let client = peer.map(|p| forwarded::client_ip(p, headers, &self.config.trusted_proxies));
         self.limiter.acquire(
-            peer,
+            client,
             self.config.max_connections,
             self.config.max_connections_per_ip,
         )
@@ -112,6 +118,8 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         .merge(extra)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn_with_state(state, layers::cors))
+        .layer(tower::util::option_layer(layers::cors(
+            &state.config.cors_origins,
+        )))
         .layer(axum::middleware::from_fn(layers::access_log))
 }

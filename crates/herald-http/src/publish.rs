@@ -84,11 +84,32 @@ pub fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Reads a body of at most `max` bytes; 413 above.
+/// How long [`read_limited`] waits for a whole body (the default of
+/// [`crate::HttpConfig::body_timeout`]).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a body of at most `max` bytes within [`BODY_TIMEOUT`]; see
+/// [`read_limited_within`].
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     max: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    read_limited_within(headers, body, max, BODY_TIMEOUT).await
+}
+
+/// Reads a body of at most `max` bytes, all of it within `timeout` (counted
+/// from this call). Errors: 413 `too_large` above `max` (at once when
+/// `Content-Length` says so), 408 `request_timeout` when the body is not
+/// complete in time (a slow or stalled sender), 400 `invalid_body` when the
+/// connection fails mid-body. On an error the body is dropped unread, and
+/// the HTTP/1.1 connection is closed after the answer (its remaining bytes
+/// are not drained).
+pub async fn read_limited_within(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -106,12 +127,21 @@ pub async fn read_limited(
             return Err(too_large());
         }
     }
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request(
+    let read = http_body_util::Limited::new(body, max).collect();
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad_request(
             "invalid_body",
             format!("could not read the body: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
         )),
     }
 }
@@ -144,18 +174,39 @@ async fn publish_inner(
             "send the publish body as application/json",
         ));
     }
-    let bytes = read_limited(&headers, body, app.config.max_body_bytes).await?;
+    let bytes = read_limited_within(
+        &headers,
+        body,
+        app.config.max_body_bytes,
+        app.config.body_timeout,
+    )
+    .await?;
     let (events, is_batch) = parse_publish_body(&bytes)?;
-    for e in &events {
-        app.config.auth.authorize(&who, Action::Publish, &e.topic)?;
-    }
-    let published = app.hub.publish_batch(events).await?;
+    let published = publish_as(&app, &who, events).await?;
     let body = if is_batch {
         serde_json::json!({"ids": published.iter().map(|e| e.id()).collect::<Vec<_>>()})
     } else {
         serde_json::json!({"id": published.first().map(|e| e.id())})
     };
     Ok(Json(body).into_response())
+}
+
+/// The one path of every publish, whatever carried it (`POST /v1/publish`,
+/// a WebSocket `publish`): each event is authorized for `who` with
+/// [`Action::Publish`], then the batch is published (validated, stored and
+/// fanned out by the hub). Nothing is published unless every event is allowed.
+///
+/// Errors: 401/403 from authorization, then the hub's validation and engine
+/// errors (400, 413, 503).
+pub(crate) async fn publish_as(
+    app: &AppState,
+    who: &herald_auth::Principal,
+    events: Vec<NewEvent>,
+) -> Result<Vec<std::sync::Arc<herald_core::Event>>, ApiError> {
+    for e in &events {
+        app.config.auth.authorize(who, Action::Publish, &e.topic)?;
+    }
+    Ok(app.hub.publish_batch(events).await?)
 }
 
 #[cfg(test)]

@@ -3,13 +3,26 @@
 //! (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT, RFC 8441), graceful shutdown
 //! (GOAWAY on HTTP/2), and a per-connection kill switch.
 //!
-//! The kill switch exists for the slow-consumer policy on HTTP/1.1: a client
-//! that stops reading fills its socket, so its response body is no longer
-//! polled and could not end itself. When its queue overflows the hub wakes
-//! the connection's [`ConnectionHandle::kill`], and the connection is dropped.
-//! HTTP/2 streams get no kill switch: a stalled stream is held back by its
-//! own flow-control window while the connection's other streams go on, and
-//! its queue is freed as soon as it overflows.
+//! The kill switch exists for the slow-consumer policy: a client that stops
+//! reading fills its socket (HTTP/1.1) or its stream's flow-control window
+//! (HTTP/2), so its response body is no longer polled and could not end
+//! itself. When its queue overflows the hub wakes the
+//! [`ConnectionHandle::kill`] it was given. On HTTP/1.1 the connection is
+//! then dropped. On HTTP/2 only that stream ends: its event-stream body is
+//! dropped at once (its queue, its connection slot and everything it held
+//! are freed; the connection's other streams go on), and the stream is
+//! reset when hyper next polls it.
+//!
+//! Request heads are bounded by [`MAX_HEAD`] bytes and [`MAX_HEADERS`]
+//! fields, and request targets by [`MAX_URI`] bytes, on every HTTP/1.1
+//! request. The first request of a connection is read by `direct`, which
+//! refuses with 431 `headers_too_large` or 414 `uri_too_long` and the JSON
+//! error body; later requests on a connection hyper serves meet hyper's own
+//! checks of the same limits (an empty 431 or 414; hyper's head limit
+//! counts its read buffer, so a head may pass it by up to one read). HTTP/2
+//! requests without `Host` get one from their `:authority`, as an HTTP/1.1
+//! request would carry it (RFC 9113, section 8.3.1), so that checks made
+//! against `Host` (a WebSocket's same-origin rule) work on both.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,17 +45,31 @@ use tower::ServiceExt;
 
 use crate::tls::Tls;
 use direct::{Answered, First, Rewind};
+pub use direct::{MAX_HEAD, MAX_HEADERS, MAX_URI};
 
 mod direct;
+mod stream_end;
 
 /// Per-connection data handlers can read from the request extensions.
 #[derive(Clone, Debug)]
 pub struct ConnectionHandle {
-    /// Wake to drop the connection at once (HTTP/1.1 only).
+    /// Wake to end the response at once: HTTP/1.1 drops the connection,
+    /// HTTP/2 ends this stream's event-stream body.
     pub kill: Option<Arc<Notify>>,
     /// The peer's address.
     pub peer: SocketAddr,
+    /// Becomes `true` when the peer shuts down its sending side while the
+    /// request is held (HTTP/1.1 direct path only; `None` elsewhere). A held
+    /// long poll then answers at once with what it has.
+    pub read_closed: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// A response extension: the write deadline of this answer on the HTTP/1.1
+/// direct path (a write that does not progress for this long drops the
+/// connection). Answers without one use the default of
+/// [`crate::HttpConfig::write_timeout`].
+#[derive(Clone, Copy, Debug)]
+pub struct WriteDeadline(pub Duration);
 
 /// How long graceful shutdown waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,11 +116,15 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(direct::HEAD_TIMEOUT)
         .keep_alive(true)
-        // The smallest buffer hyper allows: idle streaming connections
-        // dominate, and their requests are small.
-        .max_buf_size(8192);
+        // A peer that shuts down its sending side after its request still
+        // gets the answer.
+        .half_close(true)
+        // The same head limit as the direct path. hyper's read buffer starts
+        // at 8 KiB and grows only while a large head or body is read.
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -176,6 +207,20 @@ where
     Ok(())
 }
 
+/// Gives an HTTP/2 request without `Host` the one its `:authority` names.
+fn authority_as_host<B>(req: &mut Request<B>) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+}
+
 /// One accepted connection.
 struct Conn {
     builder: Arc<Builder<TokioExecutor>>,
@@ -202,6 +247,14 @@ impl Conn {
         let io = loop {
             match Box::pin(direct::first_request(&mut io)).await {
                 First::Gone => break None,
+                First::TooLarge => {
+                    direct::refuse_head(&mut io).await;
+                    break None;
+                }
+                First::UriTooLong => {
+                    direct::refuse_uri(&mut io).await;
+                    break None;
+                }
                 First::Other(prefix) => {
                     io.unread(prefix);
                     break Some(io);
@@ -211,6 +264,7 @@ impl Conn {
                     let handle = ConnectionHandle {
                         kill: Some(kill.clone()),
                         peer: self.peer,
+                        read_closed: None,
                     };
                     let router = self.router.clone();
                     let hub = &self.hub;
@@ -220,8 +274,8 @@ impl Conn {
                     }))
                     .await;
                     match answered {
-                        Answered::Stream(io, body) => {
-                            direct::stream(io, body, &kill).await;
+                        Answered::Stream(io, body, deadline) => {
+                            direct::stream(io, body, &kill, deadline).await;
                             break None;
                         }
                         Answered::Done(back) => io = back,
@@ -244,20 +298,32 @@ impl Conn {
         let http1 = ConnectionHandle {
             kill: Some(kill.clone()),
             peer: self.peer,
+            read_closed: None,
         };
-        let http2 = ConnectionHandle {
-            kill: None,
-            peer: self.peer,
-        };
+        let peer = self.peer;
         let router = self.router;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            let handle = if req.version() == hyper::Version::HTTP_2 {
-                http2.clone()
+            let router = router.clone();
+            let http2 = req.version() == hyper::Version::HTTP_2;
+            // Each HTTP/2 stream has its own kill switch.
+            let stream_kill = http2.then(|| Arc::new(Notify::new()));
+            if http2 {
+                authority_as_host(&mut req);
+                req.extensions_mut().insert(ConnectionHandle {
+                    kill: stream_kill.clone(),
+                    peer,
+                    read_closed: None,
+                });
             } else {
-                http1.clone()
-            };
-            req.extensions_mut().insert(handle);
-            router.clone().oneshot(req.map(Body::new))
+                req.extensions_mut().insert(http1.clone());
+            }
+            async move {
+                let resp = router.oneshot(req.map(Body::new)).await?;
+                Ok::<_, std::convert::Infallible>(match stream_kill {
+                    Some(kill) => stream_end::end_on_kill(resp, kill),
+                    None => resp,
+                })
+            }
         });
         let conn = self
             .builder

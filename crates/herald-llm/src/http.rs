@@ -5,6 +5,7 @@
 //! - `POST /v1/chat/completions` is OpenAI-compatible (SDKs use Herald as
 //!   their base URL) and records the stream for resume too.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use herald_http::{ApiError, HttpConfig};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::relay::{Relay, Share};
+use crate::relay::{Relay, Share, GENERATION_RETRY_AFTER_SECS};
 
 #[derive(Clone)]
 struct LlmState {
@@ -85,12 +86,39 @@ fn share_of(v: Option<Value>) -> Result<Share, ApiError> {
     }
 }
 
-async fn start(State(st): State<LlmState>, headers: HeaderMap, uri: Uri, body: Body) -> Response {
+/// The caller's address, from the connection.
+type Conn = Option<axum::Extension<herald_http::ConnectionHandle>>;
+
+fn client_of(conn: &Conn) -> Option<IpAddr> {
+    conn.as_ref().map(|c| c.peer.ip())
+}
+
+/// A 429 for too many generations waits [`GENERATION_RETRY_AFTER_SECS`].
+fn with_retry_after(mut r: Response) -> Response {
+    if r.status() == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(GENERATION_RETRY_AFTER_SECS),
+        );
+    }
+    r
+}
+
+async fn start(
+    State(st): State<LlmState>,
+    headers: HeaderMap,
+    uri: Uri,
+    conn: Conn,
+    body: Body,
+) -> Response {
     let r = async {
         let (who, _) = herald_http::auth::principal(&st.http, &headers, uri.query()).await?;
         let mut req = body_object(&st, &headers, body).await?;
         let share = share_of(req.remove("share"))?;
-        let started = st.relay.start(&who, req, share, None, None).await?;
+        let started = st
+            .relay
+            .start(&who, client_of(&conn), req, share, None, None)
+            .await?;
         let topic = started.topic.as_str().to_owned();
         Ok::<_, ApiError>(Json(json!({
             "id": started.id,
@@ -102,7 +130,7 @@ async fn start(State(st): State<LlmState>, headers: HeaderMap, uri: Uri, body: B
     .await;
     match r {
         Ok(j) => j.into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => with_retry_after(e.into_response()),
     }
 }
 
@@ -123,19 +151,27 @@ async fn cancel(
     }
 }
 
-/// An error in OpenAI's shape, so SDKs raise it properly.
+/// An error in OpenAI's shape, so SDKs raise it properly (429 and 503 with
+/// `Retry-After`, which the SDKs honour).
 fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
-    (
+    let r = (
         status,
         Json(json!({"error": {"message": message, "type": kind, "code": null}})),
     )
-        .into_response()
+        .into_response();
+    let mut r = with_retry_after(r);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 async fn completions(
     State(st): State<LlmState>,
     headers: HeaderMap,
     uri: Uri,
+    conn: Conn,
     body: Body,
 ) -> Response {
     let (who, mut req) = match async {
@@ -156,7 +192,14 @@ async fn completions(
     let (head_tx, head_rx) = oneshot::channel();
     let started = match st
         .relay
-        .start(&who, req, share, Some(raw_tx), Some(head_tx))
+        .start(
+            &who,
+            client_of(&conn),
+            req,
+            share,
+            Some(raw_tx),
+            Some(head_tx),
+        )
         .await
     {
         Ok(s) => s,

@@ -14,12 +14,15 @@
 //! - [`upstream`]: the HTTP(S) client to the upstream (its API key goes
 //!   nowhere else).
 //! - [`openai`]: the chunk wire format as pure functions.
+//! - [`redact`]: credentials taken out of upstream text before a client or a
+//!   topic sees it.
 //! - [`offline`]: a built-in deterministic model speaking the same wire
 //!   format, for demos and tests.
 
 pub mod http;
 pub mod offline;
 pub mod openai;
+pub mod redact;
 pub mod relay;
 pub mod upstream;
 

@@ -9,7 +9,10 @@
 //! Directives in the last user message steer it (for tests and demos):
 //! `[tokens:N]` answer length, `[slow:MS]` delay per token, `[error-after:N]`
 //! an error object after N tokens, `[drop-after:N]` cut the connection after
-//! N tokens, `[stall-after:N]` go silent after N tokens.
+//! N tokens, `[stall-after:N]` go silent after N tokens, `[crlf]` line breaks
+//! in the answer written as CRLF, `[multiline]` every chunk's JSON
+//! pretty-printed over several `data:` lines (valid event-stream framing that
+//! a reader must join with LF).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -166,7 +169,13 @@ async fn chat(State(model): State<OfflineModel>, headers: HeaderMap, body: Bytes
         .unwrap_or(40)
         .clamp(1, 5000) as usize;
     let delay = directive(&prompt, "slow").map_or(model.token_delay, Duration::from_millis);
-    let tokens = tokens_for(&prompt, n);
+    let mut tokens = tokens_for(&prompt, n);
+    if prompt.contains("[crlf]") {
+        for t in &mut tokens {
+            *t = t.replace('\n', "\r\n");
+        }
+    }
+    let multiline = prompt.contains("[multiline]");
     let usage = json!({"prompt_tokens": prompt.split_whitespace().count(), "completion_tokens": n, "total_tokens": prompt.split_whitespace().count() + n});
     let id = format!("chatcmpl-offline{:x}", prompt.len() * 7919 + n);
     let created = std::time::SystemTime::now()
@@ -207,11 +216,18 @@ async fn chat(State(model): State<OfflineModel>, headers: HeaderMap, body: Bytes
             // Awkward framing: CRLF on odd events, a comment now and then,
             // and every event split in three pieces at uneven offsets.
             let eol = if k % 2 == 1 { "\r\n" } else { "\n" };
+            let payload = match serde_json::from_str::<Value>(&payload) {
+                Ok(v) if multiline => serde_json::to_string_pretty(&v).unwrap_or(payload),
+                _ => payload,
+            };
             let mut text = String::new();
             if k % 5 == 3 {
                 text.push_str(&format!(": keep-alive{eol}"));
             }
-            text.push_str(&format!("data: {payload}{eol}{eol}"));
+            // The encoder ends lines with LF; JSON holds no raw line breaks,
+            // so every LF in the frame is a line end.
+            let frame = herald_core::wire::sse::encode_event(None, None, &payload).0;
+            text.push_str(&String::from_utf8_lossy(&frame).replace('\n', eol));
             let bytes = text.into_bytes();
             let a = (k * 7 + 3) % bytes.len().max(1);
             let b = (a + (k * 13 + 5) % (bytes.len() - a).max(1)).min(bytes.len());

@@ -57,8 +57,9 @@ pub fn parse_data(data: &str) -> Chunk {
 }
 
 /// The message an upstream error body carries (OpenAI's `{"error":{"message"}}`
-/// or any text), cut to a readable length. Never includes request headers.
-pub fn error_message(status: u16, body: &[u8]) -> String {
+/// or any text), passed through `redact` (which must take credentials out:
+/// an upstream may echo request headers) and then cut to a readable length.
+pub fn error_message(status: u16, body: &[u8], redact: impl Fn(&str) -> String) -> String {
     let text = String::from_utf8_lossy(body);
     let msg = serde_json::from_str::<Value>(&text)
         .ok()
@@ -71,6 +72,8 @@ pub fn error_message(status: u16, body: &[u8]) -> String {
             })
         })
         .unwrap_or_else(|| text.trim().to_owned());
+    // Redact the whole text before cutting it: a cut could split a key.
+    let msg = redact(&msg);
     let mut msg: String = msg.chars().take(500).collect();
     if msg.is_empty() {
         msg = "no details".into();
@@ -118,14 +121,23 @@ mod tests {
 
     #[test]
     fn error_messages() {
+        let r = |t: &str| crate::redact::redact(t, Some("sk-the-key-1234567890"));
         assert_eq!(
-            error_message(401, br#"{"error":{"message":"bad key"}}"#),
+            error_message(401, br#"{"error":{"message":"bad key"}}"#, r),
             "upstream answered 401: bad key"
         );
         assert_eq!(
-            error_message(502, b"Bad Gateway"),
+            error_message(502, b"Bad Gateway", r),
             "upstream answered 502: Bad Gateway"
         );
-        assert_eq!(error_message(500, b""), "upstream answered 500: no details");
+        assert_eq!(
+            error_message(500, b"", r),
+            "upstream answered 500: no details"
+        );
+        // An echo of the request's headers, cut after the key began: still redacted.
+        let mut long = "x".repeat(480);
+        long.push_str(" Authorization: Bearer sk-the-key-1234567890");
+        let m = error_message(400, long.as_bytes(), r);
+        assert!(!m.contains("sk-the"), "{m}");
     }
 }

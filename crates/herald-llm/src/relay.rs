@@ -13,6 +13,7 @@
 //! reads the whole answer.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use herald_auth::{Action, Principal, Readers};
 use herald_client::{SseItem, SseParser};
+use herald_core::wire::sse::encode_event;
 use herald_core::{Cursor, Data, Hub, NewEvent, Topic};
 use herald_http::ApiError;
 use http_body_util::BodyExt;
@@ -42,6 +44,10 @@ pub struct LlmConfig {
     pub max_duration: Duration,
     /// Generations running at once at most (429 above).
     pub max_generations: usize,
+    /// Generations running at once per principal at most (429 above), counted
+    /// under [`herald_auth::quota_key`]: the token's `sub`, `publisher`, or
+    /// the client address.
+    pub max_generations_per_user: usize,
     /// Tokens arriving within this window are published as one event.
     pub coalesce: Duration,
     /// How long a stream stays readable by its creator (and those it is shared with).
@@ -55,6 +61,7 @@ impl Default for LlmConfig {
             idle_timeout: Duration::from_secs(60),
             max_duration: Duration::from_secs(600),
             max_generations: 100,
+            max_generations_per_user: 4,
             coalesce: Duration::from_millis(40),
             stream_ttl: Duration::from_secs(24 * 3600),
         }
@@ -99,6 +106,36 @@ pub struct Relay {
     config: LlmConfig,
     generations: Mutex<HashMap<String, Arc<Generation>>>,
     active: AtomicUsize,
+    /// Running generations per [`herald_auth::quota_key`].
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+/// How long a client refused for too many running generations is asked
+/// to wait (`Retry-After`, seconds): a generation's end cannot be known.
+pub const GENERATION_RETRY_AFTER_SECS: u64 = 2;
+
+/// A running generation's place in the global and per-user counts; given
+/// back when dropped.
+struct Slot {
+    relay: Arc<Relay>,
+    owner: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self
+            .relay
+            .per_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.relay.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(n) = map.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.owner);
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -115,6 +152,7 @@ impl Relay {
             config,
             generations: Mutex::new(HashMap::new()),
             active: AtomicUsize::new(0),
+            per_user: Mutex::new(HashMap::new()),
         })
     }
 
@@ -122,11 +160,52 @@ impl Relay {
         &self.config
     }
 
-    /// Starts a generation for `who`. `request` is an OpenAI chat-completions
-    /// body; it is sent upstream with `stream: true`.
+    /// Generations running now.
+    pub fn running(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Takes a place for a generation of `owner`, or refuses with 429
+    /// `too_many_generations` (the server's or this user's limit).
+    fn acquire(self: &Arc<Self>, owner: String) -> Result<Slot, ApiError> {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if self.active.load(Ordering::Acquire) >= self.config.max_generations {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_generations",
+                "too many generations are running; retry shortly",
+            ));
+        }
+        let mine = map.get(&owner).copied().unwrap_or(0);
+        if mine >= self.config.max_generations_per_user {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_generations",
+                format!(
+                    "you already run {mine} generations, the most allowed at once; retry when one ends"
+                ),
+            ));
+        }
+        map.insert(owner.clone(), mine + 1);
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Ok(Slot {
+            relay: self.clone(),
+            owner,
+        })
+    }
+
+    /// Starts a generation for `who` (calling from `client`, whose address
+    /// counts the share of principals without a subject). `request` is an
+    /// OpenAI chat-completions body; it is sent upstream with `stream: true`.
+    ///
+    /// Errors: 400 for a bad request; 401/403 unless `who` may start
+    /// generations ([`Action::Generate`]); 429 `too_many_generations` when
+    /// the server runs [`LlmConfig::max_generations`] or `who` runs
+    /// [`LlmConfig::max_generations_per_user`]; 503 when the store is down.
     pub async fn start(
         self: &Arc<Self>,
         who: &Principal,
+        client: Option<IpAddr>,
         request: Map<String, Value>,
         share: Share,
         raw: Option<RawSink>,
@@ -135,16 +214,10 @@ impl Relay {
         let body = self.upstream_body(request)?;
         let id = new_id()?;
         let topic = Topic::new(&format!("llm/{id}")).map_err(ApiError::from)?;
-        // Starting a generation publishes to its topic.
-        self.auth.authorize(who, Action::Publish, &topic)?;
-        if self.active.fetch_add(1, Ordering::AcqRel) >= self.config.max_generations {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_generations",
-                "too many generations are running; retry shortly",
-            ));
-        }
+        // Starting a generation is its own action; the relay alone then
+        // writes the topic.
+        self.auth.authorize(who, Action::Generate, &topic)?;
+        let slot = self.acquire(herald_auth::quota_key(who, client))?;
         let owner = who.subject().map(str::to_owned);
         let mut readers: Vec<String> = owner.iter().cloned().collect();
         let grant = match share {
@@ -159,13 +232,7 @@ impl Relay {
         if let Some(g) = grant {
             self.auth.grant_subscribe(&topic, g, self.config.stream_ttl);
         }
-        let start = match self.hub.engine().read(&topic, None, 0).await {
-            Ok(r) => r.from,
-            Err(e) => {
-                self.active.fetch_sub(1, Ordering::AcqRel);
-                return Err(e.into());
-            }
-        };
+        let start = self.hub.engine().read(&topic, None, 0).await?.from;
         let generation = Arc::new(Generation {
             owner,
             cancel: Notify::new(),
@@ -180,7 +247,7 @@ impl Relay {
         let run_id = id.clone();
         tokio::spawn(async move {
             relay.run(&run_topic, &generation, body, raw, head).await;
-            relay.active.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
             // Keep the entry a while so a late cancel answers sensibly.
             tokio::time::sleep(Duration::from_secs(60)).await;
             relay
@@ -295,7 +362,7 @@ impl Relay {
             r = self.upstream.chat_completions(body) => match r {
                 Ok(resp) => resp,
                 Err(e) => {
-                    let msg = e.to_string();
+                    let msg = self.upstream.redact(&e.to_string());
                     if let Some(h) = head.take() {
                         let _ = h.send(Err((StatusCode::BAD_GATEWAY, msg.clone())));
                     }
@@ -322,7 +389,7 @@ impl Relay {
             .and_then(Result::ok)
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-            let msg = error_message(status.as_u16(), &body);
+            let msg = error_message(status.as_u16(), &body, |t| self.upstream.redact(t));
             if let Some(h) = head.take() {
                 let _ = h.send(Err((status, msg.clone())));
             }
@@ -367,7 +434,11 @@ impl Relay {
                     }
                     break Err("the upstream closed the stream before finishing".into());
                 }
-                Ok(Some(Err(e))) => break Err(format!("reading the upstream failed: {e}")),
+                Ok(Some(Err(e))) => {
+                    break Err(self
+                        .upstream
+                        .redact(&format!("reading the upstream failed: {e}")))
+                }
                 Ok(Some(Ok(f))) => f,
             };
             let Ok(data) = frame.into_data() else {
@@ -376,9 +447,11 @@ impl Relay {
             let mut finished = None;
             for item in parser.feed(&data) {
                 let SseItem::Event(e) = item else { continue };
-                match parse_data(&e.data) {
+                // Model output keeps its text; only the key could not be in it.
+                let data = self.upstream.redact_key(&e.data);
+                match parse_data(&data) {
                     Chunk::Done => {
-                        forward(&mut raw, Bytes::from_static(b"data: [DONE]\n\n")).await;
+                        forward(&mut raw, sse("[DONE]")).await;
                         done_sent = true;
                         finished = Some(Ok(()));
                         break;
@@ -388,7 +461,7 @@ impl Relay {
                         finish_reason: fr,
                         usage: u,
                     } => {
-                        forward(&mut raw, Bytes::from(format!("data: {}\n\n", e.data))).await;
+                        forward(&mut raw, sse(&data)).await;
                         if !content.is_empty() {
                             out.push(&content);
                         }
@@ -400,7 +473,9 @@ impl Relay {
                         }
                     }
                     Chunk::Error(msg) => {
-                        forward(&mut raw, Bytes::from(format!("data: {}\n\n", e.data))).await;
+                        // An error may echo the request's headers.
+                        forward(&mut raw, sse(&self.upstream.redact(&data))).await;
+                        let msg = self.upstream.redact(&msg);
                         finished = Some(Err(format!("the upstream reported an error: {msg}")));
                         break;
                     }
@@ -437,7 +512,7 @@ impl Relay {
         match outcome {
             Ok(()) => {
                 if !done_sent {
-                    forward(&mut raw, Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    forward(&mut raw, sse("[DONE]")).await;
                 }
                 self.publish(
                     topic,
@@ -449,12 +524,18 @@ impl Relay {
             Err(msg) => {
                 if had_raw && !msg.contains("reported an error") {
                     let err = json!({"error": {"message": msg, "type": "upstream_error"}});
-                    forward(&mut raw, Bytes::from(format!("data: {err}\n\n"))).await;
+                    forward(&mut raw, sse(&err.to_string())).await;
                 }
                 self.publish(topic, "error", json!({"message": msg})).await;
             }
         }
     }
+}
+
+/// One event of the OpenAI-compatible stream, framed by the shared SSE
+/// encoder (data with line breaks becomes one `data:` line per line).
+fn sse(data: &str) -> Bytes {
+    encode_event(None, None, data).0.freeze()
 }
 
 /// Hands a raw chunk to the OpenAI-compatible response. A client that left

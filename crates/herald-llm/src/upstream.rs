@@ -82,6 +82,23 @@ impl Upstream {
         &self.base
     }
 
+    /// `text` from the upstream (an error body, an error event, a transport
+    /// error) with this upstream's API key and any other credential taken
+    /// out ([`crate::redact`]): run it over anything the upstream said
+    /// before it reaches a client, a topic or a log.
+    pub fn redact(&self, text: &str) -> String {
+        crate::redact::redact(text, self.api_key.as_deref())
+    }
+
+    /// Only the configured API key taken out: for model output (ordinary
+    /// chunks), where prose such as "the bearer of" must stay as it is.
+    pub fn redact_key(&self, text: &str) -> String {
+        match self.api_key.as_deref() {
+            Some(k) if text.contains(k) => text.replace(k, crate::redact::REDACTED),
+            _ => text.to_owned(),
+        }
+    }
+
     /// POSTs `body` to `{base}/chat/completions`; returns the response with its body unread.
     pub async fn chat_completions(
         &self,

@@ -162,6 +162,8 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    // Kept to ask, after the shutdown, whether the store's final persist worked.
+    let mut embedded_engine = None;
     let hub = match settings.engine {
         EngineKind::Redis => {
             let redis = settings
@@ -192,7 +194,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             })
             .await
             .context("opening the store failed")??;
-            Hub::new(Arc::new(engine), settings.hub.clone())
+            let engine = Arc::new(engine);
+            embedded_engine = Some(engine.clone());
+            Hub::new(engine, settings.hub.clone())
         }
         EngineKind::Memory => Hub::new(
             Arc::new(MemoryEngine::new(settings.hub.history)),
@@ -239,6 +243,13 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let router = herald_http::router_with(hub.clone(), settings.http, llm_routes);
     let options = herald_http::ServeOptions { tls };
     herald_http::serve_with(listener, router, hub, options, shutdown_signal()).await?;
+    if let Some(why) = embedded_engine.and_then(|e| e.close_error()) {
+        anyhow::bail!(
+            "{why}; events acknowledged before the shutdown were already on disk, but later \
+             writes (retention, idempotency expiry) may not be: check the disk and the data dir, \
+             then start Herald again, which recovers the store"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// Events older than this are dropped from history [default: 24h].
     #[arg(long, env = "HERALD_HISTORY_MAX_AGE")]
     pub history_max_age: Option<String>,
+    /// Topics held at most (with retained events or subscribers); a publish
+    /// that would create another gets 503 server_full [default: 1000000].
+    #[arg(long, env = "HERALD_MAX_TOPICS")]
+    pub max_topics: Option<usize>,
+    /// Bytes of retained events at most (data + name + 128 per event); a
+    /// publish beyond gets 503 server_full [default: 1073741824].
+    #[arg(long, env = "HERALD_MAX_RETAINED_BYTES")]
+    pub max_retained_bytes: Option<u64>,
     /// SSE keepalive comment and WebSocket ping interval [default: 15s].
     #[arg(long, env = "HERALD_KEEPALIVE")]
     pub keepalive: Option<String>,
@@ -68,6 +76,13 @@ pub struct ServeArgs {
     /// Most events in one long-poll answer [default: 100].
     #[arg(long, env = "HERALD_POLL_BATCH")]
     pub poll_batch: Option<usize>,
+    /// Most bytes of event JSON in one long-poll answer; one event always
+    /// gets through whatever its size [default: 1048576].
+    #[arg(long, env = "HERALD_POLL_MAX_BYTES")]
+    pub poll_max_bytes: Option<usize>,
+    /// A request body not fully received within this time gets 408 [default: 30s].
+    #[arg(long, env = "HERALD_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
     /// Largest incoming WebSocket message in bytes [default: 1048576].
     #[arg(long, env = "HERALD_WS_MAX_MESSAGE")]
     pub ws_max_message: Option<usize>,
@@ -101,6 +116,14 @@ pub struct ServeArgs {
     /// Lifetime of one-time tokens from POST /v1/tokens [default: 60s].
     #[arg(long, env = "HERALD_ONE_TIME_TOKEN_TTL")]
     pub one_time_token_ttl: Option<String>,
+    /// One-time tokens outstanding at most in this process; beyond, POST
+    /// /v1/tokens gets 503 server_full [default: 100000].
+    #[arg(long, env = "HERALD_ONE_TIME_TOKEN_MAX")]
+    pub one_time_token_max: Option<usize>,
+    /// One-time tokens outstanding at most per user (token `sub`, publisher
+    /// key, or client address); beyond, 429 with Retry-After [default: 100].
+    #[arg(long, env = "HERALD_ONE_TIME_TOKEN_MAX_PER_USER")]
+    pub one_time_token_max_per_user: Option<usize>,
     /// Origin allowed to open WebSockets with the cookie credential (repeatable; default: same host only).
     #[arg(long)]
     pub ws_allowed_origin: Vec<String>,
@@ -113,6 +136,18 @@ pub struct ServeArgs {
     /// Streaming connections per client address at most [default: 10000].
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
+    /// A reverse proxy (address or CIDR network) whose `Forwarded` /
+    /// `X-Forwarded-For` headers name the client address that per-address
+    /// limits count (repeatable; default: none, the TCP peer counts).
+    #[arg(long)]
+    pub trusted_proxy: Vec<String>,
+    /// On shutdown, streams end at random moments within this window so
+    /// clients do not all reconnect at once; under 5s [default: 2s].
+    #[arg(long, env = "HERALD_SHUTDOWN_DRAIN")]
+    pub shutdown_drain: Option<String>,
+    /// WebSocket client messages per second per connection, any kind [default: 100].
+    #[arg(long, env = "HERALD_WS_MESSAGE_RATE")]
+    pub ws_message_rate: Option<f64>,
     /// Serve HTTPS with this certificate chain, PEM (reloaded on SIGHUP or when the file changes).
     #[arg(long, env = "HERALD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -141,6 +176,14 @@ pub struct ServeArgs {
     /// Generations running at once at most [default: 100].
     #[arg(long, env = "HERALD_LLM_MAX_GENERATIONS")]
     pub llm_max_generations: Option<usize>,
+    /// Generations running at once per user (token `sub`, publisher key, or
+    /// client address) at most; beyond, 429 with Retry-After [default: 4].
+    #[arg(long, env = "HERALD_LLM_MAX_GENERATIONS_PER_USER")]
+    pub llm_max_generations_per_user: Option<usize>,
+    /// Anyone, with or without a credential, may start LLM generations
+    /// (otherwise: a token with the `llm` claim or a publisher key).
+    #[arg(long, env = "HERALD_LLM_PUBLIC")]
+    pub llm_public: bool,
     /// Delay between tokens of the built-in offline model [default: 25ms].
     #[arg(long, env = "HERALD_LLM_OFFLINE_DELAY")]
     pub llm_offline_delay: Option<String>,
@@ -161,12 +204,16 @@ struct FileSettings {
     redis_prefix: Option<String>,
     history: Option<usize>,
     history_max_age: Option<String>,
+    max_topics: Option<usize>,
+    max_retained_bytes: Option<u64>,
     keepalive: Option<String>,
     max_body: Option<usize>,
     queue_capacity: Option<usize>,
     workers: Option<usize>,
     poll_max_timeout: Option<String>,
     poll_batch: Option<usize>,
+    poll_max_bytes: Option<usize>,
+    body_timeout: Option<String>,
     ws_max_message: Option<usize>,
     ws_pong_timeout: Option<String>,
     ws_publish_rate: Option<f64>,
@@ -182,12 +229,18 @@ struct FileSettings {
     auth_cookie: Option<String>,
     query_token_max_lifetime: Option<String>,
     one_time_token_ttl: Option<String>,
+    one_time_token_max: Option<usize>,
+    one_time_token_max_per_user: Option<usize>,
     #[serde(default)]
     ws_allowed_origin: Vec<String>,
     #[serde(default)]
     cors_origin: Vec<String>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    #[serde(default)]
+    trusted_proxy: Vec<String>,
+    shutdown_drain: Option<String>,
+    ws_message_rate: Option<f64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     #[serde(default)]
@@ -200,6 +253,9 @@ struct FileSettings {
     llm_model: Option<String>,
     llm_idle_timeout: Option<String>,
     llm_max_generations: Option<usize>,
+    llm_max_generations_per_user: Option<usize>,
+    #[serde(default)]
+    llm_public: bool,
     llm_offline_delay: Option<String>,
 }
 
@@ -290,6 +346,9 @@ pub struct TokenArgs {
     /// Topic pattern the holder may publish to (repeatable).
     #[arg(long)]
     pub publish: Vec<String>,
+    /// The holder may start LLM generations (the `llm` claim).
+    #[arg(long)]
+    pub llm: bool,
     /// Lifetime [default: 5m].
     #[arg(long, default_value = "5m")]
     pub ttl: String,
@@ -344,6 +403,7 @@ pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
         herald: herald_auth::jwt::HeraldClaim {
             subscribe: args.subscribe,
             publish: args.publish,
+            llm: args.llm,
         },
     };
     let kid = args.jwt_key_id.or(file.jwt_key_id);
@@ -393,6 +453,17 @@ fn auth_config(args: &ServeArgs, file: &FileSettings) -> anyhow::Result<AuthConf
                 .or(file.one_time_token_ttl.clone()),
             d.one_time_ttl,
         )?,
+        one_time_max: args
+            .one_time_token_max
+            .or(file.one_time_token_max)
+            .unwrap_or(d.one_time_max)
+            .max(1),
+        one_time_max_per_user: args
+            .one_time_token_max_per_user
+            .or(file.one_time_token_max_per_user)
+            .unwrap_or(d.one_time_max_per_user)
+            .max(1),
+        public_llm: args.llm_public || file.llm_public,
         ..d
     })
 }
@@ -539,6 +610,32 @@ impl Settings {
             args.history_max_age.or(file.history_max_age),
             defaults_hub.history.max_age,
         )?;
+        let budget = herald_core::engine::Budget {
+            max_topics: args
+                .max_topics
+                .or(file.max_topics)
+                .unwrap_or(defaults_hub.budget.max_topics),
+            max_retained_bytes: args
+                .max_retained_bytes
+                .or(file.max_retained_bytes)
+                .unwrap_or(defaults_hub.budget.max_retained_bytes),
+        };
+        if budget.max_topics == 0 {
+            bail!("--max-topics must be at least 1: with 0 no event could ever be published");
+        }
+        if budget.max_retained_bytes == 0 {
+            bail!(
+                "--max-retained-bytes must be at least 1 (it counts each retained event's data, \
+                 name and 128 bytes; the default is 1073741824, 1 GiB)"
+            );
+        }
+        if engine == EngineKind::Redis && budget != defaults_hub.budget {
+            warnings.push(
+                "--max-topics and --max-retained-bytes are ignored with --engine redis: \
+                 topics expire in Redis after --history-max-age, and Redis's maxmemory bounds the rest"
+                    .into(),
+            );
+        }
         let queue_capacity = args
             .queue_capacity
             .or(file.queue_capacity)
@@ -558,6 +655,25 @@ impl Settings {
             bail!("--keepalive must be more than 0");
         }
         let max_body = args.max_body.or(file.max_body).unwrap_or(d.max_body_bytes);
+        let cors_origins = pick(args.cors_origin, file.cors_origin);
+        for origin in &cors_origins {
+            let o = origin.trim();
+            if o.eq_ignore_ascii_case("null") {
+                bail!(
+                    "--cors-origin null: refused, because any site can send `Origin: null` \
+                     (sandboxed frames, file: pages); list real origins such as https://app.example"
+                );
+            }
+            let host = o
+                .split_once("://")
+                .map(|(_, rest)| rest.trim_end_matches('/'));
+            if o != "*" && !matches!(host, Some(h) if !h.is_empty() && !h.contains('/')) {
+                bail!(
+                    "--cors-origin {origin:?}: give `*` or an origin as scheme://host[:port], \
+                     such as https://app.example"
+                );
+            }
+        }
         let http = HttpConfig {
             keepalive,
             max_body_bytes: max_body,
@@ -571,6 +687,16 @@ impl Settings {
                 .or(file.poll_batch)
                 .unwrap_or(d.poll_batch)
                 .max(1),
+            poll_max_bytes: args
+                .poll_max_bytes
+                .or(file.poll_max_bytes)
+                .unwrap_or(d.poll_max_bytes)
+                .max(1),
+            body_timeout: dur(
+                "body-timeout",
+                args.body_timeout.or(file.body_timeout),
+                d.body_timeout,
+            )?,
             ws_max_message_bytes: args
                 .ws_max_message
                 .or(file.ws_max_message)
@@ -590,7 +716,7 @@ impl Settings {
                 .or(file.auth_cookie)
                 .unwrap_or(d.auth_cookie.clone()),
             ws_allowed_origins: pick(args.ws_allowed_origin, file.ws_allowed_origin),
-            cors_origins: pick(args.cors_origin, file.cors_origin),
+            cors_origins,
             max_connections: args
                 .max_connections
                 .or(file.max_connections)
@@ -599,6 +725,28 @@ impl Settings {
                 .max_connections_per_ip
                 .or(file.max_connections_per_ip)
                 .unwrap_or(d.max_connections_per_ip),
+            trusted_proxies: herald_http::forwarded::parse_networks(&pick(
+                args.trusted_proxy,
+                file.trusted_proxy,
+            ))
+            .map_err(anyhow::Error::msg)?,
+            shutdown_drain: match dur(
+                "shutdown-drain",
+                args.shutdown_drain.or(file.shutdown_drain),
+                d.shutdown_drain,
+            )? {
+                // Streams must have ended before the server stops waiting for them.
+                w if w < herald_http::server::DRAIN_TIMEOUT => w,
+                w => bail!(
+                    "--shutdown-drain {w:?}: at most {:?} (connections get that long to finish)",
+                    herald_http::server::DRAIN_TIMEOUT - Duration::from_millis(1)
+                ),
+            },
+            ws_message_rate: match args.ws_message_rate.or(file.ws_message_rate) {
+                None => d.ws_message_rate,
+                Some(r) if r.is_finite() && r >= 1.0 => r,
+                Some(r) => bail!("--ws-message-rate {r}: give a number of messages per second, at least 1"),
+            },
             ..d
         };
         let hub = HubConfig {
@@ -608,6 +756,7 @@ impl Settings {
             },
             queue_capacity,
             max_data_bytes: max_body,
+            budget,
             ..defaults_hub
         };
         let log_json = match args.log_format.or(file.log_format).as_deref() {
@@ -635,6 +784,11 @@ impl Settings {
                     .llm_max_generations
                     .or(file.llm_max_generations)
                     .unwrap_or(llm_defaults.max_generations),
+                max_generations_per_user: args
+                    .llm_max_generations_per_user
+                    .or(file.llm_max_generations_per_user)
+                    .unwrap_or(llm_defaults.max_generations_per_user)
+                    .max(1),
                 ..llm_defaults
             },
             api_key: args

@@ -46,6 +46,7 @@ fn claims(ttl: i64) -> jwt::Claims {
         herald: jwt::HeraldClaim {
             subscribe: vec!["users/{sub}/**".into()],
             publish: vec!["users/{sub}/**".into()],
+            ..Default::default()
         },
     }
 }

@@ -4,6 +4,11 @@
 //! the same data dir every publish that was answered 200 is there with the
 //! same id and in order, and SSE subscribers that resume from the cursors
 //! they held before the kill get everything, exactly once.
+//!
+//! Every publish carries an idempotency `id`. After each restart the
+//! publishes that were in flight at the kill are retried with their ids, and
+//! at the end every acknowledged id is retried too: each retry is answered
+//! with the event's original id, and no event is stored twice.
 
 mod process;
 
@@ -30,8 +35,41 @@ struct Acked {
     topic: &'static str,
     id: String,
     data: String,
+    /// The idempotency id it was sent with.
+    key: String,
     publisher: Publisher,
     n: u64,
+}
+
+/// A publish that got no answer (the server was killed while it was in
+/// flight): it may or may not be stored.
+#[derive(Clone, Debug)]
+struct InFlight {
+    topic: &'static str,
+    data: String,
+    key: String,
+    publisher: Publisher,
+    n: u64,
+}
+
+/// Publishes `data` on `topic` with the idempotency id `key`; the event's
+/// id, or `None` if there was no 200 answer.
+async fn publish_with_key(client: &Client, topic: &str, data: &str, key: &str) -> Option<String> {
+    let body = serde_json::json!({"topic": topic, "data": data, "id": key});
+    match client
+        .publish_raw(body.to_string(), "application/json")
+        .await
+    {
+        Ok((status, v)) if status == 200 => v["id"].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Retries a publish with its idempotency id; panics unless it is answered.
+async fn retry(client: &Client, topic: &str, data: &str, key: &str) -> String {
+    publish_with_key(client, topic, data, key)
+        .await
+        .unwrap_or_else(|| panic!("retry of {key} ({data}) was not answered 200"))
 }
 
 /// An SSE subscriber that lives across the restarts: what it has seen and
@@ -94,8 +132,10 @@ async fn listen(
     (seen, gaps, cursor)
 }
 
-/// Publishes one event at a time until the server stops answering.
-async fn publish(client: Client, round: usize, publisher: usize) -> Vec<Acked> {
+/// Publishes one event at a time, each with its own idempotency id, until
+/// the server stops answering; returns the acknowledged publishes and the
+/// one in flight when it stopped.
+async fn publish(client: Client, round: usize, publisher: usize) -> (Vec<Acked>, Option<InFlight>) {
     let mut acked = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     for n in 0..1_000_000u64 {
@@ -104,21 +144,29 @@ async fn publish(client: Client, round: usize, publisher: usize) -> Vec<Acked> {
         }
         let topic = TOPICS[(publisher + n as usize) % TOPICS.len()];
         let data = format!("{topic}|r{round}|p{publisher}|n{n}");
-        match client
-            .publish(topic, serde_json::Value::String(data.clone()), None)
-            .await
-        {
-            Ok(id) => acked.push(Acked {
+        let key = format!("r{round}-p{publisher}-n{n}");
+        match publish_with_key(&client, topic, &data, &key).await {
+            Some(id) => acked.push(Acked {
                 topic,
                 id,
                 data,
+                key,
                 publisher: (round, publisher),
                 n,
             }),
-            Err(_) => break,
+            None => {
+                let lost = InFlight {
+                    topic,
+                    data,
+                    key,
+                    publisher: (round, publisher),
+                    n,
+                };
+                return (acked, Some(lost));
+            }
         }
     }
-    acked
+    (acked, None)
 }
 
 /// Every event of `topic` in the store, in order: (id, data).
@@ -171,10 +219,33 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         })
         .collect();
     let mut acked: Vec<Acked> = Vec::new();
+    let mut in_flight: Vec<InFlight> = Vec::new();
+    let mut retried_in_flight = 0;
 
     for (round, kill_after) in KILL_AFTER_MS.iter().enumerate() {
         let herald = Herald::start(&data_dir, &SERVE_ARGS);
         let client = Client::new(&herald.url).unwrap();
+        // The publishes in flight at the kill, retried with their ids: each
+        // is stored at most once, whether or not it was before the kill.
+        retried_in_flight += in_flight.len();
+        for f in in_flight.drain(..) {
+            let id = retry(&client, f.topic, &f.data, &f.key).await;
+            // Twice: the second retry gets the same answer.
+            assert_eq!(
+                retry(&client, f.topic, &f.data, &f.key).await,
+                id,
+                "{}",
+                f.key
+            );
+            acked.push(Acked {
+                topic: f.topic,
+                id,
+                data: f.data,
+                key: f.key,
+                publisher: f.publisher,
+                n: f.n,
+            });
+        }
         // Subscribers first: in round 0 they start "from now", an empty
         // store, so they must see every event; later they resume from the
         // cursors they held when the server died.
@@ -201,9 +272,10 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         herald.sigkill();
         let mut this_round = 0;
         for p in publishers {
-            let a = p.await.expect("publisher task");
+            let (a, lost) = p.await.expect("publisher task");
             this_round += a.len();
             acked.extend(a);
+            in_flight.extend(lost);
         }
         assert!(
             this_round > 0,
@@ -224,9 +296,30 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         );
     }
 
-    // Restart once more and check everything.
+    // Restart once more, retry what was in flight at the last kill, then
+    // every acknowledged publish: each gets its original id back.
     let herald = Herald::start(&data_dir, &SERVE_ARGS);
     let client = Client::new(&herald.url).unwrap();
+    retried_in_flight += in_flight.len();
+    for f in in_flight.drain(..) {
+        let id = retry(&client, f.topic, &f.data, &f.key).await;
+        acked.push(Acked {
+            topic: f.topic,
+            id,
+            data: f.data,
+            key: f.key,
+            publisher: f.publisher,
+            n: f.n,
+        });
+    }
+    for a in &acked {
+        let id = retry(&client, a.topic, &a.data, &a.key).await;
+        assert_eq!(id, a.id, "the retry of {} got another id", a.key);
+    }
+    eprintln!(
+        "{} acknowledged ids retried after the kills ({retried_in_flight} of them in flight at a kill): all answered with their original ids",
+        acked.len()
+    );
     let epoch = position(acked[0].topic, &acked[0].id).epoch;
     let mut histories: HashMap<&str, Vec<(String, String)>> = HashMap::new();
     for t in TOPICS {

@@ -1,8 +1,12 @@
 //! LLM streams through the relay, against a real local OpenAI-compatible
 //! server (the offline model: exact wire format, awkward chunking, error,
 //! drop, stall and slow cases): resume on every transport, two viewers,
-//! cancel, upstream errors, the OpenAI-compatible endpoint, auth.
+//! cancel, upstream errors, the OpenAI-compatible endpoint, auth, per-user
+//! generation limits, and an upstream that echoes the API key (a fake on a
+//! loopback port: the real upstream costs money) which must reach no client,
+//! topic or log.
 
+mod spawn;
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -97,6 +101,41 @@ async fn post(
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         headers,
     )
+}
+
+/// A token for `sub` on `secret`, publishing to `publish`, with or without the `llm` claim.
+fn signed(secret: &[u8], sub: &str, publish: &[&str], llm: bool) -> String {
+    let now = herald_auth::now();
+    jwt::sign(
+        &jwt::Claims {
+            sub: Some(sub.into()),
+            exp: now + 120,
+            iat: Some(now),
+            nbf: None,
+            herald: jwt::HeraldClaim {
+                subscribe: vec![],
+                publish: publish.iter().map(|s| s.to_string()).collect(),
+                llm,
+            },
+        },
+        secret,
+        false,
+        None,
+    )
+    .unwrap()
+}
+
+fn jwt_http(secret: &[u8]) -> HttpConfig {
+    HttpConfig {
+        auth: Arc::new(
+            Auth::new(AuthConfig {
+                hs256_secret: Some(secret.to_vec()),
+                ..AuthConfig::default()
+            })
+            .unwrap(),
+        ),
+        ..HttpConfig::default()
+    }
 }
 
 async fn generate(client: &herald_client::Client, prompt: &str) -> Value {
@@ -370,30 +409,12 @@ async fn a_generation_is_readable_by_its_creator_unless_shared() {
         ..HttpConfig::default()
     };
     let s = start_with(http, LlmConfig::default(), None, None).await;
-    let token = |sub: &str, publish: &[&str]| {
-        let now = herald_auth::now();
-        jwt::sign(
-            &jwt::Claims {
-                sub: Some(sub.into()),
-                exp: now + 120,
-                iat: Some(now),
-                nbf: None,
-                herald: jwt::HeraldClaim {
-                    subscribe: vec![],
-                    publish: publish.iter().map(|s| s.to_string()).collect(),
-                },
-            },
-            secret,
-            false,
-            None,
-        )
-        .unwrap()
-    };
-    let alice = s.client.clone().with_token(token("alice", &["llm/*"]));
-    let bob = s.client.clone().with_token(token("bob", &["llm/*"]));
-    let carol = s.client.clone().with_token(token("carol", &[]));
+    let token = |sub: &str, publish: &[&str], llm: bool| signed(secret, sub, publish, llm);
+    let alice = s.client.clone().with_token(token("alice", &[], true));
+    let bob = s.client.clone().with_token(token("bob", &[], true));
+    let carol = s.client.clone().with_token(token("carol", &[], false));
     let body = json!({"messages": [{"role": "user", "content": "secret plans [tokens:5]"}]});
-    // Starting needs publish rights on llm/*.
+    // Starting needs the `llm` claim.
     assert_eq!(post(&carol, "/v1/llm/chat", body.clone()).await.0, 403);
     assert_eq!(post(&s.client, "/v1/llm/chat", body.clone()).await.0, 401);
     let (st, mine, _) = post(&alice, "/v1/llm/chat", body.clone()).await;
@@ -451,7 +472,8 @@ async fn a_generation_is_readable_by_its_creator_unless_shared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_python_sdk_streams_through_herald() {
     let s = start().await;
-    let prompt = "python sdk [tokens:45]";
+    // Chunks spread over several `data:` lines, and CRLF in the answer.
+    let prompt = "python sdk [tokens:45] [multiline] [crlf]";
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_stream.py");
     let base = format!("{}/v1", s.client.base());
     let out = tokio::process::Command::new("python3")
@@ -466,8 +488,368 @@ async fn the_official_openai_python_sdk_streams_through_herald() {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let (text, rest) = stdout.split_once("\n---\n").unwrap();
-    assert_eq!(text, tokens_for(prompt, 45).concat());
+    let want = tokens_for(prompt, 45).concat().replace('\n', "\r\n");
+    assert!(want.contains("\r\n"));
+    assert_eq!(text, want);
     let mut lines = rest.lines();
     assert_eq!(lines.next(), Some("stop"));
     assert!(lines.next().is_some_and(|id| id.len() > 10), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rights_on_llm_topics_neither_start_nor_forge_generations() {
+    let secret = b"llm-forge-secret-0123456789abcdef0123";
+    let s = start_with(jwt_http(secret), LlmConfig::default(), None, None).await;
+    let alice = s.client.clone().with_token(signed(secret, "alice", &[], true));
+    let mallory = s
+        .client
+        .clone()
+        .with_token(signed(secret, "mallory", &["llm/*", "llm/**"], false));
+    let prompt = "alice's answer [tokens:30] [slow:30]";
+    let body = json!({"messages": [{"role": "user", "content": prompt}]});
+    // A publish grant on llm/* is not the right to start a generation.
+    let (st, v, _) = post(&mallory, "/v1/llm/chat", body.clone()).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let mut compat = body.clone();
+    compat["stream"] = json!(true);
+    assert_eq!(post(&mallory, "/v1/chat/completions", compat).await.0, 403);
+
+    let (st, started, _) = post(&alice, "/v1/llm/chat", body).await;
+    assert_eq!(st, 200, "{started}");
+    let topic = started["topic"].as_str().unwrap();
+    let cursor = started["cursor"].as_str().unwrap();
+    let mut viewer = Sub::open(&alice, Kind::Sse, &[topic], Some(cursor))
+        .await
+        .unwrap();
+    let mut ws = mallory.ws().await.unwrap();
+    // Forged `token` and `done` events into alice's running generation:
+    // refused over HTTP and over WebSocket.
+    for (event, data) in [
+        ("token", json!({"content": " FORGED"})),
+        ("done", json!({"finish_reason": "stop", "usage": null})),
+    ] {
+        let forged = json!({"topic": topic, "event": event, "data": data});
+        let (st, v) = mallory
+            .publish_raw(forged.to_string(), "application/json")
+            .await
+            .unwrap();
+        assert_eq!(
+            (st.as_u16(), v["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{v}"
+        );
+        let mut m = forged.clone();
+        m["type"] = json!("publish");
+        ws.send_json(&m).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, ws.next_json())
+            .await
+            .expect("no answer to a WebSocket publish")
+            .unwrap()
+            .expect("the WebSocket closed");
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "{answer}"
+        );
+    }
+    // The viewer sees alice's answer, whole, and nothing else.
+    let (text, end) = read_to_end(&mut viewer).await;
+    assert_eq!(text, tokens_for(prompt, 30).concat());
+    assert_eq!(end.event, "done");
+    let done: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(done["usage"]["completion_tokens"], 30, "{done}");
+    assert!(viewer.next(Duration::from_millis(500)).await.is_none());
+    let mut late = Sub::open(&alice, Kind::Poll, &[topic], Some(cursor))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_to_end(&mut late).await.0,
+        tokens_for(prompt, 30).concat()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_hold_every_generation_slot() {
+    let secret = b"llm-share-secret-0123456789abcdef0123";
+    let llm = LlmConfig {
+        max_generations_per_user: 2,
+        ..LlmConfig::default()
+    };
+    let s = start_with(jwt_http(secret), llm, None, None).await;
+    let alice = s.client.clone().with_token(signed(secret, "alice", &[], true));
+    let bob = s.client.clone().with_token(signed(secret, "bob", &[], true));
+    let slow = json!({"messages": [{"role": "user", "content": "long [tokens:400] [slow:50]"}]});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (st, v, _) = post(&alice, "/v1/llm/chat", slow.clone()).await;
+        assert_eq!(st, 200, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let retry_after = |h: &http::HeaderMap| {
+        h.get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (st, v, h) = post(&alice, "/v1/llm/chat", slow.clone()).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (429, Some("too_many_generations")),
+        "{v}"
+    );
+    assert!(retry_after(&h).is_some_and(|s| s >= 1), "{h:?}");
+    // The OpenAI-compatible endpoint counts the same share.
+    let mut compat = slow.clone();
+    compat["stream"] = json!(true);
+    let (st, v, h) = post(&alice, "/v1/chat/completions", compat).await;
+    assert_eq!(st, 429, "{v}");
+    assert!(retry_after(&h).is_some_and(|s| s >= 1), "{h:?}");
+    // Another user still starts generations.
+    let (st, v, _) = post(
+        &bob,
+        "/v1/llm/chat",
+        json!({"messages": [{"role": "user", "content": "bob [tokens:3]"}]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    // Once one of alice's generations ends, she may start another.
+    let (st, _, _) = post(
+        &alice,
+        &format!("/v1/llm/chat/{}/cancel", ids[0]),
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let mut again = 0;
+    for _ in 0..50 {
+        again = post(&alice, "/v1/llm/chat", slow.clone()).await.0;
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(again, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_line_data_and_crlf_survive_the_openai_compatible_stream() {
+    let s = start().await;
+    // The upstream spreads each chunk's JSON over several `data:` lines,
+    // and the answer holds CRLF line breaks.
+    let prompt = "lines [tokens:40] [multiline] [crlf]";
+    let want = tokens_for(prompt, 40).concat().replace('\n', "\r\n");
+    assert!(want.contains("\r\n"));
+    let r = s
+        .client
+        .request(
+            http::Method::POST,
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            json!({"stream": true, "messages": [{"role": "user", "content": prompt}]})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let topic = r.headers()["x-herald-topic"].to_str().unwrap().to_owned();
+    let cursor = r.headers()["x-herald-cursor"].to_str().unwrap().to_owned();
+    use http_body_util::BodyExt;
+    let raw = r.into_body().collect().await.unwrap().to_bytes();
+    // Every line is a `data:` field, a comment or the blank line ending an event.
+    let body = std::str::from_utf8(&raw).unwrap();
+    for line in body.split('\n') {
+        assert!(
+            line.is_empty() || line.starts_with("data: ") || line.starts_with(':'),
+            "not an event-stream line: {line:?}"
+        );
+    }
+    // The WHATWG parser joins each event's lines back into the chunk's JSON.
+    let mut parser = herald_client::SseParser::new();
+    let (mut text, mut multi_line, mut done) = (String::new(), 0, false);
+    for item in parser.feed(&raw) {
+        let herald_client::SseItem::Event(e) = item else {
+            continue;
+        };
+        if e.data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        multi_line += usize::from(e.data.contains('\n'));
+        let v: Value = serde_json::from_str(&e.data).unwrap_or_else(|e2| panic!("{e2}: {e:?}"));
+        text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    assert!(done);
+    assert!(multi_line >= 40, "{multi_line} multi-line events");
+    assert_eq!(text, want);
+    // The recorded stream holds the same text, CRLF included, on every transport.
+    for kind in [Kind::Sse, Kind::Ws, Kind::Poll] {
+        let mut sub = Sub::open(&s.client, kind, &[&topic], Some(&cursor))
+            .await
+            .unwrap();
+        assert_eq!(read_to_end(&mut sub).await.0, want, "{kind:?}");
+    }
+}
+
+/// The upstream API key of the leak test: what must appear nowhere.
+const LEAK_KEY: &str = "sk-leaktest-Key_0123456789abcdefXYZ";
+
+fn leaks(text: &str) -> bool {
+    text.contains(LEAK_KEY) || text.contains("Key_0123456789abcdef")
+}
+
+/// A fake OpenAI-compatible upstream (exact wire format) that echoes the
+/// request's credentials back, as misconfigured gateways do: `[echo-status]`
+/// in a 401 JSON error, `[echo-text]` in a 502 text body, `[echo-stream]`
+/// in an error event after a first chunk. Counts requests that carried the
+/// key, to show the relay did send it. Returns its base URL.
+async fn echoing_upstream(with_key: Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use axum::response::IntoResponse;
+    async fn chat(
+        axum::extract::State(with_key): axum::extract::State<
+            Arc<std::sync::atomic::AtomicUsize>,
+        >,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    ) -> axum::response::Response {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if auth == format!("Bearer {LEAK_KEY}") {
+            with_key.fetch_add(1, Ordering::AcqRel);
+        }
+        let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let prompt = req["messages"][0]["content"].as_str().unwrap_or("");
+        if prompt.contains("[echo-status]") {
+            let err = json!({"error": {
+                "message": format!("Invalid Authorization header: {auth}"),
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+            return (http::StatusCode::UNAUTHORIZED, axum::Json(err)).into_response();
+        }
+        if prompt.contains("[echo-text]") {
+            let text = format!(
+                "proxy error; the request was:\r\nauthorization: {auth}\r\nx-api-key: {LEAK_KEY}\r\napi-key={LEAK_KEY}\r\n"
+            );
+            return (http::StatusCode::BAD_GATEWAY, text).into_response();
+        }
+        let chunk = json!({"id": "chatcmpl-echo", "object": "chat.completion.chunk", "created": 1,
+            "model": "echo", "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial"},
+                         "logprobs": null, "finish_reason": null}]});
+        let err = json!({"error": {
+            "message": format!("backend refused the request with headers {{\"Authorization\": \"{auth}\", \"api-key\": \"{LEAK_KEY}\"}}"),
+            "type": "server_error", "param": null, "code": null}});
+        (
+            [("content-type", "text/event-stream")],
+            format!("data: {chunk}\n\ndata: {err}\n\n"),
+        )
+            .into_response()
+    }
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .with_state(with_key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/v1")
+}
+
+/// An upstream echoing the API key: the key reaches no HTTP answer, no event
+/// of the generation on any transport, and no line of the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_echoing_the_api_key_leaks_it_nowhere() {
+    use std::io::Read;
+    let with_key = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let base = echoing_upstream(with_key.clone()).await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--engine",
+        "memory",
+        "--llm-upstream",
+        &base,
+    ])
+    .env("HERALD_LLM_API_KEY", LEAK_KEY)
+    .env("HERALD_LOG", "debug")
+    .stderr(std::process::Stdio::piped());
+    let (mut child, url) = spawn::listening(cmd);
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let client = herald_client::Client::new(&url).unwrap();
+    for (prompt, status) in [
+        ("[echo-status]", 401),
+        ("[echo-text]", 502),
+        ("[echo-stream]", 200),
+    ] {
+        let messages = json!([{"role": "user", "content": prompt}]);
+        // The OpenAI-compatible endpoint, streaming and not.
+        for stream in [true, false] {
+            let r = client
+                .request(
+                    http::Method::POST,
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json")],
+                    json!({"stream": stream, "messages": messages})
+                        .to_string()
+                        .into(),
+                )
+                .await
+                .unwrap();
+            let got = r.status().as_u16();
+            let headers = format!("{:?}", r.headers());
+            use http_body_util::BodyExt;
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            assert!(!leaks(&body) && !leaks(&headers), "{prompt}: {body}");
+            if stream || status != 200 {
+                assert_eq!(got, status, "{prompt} stream={stream}: {body}");
+            } else {
+                // The error came mid-stream: a non-streaming answer is a 502.
+                assert_eq!(got, 502, "{prompt}: {body}");
+            }
+            assert!(body.contains("[redacted]"), "{prompt}: {body}");
+        }
+        // The relay endpoint: the generation's events on every transport.
+        let started = generate(&client, prompt).await;
+        let topic = started["topic"].as_str().unwrap();
+        let cursor = started["cursor"].as_str().unwrap();
+        for kind in [Kind::Sse, Kind::Ws, Kind::Poll] {
+            let mut sub = Sub::open(&client, kind, &[topic], Some(cursor))
+                .await
+                .unwrap();
+            let (text, end) = read_to_end(&mut sub).await;
+            assert_eq!(end.event, "error", "{prompt} {kind:?}");
+            assert!(
+                !leaks(&text) && !leaks(&end.data),
+                "{prompt} {kind:?}: {}",
+                end.data
+            );
+            assert!(end.data.contains("[redacted]"), "{}", end.data);
+        }
+    }
+    assert!(
+        with_key.load(Ordering::Acquire) >= 9,
+        "the relay did not send its key upstream"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("LLM relay"), "no logs captured: {logs}");
+    assert!(!leaks(&logs), "the key reached the log:\n{logs}");
 }

@@ -1,15 +1,34 @@
 //! The in-process engine: a ring buffer of recent events per topic.
 //!
-//! One epoch per engine instance: a restart starts a new epoch, so clients
-//! that resume with an older cursor get a gap event instead of silence. A
-//! topic's counters are kept for the life of the process (a few dozen bytes),
-//! so sequence numbers never repeat within an epoch.
+//! One epoch per engine instance to start with: a restart starts a new
+//! epoch, so clients that resume with an older cursor get a gap event instead
+//! of silence.
+//!
+//! State is bounded (see [`Engine`]'s "Bounded state"):
+//! - events older than the age limit are dropped by a timer task (started by
+//!   [`Engine::attach`], stopped by [`Engine::close`] or when the engine is
+//!   dropped), which pops a per-shard queue ordered by expiry time, so it
+//!   never walks topics with nothing to expire;
+//! - a topic with no retained event and no local subscriber is forgotten
+//!   (its counters too). If it had handed out positions and is used again,
+//!   it starts under a new epoch: the engine's current epoch changes when
+//!   such a topic is dropped, and topics it does not hold are read under the
+//!   current epoch, so an older cursor gets `herald.gap` (`epoch_changed`)
+//!   and sequence numbers never repeat within an epoch;
+//! - a [`Budget`] caps topics and retained bytes; a publish beyond it is
+//!   refused whole with [`EngineError::ServerFull`]. Under concurrent
+//!   publishes the caps may be passed by what those publishes carry (the
+//!   check and the insert are not one atomic step across shards).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
-use super::{resolve_start, BoxFuture, Engine, EngineError, HistoryLimits, ReadResult};
+use super::{
+    resolve_start, BoxFuture, Budget, Engine, EngineError, Exhausted, HistoryLimits, ReadResult,
+};
 use crate::event::{now_ms, Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::topic::Topic;
@@ -18,33 +37,91 @@ const SHARDS: usize = 64;
 
 /// The memory engine.
 pub struct MemoryEngine {
-    epoch: u64,
+    inner: Arc<Inner>,
+    /// The expiry timer task, once attached.
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct Inner {
     limits: HistoryLimits,
-    shards: Box<[Mutex<HashMap<Topic, TopicLog>>]>,
+    /// The epoch of topics created from now on (and of reads of topics the
+    /// engine does not hold).
+    epoch: AtomicU64,
+    shards: Box<[Mutex<Shard>]>,
     /// Replaced when a new hub attaches (an in-process server restart keeps
     /// the engine, and so its history).
     fanout: RwLock<Option<Arc<Fanout>>>,
+    max_topics: AtomicUsize,
+    max_retained_bytes: AtomicU64,
+    /// Topics held, all shards.
+    topics: AtomicUsize,
+    /// [`Budget::event_bytes`] of every retained event, all shards.
+    retained_bytes: AtomicU64,
 }
 
 #[derive(Default)]
+struct Shard {
+    logs: HashMap<Topic, TopicLog>,
+    /// When each topic's oldest event expires (ms since the Unix epoch): one
+    /// entry per topic that retains events. An entry may be early (the
+    /// count limit dropped that event since); the sweep then re-queues the
+    /// topic at its new oldest event.
+    expiry: BinaryHeap<Reverse<(u64, Topic)>>,
+}
+
 struct TopicLog {
+    epoch: u64,
     head: u64,
     events: VecDeque<Arc<Event>>,
+    /// Whether the topic has an entry in its shard's expiry queue.
+    queued: bool,
+}
+
+fn event_bytes(e: &Event) -> u64 {
+    Budget::event_bytes(e.name.as_deref(), e.data.len())
 }
 
 impl TopicLog {
-    fn prune(&mut self, limits: &HistoryLimits, now: u64) {
-        while self.events.len() > limits.max_events {
-            self.events.pop_front();
+    fn new(epoch: u64) -> TopicLog {
+        TopicLog {
+            epoch,
+            head: 0,
+            events: VecDeque::new(),
+            queued: false,
         }
-        let max_age = u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Drops events beyond the count limit and older than the age limit.
+    /// Returns the bytes freed.
+    fn prune(&mut self, limits: &HistoryLimits, now: u64) -> u64 {
+        let mut freed = 0;
+        while self.events.len() > limits.max_events {
+            if let Some(e) = self.events.pop_front() {
+                freed += event_bytes(&e);
+            }
+        }
+        let max_age = max_age_ms(limits);
         while let Some(e) = self.events.front() {
             if now.saturating_sub(e.published_at_ms) > max_age {
+                freed += event_bytes(e);
                 self.events.pop_front();
             } else {
                 break;
             }
         }
+        freed
+    }
+
+    /// The bytes a publish of `adding` events would free by pruning first.
+    fn freed_by(&self, limits: &HistoryLimits, adding: usize, now: u64) -> u64 {
+        let max_age = max_age_ms(limits);
+        let over = (self.events.len() + adding).saturating_sub(limits.max_events);
+        self.events
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| *i < over || now.saturating_sub(e.published_at_ms) > max_age)
+            .map(|(_, e)| event_bytes(e))
+            .sum()
     }
 
     fn first_retained(&self) -> u64 {
@@ -52,73 +129,137 @@ impl TopicLog {
             .front()
             .map_or(self.head + 1, |e| e.position.seq)
     }
+
+    /// When the oldest retained event expires.
+    fn expires_at(&self, limits: &HistoryLimits) -> Option<u64> {
+        self.events
+            .front()
+            .map(|e| e.published_at_ms.saturating_add(max_age_ms(limits)))
+    }
 }
 
-impl MemoryEngine {
-    pub fn new(limits: HistoryLimits) -> MemoryEngine {
-        MemoryEngine::with_epoch(limits, super::new_epoch())
-    }
+fn max_age_ms(limits: &HistoryLimits) -> u64 {
+    u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX)
+}
 
-    /// An engine with a given epoch (tests).
-    pub fn with_epoch(limits: HistoryLimits, epoch: u64) -> MemoryEngine {
-        MemoryEngine {
-            epoch,
-            limits,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            fanout: RwLock::new(None),
-        }
-    }
+/// How often the timer expires history: half the age limit, between 10 ms
+/// and 1 s.
+fn sweep_period(limits: &HistoryLimits) -> Duration {
+    (limits.max_age / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
 
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    fn shard(&self, topic: &Topic) -> MutexGuard<'_, HashMap<Topic, TopicLog>> {
+impl Inner {
+    fn shard(&self, topic: &Topic) -> MutexGuard<'_, Shard> {
         let i = (topic.key().0 as usize) % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish_now(&self, events: Vec<NewEvent>) -> Vec<Arc<Event>> {
-        let fanout = self
-            .fanout
+    fn fanout(&self) -> Option<Arc<Fanout>> {
+        self.fanout
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .clone()
+    }
+
+    fn usage(&self) -> (usize, u64) {
+        (
+            self.topics.load(Ordering::Relaxed),
+            self.retained_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn report(&self, fanout: Option<&Fanout>) {
+        if let Some(f) = fanout {
+            let (topics, bytes) = self.usage();
+            f.metrics().set_usage(topics as u64, bytes);
+        }
+    }
+
+    /// Refuses `events` if storing them would pass the budget.
+    fn admit(&self, events: &[NewEvent], now: u64) -> Result<(), EngineError> {
+        let mut per_topic: HashMap<&Topic, (usize, u64)> = HashMap::new();
+        for e in events {
+            let entry = per_topic.entry(&e.topic).or_default();
+            entry.0 += 1;
+            entry.1 += Budget::event_bytes(e.name.as_deref(), e.data.len());
+        }
+        let (mut new_topics, mut adding, mut freeing) = (0usize, 0u64, 0u64);
+        for (topic, (count, bytes)) in per_topic {
+            adding += bytes;
+            match self.shard(topic).logs.get(topic) {
+                None => new_topics += 1,
+                Some(log) => freeing += log.freed_by(&self.limits, count, now),
+            }
+        }
+        let max = self.max_topics.load(Ordering::Relaxed);
+        if new_topics > 0 && self.topics.load(Ordering::Relaxed) + new_topics > max {
+            return Err(EngineError::ServerFull(Exhausted::Topics { max }));
+        }
+        let max = self.max_retained_bytes.load(Ordering::Relaxed);
+        let retained = self.retained_bytes.load(Ordering::Relaxed);
+        if (retained + adding).saturating_sub(freeing) > max {
+            return Err(EngineError::ServerFull(Exhausted::RetainedBytes { max }));
+        }
+        Ok(())
+    }
+
+    fn publish_now(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
         let now = now_ms();
+        self.admit(&events, now)?;
+        let fanout = self.fanout();
         let mut out = Vec::with_capacity(events.len());
         for new in events {
-            let mut shard = self.shard(&new.topic);
-            let log = shard.entry(new.topic.clone()).or_default();
+            let topic = new.topic.clone();
+            let mut guard = self.shard(&topic);
+            let Shard { logs, expiry } = &mut *guard;
+            let log = logs.entry(topic.clone()).or_insert_with(|| {
+                self.topics.fetch_add(1, Ordering::Relaxed);
+                TopicLog::new(self.epoch.load(Ordering::SeqCst))
+            });
             log.head += 1;
-            let event = Arc::new(Event::new(new, Position::new(self.epoch, log.head), now));
+            let event = Arc::new(Event::new(new, Position::new(log.epoch, log.head), now));
+            self.retained_bytes
+                .fetch_add(event_bytes(&event), Ordering::Relaxed);
             log.events.push_back(event.clone());
-            log.prune(&self.limits, now);
+            let freed = log.prune(&self.limits, now);
+            self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
+            if !log.queued {
+                if let Some(at) = log.expires_at(&self.limits) {
+                    expiry.push(Reverse((at, topic)));
+                    log.queued = true;
+                }
+            }
             // Dispatch under the topic's lock: subscribers see a topic's
             // events in position order, and a reader that takes the lock
             // after us sees the event in history.
             if let Some(f) = &fanout {
                 f.dispatch(&event);
             }
-            drop(shard);
+            drop(guard);
             out.push(event);
         }
-        out
+        self.report(fanout.as_deref());
+        Ok(out)
     }
 
     fn read_now(&self, topic: &Topic, after: Option<Position>, limit: usize) -> ReadResult {
         let mut shard = self.shard(topic);
-        let Some(log) = shard.get_mut(topic) else {
-            let (from, gap) = resolve_start(self.epoch, 0, 1, after);
+        let Some(log) = shard.logs.get_mut(topic) else {
+            // Not held (never used, or dropped): read as an empty topic of
+            // the current epoch, which a dropped topic's positions are not.
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let (from, gap) = resolve_start(epoch, 0, 1, after);
             return ReadResult {
-                epoch: self.epoch,
+                epoch,
                 head: 0,
                 gap,
                 from,
                 events: Vec::new(),
             };
         };
-        log.prune(&self.limits, now_ms());
-        let (from, gap) = resolve_start(self.epoch, log.head, log.first_retained(), after);
+        let freed = log.prune(&self.limits, now_ms());
+        self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
+        let (from, gap) = resolve_start(log.epoch, log.head, log.first_retained(), after);
         let events = match log.events.front() {
             Some(first) if from.seq < log.head => {
                 let skip = (from.seq + 1).saturating_sub(first.position.seq) as usize;
@@ -127,26 +268,197 @@ impl MemoryEngine {
             _ => Vec::new(),
         };
         ReadResult {
-            epoch: self.epoch,
+            epoch: log.epoch,
             head: log.head,
             gap,
             from,
             events,
         }
     }
+
+    /// Forgets `topic` if it retains nothing and has no local subscriber.
+    /// Returns whether it did. Called with the topic's shard locked.
+    fn forget_if_idle(
+        &self,
+        logs: &mut HashMap<Topic, TopicLog>,
+        topic: &Topic,
+        fanout: Option<&Fanout>,
+    ) -> bool {
+        let idle = logs.get(topic).is_some_and(|log| log.events.is_empty())
+            && fanout.map_or(0, |f| f.subscribers(topic)) == 0;
+        if !idle {
+            return false;
+        }
+        let Some(log) = logs.remove(topic) else {
+            return false;
+        };
+        self.topics.fetch_sub(1, Ordering::Relaxed);
+        if log.head > 0 {
+            // Its positions must never be handed out again: if it is used
+            // again it starts under another epoch. Done under the shard's
+            // lock, so the topic cannot be re-created in between.
+            let next = loop {
+                let e = super::new_epoch();
+                if e != log.epoch {
+                    break e;
+                }
+            };
+            let _ =
+                self.epoch
+                    .compare_exchange(log.epoch, next, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// Drops expired events and forgets idle topics. Returns the topics
+    /// forgotten.
+    fn sweep(&self) -> u64 {
+        let now = now_ms();
+        let fanout = self.fanout();
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let Shard { logs, expiry } = &mut *guard;
+            while let Some(Reverse((at, _))) = expiry.peek() {
+                if *at > now {
+                    break;
+                }
+                let Some(Reverse((_, topic))) = expiry.pop() else {
+                    break;
+                };
+                let Some(log) = logs.get_mut(&topic) else {
+                    continue; // forgotten since
+                };
+                if !log.queued {
+                    continue; // an entry of an earlier incarnation
+                }
+                log.queued = false;
+                let freed = log.prune(&self.limits, now);
+                self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
+                if let Some(at) = log.expires_at(&self.limits) {
+                    expiry.push(Reverse((at, topic)));
+                    log.queued = true;
+                } else if self.forget_if_idle(logs, &topic, fanout.as_deref()) {
+                    dropped += 1;
+                }
+            }
+        }
+        if let Some(f) = &fanout {
+            if dropped > 0 {
+                f.metrics()
+                    .topics_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
+        }
+        self.report(fanout.as_deref());
+        dropped
+    }
+}
+
+impl MemoryEngine {
+    /// An engine with the default [`Budget`] (the hub sets its own with
+    /// [`Engine::set_budget`]).
+    pub fn new(limits: HistoryLimits) -> MemoryEngine {
+        MemoryEngine::with_epoch(limits, super::new_epoch())
+    }
+
+    /// An engine with a given epoch (tests).
+    pub fn with_epoch(limits: HistoryLimits, epoch: u64) -> MemoryEngine {
+        let budget = Budget::default();
+        MemoryEngine {
+            inner: Arc::new(Inner {
+                limits,
+                epoch: AtomicU64::new(epoch),
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+                fanout: RwLock::new(None),
+                max_topics: AtomicUsize::new(budget.max_topics),
+                max_retained_bytes: AtomicU64::new(budget.max_retained_bytes),
+                topics: AtomicUsize::new(0),
+                retained_bytes: AtomicU64::new(0),
+            }),
+            sweeper: Mutex::new(None),
+        }
+    }
+
+    /// The epoch topics created now get (it changes when a topic that
+    /// handed out positions is forgotten).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
+    }
+
+    /// What the engine holds: (topics, bytes of retained events as
+    /// [`Budget::event_bytes`] counts them).
+    pub fn usage(&self) -> (usize, u64) {
+        self.inner.usage()
+    }
+
+    /// Runs one expiry pass now (the timer runs one every
+    /// `max_age / 2`, between 10 ms and 1 s). Returns the topics forgotten.
+    pub fn sweep(&self) -> u64 {
+        self.inner.sweep()
+    }
+
+    fn stop_sweeper(&self) {
+        if let Some(task) = self
+            .sweeper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for MemoryEngine {
+    fn drop(&mut self) {
+        self.stop_sweeper();
+    }
+}
+
+/// The timer: one expiry pass per period while the engine lives.
+async fn run_sweeper(inner: Weak<Inner>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.sweep();
+    }
 }
 
 impl Engine for MemoryEngine {
     fn attach(&self, fanout: Arc<Fanout>) {
-        *self.fanout.write().unwrap_or_else(|e| e.into_inner()) = Some(fanout);
+        *self.inner.fanout.write().unwrap_or_else(|e| e.into_inner()) = Some(fanout.clone());
+        self.inner.report(Some(&fanout));
+        let mut sweeper = self.sweeper.lock().unwrap_or_else(|e| e.into_inner());
+        if sweeper.is_none() {
+            // Without a runtime (a synchronous test) expiry still happens on
+            // reads and publishes of the topic, and on `sweep`.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let period = sweep_period(&self.inner.limits);
+                *sweeper = Some(rt.spawn(run_sweeper(Arc::downgrade(&self.inner), period)));
+            }
+        }
+    }
+
+    fn set_budget(&self, budget: Budget) {
+        self.inner
+            .max_topics
+            .store(budget.max_topics, Ordering::Relaxed);
+        self.inner
+            .max_retained_bytes
+            .store(budget.max_retained_bytes, Ordering::Relaxed);
     }
 
     fn publish(
         &self,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
-        let out = self.publish_now(events);
-        Box::pin(async move { Ok(out) })
+        let out = self.inner.publish_now(events);
+        Box::pin(async move { out })
     }
 
     fn read<'a>(
@@ -155,8 +467,34 @@ impl Engine for MemoryEngine {
         after: Option<Position>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ReadResult, EngineError>> {
-        let r = self.read_now(topic, after, limit);
+        let r = self.inner.read_now(topic, after, limit);
         Box::pin(async move { Ok(r) })
+    }
+
+    /// Holds the topic while it has subscribers, so that the epoch a "from
+    /// now" subscriber is given is the one its first event gets.
+    fn watch(&self, topic: &Topic) {
+        let mut shard = self.inner.shard(topic);
+        if !shard.logs.contains_key(topic) {
+            self.inner.topics.fetch_add(1, Ordering::Relaxed);
+            let epoch = self.inner.epoch.load(Ordering::SeqCst);
+            shard.logs.insert(topic.clone(), TopicLog::new(epoch));
+        }
+    }
+
+    fn unwatch(&self, topic: &Topic) {
+        let fanout = self.inner.fanout();
+        let mut shard = self.inner.shard(topic);
+        if self
+            .inner
+            .forget_if_idle(&mut shard.logs, topic, fanout.as_deref())
+        {
+            drop(shard);
+            if let Some(f) = &fanout {
+                f.metrics().topics_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner.report(fanout.as_deref());
+        }
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>> {
@@ -165,6 +503,11 @@ impl Engine for MemoryEngine {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.stop_sweeper();
+        Box::pin(async {})
     }
 }
 
@@ -228,5 +571,174 @@ mod tests {
         assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
         assert_eq!(r.events.len(), 1);
         assert_eq!(r.events[0].data, Data::Text("new".into()));
+    }
+
+    fn limits(max_events: usize, max_age: Duration) -> HistoryLimits {
+        HistoryLimits {
+            max_events,
+            max_age,
+        }
+    }
+
+    fn attached(e: &MemoryEngine) -> (Arc<Fanout>, Arc<crate::Metrics>) {
+        let metrics = Arc::new(crate::Metrics::default());
+        let fanout = Arc::new(Fanout::new(metrics.clone()));
+        e.attach(fanout.clone());
+        (fanout, metrics)
+    }
+
+    #[tokio::test]
+    async fn topic_budget_refuses_new_topics_only() {
+        let e = MemoryEngine::with_epoch(limits(10, Duration::from_secs(60)), 9);
+        e.set_budget(Budget {
+            max_topics: 2,
+            ..Budget::default()
+        });
+        let (a, b, c) = (
+            Topic::new("a").unwrap(),
+            Topic::new("b").unwrap(),
+            Topic::new("c").unwrap(),
+        );
+        e.publish(vec![ev(&a, "1")]).await.unwrap();
+        e.publish(vec![ev(&b, "1")]).await.unwrap();
+        let err = e.publish(vec![ev(&c, "1")]).await.unwrap_err();
+        assert!(
+            matches!(err, EngineError::ServerFull(Exhausted::Topics { max: 2 })),
+            "{err}"
+        );
+        // A batch with one new topic is refused whole: nothing stored on `a`.
+        let err = e.publish(vec![ev(&a, "2"), ev(&c, "1")]).await.unwrap_err();
+        assert!(matches!(err, EngineError::ServerFull(_)));
+        assert_eq!(e.read(&a, None, 10).await.unwrap().head, 1);
+        // Existing topics still take events.
+        e.publish(vec![ev(&a, "2")]).await.unwrap();
+        assert_eq!(e.usage().0, 2);
+    }
+
+    #[tokio::test]
+    async fn byte_budget_counts_retained_events() {
+        let e = MemoryEngine::with_epoch(limits(2, Duration::from_secs(60)), 9);
+        let one = Budget::event_bytes(None, 1000);
+        e.set_budget(Budget {
+            max_retained_bytes: 3 * one,
+            ..Budget::default()
+        });
+        let (a, b) = (Topic::new("a").unwrap(), Topic::new("b").unwrap());
+        let big = "x".repeat(1000);
+        e.publish(vec![ev(&a, &big), ev(&a, &big)]).await.unwrap();
+        e.publish(vec![ev(&b, &big)]).await.unwrap();
+        assert_eq!(e.usage(), (2, 3 * one));
+        let err = e.publish(vec![ev(&b, &big)]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::ServerFull(Exhausted::RetainedBytes { .. })
+            ),
+            "{err}"
+        );
+        // `a` keeps 2 events: a third replaces the oldest, so it fits.
+        e.publish(vec![ev(&a, &big)]).await.unwrap();
+        assert_eq!(e.usage(), (2, 3 * one));
+    }
+
+    #[tokio::test]
+    async fn timer_expires_history_and_forgets_idle_topics() {
+        let e = MemoryEngine::with_epoch(limits(100, Duration::from_millis(100)), 9);
+        let (_fanout, metrics) = attached(&e);
+        let mut cursors = Vec::new();
+        for i in 0..200 {
+            let t = Topic::new(&format!("t/{i}")).unwrap();
+            let out = e.publish(vec![ev(&t, "x")]).await.unwrap();
+            cursors.push((t, out[0].position));
+        }
+        assert_eq!(e.usage().0, 200);
+        assert_eq!(metrics.usage().0, 200);
+        // Nobody touches the topics: the timer (every 50 ms) frees them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while e.usage() != (0, 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(e.usage(), (0, 0));
+        assert_eq!(metrics.usage(), (0, 0));
+        assert_eq!(metrics.topics_dropped.load(Ordering::Relaxed), 200);
+        // A cursor of a forgotten topic is a gap, and a new event of that
+        // topic never reuses its position.
+        let (t, old) = cursors[7].clone();
+        let r = e.read(&t, Some(old), 10).await.unwrap();
+        assert_eq!(r.gap, Some(GapReason::EpochChanged));
+        let again = e.publish(vec![ev(&t, "y")]).await.unwrap();
+        assert_ne!(again[0].position.epoch, old.epoch);
+        let r = e.read(&t, Some(old), 10).await.unwrap();
+        assert_eq!(r.gap, Some(GapReason::EpochChanged));
+        assert_eq!(r.events.len(), 1);
+        // Topics never forgotten keep the engine's first epoch.
+        let fresh = Topic::new("fresh").unwrap();
+        assert_eq!(
+            e.read(&fresh, Some(Position::new(9, 3)), 1)
+                .await
+                .unwrap()
+                .gap,
+            Some(GapReason::EpochChanged)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_topic_is_held_until_its_last_subscriber_leaves() {
+        let e = MemoryEngine::with_epoch(limits(100, Duration::from_millis(50)), 9);
+        let (fanout, metrics) = attached(&e);
+        let t = Topic::new("watched").unwrap();
+        let q = fanout.new_queue(8, None);
+        assert!(fanout.add(&t, &q));
+        e.watch(&t);
+        let from_now = e.read(&t, None, 10).await.unwrap().from;
+        e.publish(vec![ev(&t, "x")]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        e.sweep();
+        // The event expired, the topic stays: its subscriber's position holds.
+        assert_eq!(e.usage(), (1, 0));
+        let r = e.read(&t, Some(from_now), 10).await.unwrap();
+        assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
+        assert!(fanout.remove(&t, q.id()));
+        e.unwatch(&t);
+        assert_eq!(e.usage(), (0, 0));
+        assert_eq!(metrics.topics_dropped.load(Ordering::Relaxed), 1);
+        // A watched topic that never had an event leaves no epoch change.
+        let epoch = e.epoch();
+        let u = Topic::new("quiet").unwrap();
+        assert!(fanout.add(&u, &q));
+        e.watch(&u);
+        assert!(fanout.remove(&u, q.id()));
+        e.unwatch(&u);
+        assert_eq!(e.epoch(), epoch);
+        assert_eq!(e.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn the_timer_task_ends_with_the_engine() {
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = alive();
+        let e = MemoryEngine::new(limits(10, Duration::from_millis(40)));
+        let _attached = attached(&e);
+        assert_eq!(alive(), before + 1);
+        drop(e);
+        tokio::task::yield_now().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while alive() > before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(alive(), before);
+        let e = MemoryEngine::new(limits(10, Duration::from_millis(40)));
+        let _attached = attached(&e);
+        assert_eq!(alive(), before + 1);
+        e.close().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while alive() > before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(alive(), before);
     }
 }

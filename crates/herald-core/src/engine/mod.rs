@@ -6,6 +6,22 @@
 //!
 //! - [`memory`]: in-process ring buffers; history is lost on restart (the epoch
 //!   changes, so resuming clients are told).
+//!
+//! # Topic lifecycle and the global budget
+//!
+//! Every engine keeps its state bounded (see [`Engine`] for the contract):
+//!
+//! - A topic with no local subscriber ([`Fanout::subscribers`]) and no
+//!   retained event is forgotten. Expiry of events older than
+//!   [`HistoryLimits::max_age`] runs on a timer, not only when a topic is
+//!   next touched.
+//! - A forgotten topic never hands out a position it gave before: when it is
+//!   used again it starts a new epoch, so a client resuming with an older
+//!   cursor gets `herald.gap` (`epoch_changed`) rather than events that
+//!   happen to reuse its sequence numbers.
+//! - A [`Budget`] caps the topics held and the bytes of retained events; a
+//!   publish beyond it is refused whole with [`EngineError::ServerFull`]
+//!   (HTTP 503 `server_full` with `Retry-After`), nothing stored.
 
 pub mod memory;
 
@@ -31,6 +47,78 @@ pub enum EngineError {
     /// Shutting down; no new publishes are accepted.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A [`Budget`] is used up: the publish would create a topic beyond
+    /// `max_topics` or retain more than `max_retained_bytes`. Nothing of the
+    /// publish was stored (maps to 503 `server_full` with `Retry-After`).
+    #[error("the server is full: {0}")]
+    ServerFull(Exhausted),
+}
+
+/// Which part of the [`Budget`] a refused publish would have exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The engine holds `max` topics; the publish would have created another.
+    Topics { max: usize },
+    /// Retained events would have exceeded `max` bytes.
+    RetainedBytes { max: u64 },
+    /// The engine's store refused the write for lack of room (Redis at
+    /// `maxmemory`, a full disk).
+    Storage,
+}
+
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exhausted::Topics { max } => write!(
+                f,
+                "it holds the most topics it may ({max}); publishing to an existing topic still works, \
+                 new topics are accepted again once idle ones expire"
+            ),
+            Exhausted::RetainedBytes { max } => write!(
+                f,
+                "retained events would exceed {max} bytes; retry once older events expire"
+            ),
+            Exhausted::Storage => write!(
+                f,
+                "the event store has no room left; retry once older events expire"
+            ),
+        }
+    }
+}
+
+/// Global caps on what an engine holds, whatever the topics. Set by the hub
+/// from [`HubConfig::budget`](crate::HubConfig::budget) through
+/// [`Engine::set_budget`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Topics held at most: topics with retained events or local
+    /// subscribers. A publish that would create one more is refused.
+    /// Default 1,000,000.
+    pub max_topics: usize,
+    /// Bytes of retained events at most, counted as each event's data plus
+    /// its name plus [`Budget::EVENT_OVERHEAD`]. A publish that would go
+    /// beyond is refused. Default 1 GiB.
+    pub max_retained_bytes: u64,
+}
+
+impl Budget {
+    /// Bytes counted per retained event on top of its data and name (its
+    /// position, time, topic handle and bookkeeping).
+    pub const EVENT_OVERHEAD: u64 = 128;
+
+    /// The bytes one event counts for against `max_retained_bytes`.
+    pub fn event_bytes(name: Option<&str>, data_len: usize) -> u64 {
+        (data_len + name.map_or(0, str::len)) as u64 + Budget::EVENT_OVERHEAD
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_topics: 1_000_000,
+            max_retained_bytes: 1 << 30,
+        }
+    }
 }
 
 /// How much history each topic keeps.
@@ -98,10 +186,40 @@ impl ReadResult {
 }
 
 /// The storage and cross-node side of the hub.
+///
+/// # Bounded state (what an engine that holds per-topic state does)
+///
+/// - **Expiry on a timer.** [`Engine::attach`] starts a background task (on
+///   the current tokio runtime) that drops events older than
+///   [`HistoryLimits::max_age`] about once a second, so memory is freed
+///   without the topic being touched. [`Engine::close`] and dropping the
+///   engine stop it; no task outlives the engine.
+/// - **Idle topics are forgotten.** A topic with no retained event and no
+///   local subscriber (`fanout.subscribers(topic) == 0`, checked under the
+///   same lock a publish to the topic takes) is dropped, in memory and on
+///   disk.
+/// - **Positions are never reused.** A dropped topic used again starts a
+///   new epoch; reads of a topic the engine does not hold report an epoch
+///   that differs from any the topic had before it was dropped, so an older
+///   cursor gets [`GapReason::EpochChanged`].
+/// - **Budget.** [`Engine::set_budget`] gives the caps; a publish that
+///   would exceed one is refused whole with [`EngineError::ServerFull`].
+/// - **Metrics.** The engine reports what it holds with
+///   [`Metrics::set_usage`](crate::Metrics::set_usage) and counts dropped
+///   topics in [`Metrics::topics_dropped`](crate::Metrics::topics_dropped),
+///   on the [`Fanout::metrics`] of the hub attached last. The hub counts
+///   refusals itself.
 pub trait Engine: Send + Sync + 'static {
     /// Called by the hub before any other call: where stored events go. A
-    /// later call (a new hub over the same engine) replaces the earlier.
+    /// later call (a new hub over the same engine) replaces the earlier. An
+    /// engine that expires history on a timer starts that task here (once).
     fn attach(&self, fanout: Arc<Fanout>);
+
+    /// The global caps on what the engine holds; the hub calls this before
+    /// [`Engine::attach`] with its [`HubConfig::budget`](crate::HubConfig::budget).
+    /// A later call replaces the earlier. Default: ignored (for an engine
+    /// whose store bounds itself, such as Redis under `maxmemory`).
+    fn set_budget(&self, _budget: Budget) {}
 
     /// Stores the events (in order), then dispatches them. Resolves only once
     /// they are accepted (durable, for a durable engine).
@@ -137,7 +255,8 @@ pub trait Engine: Send + Sync + 'static {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Flushes and closes (graceful shutdown). Default: nothing.
+    /// Flushes and closes (graceful shutdown), and stops any background
+    /// task the engine started. Default: nothing.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }

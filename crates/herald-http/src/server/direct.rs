@@ -8,37 +8,85 @@
 //! `GET /v1/poll` goes through the same router as any request
 //! (authentication, limits and the handler are unchanged); an event stream's
 //! head and chunks are written here with no buffer kept between writes, and
-//! any other answer (a poll's batch, an error) is written whole, after which
-//! the connection's next request is read the same way. Any other request is
-//! handed to hyper with the bytes already read put back in front of the
-//! stream ([`Rewind`]), and hyper serves the connection from then on.
+//! any other answer (a poll's batch, an error) is written piece by piece
+//! from its body, after which the connection's next request is read the same
+//! way. Any other request is handed to hyper with the bytes already read put
+//! back in front of the stream ([`Rewind`]), and hyper serves the connection
+//! from then on.
 //!
 //! Measured with `bench/run.sh` (scenario a, 10k idle connections): the
 //! server's memory per SSE connection fell from about 15 KiB to about 3 KiB.
+//!
+//! # Rules of the path
+//!
+//! - **Heads.** Whether a head is complete is decided by the parser
+//!   (`httparse`, which also accepts bare LF line ends), never by searching
+//!   for a blank line. A head is at most [`MAX_HEAD`] bytes and
+//!   [`MAX_HEADERS`] fields; above either the answer is 431
+//!   `headers_too_large` with the JSON error body and the connection closes.
+//!   The read buffer grows only while a head is being read and is freed once
+//!   it is parsed.
+//! - **Pipelining.** Bytes sent behind a held request (a long poll) are read
+//!   up to [`EARLY_MAX`]; after that the connection is not read until the
+//!   held request is answered (the bytes wait in the kernel, and the sender
+//!   is held back by TCP), and every request is answered in order. While
+//!   reading has stopped, a peer that leaves is noticed when its answer is
+//!   written (within the write deadline).
+//! - **Half-close.** A peer that shuts down its sending side after its
+//!   requests gets every request it sent answered, then the connection
+//!   closes. A held long poll is answered at once with what it has (the
+//!   same peer cannot send another request, so there is nothing to wait
+//!   for); an event stream whose peer has half-closed ends.
+//! - **Write deadline.** Every write must progress within the answer's
+//!   write deadline ([`WriteDeadline`], else [`WRITE_TIMEOUT`]); a write
+//!   that does not is abandoned and the connection dropped with all it held.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::Router;
 use bytes::{Buf, Bytes};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Notify;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
-use super::ConnectionHandle;
+use super::{ConnectionHandle, WriteDeadline};
+use crate::error::ApiError;
 
-/// The most request-head bytes read before giving the connection to hyper.
-const MAX_HEAD: usize = 8192;
+/// The largest request head, in bytes: the request line and every header
+/// field, on both the direct path and hyper's. It admits the documented
+/// subscription limits, 64 topics with names of 1 KiB in the query (about
+/// 66 KiB), plus ordinary headers (cookies, a token) with room to spare.
+/// Above it: 431 `headers_too_large`.
+pub const MAX_HEAD: usize = 96 * 1024;
+/// The longest request target (path and query), in bytes: the most the
+/// `http` crate's `Uri` (and so hyper and every handler) can hold. Above
+/// it: 414 `uri_too_long`. It is what bounds a subscription's topics in
+/// the query: 64 topics fit with names of up to about 1,000 bytes each.
+pub const MAX_URI: usize = u16::MAX as usize - 1;
+/// The most header fields in a request head (hyper's default too); above
+/// it: 431 `headers_too_large`.
+pub const MAX_HEADERS: usize = 100;
+/// The most pipelined bytes read while a request is held (see the module
+/// notes); more wait in the kernel.
+pub const EARLY_MAX: usize = 8 * 1024;
+/// The write deadline of answers that carry no [`WriteDeadline`] (event
+/// streams, errors): the default of [`crate::HttpConfig::write_timeout`].
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The paths served directly.
 const SSE_PATH: &str = "/v1/sse";
 const POLL_PATH: &str = "/v1/poll";
 /// A connection that sends no complete head in this time is closed (hyper's
 /// own header read timeout is the same).
 pub(super) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Small answers are gathered into one write up to this size.
+const GATHER: usize = 16 * 1024;
 
 /// What the next bytes of a connection asked for.
 pub(super) enum First {
@@ -47,8 +95,56 @@ pub(super) enum First {
     Direct(Box<http::Request<Body>>, Bytes),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),
+    /// A head over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] fields: answer with
+    /// [`refuse_head`].
+    TooLarge,
+    /// A request target over [`MAX_URI`] bytes: answer with [`refuse_uri`].
+    UriTooLong,
     /// The peer closed or the head timed out.
     Gone,
+}
+
+/// What the parser says of the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Head {
+    /// A complete head of this many bytes.
+    Complete(usize),
+    /// A complete head whose request target is over [`MAX_URI`] bytes.
+    UriTooLong,
+    /// More bytes are needed.
+    Partial,
+    /// Too many header fields (or, with [`Head::Partial`] at the size
+    /// limit, too many bytes).
+    TooLarge,
+    /// Not a request head this path understands (HTTP/2's preface, a
+    /// malformed head): hyper decides.
+    Other,
+}
+
+/// Classifies `buf`, the start of a connection's next request.
+pub(super) fn head_status(buf: &[u8]) -> Head {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let n = buf.len().min(PREFACE.len());
+    if n > 0 && buf[..n] == PREFACE[..n] {
+        return if n == PREFACE.len() {
+            Head::Other
+        } else {
+            Head::Partial
+        };
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => Head::TooLarge,
+        Ok(httparse::Status::Complete(_)) if req.path.is_some_and(|p| p.len() > MAX_URI) => {
+            Head::UriTooLong
+        }
+        Ok(httparse::Status::Complete(n)) => Head::Complete(n),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Head::TooLarge,
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
+        Err(_) => Head::Other,
+    }
 }
 
 /// Reads up to one request head and decides who serves the connection.
@@ -56,39 +152,52 @@ pub(super) async fn first_request<I>(io: &mut I) -> First
 where
     I: AsyncRead + Unpin,
 {
-    use tokio::io::AsyncReadExt;
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    // Grown only while a head is read, dropped once it is parsed.
+    let mut buf: Vec<u8> = Vec::new();
     let read = async {
         loop {
-            if buf.len() >= MAX_HEAD {
-                return true;
-            }
-            buf.reserve(1024.min(MAX_HEAD - buf.len()));
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return false,
+            let room = buf.len().clamp(1024, 16 * 1024).min(MAX_HEAD - buf.len());
+            buf.reserve_exact(room);
+            let before = buf.len();
+            match (&mut *io).take(room as u64).read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
-            // HTTP/2 prior knowledge, or a head that is complete.
-            if buf.starts_with(b"PRI ") || buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                return true;
+            // Parse only when a line may have ended.
+            if !buf[before..].contains(&b'\n') && buf.len() < MAX_HEAD {
+                if head_status(&buf[..buf.len().min(24)]) == Head::Other {
+                    return Some(Head::Other);
+                }
+                continue;
+            }
+            match head_status(&buf) {
+                Head::Partial => continue,
+                other => return Some(other),
             }
         }
     };
-    match tokio::time::timeout(HEAD_TIMEOUT, read).await {
-        Ok(true) => {}
+    let status = match tokio::time::timeout(HEAD_TIMEOUT, read).await {
+        Ok(Some(s)) => s,
         _ => return First::Gone,
-    }
-    match parse_direct_request(&buf) {
-        Some((req, used)) => First::Direct(Box::new(req), Bytes::copy_from_slice(&buf[used..])),
-        None => First::Other(Bytes::from(buf)),
+    };
+    match status {
+        Head::TooLarge => First::TooLarge,
+        Head::UriTooLong => First::UriTooLong,
+        Head::Complete(_) => match parse_direct_request(&buf) {
+            Some((req, used)) => {
+                First::Direct(Box::new(req), Bytes::copy_from_slice(&buf[used..]))
+            }
+            None => First::Other(Bytes::from(buf)),
+        },
+        Head::Partial | Head::Other => First::Other(Bytes::from(buf)),
     }
 }
 
 /// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll` with no body and no upgrade,
 /// as a request for the router; `None` for anything else (hyper handles it,
 /// errors included).
-fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+pub(super) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -119,10 +228,72 @@ fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
     b.body(Body::empty()).ok().map(|r| (r, used))
 }
 
+/// Answers a head over the limits with 431 `headers_too_large` (JSON body,
+/// `connection: close`), then closes: the rest of the head is read and
+/// discarded for a moment so that the close does not reset the answer away.
+pub(super) async fn refuse_head<I>(io: &mut I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let refusal = ApiError::new(
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        format!("the request head exceeds {MAX_HEAD} bytes or {MAX_HEADERS} header fields"),
+    );
+    refuse(io, refusal).await;
+}
+
+/// Answers a request target over [`MAX_URI`] bytes with 414 `uri_too_long`
+/// (JSON body), then closes.
+pub(super) async fn refuse_uri<I>(io: &mut I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let refusal = ApiError::new(
+        http::StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+        format!(
+            "the request target exceeds {MAX_URI} bytes: name fewer or shorter topics, or subscribe over a WebSocket"
+        ),
+    );
+    refuse(io, refusal).await;
+}
+
+async fn refuse<I>(io: &mut I, refusal: ApiError)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    if write_answer(io, refusal.into_response(), true, WRITE_TIMEOUT)
+        .await
+        .is_ok()
+    {
+        let _ = timed(WRITE_TIMEOUT, io.shutdown()).await;
+        linger(io).await;
+    }
+}
+
+/// After a refusal: reads and discards what the peer still sends (at most
+/// 1 MiB, for at most 2 s) so that closing with unread bytes does not reset
+/// the connection before the peer has read the answer.
+async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
+    let mut scratch = [0u8; 1024];
+    let mut left = 1024 * 1024usize;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while left > 0 {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 /// How [`answer`] left the connection.
 pub(super) enum Answered<I> {
-    /// The head of an event stream is written: write `body` with [`stream`].
-    Stream(Rewind<I>, Body),
+    /// The head of an event stream is written: write `body` with [`stream`]
+    /// under this write deadline.
+    Stream(Rewind<I>, Body, Duration),
     /// An answer that was not a stream was written whole; the connection's
     /// next request may follow.
     Done(Rewind<I>),
@@ -135,12 +306,13 @@ pub(super) enum Answered<I> {
 /// kept apart so that the long-lived part of a connection's task is sized
 /// only for what streaming needs), or any other answer whole. While the
 /// handler holds the request (a long poll), the socket is watched so that a
-/// client that leaves frees the poll at once.
+/// client that leaves or half-closes frees the poll at once (the handler
+/// sees it through [`ConnectionHandle::read_closed`]).
 pub(super) async fn answer<I>(
     mut io: Rewind<I>,
     req: Box<http::Request<Body>>,
     router: Router,
-    handle: ConnectionHandle,
+    mut handle: ConnectionHandle,
     shutting_down: impl Fn() -> bool,
 ) -> Answered<I>
 where
@@ -155,6 +327,8 @@ where
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
         });
+    let (closed_tx, closed_rx) = watch::channel(io.eof);
+    handle.read_closed = Some(closed_rx);
     req.extensions_mut().insert(handle);
     let route = router.oneshot(req);
     tokio::pin!(route);
@@ -162,29 +336,79 @@ where
     // request), given back to the connection afterwards.
     let mut early: Vec<u8> = Vec::new();
     let response = loop {
+        let reading = !io.eof && early.len() < EARLY_MAX;
         tokio::select! {
             r = &mut route => match r {
                 Ok(r) => break r,
                 Err(never) => match never {},
             },
-            more = read_some(&mut io) => match more {
-                Some(b) if early.len() + b.len() <= MAX_HEAD => early.extend_from_slice(&b),
-                // The peer left (or sends more than a request head while it waits).
-                _ => return Answered::Gone,
-            },
+            n = read_early(&mut io, &mut early), if reading => {
+                if n == 0 {
+                    // End of input (or a failed read): answer what was sent.
+                    io.eof = true;
+                    let _ = closed_tx.send(true);
+                }
+            }
         }
     };
+    drop(closed_tx);
     if !early.is_empty() {
         io.unread(Bytes::from(early));
     }
-    let (parts, body) = response.into_parts();
-    let is_stream = parts.status == http::StatusCode::OK
-        && parts
-            .headers
+    let deadline = response
+        .extensions()
+        .get::<WriteDeadline>()
+        .map_or(WRITE_TIMEOUT, |d| d.0);
+    let is_stream = response.status() == http::StatusCode::OK
+        && response
+            .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut head = Vec::with_capacity(256);
+    if is_stream {
+        if io.eof {
+            // A stream is for a peer that stays.
+            return Answered::Gone;
+        }
+        let (parts, body) = response.into_parts();
+        let mut head = response_head(&parts, false);
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+        if timed(deadline, io.write_all(&head)).await.is_err() {
+            return Answered::Gone;
+        }
+        return Answered::Stream(io, body, deadline);
+    }
     let close = close_asked || shutting_down();
+    if write_answer(&mut io, response, close, deadline)
+        .await
+        .is_err()
+    {
+        return Answered::Gone;
+    }
+    if close {
+        let _ = timed(deadline, io.shutdown()).await;
+        return Answered::Gone;
+    }
+    Answered::Done(io)
+}
+
+/// Reads what the peer sent into `early`, up to [`EARLY_MAX`]; 0 at the
+/// end of input or on an error.
+async fn read_early<I: AsyncRead + Unpin>(io: &mut I, early: &mut Vec<u8>) -> usize {
+    let mut scratch = [0u8; 1024];
+    let room = (EARLY_MAX - early.len()).min(scratch.len());
+    match io.read(&mut scratch[..room]).await {
+        Ok(n) => {
+            early.extend_from_slice(&scratch[..n]);
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
+/// `HTTP/1.1 <status>`, `date` and the response's headers (without framing
+/// headers, which the caller adds), each line ended.
+fn response_head(parts: &http::response::Parts, close: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(parts.status.as_str().as_bytes());
     head.push(b' ');
@@ -200,7 +424,10 @@ where
     head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+        if name == http::header::CONTENT_LENGTH
+            || name == http::header::TRANSFER_ENCODING
+            || name == http::header::CONNECTION
+        {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -208,39 +435,78 @@ where
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    if !is_stream {
-        // A poll's batch or an error: send it whole, then read the next request.
-        let bytes = match http_body_util::BodyExt::collect(body).await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => return Answered::Gone,
-        };
-        if close {
-            head.extend_from_slice(b"connection: close\r\n");
-        }
-        head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
-        if io.write_vectored_all(&head, &bytes).await.is_err() || io.flush().await.is_err() {
-            return Answered::Gone;
-        }
-        if close {
-            let _ = io.shutdown().await;
-            return Answered::Gone;
-        }
-        return Answered::Done(io);
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
     }
-    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-    if io.write_all(&head).await.is_err() {
-        return Answered::Gone;
-    }
-    Answered::Stream(io, body)
+    head
 }
 
-/// Waits for bytes from the peer; `None` when it closed or failed.
-async fn read_some<I: AsyncRead + Unpin>(io: &mut I) -> Option<Bytes> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 256];
-    match io.read(&mut buf).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => Some(Bytes::copy_from_slice(&buf[..n])),
+/// Writes an answer that is not an event stream: with `content-length` when
+/// its body knows its length (a poll's batch, an error), chunked otherwise,
+/// its frames written as they come (small ones gathered into one write),
+/// each write within `deadline`.
+async fn write_answer<I>(
+    io: &mut I,
+    response: http::Response<Body>,
+    close: bool,
+    deadline: Duration,
+) -> std::io::Result<()>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let mut out = response_head(&parts, close);
+    let exact = body.size_hint().exact();
+    match exact {
+        Some(len) => out.extend_from_slice(format!("content-length: {len}\r\n\r\n").as_bytes()),
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+    }
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if exact.is_none() {
+            if !out.is_empty() {
+                timed(deadline, io.write_all(&out)).await?;
+                out = Vec::new();
+            }
+            timed(deadline, write_chunk(io, data)).await?;
+            continue;
+        }
+        if out.len() + data.len() <= GATHER {
+            out.extend_from_slice(&data);
+            continue;
+        }
+        if !out.is_empty() {
+            timed(deadline, io.write_all(&out)).await?;
+            out.clear();
+        }
+        if data.len() > GATHER {
+            timed(deadline, io.write_all(&data)).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+    }
+    if exact.is_none() {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        timed(deadline, io.write_all(&out)).await?;
+    }
+    timed(deadline, io.flush()).await
+}
+
+/// `f` within `deadline`; a timeout is an error (`TimedOut`).
+async fn timed<T>(
+    deadline: Duration,
+    f: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match tokio::time::timeout(deadline, f).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 
@@ -252,19 +518,20 @@ enum Wake {
     Gone,
 }
 
-/// Writes the body's chunks until it ends, the peer leaves, or `kill` fires
-/// (also while a write is blocked on a full socket: that is when it fires).
-pub(super) async fn stream<I>(io: I, body: Body, kill: &Notify)
+/// Writes the body's chunks until it ends, the peer leaves, a write does
+/// not progress within `deadline`, or `kill` fires (also while a write is
+/// blocked on a full socket: that is when it fires).
+pub(super) async fn stream<I>(io: I, body: Body, kill: &Notify, deadline: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::select! {
-        _ = write_body(io, body) => {}
+        _ = write_body(io, body, deadline) => {}
         _ = kill.notified() => {}
     }
 }
 
-async fn write_body<I>(mut io: I, mut body: Body)
+async fn write_body<I>(mut io: I, mut body: Body, deadline: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -274,14 +541,17 @@ where
                 if data.is_empty() {
                     continue;
                 }
-                if write_chunk(&mut io, data).await.is_err() {
+                if timed(deadline, write_chunk(&mut io, data)).await.is_err() {
                     return;
                 }
             }
             Wake::End => {
-                let _ = io.write_all(b"0\r\n\r\n").await;
-                let _ = io.flush().await;
-                let _ = io.shutdown().await;
+                let _ = timed(deadline, async {
+                    io.write_all(b"0\r\n\r\n").await?;
+                    io.flush().await?;
+                    io.shutdown().await
+                })
+                .await;
                 return;
             }
             Wake::Gone => return,
@@ -349,14 +619,23 @@ fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
 
 /// A stream that yields `prefix` before reading from `inner`: the bytes the
 /// accept loop read while deciding, handed back to hyper.
+///
+/// Once `eof` is set (the peer half-closed), reading yields what is left
+/// of the prefix and then the end of input.
 pub(super) struct Rewind<I> {
     prefix: Bytes,
     inner: I,
+    /// The peer has shut down its sending side.
+    pub(super) eof: bool,
 }
 
 impl<I> Rewind<I> {
     pub(super) fn new(prefix: Bytes, inner: I) -> Self {
-        Rewind { prefix, inner }
+        Rewind {
+            prefix,
+            inner,
+            eof: false,
+        }
     }
 
     /// Puts `bytes` back in front of what is still to be read.
@@ -375,24 +654,6 @@ impl<I> Rewind<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> Rewind<I> {
-    /// Writes `a` then `b`, with vectored writes.
-    async fn write_vectored_all(&mut self, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
-        while !(a.is_empty() && b.is_empty()) {
-            let n = self
-                .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-                .await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            let from_a = n.min(a.len());
-            a = &a[from_a..];
-            b = &b[(n - from_a)..];
-        }
-        Ok(())
-    }
-}
-
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -407,6 +668,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
                 // Free the allocation: the stream may live for hours.
                 self.prefix = Bytes::new();
             }
+            return Poll::Ready(Ok(()));
+        }
+        if self.eof {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -475,6 +739,164 @@ mod tests {
     }
 
     #[test]
+    fn head_completeness_is_the_parser_s() {
+        assert_eq!(
+            head_status(b"GET /healthz HTTP/1.1\nHost: x\n\n"),
+            Head::Complete(31)
+        );
+        assert_eq!(
+            head_status(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Head::Complete(34)
+        );
+        assert_eq!(head_status(b"GET /healthz HTTP/1.1\nHost: x\n"), Head::Partial);
+        assert_eq!(head_status(b"GET /heal"), Head::Partial);
+        assert_eq!(head_status(b"PRI * HTTP/2.0\r\n"), Head::Partial);
+        assert_eq!(
+            head_status(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Head::Other
+        );
+        assert_eq!(head_status(b"\x16\x03\x01\x02\x00"), Head::Other);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(head_status(&many), Head::TooLarge);
+        let mut long = b"GET /v1/sse?topic=".to_vec();
+        long.resize(MAX_HEAD, b'a');
+        assert_eq!(head_status(&long), Head::TooLarge);
+        let mut uri = b"GET /v1/sse?topic=".to_vec();
+        uri.resize(MAX_URI + 1, b'a');
+        uri.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(head_status(&uri), Head::UriTooLong);
+        let (r, n) = parse_direct_request(b"GET /v1/poll?topic=a HTTP/1.1\nHost: x\n\nnext").unwrap();
+        assert_eq!(r.uri(), "/v1/poll?topic=a");
+        assert_eq!(n, 39);
+    }
+
+    /// A reader that hands out `input` in pieces cut at `cuts`.
+    struct Pieces {
+        input: Vec<u8>,
+        cuts: Vec<usize>,
+        at: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let at = self.at;
+            let end = self
+                .cuts
+                .iter()
+                .copied()
+                .find(|&c| c > at)
+                .unwrap_or(self.input.len())
+                .min(self.input.len())
+                .min(at + buf.remaining());
+            buf.put_slice(&self.input[at..end]);
+            self.at = end;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Runs [`first_request`] over `input` cut at `cuts`; returns what it
+    /// decided and the bytes it did not read.
+    fn first_of(input: &[u8], cuts: &[usize]) -> (First, Vec<u8>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut cuts = cuts.to_vec();
+        cuts.sort_unstable();
+        let mut r = Pieces {
+            input: input.to_vec(),
+            cuts,
+            at: 0,
+        };
+        let first = rt.block_on(first_request(&mut r));
+        let unread = r.input[r.at..].to_vec();
+        (first, unread)
+    }
+
+    /// What a decision means, comparable across splits: the direct request
+    /// (method, URI, headers) with every byte after its head, or all the
+    /// bytes hyper gets.
+    fn meaning(first: First, unread: Vec<u8>) -> String {
+        match first {
+            First::Direct(req, rest) => {
+                let mut after = rest.to_vec();
+                after.extend_from_slice(&unread);
+                format!(
+                    "direct {} {:?} {:?}",
+                    req.uri(),
+                    req.headers(),
+                    String::from_utf8_lossy(&after)
+                )
+            }
+            First::Other(prefix) => {
+                let mut all = prefix.to_vec();
+                all.extend_from_slice(&unread);
+                format!("other {:?}", String::from_utf8_lossy(&all))
+            }
+            First::TooLarge => "too large".into(),
+            First::UriTooLong => "uri too long".into(),
+            First::Gone => "gone".into(),
+        }
+    }
+
+    const REQUESTS: &[&str] = &[
+        "GET /v1/poll?topic=a&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+        "GET /v1/sse?topic=a%2Fb&topic=c HTTP/1.1\nHost: x\nLast-Event-ID: 1\n\n",
+        "POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /healthz HTTP/1.1\nHost: x\n\n",
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes cut anywhere never panic, and nothing read is
+        /// lost: hyper gets every byte, or the direct request and every byte
+        /// after its head.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..8),
+        ) {
+            let (first, unread) = first_of(&input, &cuts);
+            match first {
+                First::Other(prefix) => {
+                    let mut all = prefix.to_vec();
+                    all.extend_from_slice(&unread);
+                    proptest::prop_assert_eq!(all, input);
+                }
+                First::Direct(_, rest) => {
+                    let mut after = rest.to_vec();
+                    after.extend_from_slice(&unread);
+                    proptest::prop_assert!(input.ends_with(&after));
+                }
+                First::TooLarge | First::UriTooLong | First::Gone => {}
+            }
+        }
+
+        /// A valid request cut anywhere means the same as when it arrives whole.
+        #[test]
+        fn valid_requests_split_anywhere(
+            which in 0..REQUESTS.len(),
+            cuts in proptest::collection::vec(0usize..120, 0..10),
+        ) {
+            let input = REQUESTS[which].as_bytes();
+            let (whole, unread) = first_of(input, &[]);
+            let whole = meaning(whole, unread);
+            let (split, unread) = first_of(input, &cuts);
+            proptest::prop_assert_eq!(meaning(split, unread), whole);
+        }
+    }
+
+    #[test]
     fn chunk_size_lines() {
         let mut b = [0u8; 20];
         for (len, line) in [
@@ -492,7 +914,11 @@ mod tests {
 
     #[tokio::test]
     async fn rewind_replays_the_prefix() {
-        use tokio::io::AsyncReadExt;
+        let mut r = Rewind::new(Bytes::from_static(b"ab"), &b"never read"[..]);
+        r.eof = true;
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "ab");
         let mut r = Rewind::new(Bytes::from_static(b"abc"), &b"def"[..]);
         let mut s = String::new();
         r.read_to_string(&mut s).await.unwrap();

@@ -10,7 +10,9 @@ use herald_core::{Cursor, Subscription, Topic};
 
 use crate::error::ApiError;
 
-/// The query string as decoded pairs, in order.
+/// The query string as decoded pairs, in order. Lenient (bytes that are not
+/// UTF-8 become U+FFFD): for reading credentials only. Transports decode
+/// their parameters with [`crate::input::Query`], which refuses such bytes.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -43,10 +45,12 @@ pub(crate) fn topics_param(pairs: &[(String, String)], max: usize) -> Result<Vec
     Ok(topics)
 }
 
-/// The first value of a parameter.
+/// The value of a parameter; when it is repeated, the last one wins
+/// (DESIGN.md, "Cursor and name input").
 pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
+        .rev()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }

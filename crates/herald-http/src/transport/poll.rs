@@ -1,11 +1,19 @@
 //! `GET /v1/poll?topic=A&cursor=...&timeout=25`: long polling.
 //!
-//! Answers at once with the events after the cursor (at most `poll_batch`),
-//! otherwise holds the request, with no thread and no timer loop of its own,
+//! Answers at once with the events after the cursor (at most `poll_batch`
+//! events and `poll_max_bytes` of event JSON, but always at least one
+//! event), otherwise holds the request, with no thread and no timer loop of its own,
 //! until an event arrives or the timeout passes. The answer's `cursor` names
 //! every topic of the poll, so the next poll continues exactly: nothing is
 //! lost between two polls, even while no poll is open. Without a cursor the
 //! poll starts from now and the answer's cursor is where to continue.
+//!
+//! The answer is a body of known length made of the events' shared JSON
+//! frames, written piece by piece: a client that does not read holds at most
+//! one answer's worth of events (which the hub keeps anyway), never a copy.
+//! On the HTTP/1.1 direct path a held poll whose client half-closes (shuts
+//! down its sending side) is answered at once with what there is, and the
+//! connection then closes.
 
 use std::time::Duration;
 
@@ -14,14 +22,20 @@ use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use axum::body::Body;
+use bytes::Bytes;
 use herald_auth::Action;
 use herald_core::{Cursor, Delivery, Subscription, Transport};
+use http_body::{Frame, SizeHint};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::watch;
 
 use super::{param, query_pairs, subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
-use crate::server::ConnectionHandle;
+use crate::server::{ConnectionHandle, WriteDeadline};
 use crate::AppState;
 
 pub(crate) async fn handler(
@@ -30,7 +44,10 @@ pub(crate) async fn handler(
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
 ) -> Response {
-    match poll(app, headers, uri, conn.map(|c| c.0.peer.ip())).await {
+    let conn = conn.map(|c| c.0);
+    let peer = conn.as_ref().map(|c| c.peer.ip());
+    let read_closed = conn.and_then(|c| c.read_closed);
+    match poll(app, headers, uri, peer, read_closed).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -58,12 +75,13 @@ async fn poll(
     headers: HeaderMap,
     uri: Uri,
     peer: Option<IpAddr>,
+    read_closed: Option<watch::Receiver<bool>>,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(uri.query());
     let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
     let (who, _) = authenticate(&app, &headers, &pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
-    let _slot = app.connection_slot(peer)?;
+    let _slot = app.connection_slot(peer, &headers)?;
     let cursor = Cursor::decode(param(&pairs, "cursor").unwrap_or(""))?;
     let wait = parse_timeout(
         param(&pairs, "timeout"),
@@ -72,72 +90,172 @@ async fn poll(
     )?;
     let _guard = app.hub.metrics().connection(Transport::Poll);
     let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor).await?;
-    let batch = app.config.poll_batch.max(1);
-
-    let mut frames = Vec::new();
-    // What is already there.
-    let mut open = drain(&mut sub, &mut frames, batch).await;
-    // Nothing yet: hold until something arrives or the timeout passes.
-    if open && frames.is_empty() && !wait.is_zero() && !app.hub.is_shutting_down() {
-        if let Ok(d) = tokio::time::timeout(wait, sub.next()).await {
-            open = take(d, &mut frames);
-            if open {
-                drain(&mut sub, &mut frames, batch).await;
-            }
-        }
-    }
-    app.hub
-        .metrics()
-        .events_delivered
-        .fetch_add(frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
-
-    let cursor = sub.cursor().encode();
-    let mut body = BytesMut::with_capacity(
-        frames.iter().map(|f| f.len() + 1).sum::<usize>() + cursor.len() + 32,
+    let mut batch = Batch::new(
+        app.config.poll_batch.max(1),
+        app.config.poll_max_bytes.max(1),
+        sub.cursor(),
     );
-    body.put_slice(b"{\"events\":[");
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
+
+    // What is already there.
+    let mut open = batch.drain(&mut sub).await;
+    // Nothing yet: hold until something arrives, the timeout passes, or the
+    // peer half-closes (it is then answered at once with what there is).
+    let peer_left = read_closed.as_ref().is_some_and(|r| *r.borrow());
+    if open && batch.is_empty() && !wait.is_zero() && !app.hub.is_shutting_down() && !peer_left {
+        let closed = async move {
+            match read_closed {
+                Some(mut r) => {
+                    let _ = r.wait_for(|c| *c).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            d = tokio::time::timeout(wait, sub.next()) => if let Ok(d) = d {
+                open = batch.take(d, &sub);
+                if open {
+                    batch.drain(&mut sub).await;
+                }
+            },
+            _ = closed => {}
         }
-        body.put_slice(f);
     }
-    body.put_slice(b"],\"cursor\":\"");
-    body.put_slice(cursor.as_bytes());
-    body.put_slice(b"\"}");
-    let mut r = body.freeze().into_response();
+    app.hub.metrics().events_delivered.fetch_add(
+        batch.frames.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+
+    let mut r = Body::new(batch.into_body()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.extensions_mut()
+        .insert(WriteDeadline(app.config.write_timeout));
     Ok(r)
 }
 
-/// Adds a delivery's JSON to `frames`; false when the subscription closed.
-fn take(d: Delivery, frames: &mut Vec<Bytes>) -> bool {
-    match d {
-        Delivery::Event(e) => frames.push(e.json().clone()),
-        Delivery::Gap(g) => frames.push(g.json()),
-        Delivery::Closed(_) => return false,
-    }
-    true
+/// One answer's events, bounded by count and by bytes.
+struct Batch {
+    /// Each event's (or gap's) JSON, shared with the hub (not copied).
+    frames: Vec<Bytes>,
+    bytes: usize,
+    max_events: usize,
+    max_bytes: usize,
+    /// Where the next poll continues: after the last included frame.
+    cursor: Cursor,
+    /// A frame did not fit: the answer is complete.
+    full: bool,
 }
 
-/// Takes what is ready without waiting for a publish, up to `batch` frames.
-async fn drain(sub: &mut Subscription, frames: &mut Vec<Bytes>, batch: usize) -> bool {
-    while frames.len() < batch {
-        match sub.next_ready().await {
-            Some(d) => {
-                if !take(d, frames) {
-                    return false;
-                }
-            }
-            None => break,
+impl Batch {
+    fn new(max_events: usize, max_bytes: usize, cursor: Cursor) -> Batch {
+        Batch {
+            frames: Vec::new(),
+            bytes: 0,
+            max_events,
+            max_bytes,
+            cursor,
+            full: false,
         }
     }
-    true
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.full || self.frames.len() >= self.max_events
+    }
+
+    /// Adds a delivery; false when the subscription closed. A frame that
+    /// would take the answer over `max_bytes` is left out (unless it is the
+    /// first: one event always gets through), and the cursor stays before
+    /// it, so the next poll reads it again from history.
+    fn take(&mut self, d: Delivery, sub: &Subscription) -> bool {
+        let frame = match d {
+            Delivery::Event(e) => e.json().clone(),
+            Delivery::Gap(g) => g.json(),
+            Delivery::Closed(_) => return false,
+        };
+        if !self.frames.is_empty() && self.bytes + frame.len() + 1 > self.max_bytes {
+            self.full = true;
+            return true;
+        }
+        self.bytes += frame.len() + 1;
+        self.frames.push(frame);
+        self.cursor = sub.cursor();
+        true
+    }
+
+    /// Takes what is ready without waiting for a publish, until full.
+    async fn drain(&mut self, sub: &mut Subscription) -> bool {
+        while !self.is_full() {
+            match sub.next_ready().await {
+                Some(d) => {
+                    if !self.take(d, sub) {
+                        return false;
+                    }
+                }
+                None => break,
+            }
+        }
+        true
+    }
+
+    /// `{"events":[...],"cursor":"..."}` as a body of known length whose
+    /// frames are written one by one (nothing is copied into one buffer).
+    fn into_body(self) -> PollBody {
+        let mut parts = VecDeque::with_capacity(self.frames.len() * 2 + 3);
+        parts.push_back(Bytes::from_static(b"{\"events\":["));
+        for (i, f) in self.frames.into_iter().enumerate() {
+            if i > 0 {
+                parts.push_back(Bytes::from_static(b","));
+            }
+            parts.push_back(f);
+        }
+        parts.push_back(Bytes::from_static(b"],\"cursor\":\""));
+        parts.push_back(Bytes::from(self.cursor.encode()));
+        parts.push_back(Bytes::from_static(b"\"}"));
+        let remaining = parts.iter().map(|p| p.len() as u64).sum();
+        PollBody { parts, remaining }
+    }
+}
+
+/// A poll answer: its pieces in order, with an exact length (so both the
+/// direct path and hyper send `content-length` and write piece by piece).
+struct PollBody {
+    parts: VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for PollBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match this.parts.pop_front() {
+            Some(b) => {
+                this.remaining -= b.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 #[cfg(test)]

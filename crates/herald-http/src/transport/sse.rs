@@ -4,6 +4,19 @@
 //! cursor, then back-filled events (on resume), then live events, with a
 //! `: keepalive` comment whenever the stream has been idle for `keepalive`.
 //! When several events are already waiting they are written in one chunk.
+//!
+//! A browser's `EventSource` gives up for good on any answer other than
+//! `200 text/event-stream` (WHATWG HTML, "server-sent events", §9.2.3: a
+//! non-200 status "fails the connection"). So a *temporary* refusal (per-address
+//! or server connection limits, engine unavailable, shutting down) is answered
+//! `200 text/event-stream` with `retry:` set to the Retry-After, one
+//! `herald.disconnect` event whose `reason` says why, and the end of the
+//! stream; the browser then reconnects by itself. 400, 401 and 403 stay what
+//! they are: retrying cannot help.
+//!
+//! The `retry:` a stream starts with carries per-connection jitter (±25 %),
+//! and a stream whose credential has a deadline (`exp`) ends at it with
+//! `herald.disconnect {"reason":"token_expired"}`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,12 +29,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use herald_core::metrics::ConnectionGuard;
 use herald_core::wire::{reserved, sse};
-use herald_core::{Cursor, Delivery, Subscription, Transport};
+use herald_core::{Delivery, Subscription, Transport};
 use tokio::time::{Instant, Sleep};
 
-use super::{param, query_pairs, subscribe_all, topics_param};
+use super::{subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
+use crate::input::{sse_cursor, Query};
 use crate::limits::Slot;
 use crate::server::ConnectionHandle;
 use crate::AppState;
@@ -33,10 +47,67 @@ pub(crate) async fn handler(
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
 ) -> Response {
+    let shutting_down = app.hub.is_shutting_down();
+    let retry_ms = app.config.sse_retry_ms;
     match open(app, headers, uri, conn.map(|c| c.0)).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => match temporary_reason(&e, shutting_down) {
+            Some(reason) => refusal(reason, retry_after_ms(&e, retry_ms)),
+            None => e.into_response(),
+        },
     }
+}
+
+/// The `herald.disconnect` reason of a refusal a client should retry later,
+/// or `None` for a final one (400, 401, 403, ...).
+fn temporary_reason(e: &ApiError, shutting_down: bool) -> Option<&'static str> {
+    match e.status.as_u16() {
+        429 => Some("rate_limited"),
+        503 if shutting_down => Some("shutdown"),
+        503 if matches!(e.code, "too_many_connections" | "server_full") => Some("server_full"),
+        503 => Some("engine_unavailable"),
+        _ => None,
+    }
+}
+
+/// The refusal's Retry-After in milliseconds (every 429/503 carries one,
+/// see [`ApiError`]), never below the stream's usual `retry:`.
+fn retry_after_ms(e: &ApiError, retry_ms: u64) -> u64 {
+    let after = e.clone().into_response();
+    after
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(retry_ms, |s| s.saturating_mul(1000).max(retry_ms))
+}
+
+/// `retry_ms` with ±25 % of per-connection jitter.
+pub(crate) fn jittered(retry_ms: u64) -> u64 {
+    let spread = retry_ms / 4;
+    retry_ms - spread + fastrand::u64(0..=spread * 2)
+}
+
+/// A temporary refusal an EventSource understands: `200 text/event-stream`,
+/// `retry: <ms>`, one `herald.disconnect {"reason": reason}`, then the end.
+fn refusal(reason: &'static str, retry_ms: u64) -> Response {
+    let mut body = BytesMut::from(&b"retry: "[..]);
+    body.extend_from_slice(jittered(retry_ms).to_string().as_bytes());
+    body.extend_from_slice(b"\n\n");
+    let data = serde_json::json!({ "reason": reason }).to_string();
+    body.extend_from_slice(&sse::encode_event(None, Some(reserved::DISCONNECT), &data).0);
+    let mut r = Body::from(body.freeze()).into_response();
+    stream_headers(r.headers_mut());
+    r
+}
+
+fn stream_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
 async fn open(
@@ -48,31 +119,31 @@ async fn open(
     if app.hub.is_shutting_down() {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let pairs = query_pairs(uri.query());
-    let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
-    let (who, _) = authenticate(&app, &headers, &pairs).await?;
+    let query = Query::parse(uri.query())?;
+    let topics = topics_param(query.pairs(), app.hub.config().max_topics_per_subscription)?;
+    let cursor = sse_cursor(&headers, &query)?;
+    let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
-    let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()))?;
-    // The header wins: a browser's EventSource sends it on every reconnect,
-    // while the URL keeps the query parameter of the first connection.
-    let last_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| param(&pairs, "last_event_id"));
-    let cursor = Cursor::decode(last_id.unwrap_or(""))?;
+    let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()), &headers)?;
+    let deadline = crate::auth::deadline_of(&who);
     let sub = app
         .hub
         .subscribe_with(conn.as_ref().and_then(|c| c.kill.clone()));
     let sub = subscribe_all(sub, &topics, &cursor).await?;
 
-    let preamble = sse::preamble(app.config.sse_retry_ms, &sub.cursor().encode()).freeze();
+    let preamble = sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();
+    let first_wake = Instant::now() + app.config.keepalive;
     let stream = SseStream {
         sub,
         metrics: app.hub.metrics().clone(),
         _slot: slot,
         _guard: app.hub.metrics().connection(Transport::Sse),
         keepalive: app.config.keepalive,
-        idle: Box::pin(tokio::time::sleep(app.config.keepalive)),
+        idle: Box::pin(tokio::time::sleep_until(
+            deadline.map_or(first_wake, |d| d.min(first_wake)),
+        )),
+        deadline,
+        drain: app.config.shutdown_drain,
         last_write: Instant::now(),
         max_coalesce: app.config.max_coalesce.max(1),
         preamble: Some(preamble),
@@ -83,13 +154,7 @@ async fn open(
         Some((Ok::<_, std::convert::Infallible>(chunk), s))
     }));
     let mut r = body.into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    stream_headers(r.headers_mut());
     Ok(r)
 }
 
@@ -103,6 +168,11 @@ struct SseStream {
     /// Fires `keepalive` after the last write, give or take: it is moved
     /// only when it fires (see [`SseStream::next_chunk`]).
     idle: Pin<Box<Sleep>>,
+    /// The credential's deadline: the stream ends there with `token_expired`.
+    /// The idle timer never sleeps past it.
+    deadline: Option<Instant>,
+    /// A shutdown ends the stream at a random moment within this window.
+    drain: Duration,
     last_write: Instant,
     max_coalesce: usize,
     preamble: Option<Bytes>,
@@ -121,21 +191,31 @@ impl SseStream {
             tokio::select! {
                 d = self.sub.next() => break d,
                 _ = &mut self.idle => {
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|d| now >= d) {
+                        self.done = true;
+                        return Some(disconnect("token_expired"));
+                    }
                     // The timer is not moved on every write (a timer-wheel
                     // update per event per subscriber); when it fires, a
                     // stream that wrote since gets the rest of its interval.
                     let due = self.last_write + self.keepalive;
-                    if Instant::now() < due {
-                        self.idle.as_mut().reset(due);
+                    let cap = |t: Instant| self.deadline.map_or(t, |d| d.min(t));
+                    if now < due {
+                        self.idle.as_mut().reset(cap(due));
                         continue;
                     }
-                    self.last_write = Instant::now();
-                    self.idle.as_mut().reset(self.last_write + self.keepalive);
+                    self.last_write = now;
+                    self.idle.as_mut().reset(cap(now + self.keepalive));
                     return Some(Bytes::from_static(sse::KEEPALIVE));
                 }
             }
         };
         self.last_write = Instant::now();
+        if matches!(first, Delivery::Closed(herald_core::CloseReason::Shutdown)) {
+            // Spread the ends of a shutdown over the drain window.
+            tokio::time::sleep(self.drain.mul_f64(fastrand::f64())).await;
+        }
         let first = self.encode(first);
         if self.done || self.sub.queued() == 0 {
             return Some(first);
@@ -182,11 +262,16 @@ impl SseStream {
             }
             Delivery::Closed(reason) => {
                 self.done = true;
-                let data = serde_json::json!({"reason": reason.as_str()}).to_string();
-                sse::encode_event(None, Some(reserved::DISCONNECT), &data)
-                    .0
-                    .freeze()
+                disconnect(reason.as_str())
             }
         }
     }
+}
+
+/// `herald.disconnect {"reason": reason}`, the last event of a stream.
+fn disconnect(reason: &str) -> Bytes {
+    let data = serde_json::json!({ "reason": reason }).to_string();
+    sse::encode_event(None, Some(reserved::DISCONNECT), &data)
+        .0
+        .freeze()
 }

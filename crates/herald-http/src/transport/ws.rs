@@ -11,9 +11,26 @@
 //! `unsubscribed`, `published`, `error`. A malformed message gets an `error`
 //! and the connection stays usable.
 //!
-//! Close codes: 1000 shutdown (reconnect), 1008 slow consumer or policy,
-//! 1009 message too large, 1011 peer stopped answering pings, 1013 engine
-//! unavailable, 4001 missing/invalid credential, 4003 forbidden topic.
+//! Every action goes through the same checks as over HTTP: a `subscribe` is
+//! authorized like `GET /v1/sse`, a `publish` takes the one publish path of
+//! `POST /v1/publish` ([`crate::publish::publish_as`]), both against the
+//! credential in force at that moment.
+//!
+//! Credentials over time (DESIGN.md): the connection's credential has a
+//! deadline, its `exp`. At the deadline the socket is closed with 4001
+//! `token_expired`, unless the client sent a fresh `{"type":"auth"}` for the
+//! same `sub` before it, which moves the deadline (answered `authenticated`
+//! with `expires_at`).
+//!
+//! Abuse: every client message counts against a per-connection rate
+//! ([`HttpConfig::ws_message_rate`](crate::HttpConfig)); malformed, refused
+//! and rate-limited messages count against an error allowance, and a
+//! connection that exhausts it is closed with 1008.
+//!
+//! Close codes: 1000 shutdown (reconnect), 1008 slow consumer or policy
+//! (too many errors), 1009 message too large, 1011 peer stopped answering
+//! pings, 1013 engine unavailable, 4001 missing/invalid/expired credential,
+//! 4003 forbidden topic.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,12 +42,12 @@ use futures_util::{SinkExt, StreamExt};
 use herald_core::wire::json::encode_error;
 use herald_core::{CloseReason, Cursor, Delivery, Subscription, Topic, Transport};
 use serde::Deserialize;
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, Instant, Sleep};
 
-use crate::auth::origin_allowed;
+use crate::auth::{deadline_of, origin_allowed};
 use crate::error::ApiError;
 use crate::limits::Slot;
-use crate::publish::PublishItem;
+use crate::publish::{publish_as, PublishItem};
 use crate::server::ConnectionHandle;
 use crate::transport::query_pairs;
 use crate::AppState;
@@ -80,7 +97,7 @@ pub(crate) async fn handler(
     // Refusals of the credential are sent as close 4001 after the upgrade,
     // where browsers can see them.
     let who = app.config.auth.authenticate_async(credential).await;
-    let slot = match app.connection_slot(conn.map(|c| c.0.peer.ip())) {
+    let slot = match app.connection_slot(conn.map(|c| c.0.peer.ip()), &headers) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -158,8 +175,15 @@ struct Connection {
     ws: WebSocket,
     sub: Subscription,
     rate: RateLimit,
+    /// Every client message, whatever its kind.
+    messages: RateLimit,
+    /// Errors the client may still cause before the connection is closed.
+    errors: RateLimit,
     who: Principal,
+    /// Fires at the credential's deadline; `None` for a credential without one.
+    deadline: Option<std::pin::Pin<Box<Sleep>>>,
 }
+
 
 enum Outcome {
     Continue,
@@ -171,16 +195,21 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
     let _guard = app.hub.metrics().connection(Transport::WebSocket);
     let sub = app.hub.subscribe();
     let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
+    let messages = RateLimit::new(app.config.ws_message_rate, app.config.ws_message_rate * 2.0);
+    let errors = RateLimit::new(1.0, app.config.ws_error_burst);
     let mut c = Connection {
         app,
         ws: socket,
         sub,
         rate,
+        messages,
+        errors,
         who: Principal::Anonymous,
+        deadline: None,
     };
     let mut refused = None;
     match who {
-        Ok(w) => c.who = w,
+        Ok(w) => c.set_credential(w),
         Err(e) => refused = Some(e),
     }
     let keepalive = c.app.config.keepalive;
@@ -202,6 +231,9 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
                 Box::pin(c.on_message(msg)).await
             }
             d = c.sub.next() => c.on_delivery(d).await,
+            _ = expired(&mut c.deadline) => {
+                Outcome::Close(close_code::UNAUTHORIZED, "token_expired")
+            }
             _ = ping.tick() => {
                 if last_seen.elapsed() > pong_timeout {
                     Outcome::Close(close_code::INTERNAL, "no pong")
@@ -238,6 +270,22 @@ async fn run(app: AppState, socket: WebSocket, who: Result<Principal, AuthError>
 }
 
 impl Connection {
+    /// Puts `who` in force, with its deadline.
+    fn set_credential(&mut self, who: Principal) {
+        self.deadline = deadline_of(&who).map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self.who = who;
+    }
+
+    /// Counts an error against the connection's allowance: `Continue` while
+    /// some is left, else the close that ends an abusive connection.
+    fn count_error(&mut self) -> Outcome {
+        if self.errors.allow() {
+            Outcome::Continue
+        } else {
+            Outcome::Close(close_code::POLICY, "too many errors")
+        }
+    }
+
     async fn send(&mut self, m: Message) -> Outcome {
         match timeout(self.app.config.write_timeout, self.ws.send(m)).await {
             Ok(Ok(())) => Outcome::Continue,
@@ -249,12 +297,16 @@ impl Connection {
         self.send(Message::Text(v.to_string().into())).await
     }
 
+    /// Answers an error (and counts it).
     async fn send_error(
         &mut self,
         code: &str,
         message: &str,
         reference: Option<serde_json::Value>,
     ) -> Outcome {
+        if let Outcome::Close(c, r) = self.count_error() {
+            return Outcome::Close(c, r);
+        }
         let mut v: serde_json::Value =
             serde_json::from_str(&encode_error(code, message)).unwrap_or_default();
         if let (Some(r), Some(o)) = (reference, v.as_object_mut()) {
@@ -291,6 +343,10 @@ impl Connection {
                     let _ = self.ws.flush().await;
                     return match reason {
                         CloseReason::Shutdown => {
+                            // Spread the closes of a shutdown over the drain
+                            // window, so clients do not all come back at once.
+                            let drain = self.app.config.shutdown_drain;
+                            tokio::time::sleep(drain.mul_f64(fastrand::f64())).await;
                             Outcome::Close(close_code::NORMAL, "server shutting down")
                         }
                         CloseReason::SlowConsumer => {
@@ -333,6 +389,15 @@ impl Connection {
                 };
             }
         };
+        if !self.messages.allow() {
+            return self
+                .send_error(
+                    "rate_limited",
+                    "too many messages on this connection; slow down",
+                    None,
+                )
+                .await;
+        }
         match msg {
             Message::Text(t) => self.on_text(t.as_str()).await,
             Message::Binary(_) => {
@@ -401,8 +466,16 @@ impl Connection {
                     data,
                     id,
                 };
+                // The one publish path: authorized against the credential in
+                // force, exactly like `POST /v1/publish`.
                 let result = match item.into_new_event() {
-                    Ok(e) => self.app.hub.publish(e).await.map_err(ApiError::from),
+                    Ok(e) => publish_as(&self.app, &self.who, vec![e])
+                        .await
+                        .and_then(|mut v| {
+                            v.pop().ok_or_else(|| {
+                                ApiError::unavailable("the engine answered no event")
+                            })
+                        }),
                     Err(e) => Err(e),
                 };
                 match result {
@@ -423,9 +496,26 @@ impl Connection {
                     .await
                 {
                     Ok(who) => {
-                        let mut v =
-                            serde_json::json!({"type": "authenticated", "sub": who.subject()});
-                        self.who = who;
+                        // A refresh moves the deadline; it may not change
+                        // who the connection is (its subscriptions were
+                        // authorized for that subject).
+                        if matches!(self.who, Principal::User(_))
+                            && who.subject() != self.who.subject()
+                        {
+                            return self
+                                .send_error(
+                                    "subject_mismatch",
+                                    "a refreshed credential must name the same subject (sub)",
+                                    reference,
+                                )
+                                .await;
+                        }
+                        let mut v = serde_json::json!({
+                            "type": "authenticated",
+                            "sub": who.subject(),
+                            "expires_at": who.expires_at(),
+                        });
+                        self.set_credential(who);
                         put_ref(&mut v, reference);
                         self.send_json(v).await
                     }
@@ -486,10 +576,18 @@ impl Connection {
     }
 }
 
+/// Resolves at the credential's deadline; never without one.
+async fn expired(deadline: &mut Option<std::pin::Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A refused topic closes the socket: 4001 without a credential, 4003 with one.
 fn denied(d: Denied) -> Outcome {
     match d {
-        Denied::Unauthenticated(_) => {
+        Denied::Unauthenticated(_) | Denied::Credential(_) => {
             Outcome::Close(close_code::UNAUTHORIZED, "credential required")
         }
         Denied::Forbidden { .. } => Outcome::Close(close_code::FORBIDDEN, "forbidden topic"),

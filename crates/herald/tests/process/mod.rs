@@ -52,7 +52,20 @@ impl Herald {
 
     /// Starts Herald, or returns how it refused (bounded in time).
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Herald, Refused> {
-        let mut child = command(data_dir, extra).spawn().expect("spawn herald");
+        Herald::try_start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Herald::try_start`] with extra environment variables.
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Herald, Refused> {
+        let mut cmd = command(data_dir, extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn herald");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
@@ -123,6 +136,34 @@ impl Herald {
             assert!(Instant::now() < deadline, "herald did not exit on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// [`Herald::sigterm`], and what it wrote to stderr.
+    pub fn sigterm_with_stderr(self) -> (ExitStatus, String) {
+        let stderr = self.stderr.clone();
+        let status = self.sigterm();
+        // Let the stderr reader see the end of the pipe.
+        std::thread::sleep(Duration::from_millis(50));
+        let text = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        (status, text)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's resident memory (`VmRSS` in `/proc/<pid>/status`), in
+    /// bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS in /proc/<pid>/status")
     }
 
     pub fn stderr(&self) -> String {

@@ -1,0 +1,536 @@
+//! The auth table: every action × every transport that carries it × every
+//! credential source × every kind of credential, against the real
+//! `herald serve` binary (DESIGN.md, "Every action is authorized, on every
+//! transport"). Each cell states its expected outcome, and a watcher on the
+//! forbidden topic checks that nothing a refused attempt sent ever reached it.
+//!
+//! Actions: subscribe (SSE, WebSocket, long poll, SSE over HTTP/2), publish
+//! (HTTP, WebSocket, HTTP/2), token exchange (HTTP, HTTP/2), starting an LLM
+//! generation (HTTP, HTTP/2). Sources: `Authorization: Bearer`, the cookie,
+//! `?token=`, a one-time token from `POST /v1/tokens`, and the WebSocket
+//! `auth` message.
+
+mod spawn;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_auth::jwt;
+use herald_client::Client;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+
+const SECRET: &str = "authorize-table-secret-0123456789abcdef";
+const KEY: &str = "authorize-table-publisher-key-0123";
+const MINE: &str = "users/alice/inbox";
+const THEIRS: &str = "users/bob/inbox";
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Server {
+    child: Child,
+    base: String,
+    client: Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args([
+        "serve",
+        "--engine",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--publish-key",
+        KEY,
+        "--public",
+        "news/**",
+        "--llm-offline-delay",
+        "1ms",
+    ])
+    .args(extra);
+    let (child, base) = spawn::listening(cmd);
+    Server {
+        child,
+        client: Client::new(&base).unwrap(),
+        base,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Subscribe,
+    Publish,
+    Exchange,
+    Generate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Transport {
+    Sse,
+    Ws,
+    Poll,
+    Http,
+    SseH2,
+    HttpH2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    Header,
+    Cookie,
+    Query,
+    OneTime,
+    WsMessage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cred {
+    /// A valid token granting the action.
+    Allowed,
+    /// A valid token that does not grant it (another user's topic, no `llm` claim).
+    Forbidden,
+    Expired,
+    BadSignature,
+    Missing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Got {
+    Ok,
+    Unauthorized,
+    Forbidden,
+}
+
+fn token(action: Action, cred: Cred) -> Option<String> {
+    let now = herald_auth::now();
+    let claims = |exp: u64, llm: bool| jwt::Claims {
+        sub: Some("alice".into()),
+        exp,
+        iat: Some(now),
+        nbf: None,
+        herald: jwt::HeraldClaim {
+            subscribe: vec!["users/{sub}/**".into()],
+            publish: vec!["users/{sub}/**".into()],
+            llm,
+        },
+    };
+    let sign = |c: &jwt::Claims, key: &str| jwt::sign(c, key.as_bytes(), false, None).unwrap();
+    match cred {
+        Cred::Allowed => Some(sign(&claims(now + 120, action == Action::Generate), SECRET)),
+        Cred::Forbidden => Some(sign(&claims(now + 120, false), SECRET)),
+        Cred::Expired => Some(sign(&claims(now - 120, true), SECRET)),
+        Cred::BadSignature => Some(sign(
+            &claims(now + 120, true),
+            "not-the-server-secret-0123456789abcdef",
+        )),
+        Cred::Missing => None,
+    }
+}
+
+fn expected(action: Action, via: Via, cred: Cred) -> Got {
+    match cred {
+        Cred::Expired | Cred::BadSignature | Cred::Missing => Got::Unauthorized,
+        // Only a header or cookie credential may be exchanged.
+        Cred::Allowed if action == Action::Exchange => match via {
+            Via::Header | Via::Cookie => Got::Ok,
+            _ => Got::Unauthorized,
+        },
+        Cred::Allowed => Got::Ok,
+        Cred::Forbidden => Got::Forbidden,
+    }
+}
+
+fn status_got(status: u16) -> Got {
+    match status {
+        200 => Got::Ok,
+        401 => Got::Unauthorized,
+        403 => Got::Forbidden,
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+/// Headers and query string presenting `tok` from `via`; `Err` when the
+/// one-time exchange itself was refused.
+async fn present(
+    s: &Server,
+    via: Via,
+    tok: &Option<String>,
+) -> Result<(Vec<(String, String)>, String), Got> {
+    let Some(t) = tok else {
+        return Ok((vec![], String::new()));
+    };
+    Ok(match via {
+        Via::Header => (vec![("authorization".into(), format!("Bearer {t}"))], String::new()),
+        Via::Cookie => (
+            vec![("cookie".into(), format!("session=x; herald_token={t}"))],
+            String::new(),
+        ),
+        Via::Query => (vec![], format!("token={t}")),
+        Via::OneTime => {
+            let r = s
+                .client
+                .request(
+                    http::Method::POST,
+                    "/v1/tokens",
+                    &[("authorization", &format!("Bearer {t}"))],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap();
+            if r.status() != 200 {
+                return Err(status_got(r.status().as_u16()));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            (vec![], format!("token={}", v["token"].as_str().unwrap()))
+        }
+        Via::WsMessage => (vec![], String::new()),
+    })
+}
+
+/// Sends one request over HTTP/1.1 (the shared client) or HTTP/2 (h2c by
+/// prior knowledge, a connection of its own).
+async fn send(
+    s: &Server,
+    h2: bool,
+    method: http::Method,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<serde_json::Value>,
+) -> http::Response<Incoming> {
+    let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let body_bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    if !body_bytes.is_empty() {
+        h.push(("content-type", "application/json"));
+    }
+    if !h2 {
+        return s.client.request(method, path, &h, body_bytes).await.unwrap();
+    }
+    let addr = &s.base["http://".len()..];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", s.base));
+    for (k, v) in &h {
+        req = req.header(*k, *v);
+    }
+    sender
+        .send_request(req.body(Full::new(body_bytes)).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Reads `body` until `needle` shows up (bounded by [`WAIT`]).
+async fn read_until(mut body: Incoming, needle: &str) {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let f = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("the event in time")
+            .unwrap_or_else(|| panic!("the stream ended before {needle:?}: {text:?}"))
+            .unwrap();
+        if let Ok(d) = f.into_data() {
+            text.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+}
+
+async fn publish_as_backend(s: &Server, topic: &str, data: &str) {
+    let (st, v) = s
+        .client
+        .clone()
+        .with_token(KEY)
+        .publish_raw(json!({"topic": topic, "data": data}).to_string(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+}
+
+async fn attempt(s: &Server, action: Action, transport: Transport, via: Via, cred: Cred) -> Got {
+    let tok = token(action, cred);
+    let (mut headers, query) = match present(s, via, &tok).await {
+        Ok(x) => x,
+        Err(got) => return got,
+    };
+    let topic = if cred == Cred::Forbidden { THEIRS } else { MINE };
+    let q = |path: &str| {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}{sep}{query}")
+        }
+    };
+    let h2 = matches!(transport, Transport::SseH2 | Transport::HttpH2);
+    match (action, transport) {
+        (Action::Subscribe, Transport::Ws) | (Action::Publish, Transport::Ws) => {
+            ws_attempt(s, action, via, &tok, &headers, &q(""), topic).await
+        }
+        (Action::Subscribe, _) => {
+            let path = if transport == Transport::Poll {
+                q(&format!("/v1/poll?topic={topic}&timeout=3"))
+            } else {
+                q(&format!("/v1/sse?topic={topic}"))
+            };
+            // An event published shortly after the request starts must reach
+            // an allowed subscriber (a held poll answers with it). Only an
+            // attempt expected to succeed gets one: the forbidden topic is
+            // watched.
+            let publisher = (cred == Cred::Allowed).then(|| {
+                let client = s.client.clone().with_token(KEY);
+                let topic = topic.to_owned();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let body = json!({"topic": topic, "data": "hello"}).to_string();
+                    client.publish_raw(body, "application/json").await.unwrap();
+                })
+            });
+            let resp = send(s, h2, http::Method::GET, &path, &headers, None).await;
+            if resp.status() != 200 {
+                return status_got(resp.status().as_u16());
+            }
+            read_until(resp.into_body(), "hello").await;
+            if let Some(p) = publisher {
+                p.await.unwrap();
+            }
+            Got::Ok
+        }
+        (Action::Publish, _) => {
+            let body = json!({"topic": topic, "data": "x"});
+            let r = send(s, h2, http::Method::POST, &q("/v1/publish"), &headers, Some(body)).await;
+            status_got(r.status().as_u16())
+        }
+        (Action::Exchange, _) => {
+            let r = send(s, h2, http::Method::POST, &q("/v1/tokens"), &headers, None).await;
+            status_got(r.status().as_u16())
+        }
+        (Action::Generate, _) => {
+            headers.retain(|(k, _)| k != "content-type");
+            let body = json!({"messages": [{"role": "user", "content": "hi [tokens:2]"}]});
+            let r = send(s, h2, http::Method::POST, &q("/v1/llm/chat"), &headers, Some(body)).await;
+            let st = r.status().as_u16();
+            if st == 200 {
+                // Let the two-token answer finish so per-user slots stay free.
+                let v: serde_json::Value =
+                    serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes())
+                        .unwrap();
+                assert!(v["topic"].as_str().unwrap().starts_with("llm/"), "{v}");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            status_got(st)
+        }
+    }
+}
+
+async fn ws_attempt(
+    s: &Server,
+    action: Action,
+    via: Via,
+    tok: &Option<String>,
+    headers: &[(String, String)],
+    query: &str,
+    topic: &str,
+) -> Got {
+    let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut ws = match s.client.ws_with(&hdrs, query).await {
+        Ok(ws) => ws,
+        Err(herald_client::ClientError::WebSocket(
+            tokio_tungstenite::tungstenite::Error::Http(r),
+        )) => return status_got(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    };
+    if via == Via::WsMessage {
+        if let Some(t) = tok {
+            ws.send_json(&json!({"type": "auth", "token": t})).await.unwrap();
+        }
+    }
+    if action == Action::Subscribe {
+        ws.subscribe(topic, None).await.unwrap();
+    } else {
+        ws.send_json(&json!({"type": "publish", "topic": topic, "data": "forged"}))
+            .await
+            .unwrap();
+    }
+    loop {
+        let v = tokio::time::timeout(WAIT, ws.next_json())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .expect("open");
+        match v["type"].as_str() {
+            Some("authenticated") => continue,
+            Some("published") => return Got::Ok,
+            Some("subscribed") => break,
+            Some("error") => {
+                return match v["code"].as_str() {
+                    Some("unauthorized") => Got::Unauthorized,
+                    Some("forbidden") => Got::Forbidden,
+                    _ => panic!("{v}"),
+                }
+            }
+            Some("close") => {
+                return match v["code"].as_u64() {
+                    Some(4001) => Got::Unauthorized,
+                    Some(4003) => Got::Forbidden,
+                    _ => panic!("{v}"),
+                }
+            }
+            _ => panic!("{v}"),
+        }
+    }
+    publish_as_backend(s, topic, "hello").await;
+    let v = tokio::time::timeout(WAIT, ws.next_of_type("event"))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(v["data"], "hello");
+    Got::Ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_action_transport_source_and_credential() {
+    let s = start(&[]);
+    // Watch the forbidden topic the whole time: nothing a refused attempt
+    // sent may ever reach it.
+    let mut watcher = s
+        .client
+        .clone()
+        .with_token(KEY)
+        .sse(&[THEIRS], None)
+        .await
+        .unwrap();
+    let table: [(Action, &[Transport]); 4] = [
+        (
+            Action::Subscribe,
+            &[Transport::Sse, Transport::Ws, Transport::Poll, Transport::SseH2],
+        ),
+        (Action::Publish, &[Transport::Http, Transport::Ws, Transport::HttpH2]),
+        (Action::Exchange, &[Transport::Http, Transport::HttpH2]),
+        (Action::Generate, &[Transport::Http, Transport::HttpH2]),
+    ];
+    let vias = [Via::Header, Via::Cookie, Via::Query, Via::OneTime, Via::WsMessage];
+    let creds = [
+        Cred::Allowed,
+        Cred::Forbidden,
+        Cred::Expired,
+        Cred::BadSignature,
+        Cred::Missing,
+    ];
+    let mut checked = 0;
+    for (action, transports) in table {
+        for &transport in transports {
+            for via in vias {
+                if via == Via::WsMessage && transport != Transport::Ws {
+                    continue;
+                }
+                for cred in creds {
+                    if action == Action::Exchange && cred == Cred::Forbidden {
+                        continue; // exchanging grants nothing new: no topic to forbid
+                    }
+                    eprintln!("{action:?} over {transport:?} via {via:?} with {cred:?}");
+                    let got = attempt(&s, action, transport, via, cred).await;
+                    let want = if via == Via::OneTime
+                        && matches!(cred, Cred::Expired | Cred::BadSignature)
+                    {
+                        Got::Unauthorized // the exchange refuses it
+                    } else {
+                        expected(action, via, cred)
+                    };
+                    assert_eq!(got, want, "{action:?} over {transport:?} via {via:?} with {cred:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 200, "{checked} cells");
+    // The forbidden topic only ever saw nothing: no attempt on it was allowed.
+    let seen = tokio::time::timeout(Duration::from_millis(500), watcher.next_event()).await;
+    assert!(
+        seen.is_err(),
+        "a refused attempt reached {THEIRS}: {:?}",
+        seen.map(|e| e.map(|e| e.map(|e| e.data)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_topics_are_written_only_by_the_relay() {
+    let s = start(&[]);
+    let now = herald_auth::now();
+    let wide = jwt::sign(
+        &jwt::Claims {
+            sub: Some("mallory".into()),
+            exp: now + 120,
+            iat: Some(now),
+            nbf: None,
+            herald: jwt::HeraldClaim {
+                subscribe: vec!["**".into()],
+                publish: vec!["**".into(), "llm/*".into()],
+                llm: true,
+            },
+        },
+        SECRET.as_bytes(),
+        false,
+        None,
+    )
+    .unwrap();
+    // Another user's generation, and a watcher on it.
+    let mut watcher = s.client.clone().with_token(KEY).sse(&["llm/victim"], None).await.unwrap();
+    let forged = json!({"topic": "llm/victim", "event": "token", "data": "forged"});
+    for who in [wide.as_str(), KEY] {
+        let r = send(
+            &s,
+            false,
+            http::Method::POST,
+            "/v1/publish",
+            &[("authorization".into(), format!("Bearer {who}"))],
+            Some(forged.clone()),
+        )
+        .await;
+        assert_eq!(r.status(), 403);
+    }
+    let mut ws = s
+        .client
+        .ws_with(&[("authorization", &format!("Bearer {wide}"))], "")
+        .await
+        .unwrap();
+    ws.send_json(&json!({"type": "publish", "topic": "llm/victim", "event": "done", "data": "x", "ref": 1}))
+        .await
+        .unwrap();
+    let v = tokio::time::timeout(WAIT, ws.next_json()).await.unwrap().unwrap().unwrap();
+    assert_eq!((v["type"].as_str(), v["code"].as_str(), v["ref"].as_u64()), (Some("error"), Some("forbidden"), Some(1)), "{v}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watcher.next_event()).await.is_err(),
+        "a forged event reached the generation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_websocket_publish_is_refused() {
+    // The hole this table was extended for: an anonymous WebSocket on a
+    // server with --jwt-secret publishing into a user's inbox.
+    let s = start(&[]);
+    let mut inbox = s.client.clone().with_token(KEY).sse(&[MINE], None).await.unwrap();
+    let mut ws = s.client.ws().await.unwrap();
+    ws.send_json(&json!({"type": "publish", "topic": MINE, "data": "x"})).await.unwrap();
+    let v = tokio::time::timeout(WAIT, ws.next_json()).await.unwrap().unwrap().unwrap();
+    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("unauthorized")), "{v}");
+    assert!(tokio::time::timeout(Duration::from_millis(300), inbox.next_event()).await.is_err());
+}
