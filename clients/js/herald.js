@@ -41,7 +41,8 @@ const CLOSE_UNAUTHORIZED = 4001;
 // backoff applies (a getToken that keeps returning stale tokens).
 const REFRESH_MIN_MS = 2000;
 // The least delay after a temporary refusal whose `retry:` the client cannot
-// read (EventSource keeps it to itself): the server's default.
+// read (EventSource keeps it to itself): the server's default. Like every
+// reconnect delay, capped by the maxDelay option.
 const TEMPORARY_MIN_MS = 2000;
 
 const DEFAULTS = {
@@ -683,7 +684,7 @@ class TopicStream {
       this.lastResume = Date.now();
       delay = 0;
     } else {
-      delay = Math.max(this.backoff.next(), atLeast || 0);
+      delay = Math.min(Math.max(this.backoff.next(), atLeast || 0), this.c._opts.maxDelay);
     }
     this.c._setStatus('reconnecting', {
       delay,
@@ -1046,7 +1047,10 @@ class PollTransport {
         if (err && err.status === 401) c._error(err);
         this.open = false;
         this.quick = true;
-        const delay = Math.max(this.backoff.next(), (err && err.retryAfter) || 0);
+        const delay = Math.min(
+          Math.max(this.backoff.next(), (err && err.retryAfter) || 0),
+          c._opts.maxDelay,
+        );
         c._setStatus('reconnecting', {
           delay,
           attempt: this.backoff.attempt,

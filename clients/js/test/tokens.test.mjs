@@ -2,6 +2,8 @@
 // a real `herald serve`:
 // - a plain browser EventSource (no Herald client) refused for now (the
 //   per-address connection limit) comes back by itself once a slot frees;
+// - the client's SSE stream, whose reconnect is refused for now, comes back
+//   once a slot frees and resumes by cursor;
 // - a client session with tokens of a few seconds outlives three expiries on
 //   SSE, WebSocket and long polling while a backend publishes numbered
 //   events: every event arrives once, in order. Once with the browser's clock
@@ -12,6 +14,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
+  CutProxy,
   Herald,
   closeAll,
   connectPage,
@@ -92,6 +95,68 @@ test('a plain EventSource refused for now (connection limit) recovers on its own
   } finally {
     holder.abort();
     await closeAll(context, server);
+  }
+});
+
+/** Opens an SSE stream straight to `server` and keeps it; null if refused. */
+async function holdSlot(server) {
+  const ctrl = new AbortController();
+  const res = await fetch(`${server.url}/v1/sse?topic=hold`, { signal: ctrl.signal });
+  const first = new TextDecoder().decode((await res.body.getReader().read()).value);
+  if (res.status === 200 && !first.includes('herald.disconnect')) return ctrl;
+  ctrl.abort();
+  return null;
+}
+
+test('the client resumes by cursor after its reconnect is refused for now', async () => {
+  const server = await Herald.start({ args: ['--max-connections-per-ip', '2', '--keepalive', '1s'] });
+  const proxy = await CutProxy.start(server.port);
+  const { context, page } = await openPage(browser, proxy.url);
+  const holders = [];
+  try {
+    await connectPage(page, { transport: 'sse', ...FAST }, ['news']);
+    await server.publish('news', 1);
+    await server.publish('news', 2);
+    await waitInPage(page, () => rec.events.length >= 2);
+
+    // The page loses its connection; meanwhile two other connections from
+    // the same address take both slots.
+    proxy.cut();
+    await waitInPage(page, () => rec.statuses.some((s) => s.state === 'reconnecting'));
+    const deadline = Date.now() + 15_000;
+    while (holders.length < 2 && Date.now() < deadline) {
+      const h = await holdSlot(server);
+      if (h) holders.push(h);
+      else await sleep(200);
+    }
+    assert.equal(holders.length, 2, 'the page\'s old stream freed its slot');
+    await server.publish('news', 3);
+    await server.publish('news', 4);
+    // The reconnect now reaches the server, which refuses it for now (429 or
+    // a `rate_limited` stream): the client keeps trying.
+    const before = await page.evaluate(() => rec.statuses.length);
+    proxy.restore();
+    await waitInPage(
+      page,
+      (n) => rec.statuses.filter((s, i) => i >= n && s.state === 'reconnecting').length >= 2,
+      before + 1,
+      15_000,
+    );
+    await server.publish('news', 5);
+
+    // A slot frees: the client comes back by itself, from its cursor.
+    holders.pop().abort();
+    await waitInPage(page, () => rec.events.length >= 5, undefined, 15_000);
+    await server.publish('news', 6);
+    await waitInPage(page, () => rec.events.length >= 6);
+    await sleep(300);
+    const events = await pageEvents(page);
+    assert.deepEqual(events.map((e) => e.data), [1, 2, 3, 4, 5, 6], 'every event exactly once, in order');
+    assert.deepEqual(await page.evaluate(() => rec.errors), []);
+    assert.equal(await page.evaluate(() => h.status.state), 'open');
+  } finally {
+    for (const h of holders) h.abort();
+    await closeAll(context, proxy, server);
   }
 });
 

@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_core::Topic;
-use one_time::{LocalTokens, ONE_TIME_PREFIX};
 pub use one_time::{quota_key, Capped, IssueError, OneTimeStore};
+use one_time::{LocalTokens, ONE_TIME_PREFIX};
 pub use pattern::{PatternError, TopicPattern};
 
 /// Seconds since the Unix epoch.
@@ -396,16 +396,18 @@ impl Auth {
         &self,
         who: &Principal,
     ) -> Result<(String, Duration), AuthError> {
-        self.issue_one_time_for(who, None).await.map_err(|e| match e {
-            IssueError::Auth(a) => a,
-            IssueError::UserLimit { .. } => {
-                AuthError::Invalid("too many outstanding one-time tokens for this user")
-            }
-            IssueError::Full { .. } => AuthError::Invalid("the one-time token pool is full"),
-            IssueError::Unavailable => {
-                AuthError::Invalid("one-time tokens cannot be issued right now")
-            }
-        })
+        self.issue_one_time_for(who, None)
+            .await
+            .map_err(|e| match e {
+                IssueError::Auth(a) => a,
+                IssueError::UserLimit { .. } => {
+                    AuthError::Invalid("too many outstanding one-time tokens for this user")
+                }
+                IssueError::Full { .. } => AuthError::Invalid("the one-time token pool is full"),
+                IssueError::Unavailable => {
+                    AuthError::Invalid("one-time tokens cannot be issued right now")
+                }
+            })
     }
 
     /// Issues a one-time token carrying `who`'s rights, into the shared
@@ -437,7 +439,7 @@ impl Auth {
             return Ok((token, ttl));
         };
         let token = one_time::new_token()?;
-        let value = principal_to_store(who, &owner);
+        let value = stored_value(who, &owner);
         match store
             .put_capped(
                 &token,
@@ -679,15 +681,22 @@ pub fn query_token_lifetime(
 
 /// A principal as a shared one-time store keeps it (JSON), with the
 /// [`quota_key`] it is counted under.
-fn principal_to_store(who: &Principal, owner: &str) -> String {
+fn stored_value(who: &Principal, owner: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&principal_to_store(who)).unwrap_or_default();
+    v["owner"] = serde_json::Value::from(owner);
+    v.to_string()
+}
+
+/// A principal as a shared one-time store keeps it (JSON).
+fn principal_to_store(who: &Principal) -> String {
     let patterns = |v: &[TopicPattern]| v.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
     match who {
-        Principal::Open => serde_json::json!({"kind": "open", "owner": owner}),
-        Principal::Anonymous => serde_json::json!({"kind": "anonymous", "owner": owner}),
-        Principal::Publisher => serde_json::json!({"kind": "publisher", "owner": owner}),
+        Principal::Open => serde_json::json!({"kind": "open"}),
+        Principal::Anonymous => serde_json::json!({"kind": "anonymous"}),
+        Principal::Publisher => serde_json::json!({"kind": "publisher"}),
         Principal::User(g) => serde_json::json!({
             "kind": "user",
-            "owner": owner,
             "sub": g.subject,
             "subscribe": patterns(&g.subscribe),
             "publish": patterns(&g.publish),

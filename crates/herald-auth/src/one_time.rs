@@ -275,8 +275,7 @@ mod tests {
         for _ in 0..3 {
             t.issue(&who, "sub:a".into(), TTL, 5, 3).unwrap();
         }
-        let Err(IssueError::UserLimit { retry_after }) =
-            t.issue(&who, "sub:a".into(), TTL, 5, 3)
+        let Err(IssueError::UserLimit { retry_after }) = t.issue(&who, "sub:a".into(), TTL, 5, 3)
         else {
             panic!("a fourth token for the same owner")
         };

@@ -191,8 +191,14 @@ impl Hub {
     }
 
     /// Publishes events in order; all are validated before any is stored.
-    /// Events whose idempotency id was already published are not stored
-    /// again: the earlier event is returned in their place.
+    /// Events whose idempotency id was already published (and whose record
+    /// has not expired or been evicted, see [`crate::idempotency`]) are not
+    /// stored again: the answer carries the first publish's position and
+    /// time, with the retry's own content (a retry repeats the same event).
+    ///
+    /// A publish the engine's [`Budget`] cannot take fails whole with
+    /// [`EngineError::ServerFull`] and is counted in
+    /// [`Metrics::budget_refusals`].
     pub async fn publish_batch(
         &self,
         events: Vec<NewEvent>,

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     idempotency_ttl_ms: AtomicU64,
     /// Idempotency ids whose publish is in flight.
     claims: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Idempotency records on disk (set by the writer after each commit).
+    pub(crate) idempotency_records: AtomicUsize,
 }
 
 /// What readers see of a topic: its committed positions and hot tail.
@@ -119,6 +121,7 @@ impl EmbeddedEngine {
             max_topics: AtomicUsize::new(Budget::default().max_topics),
             idempotency_ttl_ms: AtomicU64::new(600_000),
             claims: Mutex::new(HashMap::new()),
+            idempotency_records: AtomicUsize::new(recovered.idempotency_records),
         });
         for r in &recovered.topics {
             shared.shard(&r.topic).insert(
@@ -186,6 +189,12 @@ impl EmbeddedEngine {
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
+    }
+
+    /// Idempotency records on disk (unexpired, or expired but not yet
+    /// removed by the timer).
+    pub fn idempotency_records(&self) -> usize {
+        self.shared.idempotency_records.load(Ordering::Relaxed)
     }
 
     /// Bytes held in the hot tails (see [`EmbeddedConfig::tail_event_bytes`]).
@@ -520,6 +529,10 @@ impl Shared {
 
 impl Engine for EmbeddedEngine {
     fn attach(&self, fanout: Arc<Fanout>) {
+        // What it holds is known now; the writer reports changes.
+        fanout
+            .metrics()
+            .set_usage(self.topic_count() as u64, self.hot_tail_bytes() as u64);
         *self
             .shared
             .fanout

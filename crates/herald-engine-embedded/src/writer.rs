@@ -78,6 +78,9 @@ struct WriterTopic {
     on_disk_from: u64,
     /// A lower bound of when event `first` was published (0: unknown).
     first_at: u64,
+    /// When event `head` was published (0: unknown, recovered from disk): a
+    /// topic whose newest event is expired drops all without a disk read.
+    last_at: u64,
     /// Its record must be written in the next commit.
     dirty: bool,
     /// Waiting in the deletion backlog.
@@ -193,6 +196,7 @@ impl Writer {
                 first: r.meta.first,
                 on_disk_from: r.on_disk_from,
                 first_at: 0,
+                last_at: 0,
                 dirty: false,
                 queued: false,
             });
@@ -212,6 +216,9 @@ impl Writer {
     }
 
     fn report_usage(&self) {
+        self.shared
+            .idempotency_records
+            .store(self.idem_records, std::sync::atomic::Ordering::Relaxed);
         if let Some(f) = self.shared.fanout() {
             f.metrics()
                 .set_usage(self.topics.len() as u64, self.shared.tail_bytes() as u64);
@@ -311,6 +318,7 @@ impl Writer {
             first: 1,
             on_disk_from: 1,
             first_at: 0,
+            last_at: 0,
             dirty: false,
             queued: false,
         });
@@ -396,6 +404,7 @@ impl Writer {
                     // The topic had nothing retained: this is its oldest event.
                     t.first_at = now;
                 }
+                t.last_at = now;
                 if let Some(id) = new.idempotency_key.take() {
                     // In the event's batch: a retry after a crash finds it.
                     let rec = IdempotencyRecord {
@@ -516,6 +525,8 @@ impl Writer {
                 self.shared.append(e, t.id, t.first, fanout.as_deref());
             }
         }
+        // Over their byte budget, the tails shrink before anyone is answered.
+        self.shared.trim_tails();
         // Drops are applied after this: they move topics in `self.topics`.
         for (r, events) in batch.into_iter().zip(stored) {
             let _ = r
@@ -527,7 +538,6 @@ impl Writer {
             self.shared.set_topic_epoch(e);
             self.drop_topics(dropping);
         }
-        self.shared.trim_tails();
         self.report_usage();
     }
 
@@ -651,6 +661,16 @@ impl Writer {
                 continue; // nothing kept, or nothing old enough
             }
             let (id, first, head) = (t.id, t.first, t.head);
+            if t.last_at != 0 && t.last_at < cutoff {
+                // Even the newest is expired: all go, no need to read them.
+                let t = &mut self.topics[i];
+                t.first = head + 1;
+                let topic = t.topic.clone();
+                self.mark_dirty(i);
+                self.queue_deletions(i);
+                self.shared.retain_from(&topic, head + 1);
+                continue;
+            }
             let scan = match self
                 .store
                 .first_not_older(id, first, head, cutoff, scan_budget)

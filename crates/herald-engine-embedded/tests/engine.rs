@@ -485,7 +485,7 @@ async fn other_formats_foreign_folders_and_second_processes_are_refused() {
 async fn expired_topics_are_dropped_and_stay_dropped() {
     let dir = tempfile::tempdir().unwrap();
     const TOPICS: usize = 10_000;
-    let e = open(config(dir.path(), 1000, Duration::from_millis(300)));
+    let e = open(config(dir.path(), 1000, Duration::from_secs(2)));
     let names: Vec<Topic> = (0..TOPICS).map(|i| topic(&format!("once/{i}"))).collect();
     for chunk in names.chunks(1000) {
         e.publish(chunk.iter().map(|t| ev(t, "x")).collect())
@@ -506,5 +506,132 @@ async fn expired_topics_are_dropped_and_stay_dropped() {
     drop(e);
     let e = open(config(dir.path(), 1000, HOUR));
     assert_eq!(e.topic_count(), 0);
+    e.close().await;
+}
+
+fn with_id(t: &Topic, s: &str, id: &str) -> NewEvent {
+    let mut e = ev(t, s);
+    e.idempotency_key = Some(id.into());
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_survive_a_restart_and_expire_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = topic("orders");
+    let hub_config = |ttl: Duration| HubConfig {
+        idempotency_ttl: ttl,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(
+        Arc::new(open(config(dir.path(), 1000, HOUR))),
+        hub_config(HOUR),
+    );
+    let first = hub.publish(with_id(&t, "a", "id-1")).await.unwrap();
+    let second = hub.publish(with_id(&t, "b", "id-2")).await.unwrap();
+    hub.engine().close().await;
+    drop(hub);
+    // After a restart, retries are answered with the first positions and
+    // store nothing.
+    let engine = Arc::new(open(config(dir.path(), 1000, HOUR)));
+    assert_eq!(engine.idempotency_records(), 2);
+    let hub = Hub::new(engine.clone(), hub_config(Duration::from_millis(300)));
+    let again = hub.publish(with_id(&t, "a", "id-1")).await.unwrap();
+    assert_eq!(
+        (again.position, again.published_at_ms),
+        (first.position, first.published_at_ms)
+    );
+    let again = hub.publish(with_id(&t, "b", "id-2")).await.unwrap();
+    assert_eq!(again.position, second.position);
+    let r = engine
+        .read(&t, Some(Position::new(first.position.epoch, 0)), 100)
+        .await
+        .unwrap();
+    assert_eq!(texts(&r.events), ["a", "b"]);
+    // The same id on another topic is another publish.
+    let other = hub
+        .publish(with_id(&topic("other"), "c", "id-1"))
+        .await
+        .unwrap();
+    assert_eq!(other.position.seq, 1);
+    // Past the TTL the timer removes the records from disk, and a retry is
+    // a new publish.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.idempotency_records() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} records left",
+            engine.idempotency_records()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = hub.publish(with_id(&t, "a", "id-1")).await.unwrap();
+    assert_eq!(late.position.seq, 3);
+    hub.engine().close().await;
+    drop(hub);
+    drop(engine);
+    let engine = open(config(dir.path(), 1000, HOUR));
+    assert_eq!(engine.idempotency_records(), 1, "only the late publish's");
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topic_budget_refuses_new_topics_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub_config = HubConfig::default();
+    hub_config.budget.max_topics = 3;
+    let engine = Arc::new(open(config(dir.path(), 1000, HOUR)));
+    let hub = Hub::new(engine.clone(), hub_config);
+    let (a, b, c, d) = (topic("a"), topic("b"), topic("c"), topic("d"));
+    hub.publish_batch(vec![ev(&a, "1"), ev(&b, "1")])
+        .await
+        .unwrap();
+    // c fits, d does not: the batch is refused whole.
+    let err = hub
+        .publish_batch(vec![ev(&c, "1"), ev(&d, "1")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            herald_core::PublishError::Engine(herald_core::EngineError::ServerFull(_))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(engine.topic_count(), 2, "nothing of the refused batch");
+    hub.publish(ev(&c, "1")).await.unwrap();
+    hub.publish(ev(&a, "2")).await.unwrap();
+    assert!(hub.publish(ev(&d, "1")).await.is_err());
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_tails_are_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1000, HOUR);
+    cfg.hot_tail_bytes = 1 << 20;
+    cfg.hot_tail_total_bytes = 4 << 20;
+    let e = open(cfg);
+    let big: Box<str> = "x".repeat(200_000).into();
+    let topics: Vec<Topic> = (0..20).map(|i| topic(&format!("big/{i}"))).collect();
+    for _ in 0..10 {
+        let batch = topics
+            .iter()
+            .map(|t| NewEvent::new(t.clone(), Data::Text(big.clone())))
+            .collect();
+        e.publish(batch).await.unwrap();
+        assert!(
+            e.hot_tail_bytes() <= 4 << 20,
+            "{} bytes in the tails",
+            e.hot_tail_bytes()
+        );
+    }
+    // Every event is still read, from the disk when not in memory.
+    let epoch = e.epoch();
+    for t in &topics {
+        let r = e.read(t, Some(Position::new(epoch, 0)), 100).await.unwrap();
+        assert_eq!(r.events.len(), 10);
+        assert!(e.hot_tail_bytes() <= 4 << 20);
+    }
     e.close().await;
 }

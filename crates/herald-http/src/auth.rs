@@ -129,9 +129,11 @@ fn issue_refused(e: IssueError) -> Response {
         IssueError::UserLimit { .. } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
         }
-        IssueError::Full { .. } => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_full", e.to_string())
-        }
+        IssueError::Full { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            e.to_string(),
+        ),
         IssueError::Unavailable => ApiError::unavailable(e.to_string()),
         IssueError::Auth(a) => ApiError::from(a.clone()),
     };
@@ -146,7 +148,8 @@ fn issue_refused(e: IssueError) -> Response {
 /// `POST /v1/tokens`: a caller authenticated by header or cookie gets a
 /// short-lived, single-use token for `?token=` on an EventSource or WebSocket URL.
 /// Each caller holds at most its share of outstanding tokens (counted by
-/// `sub`, publisher key, or client address: [`herald_auth::quota_key`]).
+/// `sub`, publisher key, or client address, behind a trusted proxy the one
+/// its headers name: [`herald_auth::quota_key`]).
 pub(crate) async fn tokens(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -154,7 +157,9 @@ pub(crate) async fn tokens(
     conn: Option<axum::Extension<crate::server::ConnectionHandle>>,
 ) -> Response {
     let pairs = crate::transport::query_pairs(uri.query());
-    let client = conn.map(|c| c.peer.ip());
+    // Behind a trusted proxy, the address its headers name.
+    let client = conn
+        .map(|c| crate::forwarded::client_ip(c.peer.ip(), &headers, &app.config.trusted_proxies));
     let result = async {
         let (who, source) = authenticate(&app, &headers, &pairs).await?;
         app.config.auth.authorize_exchange(&who, source)?;

@@ -138,10 +138,7 @@ pub async fn read_limited_within(
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
-            format!(
-                "the body did not arrive within {} s",
-                timeout.as_secs_f64()
-            ),
+            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
         )),
     }
 }

@@ -86,11 +86,14 @@ fn share_of(v: Option<Value>) -> Result<Share, ApiError> {
     }
 }
 
-/// The caller's address, from the connection.
+/// The caller's connection (its peer address).
 type Conn = Option<axum::Extension<herald_http::ConnectionHandle>>;
 
-fn client_of(conn: &Conn) -> Option<IpAddr> {
-    conn.as_ref().map(|c| c.peer.ip())
+/// The caller's address: the peer, or behind a trusted proxy the client its
+/// headers name. Counts the generation share of callers without a subject.
+fn client_of(st: &LlmState, conn: &Conn, headers: &HeaderMap) -> Option<IpAddr> {
+    conn.as_ref()
+        .map(|c| herald_http::forwarded::client_ip(c.peer.ip(), headers, &st.http.trusted_proxies))
 }
 
 /// A 429 for too many generations waits [`GENERATION_RETRY_AFTER_SECS`].
@@ -117,7 +120,14 @@ async fn start(
         let share = share_of(req.remove("share"))?;
         let started = st
             .relay
-            .start(&who, client_of(&conn), req, share, None, None)
+            .start(
+                &who,
+                client_of(&st, &conn, &headers),
+                req,
+                share,
+                None,
+                None,
+            )
             .await?;
         let topic = started.topic.as_str().to_owned();
         Ok::<_, ApiError>(Json(json!({
@@ -194,7 +204,7 @@ async fn completions(
         .relay
         .start(
             &who,
-            client_of(&conn),
+            client_of(&st, &conn, &headers),
             req,
             share,
             Some(raw_tx),

@@ -151,13 +151,19 @@ mod tests {
                 "Authorization: Bearer abc.def-ghi",
                 "Authorization: Bearer [redacted]",
             ),
-            ("authorization: BEARER abc", "authorization: BEARER [redacted]"),
+            (
+                "authorization: BEARER abc",
+                "authorization: BEARER [redacted]",
+            ),
             ("got bearer\tXyZ123=, bad", "got bearer\t[redacted], bad"),
             (
                 r#"{"headers":{"authorization":"Basic dXNlcjpwYXNz"}}"#,
                 r#"{"headers":{"authorization":"Basic [redacted]"}}"#,
             ),
-            (r#"{"x-api-key": "k-123"}"#, r#"{"x-api-key": "[redacted]"}"#),
+            (
+                r#"{"x-api-key": "k-123"}"#,
+                r#"{"x-api-key": "[redacted]"}"#,
+            ),
             ("Api-Key: k-123", "Api-Key: [redacted]"),
             ("?api_key=abc&x=1", "?api_key=[redacted]&x=1"),
             ("apikey=abc", "apikey=[redacted]"),

@@ -654,6 +654,14 @@ impl Settings {
         if keepalive.is_zero() {
             bail!("--keepalive must be more than 0");
         }
+        let body_timeout = dur(
+            "body-timeout",
+            args.body_timeout.or(file.body_timeout),
+            d.body_timeout,
+        )?;
+        if body_timeout.is_zero() {
+            bail!("--body-timeout must be more than 0");
+        }
         let max_body = args.max_body.or(file.max_body).unwrap_or(d.max_body_bytes);
         let cors_origins = pick(args.cors_origin, file.cors_origin);
         for origin in &cors_origins {
@@ -692,11 +700,7 @@ impl Settings {
                 .or(file.poll_max_bytes)
                 .unwrap_or(d.poll_max_bytes)
                 .max(1),
-            body_timeout: dur(
-                "body-timeout",
-                args.body_timeout.or(file.body_timeout),
-                d.body_timeout,
-            )?,
+            body_timeout,
             ws_max_message_bytes: args
                 .ws_max_message
                 .or(file.ws_max_message)

@@ -649,6 +649,21 @@ async fn connection_limits_answer_429_and_503_with_retry_after() {
     let s = TestServer::start_with(HubConfig::default(), http).await;
     let _a = s.client.sse(&["l"], None).await.unwrap();
     let _b = s.client.sse(&["l"], None).await.unwrap();
+    // A long poll over the per-address limit: 429 with Retry-After.
+    let r = s
+        .client
+        .request(
+            http::Method::GET,
+            "/v1/poll?topic=l&timeout=0",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // An SSE stream over it: a refusal an EventSource understands (200,
+    // retry:, herald.disconnect rate_limited, end), so the browser retries.
     let r = s
         .client
         .request(
@@ -659,14 +674,23 @@ async fn connection_limits_answer_429_and_503_with_retry_after() {
         )
         .await
         .unwrap();
-    assert_eq!(r.status(), 429);
-    assert!(r.headers().contains_key("retry-after"));
-    // Another loopback address is another client.
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    use http_body_util::BodyExt;
+    let body = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(body.starts_with("retry: "), "{body:?}");
+    assert!(
+        body.ends_with("event: herald.disconnect\ndata: {\"reason\":\"rate_limited\"}\n\n"),
+        "{body:?}"
+    );
+    // Another loopback address is another client; the server-wide limit
+    // then refuses SSE as `server_full`.
     let other = bind_from("127.0.0.2", s.addr).await;
     let _c = other;
     let other2 = raw_status_from("127.0.0.3", s.addr).await;
-    assert_eq!(other2.0, 503);
-    assert!(other2.1.to_ascii_lowercase().contains("retry-after"));
+    assert_eq!(other2.0, 200);
+    assert!(other2.1.contains("herald.disconnect"), "{}", other2.1);
+    assert!(other2.1.contains("server_full"), "{}", other2.1);
     // Publishing is not a streaming connection: never limited.
     s.publish("l", json!(1), None).await;
 }
@@ -678,9 +702,18 @@ async fn bind_from(src: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream
     stream
 }
 
+/// The status and the whole answer (read to its end) of `GET /v1/sse` from `src`.
 async fn raw_status_from(src: &str, to: std::net::SocketAddr) -> (u16, String) {
-    let (_, status, head) = sse_from(src, to).await;
-    (status, head)
+    use tokio::io::AsyncReadExt;
+    let (mut stream, status, mut text) = sse_from(src, to).await;
+    let mut buf = [0u8; 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (status, text)
 }
 
 /// Opens `GET /v1/sse` from the loopback address `src`; returns the open

@@ -223,7 +223,12 @@ async fn sixteen_kib_pipelined_behind_a_held_poll_are_answered_in_order() {
     let h = Herald::start(&[]);
     let mut ids = Vec::new();
     for i in 0..48 {
-        ids.push(h.client.publish("pipe", json!({"i": i}), None).await.unwrap());
+        ids.push(
+            h.client
+                .publish("pipe", json!({"i": i}), None)
+                .await
+                .unwrap(),
+        );
     }
     let pad = "p".repeat(300);
     let mut pipelined = String::new();
@@ -253,7 +258,10 @@ async fn sixteen_kib_pipelined_behind_a_held_poll_are_answered_in_order() {
             "answers come in request order"
         );
     }
-    assert!(closes_within(&mut r, WAIT).await, "closed after Connection: close");
+    assert!(
+        closes_within(&mut r, WAIT).await,
+        "closed after Connection: close"
+    );
 }
 
 #[tokio::test]
@@ -265,7 +273,11 @@ async fn half_closed_clients_get_their_answers() {
         body.len()
     );
     let cases: Vec<(String, &str, usize)> = vec![
-        ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into(), "healthz", 1),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "healthz",
+            1,
+        ),
         (publish, "publish", 1),
         (
             "GET /v1/poll?topic=hc2&timeout=20 HTTP/1.1\r\nHost: x\r\n\r\n".into(),
@@ -324,7 +336,9 @@ async fn heads_over_the_limit_get_431_with_the_json_body() {
             "direct route, long query",
         ),
         (
-            format!("POST /v1/publish HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n"),
+            format!(
+                "POST /v1/publish HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nContent-Length: 0\r\n\r\n"
+            ),
             "hyper route, long header",
         ),
         (
@@ -375,7 +389,10 @@ async fn the_documented_topic_limits_fit_in_a_head() {
         s.write_all(sse.as_bytes()).await.unwrap();
         let a = answer_in_time(&mut BufReader::new(&mut s), "direct SSE").await;
         assert_eq!(a.status, 200, "{count} topics of {len}: {:?}", a.body);
-        assert!(a.header("content-type").unwrap().starts_with("text/event-stream"));
+        assert!(a
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream"));
         // After a request hyper serves: the same head through hyper.
         let mut s = TcpStream::connect(h.addr).await.unwrap();
         s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{sse}").as_bytes())
@@ -539,6 +556,10 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
             .unwrap();
     }
     let m = s.hub.metrics().clone();
+    // The client's own pooled connection stays open.
+    let base = m
+        .tcp_connections_open
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut stalled = Vec::new();
     for _ in 0..3 {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -556,15 +577,28 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
         stalled.push(c);
     }
     // Opened, then dropped once a write has not progressed for 1 s.
+    let open_now = || {
+        m.tcp_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let deadline = Instant::now() + WAIT;
+    while open_now() < base + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connections were not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     loop {
-        let open = m
-            .tcp_connections_open
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if open == 0 {
+        let open = open_now();
+        if open <= base {
             break;
         }
-        assert!(Instant::now() < deadline, "{open} stalled connections still open");
+        assert!(
+            Instant::now() < deadline,
+            "{} stalled connections still open",
+            open - base
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(stalled);

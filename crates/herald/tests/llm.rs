@@ -500,11 +500,14 @@ async fn the_official_openai_python_sdk_streams_through_herald() {
 async fn publish_rights_on_llm_topics_neither_start_nor_forge_generations() {
     let secret = b"llm-forge-secret-0123456789abcdef0123";
     let s = start_with(jwt_http(secret), LlmConfig::default(), None, None).await;
-    let alice = s.client.clone().with_token(signed(secret, "alice", &[], true));
-    let mallory = s
+    let alice = s
         .client
         .clone()
-        .with_token(signed(secret, "mallory", &["llm/*", "llm/**"], false));
+        .with_token(signed(secret, "alice", &[], true));
+    let mallory =
+        s.client
+            .clone()
+            .with_token(signed(secret, "mallory", &["llm/*", "llm/**"], false));
     let prompt = "alice's answer [tokens:30] [slow:30]";
     let body = json!({"messages": [{"role": "user", "content": prompt}]});
     // A publish grant on llm/* is not the right to start a generation.
@@ -580,8 +583,14 @@ async fn one_user_cannot_hold_every_generation_slot() {
         ..LlmConfig::default()
     };
     let s = start_with(jwt_http(secret), llm, None, None).await;
-    let alice = s.client.clone().with_token(signed(secret, "alice", &[], true));
-    let bob = s.client.clone().with_token(signed(secret, "bob", &[], true));
+    let alice = s
+        .client
+        .clone()
+        .with_token(signed(secret, "alice", &[], true));
+    let bob = s
+        .client
+        .clone()
+        .with_token(signed(secret, "bob", &[], true));
     let slow = json!({"messages": [{"role": "user", "content": "long [tokens:400] [slow:50]"}]});
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -709,9 +718,7 @@ fn leaks(text: &str) -> bool {
 async fn echoing_upstream(with_key: Arc<std::sync::atomic::AtomicUsize>) -> String {
     use axum::response::IntoResponse;
     async fn chat(
-        axum::extract::State(with_key): axum::extract::State<
-            Arc<std::sync::atomic::AtomicUsize>,
-        >,
+        axum::extract::State(with_key): axum::extract::State<Arc<std::sync::atomic::AtomicUsize>>,
         headers: http::HeaderMap,
         body: bytes::Bytes,
     ) -> axum::response::Response {
@@ -852,4 +859,48 @@ async fn an_upstream_echoing_the_api_key_leaks_it_nowhere() {
     let logs = logs.join().unwrap();
     assert!(logs.contains("LLM relay"), "no logs captured: {logs}");
     assert!(!leaks(&logs), "the key reached the log:\n{logs}");
+}
+
+/// `--llm-public`: anyone may start generations, with no credential; without
+/// it, the same request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_public_lets_anyone_start_generations() {
+    for public in [false, true] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--engine",
+            "memory",
+            "--jwt-secret",
+            "llm-public-secret-0123456789abcdef",
+            "--llm-offline-delay",
+            "1ms",
+        ])
+        .env("HERALD_LOG", "warn");
+        if public {
+            cmd.arg("--llm-public");
+        }
+        let (mut child, url) = spawn::listening(cmd);
+        let anonymous = herald_client::Client::new(&url).unwrap();
+        let (st, v, _) = post(
+            &anonymous,
+            "/v1/llm/chat",
+            json!({"messages": [{"role": "user", "content": "hi [tokens:3]"}], "share": "everyone"}),
+        )
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        if public {
+            assert_eq!(st, 200, "{v}");
+            assert!(v["topic"].as_str().unwrap().starts_with("llm/"));
+        } else {
+            assert_eq!(
+                (st, v["error"]["code"].as_str()),
+                (401, Some("unauthorized")),
+                "{v}"
+            );
+        }
+    }
 }

@@ -199,7 +199,10 @@ async fn the_per_user_cap_holds_across_nodes_sharing_redis() {
     for client in [&alice_a, &alice_b] {
         let r = issue(client).await;
         assert_eq!((r.status, r.code()), (429, Some("rate_limited")), "{r:?}");
-        assert!(r.retry_after.is_some_and(|s| (1..=60).contains(&s)), "{r:?}");
+        assert!(
+            r.retry_after.is_some_and(|s| (1..=60).contains(&s)),
+            "{r:?}"
+        );
     }
     // Another user is not affected.
     for _ in 0..3 {

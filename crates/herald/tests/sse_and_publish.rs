@@ -28,10 +28,11 @@ async fn stream_starts_with_retry_and_a_cursor_and_has_the_headers() {
     assert_eq!(stream.headers["content-type"], "text/event-stream");
     assert_eq!(stream.headers["cache-control"], "no-cache");
     assert_eq!(stream.headers["x-accel-buffering"], "no");
-    assert_eq!(
-        stream.next_item().await.unwrap(),
-        Some(SseItem::Retry(2000))
-    );
+    // 2000 ms, with per-connection jitter of ±25 %.
+    match stream.next_item().await.unwrap() {
+        Some(SseItem::Retry(ms)) => assert!((1500..=2500).contains(&ms), "{ms}"),
+        other => panic!("retry first, got {other:?}"),
+    }
     let Some(SseItem::Id(start)) = stream.next_item().await.unwrap() else {
         panic!("no start id")
     };
@@ -64,7 +65,13 @@ async fn raw_wire_format() {
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     let body = &text[text.find("retry:").expect("retry first")..];
-    assert!(body.starts_with("retry: 2000\nid: "), "{body:?}");
+    // `retry:` first: 2000 ms with per-connection jitter of ±25 %.
+    let retry: u64 = body["retry: ".len()..body.find('\n').unwrap()]
+        .parse()
+        .unwrap();
+    assert!((1500..=2500).contains(&retry), "{body:?}");
+    let body = &body[body.find('\n').unwrap() + 1..];
+    assert!(body.starts_with("id: "), "{body:?}");
     // The id-only preamble block ends with a blank line (chunk framing aside).
     let preamble_end = body.find("\n\n").expect("preamble block");
     assert!(!body[..preamble_end].contains("data:"), "{body:?}");

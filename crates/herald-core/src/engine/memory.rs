@@ -296,16 +296,10 @@ impl Inner {
         if log.head > 0 {
             // Its positions must never be handed out again: if it is used
             // again it starts under another epoch. Done under the shard's
-            // lock, so the topic cannot be re-created in between.
-            let next = loop {
-                let e = super::new_epoch();
-                if e != log.epoch {
-                    break e;
-                }
-            };
-            let _ =
-                self.epoch
-                    .compare_exchange(log.epoch, next, Ordering::SeqCst, Ordering::SeqCst);
+            // lock (the bucket belongs to it), so the topic cannot be
+            // re-created in between.
+            let next = self.last_generation.fetch_add(1, Ordering::Relaxed) + 1;
+            self.generations[bucket(topic)].store(next, Ordering::Relaxed);
         }
         true
     }

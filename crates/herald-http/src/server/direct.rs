@@ -184,9 +184,7 @@ where
         Head::TooLarge => First::TooLarge,
         Head::UriTooLong => First::UriTooLong,
         Head::Complete(_) => match parse_direct_request(&buf) {
-            Some((req, used)) => {
-                First::Direct(Box::new(req), Bytes::copy_from_slice(&buf[used..]))
-            }
+            Some((req, used)) => First::Direct(Box::new(req), Bytes::copy_from_slice(&buf[used..])),
             None => First::Other(Bytes::from(buf)),
         },
         Head::Partial | Head::Other => First::Other(Bytes::from(buf)),
@@ -748,7 +746,10 @@ mod tests {
             head_status(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
             Head::Complete(34)
         );
-        assert_eq!(head_status(b"GET /healthz HTTP/1.1\nHost: x\n"), Head::Partial);
+        assert_eq!(
+            head_status(b"GET /healthz HTTP/1.1\nHost: x\n"),
+            Head::Partial
+        );
         assert_eq!(head_status(b"GET /heal"), Head::Partial);
         assert_eq!(head_status(b"PRI * HTTP/2.0\r\n"), Head::Partial);
         assert_eq!(
@@ -769,7 +770,8 @@ mod tests {
         uri.resize(MAX_URI + 1, b'a');
         uri.extend_from_slice(b" HTTP/1.1\r\n\r\n");
         assert_eq!(head_status(&uri), Head::UriTooLong);
-        let (r, n) = parse_direct_request(b"GET /v1/poll?topic=a HTTP/1.1\nHost: x\n\nnext").unwrap();
+        let (r, n) =
+            parse_direct_request(b"GET /v1/poll?topic=a HTTP/1.1\nHost: x\n\nnext").unwrap();
         assert_eq!(r.uri(), "/v1/poll?topic=a");
         assert_eq!(n, 39);
     }

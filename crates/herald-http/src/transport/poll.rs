@@ -20,9 +20,9 @@ use std::time::Duration;
 use axum::extract::State;
 use std::net::IpAddr;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::body::Body;
 use bytes::Bytes;
 use herald_auth::Action;
 use herald_core::{Cursor, Delivery, Subscription, Transport};
@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::watch;
 
-use super::{param, query_pairs, subscribe_all, topics_param};
+use super::{param, subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
 use crate::server::{ConnectionHandle, WriteDeadline};
@@ -77,17 +77,25 @@ async fn poll(
     peer: Option<IpAddr>,
     read_closed: Option<watch::Receiver<bool>>,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(uri.query());
-    let topics = topics_param(&pairs, app.hub.config().max_topics_per_subscription)?;
-    let (who, _) = authenticate(&app, &headers, &pairs).await?;
+    // Strict decoding: a topic that is not UTF-8 is refused, never replaced.
+    let query = crate::input::Query::parse(uri.query())?;
+    let pairs = query.pairs();
+    let topics = topics_param(pairs, app.hub.config().max_topics_per_subscription)?;
+    let (who, _) = authenticate(&app, &headers, pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let _slot = app.connection_slot(peer, &headers)?;
-    let cursor = Cursor::decode(param(&pairs, "cursor").unwrap_or(""))?;
+    let cursor = crate::input::cursor(param(pairs, "cursor").unwrap_or(""), "cursor")?;
     let wait = parse_timeout(
-        param(&pairs, "timeout"),
+        param(pairs, "timeout"),
         app.config.poll_default_timeout,
         app.config.poll_max_timeout,
     )?;
+    // A poll is never held past its credential's deadline (the next poll
+    // then needs a fresh credential).
+    let wait = match crate::auth::deadline_of(&who) {
+        Some(d) => wait.min(d.saturating_duration_since(tokio::time::Instant::now())),
+        None => wait,
+    };
     let _guard = app.hub.metrics().connection(Transport::Poll);
     let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor).await?;
     let mut batch = Batch::new(

@@ -1,0 +1,193 @@
+//! HTTP/2 streams under the resource rules: a stream dropped as a slow
+//! consumer frees its queue and connection slot at once and is reset, and a
+//! same-origin cookie WebSocket is accepted although HTTP/2 sends
+//! `:authority` instead of `Host`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald_auth::{jwt, Auth, AuthConfig};
+use herald_core::{Data, HubConfig, NewEvent, Topic, Transport};
+use herald_http::HttpConfig;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use support::{quick_http, TestServer};
+
+const WAIT: Duration = Duration::from_secs(10);
+const SECRET: &[u8] = b"http2-streams-secret-0123456789abcdef";
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+/// One h2c connection (prior knowledge) with a stream window of `window` bytes.
+async fn h2(addr: SocketAddr, window: u32) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder.initial_stream_window_size(window);
+    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    path: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    sender.ready().await.unwrap();
+    let req = hyper::Request::get(format!("http://localhost:{}{path}", addr.port()))
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    resp
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_stream_frees_its_slot_and_is_reset() {
+    let hub = HubConfig {
+        queue_capacity: 8,
+        ..HubConfig::default()
+    };
+    let http = HttpConfig {
+        max_connections_per_ip: 1,
+        ..quick_http()
+    };
+    let s = TestServer::start_with(hub, http).await;
+    let m = s.hub.metrics().clone();
+    // A client that reads nothing: its 1 KiB stream window fills at once.
+    let mut slow = h2(s.addr, 1024).await;
+    let resp = get(&mut slow, s.addr, "/v1/sse?topic=slow").await;
+    assert_eq!(resp.status(), 200);
+    let mut stalled = resp.into_body();
+    wait_until("the stream opened", || m.open(Transport::Sse) == 1).await;
+    // The one slot per address is taken.
+    let mut other = h2(s.addr, 1024 * 1024).await;
+    let refused = get(&mut other, s.addr, "/v1/poll?topic=x&timeout=0").await;
+    assert_eq!(refused.status(), 429, "the stalled stream holds the slot");
+
+    let topic = Topic::new("slow").unwrap();
+    let data = Data::from_json(&json!("e".repeat(8 * 1024)));
+    for _ in 0..400 {
+        s.hub
+            .publish(NewEvent::new(topic.clone(), data.clone()))
+            .await
+            .unwrap();
+        if m.slow_consumer_disconnects.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+    }
+    assert!(
+        m.slow_consumer_disconnects.load(Ordering::Relaxed) > 0,
+        "the stalled stream overflowed its queue"
+    );
+    // Freed at once, while the client still reads nothing.
+    wait_until("the stream's slot freed", || m.open(Transport::Sse) == 0).await;
+    let resp = get(&mut other, s.addr, "/v1/sse?topic=slow").await;
+    assert_eq!(resp.status(), 200, "the slot is free again");
+    // The stalled stream ends (reset) once its client reads again.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stalled.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return format!("reset: {e}"),
+                None => return "ended".to_owned(),
+            }
+        }
+    })
+    .await
+    .expect("the dropped stream ends");
+    assert!(ended.starts_with("reset"), "{ended}");
+}
+
+fn token() -> String {
+    let now = herald_auth::now();
+    let claims = jwt::Claims {
+        sub: Some("alice".into()),
+        exp: now + 120,
+        iat: Some(now),
+        nbf: None,
+        herald: jwt::HeraldClaim {
+            subscribe: vec!["users/{sub}/**".into()],
+            publish: vec!["users/{sub}/**".into()],
+            ..Default::default()
+        },
+    };
+    jwt::sign(&claims, SECRET, false, None).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_origin_cookie_websocket_over_http2_is_accepted() {
+    let http = HttpConfig {
+        auth: Arc::new(
+            Auth::new(AuthConfig {
+                hs256_secret: Some(SECRET.to_vec()),
+                ..AuthConfig::default()
+            })
+            .unwrap(),
+        ),
+        ..quick_http()
+    };
+    let s = TestServer::start_with(HubConfig::default(), http).await;
+    let cookie = format!("herald_token={}", token());
+    let authority = format!("localhost:{}", s.addr.port());
+    for (origin, status) in [
+        (format!("http://{authority}"), 200),
+        ("https://evil.example".to_owned(), 403),
+    ] {
+        let mut sender = h2(s.addr, 1024 * 1024).await;
+        sender.ready().await.unwrap();
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("http://{authority}/v1/ws"))
+            .header("sec-websocket-version", "13")
+            .header("cookie", &cookie)
+            .header("origin", &origin)
+            .body(Empty::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), status, "origin {origin}");
+        if status != 200 {
+            continue;
+        }
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "topic": "users/alice/inbox"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        assert_eq!(v["type"], "subscribed", "{v}");
+    }
+}
