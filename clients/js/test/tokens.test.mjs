@@ -29,7 +29,7 @@ import {
 const SECRET = 'tokens-test-secret-0123456789abcdef';
 const BACKEND_KEY = 'tokens-test-backend-key';
 // Token lifetime: short enough that three run out within the test.
-const TTL_S = 5;
+const TTL_S = 6;
 // Reconnect delays short enough for the test's time.
 const FAST = { initialDelay: 100, maxDelay: 800, pollTimeout: 5 };
 

@@ -349,7 +349,12 @@ fn relay_topics_are_written_by_nobody_but_the_relay() {
     let auth = hs_auth();
     let wide = user(&auth, claims("alice", &["**"], &["**", "llm/*"], 60));
     let topic = t("llm/abc");
-    for who in [Principal::Open, Principal::Publisher, Principal::Anonymous, wide.clone()] {
+    for who in [
+        Principal::Open,
+        Principal::Publisher,
+        Principal::Anonymous,
+        wide.clone(),
+    ] {
         assert!(matches!(
             auth.authorize(&who, Action::Publish, &topic),
             Err(Denied::Forbidden { .. })
@@ -435,10 +440,18 @@ fn an_expired_principal_is_refused_every_action() {
 fn token_exchange_needs_a_header_or_cookie_credential() {
     let auth = hs_auth();
     let alice = user(&auth, claims("alice", &["**"], &[], 60));
-    assert!(auth.authorize_exchange(&alice, Some(Source::Header)).is_ok());
-    assert!(auth.authorize_exchange(&alice, Some(Source::Cookie)).is_ok());
-    assert!(auth.authorize_exchange(&alice, Some(Source::Query)).is_err());
-    assert!(auth.authorize_exchange(&alice, Some(Source::Message)).is_err());
+    assert!(auth
+        .authorize_exchange(&alice, Some(Source::Header))
+        .is_ok());
+    assert!(auth
+        .authorize_exchange(&alice, Some(Source::Cookie))
+        .is_ok());
+    assert!(auth
+        .authorize_exchange(&alice, Some(Source::Query))
+        .is_err());
+    assert!(auth
+        .authorize_exchange(&alice, Some(Source::Message))
+        .is_err());
     assert!(auth
         .authorize_exchange(&Principal::Anonymous, None)
         .is_err());

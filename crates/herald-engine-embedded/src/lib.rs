@@ -27,8 +27,15 @@
 //!   dispatched to subscribers in position order, and acknowledged.
 //! - **Positions survive restarts.** Every topic's record (id, epoch, head,
 //!   first retained) is written in the same batch as its events. The epoch
-//!   is the store's, kept in the marker; it changes only if the store is
-//!   lost (a new data dir), and then old cursors get an `epoch_changed` gap.
+//!   is the store's, kept in the marker; a lost store (a new data dir), a
+//!   store that lost acknowledged commits, and a topic dropped and used again
+//!   all give old cursors an `epoch_changed` gap, never reused positions.
+//! - **Truthful recovery.** Each commit counts itself in its batch and, once
+//!   durable, in the fsynced `HERALD-HIGH-WATER` file; a store that opens with
+//!   fewer commits than the file names moves to a new epoch.
+//! - **Durable idempotency.** A publish's idempotency record is written in its
+//!   event's batch ([`Engine::idempotency_store`](herald_core::Engine::idempotency_store)),
+//!   so a retry after a crash is answered with the original position.
 //! - **Refusal over wrong data.** Opening checks the marker's format version,
 //!   that the store record matches it, and every topic record against the
 //!   events on disk; the journal and tables are checksummed by fjall. Any
@@ -37,8 +44,11 @@
 //!   each commit touches; retention by age runs in short passes; readers stop
 //!   seeing dropped events at once and deletions follow within a per-commit
 //!   budget, so publishes never wait for a large purge. Journals are capped at
-//!   64 MiB. Each topic keeps at most [`EmbeddedConfig::hot_tail`] events in
-//!   memory.
+//!   64 MiB. Each topic keeps at most [`EmbeddedConfig::hot_tail`] events and
+//!   [`EmbeddedConfig::hot_tail_bytes`] in memory, all topics together
+//!   [`EmbeddedConfig::hot_tail_total_bytes`]. A topic with nothing retained
+//!   and no subscriber is dropped, in memory and on disk; idempotency records
+//!   expire on a timer and are bounded in count and bytes.
 //!
 //! See the crate's `README.md` for the store comparison (redb, fjall,
 //! SQLite) and the measurements behind the choice.

@@ -20,7 +20,10 @@
 //!   never published creates its metadata with the same expiry. The global
 //!   [`Budget`](herald_core::engine::Budget) is not enforced here: Redis's
 //!   own `maxmemory` bounds what it holds, and a write it refuses for lack
-//!   of memory answers 503 `server_full`.
+//!   of memory answers 503 `server_full`. While local clients are
+//!   subscribed to a topic, the node extends its keys' life every third
+//!   of the time-to-live (one small script per watched topic), so a quiet topic
+//!   keeps the epoch its subscribers hold.
 //! - **Publish**: one Lua script per topic appends the events, notifies the
 //!   topic's sharded pub/sub channel with each (`SPUBLISH`) and trims, all
 //!   atomically: a subscriber that resumes during a publish reads either
@@ -171,6 +174,7 @@ pub(crate) struct Shared {
     pub(crate) pool: Pool,
     publish_script: Script,
     read_script: Script,
+    pub(crate) touch_script: Script,
     pub(crate) fanout: RwLock<Option<Arc<Fanout>>>,
 }
 
@@ -239,6 +243,7 @@ impl RedisEngine {
             pool,
             publish_script: Script::from_lua(scripts::publish()),
             read_script: Script::from_lua(scripts::read()),
+            touch_script: Script::from_lua(scripts::TOUCH),
             fanout: RwLock::new(None),
         });
         let (control, rx) = mpsc::unbounded_channel();
@@ -304,7 +309,7 @@ impl Shared {
         u64::try_from(self.history.max_age.as_millis()).unwrap_or(u64::MAX / 2)
     }
 
-    fn ttl_ms(&self) -> u64 {
+    pub(crate) fn ttl_ms(&self) -> u64 {
         u64::try_from(topic_ttl(&self.history).as_millis()).unwrap_or(u64::MAX)
     }
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use fred::interfaces::{EventInterface, PubsubInterface};
 use fred::prelude::Client;
+use fred::types::Value;
 use herald_core::{Event, Position, Topic};
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
@@ -50,8 +52,18 @@ pub(crate) async fn run(
     let mut reconnects = subscriber.reconnect_rx();
     let (caught_tx, mut caught_rx) = mpsc::unbounded_channel::<CaughtUp>();
     let mut watched: HashMap<String, Watched> = HashMap::new();
+    let mut refresh = tokio::time::interval(refresh_period(&shared));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut touching = Touching(None);
     loop {
         tokio::select! {
+            _ = refresh.tick() => {
+                // One pass at a time: a slow Redis does not pile them up.
+                if touching.0.as_ref().is_none_or(|t| t.is_finished()) && !watched.is_empty() {
+                    let topics: Vec<Topic> = watched.values().map(|w| w.topic.clone()).collect();
+                    touching.0 = Some(tokio::spawn(touch(shared.clone(), topics)));
+                }
+            }
             c = control.recv() => match c {
                 None => return,
                 Some(Control::Watch(topic)) => {
@@ -113,6 +125,43 @@ pub(crate) async fn run(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The pass extending watched topics' keys, stopped with the listener.
+struct Touching(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Touching {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
+/// How often the keys of watched topics get their life extended: a third
+/// of their time-to-live (so one late pass loses nothing), between 250 ms
+/// and an hour.
+fn refresh_period(shared: &Shared) -> Duration {
+    (Duration::from_millis(shared.ttl_ms()) / 3)
+        .clamp(Duration::from_millis(250), Duration::from_secs(3600))
+}
+
+/// Extends the life of the keys of `topics` (those that exist).
+async fn touch(shared: Arc<Shared>, topics: Vec<Topic>) {
+    let ttl = shared.ttl_ms().to_string();
+    for topic in topics {
+        let Ok(client) = shared.client() else {
+            return; // disconnected: the next pass tries again
+        };
+        let keys = vec![shared.keys.meta(&topic), shared.keys.stream(&topic)];
+        let r: Result<Value, _> = shared
+            .touch_script
+            .evalsha_with_reload(client, keys, vec![ttl.clone()])
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(%e, %topic, "extending a watched topic's keys failed");
         }
     }
 }

@@ -133,6 +133,17 @@ end
 return out
 "#;
 
+/// KEYS: meta, stream. ARGV: time-to-live ms. Extends the life of a topic
+/// that local clients are subscribed to, so a quiet topic keeps the epoch
+/// its subscribers hold (else its next event would start a new one and they
+/// would get a needless gap). Touches only keys that exist.
+pub const TOUCH: &str = r#"
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return 1
+"#;
+
 pub fn publish() -> String {
     format!("{PRELUDE}{PUBLISH_BODY}")
 }

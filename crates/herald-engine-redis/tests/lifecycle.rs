@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use herald_core::engine::Exhausted;
 use herald_core::{
-    Data, Engine, EngineError, GapReason, HistoryLimits, Hub, HubConfig, NewEvent, PublishError,
-    Topic,
+    Data, Delivery, Engine, EngineError, GapReason, HistoryLimits, Hub, HubConfig, NewEvent,
+    PublishError, Topic,
 };
 use herald_engine_redis::test_server::RedisServer;
 use herald_engine_redis::{RedisConfig, RedisEngine};
@@ -145,4 +145,35 @@ async fn redis_out_of_memory_answers_server_full() {
         .await
         .unwrap();
     assert_eq!(next.position.seq, 2);
+}
+
+#[tokio::test]
+async fn a_quiet_topic_with_subscribers_keeps_its_epoch() {
+    let redis = RedisServer::start();
+    let e = engine(&redis, limits(Duration::from_secs(1))).await;
+    let hub = Hub::new(e.clone(), HubConfig::default());
+    let t = Topic::new("quiet/room").unwrap();
+    let mut sub = hub.subscribe();
+    let from = sub.add(t.clone(), None).await.unwrap();
+    // Three times the time-to-live with no publish: the node keeps the
+    // metadata alive for its subscriber.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(pttl(&redis, &e.keys().meta(&t)) > 0);
+    let event = hub
+        .publish(NewEvent::new(t.clone(), Data::Text("hi".into())))
+        .await
+        .unwrap();
+    assert_eq!(event.position.epoch, from.epoch);
+    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+        Ok(Delivery::Event(got)) => assert_eq!(got.position, event.position),
+        other => panic!("expected the event without a gap, got {other:?}"),
+    }
+    // Once nobody watches, the keys expire as usual.
+    drop(sub);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let (meta, stream) = (e.keys().meta(&t), e.keys().stream(&t));
+    while integer(&redis.command(&["EXISTS", &meta, &stream])) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(integer(&redis.command(&["EXISTS", &meta, &stream])), 0);
 }

@@ -102,9 +102,8 @@ fn decode(s: &str) -> Option<String> {
 ///
 /// Errors: 400 `invalid_cursor`, naming the source.
 pub fn cursor(value: &str, source: &str) -> Result<Cursor, ApiError> {
-    Cursor::decode(value).map_err(|e| {
-        ApiError::bad_request("invalid_cursor", format!("{source}: {e}"))
-    })
+    Cursor::decode(value)
+        .map_err(|e| ApiError::bad_request("invalid_cursor", format!("{source}: {e}")))
 }
 
 /// The cursor an SSE request resumes from: the `Last-Event-ID` header when
@@ -124,7 +123,10 @@ pub fn sse_cursor(headers: &HeaderMap, query: &Query) -> Result<Cursor, ApiError
             ));
         }
         let v = v.to_str().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "Last-Event-ID: not a cursor (non-ASCII bytes)")
+            ApiError::bad_request(
+                "invalid_cursor",
+                "Last-Event-ID: not a cursor (non-ASCII bytes)",
+            )
         })?;
         if !v.is_empty() {
             return cursor(v, "Last-Event-ID");
@@ -187,8 +189,11 @@ mod tests {
         // Nothing at all: the empty cursor.
         let none = Query::parse(None).unwrap();
         assert!(sse_cursor(&HeaderMap::new(), &none).unwrap().is_empty());
-        let e = sse_cursor(&HeaderMap::new(), &Query::parse(Some("last_event_id=%21")).unwrap())
-            .unwrap_err();
+        let e = sse_cursor(
+            &HeaderMap::new(),
+            &Query::parse(Some("last_event_id=%21")).unwrap(),
+        )
+        .unwrap_err();
         assert_eq!(e.code, "invalid_cursor");
     }
 }

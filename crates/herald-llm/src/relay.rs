@@ -160,11 +160,6 @@ impl Relay {
         &self.config
     }
 
-    /// Generations running now.
-    pub fn running(&self) -> usize {
-        self.active.load(Ordering::Acquire)
-    }
-
     /// Takes a place for a generation of `owner`, or refuses with 429
     /// `too_many_generations` (the server's or this user's limit).
     fn acquire(self: &Arc<Self>, owner: String) -> Result<Slot, ApiError> {

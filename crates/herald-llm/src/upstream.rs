@@ -16,6 +16,7 @@ use tokio_rustls::rustls;
 /// Why the upstream could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The upstream URL cannot be used (the message never holds its credentials).
     #[error("invalid upstream URL: {0}")]
     Url(String),
     #[error("cannot connect to the upstream: {0}")]
@@ -44,11 +45,22 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// An upstream at `base` (`http://` or `https://`, a host, no
+    /// credentials in the URL), sending `api_key` as `Authorization: Bearer`.
+    ///
+    /// Errors: [`UpstreamError::Url`] for a URL that is not such a base.
     pub fn new(base: &str, api_key: Option<String>) -> Result<Upstream, UpstreamError> {
         let base = base.trim_end_matches('/').to_owned();
         let uri: Uri = base
             .parse()
-            .map_err(|e| UpstreamError::Url(format!("{base}: {e}")))?;
+            .map_err(|e| UpstreamError::Url(format!("not a URL ({e})")))?;
+        // Credentials in the URL would be logged with it and are never sent.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(UpstreamError::Url(
+                "the URL holds credentials (user:password@); pass the key with --llm-api-key"
+                    .into(),
+            ));
+        }
         match uri.scheme_str() {
             Some("http") | Some("https") => {}
             _ => {
@@ -87,7 +99,7 @@ impl Upstream {
     /// out ([`crate::redact`]): run it over anything the upstream said
     /// before it reaches a client, a topic or a log.
     pub fn redact(&self, text: &str) -> String {
-        { let _ = crate::redact::redact; text.to_owned() }
+        crate::redact::redact(text, self.api_key.as_deref())
     }
 
     /// Only the configured API key taken out: for model output (ordinary
@@ -175,4 +187,33 @@ where
         .send_request(req)
         .await
         .map_err(|e| UpstreamError::Request(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        let e = Upstream::new("https://user:hunter2@example.com/v1", None)
+            .expect_err("credentials in the URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(Upstream::new("ftp://example.com/v1", None).is_err());
+        assert!(Upstream::new("http://[::1", None).is_err());
+        let up = Upstream::new(
+            "http://127.0.0.1:9/v1/",
+            Some("sk-configured-0123456789".into()),
+        )
+        .unwrap();
+        assert_eq!(up.base(), "http://127.0.0.1:9/v1");
+        assert!(!format!("{up:?}").contains("sk-configured"));
+        assert_eq!(
+            up.redact("echo: sk-configured-0123456789 and Bearer abc"),
+            "echo: [redacted] and Bearer [redacted]"
+        );
+        assert_eq!(
+            up.redact_key("the bearer of sk-configured-0123456789"),
+            "the bearer of [redacted]"
+        );
+    }
 }

@@ -127,7 +127,7 @@ pub struct ServeArgs {
     /// Origin allowed to open WebSockets with the cookie credential (repeatable; default: same host only).
     #[arg(long)]
     pub ws_allowed_origin: Vec<String>,
-    /// Origin allowed by CORS on SSE, poll, publish and tokens (repeatable, `*` for any; default: off).
+    /// Origin allowed by CORS on SSE, poll, publish and tokens (repeatable; a listed origin may send cookies, `*` allows any origin without them; default: off).
     #[arg(long)]
     pub cors_origin: Vec<String>,
     /// Streaming connections (SSE, WebSocket, poll) at most [default: 100000].

@@ -617,7 +617,7 @@ async fn cors_is_off_by_default_and_answers_configured_origins() {
         )
         .await
         .unwrap();
-    assert_eq!(r.status(), 204);
+    assert!(r.status().is_success(), "{}", r.status());
     assert_eq!(
         r.headers()["access-control-allow-origin"],
         "https://app.example"
@@ -677,7 +677,8 @@ async fn connection_limits_answer_429_and_503_with_retry_after() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     use http_body_util::BodyExt;
-    let body = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let body =
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(body.starts_with("retry: "), "{body:?}");
     assert!(
         body.ends_with("event: herald.disconnect\ndata: {\"reason\":\"rate_limited\"}\n\n"),

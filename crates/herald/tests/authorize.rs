@@ -172,7 +172,10 @@ async fn present(
         return Ok((vec![], String::new()));
     };
     Ok(match via {
-        Via::Header => (vec![("authorization".into(), format!("Bearer {t}"))], String::new()),
+        Via::Header => (
+            vec![("authorization".into(), format!("Bearer {t}"))],
+            String::new(),
+        ),
         Via::Cookie => (
             vec![("cookie".into(), format!("session=x; herald_token={t}"))],
             String::new(),
@@ -210,13 +213,20 @@ async fn send(
     headers: &[(String, String)],
     body: Option<serde_json::Value>,
 ) -> http::Response<Incoming> {
-    let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let body_bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
     if !body_bytes.is_empty() {
         h.push(("content-type", "application/json"));
     }
     if !h2 {
-        return s.client.request(method, path, &h, body_bytes).await.unwrap();
+        return s
+            .client
+            .request(method, path, &h, body_bytes)
+            .await
+            .unwrap();
     }
     let addr = &s.base["http://".len()..];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -257,7 +267,10 @@ async fn publish_as_backend(s: &Server, topic: &str, data: &str) {
         .client
         .clone()
         .with_token(KEY)
-        .publish_raw(json!({"topic": topic, "data": data}).to_string(), "application/json")
+        .publish_raw(
+            json!({"topic": topic, "data": data}).to_string(),
+            "application/json",
+        )
         .await
         .unwrap();
     assert_eq!(st, 200, "{v}");
@@ -269,7 +282,11 @@ async fn attempt(s: &Server, action: Action, transport: Transport, via: Via, cre
         Ok(x) => x,
         Err(got) => return got,
     };
-    let topic = if cred == Cred::Forbidden { THEIRS } else { MINE };
+    let topic = if cred == Cred::Forbidden {
+        THEIRS
+    } else {
+        MINE
+    };
     let q = |path: &str| {
         let sep = if path.contains('?') { '&' } else { '?' };
         if query.is_empty() {
@@ -314,7 +331,15 @@ async fn attempt(s: &Server, action: Action, transport: Transport, via: Via, cre
         }
         (Action::Publish, _) => {
             let body = json!({"topic": topic, "data": "x"});
-            let r = send(s, h2, http::Method::POST, &q("/v1/publish"), &headers, Some(body)).await;
+            let r = send(
+                s,
+                h2,
+                http::Method::POST,
+                &q("/v1/publish"),
+                &headers,
+                Some(body),
+            )
+            .await;
             status_got(r.status().as_u16())
         }
         (Action::Exchange, _) => {
@@ -324,7 +349,15 @@ async fn attempt(s: &Server, action: Action, transport: Transport, via: Via, cre
         (Action::Generate, _) => {
             headers.retain(|(k, _)| k != "content-type");
             let body = json!({"messages": [{"role": "user", "content": "hi [tokens:2]"}]});
-            let r = send(s, h2, http::Method::POST, &q("/v1/llm/chat"), &headers, Some(body)).await;
+            let r = send(
+                s,
+                h2,
+                http::Method::POST,
+                &q("/v1/llm/chat"),
+                &headers,
+                Some(body),
+            )
+            .await;
             let st = r.status().as_u16();
             if st == 200 {
                 // Let the two-token answer finish so per-user slots stay free.
@@ -348,7 +381,10 @@ async fn ws_attempt(
     query: &str,
     topic: &str,
 ) -> Got {
-    let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let hdrs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut ws = match s.client.ws_with(&hdrs, query).await {
         Ok(ws) => ws,
         Err(herald_client::ClientError::WebSocket(
@@ -358,7 +394,9 @@ async fn ws_attempt(
     };
     if via == Via::WsMessage {
         if let Some(t) = tok {
-            ws.send_json(&json!({"type": "auth", "token": t})).await.unwrap();
+            ws.send_json(&json!({"type": "auth", "token": t}))
+                .await
+                .unwrap();
         }
     }
     if action == Action::Subscribe {
@@ -420,13 +458,27 @@ async fn every_action_transport_source_and_credential() {
     let table: [(Action, &[Transport]); 4] = [
         (
             Action::Subscribe,
-            &[Transport::Sse, Transport::Ws, Transport::Poll, Transport::SseH2],
+            &[
+                Transport::Sse,
+                Transport::Ws,
+                Transport::Poll,
+                Transport::SseH2,
+            ],
         ),
-        (Action::Publish, &[Transport::Http, Transport::Ws, Transport::HttpH2]),
+        (
+            Action::Publish,
+            &[Transport::Http, Transport::Ws, Transport::HttpH2],
+        ),
         (Action::Exchange, &[Transport::Http, Transport::HttpH2]),
         (Action::Generate, &[Transport::Http, Transport::HttpH2]),
     ];
-    let vias = [Via::Header, Via::Cookie, Via::Query, Via::OneTime, Via::WsMessage];
+    let vias = [
+        Via::Header,
+        Via::Cookie,
+        Via::Query,
+        Via::OneTime,
+        Via::WsMessage,
+    ];
     let creds = [
         Cred::Allowed,
         Cred::Forbidden,
@@ -454,7 +506,10 @@ async fn every_action_transport_source_and_credential() {
                     } else {
                         expected(action, via, cred)
                     };
-                    assert_eq!(got, want, "{action:?} over {transport:?} via {via:?} with {cred:?}");
+                    assert_eq!(
+                        got, want,
+                        "{action:?} over {transport:?} via {via:?} with {cred:?}"
+                    );
                     checked += 1;
                 }
             }
@@ -492,7 +547,13 @@ async fn relay_topics_are_written_only_by_the_relay() {
     )
     .unwrap();
     // Another user's generation, and a watcher on it.
-    let mut watcher = s.client.clone().with_token(KEY).sse(&["llm/victim"], None).await.unwrap();
+    let mut watcher = s
+        .client
+        .clone()
+        .with_token(KEY)
+        .sse(&["llm/victim"], None)
+        .await
+        .unwrap();
     let forged = json!({"topic": "llm/victim", "event": "token", "data": "forged"});
     for who in [wide.as_str(), KEY] {
         let r = send(
@@ -511,13 +572,25 @@ async fn relay_topics_are_written_only_by_the_relay() {
         .ws_with(&[("authorization", &format!("Bearer {wide}"))], "")
         .await
         .unwrap();
-    ws.send_json(&json!({"type": "publish", "topic": "llm/victim", "event": "done", "data": "x", "ref": 1}))
+    ws.send_json(
+        &json!({"type": "publish", "topic": "llm/victim", "event": "done", "data": "x", "ref": 1}),
+    )
+    .await
+    .unwrap();
+    let v = tokio::time::timeout(WAIT, ws.next_json())
         .await
+        .unwrap()
+        .unwrap()
         .unwrap();
-    let v = tokio::time::timeout(WAIT, ws.next_json()).await.unwrap().unwrap().unwrap();
-    assert_eq!((v["type"].as_str(), v["code"].as_str(), v["ref"].as_u64()), (Some("error"), Some("forbidden"), Some(1)), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["ref"].as_u64()),
+        (Some("error"), Some("forbidden"), Some(1)),
+        "{v}"
+    );
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), watcher.next_event()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), watcher.next_event())
+            .await
+            .is_err(),
         "a forged event reached the generation"
     );
 }
@@ -527,10 +600,30 @@ async fn anonymous_websocket_publish_is_refused() {
     // The hole this table was extended for: an anonymous WebSocket on a
     // server with --jwt-secret publishing into a user's inbox.
     let s = start(&[]);
-    let mut inbox = s.client.clone().with_token(KEY).sse(&[MINE], None).await.unwrap();
+    let mut inbox = s
+        .client
+        .clone()
+        .with_token(KEY)
+        .sse(&[MINE], None)
+        .await
+        .unwrap();
     let mut ws = s.client.ws().await.unwrap();
-    ws.send_json(&json!({"type": "publish", "topic": MINE, "data": "x"})).await.unwrap();
-    let v = tokio::time::timeout(WAIT, ws.next_json()).await.unwrap().unwrap().unwrap();
-    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("unauthorized")), "{v}");
-    assert!(tokio::time::timeout(Duration::from_millis(300), inbox.next_event()).await.is_err());
+    ws.send_json(&json!({"type": "publish", "topic": MINE, "data": "x"}))
+        .await
+        .unwrap();
+    let v = tokio::time::timeout(WAIT, ws.next_json())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("unauthorized")),
+        "{v}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), inbox.next_event())
+            .await
+            .is_err()
+    );
 }

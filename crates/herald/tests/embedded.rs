@@ -365,11 +365,10 @@ async fn a_journal_cut_in_half_starts_a_new_epoch_and_old_cursors_get_a_gap() {
     let gap: Value = serde_json::from_str(&first.data).expect("gap JSON");
     assert_eq!(gap["reason"], "epoch_changed", "{gap}");
     let mut survived = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), stream.next_event()).await {
-            Ok(Ok(Some(e))) => survived.push(e),
-            _ => break,
-        }
+    while let Ok(Ok(Some(e))) =
+        tokio::time::timeout(Duration::from_millis(500), stream.next_event()).await
+    {
+        survived.push(e);
     }
     assert!(
         !survived.is_empty() && survived.len() < 200,
@@ -464,9 +463,16 @@ async fn hot_tails_are_bounded_by_bytes() {
     .encode();
     let events = poll_now(&client, &["big/0"], &cursor).await;
     assert!(!events.is_empty(), "no events after position 100");
-    assert_eq!(position("big/0", events[0]["id"].as_str().unwrap()).seq, 101);
+    assert_eq!(
+        position("big/0", events[0]["id"].as_str().unwrap()).seq,
+        101
+    );
     let data = events[0]["data"].as_str().unwrap();
-    assert!(data.starts_with("99 ") && data.len() > 100_000, "{}", &data[..10]);
+    assert!(
+        data.starts_with("99 ") && data.len() > 100_000,
+        "{}",
+        &data[..10]
+    );
     assert!(herald.sigterm().success());
 }
 
@@ -583,5 +589,32 @@ async fn a_store_restored_without_its_lock_file_starts() {
     assert_eq!(position("t", &id).seq, 501);
     // A second process on the same data dir is still refused.
     assert_refused(&data, &["in use by another Herald process"]);
+    assert!(herald.sigterm().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_topics_refuses_new_topics_on_the_embedded_engine() {
+    let dir = TempDir::new("max-topics");
+    let data = dir.path().join("data");
+    let args = ["--max-topics", "3"];
+    let herald = Herald::start(&data, &args);
+    let client = Client::new(&herald.url).unwrap();
+    for t in ["a", "b", "c"] {
+        publish(&client, t, "1").await;
+    }
+    let body = json!({"topic": "d", "data": "1"}).to_string();
+    let (status, answer) = client
+        .publish_raw(body.clone(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "server_full", "{answer}");
+    // Existing topics still take events; the budget holds across a restart.
+    publish(&client, "a", "2").await;
+    assert!(herald.sigterm().success());
+    let herald = Herald::start(&data, &args);
+    let client = Client::new(&herald.url).unwrap();
+    let (status, _) = client.publish_raw(body, "application/json").await.unwrap();
+    assert_eq!(status, 503);
     assert!(herald.sigterm().success());
 }

@@ -88,7 +88,10 @@ async fn publish(s: &Server, topic: &str, data: serde_json::Value) -> String {
         .client
         .clone()
         .with_token(KEY)
-        .publish_raw(json!({"topic": topic, "data": data}).to_string(), "application/json")
+        .publish_raw(
+            json!({"topic": topic, "data": data}).to_string(),
+            "application/json",
+        )
         .await
         .unwrap();
     assert_eq!(st, 200, "{v}");
@@ -143,15 +146,25 @@ async fn an_sse_stream_ends_at_its_tokens_exp() {
     assert_eq!(e.event, "herald.disconnect");
     assert_eq!(e.data, r#"{"reason":"token_expired"}"#);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1500) && took <= Duration::from_secs(3 + 5), "{took:?}");
-    assert!(tokio::time::timeout(WAIT, stream.next_event()).await.unwrap().unwrap().is_none());
+    assert!(
+        took >= Duration::from_millis(1500) && took <= Duration::from_secs(3 + 5),
+        "{took:?}"
+    );
+    assert!(tokio::time::timeout(WAIT, stream.next_event())
+        .await
+        .unwrap()
+        .unwrap()
+        .is_none());
     // A stream opened with a one-time token inherits the deadline.
     let r = s
         .client
         .request(
             http::Method::POST,
             "/v1/tokens",
-            &[("authorization", &format!("Bearer {}", token_for("alice", &[], herald_auth::now(), 3)))],
+            &[(
+                "authorization",
+                &format!("Bearer {}", token_for("alice", &[], herald_auth::now(), 3)),
+            )],
             bytes::Bytes::new(),
         )
         .await
@@ -168,7 +181,10 @@ async fn an_sse_stream_ends_at_its_tokens_exp() {
     .await
     .unwrap();
     assert_eq!(status, 200, "{text}");
-    assert!(text.contains("event: herald.disconnect\ndata: {\"reason\":\"token_expired\"}"), "{text}");
+    assert!(
+        text.contains("event: herald.disconnect\ndata: {\"reason\":\"token_expired\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,13 +196,30 @@ async fn a_websocket_closes_at_exp_unless_refreshed_in_band() {
     let started = Instant::now();
     let mut lapsed = s
         .client
-        .ws_with(&[("authorization", &format!("Bearer {}", token_for("alice", &[], now, 3)))], "")
+        .ws_with(
+            &[(
+                "authorization",
+                &format!("Bearer {}", token_for("alice", &[], now, 3)),
+            )],
+            "",
+        )
         .await
         .unwrap();
     lapsed.subscribe(topic, None).await.unwrap();
-    assert_eq!(lapsed.next_json().await.unwrap().unwrap()["type"], "subscribed");
-    let v = tokio::time::timeout(WAIT, lapsed.next_of_type("close")).await.unwrap().unwrap().unwrap();
-    assert_eq!((v["code"].as_u64(), v["reason"].as_str()), (Some(4001), Some("token_expired")), "{v}");
+    assert_eq!(
+        lapsed.next_json().await.unwrap().unwrap()["type"],
+        "subscribed"
+    );
+    let v = tokio::time::timeout(WAIT, lapsed.next_of_type("close"))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v["code"].as_u64(), v["reason"].as_str()),
+        (Some(4001), Some("token_expired")),
+        "{v}"
+    );
     assert!(started.elapsed() <= Duration::from_secs(3 + 5));
 
     // Refreshed before exp with the same sub: answered with the new
@@ -194,39 +227,78 @@ async fn a_websocket_closes_at_exp_unless_refreshed_in_band() {
     let now = herald_auth::now();
     let mut kept = s
         .client
-        .ws_with(&[("authorization", &format!("Bearer {}", token_for("alice", &[], now, 3)))], "")
+        .ws_with(
+            &[(
+                "authorization",
+                &format!("Bearer {}", token_for("alice", &[], now, 3)),
+            )],
+            "",
+        )
         .await
         .unwrap();
     kept.subscribe(topic, None).await.unwrap();
-    assert_eq!(kept.next_json().await.unwrap().unwrap()["type"], "subscribed");
+    assert_eq!(
+        kept.next_json().await.unwrap().unwrap()["type"],
+        "subscribed"
+    );
     let fresh = token_for("alice", &[], now, 60);
-    kept.send_json(&json!({"type": "auth", "token": fresh, "ref": 7})).await.unwrap();
+    kept.send_json(&json!({"type": "auth", "token": fresh, "ref": 7}))
+        .await
+        .unwrap();
     let v = kept.next_json().await.unwrap().unwrap();
-    assert_eq!((v["type"].as_str(), v["sub"].as_str(), v["ref"].as_u64()), (Some("authenticated"), Some("alice"), Some(7)), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["sub"].as_str(), v["ref"].as_u64()),
+        (Some("authenticated"), Some("alice"), Some(7)),
+        "{v}"
+    );
     assert_eq!(v["expires_at"].as_u64(), Some(now + 60));
     tokio::time::sleep(Duration::from_secs(5)).await;
     publish(&s, topic, json!("after the old exp")).await;
-    let v = tokio::time::timeout(WAIT, kept.next_json()).await.unwrap().unwrap().unwrap();
-    assert_eq!((v["type"].as_str(), v["data"].as_str()), (Some("event"), Some("after the old exp")), "{v}");
+    let v = tokio::time::timeout(WAIT, kept.next_json())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["data"].as_str()),
+        (Some("event"), Some("after the old exp")),
+        "{v}"
+    );
 
     // A refresh may not change who the connection is.
     let bob = token_for("bob", &[], herald_auth::now(), 60);
-    kept.send_json(&json!({"type": "auth", "token": bob})).await.unwrap();
+    kept.send_json(&json!({"type": "auth", "token": bob}))
+        .await
+        .unwrap();
     let v = kept.next_json().await.unwrap().unwrap();
-    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("subject_mismatch")), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("subject_mismatch")),
+        "{v}"
+    );
 
     // Every later action is checked against the credential in force: after
     // a refresh with narrower grants, what only the old one allowed is refused.
     let narrow = token_for("alice", &["users/alice/other"], herald_auth::now(), 60);
-    kept.send_json(&json!({"type": "auth", "token": narrow})).await.unwrap();
-    assert_eq!(kept.next_json().await.unwrap().unwrap()["type"], "authenticated");
-    kept.send_json(&json!({"type": "publish", "topic": topic, "data": "x"})).await.unwrap();
+    kept.send_json(&json!({"type": "auth", "token": narrow}))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.next_json().await.unwrap().unwrap()["type"],
+        "authenticated"
+    );
+    kept.send_json(&json!({"type": "publish", "topic": topic, "data": "x"}))
+        .await
+        .unwrap();
     let v = kept.next_of_type("error").await.unwrap().unwrap();
     assert_eq!(v["code"], "forbidden", "{v}");
     kept.send_json(&json!({"type": "publish", "topic": "users/alice/other", "data": "x"}))
         .await
         .unwrap();
-    assert_eq!(kept.next_of_type("published").await.unwrap().unwrap()["topic"], "users/alice/other");
+    assert_eq!(
+        kept.next_of_type("published").await.unwrap().unwrap()["topic"],
+        "users/alice/other"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +324,10 @@ async fn url_tokens_count_their_remaining_lifetime_and_refuse_a_future_iat() {
     let future = now + 10 * 365 * 86_400;
     assert_eq!(status(token_for("alice", &[], future, 300)).await, 401);
     // Issued an hour ago with five minutes left: fine (what is left counts).
-    assert_eq!(status(token_for("alice", &[], now - 3600, 3600 + 240)).await, 200);
+    assert_eq!(
+        status(token_for("alice", &[], now - 3600, 3600 + 240)).await,
+        200
+    );
     // Issued now with an hour to go: too long for a URL.
     assert_eq!(status(token_for("alice", &[], now, 3600)).await, 401);
     assert_eq!(status(token_for("alice", &[], now, 120)).await, 200);
@@ -275,7 +350,9 @@ async fn a_cursor_never_silently_means_from_now() {
     let mut extra = format!("Last-Event-ID: {first}").into_bytes();
     extra.push(0xe9);
     extra.extend_from_slice(b"\r\n");
-    let (st, text) = get(format!("/v1/sse?topic=t/a&last_event_id={second}"), extra).await.unwrap();
+    let (st, text) = get(format!("/v1/sse?topic=t/a&last_event_id={second}"), extra)
+        .await
+        .unwrap();
     assert_eq!(st, 400, "{text}");
     assert!(text.contains("invalid_cursor"), "{text}");
     // Garbage in any source: 400 invalid_cursor.
@@ -288,9 +365,15 @@ async fn a_cursor_never_silently_means_from_now() {
         assert!(text.contains("invalid_cursor"), "{text}");
     }
     let mut ws = s.client.ws().await.unwrap();
-    ws.send_json(&json!({"type": "subscribe", "topic": "t/a", "since": "zzz"})).await.unwrap();
+    ws.send_json(&json!({"type": "subscribe", "topic": "t/a", "since": "zzz"}))
+        .await
+        .unwrap();
     let v = ws.next_json().await.unwrap().unwrap();
-    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("invalid_cursor")), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("invalid_cursor")),
+        "{v}"
+    );
     // Repeated parameters: the last value wins (a polyfill that appends the
     // newest id must not replay): resuming after `second` gives 3 only.
     let (st, text) = get(
@@ -300,8 +383,14 @@ async fn a_cursor_never_silently_means_from_now() {
     .await
     .unwrap();
     assert_eq!(st, 200, "{text}");
-    let body: serde_json::Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
-    let data: Vec<_> = body["events"].as_array().unwrap().iter().map(|e| e["data"].clone()).collect();
+    let body: serde_json::Value =
+        serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let data: Vec<_> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].clone())
+        .collect();
     assert_eq!(data, vec![json!(3)]);
     // A topic whose percent-decoding is not UTF-8: 400, never U+FFFD.
     for path in ["/v1/sse?topic=t/a%ff", "/v1/poll?topic=t/a%ff&timeout=0"] {
@@ -325,7 +414,11 @@ async fn temporary_refusals_of_sse_are_streams_that_say_why() {
     .await
     .unwrap();
     assert_eq!(st, 200, "{text}");
-    assert!(text.to_ascii_lowercase().contains("content-type: text/event-stream"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
     let retry: u64 = text[text.find("retry: ").unwrap() + 7..]
         .split('\n')
         .next()
@@ -334,7 +427,10 @@ async fn temporary_refusals_of_sse_are_streams_that_say_why() {
         .unwrap();
     // The Retry-After (1 s) with ±25 % jitter, never below the usual 2 s.
     assert!((1500..=2500).contains(&retry), "{retry}");
-    assert!(text.contains("event: herald.disconnect\ndata: {\"reason\":\"rate_limited\"}\n\n"), "{text}");
+    assert!(
+        text.contains("event: herald.disconnect\ndata: {\"reason\":\"rate_limited\"}\n\n"),
+        "{text}"
+    );
     // 401 stays 401: retrying cannot help.
     let (st, _) = tokio::task::spawn_blocking(move || {
         raw_get(addr, "/v1/sse?topic=users/x", b"", Duration::from_secs(5))
@@ -344,12 +440,20 @@ async fn temporary_refusals_of_sse_are_streams_that_say_why() {
     assert_eq!(st, 401);
     // Other endpoints keep 429 with Retry-After.
     let (st, text) = tokio::task::spawn_blocking(move || {
-        raw_get(addr, "/v1/poll?topic=t/a&timeout=0", b"", Duration::from_secs(5))
+        raw_get(
+            addr,
+            "/v1/poll?topic=t/a&timeout=0",
+            b"",
+            Duration::from_secs(5),
+        )
     })
     .await
     .unwrap();
     assert_eq!(st, 429, "{text}");
-    assert!(text.to_ascii_lowercase().contains("retry-after: 1"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +473,10 @@ async fn retry_is_jittered_per_connection() {
             }
         }
     }
-    assert!(seen.len() >= 5, "20 streams share too few retry values: {seen:?}");
+    assert!(
+        seen.len() >= 5,
+        "20 streams share too few retry values: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,18 +499,32 @@ async fn a_shutdown_spreads_stream_ends_over_the_drain_window() {
     assert_eq!(ws.next_json().await.unwrap().unwrap()["type"], "subscribed");
     let stopped = Instant::now();
     let pid = s.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     for t in tasks {
         let (at, last) = t.await.unwrap();
         let last = last.expect("a disconnect event");
-        assert_eq!((last.event.as_str(), last.data.as_str()), ("herald.disconnect", r#"{"reason":"shutdown"}"#));
+        assert_eq!(
+            (last.event.as_str(), last.data.as_str()),
+            ("herald.disconnect", r#"{"reason":"shutdown"}"#)
+        );
         ends.push(at.duration_since(stopped));
     }
-    let v = tokio::time::timeout(WAIT, ws.next_of_type("close")).await.unwrap().unwrap().unwrap();
+    let v = tokio::time::timeout(WAIT, ws.next_of_type("close"))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(v["code"], 1000);
     ends.sort();
     let spread = *ends.last().unwrap() - ends[0];
-    assert!(spread >= Duration::from_millis(500), "30 streams ended within {spread:?}: {ends:?}");
+    assert!(
+        spread >= Duration::from_millis(500),
+        "30 streams ended within {spread:?}: {ends:?}"
+    );
     assert!(*ends.last().unwrap() <= Duration::from_secs(5), "{ends:?}");
 }
 
@@ -413,12 +534,22 @@ async fn a_shutdown_spreads_stream_ends_over_the_drain_window() {
 async fn per_address_limits_see_through_trusted_proxies_only() {
     let addr_of = |s: &Server| s.addr;
     // Behind a trusted proxy (loopback here), each forwarded client has its own allowance.
-    let s = start(&["--public", "t/**", "--max-connections-per-ip", "1", "--trusted-proxy", "127.0.0.0/8"]);
+    let s = start(&[
+        "--public",
+        "t/**",
+        "--max-connections-per-ip",
+        "1",
+        "--trusted-proxy",
+        "127.0.0.0/8",
+    ]);
     let addr = addr_of(&s);
     let hold = move |xff: &'static str| {
         let mut sock = TcpStream::connect(addr).unwrap();
-        sock.write_all(format!("GET /v1/sse?topic=t/p HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n").as_bytes())
-            .unwrap();
+        sock.write_all(
+            format!("GET /v1/sse?topic=t/p HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 2048];
         let n = sock.read(&mut buf).unwrap();
@@ -431,14 +562,25 @@ async fn per_address_limits_see_through_trusted_proxies_only() {
         }
         (sock, text)
     };
-    let (_a, a) = tokio::task::spawn_blocking(move || hold("203.0.113.1")).await.unwrap();
+    let (_a, a) = tokio::task::spawn_blocking(move || hold("203.0.113.1"))
+        .await
+        .unwrap();
     assert!(!a.contains("herald.disconnect"), "{a}");
-    let (_b, b) = tokio::task::spawn_blocking(move || hold("203.0.113.2")).await.unwrap();
-    assert!(!b.contains("herald.disconnect"), "another client behind the proxy: {b}");
-    let (_c, c) = tokio::task::spawn_blocking(move || hold("203.0.113.1")).await.unwrap();
+    let (_b, b) = tokio::task::spawn_blocking(move || hold("203.0.113.2"))
+        .await
+        .unwrap();
+    assert!(
+        !b.contains("herald.disconnect"),
+        "another client behind the proxy: {b}"
+    );
+    let (_c, c) = tokio::task::spawn_blocking(move || hold("203.0.113.1"))
+        .await
+        .unwrap();
     assert!(c.contains("rate_limited"), "the same client again: {c}");
     // A forged entry before the proxy's own does not buy a new allowance.
-    let (_d, d) = tokio::task::spawn_blocking(move || hold("198.51.100.9, 203.0.113.2")).await.unwrap();
+    let (_d, d) = tokio::task::spawn_blocking(move || hold("198.51.100.9, 203.0.113.2"))
+        .await
+        .unwrap();
     assert!(d.contains("rate_limited"), "{d}");
     drop(s);
     // From an untrusted peer the header is ignored: one allowance for the peer.
@@ -446,8 +588,11 @@ async fn per_address_limits_see_through_trusted_proxies_only() {
     let addr = addr_of(&s);
     let hold2 = move |xff: &'static str| {
         let mut sock = TcpStream::connect(addr).unwrap();
-        sock.write_all(format!("GET /v1/sse?topic=t/p HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n").as_bytes())
-            .unwrap();
+        sock.write_all(
+            format!("GET /v1/sse?topic=t/p HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut text = String::new();
         let mut buf = [0u8; 2048];
@@ -458,17 +603,33 @@ async fn per_address_limits_see_through_trusted_proxies_only() {
         }
         (sock, text)
     };
-    let (_a, a) = tokio::task::spawn_blocking(move || hold2("203.0.113.1")).await.unwrap();
+    let (_a, a) = tokio::task::spawn_blocking(move || hold2("203.0.113.1"))
+        .await
+        .unwrap();
     assert!(!a.contains("herald.disconnect"), "{a}");
-    let (_b, b) = tokio::task::spawn_blocking(move || hold2("203.0.113.2")).await.unwrap();
+    let (_b, b) = tokio::task::spawn_blocking(move || hold2("203.0.113.2"))
+        .await
+        .unwrap();
     assert!(b.contains("rate_limited"), "{b}");
     // A bad --trusted-proxy refuses to start, naming the value.
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--engine", "memory", "--listen", "127.0.0.1:0", "--trusted-proxy", "10.0.0.0/33"])
+        .args([
+            "serve",
+            "--engine",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--trusted-proxy",
+            "10.0.0.0/33",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--trusted-proxy"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--trusted-proxy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = &s.base;
 }
 
@@ -480,7 +641,11 @@ async fn a_websocket_that_keeps_erring_is_closed_with_1008() {
     // The example: a flood of malformed messages, each answered until now.
     let mut ws = s.client.ws().await.unwrap();
     for i in 0..2_000 {
-        if ws.send_json(&json!(format!("not a message {i}"))).await.is_err() {
+        if ws
+            .send_json(&json!(format!("not a message {i}")))
+            .await
+            .is_err()
+        {
             break; // closed under us: what we want
         }
     }
@@ -497,7 +662,10 @@ async fn a_websocket_that_keeps_erring_is_closed_with_1008() {
             _ => panic!("{v}"),
         }
     };
-    assert_eq!((close["code"].as_u64(), close["reason"].as_str()), (Some(1008), Some("too many errors")));
+    assert_eq!(
+        (close["code"].as_u64(), close["reason"].as_str()),
+        (Some(1008), Some("too many errors"))
+    );
     assert!(errors <= 25, "{errors} errors answered before the close");
     // Valid messages over the rate are refused as well, and count as errors.
     let mut ws = s.client.ws().await.unwrap();
@@ -513,7 +681,11 @@ async fn a_websocket_that_keeps_erring_is_closed_with_1008() {
     let mut answered = 0;
     let mut limited = 0;
     let close = loop {
-        let v = tokio::time::timeout(WAIT, ws.next_json()).await.expect("an answer").unwrap().expect("open");
+        let v = tokio::time::timeout(WAIT, ws.next_json())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .expect("open");
         match (v["type"].as_str(), v["code"].as_str()) {
             (Some("unsubscribed"), _) => answered += 1,
             (Some("error"), Some("rate_limited")) => limited += 1,
@@ -522,7 +694,10 @@ async fn a_websocket_that_keeps_erring_is_closed_with_1008() {
         }
     };
     assert_eq!(close["code"], 1008);
-    assert!((100..=400).contains(&answered), "{answered} answered at 100/s with a burst of 200");
+    assert!(
+        (100..=400).contains(&answered),
+        "{answered} answered at 100/s with a burst of 200"
+    );
     assert!(limited >= 1, "{limited}");
     // A client within the limits is not affected.
     let mut ok = s
@@ -531,7 +706,9 @@ async fn a_websocket_that_keeps_erring_is_closed_with_1008() {
         .await
         .unwrap();
     for i in 0..50 {
-        ok.send_json(&json!({"type": "publish", "topic": "t/ok", "data": i})).await.unwrap();
+        ok.send_json(&json!({"type": "publish", "topic": "t/ok", "data": i}))
+            .await
+            .unwrap();
         assert_eq!(ok.next_json().await.unwrap().unwrap()["type"], "published");
     }
 }

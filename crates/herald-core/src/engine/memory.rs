@@ -11,10 +11,15 @@
 //!   never walks topics with nothing to expire;
 //! - a topic with no retained event and no local subscriber is forgotten
 //!   (its counters too). If it had handed out positions and is used again,
-//!   it starts under a new epoch: the engine's current epoch changes when
-//!   such a topic is dropped, and topics it does not hold are read under the
-//!   current epoch, so an older cursor gets `herald.gap` (`epoch_changed`)
-//!   and sequence numbers never repeat within an epoch;
+//!   it starts under a new epoch, so an older cursor gets `herald.gap`
+//!   (`epoch_changed`) and sequence numbers never repeat within an epoch.
+//!   What remembers that is a fixed table of [`EPOCH_BUCKETS`] generations,
+//!   indexed by topic key: forgetting a topic that handed out positions
+//!   moves its bucket to a new generation, and a topic the engine does not
+//!   hold reads (and is re-created) under its bucket's epoch. A cursor of a
+//!   quiet topic (sequence 0) stays valid unless a topic of the same bucket
+//!   was forgotten since; then it gets a gap it did not strictly need
+//!   (never a missed one);
 //! - a [`Budget`] caps topics and retained bytes; a publish beyond it is
 //!   refused whole with [`EngineError::ServerFull`]. Under concurrent
 //!   publishes the caps may be passed by what those publishes carry (the
@@ -35,6 +40,14 @@ use crate::topic::Topic;
 
 const SHARDS: usize = 64;
 
+/// Buckets of the table of epoch generations (8 bytes each: 512 KiB). A
+/// multiple of `SHARDS` (64), so each bucket belongs to one shard and
+/// changes under its lock.
+pub const EPOCH_BUCKETS: usize = 1 << 16;
+
+/// Epochs stay within 48 bits (see [`super::new_epoch`]).
+const EPOCH_MASK: u64 = 0xffff_ffff_ffff;
+
 /// The memory engine.
 pub struct MemoryEngine {
     inner: Arc<Inner>,
@@ -44,9 +57,12 @@ pub struct MemoryEngine {
 
 struct Inner {
     limits: HistoryLimits,
-    /// The epoch of topics created from now on (and of reads of topics the
-    /// engine does not hold).
-    epoch: AtomicU64,
+    /// The engine's first epoch: generation 0 of every bucket.
+    base_epoch: u64,
+    /// The generation of each bucket of topics (see the module docs).
+    generations: Box<[AtomicU64]>,
+    /// The last generation given out.
+    last_generation: AtomicU64,
     shards: Box<[Mutex<Shard>]>,
     /// Replaced when a new hub attaches (an in-process server restart keeps
     /// the engine, and so its history).
@@ -214,7 +230,7 @@ impl Inner {
             let Shard { logs, expiry } = &mut *guard;
             let log = logs.entry(topic.clone()).or_insert_with(|| {
                 self.topics.fetch_add(1, Ordering::Relaxed);
-                TopicLog::new(self.epoch.load(Ordering::SeqCst))
+                TopicLog::new(self.epoch_of(&topic))
             });
             log.head += 1;
             let event = Arc::new(Event::new(new, Position::new(log.epoch, log.head), now));
@@ -246,8 +262,8 @@ impl Inner {
         let mut shard = self.shard(topic);
         let Some(log) = shard.logs.get_mut(topic) else {
             // Not held (never used, or dropped): read as an empty topic of
-            // the current epoch, which a dropped topic's positions are not.
-            let epoch = self.epoch.load(Ordering::SeqCst);
+            // its bucket's epoch, which a dropped topic's positions are not.
+            let epoch = self.epoch_of(topic);
             let (from, gap) = resolve_start(epoch, 0, 1, after);
             return ReadResult {
                 epoch,
@@ -304,6 +320,15 @@ impl Inner {
         true
     }
 
+    /// The epoch under which `topic` is read when not held, and created.
+    fn epoch_of(&self, topic: &Topic) -> u64 {
+        let generation = self.generations[bucket(topic)].load(Ordering::Relaxed);
+        match self.base_epoch.wrapping_add(generation) & EPOCH_MASK {
+            0 => 1,
+            e => e,
+        }
+    }
+
     /// Drops expired events and forgets idle topics. Returns the topics
     /// forgotten.
     fn sweep(&self) -> u64 {
@@ -349,6 +374,10 @@ impl Inner {
     }
 }
 
+fn bucket(topic: &Topic) -> usize {
+    (topic.key().0 as usize) % EPOCH_BUCKETS
+}
+
 impl MemoryEngine {
     /// An engine with the default [`Budget`] (the hub sets its own with
     /// [`Engine::set_budget`]).
@@ -362,7 +391,9 @@ impl MemoryEngine {
         MemoryEngine {
             inner: Arc::new(Inner {
                 limits,
-                epoch: AtomicU64::new(epoch),
+                base_epoch: epoch,
+                generations: (0..EPOCH_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+                last_generation: AtomicU64::new(0),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 fanout: RwLock::new(None),
                 max_topics: AtomicUsize::new(budget.max_topics),
@@ -374,10 +405,15 @@ impl MemoryEngine {
         }
     }
 
-    /// The epoch topics created now get (it changes when a topic that
-    /// handed out positions is forgotten).
+    /// The engine's first epoch: that of every topic until a topic of its
+    /// bucket that handed out positions is forgotten.
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch.load(Ordering::SeqCst)
+        self.inner.base_epoch
+    }
+
+    /// The epoch `topic` is read under when not held, and created under.
+    pub fn epoch_of(&self, topic: &Topic) -> u64 {
+        self.inner.epoch_of(topic)
     }
 
     /// What the engine holds: (topics, bytes of retained events as
@@ -471,7 +507,7 @@ impl Engine for MemoryEngine {
         let mut shard = self.inner.shard(topic);
         if !shard.logs.contains_key(topic) {
             self.inner.topics.fetch_add(1, Ordering::Relaxed);
-            let epoch = self.inner.epoch.load(Ordering::SeqCst);
+            let epoch = self.inner.epoch_of(topic);
             shard.logs.insert(topic.clone(), TopicLog::new(epoch));
         }
     }
@@ -665,15 +701,16 @@ mod tests {
         let r = e.read(&t, Some(old), 10).await.unwrap();
         assert_eq!(r.gap, Some(GapReason::EpochChanged));
         assert_eq!(r.events.len(), 1);
-        // Topics never forgotten keep the engine's first epoch.
-        let fresh = Topic::new("fresh").unwrap();
-        assert_eq!(
-            e.read(&fresh, Some(Position::new(9, 3)), 1)
-                .await
-                .unwrap()
-                .gap,
-            Some(GapReason::EpochChanged)
-        );
+        // Other buckets keep the engine's first epoch: a quiet topic's
+        // cursor (sequence 0) needs no gap, a made-up position gets one.
+        let fresh = (0..1000)
+            .map(|i| Topic::new(&format!("fresh/{i}")).unwrap())
+            .find(|f| e.epoch_of(f) == 9)
+            .expect("a topic of an untouched bucket");
+        let r = e.read(&fresh, Some(Position::new(9, 0)), 1).await.unwrap();
+        assert_eq!(r.gap, None);
+        let r = e.read(&fresh, Some(Position::new(9, 3)), 1).await.unwrap();
+        assert_eq!(r.gap, Some(GapReason::UnknownPosition));
     }
 
     #[tokio::test]
@@ -696,14 +733,15 @@ mod tests {
         e.unwatch(&t);
         assert_eq!(e.usage(), (0, 0));
         assert_eq!(metrics.topics_dropped.load(Ordering::Relaxed), 1);
+        assert_ne!(e.epoch_of(&t), 9, "forgotten after handing out positions");
         // A watched topic that never had an event leaves no epoch change.
-        let epoch = e.epoch();
         let u = Topic::new("quiet").unwrap();
+        let epoch = e.epoch_of(&u);
         assert!(fanout.add(&u, &q));
         e.watch(&u);
         assert!(fanout.remove(&u, q.id()));
         e.unwatch(&u);
-        assert_eq!(e.epoch(), epoch);
+        assert_eq!(e.epoch_of(&u), epoch);
         assert_eq!(e.usage(), (0, 0));
     }
 

@@ -270,6 +270,59 @@ impl http_body::Body for PollBody {
 mod tests {
     use super::*;
 
+    /// Collects a poll body as a client reads it.
+    async fn read_body(body: PollBody) -> (u64, Vec<u8>) {
+        use http_body::Body as _;
+        let exact = body.size_hint().exact().unwrap();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .unwrap()
+            .to_bytes();
+        (exact, bytes.to_vec())
+    }
+
+    #[tokio::test]
+    async fn answers_are_bounded_in_bytes_and_continue_exactly() {
+        use herald_core::{Data, Hub, HubConfig, NewEvent, Topic};
+        let hub = Hub::memory(HubConfig::default());
+        let topic = Topic::new("bytes").unwrap();
+        let mut sub = hub.subscribe();
+        let start = sub.add(topic.clone(), None).await.unwrap();
+        let mut ids = Vec::new();
+        let mut sizes = Vec::new();
+        for i in 0..5 {
+            let data = serde_json::json!(format!("{i}{}", "x".repeat(400)));
+            let e = hub
+                .publish(NewEvent::new(topic.clone(), Data::from_json(&data)))
+                .await
+                .unwrap();
+            ids.push(e.id());
+            sizes.push(e.json().len());
+        }
+        let _ = start;
+        // A cap that holds exactly two of these events; a tiny cap still takes one.
+        let two = sizes[0] + sizes[1] + 2;
+        let mut got = Vec::new();
+        for (cap, per_answer) in [(two, 2), (two, 2), (1, 1)] {
+            let mut batch = Batch::new(100, cap, sub.cursor());
+            assert!(batch.drain(&mut sub).await);
+            assert_eq!(batch.frames.len(), per_answer, "cap {cap}");
+            let cursor = batch.cursor.clone();
+            let (exact, body) = read_body(batch.into_body()).await;
+            assert_eq!(exact, body.len() as u64, "the announced length is exact");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["cursor"], cursor.encode());
+            for e in v["events"].as_array().unwrap() {
+                got.push(e["id"].as_str().unwrap().to_owned());
+            }
+            // The next answer resumes from this one's cursor, as a new poll would.
+            let mut next = hub.subscribe();
+            next.add(topic.clone(), cursor.get(&topic)).await.unwrap();
+            sub = next;
+        }
+        assert_eq!(got, ids, "every event once, in order");
+    }
+
     #[test]
     fn timeouts() {
         let d = Duration::from_secs(25);

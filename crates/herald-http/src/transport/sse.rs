@@ -131,7 +131,8 @@ async fn open(
         .subscribe_with(conn.as_ref().and_then(|c| c.kill.clone()));
     let sub = subscribe_all(sub, &topics, &cursor).await?;
 
-    let preamble = sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();
+    let preamble =
+        sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();
     let first_wake = Instant::now() + app.config.keepalive;
     let stream = SseStream {
         sub,

@@ -184,7 +184,6 @@ struct Connection {
     deadline: Option<std::pin::Pin<Box<Sleep>>>,
 }
 
-
 enum Outcome {
     Continue,
     Close(u16, &'static str),
