@@ -131,13 +131,16 @@ pub struct StoreRecord {
     pub previous_epoch: u64,
 }
 
-/// `[format u32][epoch u64][previous epoch u64]`, little-endian (the
-/// previous epoch is absent in stores that never changed epoch).
-pub fn encode_store_record(r: StoreRecord) -> [u8; 20] {
-    let mut b = [0u8; 20];
-    b[..4].copy_from_slice(&r.marker.format.to_le_bytes());
-    b[4..12].copy_from_slice(&r.marker.epoch.to_le_bytes());
-    b[12..].copy_from_slice(&r.previous_epoch.to_le_bytes());
+/// `[format u32][epoch u64]`, then `[previous epoch u64]` if there is one
+/// (a store that never changed epoch keeps the 12-byte record earlier
+/// builds read), little-endian.
+pub fn encode_store_record(r: StoreRecord) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&r.marker.format.to_le_bytes());
+    b.extend_from_slice(&r.marker.epoch.to_le_bytes());
+    if r.previous_epoch != 0 {
+        b.extend_from_slice(&r.previous_epoch.to_le_bytes());
+    }
     b
 }
 
@@ -505,9 +508,13 @@ mod tests {
             previous_epoch: 3,
         };
         assert_eq!(decode_store_record(&encode_store_record(r)), Ok(r));
-        // A record written before the previous epoch existed.
-        let old = &encode_store_record(r)[..12];
-        assert_eq!(decode_store_record(old).map(|r| r.previous_epoch), Ok(0));
+        // A store that never changed epoch: the record earlier builds wrote.
+        let first = StoreRecord {
+            previous_epoch: 0,
+            ..r
+        };
+        assert_eq!(encode_store_record(first).len(), 12);
+        assert_eq!(decode_store_record(&encode_store_record(first)), Ok(first));
         assert_eq!(decode_high_water(&encode_high_water(42)), Ok(42));
         let mut torn = encode_high_water(42);
         torn[3] = 1;

@@ -213,7 +213,7 @@ impl Store {
         b.inner.insert(
             &self.topics,
             STORE_RECORD_KEY.to_vec(),
-            format::encode_store_record(record).to_vec(),
+            format::encode_store_record(record),
         );
         b.put_commit_counter(high_water);
         b.put_topic_epoch(epoch);
@@ -345,12 +345,17 @@ impl Store {
                     format::encode_store_record(StoreRecord {
                         marker: fresh,
                         previous_epoch: 0,
-                    })
-                    .to_vec(),
+                    }),
                 );
                 // The store record lives in the `topics` keyspace under a key
                 // no topic can have (topic records are keyed by `t` + name).
                 b.commit().map_err(|e| store.open_error(e))?;
+                // A high-water file left from an earlier store in this dir
+                // says nothing about this one.
+                store.write_high_water(0).map_err(|e| OpenError::Io {
+                    path: dir.join(HIGH_WATER_FILE),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
             }
         }
         write_marker(dir, store.marker)?;

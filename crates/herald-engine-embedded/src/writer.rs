@@ -368,15 +368,12 @@ impl Writer {
         // The topic budget: a publish that would create topics beyond it is
         // refused whole, before anything of it is written.
         let max_topics = self.shared.max_topics();
-        let mut new_topics: Vec<Topic> = Vec::new();
+        let mut new_topics: std::collections::HashSet<Topic> = Default::default();
         batch.retain_mut(|r| {
-            let mut fresh: Vec<Topic> = Vec::new();
+            let mut fresh: std::collections::HashSet<Topic> = Default::default();
             for e in &r.events {
-                if !self.index.contains_key(&e.topic)
-                    && !new_topics.contains(&e.topic)
-                    && !fresh.contains(&e.topic)
-                {
-                    fresh.push(e.topic.clone());
+                if !self.index.contains_key(&e.topic) && !new_topics.contains(&e.topic) {
+                    fresh.insert(e.topic.clone());
                 }
             }
             if self.topics.len() + new_topics.len() + fresh.len() > max_topics {
@@ -445,6 +442,7 @@ impl Writer {
         // Topics left with nothing retained and no subscriber go, record and
         // all; topics created from now on get a new epoch.
         let mut dropping: Vec<usize> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let candidates = std::mem::take(&mut self.drop_candidates);
         let fanout = self.shared.fanout();
         for i in changed.iter().copied().chain(candidates) {
@@ -453,7 +451,7 @@ impl Writer {
             }
             let t = &self.topics[i];
             if t.is_empty()
-                && !dropping.contains(&i)
+                && seen.insert(i)
                 && fanout
                     .as_deref()
                     .is_none_or(|f| f.subscribers(&t.topic) == 0)
@@ -580,6 +578,19 @@ impl Writer {
         }
         let ttl_ms = self.shared.idempotency_ttl_ms();
         let cutoff = now_ms().saturating_sub(ttl_ms);
+        let over =
+            self.idem_records > self.idem_max_records || self.idem_bytes > self.idem_max_bytes;
+        if !over {
+            // Most passes find nothing to do: look at the oldest record only.
+            match self.store.oldest_idempotency(1) {
+                Ok(v) if v.first().is_some_and(|(at, _)| *at <= cutoff) => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "idempotency expiry could not read");
+                    return;
+                }
+            }
+        }
         let oldest = match self.store.oldest_idempotency(IDEMPOTENCY_SWEEP_BUDGET) {
             Ok(v) => v,
             Err(e) => {

@@ -635,3 +635,63 @@ async fn hot_tails_are_bounded_by_bytes() {
     }
     e.close().await;
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `db/` restored from an older copy while the high-water file is newer:
+/// the lost commits are noticed, and the store moves to a new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_older_than_its_high_water_mark_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let t = topic("t");
+    let e = open(config(dir.path(), 1000, HOUR));
+    let epoch = e.epoch();
+    for i in 0..5 {
+        e.publish(vec![ev(&t, &i.to_string())]).await.unwrap();
+    }
+    e.close().await;
+    drop(e);
+    copy_dir(&dir.path().join("db"), &backup.path().join("db"));
+    let e = open(config(dir.path(), 1000, HOUR));
+    for i in 5..10 {
+        e.publish(vec![ev(&t, &i.to_string())]).await.unwrap();
+    }
+    e.close().await;
+    drop(e);
+    // A graceful reopen keeps the epoch.
+    let e = open(config(dir.path(), 1000, HOUR));
+    assert_eq!(e.epoch(), epoch);
+    e.close().await;
+    drop(e);
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    copy_dir(&backup.path().join("db"), &dir.path().join("db"));
+    let e = open(config(dir.path(), 1000, HOUR));
+    let new_epoch = e.epoch();
+    assert_ne!(new_epoch, epoch, "the rollback was not noticed");
+    let r = e
+        .read(&t, Some(Position::new(epoch, 7)), 100)
+        .await
+        .unwrap();
+    assert_eq!(r.gap, Some(GapReason::EpochChanged));
+    assert_eq!(texts(&r.events), ["0", "1", "2", "3", "4"]);
+    assert!(r.events.iter().all(|e| e.position.epoch == new_epoch));
+    let next = e.publish(vec![ev(&t, "new")]).await.unwrap();
+    assert_eq!(next[0].position, Position::new(new_epoch, 6));
+    e.close().await;
+    drop(e);
+    // Once: the next open keeps the new epoch.
+    let e = open(config(dir.path(), 1000, HOUR));
+    assert_eq!(e.epoch(), new_epoch);
+    e.close().await;
+}

@@ -15,15 +15,15 @@
 //!   clients with older cursors get `herald.gap` (`epoch_changed`).
 //! - **Expiry**: both keys of a topic expire [`topic_ttl`] after its last
 //!   publish (the history age limit, at least 1 s): a topic nobody
-//!   publishes to leaves nothing behind, and when it is used again it
+//!   publishes to or subscribes to leaves nothing behind, and when it is used again it
 //!   starts a new epoch (older cursors get `herald.gap`). A read of a topic
 //!   never published creates its metadata with the same expiry. The global
 //!   [`Budget`](herald_core::engine::Budget) is not enforced here: Redis's
 //!   own `maxmemory` bounds what it holds, and a write it refuses for lack
 //!   of memory answers 503 `server_full`. While local clients are
 //!   subscribed to a topic, the node extends its keys' life every third
-//!   of the time-to-live (one small script per watched topic), so a quiet topic
-//!   keeps the epoch its subscribers hold.
+//!   of the time-to-live (one small script per watched topic), so a quiet
+//!   topic keeps the epoch its subscribers hold.
 //! - **Publish**: one Lua script per topic appends the events, notifies the
 //!   topic's sharded pub/sub channel with each (`SPUBLISH`) and trims, all
 //!   atomically: a subscriber that resumes during a publish reads either
@@ -55,7 +55,8 @@
 //! - [`keys`]: key and channel names (pure).
 //! - [`scripts`]: the Lua scripts for publish, read and idempotency claims.
 //! - `codec`: events to script arguments and back (pure).
-//! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up.
+//! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up, and
+//!   keeping watched topics' keys alive.
 //! - [`stores`]: idempotency records and one-time tokens in Redis.
 //! - [`test_server`]: a throw-away `redis-server` for the tests of this and other crates.
 //!

@@ -207,6 +207,11 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         // one is not a browser a cross-site page could drive.
         return true;
     };
+    // `null` is what sandboxed frames and `file:` pages send: any site can
+    // produce it, so it never carries the cookie, whatever the list says.
+    if origin.eq_ignore_ascii_case("null") {
+        return false;
+    }
     if !allowed.is_empty() {
         return allowed
             .iter()
@@ -274,5 +279,9 @@ mod tests {
         assert!(!origin_allowed(&h, &[]));
         assert!(origin_allowed(&h, &["https://evil.example".into()]));
         assert!(!origin_allowed(&h, &["https://app.example".into()]));
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(!origin_allowed(&h, &["*".into()]));
+        assert!(!origin_allowed(&h, &["null".into()]));
+        assert!(!origin_allowed(&h, &[]));
     }
 }

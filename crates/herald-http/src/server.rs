@@ -18,9 +18,10 @@
 //! request. The first request of a connection is read by `direct`, which
 //! refuses with 431 `headers_too_large` or 414 `uri_too_long` and the JSON
 //! error body; later requests on a connection hyper serves meet hyper's own
-//! checks of the same limits (an empty 431 or 414; hyper's head limit
-//! counts its read buffer, so a head may pass it by up to one read). HTTP/2
-//! requests without `Host` get one from their `:authority`, as an HTTP/1.1
+//! checks of the same limits (hyper's head limit counts its read buffer, so
+//! a head may pass it by up to one read), and hyper's empty automatic
+//! refusals (400, 414, 431) are rewritten on their way out to carry the same
+//! JSON error body. HTTP/2 requests without `Host` get one from their `:authority`, as an HTTP/1.1
 //! request would carry it (RFC 9113, section 8.3.1), so that checks made
 //! against `Host` (a WebSocket's same-origin rule) work on both.
 

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_http::publish::{is_json, read_limited};
+use herald_http::publish::{is_json, read_limited_within};
 use herald_http::{ApiError, HttpConfig};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +50,7 @@ async fn body_object(
             "send the request body as application/json",
         ));
     }
-    let bytes = read_limited(headers, body, st.http.max_body_bytes).await?;
+    let bytes = read_limited_within(headers, body, st.http.max_body_bytes, st.http.body_timeout).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::bad_request(

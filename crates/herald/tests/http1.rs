@@ -357,7 +357,7 @@ async fn heads_over_the_limit_get_431_with_the_json_body() {
         assert!(closes_within(&mut r, WAIT).await, "{what}: closed after");
     }
     // A later request on a connection hyper already serves meets hyper's
-    // own check of the limit (its refusal has no body).
+    // own check of the limit, answered with the same JSON body.
     let big = "b".repeat(200 * 1024);
     let mut s = TcpStream::connect(h.addr).await.unwrap();
     s.write_all(
@@ -368,7 +368,22 @@ async fn heads_over_the_limit_get_431_with_the_json_body() {
     .unwrap();
     let mut r = BufReader::new(s);
     assert_eq!(answer_in_time(&mut r, "healthz").await.status, 200);
-    assert_eq!(answer_in_time(&mut r, "second head").await.status, 431);
+    let a = answer_in_time(&mut r, "second head").await;
+    assert_eq!(a.status, 431);
+    assert_eq!(a.json()["error"]["code"], "headers_too_large");
+    assert!(closes_within(&mut r, WAIT).await, "closed after");
+    // A malformed later head: hyper's 400, with the JSON body too.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(answer_in_time(&mut r, "healthz").await.status, 200);
+    let a = answer_in_time(&mut r, "malformed head").await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["code"], "invalid_request");
 }
 
 #[tokio::test]

@@ -620,11 +620,19 @@ fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
 ///
 /// Once `eof` is set (the peer half-closed), reading yields what is left
 /// of the prefix and then the end of input.
+///
+/// On the write side it gives hyper's automatic answers to a head it could
+/// not read (an empty 400, 414 or 431 written when a later request on a
+/// connection hyper serves is malformed or over the limits) the JSON error
+/// body every other refusal has: see [`automatic_answer`].
 pub(super) struct Rewind<I> {
     prefix: Bytes,
     inner: I,
     /// The peer has shut down its sending side.
     pub(super) eof: bool,
+    /// The JSON answer being written in place of hyper's empty one, and the
+    /// length of hyper's (reported as written once ours is).
+    replacing: Option<(Bytes, usize)>,
 }
 
 impl<I> Rewind<I> {
@@ -633,6 +641,7 @@ impl<I> Rewind<I> {
             prefix,
             inner,
             eof: false,
+            replacing: None,
         }
     }
 
@@ -675,12 +684,81 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     }
 }
 
+/// When `head` is hyper's automatic answer to a request head it could not
+/// read (`HTTP/1.1 400`, `414` or `431` with `content-length: 0` and no
+/// body, in one write), the same refusal with the JSON error body and
+/// `connection: close` (hyper closes the connection after it). Herald's own
+/// handlers never answer these statuses with an empty body, so nothing else
+/// matches.
+fn automatic_answer(head: &[u8]) -> Option<Bytes> {
+    let rest = head.strip_prefix(b"HTTP/1.1 4")?;
+    let refusal = match rest.get(..3)? {
+        b"00 " => ApiError::bad_request("invalid_request", "the request head is malformed"),
+        b"14 " => ApiError::new(
+            http::StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target exceeds {MAX_URI} bytes"),
+        ),
+        b"31 " => ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request head exceeds {MAX_HEAD} bytes or {MAX_HEADERS} header fields"),
+        ),
+        _ => return None,
+    };
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if end + 4 != head.len()
+        || !head[..end]
+            .windows(19)
+            .any(|w| w.eq_ignore_ascii_case(b"\r\ncontent-length: 0"))
+    {
+        return None;
+    }
+    let body = refusal.body();
+    let (parts, _) = refusal.into_response().into_parts();
+    let mut out = response_head(&parts, true);
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body.as_bytes());
+    Some(Bytes::from(out))
+}
+
+impl<I: AsyncWrite + Unpin> Rewind<I> {
+    /// Writes the pending replacement; `Ok(n)` with the length of what it
+    /// stands for once all of it is written.
+    fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let Some((bytes, stands_for)) = self.replacing.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while !bytes.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => bytes.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = *stands_for;
+        self.replacing = None;
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.replacing.is_none() {
+            if let Some(answer) = automatic_answer(buf) {
+                self.replacing = Some((answer, buf.len()));
+            }
+        }
+        if self.replacing.is_some() {
+            return self.poll_replace(cx);
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -689,6 +767,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.replacing.is_some() {
+            return self.poll_replace(cx);
+        }
+        // An automatic answer is one head alone.
+        let mut non_empty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(first), None) = (non_empty.next(), non_empty.next()) {
+            if first.starts_with(b"HTTP/1.1 4") {
+                let first: &[u8] = first;
+                return self.poll_write(cx, first);
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -697,6 +786,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.replacing.is_some() {
+            if let Poll::Ready(Err(e)) = self.poll_replace(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if self.replacing.is_some() {
+                return Poll::Pending;
+            }
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -767,7 +864,7 @@ mod tests {
         long.resize(MAX_HEAD, b'a');
         assert_eq!(head_status(&long), Head::TooLarge);
         let mut uri = b"GET /v1/sse?topic=".to_vec();
-        uri.resize(MAX_URI + 1, b'a');
+        uri.resize("GET ".len() + MAX_URI + 1, b'a');
         uri.extend_from_slice(b" HTTP/1.1\r\n\r\n");
         assert_eq!(head_status(&uri), Head::UriTooLong);
         let (r, n) =
@@ -895,6 +992,33 @@ mod tests {
             let whole = meaning(whole, unread);
             let (split, unread) = first_of(input, &cuts);
             proptest::prop_assert_eq!(meaning(split, unread), whole);
+        }
+    }
+
+    #[test]
+    fn hyper_s_empty_refusals_get_the_json_body() {
+        let a = automatic_answer(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+        )
+        .unwrap();
+        let text = String::from_utf8(a.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with(r#""code":"headers_too_large","message":"the request head exceeds 98304 bytes or 100 header fields"}}"#), "{text}");
+        assert!(
+            automatic_answer(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").is_some()
+        );
+        assert!(
+            automatic_answer(b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\n\r\n").is_some()
+        );
+        for other in [
+            &b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 5\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nbody",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n",
+        ] {
+            assert!(automatic_answer(other).is_none(), "{other:?}");
         }
     }
 

@@ -287,7 +287,7 @@ mod tests {
         let hub = Hub::memory(HubConfig::default());
         let topic = Topic::new("bytes").unwrap();
         let mut sub = hub.subscribe();
-        let start = sub.add(topic.clone(), None).await.unwrap();
+        sub.add(topic.clone(), None).await.unwrap();
         let mut ids = Vec::new();
         let mut sizes = Vec::new();
         for i in 0..5 {
@@ -299,7 +299,6 @@ mod tests {
             ids.push(e.id());
             sizes.push(e.json().len());
         }
-        let _ = start;
         // A cap that holds exactly two of these events; a tiny cap still takes one.
         let two = sizes[0] + sizes[1] + 2;
         let mut got = Vec::new();

@@ -156,6 +156,10 @@ async fn open(
     }));
     let mut r = body.into_response();
     stream_headers(r.headers_mut());
+    // A write to this subscriber that does not progress for this long ends
+    // the connection (the HTTP/1.1 direct path reads it).
+    r.extensions_mut()
+        .insert(crate::server::WriteDeadline(app.config.write_timeout));
     Ok(r)
 }
 
