@@ -403,11 +403,13 @@ async fn a_journal_cut_in_half_starts_a_new_epoch_and_old_cursors_get_a_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_tails_are_bounded_by_bytes() {
     // 30 topics x 130 events of 100 kB: 390 MB written. Kept whole in
-    // 128-event hot tails that would be 384 MB of memory; bounded by bytes
-    // (64 MiB in all, counting each event's data twice) it is far less.
+    // 128-event hot tails that would be 384 MB of memory on their own. The
+    // bound: the tails' 64 MiB budget, fjall's memtable (up to 64 MiB) and
+    // block cache (32 MiB), 30 requests of 100 kB in flight and their
+    // copies, and allocator slack.
     const TOPICS: usize = 30;
     const EVENTS: usize = 130;
-    const BOUND: u64 = 256 << 20;
+    const BOUND: u64 = 320 << 20;
     let dir = TempDir::new("hot-tail-bytes");
     let data = dir.path().join("data");
     let herald = Herald::start(&data, &[]);
