@@ -20,6 +20,9 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 const MIB: i64 = 1024 * 1024;
+/// Longest wait for any one answer: a server that stops answering fails the
+/// test instead of holding it.
+const ANSWER: Duration = Duration::from_secs(30);
 
 struct Server {
     child: Child,
@@ -57,15 +60,15 @@ impl Server {
 
     /// POSTs `body` to `/v1/publish`: status, `Retry-After`, JSON answer.
     async fn publish(&self, body: Value) -> (u16, Option<String>, Value) {
-        let resp = self
-            .client
-            .request(
-                http::Method::POST,
-                "/v1/publish",
-                &[("content-type", "application/json")],
-                Bytes::from(body.to_string()),
-            )
+        let request = self.client.request(
+            http::Method::POST,
+            "/v1/publish",
+            &[("content-type", "application/json")],
+            Bytes::from(body.to_string()),
+        );
+        let resp = tokio::time::timeout(ANSWER, request)
             .await
+            .expect("a publish answer in time")
             .expect("publish request");
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -80,10 +83,12 @@ impl Server {
 
     /// One sample of `/metrics` by name (without labels).
     async fn metric(&self, name: &str) -> Option<f64> {
-        let resp = self
+        let request = self
             .client
-            .request(http::Method::GET, "/metrics", &[], Bytes::new())
+            .request(http::Method::GET, "/metrics", &[], Bytes::new());
+        let resp = tokio::time::timeout(ANSWER, request)
             .await
+            .expect("a metrics answer in time")
             .expect("metrics request");
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();

@@ -79,9 +79,10 @@ struct Inner {
 struct Shard {
     logs: HashMap<Topic, TopicLog>,
     /// When each topic's oldest event expires (ms since the Unix epoch): one
-    /// entry per topic that retains events. An entry may be early (the
-    /// count limit dropped that event since); the sweep then re-queues the
-    /// topic at its new oldest event.
+    /// valid entry per topic that retains events ([`TopicLog::queued`]);
+    /// entries of a forgotten incarnation are skipped. An entry may be early
+    /// (the count limit dropped that event since); the sweep then re-queues
+    /// the topic at its new oldest event.
     expiry: BinaryHeap<Reverse<(u64, Topic)>>,
 }
 
@@ -89,8 +90,9 @@ struct TopicLog {
     epoch: u64,
     head: u64,
     events: VecDeque<Arc<Event>>,
-    /// Whether the topic has an entry in its shard's expiry queue.
-    queued: bool,
+    /// The expiry time of the topic's one valid entry in its shard's
+    /// expiry queue, if it has one (others are stale and skipped).
+    queued: Option<u64>,
 }
 
 fn event_bytes(e: &Event) -> u64 {
@@ -103,7 +105,7 @@ impl TopicLog {
             epoch,
             head: 0,
             events: VecDeque::new(),
-            queued: false,
+            queued: None,
         }
     }
 
@@ -146,11 +148,14 @@ impl TopicLog {
             .map_or(self.head + 1, |e| e.position.seq)
     }
 
-    /// When the oldest retained event expires.
+    /// The first millisecond at which [`TopicLog::prune`] drops the oldest
+    /// retained event for its age (it drops events *older* than the limit).
     fn expires_at(&self, limits: &HistoryLimits) -> Option<u64> {
-        self.events
-            .front()
-            .map(|e| e.published_at_ms.saturating_add(max_age_ms(limits)))
+        self.events.front().map(|e| {
+            e.published_at_ms
+                .saturating_add(max_age_ms(limits))
+                .saturating_add(1)
+        })
     }
 }
 
@@ -239,10 +244,10 @@ impl Inner {
             log.events.push_back(event.clone());
             let freed = log.prune(&self.limits, now);
             self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
-            if !log.queued {
+            if log.queued.is_none() {
                 if let Some(at) = log.expires_at(&self.limits) {
                     expiry.push(Reverse((at, topic)));
-                    log.queued = true;
+                    log.queued = Some(at);
                 }
             }
             // Dispatch under the topic's lock: subscribers see a topic's
@@ -332,35 +337,43 @@ impl Inner {
     /// Drops expired events and forgets idle topics. Returns the topics
     /// forgotten.
     fn sweep(&self) -> u64 {
-        let now = now_ms();
+        self.sweep_at(now_ms())
+    }
+
+    /// [`Inner::sweep`] as if the time were `now` (ms since the Unix epoch).
+    fn sweep_at(&self, now: u64) -> u64 {
         let fanout = self.fanout();
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let Shard { logs, expiry } = &mut *guard;
+            // Topics still retaining events go back in the queue after the
+            // pass, so the pass ends whatever their new expiry times.
+            let mut requeue = Vec::new();
             while let Some(Reverse((at, _))) = expiry.peek() {
                 if *at > now {
                     break;
                 }
-                let Some(Reverse((_, topic))) = expiry.pop() else {
+                let Some(Reverse((at, topic))) = expiry.pop() else {
                     break;
                 };
                 let Some(log) = logs.get_mut(&topic) else {
                     continue; // forgotten since
                 };
-                if !log.queued {
+                if log.queued != Some(at) {
                     continue; // an entry of an earlier incarnation
                 }
-                log.queued = false;
+                log.queued = None;
                 let freed = log.prune(&self.limits, now);
                 self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
-                if let Some(at) = log.expires_at(&self.limits) {
-                    expiry.push(Reverse((at, topic)));
-                    log.queued = true;
+                if let Some(next) = log.expires_at(&self.limits) {
+                    log.queued = Some(next);
+                    requeue.push(Reverse((next, topic)));
                 } else if self.forget_if_idle(logs, &topic, fanout.as_deref()) {
                     dropped += 1;
                 }
             }
+            expiry.extend(requeue);
         }
         if let Some(f) = &fanout {
             if dropped > 0 {
@@ -772,5 +785,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(alive(), before);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_at_the_exact_expiry_millisecond_ends() {
+        let e = MemoryEngine::with_epoch(limits(10, Duration::from_millis(100)), 9);
+        let t = Topic::new("edge").unwrap();
+        let at = e.publish(vec![ev(&t, "x")]).await.unwrap()[0].published_at_ms;
+        // Exactly the age limit: not older than it, so kept (and the pass
+        // returns, whatever it re-queues).
+        assert_eq!(e.inner.sweep_at(at + 100), 0);
+        assert_eq!(e.usage().0, 1);
+        assert_eq!(e.inner.sweep_at(at + 101), 1);
+        assert_eq!(e.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn queue_entries_of_a_forgotten_incarnation_are_skipped() {
+        let e = MemoryEngine::with_epoch(limits(10, Duration::from_millis(50)), 9);
+        let t = Topic::new("again").unwrap();
+        let first = e.publish(vec![ev(&t, "1")]).await.unwrap()[0].published_at_ms;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // A read empties the log, the last subscriber leaving forgets it:
+        // its queue entry stays behind.
+        assert!(e.read(&t, None, 1).await.unwrap().events.is_empty());
+        e.unwatch(&t);
+        assert_eq!(e.usage().0, 0);
+        let second = e.publish(vec![ev(&t, "2")]).await.unwrap()[0].published_at_ms;
+        assert_eq!(e.inner.shard(&t).expiry.len(), 2);
+        // The old entry is due; the new incarnation's event is not.
+        assert_eq!(e.inner.sweep_at(first + 51), 0);
+        assert_eq!(e.usage().0, 1);
+        assert_eq!(e.inner.shard(&t).expiry.len(), 1, "the stale entry is gone");
+        assert_eq!(e.inner.sweep_at(second + 51), 1);
+        assert_eq!(e.inner.shard(&t).expiry.len(), 0);
     }
 }
