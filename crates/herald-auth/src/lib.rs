@@ -538,9 +538,7 @@ impl Auth {
         let patterns = match (who, action) {
             (Principal::Open | Principal::Publisher, _) => return Ok(()),
             (_, Action::Generate) if self.config.public_llm => return Ok(()),
-            (_, _) if reads && self.public.iter().any(|p| p.matches(topic, None)) => {
-                return Ok(())
-            }
+            (_, _) if reads && self.public.iter().any(|p| p.matches(topic, None)) => return Ok(()),
             (_, _) if reads && self.granted_to(topic, who.subject()) => return Ok(()),
             (Principal::Anonymous, _) => {
                 return Err(Denied::Unauthenticated(topic.as_str().to_owned()))
@@ -562,7 +560,11 @@ impl Auth {
     /// exchange it for a one-time token (`POST /v1/tokens`): on a server with
     /// authentication, only a credential from the `Authorization` header or
     /// the cookie may, never a token from a URL (nor another one-time token).
-    pub fn authorize_exchange(&self, who: &Principal, source: Option<Source>) -> Result<(), Denied> {
+    pub fn authorize_exchange(
+        &self,
+        who: &Principal,
+        source: Option<Source>,
+    ) -> Result<(), Denied> {
         if !self.enabled {
             return Ok(());
         }

@@ -83,9 +83,11 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             // A global budget is used up: temporary, like any 503 (Retry-After).
-            EngineError::ServerFull(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_full", e.to_string())
-            }
+            EngineError::ServerFull(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_full",
+                e.to_string(),
+            ),
             EngineError::Unavailable(_) | EngineError::ShuttingDown => {
                 ApiError::unavailable(e.to_string())
             }

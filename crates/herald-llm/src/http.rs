@@ -50,7 +50,8 @@ async fn body_object(
             "send the request body as application/json",
         ));
     }
-    let bytes = read_limited_within(headers, body, st.http.max_body_bytes, st.http.body_timeout).await?;
+    let bytes =
+        read_limited_within(headers, body, st.http.max_body_bytes, st.http.body_timeout).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::bad_request(

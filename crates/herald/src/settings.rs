@@ -749,7 +749,9 @@ impl Settings {
             ws_message_rate: match args.ws_message_rate.or(file.ws_message_rate) {
                 None => d.ws_message_rate,
                 Some(r) if r.is_finite() && r >= 1.0 => r,
-                Some(r) => bail!("--ws-message-rate {r}: give a number of messages per second, at least 1"),
+                Some(r) => {
+                    bail!("--ws-message-rate {r}: give a number of messages per second, at least 1")
+                }
             },
             ..d
         };
