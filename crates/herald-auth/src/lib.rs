@@ -535,11 +535,19 @@ impl Auth {
             action,
             Action::Subscribe | Action::Presence | Action::History
         );
+        // A generation's stream is private to whom the relay granted it (its
+        // creator, or whom it was shared with): no token pattern and no
+        // public pattern reads it, however wide.
+        let relay_topic = topic.as_str().starts_with(RELAY_TOPIC_PREFIX);
         let patterns = match (who, action) {
             (Principal::Open | Principal::Publisher, _) => return Ok(()),
             (_, Action::Generate) if self.config.public_llm => return Ok(()),
-            (_, _) if reads && self.public.iter().any(|p| p.matches(topic, None)) => return Ok(()),
             (_, _) if reads && self.granted_to(topic, who.subject()) => return Ok(()),
+            (Principal::Anonymous, _) if reads && relay_topic => {
+                return Err(Denied::Unauthenticated(topic.as_str().to_owned()))
+            }
+            (_, _) if reads && relay_topic => return Err(forbidden()),
+            (_, _) if reads && self.public.iter().any(|p| p.matches(topic, None)) => return Ok(()),
             (Principal::Anonymous, _) => {
                 return Err(Denied::Unauthenticated(topic.as_str().to_owned()))
             }
@@ -577,6 +585,13 @@ impl Auth {
         {
             return Err(Denied::Credential(
                 "authenticate with an Authorization header or the cookie to get a one-time token",
+            ));
+        }
+        // A publisher key stays in the Authorization header: it is never
+        // turned into a credential that travels in a URL.
+        if *who == Principal::Publisher {
+            return Err(Denied::Credential(
+                "publisher keys cannot be exchanged for one-time tokens",
             ));
         }
         Ok(())

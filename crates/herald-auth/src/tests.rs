@@ -360,8 +360,8 @@ fn relay_topics_are_written_by_nobody_but_the_relay() {
             Err(Denied::Forbidden { .. })
         ));
     }
-    // Reading stays a matter of grants.
-    assert!(auth.authorize(&wide, Action::Subscribe, &topic).is_ok());
+    // Reading is a matter of the relay's run-time grants, not of patterns.
+    assert!(auth.authorize(&wide, Action::Subscribe, &topic).is_err());
     // A topic that merely starts with the letters is not reserved.
     assert!(auth.authorize(&wide, Action::Publish, &t("llmx/a")).is_ok());
 }
@@ -476,4 +476,46 @@ fn url_token_lifetime_counts_from_now_or_iat() {
     // iat within the leeway is accepted, no iat is not.
     assert!(rule(Some(now + 3), now + 200, now, 300, 5).is_ok());
     assert!(rule(None, now + 60, now, 300, 5).is_err());
+}
+
+#[test]
+fn generation_streams_are_read_only_by_their_grantees() {
+    let auth = Auth::new(AuthConfig {
+        hs256_secret: Some(SECRET.to_vec()),
+        public: vec!["**".into()],
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    let topic = t("llm/abcdef");
+    let wide = user(&auth, claims("mallory", &["**", "*/*", "llm/*"], &[], 60));
+    let alice = user(&auth, claims("alice", &[], &[], 60));
+    for action in [Action::Subscribe, Action::Presence, Action::History] {
+        assert!(matches!(
+            auth.authorize(&wide, action, &topic),
+            Err(Denied::Forbidden { .. })
+        ));
+        assert!(matches!(
+            auth.authorize(&Principal::Anonymous, action, &topic),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+    auth.grant_subscribe(
+        &topic,
+        Readers::Subjects(vec!["alice".into()]),
+        Duration::from_secs(60),
+    );
+    assert!(auth.authorize(&alice, Action::Subscribe, &topic).is_ok());
+    assert!(auth.authorize(&wide, Action::Subscribe, &topic).is_err());
+    // Other topics still follow the public pattern.
+    assert!(auth
+        .authorize(&Principal::Anonymous, Action::Subscribe, &t("a/b"))
+        .is_ok());
+}
+
+#[test]
+fn publisher_keys_are_not_exchanged() {
+    let auth = hs_auth();
+    assert!(auth
+        .authorize_exchange(&Principal::Publisher, Some(Source::Header))
+        .is_err());
 }

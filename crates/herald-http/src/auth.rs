@@ -158,11 +158,32 @@ pub(crate) async fn tokens(
 ) -> Response {
     let pairs = crate::transport::query_pairs(uri.query());
     // Behind a trusted proxy, the address its headers name.
-    let client = conn
-        .map(|c| crate::forwarded::client_ip(c.peer.ip(), &headers, &app.config.trusted_proxies));
+    let client = conn.map(|c| app.config.client_addr(c.peer.ip(), &headers));
     let result = async {
         let (who, source) = authenticate(&app, &headers, &pairs).await?;
         app.config.auth.authorize_exchange(&who, source)?;
+        // Cross-site request forgery: a cookie rides along with any site's
+        // form POST, so a cookie exchange must come from the page's own
+        // origin or one configured by name (WebSocket or CORS origins).
+        if source == Some(Source::Cookie) {
+            let named: Vec<String> = app
+                .config
+                .ws_allowed_origins
+                .iter()
+                .chain(&app.config.cors_origins)
+                .filter(|o| o.as_str() != "*")
+                .cloned()
+                .collect();
+            let same_site = origin_allowed(&headers, &[]);
+            let named_site = !named.is_empty() && origin_allowed(&headers, &named);
+            if !same_site && !named_site {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_origin",
+                    "this origin may not exchange the cookie credential",
+                ));
+            }
+        }
         Ok::<_, ApiError>(
             match app.config.auth.issue_one_time_for(&who, client).await {
                 Ok((token, ttl)) => {
@@ -195,7 +216,10 @@ pub fn redact_query(query: &str) -> String {
 }
 
 fn is_secret_param(k: &str) -> bool {
-    let k = k.to_ascii_lowercase();
+    // Judged on the decoded name: `tok%65n` is read as `token` too.
+    let k = percent_encoding::percent_decode_str(&k.replace('+', " "))
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
     k == "token" || k == "access_token" || k == "jwt" || k == "authorization" || k.contains("key")
 }
 
@@ -241,6 +265,10 @@ mod tests {
             "Token=[redacted]&api_key=[redacted]"
         );
         assert_eq!(redact_query("topic=a"), "topic=a");
+        assert_eq!(
+            redact_query("tok%65n=eyJ&%74oken=ot_x&t=1"),
+            "tok%65n=[redacted]&%74oken=[redacted]&t=1"
+        );
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct HttpConfig {
     /// Peers whose `Forwarded` / `X-Forwarded-For` headers name the client
     /// address that per-address limits count (see [`crate::forwarded`]).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header those proxies write the client address into.
+    pub trusted_proxy_header: crate::forwarded::ProxyHeader,
     /// Shutdown: streams (SSE, WebSocket) end at a random moment within this
     /// window, so that clients do not all come back in the same millisecond.
     pub shutdown_drain: Duration,
@@ -87,6 +89,7 @@ impl Default for HttpConfig {
             ws_message_rate: 100.0,
             ws_error_burst: 20.0,
             trusted_proxies: Vec::new(),
+            trusted_proxy_header: crate::forwarded::ProxyHeader::XForwardedFor,
             shutdown_drain: Duration::from_secs(2),
             write_timeout: Duration::from_secs(30),
             max_coalesce: 64,
@@ -97,5 +100,23 @@ impl Default for HttpConfig {
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The client address that per-address limits count for a request from
+    /// `peer`: behind a trusted proxy the one its header names, normalised by
+    /// [`crate::forwarded::counted`] (an IPv6 client counts as its /64).
+    pub fn client_addr(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        crate::forwarded::counted(crate::forwarded::client_ip(
+            peer,
+            headers,
+            &self.trusted_proxies,
+            self.trusted_proxy_header,
+        ))
     }
 }

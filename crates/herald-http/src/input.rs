@@ -106,33 +106,135 @@ pub fn cursor(value: &str, source: &str) -> Result<Cursor, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_cursor", format!("{source}: {e}")))
 }
 
-/// The cursor an SSE request resumes from: the `Last-Event-ID` header when
-/// present (a browser's EventSource sends it on every reconnect, while the
-/// URL keeps the parameter of the first connection), else the last
-/// `last_event_id` parameter, else the empty cursor.
-///
-/// Errors: 400 `invalid_cursor` when the chosen source does not decode,
-/// including a header that is not visible ASCII.
-pub fn sse_cursor(headers: &HeaderMap, query: &Query) -> Result<Cursor, ApiError> {
-    let mut header = headers.get_all("last-event-id").iter();
-    if let Some(v) = header.next() {
-        if header.next().is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_cursor",
-                "Last-Event-ID: send the header once",
-            ));
-        }
-        let v = v.to_str().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "Last-Event-ID: not a cursor (non-ASCII bytes)",
-            )
-        })?;
-        if !v.is_empty() {
-            return cursor(v, "Last-Event-ID");
+/// Where a request may carry the cursor it resumes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CursorSource {
+    /// The `Last-Event-ID` header (WHATWG HTML, server-sent events: a
+    /// browser's EventSource sends it on every reconnect).
+    LastEventIdHeader,
+    /// The `last_event_id` query parameter.
+    LastEventId,
+    /// The `cursor` query parameter (long polling).
+    Cursor,
+    /// The `since` query parameter (a cursor; the named starting points
+    /// `earliest` and `latest` are refused until history reads land).
+    Since,
+}
+
+impl CursorSource {
+    fn name(self) -> &'static str {
+        match self {
+            CursorSource::LastEventIdHeader => "Last-Event-ID",
+            CursorSource::LastEventId => "last_event_id",
+            CursorSource::Cursor => "cursor",
+            CursorSource::Since => "since",
         }
     }
-    cursor(query.last("last_event_id").unwrap_or(""), "last_event_id")
+
+    /// The value this source carries, if any.
+    fn value<'a>(
+        self,
+        headers: &'a HeaderMap,
+        query: &'a Query,
+    ) -> Result<Option<&'a str>, ApiError> {
+        match self {
+            CursorSource::LastEventIdHeader => {
+                let mut all = headers.get_all("last-event-id").iter();
+                let Some(v) = all.next() else {
+                    return Ok(None);
+                };
+                if all.next().is_some() {
+                    return Err(ApiError::bad_request(
+                        "invalid_cursor",
+                        "Last-Event-ID: send the header once",
+                    ));
+                }
+                v.to_str().map(Some).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "Last-Event-ID: not a cursor (non-ASCII bytes)",
+                    )
+                })
+            }
+            CursorSource::LastEventId => Ok(query.last("last_event_id")),
+            CursorSource::Cursor => Ok(query.last("cursor")),
+            CursorSource::Since => match query.last("since") {
+                Some(s @ ("earliest" | "latest")) => Err(ApiError::bad_request(
+                    "invalid_cursor",
+                    format!("since={s} is not supported by this server; pass a cursor"),
+                )),
+                other => Ok(other),
+            },
+        }
+    }
+}
+
+/// The cursor a request resumes `topics` from. Every source in `sources`
+/// that the request carries must decode (a garbage value is refused even
+/// where another source wins); the first non-empty one, in the order given,
+/// is used; none: the empty cursor ("from now"). A `history` parameter (a
+/// starting point this server does not offer yet) is refused rather than
+/// ignored.
+///
+/// Errors: 400 `invalid_cursor` when a source does not decode, is not
+/// visible ASCII, or names none of `topics` (a cursor of another
+/// subscription must not silently mean "from now").
+pub fn resume_cursor(
+    headers: &HeaderMap,
+    query: &Query,
+    sources: &[CursorSource],
+    topics: &[herald_core::Topic],
+) -> Result<Cursor, ApiError> {
+    if query.last("history").is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_cursor",
+            "history=N is not supported by this server; pass a cursor",
+        ));
+    }
+    let mut chosen: Option<Cursor> = None;
+    for &source in sources {
+        let Some(v) = source.value(headers, query)? else {
+            continue;
+        };
+        let c = cursor(v, source.name())?;
+        if chosen.is_none() && !c.is_empty() {
+            chosen = Some(c);
+        }
+    }
+    let chosen = chosen.unwrap_or_default();
+    if !chosen.is_empty() && topics.iter().all(|t| chosen.get(t).is_none()) {
+        return Err(ApiError::bad_request(
+            "invalid_cursor",
+            "the cursor names none of the requested topics",
+        ));
+    }
+    Ok(chosen)
+}
+
+/// The sources of `GET /v1/sse`, in order: the header wins (a browser sends
+/// it on every reconnect, while the URL keeps the parameter of the first
+/// connection), then `last_event_id`, then `since`.
+pub const SSE_SOURCES: &[CursorSource] = &[
+    CursorSource::LastEventIdHeader,
+    CursorSource::LastEventId,
+    CursorSource::Since,
+];
+
+/// The sources of `GET /v1/poll`, in order.
+pub const POLL_SOURCES: &[CursorSource] = &[
+    CursorSource::Cursor,
+    CursorSource::LastEventId,
+    CursorSource::LastEventIdHeader,
+    CursorSource::Since,
+];
+
+/// The cursor an SSE request resumes from; see [`resume_cursor`] and [`SSE_SOURCES`].
+pub fn sse_cursor(
+    headers: &HeaderMap,
+    query: &Query,
+    topics: &[herald_core::Topic],
+) -> Result<Cursor, ApiError> {
+    resume_cursor(headers, query, SSE_SOURCES, topics)
 }
 
 #[cfg(test)]
@@ -167,33 +269,81 @@ mod tests {
     #[test]
     fn sse_cursor_sources() {
         let (old, new) = (c("t", 1), c("t", 5));
+        let topics = [Topic::new("t").unwrap()];
         let q = Query::parse(Some(&format!("last_event_id={old}&last_event_id={new}"))).unwrap();
         let mut h = HeaderMap::new();
         // Last repeated parameter.
-        assert_eq!(sse_cursor(&h, &q).unwrap().encode(), new);
+        assert_eq!(sse_cursor(&h, &q, &topics).unwrap().encode(), new);
         // The header wins over the URL.
         h.insert("last-event-id", HeaderValue::from_str(&old).unwrap());
-        assert_eq!(sse_cursor(&h, &q).unwrap().encode(), old);
+        assert_eq!(sse_cursor(&h, &q, &topics).unwrap().encode(), old);
         // A valid cursor followed by a non-ASCII byte is refused, not ignored.
         let mut bad = old.clone().into_bytes();
         bad.push(0xe9);
         h.insert("last-event-id", HeaderValue::from_bytes(&bad).unwrap());
-        let e = sse_cursor(&h, &q).unwrap_err();
+        let e = sse_cursor(&h, &q, &topics).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (400, "invalid_cursor"));
         // Garbage is refused too.
         h.insert("last-event-id", HeaderValue::from_static("zz"));
-        assert_eq!(sse_cursor(&h, &q).unwrap_err().code, "invalid_cursor");
+        assert_eq!(
+            sse_cursor(&h, &q, &topics).unwrap_err().code,
+            "invalid_cursor"
+        );
         // An empty header is no header.
         h.insert("last-event-id", HeaderValue::from_static(""));
-        assert_eq!(sse_cursor(&h, &q).unwrap().encode(), new);
+        assert_eq!(sse_cursor(&h, &q, &topics).unwrap().encode(), new);
         // Nothing at all: the empty cursor.
         let none = Query::parse(None).unwrap();
-        assert!(sse_cursor(&HeaderMap::new(), &none).unwrap().is_empty());
+        assert!(sse_cursor(&HeaderMap::new(), &none, &topics)
+            .unwrap()
+            .is_empty());
         let e = sse_cursor(
             &HeaderMap::new(),
             &Query::parse(Some("last_event_id=%21")).unwrap(),
+            &topics,
         )
         .unwrap_err();
         assert_eq!(e.code, "invalid_cursor");
+        // A valid header does not hide a garbage parameter.
+        h.insert("last-event-id", HeaderValue::from_str(&old).unwrap());
+        let garbage = Query::parse(Some("last_event_id=zzz")).unwrap();
+        assert_eq!(
+            sse_cursor(&h, &garbage, &topics).unwrap_err().code,
+            "invalid_cursor"
+        );
+        // `since` is a cursor source too; named starting points are refused.
+        let since = Query::parse(Some(&format!("since={new}"))).unwrap();
+        assert_eq!(
+            sse_cursor(&HeaderMap::new(), &since, &topics)
+                .unwrap()
+                .encode(),
+            new
+        );
+        for q in ["since=zzz", "since=earliest", "since=latest", "history=5"] {
+            let q = Query::parse(Some(q)).unwrap();
+            assert_eq!(
+                sse_cursor(&HeaderMap::new(), &q, &topics).unwrap_err().code,
+                "invalid_cursor"
+            );
+        }
+        // A cursor of another topic names none of these: refused, not "from now".
+        let other = Query::parse(Some(&format!("last_event_id={}", c("u", 3)))).unwrap();
+        let e = sse_cursor(&HeaderMap::new(), &other, &topics).unwrap_err();
+        assert!(
+            e.message.contains("none of the requested topics"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn poll_sources() {
+        let topics = [Topic::new("t").unwrap()];
+        let (a, b) = (c("t", 1), c("t", 2));
+        let q = Query::parse(Some(&format!("cursor={a}&last_event_id={b}"))).unwrap();
+        let got = resume_cursor(&HeaderMap::new(), &q, POLL_SOURCES, &topics).unwrap();
+        assert_eq!(got.encode(), a);
+        let q = Query::parse(Some(&format!("cursor={a}&last_event_id=zzz"))).unwrap();
+        assert!(resume_cursor(&HeaderMap::new(), &q, POLL_SOURCES, &topics).is_err());
     }
 }

@@ -73,7 +73,7 @@ impl AppState {
         peer: Option<std::net::IpAddr>,
         headers: &axum::http::HeaderMap,
     ) -> Result<limits::Slot, ApiError> {
-        let client = peer.map(|p| forwarded::client_ip(p, headers, &self.config.trusted_proxies));
+        let client = peer.map(|p| self.config.client_addr(p, headers));
         self.limiter.acquire(
             client,
             self.config.max_connections,

@@ -94,7 +94,7 @@ type Conn = Option<axum::Extension<herald_http::ConnectionHandle>>;
 /// headers name. Counts the generation share of callers without a subject.
 fn client_of(st: &LlmState, conn: &Conn, headers: &HeaderMap) -> Option<IpAddr> {
     conn.as_ref()
-        .map(|c| herald_http::forwarded::client_ip(c.peer.ip(), headers, &st.http.trusted_proxies))
+        .map(|c| st.http.client_addr(c.peer.ip(), headers))
 }
 
 /// A 429 for too many generations waits [`GENERATION_RETRY_AFTER_SECS`].

@@ -212,6 +212,15 @@ impl Relay {
         // Starting a generation is its own action; the relay alone then
         // writes the topic.
         self.auth.authorize(who, Action::Generate, &topic)?;
+        // A creator without a credential (`--llm-public`) could neither read
+        // nor cancel a generation kept to its creator: refuse it rather than
+        // run (and pay for) an answer nobody can see.
+        if *who == Principal::Anonymous && matches!(share, Share::Creator) {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "a generation started without a credential is readable only if shared: pass \"share\": \"everyone\"",
+            ));
+        }
         let slot = self.acquire(herald_auth::quota_key(who, client))?;
         let owner = who.subject().map(str::to_owned);
         let mut readers: Vec<String> = owner.iter().cloned().collect();

@@ -232,7 +232,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         &upstream,
         settings.llm.api_key.as_ref().map(|k| k.0.clone()),
     )?;
-    tracing::info!(upstream = upstream.base(), "LLM relay");
+    // Without its query: a provider key may ride there (`?api-key=...`).
+    let shown = upstream.base().split(['?', '#']).next().unwrap_or_default();
+    tracing::info!(upstream = shown, "LLM relay");
     let relay = herald_llm::Relay::new(
         hub.clone(),
         settings.http.auth.clone(),

@@ -141,6 +141,11 @@ pub struct ServeArgs {
     /// limits count (repeatable; default: none, the TCP peer counts).
     #[arg(long)]
     pub trusted_proxy: Vec<String>,
+    /// The header trusted proxies write the client address into:
+    /// x-forwarded-for or forwarded (RFC 7239); only that one is read
+    /// [default: x-forwarded-for].
+    #[arg(long, env = "HERALD_TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<String>,
     /// On shutdown, streams end at random moments within this window so
     /// clients do not all reconnect at once; under 5s [default: 2s].
     #[arg(long, env = "HERALD_SHUTDOWN_DRAIN")]
@@ -239,6 +244,7 @@ struct FileSettings {
     max_connections_per_ip: Option<usize>,
     #[serde(default)]
     trusted_proxy: Vec<String>,
+    trusted_proxy_header: Option<String>,
     shutdown_drain: Option<String>,
     ws_message_rate: Option<f64>,
     tls_cert: Option<PathBuf>,
@@ -734,6 +740,10 @@ impl Settings {
                 file.trusted_proxy,
             ))
             .map_err(anyhow::Error::msg)?,
+            trusted_proxy_header: match args.trusted_proxy_header.or(file.trusted_proxy_header) {
+                Some(h) => h.parse().map_err(anyhow::Error::msg)?,
+                None => d.trusted_proxy_header,
+            },
             shutdown_drain: match dur(
                 "shutdown-drain",
                 args.shutdown_drain.or(file.shutdown_drain),

@@ -712,3 +712,236 @@ async fn a_websocket_that_keeps_erring_is_closed_with_1008() {
         assert_eq!(ok.next_json().await.unwrap().unwrap()["type"], "published");
     }
 }
+
+// ---- What a second attack found ------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_attack_findings_stay_fixed() {
+    let s = start(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--max-connections-per-ip",
+        "1",
+    ]);
+    let now = herald_auth::now();
+    // A generation's stream is private to its creator, whatever wildcard a
+    // token (or --public) holds.
+    let alice = jwt::sign(
+        &jwt::Claims {
+            sub: Some("alice".into()),
+            exp: now + 120,
+            iat: Some(now),
+            nbf: None,
+            herald: jwt::HeraldClaim {
+                llm: true,
+                ..Default::default()
+            },
+        },
+        SECRET.as_bytes(),
+        false,
+        None,
+    )
+    .unwrap();
+    let r = s
+        .client
+        .clone()
+        .with_token(alice.clone())
+        .request(
+            http::Method::POST,
+            "/v1/llm/chat",
+            &[("content-type", "application/json")],
+            json!({"messages": [{"role": "user", "content": "private [tokens:3]"}]})
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    use http_body_util::BodyExt;
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let topic = v["topic"].as_str().unwrap().to_owned();
+    for pattern in ["**", "*/*", "llm/*"] {
+        let mallory = token_for("mallory", &[pattern], herald_auth::now(), 60);
+        let st = s
+            .client
+            .clone()
+            .with_token(mallory)
+            .request(
+                http::Method::GET,
+                &format!("/v1/poll?topic={topic}&timeout=0"),
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(st, 403, "a {pattern} grant read another user's generation");
+    }
+    let st = s
+        .client
+        .clone()
+        .with_token(alice)
+        .request(
+            http::Method::GET,
+            &format!("/v1/poll?topic={topic}&timeout=0"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(st, 200, "its creator reads it");
+
+    // Behind a trusted proxy only X-Forwarded-For (the default header) is
+    // read: a Forwarded header the proxy passed through buys nothing.
+    let addr = s.addr;
+    let open_from = move |forwarded: &'static str| {
+        let mut sock = TcpStream::connect(addr).unwrap();
+        sock.write_all(
+            format!("GET /v1/sse?topic=news/p HTTP/1.1\r\nHost: x\r\nForwarded: for={forwarded}\r\nX-Forwarded-For: 7.7.7.8\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        let mut buf = [0u8; 2048];
+        while !text.contains("id: ") && !text.contains("herald.disconnect") {
+            let n = sock.read(&mut buf).unwrap();
+            assert!(n > 0, "{text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        (sock, text)
+    };
+    let (_a, a) = tokio::task::spawn_blocking(move || open_from("8.8.8.1"))
+        .await
+        .unwrap();
+    assert!(!a.contains("herald.disconnect"), "{a}");
+    let (_b, b) = tokio::task::spawn_blocking(move || open_from("8.8.8.2"))
+        .await
+        .unwrap();
+    assert!(b.contains("rate_limited"), "{b}");
+
+    // A cookie exchanged for a one-time token from another site's form: refused.
+    let cookie = format!(
+        "herald_token={}",
+        token_for("alice", &[], herald_auth::now(), 60)
+    );
+    let r = s
+        .client
+        .request(
+            http::Method::POST,
+            "/v1/tokens",
+            &[
+                ("cookie", &cookie),
+                ("origin", "https://evil.example"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // From the page's own origin it works.
+    let own = format!("http://{}", s.addr);
+    let r = s
+        .client
+        .request(
+            http::Method::POST,
+            "/v1/tokens",
+            &[
+                ("cookie", &cookie),
+                ("origin", &own),
+                ("host", &s.addr.to_string()),
+            ],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A publisher key never becomes a URL credential.
+    let r = s
+        .client
+        .request(
+            http::Method::POST,
+            "/v1/tokens",
+            &[("authorization", &format!("Bearer {KEY}"))],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Cursors: `since` decodes or is refused; a cursor of another topic is refused.
+    let other = publish(&s, "news/other", json!(1)).await;
+    for path in [
+        "/v1/poll?topic=news/a&timeout=0&since=zzz".to_string(),
+        "/v1/sse?topic=news/a&since=earliest".to_string(),
+        format!("/v1/poll?topic=news/a&timeout=0&cursor={other}"),
+        format!("/v1/sse?topic=news/a&last_event_id={other}"),
+    ] {
+        let (st, text) =
+            tokio::task::spawn_blocking(move || raw_get(addr, &path, b"", Duration::from_secs(2)))
+                .await
+                .unwrap();
+        assert_eq!(st, 400, "{text}");
+        assert!(text.contains("invalid_cursor"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_with_narrower_grants_ends_the_subscriptions_it_no_longer_allows() {
+    let s = start(&[]);
+    let now = herald_auth::now();
+    let mut ws = s
+        .client
+        .ws_with(
+            &[(
+                "authorization",
+                &format!(
+                    "Bearer {}",
+                    token_for("alice", &["secret/**", "users/{sub}/**"], now, 60)
+                ),
+            )],
+            "",
+        )
+        .await
+        .unwrap();
+    ws.subscribe("secret/plans", None).await.unwrap();
+    assert_eq!(ws.next_json().await.unwrap().unwrap()["type"], "subscribed");
+    ws.subscribe("users/alice/inbox", None).await.unwrap();
+    assert_eq!(ws.next_json().await.unwrap().unwrap()["type"], "subscribed");
+    let narrow = token_for("alice", &["users/{sub}/**"], now, 60);
+    ws.send_json(&json!({"type": "auth", "token": narrow}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next_json().await.unwrap().unwrap()["type"],
+        "authenticated"
+    );
+    let v = ws.next_json().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["topic"].as_str(),
+            v["reason"].as_str()
+        ),
+        (
+            Some("unsubscribed"),
+            Some("secret/plans"),
+            Some("forbidden")
+        ),
+        "{v}"
+    );
+    publish(&s, "secret/plans", json!("revoked")).await;
+    publish(&s, "users/alice/inbox", json!("still mine")).await;
+    let v = tokio::time::timeout(WAIT, ws.next_json())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v["topic"].as_str(), v["data"].as_str()),
+        (Some("users/alice/inbox"), Some("still mine")),
+        "{v}"
+    );
+}

@@ -84,7 +84,8 @@ async fn poll(
     let (who, _) = authenticate(&app, &headers, pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let _slot = app.connection_slot(peer, &headers)?;
-    let cursor = crate::input::cursor(param(pairs, "cursor").unwrap_or(""), "cursor")?;
+    let cursor =
+        crate::input::resume_cursor(&headers, &query, crate::input::POLL_SOURCES, &topics)?;
     let wait = parse_timeout(
         param(pairs, "timeout"),
         app.config.poll_default_timeout,

@@ -121,7 +121,7 @@ async fn open(
     }
     let query = Query::parse(uri.query())?;
     let topics = topics_param(query.pairs(), app.hub.config().max_topics_per_subscription)?;
-    let cursor = sse_cursor(&headers, &query)?;
+    let cursor = sse_cursor(&headers, &query, &topics)?;
     let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()), &headers)?;

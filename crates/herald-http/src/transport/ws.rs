@@ -275,6 +275,39 @@ impl Connection {
         self.who = who;
     }
 
+    /// Re-authorizes every current subscription against the credential now
+    /// in force: a topic it no longer grants is unsubscribed, and the client
+    /// is told with `{"type":"unsubscribed","topic","was_subscribed":true,
+    /// "reason":"forbidden"}`.
+    async fn recheck_subscriptions(&mut self) -> Outcome {
+        let revoked: Vec<Topic> = self
+            .sub
+            .topics()
+            .filter(|t| {
+                self.app
+                    .config
+                    .auth
+                    .authorize(&self.who, Action::Subscribe, t)
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for topic in revoked {
+            self.sub.remove(&topic);
+            let v = serde_json::json!({
+                "type": "unsubscribed",
+                "topic": topic.as_str(),
+                "was_subscribed": true,
+                "reason": "forbidden",
+            });
+            match self.send_json(v).await {
+                Outcome::Continue => {}
+                ended => return ended,
+            }
+        }
+        Outcome::Continue
+    }
+
     /// Counts an error against the connection's allowance: `Continue` while
     /// some is left, else the close that ends an abusive connection.
     fn count_error(&mut self) -> Outcome {
@@ -516,7 +549,10 @@ impl Connection {
                         });
                         self.set_credential(who);
                         put_ref(&mut v, reference);
-                        self.send_json(v).await
+                        match self.send_json(v).await {
+                            Outcome::Continue => self.recheck_subscriptions().await,
+                            ended => ended,
+                        }
                     }
                     Err(_) => Outcome::Close(close_code::UNAUTHORIZED, "invalid credential"),
                 }
