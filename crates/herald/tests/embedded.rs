@@ -347,6 +347,13 @@ async fn a_journal_cut_in_half_starts_a_new_epoch_and_old_cursors_get_a_gap() {
     );
 
     let herald = Herald::start(&data, &[]);
+    // The log is read by a thread of its own: give it a moment (bounded).
+    for _ in 0..100 {
+        if herald.stderr().contains("new epoch") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         herald.stderr().contains("new epoch"),
         "no warning about the new epoch: {}",

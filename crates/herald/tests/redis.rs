@@ -215,12 +215,14 @@ async fn a_lost_stream_is_a_gap_not_silence() {
 async fn publish_ids_and_one_time_tokens_hold_across_nodes() {
     let redis = Arc::new(RedisServer::start());
     let key = "backend-key-0123456789";
+    let secret = b"redis-suite-secret-0123456789abcdef";
     let hub = HubConfig::default();
     let mut nodes = Vec::new();
     for _ in 0..3 {
         let engine = redis_engine(&redis, &hub).await;
         let mut auth = Auth::new(AuthConfig {
             api_keys: vec![key.into()],
+            hs256_secret: Some(secret.to_vec()),
             ..AuthConfig::default()
         })
         .unwrap();
@@ -252,9 +254,29 @@ async fn publish_ids_and_one_time_tokens_hold_across_nodes() {
         .command(&["XLEN", "herald:{pay/1}:s"])
         .starts_with(":1"));
 
-    // A one-time token from node 0 is good once, on any node.
+    // A one-time token from node 0 is good once, on any node. (A user's
+    // token is exchanged: a publisher key never becomes a URL credential.)
+    let now = herald_auth::now();
+    let user = herald_auth::jwt::sign(
+        &herald_auth::jwt::Claims {
+            sub: Some("alice".into()),
+            exp: now + 60,
+            iat: Some(now),
+            nbf: None,
+            herald: herald_auth::jwt::HeraldClaim {
+                subscribe: vec!["pay/*".into()],
+                ..Default::default()
+            },
+        },
+        secret,
+        false,
+        None,
+    )
+    .unwrap();
     let resp = nodes[0]
         .client
+        .clone()
+        .with_token(user)
         .request(http::Method::POST, "/v1/tokens", &[], Default::default())
         .await
         .unwrap();
