@@ -33,6 +33,12 @@ pub enum Delivery {
     Closed(CloseReason),
 }
 
+/// Event data one back-fill page holds at most (one event always fits): a
+/// resume whose client does not read pins no more than this per topic, whatever
+/// the size of the events (the engine's own copies, read from disk, are not
+/// shared between connections).
+pub const BACKFILL_BYTES: usize = 1024 * 1024;
+
 /// A gap signal: delivery of `topic` continues after `position`.
 #[derive(Debug, Clone)]
 pub struct Gap {
@@ -258,6 +264,8 @@ impl Subscription {
         }
     }
 
+    /// Reads the next page of `i`'s history into `pending`: at most
+    /// `read_page` events and about [`BACKFILL_BYTES`] of their data.
     async fn catch_up(&mut self, i: usize) -> Result<(), EngineError> {
         let topic = self.topics[i].topic.clone();
         let after = self.topics[i].fetched;
@@ -270,7 +278,22 @@ impl Subscription {
         if self.topics[i].fetched != after || !self.topics[i].catching_up {
             return Ok(());
         }
-        let more = read.more();
+        let mut more = read.more();
+        let mut events = read.events;
+        // Held for a client that may not read: at most about
+        // BACKFILL_BYTES of event data per page (always one event), the
+        // rest is read again when this page has been delivered.
+        let mut bytes = 0usize;
+        if let Some(keep) = events.iter().position(|e| {
+            bytes += e.data.len();
+            bytes > BACKFILL_BYTES
+        }) {
+            let keep = keep.max(1);
+            if keep < events.len() {
+                events.truncate(keep);
+                more = true;
+            }
+        }
         let st = &mut self.topics[i];
         if after.is_none() {
             // "From now": the client's cursor starts at the head.
@@ -283,10 +306,9 @@ impl Subscription {
                 position: read.from,
             }));
         }
-        st.fetched = Some(read.events.last().map_or(read.from, |e| e.position));
+        st.fetched = Some(events.last().map_or(read.from, |e| e.position));
         st.catching_up = more;
-        self.pending
-            .extend(read.events.into_iter().map(Delivery::Event));
+        self.pending.extend(events.into_iter().map(Delivery::Event));
         Ok(())
     }
 
