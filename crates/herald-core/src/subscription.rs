@@ -80,7 +80,14 @@ struct TopicState {
     delivered: Option<Position>,
     /// History must be read before live events of this topic are used.
     catching_up: bool,
+    /// Events to ask the engine for in the next back-fill read: starts small
+    /// and follows the size of the events seen, so that a read of large
+    /// events (copies, when read from disk) stays near [`BACKFILL_BYTES`].
+    page: usize,
 }
+
+/// The first back-fill read of a topic asks for this many events.
+const FIRST_PAGE: usize = 2;
 
 /// One connection's subscription to any number of topics.
 pub struct Subscription {
@@ -139,6 +146,7 @@ impl Subscription {
                 fetched: since,
                 delivered: since,
                 catching_up: true,
+                page: FIRST_PAGE,
             });
         }
         let i = self.topics.len() - 1;
@@ -269,7 +277,9 @@ impl Subscription {
     async fn catch_up(&mut self, i: usize) -> Result<(), EngineError> {
         let topic = self.topics[i].topic.clone();
         let after = self.topics[i].fetched;
-        let page = self.hub.config.read_page.max(1);
+        let page = self.topics[i]
+            .page
+            .clamp(1, self.hub.config.read_page.max(1));
         let read = self.hub.engine.read(&topic, after, page).await?;
         // The topic may have been removed or restarted while we read.
         let Some(i) = self.index(&topic) else {
@@ -295,6 +305,10 @@ impl Subscription {
             }
         }
         let st = &mut self.topics[i];
+        if !events.is_empty() {
+            let average = (bytes.min(usize::MAX / 2) / events.len()).max(1);
+            st.page = (BACKFILL_BYTES / average).max(1);
+        }
         if after.is_none() {
             // "From now": the client's cursor starts at the head.
             st.delivered = Some(read.from);
