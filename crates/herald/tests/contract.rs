@@ -319,7 +319,10 @@ async fn oversized_publish(kind: Kind) {
 /// anyone else; with its cursor it later gets everything, exactly once.
 async fn slow_consumer(kind: Kind) {
     let mut hub = history(100_000);
-    hub.queue_capacity = 16;
+    // Small enough that the reader that never reads overflows at once (1500
+    // events of 8 KiB), large enough that the one that reads is not cut off
+    // when a busy machine delays it for a moment.
+    hub.queue_capacity = 64;
     let s = TestServer::start_with(hub, quick_http()).await;
     let mut slow = open(&s, kind, &["firehose"], None).await;
     let mut fast = open(&s, kind, &["firehose"], None).await;
