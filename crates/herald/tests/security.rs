@@ -530,6 +530,25 @@ async fn a_shutdown_spreads_stream_ends_over_the_drain_window() {
 
 // ---- Client identity behind a proxy ----------------------------------------
 
+/// Opens `GET /v1/sse?topic=TOPIC` over a raw socket with one extra head
+/// line, and reads until the stream's preamble or a refusal has arrived.
+fn hold_sse(addr: std::net::SocketAddr, topic: &str, extra: &str) -> (TcpStream, String) {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.write_all(
+        format!("GET /v1/sse?topic={topic} HTTP/1.1\r\nHost: x\r\n{extra}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 2048];
+    while !text.contains("id: ") && !text.contains("herald.disconnect") {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "{text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (sock, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_address_limits_see_through_trusted_proxies_only() {
     let addr_of = |s: &Server| s.addr;
@@ -543,25 +562,7 @@ async fn per_address_limits_see_through_trusted_proxies_only() {
         "127.0.0.0/8",
     ]);
     let addr = addr_of(&s);
-    let hold = move |xff: &'static str| {
-        let mut sock = TcpStream::connect(addr).unwrap();
-        sock.write_all(
-            format!("GET /v1/sse?topic=t/p HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n")
-                .as_bytes(),
-        )
-        .unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 2048];
-        let n = sock.read(&mut buf).unwrap();
-        let mut text = String::from_utf8_lossy(&buf[..n]).to_string();
-        // Read on until the preamble or the refusal has arrived.
-        while !text.contains("id: ") && !text.contains("herald.disconnect") {
-            let n = sock.read(&mut buf).unwrap();
-            assert!(n > 0, "{text}");
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        (sock, text)
-    };
+    let hold = move |xff: &'static str| hold_sse(addr, "t/p", &format!("X-Forwarded-For: {xff}"));
     let (_a, a) = tokio::task::spawn_blocking(move || hold("203.0.113.1"))
         .await
         .unwrap();
@@ -586,23 +587,7 @@ async fn per_address_limits_see_through_trusted_proxies_only() {
     // From an untrusted peer the header is ignored: one allowance for the peer.
     let s = start(&["--public", "t/**", "--max-connections-per-ip", "1"]);
     let addr = addr_of(&s);
-    let hold2 = move |xff: &'static str| {
-        let mut sock = TcpStream::connect(addr).unwrap();
-        sock.write_all(
-            format!("GET /v1/sse?topic=t/p HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n")
-                .as_bytes(),
-        )
-        .unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut text = String::new();
-        let mut buf = [0u8; 2048];
-        while !text.contains("id: ") && !text.contains("herald.disconnect") {
-            let n = sock.read(&mut buf).unwrap();
-            assert!(n > 0, "{text}");
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        (sock, text)
-    };
+    let hold2 = move |xff: &'static str| hold_sse(addr, "t/p", &format!("X-Forwarded-For: {xff}"));
     let (_a, a) = tokio::task::spawn_blocking(move || hold2("203.0.113.1"))
         .await
         .unwrap();
@@ -797,21 +782,11 @@ async fn second_attack_findings_stay_fixed() {
     // read: a Forwarded header the proxy passed through buys nothing.
     let addr = s.addr;
     let open_from = move |forwarded: &'static str| {
-        let mut sock = TcpStream::connect(addr).unwrap();
-        sock.write_all(
-            format!("GET /v1/sse?topic=news/p HTTP/1.1\r\nHost: x\r\nForwarded: for={forwarded}\r\nX-Forwarded-For: 7.7.7.8\r\n\r\n")
-                .as_bytes(),
+        hold_sse(
+            addr,
+            "news/p",
+            &format!("Forwarded: for={forwarded}\r\nX-Forwarded-For: 7.7.7.8"),
         )
-        .unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut text = String::new();
-        let mut buf = [0u8; 2048];
-        while !text.contains("id: ") && !text.contains("herald.disconnect") {
-            let n = sock.read(&mut buf).unwrap();
-            assert!(n > 0, "{text}");
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        (sock, text)
     };
     let (_a, a) = tokio::task::spawn_blocking(move || open_from("8.8.8.1"))
         .await
