@@ -20,8 +20,10 @@ use crate::{AuthError, Grant};
 /// The `herald` claim.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HeraldClaim {
+    /// Topic patterns the holder may subscribe to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscribe: Vec<String>,
+    /// Topic patterns the holder may publish to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
     /// May start LLM generations (`POST /v1/llm/chat`, `/v1/chat/completions`).
@@ -32,13 +34,18 @@ pub struct HeraldClaim {
 /// The claims of a Herald token.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
+    /// Subject: who holds the token (`{sub}` in patterns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// Expiry, seconds since the Unix epoch (RFC 7519, 4.1.4).
     pub exp: u64,
+    /// Issued at, seconds since the Unix epoch; required in a URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// What the token grants in Herald.
     #[serde(default)]
     pub herald: HeraldClaim,
 }

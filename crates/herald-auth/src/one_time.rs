@@ -1,81 +1,31 @@
 //! One-time tokens (`POST /v1/tokens`): short-lived, single-use tokens for
 //! `?token=` on an `EventSource` or WebSocket URL.
 //!
-//! Tokens wait in this process ([`LocalTokens`]) or, for several nodes, in a
-//! shared [`OneTimeStore`]. Either way every principal has a share of the
-//! pool: at most [`AuthConfig::one_time_max_per_user`] outstanding tokens
-//! each (counted under [`quota_key`]), so one user issuing in a loop is
-//! answered 429 while everyone else still gets tokens. The in-process pool as
-//! a whole holds at most [`AuthConfig::one_time_max`] tokens (503 when full).
-//! Expired tokens leave in expiry order from a time-ordered index; issuing
-//! never scans the whole pool.
+//! Tokens wait in a [`OneTimeStore`] (herald-core's one design for
+//! per-deployment state): this process's memory ([`LocalOneTime`]) unless
+//! [`Auth::set_one_time_store`] gives the hub's
+//! ([`Hub::one_time_store`](herald_core::Hub::one_time_store)), which is the
+//! engine's shared store when it has one (Redis), so a token issued on one
+//! node is redeemed once on any. The store keeps whom a token stands for as
+//! JSON ([`encode_principal`]). Every principal has a share of the pool: at
+//! most [`AuthConfig::one_time_max_per_user`] outstanding tokens each
+//! (counted under [`quota_key`]), so one user issuing in a loop is answered
+//! 429 while everyone else still gets tokens. The in-process pool as a whole
+//! holds at most [`AuthConfig::one_time_max`] tokens (503 when full).
 //!
 //! [`AuthConfig::one_time_max_per_user`]: crate::AuthConfig::one_time_max_per_user
 //! [`AuthConfig::one_time_max`]: crate::AuthConfig::one_time_max
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use herald_core::engine::BoxFuture;
+pub use herald_core::one_time::{Capped, LocalOneTime, OneTimeCaps, OneTimeStore, Taken};
 
-use crate::{AuthError, Principal};
+use crate::{Auth, AuthError, Grant, Principal, TopicPattern};
 
 /// The prefix of one-time tokens (JWTs never start with it).
 pub(crate) const ONE_TIME_PREFIX: &str = "ot_";
-
-/// Where one-time tokens wait between issue and redemption when several
-/// nodes must share them (the Redis engine provides one). Values are opaque
-/// strings; `take` must remove and return atomically, so a token is redeemed
-/// once across every node. Without a store, tokens stay in this process.
-pub trait OneTimeStore: Send + Sync + 'static {
-    /// Keeps `value` under `token` for `ttl`.
-    fn put<'a>(
-        &'a self,
-        token: &'a str,
-        value: String,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), String>>;
-
-    /// Removes and returns the value of `token`, if it is there and not expired.
-    fn take<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
-
-    /// Keeps `value` under `token` for `ttl` unless `owner` already holds
-    /// `max_per_owner` unexpired tokens, counted across every node. The
-    /// default stores without counting; a store shared by several nodes
-    /// should override it (and [`OneTimeStore::release`]).
-    fn put_capped<'a>(
-        &'a self,
-        token: &'a str,
-        value: String,
-        ttl: Duration,
-        owner: &'a str,
-        max_per_owner: usize,
-    ) -> BoxFuture<'a, Result<Capped, String>> {
-        let _ = (owner, max_per_owner);
-        Box::pin(async move {
-            self.put(token, value, ttl).await?;
-            Ok(Capped::Stored)
-        })
-    }
-
-    /// Forgets that `owner` holds `token` (it was redeemed). Best effort:
-    /// the count also drops when the token expires.
-    fn release<'a>(&'a self, owner: &'a str, token: &'a str) -> BoxFuture<'a, ()> {
-        let _ = (owner, token);
-        Box::pin(async {})
-    }
-}
-
-/// The answer of [`OneTimeStore::put_capped`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Capped {
-    /// The token is stored.
-    Stored,
-    /// The owner holds its share; its oldest token expires in `retry_after`.
-    OwnerFull { retry_after: Duration },
-}
 
 /// Why no one-time token was issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,118 +91,198 @@ pub(crate) fn new_token() -> Result<String, AuthError> {
     ))
 }
 
-/// One-time tokens kept in this process.
-#[derive(Default)]
-pub(crate) struct LocalTokens {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Default)]
-struct Inner {
-    tokens: HashMap<String, Entry>,
-    /// Every outstanding token by (expiry, issue number): the oldest first.
-    by_expiry: BTreeMap<(Instant, u64), String>,
-    /// Each owner's outstanding tokens, oldest first (same keys as `by_expiry`).
-    owners: HashMap<String, VecDeque<(Instant, u64)>>,
-    next: u64,
-}
-
-struct Entry {
-    slot: (Instant, u64),
-    owner: String,
-    who: Principal,
-}
-
-impl Inner {
-    fn forget(&mut self, token: &str) -> Option<Entry> {
-        let entry = self.tokens.remove(token)?;
-        self.by_expiry.remove(&entry.slot);
-        if let Some(q) = self.owners.get_mut(&entry.owner) {
-            if let Some(i) = q.iter().position(|s| *s == entry.slot) {
-                q.remove(i);
-            }
-            if q.is_empty() {
-                self.owners.remove(&entry.owner);
-            }
-        }
-        Some(entry)
+impl Auth {
+    /// Keeps one-time tokens in `store` instead of this process's memory:
+    /// the hub's ([`Hub::one_time_store`](herald_core::Hub::one_time_store)),
+    /// so that with a shared engine a token issued by one node can be
+    /// redeemed, once, on any node. Tokens must then be issued and redeemed
+    /// with [`Auth::issue_one_time_for`] (or [`Auth::issue_one_time_async`])
+    /// and [`Auth::authenticate_async`].
+    pub fn set_one_time_store(&mut self, store: Arc<dyn OneTimeStore>) {
+        self.shared_one_time = Some(store);
     }
 
-    /// Drops every token expired at `now`: O(expired · log n).
-    fn purge(&mut self, now: Instant) {
-        while let Some(((exp, _), _)) = self.by_expiry.first_key_value() {
-            if *exp > now {
-                break;
-            }
-            if let Some((_, token)) = self.by_expiry.pop_first() {
-                self.forget(&token);
-            }
+    /// The bounds of every put: [`AuthConfig::one_time_max_per_user`]
+    /// per owner, [`AuthConfig::one_time_max`] in all.
+    ///
+    /// [`AuthConfig::one_time_max_per_user`]: crate::AuthConfig::one_time_max_per_user
+    /// [`AuthConfig::one_time_max`]: crate::AuthConfig::one_time_max
+    fn one_time_caps(&self) -> OneTimeCaps {
+        OneTimeCaps {
+            per_owner: self.config.one_time_max_per_user,
+            total: self.config.one_time_max,
         }
     }
-}
 
-impl LocalTokens {
-    /// Issues a token for `who` under `owner`, or says why not.
-    pub(crate) fn issue(
+    /// Redeems a one-time token from the store set with
+    /// [`Auth::set_one_time_store`].
+    pub(crate) async fn redeem_shared(
+        &self,
+        store: &dyn OneTimeStore,
+        token: &str,
+    ) -> Result<Principal, AuthError> {
+        match store.take(token).await {
+            Ok(Taken::Value(v)) => {
+                decode_principal(&v).ok_or(AuthError::Invalid("one-time token unreadable"))
+            }
+            Ok(Taken::Expired) => Err(AuthError::Invalid("one-time token expired")),
+            Ok(Taken::Unknown) => Err(AuthError::Invalid(
+                "one-time token unknown, expired or already used",
+            )),
+            Err(_) => Err(AuthError::Invalid(
+                "one-time tokens cannot be checked right now",
+            )),
+        }
+    }
+
+    /// [`Auth::issue_one_time`], into the shared store when there is one.
+    /// Refusals (share used up, pool full, store unreachable) all become
+    /// [`AuthError`]; [`Auth::issue_one_time_for`] tells them apart.
+    pub async fn issue_one_time_async(
         &self,
         who: &Principal,
-        owner: String,
-        ttl: Duration,
-        max: usize,
-        max_per_owner: usize,
-    ) -> Result<String, IssueError> {
+    ) -> Result<(String, Duration), AuthError> {
+        self.issue_one_time_for(who, None)
+            .await
+            .map_err(|e| match e {
+                IssueError::Auth(a) => a,
+                IssueError::UserLimit { .. } => {
+                    AuthError::Invalid("too many outstanding one-time tokens for this user")
+                }
+                IssueError::Full { .. } => AuthError::Invalid("the one-time token pool is full"),
+                IssueError::Unavailable => {
+                    AuthError::Invalid("one-time tokens cannot be issued right now")
+                }
+            })
+    }
+
+    /// Issues a one-time token carrying `who`'s rights, into the shared
+    /// store when there is one, counted against `who`'s share
+    /// ([`quota_key`]`(who, client)`; `client` is the caller's address,
+    /// used for principals without a subject). Returns the token and its
+    /// lifetime.
+    ///
+    /// Errors: [`IssueError::UserLimit`] when `who` holds
+    /// [`AuthConfig::one_time_max_per_user`] unexpired tokens,
+    /// [`IssueError::Full`] when an in-process store holds
+    /// [`AuthConfig::one_time_max`], [`IssueError::Unavailable`] when the
+    /// shared store cannot be reached.
+    ///
+    /// [`AuthConfig::one_time_max_per_user`]: crate::AuthConfig::one_time_max_per_user
+    /// [`AuthConfig::one_time_max`]: crate::AuthConfig::one_time_max
+    pub async fn issue_one_time_for(
+        &self,
+        who: &Principal,
+        client: Option<IpAddr>,
+    ) -> Result<(String, Duration), IssueError> {
+        let ttl = self.config.one_time_ttl;
+        let owner = quota_key(who, client);
         let token = new_token()?;
-        let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.purge(now);
-        if let Some(q) = inner.owners.get(&owner) {
-            if q.len() >= max_per_owner {
-                let oldest = q.front().map_or(now + ttl, |s| s.0);
-                return Err(IssueError::UserLimit {
-                    retry_after: oldest.saturating_duration_since(now),
-                });
-            }
+        let value = encode_principal(who);
+        let caps = self.one_time_caps();
+        let placed = match &self.shared_one_time {
+            None => self.one_time.put_now(&token, value, ttl, &owner, caps),
+            Some(store) => store
+                .put(&token, value, ttl, &owner, caps)
+                .await
+                .map_err(|_| IssueError::Unavailable)?,
+        };
+        match placed {
+            Capped::Stored => Ok((token, ttl)),
+            Capped::OwnerFull { retry_after } => Err(IssueError::UserLimit { retry_after }),
+            Capped::PoolFull { retry_after } => Err(IssueError::Full { retry_after }),
         }
-        if inner.tokens.len() >= max {
-            let oldest = inner
-                .by_expiry
-                .first_key_value()
-                .map_or(now + ttl, |(k, _)| k.0);
-            return Err(IssueError::Full {
-                retry_after: oldest.saturating_duration_since(now),
-            });
+    }
+
+    /// Issues a one-time token carrying `who`'s rights, in this process.
+    /// Returns the token and its lifetime. Refused when a shared store is
+    /// configured (use [`Auth::issue_one_time_for`]), when `who` holds its
+    /// share, or when the pool is full.
+    pub fn issue_one_time(&self, who: &Principal) -> Result<(String, Duration), AuthError> {
+        if self.shared_one_time.is_some() {
+            return Err(AuthError::Invalid(
+                "one-time tokens are shared; issue them with issue_one_time_async",
+            ));
         }
-        let slot = (now + ttl, inner.next);
-        inner.next += 1;
-        inner.by_expiry.insert(slot, token.clone());
-        inner
-            .owners
-            .entry(owner.clone())
-            .or_default()
-            .push_back(slot);
-        inner.tokens.insert(
-            token.clone(),
-            Entry {
-                slot,
-                owner,
-                who: who.clone(),
-            },
+        let ttl = self.config.one_time_ttl;
+        let token = new_token()?;
+        let placed = self.one_time.put_now(
+            &token,
+            encode_principal(who),
+            ttl,
+            &quota_key(who, None),
+            self.one_time_caps(),
         );
-        Ok(token)
-    }
-
-    /// Redeems `token`: removes it and returns its principal.
-    pub(crate) fn redeem(&self, token: &str) -> Result<Principal, AuthError> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.forget(token) {
-            Some(e) if e.slot.0 > Instant::now() => Ok(e.who),
-            Some(_) => Err(AuthError::Invalid("one-time token expired")),
-            None => Err(AuthError::Invalid("one-time token unknown or already used")),
+        match placed {
+            Capped::Stored => Ok((token, ttl)),
+            _ => Err(AuthError::Invalid(
+                "too many outstanding one-time tokens; try again shortly",
+            )),
         }
     }
 
-    /// Outstanding tokens (expired ones not yet purged included).
-    #[cfg(test)]
+    /// Redeems a one-time token from this process's store.
+    pub(crate) fn redeem(&self, token: &str) -> Result<Principal, AuthError> {
+        if self.shared_one_time.is_some() {
+            return Err(AuthError::Invalid(
+                "one-time tokens are shared; redeem them with authenticate_async",
+            ));
+        }
+        match self.one_time.take_now(token) {
+            Taken::Value(v) => {
+                decode_principal(&v).ok_or(AuthError::Invalid("one-time token unreadable"))
+            }
+            Taken::Expired => Err(AuthError::Invalid("one-time token expired")),
+            Taken::Unknown => Err(AuthError::Invalid("one-time token unknown or already used")),
+        }
+    }
+}
+
+/// A principal as a one-time store keeps it (JSON).
+pub(crate) fn encode_principal(who: &Principal) -> String {
+    let patterns = |v: &[TopicPattern]| v.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
+    match who {
+        Principal::Open => serde_json::json!({"kind": "open"}),
+        Principal::Anonymous => serde_json::json!({"kind": "anonymous"}),
+        Principal::Publisher => serde_json::json!({"kind": "publisher"}),
+        Principal::User(g) => serde_json::json!({
+            "kind": "user",
+            "sub": g.subject,
+            "subscribe": patterns(&g.subscribe),
+            "publish": patterns(&g.publish),
+            "llm": g.llm,
+            "exp": g.expires_at,
+        }),
+    }
+    .to_string()
+}
+
+/// The principal [`encode_principal`] kept, if `v` is one.
+pub(crate) fn decode_principal(v: &str) -> Option<Principal> {
+    let v: serde_json::Value = serde_json::from_str(v).ok()?;
+    let patterns = |key: &str| -> Option<Vec<TopicPattern>> {
+        v[key]
+            .as_array()?
+            .iter()
+            .map(|p| TopicPattern::parse(p.as_str()?).ok())
+            .collect()
+    };
+    Some(match v["kind"].as_str()? {
+        "open" => Principal::Open,
+        "anonymous" => Principal::Anonymous,
+        "publisher" => Principal::Publisher,
+        "user" => Principal::User(Arc::new(Grant {
+            subject: v["sub"].as_str().map(str::to_owned),
+            subscribe: patterns("subscribe")?,
+            publish: patterns("publish")?,
+            llm: v["llm"].as_bool().unwrap_or(false),
+            expires_at: v["exp"].as_u64(),
+        })),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inner
             .lock()
@@ -266,52 +296,28 @@ impl LocalTokens {
 mod tests {
     use super::*;
 
-    const TTL: Duration = Duration::from_secs(60);
-
     #[test]
-    fn each_owner_has_a_share_and_the_pool_a_size() {
-        let t = LocalTokens::default();
-        let who = Principal::Publisher;
-        for _ in 0..3 {
-            t.issue(&who, "sub:a".into(), TTL, 5, 3).unwrap();
-        }
-        let Err(IssueError::UserLimit { retry_after }) = t.issue(&who, "sub:a".into(), TTL, 5, 3)
-        else {
-            panic!("a fourth token for the same owner")
+    fn principals_survive_the_store() {
+        let grant = crate::Grant {
+            subject: Some("alice".into()),
+            subscribe: vec![TopicPattern::parse("users/{sub}/**").unwrap()],
+            publish: vec![TopicPattern::parse("orders/*").unwrap()],
+            llm: true,
+            expires_at: Some(1_900_000_000),
         };
-        assert!(retry_after <= TTL && retry_after > TTL - Duration::from_secs(5));
-        t.issue(&who, "sub:b".into(), TTL, 5, 3).unwrap();
-        let last = t.issue(&who, "sub:b".into(), TTL, 5, 3).unwrap();
-        assert!(matches!(
-            t.issue(&who, "sub:c".into(), TTL, 5, 3),
-            Err(IssueError::Full { .. })
-        ));
-        // Redeeming gives the slot back, to the owner and to the pool.
-        assert_eq!(t.redeem(&last), Ok(Principal::Publisher));
-        assert!(t.redeem(&last).is_err());
-        t.issue(&who, "sub:c".into(), TTL, 5, 3).unwrap();
-        assert_eq!(t.len(), 5);
-    }
-
-    #[test]
-    fn expired_tokens_leave_in_order() {
-        let t = LocalTokens::default();
-        let short = Duration::from_millis(20);
-        let a = t.issue(&Principal::Open, "x".into(), short, 2, 2).unwrap();
-        t.issue(&Principal::Open, "x".into(), short, 2, 2).unwrap();
-        assert!(t.issue(&Principal::Open, "x".into(), short, 2, 2).is_err());
-        std::thread::sleep(Duration::from_millis(40));
-        t.issue(&Principal::Open, "x".into(), short, 2, 2).unwrap();
-        assert_eq!(t.len(), 1);
-        assert_eq!(
-            t.redeem(&a),
-            Err(AuthError::Invalid("one-time token unknown or already used"))
-        );
+        for who in [
+            Principal::Open,
+            Principal::Anonymous,
+            Principal::Publisher,
+            Principal::User(Arc::new(grant)),
+        ] {
+            assert_eq!(decode_principal(&encode_principal(&who)), Some(who));
+        }
+        assert_eq!(decode_principal("{\"kind\":\"root\"}"), None);
     }
 
     #[test]
     fn quota_keys() {
-        use std::sync::Arc;
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let user = |sub: Option<&str>| {
             Principal::User(Arc::new(crate::Grant {

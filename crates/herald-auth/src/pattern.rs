@@ -32,19 +32,28 @@ pub struct TopicPattern {
 /// Why a pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
+    /// `""`.
     #[error("pattern is empty")]
     Empty,
+    /// Over [`MAX_PATTERN_LEN`] bytes.
     #[error("pattern is longer than {MAX_PATTERN_LEN} bytes")]
     TooLong,
+    /// A control character anywhere.
     #[error("pattern contains a control character")]
     ControlCharacter,
+    /// `**` before the last segment (`a/**/b`).
     #[error("`**` may only be the last segment of a pattern")]
     RestNotLast,
+    /// `*` inside a segment (`a*`).
     #[error("`*` must be a whole segment (`a/*/b`, not `a*`)")]
     PartialWildcard,
 }
 
 impl TopicPattern {
+    /// Reads `pattern`: segments split by `/`, `*` one whole segment, `**`
+    /// the rest (last only), `{sub}` the token's subject.
+    ///
+    /// Errors: see [`PatternError`].
     pub fn parse(pattern: &str) -> Result<TopicPattern, PatternError> {
         if pattern.is_empty() {
             return Err(PatternError::Empty);
@@ -74,6 +83,7 @@ impl TopicPattern {
         })
     }
 
+    /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
     }

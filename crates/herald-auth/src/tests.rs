@@ -1,4 +1,5 @@
 use super::*;
+use herald_core::Topic;
 
 const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 

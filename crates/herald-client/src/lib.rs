@@ -6,8 +6,11 @@
 //!
 //! # Layout
 //!
-//! - [`sse`]: a WHATWG-exact `text/event-stream` parser (pure, fuzzed).
+//! - [`sse`]: the WHATWG-exact `text/event-stream` parser, re-exported from
+//!   `herald_core::wire::sse` (pure, fuzzed, property-tested against the encoder).
 //! - [`Client`]: publish, and open an [`SseStream`], a [`WsClient`] or a long [`Client::poll`].
+//!   WebSocket messages and long-poll answers are read with the server's own
+//!   types, [`herald_core::wire::ws`] and [`herald_core::wire::poll`].
 //!
 //! # Example
 //!
@@ -64,11 +67,24 @@ pub struct Client {
     token: Option<String>,
 }
 
-/// The answer to a long poll.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct PollResponse {
-    pub events: Vec<serde_json::Value>,
-    pub cursor: String,
+/// The answer to a long poll, `{"events": [...], "cursor"}`: the server's
+/// [`PollAnswer`](herald_core::wire::poll::PollAnswer) with each event as a
+/// JSON value (decode one with [`EventMessage::decode`] or read the whole
+/// answer with `PollAnswer::<EventMessage>::decode`).
+pub type PollResponse = herald_core::wire::poll::PollAnswer;
+
+pub use herald_core::wire::json::EventMessage;
+pub use herald_core::wire::ws::{ClientMessage, ServerMessage};
+
+/// What a [`WsClient`] reads: a server message with the `ref` it echoes, or
+/// the close frame that ended the socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsIncoming {
+    /// A message of Herald's protocol.
+    Message(herald_core::wire::ws::Frame<ServerMessage>),
+    /// The server closed the socket: its close code (1005 when the frame
+    /// had none) and reason (see `herald_core::wire::disconnect`).
+    Close { code: u16, reason: String },
 }
 
 impl Client {
@@ -251,7 +267,7 @@ impl Client {
                 body: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
-        Ok(serde_json::from_slice(&bytes)?)
+        Ok(PollResponse::decode(&bytes)?)
     }
 
     /// Opens a WebSocket to `/v1/ws`.
@@ -358,13 +374,46 @@ impl WsClient {
         Ok(())
     }
 
+    /// Sends one protocol message, with an optional `ref` for its answer.
+    pub async fn send_message(
+        &mut self,
+        message: ClientMessage,
+        reference: Option<serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        let text = herald_core::wire::ws::Frame::answering(message, reference).encode();
+        self.socket.send(Message::Text(text.into())).await?;
+        Ok(())
+    }
+
     /// Sends `{"type":"subscribe","topic","since"?}` (does not wait for the answer).
     pub async fn subscribe(&mut self, topic: &str, since: Option<&str>) -> Result<(), ClientError> {
-        let mut m = serde_json::json!({"type": "subscribe", "topic": topic});
-        if let Some(s) = since {
-            m["since"] = s.into();
+        let m = ClientMessage::Subscribe {
+            topic: topic.to_owned(),
+            since: since.map(str::to_owned),
+        };
+        self.send_message(m, None).await
+    }
+
+    /// The next message, decoded as the protocol's types; `None` when the
+    /// socket ended without a close frame. Errors: a text message that is
+    /// not a server message of this protocol ([`ClientError::Json`]).
+    pub async fn next_message(&mut self) -> Result<Option<WsIncoming>, ClientError> {
+        loop {
+            match self.socket.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Text(t))) => {
+                    let frame = herald_core::wire::ws::Frame::decode(t.as_str())
+                        .map_err(|e| ClientError::Json(serde::de::Error::custom(e.to_string())))?;
+                    return Ok(Some(WsIncoming::Message(frame)));
+                }
+                Some(Ok(Message::Close(f))) => {
+                    let (code, reason) = close_parts(f);
+                    return Ok(Some(WsIncoming::Close { code, reason }));
+                }
+                Some(Ok(_)) => continue,
+            }
         }
-        self.send_json(&m).await
     }
 
     /// The next JSON message; `None` when the socket closed (the close frame,
@@ -376,9 +425,7 @@ impl WsClient {
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
                 Some(Ok(Message::Close(f))) => {
-                    let (code, reason) = f
-                        .map(|f| (u16::from(f.code), f.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
+                    let (code, reason) = close_parts(f);
                     return Ok(Some(
                         serde_json::json!({"type": "close", "code": code, "reason": reason}),
                     ));
@@ -400,4 +447,11 @@ impl WsClient {
         }
         Ok(None)
     }
+}
+
+/// A close frame's code and reason; 1005 ("no status received", RFC 6455
+/// §7.4.1) for a close without a frame.
+fn close_parts(f: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> (u16, String) {
+    f.map(|f| (u16::from(f.code), f.reason.to_string()))
+        .unwrap_or((1005, String::new()))
 }

@@ -18,7 +18,9 @@ use crate::topic::Topic;
 
 const SHARDS: usize = 64;
 
-/// Why a subscriber's queue was closed by the hub.
+/// Why a subscriber's queue was closed by the hub. Its close code, SSE
+/// reason and reconnect advice are in the one table of reasons,
+/// [`crate::wire::disconnect`] (`Disconnect::from(reason)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The subscriber fell `queue_capacity` events behind.
@@ -27,16 +29,6 @@ pub enum CloseReason {
     Shutdown,
     /// The engine could not be read to catch the subscriber up.
     EngineUnavailable,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::EngineUnavailable => "engine_unavailable",
-        }
-    }
 }
 
 /// Identifies one subscriber queue in the registry.

@@ -1,5 +1,6 @@
 //! The hub: the one publish path and the one subscribe path every transport uses.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use crate::event::{Event, NewEvent};
 use crate::fanout::Fanout;
 use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
 use crate::metrics::Metrics;
+use crate::one_time::{LocalOneTime, OneTimeStore};
 use crate::subscription::Subscription;
 use crate::topic::Topic;
 use crate::wire::reserved;
@@ -103,12 +105,28 @@ pub fn validate_event_name(name: &str) -> Result<(), PublishError> {
     Ok(())
 }
 
+/// How long a publish waits for an earlier publish holding the same
+/// idempotency id before it gives up.
+const CLAIM_WAIT: Duration = Duration::from_secs(30);
+
+/// What an idempotent batch does with one of its events.
+enum Planned {
+    /// Stored by this publish; `claim` is the (topic, id) record it owns
+    /// and completes once stored.
+    Store { claim: Option<(Topic, Box<str>)> },
+    /// Published before: answered from its record.
+    Known(Arc<Event>),
+    /// Repeats the event at this index of the batch (the same id earlier).
+    Repeat(usize),
+}
+
 pub(crate) struct HubInner {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) fanout: Arc<Fanout>,
     pub(crate) config: HubConfig,
     metrics: Arc<Metrics>,
     idempotency: Arc<dyn IdempotencyStore>,
+    one_time: Arc<dyn OneTimeStore>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -152,6 +170,9 @@ impl Hub {
                     config.idempotency_max_bytes,
                 ))
             });
+        let one_time = engine
+            .one_time_store()
+            .unwrap_or_else(|| Arc::new(LocalOneTime::default()));
         Hub {
             inner: Arc::new(HubInner {
                 engine,
@@ -159,6 +180,7 @@ impl Hub {
                 config,
                 metrics,
                 idempotency,
+                one_time,
                 shutdown: watch::channel(false).0,
             }),
         }
@@ -180,6 +202,14 @@ impl Hub {
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.inner.engine
+    }
+
+    /// Where one-time tokens wait between issue and redemption: the
+    /// engine's shared store ([`Engine::one_time_store`]), else one in this
+    /// process's memory. Authentication keeps its tokens here, so that
+    /// every node on a shared engine can redeem them.
+    pub fn one_time_store(&self) -> &Arc<dyn OneTimeStore> {
+        &self.inner.one_time
     }
 
     /// Publishes one event. Resolves once the engine has accepted it.
@@ -269,78 +299,48 @@ impl Hub {
         self.publish_idempotent(events).await
     }
 
+    /// Publishes a batch where some events carry an idempotency id, in one
+    /// pass over the batch: each event is planned (stored now, answered from
+    /// its record, or a repeat of an earlier event of the batch with the
+    /// same id), the events to store go to the engine in one call, and the
+    /// answers are assembled in batch order.
     async fn publish_idempotent(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Arc<Event>>, PublishError> {
-        let idem = &self.inner.idempotency;
-        let keys: Vec<Option<String>> = events
-            .iter()
-            .map(|e| {
-                e.idempotency_key
-                    .as_deref()
-                    .map(|id| Idempotency::scoped_key(e.topic.as_str(), id))
-            })
-            .collect();
-        // Claim every key; wait out any that another publish holds.
-        let mut known: Vec<Option<Arc<Event>>> = vec![None; events.len()];
-        let mut owned: Vec<bool> = vec![false; events.len()];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for (i, key) in keys.iter().enumerate() {
-            let Some(key) = key else { continue };
-            // The same key twice in one batch: the later one repeats the earlier.
-            if keys[..i].iter().any(|k| k.as_deref() == Some(key.as_str())) {
+        let deadline = Instant::now() + CLAIM_WAIT;
+        let mut plan: Vec<Planned> = Vec::with_capacity(events.len());
+        let mut to_store = Vec::new();
+        // The first index of each scoped key in the batch.
+        let mut first_of: HashMap<String, usize> = HashMap::new();
+        for event in events {
+            let Some(id) = event.idempotency_key.clone() else {
+                plan.push(Planned::Store { claim: None });
+                to_store.push(event);
+                continue;
+            };
+            let key = Idempotency::scoped_key(event.topic.as_str(), &id);
+            if let Some(&first) = first_of.get(&key) {
+                // The same id twice in one batch: the later repeats the earlier.
+                plan.push(Planned::Repeat(first));
                 continue;
             }
-            let (topic, id) = (&events[i].topic, events[i].idempotency_key.as_deref());
-            let id = id.unwrap_or_default();
-            loop {
-                let claim = match idem.claim(topic, id).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        self.abandon_owned(&events, &owned).await;
-                        return Err(e.into());
-                    }
-                };
-                match claim {
-                    Claim::Owned => {
-                        owned[i] = true;
-                        break;
-                    }
-                    Claim::DoneAt(position, at) => {
-                        known[i] = Some(Arc::new(Event::new(events[i].clone(), position, at)));
-                        break;
-                    }
-                    Claim::Wait(n) => {
-                        if Instant::now() > deadline {
-                            self.abandon_owned(&events, &owned).await;
-                            return Err(EngineError::Unavailable(
-                                "an earlier publish with the same id is still in progress".into(),
-                            )
-                            .into());
-                        }
-                        let pause = Duration::from_millis(20);
-                        match n {
-                            Some(n) => {
-                                let _ = tokio::time::timeout(pause, n.notified()).await;
-                            }
-                            None => tokio::time::sleep(pause).await,
-                        }
-                    }
+            first_of.insert(key, plan.len());
+            match self.claim(&event.topic, &id, deadline).await {
+                Ok(Claim::DoneAt(position, at)) => {
+                    plan.push(Planned::Known(Arc::new(Event::new(event, position, at))));
                 }
-            }
-        }
-        let mut to_store = Vec::new();
-        let mut slots = Vec::new();
-        let claimed: Vec<(Topic, Option<Box<str>>)> = events
-            .iter()
-            .map(|e| (e.topic.clone(), e.idempotency_key.clone()))
-            .collect();
-        for (i, e) in events.into_iter().enumerate() {
-            let dup_in_batch = keys[i].is_some() && !owned[i] && known[i].is_none();
-            if known[i].is_none() && !dup_in_batch {
-                slots.push(i);
-                to_store.push(e);
+                // Owned (`claim` waits out `Wait` itself).
+                Ok(_) => {
+                    plan.push(Planned::Store {
+                        claim: Some((event.topic.clone(), id)),
+                    });
+                    to_store.push(event);
+                }
+                Err(e) => {
+                    self.abandon(&plan).await;
+                    return Err(e);
+                }
             }
         }
         let stored = if to_store.is_empty() {
@@ -349,7 +349,7 @@ impl Hub {
             match self.inner.engine.publish(to_store).await {
                 Ok(v) => v,
                 Err(err) => {
-                    self.abandon_claimed(&claimed, &owned).await;
+                    self.abandon(&plan).await;
                     return Err(err.into());
                 }
             }
@@ -358,46 +358,71 @@ impl Hub {
             .metrics
             .events_published
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        for (slot, e) in slots.into_iter().zip(stored) {
-            if let (true, (topic, Some(id))) = (owned[slot], &claimed[slot]) {
-                if let Err(err) = idem.complete(topic, id, &e).await {
-                    // Stored, so still acknowledged; a retry waits out the claim.
-                    tracing::warn!(%err, "could not record an idempotent publish");
+        let mut stored = stored.into_iter();
+        let mut out: Vec<Arc<Event>> = Vec::with_capacity(plan.len());
+        for planned in plan {
+            let event = match planned {
+                Planned::Store { claim } => {
+                    let event =
+                        stored
+                            .next()
+                            .ok_or(PublishError::Engine(EngineError::Unavailable(
+                                "lost a batch result".into(),
+                            )))?;
+                    if let Some((topic, id)) = claim {
+                        if let Err(err) = self.inner.idempotency.complete(&topic, &id, &event).await
+                        {
+                            // Stored, so still acknowledged; a retry waits out the claim.
+                            tracing::warn!(%err, "could not record an idempotent publish");
+                        }
+                    }
+                    event
                 }
-            }
-            known[slot] = Some(e);
+                Planned::Known(event) => event,
+                Planned::Repeat(first) => out[first].clone(),
+            };
+            out.push(event);
         }
-        // In-batch repeats take the event of their first occurrence.
-        for i in 0..known.len() {
-            if known[i].is_none() {
-                let first = keys[..i]
-                    .iter()
-                    .position(|k| k.is_some() && *k == keys[i])
-                    .and_then(|j| known[j].clone());
-                known[i] = first;
-            }
-        }
-        known
-            .into_iter()
-            .map(|e| {
-                e.ok_or(PublishError::Engine(EngineError::Unavailable(
-                    "lost a batch result".into(),
-                )))
-            })
-            .collect()
+        Ok(out)
     }
 
-    async fn abandon_owned(&self, events: &[NewEvent], owned: &[bool]) {
-        for (e, o) in events.iter().zip(owned) {
-            if let (Some(id), true) = (&e.idempotency_key, o) {
-                self.inner.idempotency.abandon(&e.topic, id).await;
+    /// Claims `id` on `topic`, waiting out another publish that holds it
+    /// until `deadline`. Answers [`Claim::Owned`] or [`Claim::DoneAt`].
+    async fn claim(
+        &self,
+        topic: &Topic,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<Claim, PublishError> {
+        loop {
+            match self.inner.idempotency.claim(topic, id).await? {
+                Claim::Wait(notify) => {
+                    if Instant::now() > deadline {
+                        return Err(EngineError::Unavailable(
+                            "an earlier publish with the same id is still in progress".into(),
+                        )
+                        .into());
+                    }
+                    let pause = Duration::from_millis(20);
+                    match notify {
+                        Some(n) => {
+                            let _ = tokio::time::timeout(pause, n.notified()).await;
+                        }
+                        None => tokio::time::sleep(pause).await,
+                    }
+                }
+                answer => return Ok(answer),
             }
         }
     }
 
-    async fn abandon_claimed(&self, claimed: &[(Topic, Option<Box<str>>)], owned: &[bool]) {
-        for ((topic, id), o) in claimed.iter().zip(owned) {
-            if let (Some(id), true) = (id, o) {
+    /// Releases the claims `plan` holds (its publish failed).
+    async fn abandon(&self, plan: &[Planned]) {
+        for planned in plan {
+            if let Planned::Store {
+                claim: Some((topic, id)),
+            } = planned
+            {
                 self.inner.idempotency.abandon(topic, id).await;
             }
         }

@@ -16,6 +16,8 @@
 //! - [`subscription`]: resume (live first, back-fill, de-duplicate) written
 //!   once for every transport.
 //! - [`hub`]: the publish path (validation, idempotency) and the entry point.
+//! - [`idempotency`] and [`one_time`]: per-deployment records (publish ids,
+//!   one-time tokens), in this process or in a store the engine shares.
 //! - [`wire`]: SSE and JSON encodings as pure functions.
 //! - [`metrics`]: counters rendered in the Prometheus format.
 //!
@@ -42,6 +44,7 @@ pub mod fanout;
 pub mod hub;
 pub mod idempotency;
 pub mod metrics;
+pub mod one_time;
 pub mod subscription;
 pub mod topic;
 pub mod wire;
@@ -53,5 +56,6 @@ pub use event::{Data, Event, NewEvent, Position};
 pub use fanout::CloseReason;
 pub use hub::{Hub, HubConfig, PublishError};
 pub use metrics::{Metrics, Transport};
+pub use one_time::OneTimeStore;
 pub use subscription::{Delivery, Gap, SubscribeError, Subscription};
 pub use topic::{Topic, TopicError, TopicKey};

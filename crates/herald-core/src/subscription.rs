@@ -48,12 +48,10 @@ pub struct Gap {
 }
 
 impl Gap {
-    /// The gap's payload: `{"topic","reason"}`.
+    /// The gap's payload: `{"topic","reason"}` ([`wire::reserved::GapData`]).
     pub fn data(&self) -> Data {
         Data::Json(
-            serde_json::json!({"topic": self.topic.as_str(), "reason": self.reason.as_str()})
-                .to_string()
-                .into(),
+            wire::reserved::GapData::encode(self.reason.as_str(), self.topic.as_str()).into(),
         )
     }
 

@@ -41,8 +41,8 @@
 //!   [`EngineError::Unavailable`] (503), [`Engine::ready`] fails (`/readyz`),
 //!   live connections stay open, and the clients reconnect with backoff.
 //! - **Shared records**: idempotent publish ids ([`Engine::idempotency_store`])
-//!   and one-time tokens ([`RedisOneTimeTokens`]) live in Redis too, so they
-//!   hold across nodes.
+//!   and one-time tokens ([`Engine::one_time_store`], [`RedisOneTimeTokens`])
+//!   live in Redis too, so they hold across nodes.
 //!
 //! The client library is [fred](https://docs.rs/fred): it speaks sharded
 //! pub/sub to a single server and to a cluster (routing each `SSUBSCRIBE` to
@@ -58,7 +58,8 @@
 //! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up, and
 //!   keeping watched topics' keys alive.
 //! - [`stores`]: idempotency records and one-time tokens in Redis.
-//! - [`test_server`]: a throw-away `redis-server` for the tests of this and other crates.
+//! - `test_server` (feature `test-util`): a throw-away `redis-server` for
+//!   the tests of this and other crates.
 //!
 //! # Example
 //!
@@ -79,6 +80,7 @@ pub mod keys;
 mod listener;
 pub mod scripts;
 pub mod stores;
+#[cfg(feature = "test-util")]
 pub mod test_server;
 
 use std::collections::HashMap;
@@ -93,6 +95,7 @@ use fred::types::Value;
 use herald_core::engine::{new_epoch, resolve_start, BoxFuture, Exhausted};
 use herald_core::fanout::Fanout;
 use herald_core::idempotency::IdempotencyStore;
+use herald_core::one_time::OneTimeStore;
 use herald_core::{
     Engine, EngineError, Event, HistoryLimits, NewEvent, Position, ReadResult, Topic,
 };
@@ -460,6 +463,10 @@ impl Engine for RedisEngine {
 
     fn idempotency_store(&self, ttl: Duration) -> Option<Arc<dyn IdempotencyStore>> {
         Some(Arc::new(RedisIdempotency::new(self.shared.clone(), ttl)))
+    }
+
+    fn one_time_store(&self) -> Option<Arc<dyn OneTimeStore>> {
+        Some(Arc::new(self.one_time_tokens()))
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>> {

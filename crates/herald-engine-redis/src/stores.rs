@@ -8,9 +8,9 @@ use std::time::Duration;
 use fred::interfaces::KeysInterface;
 use fred::types::scripts::Script;
 use fred::types::{Expiration, Value};
-use herald_auth::{Capped, OneTimeStore};
 use herald_core::engine::BoxFuture;
 use herald_core::idempotency::{Claim, IdempotencyStore};
+use herald_core::one_time::{Capped, OneTimeCaps, OneTimeStore, Taken};
 use herald_core::{EngineError, Event, Position, Topic};
 
 use crate::{codec, scripts, unavailable, Shared};
@@ -115,9 +115,13 @@ impl IdempotencyStore for RedisIdempotency {
 }
 
 /// One-time tokens in Redis: any node can redeem a token another issued,
-/// once. Each owner's outstanding tokens are also listed in a sorted set
-/// scored by expiry (`<prefix>ot:~owner:<owner>`, expiring with its newest
-/// token), so the per-user cap holds across every node.
+/// once (taken with `GETDEL`). A token's value is kept with its owner
+/// (`<owner length>:<owner><value>`), so that taking it gives the owner's
+/// place back. Each owner's outstanding tokens are also listed in a sorted
+/// set scored by expiry (`<prefix>ot:~owner:<owner>`, expiring with its
+/// newest token), so the per-owner cap holds across every node. The pool
+/// as a whole is bounded by Redis's `maxmemory`, not by
+/// [`OneTimeCaps::total`].
 #[derive(Clone)]
 pub struct RedisOneTimeTokens {
     shared: Arc<Shared>,
@@ -145,6 +149,21 @@ return -1
 /// Gives back an owner's place for token ARGV[1].
 const RELEASE: &str = "return redis.call('ZREM', KEYS[1], ARGV[1])";
 
+/// A token's stored value: its owner, then the value.
+fn pack(owner: &str, value: &str) -> String {
+    format!("{}:{owner}{value}", owner.len())
+}
+
+/// The owner and value of a stored token.
+fn unpack(stored: &str) -> Option<(&str, &str)> {
+    let (len, rest) = stored.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    if !rest.is_char_boundary(len.min(rest.len())) || len > rest.len() {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
 impl RedisOneTimeTokens {
     pub(crate) fn new(shared: Arc<Shared>) -> RedisOneTimeTokens {
         RedisOneTimeTokens {
@@ -158,6 +177,21 @@ impl RedisOneTimeTokens {
         // Tokens start with `ot_`, so no token key can be an owner's.
         self.shared.keys.one_time_token(&format!("~owner:{owner}"))
     }
+
+    /// Forgets that `owner` holds `token`. Best effort: the entry also
+    /// leaves when the token expires.
+    async fn release(&self, owner: &str, token: &str) {
+        let Ok(client) = self.shared.client() else {
+            return;
+        };
+        let r: Result<Value, _> = self
+            .release
+            .evalsha_with_reload(client, self.owner_key(owner), token)
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(%e, "could not release a one-time token's place");
+        }
+    }
 }
 
 impl OneTimeStore for RedisOneTimeTokens {
@@ -166,71 +200,54 @@ impl OneTimeStore for RedisOneTimeTokens {
         token: &'a str,
         value: String,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let client = self.shared.client().map_err(|e| e.to_string())?;
-            let key = self.shared.keys.one_time_token(token);
-            let _: Value = client
-                .set(key, value, Some(Expiration::PX(millis(ttl))), None, false)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
-    }
-
-    fn take<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<String>, String>> {
-        Box::pin(async move {
-            let client = self.shared.client().map_err(|e| e.to_string())?;
-            let key = self.shared.keys.one_time_token(token);
-            client.getdel(key).await.map_err(|e| e.to_string())
-        })
-    }
-
-    fn put_capped<'a>(
-        &'a self,
-        token: &'a str,
-        value: String,
-        ttl: Duration,
         owner: &'a str,
-        max_per_owner: usize,
-    ) -> BoxFuture<'a, Result<Capped, String>> {
+        caps: OneTimeCaps,
+    ) -> BoxFuture<'a, Result<Capped, EngineError>> {
         Box::pin(async move {
-            let client = self.shared.client().map_err(|e| e.to_string())?;
-            let owner_key = self.owner_key(owner);
-            let max = i64::try_from(max_per_owner).unwrap_or(i64::MAX);
+            let client = self.shared.client()?;
+            let max = i64::try_from(caps.per_owner).unwrap_or(i64::MAX);
             let wait: i64 = self
                 .reserve
-                .evalsha_with_reload(client, owner_key.clone(), (token, millis(ttl), max))
+                .evalsha_with_reload(client, self.owner_key(owner), (token, millis(ttl), max))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(unavailable)?;
             if wait >= 0 {
                 return Ok(Capped::OwnerFull {
                     retry_after: Duration::from_millis(wait.unsigned_abs()),
                 });
             }
-            if let Err(e) = self.put(token, value, ttl).await {
-                let _: Result<Value, _> = self
-                    .release
-                    .evalsha_with_reload(client, owner_key, token)
-                    .await;
-                return Err(e);
+            let key = self.shared.keys.one_time_token(token);
+            let stored: Result<Value, _> = client
+                .set(
+                    key,
+                    pack(owner, &value),
+                    Some(Expiration::PX(millis(ttl))),
+                    None,
+                    false,
+                )
+                .await;
+            if let Err(e) = stored {
+                self.release(owner, token).await;
+                return Err(unavailable(e));
             }
             Ok(Capped::Stored)
         })
     }
 
-    fn release<'a>(&'a self, owner: &'a str, token: &'a str) -> BoxFuture<'a, ()> {
+    fn take<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Taken, EngineError>> {
         Box::pin(async move {
-            let Ok(client) = self.shared.client() else {
-                return; // the entry expires with the token
+            let client = self.shared.client()?;
+            let key = self.shared.keys.one_time_token(token);
+            let stored: Option<String> = client.getdel(key).await.map_err(unavailable)?;
+            // Redis drops an expired token by itself: it cannot be told apart.
+            let Some(stored) = stored else {
+                return Ok(Taken::Unknown);
             };
-            let r: Result<Value, _> = self
-                .release
-                .evalsha_with_reload(client, self.owner_key(owner), token)
-                .await;
-            if let Err(e) = r {
-                tracing::debug!(%e, "could not release a one-time token's place");
-            }
+            let Some((owner, value)) = unpack(&stored) else {
+                return Err(unavailable(format!("bad one-time token record {stored:?}")));
+            };
+            self.release(owner, token).await;
+            Ok(Taken::Value(value.to_owned()))
         })
     }
 }
@@ -247,5 +264,15 @@ mod tests {
         );
         assert_eq!(parse_record("pending"), None);
         assert_eq!(parse_record("1:x-2"), None);
+    }
+
+    #[test]
+    fn token_records() {
+        let packed = pack("sub:ä:1", "{\"kind\":\"open\"}");
+        assert_eq!(unpack(&packed), Some(("sub:ä:1", "{\"kind\":\"open\"}")));
+        assert_eq!(unpack(&pack("", "v")), Some(("", "v")));
+        assert_eq!(unpack("9:short"), None);
+        assert_eq!(unpack("2:äb"), None, "not on a character boundary");
+        assert_eq!(unpack("x:abc"), None);
     }
 }

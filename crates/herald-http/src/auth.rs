@@ -2,33 +2,14 @@
 //! redaction for logs. The decisions themselves are [`herald_auth::Auth`]'s.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use herald_auth::{Action, AuthError, Credential, Denied, IssueError, Principal, Source};
+use herald_auth::{Action, Credential, Principal, Source};
 use herald_core::Topic;
 
 use crate::error::ApiError;
 use crate::AppState;
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-    }
-}
-
-impl From<Denied> for ApiError {
-    fn from(e: Denied) -> Self {
-        match e {
-            Denied::Unauthenticated(_) | Denied::Credential(_) => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-            }
-            Denied::Forbidden { .. } => {
-                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
-            }
-        }
-    }
-}
 
 /// The credential a request carries: `Authorization: Bearer`, then
 /// `?token=`, then the cookie.
@@ -45,11 +26,7 @@ pub fn credential(
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the Authorization header must be `Bearer <token>`",
-                )
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
         return Ok(Some(Credential::new(token, Source::Header)));
     }
@@ -119,32 +96,6 @@ pub(crate) fn deadline_of(who: &Principal) -> Option<tokio::time::Instant> {
     Some(tokio::time::Instant::now() + left)
 }
 
-/// A refused issue as an answer: 429 `rate_limited` when the caller holds
-/// its share of one-time tokens, 503 `server_full` when the pool is full,
-/// 503 `unavailable` when the shared store cannot be reached; `Retry-After`
-/// says when a token frees up.
-fn issue_refused(e: IssueError) -> Response {
-    let retry = e.retry_after_secs();
-    let api = match &e {
-        IssueError::UserLimit { .. } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
-        }
-        IssueError::Full { .. } => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_full",
-            e.to_string(),
-        ),
-        IssueError::Unavailable => ApiError::unavailable(e.to_string()),
-        IssueError::Auth(a) => ApiError::from(a.clone()),
-    };
-    let mut r = api.into_response();
-    if let Some(secs) = retry {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-    }
-    r
-}
-
 /// `POST /v1/tokens`: a caller authenticated by header or cookie gets a
 /// short-lived, single-use token for `?token=` on an EventSource or WebSocket URL.
 /// Each caller holds at most its share of outstanding tokens (counted by
@@ -154,7 +105,7 @@ pub(crate) async fn tokens(
     State(app): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
-    conn: Option<axum::Extension<crate::server::ConnectionHandle>>,
+    conn: Option<axum::Extension<crate::connection::ConnectionHandle>>,
 ) -> Response {
     let pairs = crate::transport::query_pairs(uri.query());
     // Behind a trusted proxy, the address its headers name.
@@ -177,21 +128,16 @@ pub(crate) async fn tokens(
             let same_site = origin_allowed(&headers, &[]);
             let named_site = !named.is_empty() && origin_allowed(&headers, &named);
             if !same_site && !named_site {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(ApiError::forbidden(
                     "forbidden_origin",
                     "this origin may not exchange the cookie credential",
                 ));
             }
         }
+        // A refusal (429, 503) says with `Retry-After` when a token frees up.
+        let (token, ttl) = app.config.auth.issue_one_time_for(&who, client).await?;
         Ok::<_, ApiError>(
-            match app.config.auth.issue_one_time_for(&who, client).await {
-                Ok((token, ttl)) => {
-                    Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()}))
-                        .into_response()
-                }
-                Err(e) => issue_refused(e),
-            },
+            Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response(),
         )
     }
     .await;

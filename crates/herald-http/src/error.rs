@@ -1,35 +1,74 @@
 //! Errors as HTTP responses, decided in one place:
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
+//!
+//! Every status Herald answers an error with is chosen here: by the named
+//! constructors of [`ApiError`] and by the `From` conversions of the core's,
+//! auth's and one-time tokens' errors. Handlers return `Result<_, ApiError>`
+//! and never name a status themselves. A 429 or 503 always carries
+//! `Retry-After` (1 s unless the error knows better); an SSE stream turns
+//! such a temporary refusal into a `herald.disconnect`
+//! ([`ApiError::disconnect`]).
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_auth::{AuthError, Denied, IssueError};
+use herald_core::wire::disconnect::{self, Disconnect};
 use herald_core::{CursorError, EngineError, PublishError, SubscribeError, TopicError};
 
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The machine-readable code of the JSON body (also a WebSocket
+    /// `error`'s `code`).
     pub code: &'static str,
+    /// What went wrong, for a person.
     pub message: String,
+    /// `Retry-After` in seconds, for a 429 or 503 that knows when to come
+    /// back (`None`: 1 s).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
+    /// An error with any status; prefer the named constructors below, so
+    /// that the statuses stay listed in this module.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
+    /// 400: the request is malformed (`code` says how).
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn not_found() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    /// 401 `unauthorized`: no credential, or one that is not accepted.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: the credential does not allow this (`forbidden`), or it may not
+    /// be used from this origin (`forbidden_origin`).
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// 404 `not_found`: no such route.
+    pub fn not_found() -> ApiError {
+        ApiError::no_such("no such route")
+    }
+
+    /// 404 `not_found` for a named thing (a generation, a topic).
+    pub fn no_such(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 405 `method_not_allowed`.
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -38,8 +77,110 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout`: the body did not arrive in time.
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
+    /// 409: the request conflicts with the state of what it names.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 413 `too_large`: a body or an event over its limit.
+    pub fn too_large(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 415 `unsupported_media_type`: a body that is not JSON.
+    pub fn unsupported_media_type(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    /// 429: this client holds its share (`rate_limited`,
+    /// `too_many_connections`, ...); with `Retry-After`.
+    pub fn too_many_requests(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+    }
+
+    /// 502: an upstream service answered with an error.
+    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_GATEWAY, code, message)
+    }
+
+    /// 503 `unavailable`: shutting down, or the engine cannot be reached;
+    /// with `Retry-After`.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError::overloaded("unavailable", message)
+    }
+
+    /// 503 `server_full`: a global budget is used up; with `Retry-After`.
+    pub fn server_full(message: impl Into<String>) -> ApiError {
+        ApiError::overloaded("server_full", message)
+    }
+
+    /// 503 with another code (e.g. `too_many_connections` for the whole
+    /// server); with `Retry-After`.
+    pub fn overloaded(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    /// 504: an upstream service did not answer in time.
+    pub fn gateway_timeout(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, code, message)
+    }
+
+    /// An upstream service's own error status, passed on (an SDK expects
+    /// the upstream's 401 as a 401); a status that is not an error (4xx,
+    /// 5xx) becomes 502.
+    pub fn upstream(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        if status.is_client_error() || status.is_server_error() {
+            ApiError::new(status, code, message)
+        } else {
+            ApiError::bad_gateway(code, message)
+        }
+    }
+
+    /// The same error, telling the client to come back in `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Whether the refusal is temporary (429, 503): it carries `Retry-After`.
+    pub fn is_temporary(&self) -> bool {
+        self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+    }
+
+    /// The `Retry-After` seconds of a temporary refusal; `None` for others.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.is_temporary().then(|| self.retry_after.unwrap_or(1))
+    }
+
+    /// The reason an SSE stream gives for this refusal with
+    /// `herald.disconnect` when a client should retry later, or `None` for a
+    /// final one (400, 401, 403, ...), which keeps its status.
+    pub fn disconnect(&self, shutting_down: bool) -> Option<Disconnect> {
+        match self.status {
+            StatusCode::TOO_MANY_REQUESTS => Some(disconnect::RATE_LIMITED),
+            StatusCode::SERVICE_UNAVAILABLE if shutting_down => Some(disconnect::SHUTDOWN),
+            StatusCode::SERVICE_UNAVAILABLE
+                if matches!(self.code, "too_many_connections" | "server_full") =>
+            {
+                Some(disconnect::SERVER_FULL)
+            }
+            StatusCode::SERVICE_UNAVAILABLE => Some(disconnect::ENGINE_UNAVAILABLE),
+            _ => None,
+        }
     }
 
     /// The JSON body.
@@ -50,18 +191,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry = self.retry_after_secs();
         let mut r = (self.status, self.body()).into_response();
         r.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE
-            || self.status == StatusCode::TOO_MANY_REQUESTS
-        {
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        if let Some(secs) = retry {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         r
     }
@@ -83,11 +221,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             // A global budget is used up: temporary, like any 503 (Retry-After).
-            EngineError::ServerFull(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_full",
-                e.to_string(),
-            ),
+            EngineError::ServerFull(_) => ApiError::server_full(e.to_string()),
             EngineError::Unavailable(_) | EngineError::ShuttingDown => {
                 ApiError::unavailable(e.to_string())
             }
@@ -100,9 +234,7 @@ impl From<PublishError> for ApiError {
         let msg = e.to_string();
         match e {
             PublishError::InvalidEventName(_) => ApiError::bad_request("invalid_event", msg),
-            PublishError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", msg)
-            }
+            PublishError::TooLarge { .. } => ApiError::too_large(msg),
             PublishError::BadBatch { .. } => ApiError::bad_request("invalid_batch", msg),
             PublishError::InvalidId(_) => ApiError::bad_request("invalid_id", msg),
             PublishError::Engine(e) => e.into(),
@@ -118,5 +250,90 @@ impl From<SubscribeError> for ApiError {
             }
             SubscribeError::Engine(e) => e.into(),
         }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::unauthorized(e.to_string())
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        match e {
+            Denied::Unauthenticated(_) | Denied::Credential(_) => {
+                ApiError::unauthorized(e.to_string())
+            }
+            Denied::Forbidden { .. } => ApiError::forbidden("forbidden", e.to_string()),
+        }
+    }
+}
+
+/// A refused one-time token: 429 `rate_limited` when the caller holds its
+/// share, 503 `server_full` when the pool is full, 503 `unavailable` when
+/// the shared store cannot be reached; `Retry-After` says when a token
+/// frees up.
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> Self {
+        let retry = e.retry_after_secs();
+        let api = match &e {
+            IssueError::UserLimit { .. } => {
+                ApiError::too_many_requests("rate_limited", e.to_string())
+            }
+            IssueError::Full { .. } => ApiError::server_full(e.to_string()),
+            IssueError::Unavailable => ApiError::unavailable(e.to_string()),
+            IssueError::Auth(a) => ApiError::from(a.clone()),
+        };
+        match retry {
+            Some(secs) => api.retry_after(secs),
+            None => api,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_refusals_carry_retry_after() {
+        let r = ApiError::unavailable("x").into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let r = ApiError::too_many_requests("rate_limited", "x")
+            .retry_after(30)
+            .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "30");
+        let r = ApiError::bad_request("c", "x")
+            .retry_after(30)
+            .into_response();
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn sse_reasons_of_refusals() {
+        let reason = |e: ApiError, down| e.disconnect(down).map(|d| d.reason);
+        let full = ApiError::overloaded("too_many_connections", "x");
+        assert_eq!(reason(full.clone(), false), Some("server_full"));
+        assert_eq!(reason(full, true), Some("shutdown"));
+        assert_eq!(
+            reason(ApiError::server_full("x"), false),
+            Some("server_full")
+        );
+        assert_eq!(
+            reason(ApiError::unavailable("x"), false),
+            Some("engine_unavailable")
+        );
+        assert_eq!(
+            reason(
+                ApiError::too_many_requests("too_many_connections", "x"),
+                false
+            ),
+            Some("rate_limited")
+        );
+        assert_eq!(reason(ApiError::unauthorized("x"), false), None);
+        assert_eq!(reason(ApiError::forbidden("forbidden", "x"), true), None);
     }
 }

@@ -1,8 +1,10 @@
 //! # herald-http
 //!
 //! Herald's HTTP layer: the SSE, WebSocket and long-poll transports, the
-//! publish API and the operational endpoints, as an axum [`Router`] that the
-//! `herald` binary serves and that any axum application can nest.
+//! publish API and the operational endpoints, as an axum [`Router`] that
+//! `herald-server` serves (in the `herald` binary) and that any axum
+//! application can nest. It holds no accept loop, TLS or certificate
+//! code: nesting it compiles none.
 //!
 //! # Layout
 //!
@@ -11,7 +13,10 @@
 //! - [`publish`]: `POST /v1/publish` and the parsing WebSocket publishes share.
 //! - [`error`]: every error's status and JSON body, in one place.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`server`]: the accept loop (HTTP/1.1 + h2c, upgrades, graceful shutdown).
+//! - [`connection`]: what a server tells the router of each connection
+//!   ([`ConnectionHandle`]: peer, kill switch, its own counters) and the
+//!   [`WriteDeadline`] a transport asks of it. The accept loop, TLS and the
+//!   HTTP/1.1 push path live in `herald-server`.
 //! - [`config`]: keepalives, limits and timeouts.
 //! - `assets`: the browser client (`/client/herald.js`, `.d.ts`) and the demo page at `/`.
 //!
@@ -35,6 +40,7 @@
 mod assets;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod forwarded;
 pub mod input;
@@ -42,8 +48,6 @@ mod layers;
 pub mod limits;
 pub mod ops;
 pub mod publish;
-pub mod server;
-pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -51,9 +55,9 @@ use std::sync::Arc;
 use axum::routing::{get, on, post, MethodFilter};
 use axum::Router;
 pub use config::HttpConfig;
+pub use connection::{ConnectionHandle, WriteDeadline};
 pub use error::ApiError;
 pub use herald_core::{Hub, HubConfig};
-pub use server::{serve, serve_with, ConnectionHandle, ServeOptions};
 pub use transport::query_pairs;
 
 /// What every handler gets.

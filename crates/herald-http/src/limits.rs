@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
-
 use crate::error::ApiError;
 
 /// Counts open streaming connections.
@@ -34,8 +32,7 @@ impl ConnectionLimiter {
     ) -> Result<Slot, ApiError> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            return Err(ApiError::overloaded(
                 "too_many_connections",
                 "the server holds its maximum number of connections; retry shortly",
             ));
@@ -46,8 +43,7 @@ impl ConnectionLimiter {
             if *n >= max_per_ip {
                 drop(map);
                 self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
+                return Err(ApiError::too_many_requests(
                     "too_many_connections",
                     format!("at most {max_per_ip} connections per client address"),
                 ));
@@ -87,6 +83,7 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn limits() {

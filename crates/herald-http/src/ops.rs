@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::connection::ConnectionHandle;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -28,9 +29,17 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text format.
-pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
-    let body = app.hub.metrics().render(app.hub.engine().name());
+/// Prometheus text format: the hub's counters, and those of the server
+/// that accepted the connection when it inserted them (see
+/// [`ConnectionHandle::server_metrics`]).
+pub(crate) async fn metrics(
+    State(app): State<AppState>,
+    conn: Option<axum::Extension<ConnectionHandle>>,
+) -> Response {
+    let server = conn.and_then(|c| c.0.server_metrics);
+    let extra: Vec<&dyn herald_core::metrics::MetricsSource> =
+        server.as_deref().into_iter().collect();
+    let body = app.hub.metrics().render(app.hub.engine().name(), &extra);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

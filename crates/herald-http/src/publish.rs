@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_auth::Action;
@@ -111,13 +111,7 @@ pub async fn read_limited_within(
     max: usize,
     timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the body exceeds {max} bytes"),
-        )
-    };
+    let too_large = || ApiError::too_large(format!("the body exceeds {max} bytes"));
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -135,11 +129,10 @@ pub async fn read_limited_within(
             "invalid_body",
             format!("could not read the body: {e}"),
         )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
-        )),
+        Err(_) => Err(ApiError::request_timeout(format!(
+            "the body did not arrive within {} s",
+            timeout.as_secs_f64()
+        ))),
     }
 }
 
@@ -148,26 +141,12 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     uri: Uri,
     body: Body,
-) -> Response {
-    match publish_inner(app, headers, uri, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn publish_inner(
-    app: AppState,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Body,
 ) -> Result<Response, ApiError> {
     // Who first: an unauthenticated caller learns nothing about the body.
     let pairs = crate::transport::query_pairs(uri.query());
     let (who, _) = authenticate(&app, &headers, &pairs).await?;
     if !is_json(&headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        return Err(ApiError::unsupported_media_type(
             "send the publish body as application/json",
         ));
     }
@@ -209,6 +188,7 @@ pub(crate) async fn publish_as(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[test]
     fn parses_single_and_batch() {

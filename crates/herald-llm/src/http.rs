@@ -11,17 +11,21 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::Bytes;
+use herald_core::wire::sse::encode_event;
 use herald_http::publish::{is_json, read_limited_within};
 use herald_http::{ApiError, HttpConfig};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::relay::{Relay, Share, GENERATION_RETRY_AFTER_SECS};
+use crate::openai::Completion;
+use crate::relay::{Forward, Relay, Relayed, Share};
+
+/// A non-streaming answer waits this long at most for each chunk.
+const COLLECT_CHUNK_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 struct LlmState {
@@ -44,9 +48,7 @@ async fn body_object(
     body: Body,
 ) -> Result<Map<String, Value>, ApiError> {
     if !is_json(headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        return Err(ApiError::unsupported_media_type(
             "send the request body as application/json",
         ));
     }
@@ -97,17 +99,6 @@ fn client_of(st: &LlmState, conn: &Conn, headers: &HeaderMap) -> Option<IpAddr> 
         .map(|c| st.http.client_addr(c.peer.ip(), headers))
 }
 
-/// A 429 for too many generations waits [`GENERATION_RETRY_AFTER_SECS`].
-fn with_retry_after(mut r: Response) -> Response {
-    if r.status() == StatusCode::TOO_MANY_REQUESTS {
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(GENERATION_RETRY_AFTER_SECS),
-        );
-    }
-    r
-}
-
 async fn start(
     State(st): State<LlmState>,
     headers: HeaderMap,
@@ -127,7 +118,6 @@ async fn start(
                 req,
                 share,
                 None,
-                None,
             )
             .await?;
         let topic = started.topic.as_str().to_owned();
@@ -141,7 +131,7 @@ async fn start(
     .await;
     match r {
         Ok(j) => j.into_response(),
-        Err(e) => with_retry_after(e.into_response()),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -162,18 +152,17 @@ async fn cancel(
     }
 }
 
-/// An error in OpenAI's shape, so SDKs raise it properly (429 and 503 with
-/// `Retry-After`, which the SDKs honour).
-fn openai_error(status: StatusCode, message: &str, kind: &str) -> Response {
-    let r = (
-        status,
-        Json(json!({"error": {"message": message, "type": kind, "code": null}})),
-    )
-        .into_response();
-    let mut r = with_retry_after(r);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+/// An error in OpenAI's shape (`{"error": {"message", "type", "code":
+/// null}}`, `type` being Herald's code), so SDKs raise it properly; the
+/// status and `Retry-After` (429, 503), which the SDKs honour, are the
+/// error's own.
+fn openai_error(e: ApiError) -> Response {
+    let retry = e.retry_after_secs();
+    let body = json!({"error": {"message": e.message, "type": e.code, "code": null}});
+    let mut r = (e.status, Json(body)).into_response();
+    if let Some(secs) = retry {
         r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     r
 }
@@ -185,121 +174,90 @@ async fn completions(
     conn: Conn,
     body: Body,
 ) -> Response {
-    let (who, mut req) = match async {
+    let r = async {
         let (who, _) = herald_http::auth::principal(&st.http, &headers, uri.query()).await?;
-        Ok::<_, ApiError>((who, body_object(&st, &headers, body).await?))
-    }
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => return openai_error(e.status, &e.message, e.code),
-    };
-    let stream = req.get("stream") == Some(&Value::Bool(true));
-    let share = match share_of(req.remove("share")) {
-        Ok(s) => s,
-        Err(e) => return openai_error(e.status, &e.message, e.code),
-    };
-    let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(256);
-    let (head_tx, head_rx) = oneshot::channel();
-    let started = match st
-        .relay
-        .start(
-            &who,
-            client_of(&st, &conn, &headers),
-            req,
-            share,
-            Some(raw_tx),
-            Some(head_tx),
-        )
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return openai_error(e.status, &e.message, e.code),
-    };
-    // Answer with the upstream's status: an SDK expects errors as HTTP errors.
-    match tokio::time::timeout(st.relay.config().idle_timeout, head_rx).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err((status, msg)))) => return openai_error(status, &msg, "upstream_error"),
-        _ => {
-            return openai_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer",
-                "upstream_error",
-            )
-        }
-    }
-    let mut resp = if stream {
-        let body = futures_util::stream::unfold(raw_rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-        });
-        let mut r = Body::from_stream(body).into_response();
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        r
-    } else {
-        // Collect the stream into one chat.completion.
-        let mut content = String::new();
-        let mut finish = Value::Null;
-        let mut usage = Value::Null;
-        let mut model = Value::Null;
-        let mut id = Value::Null;
-        let mut parser = herald_client::SseParser::new();
-        while let Ok(Some(chunk)) =
-            tokio::time::timeout(Duration::from_secs(600), raw_rx.recv()).await
-        {
-            for item in parser.feed(&chunk) {
-                let herald_client::SseItem::Event(e) = item else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
-                    continue;
-                };
-                if let Some(err) = v.get("error") {
-                    let msg = err["message"]
-                        .as_str()
-                        .unwrap_or("upstream error")
-                        .to_owned();
-                    return openai_error(StatusCode::BAD_GATEWAY, &msg, "upstream_error");
-                }
-                if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-                    content.push_str(t);
-                }
-                if !v["choices"][0]["finish_reason"].is_null() {
-                    finish = v["choices"][0]["finish_reason"].clone();
-                }
-                if !v["usage"].is_null() {
-                    usage = v["usage"].clone();
-                }
-                if model.is_null() {
-                    model = v["model"].clone();
-                    id = v["id"].clone();
-                }
+        let mut req = body_object(&st, &headers, body).await?;
+        let stream = req.get("stream") == Some(&Value::Bool(true));
+        let share = share_of(req.remove("share"))?;
+        let (chunks_tx, chunks) = mpsc::channel::<Relayed>(256);
+        let (head_tx, head) = oneshot::channel();
+        let forward = Forward {
+            head: head_tx,
+            chunks: chunks_tx,
+        };
+        let client = client_of(&st, &conn, &headers);
+        let started = st
+            .relay
+            .start(&who, client, req, share, Some(forward))
+            .await?;
+        // Answer with the upstream's status: an SDK expects errors as HTTP errors.
+        match tokio::time::timeout(st.relay.config().idle_timeout, head).await {
+            Ok(Ok(answer)) => answer?,
+            _ => {
+                return Err(ApiError::gateway_timeout(
+                    "upstream_error",
+                    "the upstream did not answer",
+                ))
             }
         }
-        Json(json!({
-            "id": id, "object": "chat.completion", "model": model,
-            "created": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": finish}],
-            "usage": usage,
-        }))
-        .into_response()
-    };
-    let h = resp.headers_mut();
-    for (k, v) in [
-        ("x-herald-stream-id", started.id.as_str()),
-        ("x-herald-topic", started.topic.as_str()),
-        ("x-herald-cursor", started.cursor.as_str()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(k, v);
+        let mut resp = if stream {
+            event_stream(chunks)
+        } else {
+            Json(collect(chunks).await?).into_response()
+        };
+        let h = resp.headers_mut();
+        for (k, v) in [
+            ("x-herald-stream-id", started.id.as_str()),
+            ("x-herald-topic", started.topic.as_str()),
+            ("x-herald-cursor", started.cursor.as_str()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(k, v);
+            }
+        }
+        Ok::<_, ApiError>(resp)
+    }
+    .await;
+    r.unwrap_or_else(openai_error)
+}
+
+/// The generation as OpenAI's event stream: each chunk as the upstream sent
+/// it, framed by the shared SSE encoder (data with line breaks becomes one
+/// `data:` line per line), then `data: [DONE]` or an error payload.
+fn event_stream(chunks: mpsc::Receiver<Relayed>) -> Response {
+    let body = futures_util::stream::unfold(chunks, |mut rx| async move {
+        let r = rx.recv().await?;
+        let frame = encode_event(None, None, r.data()).0.freeze();
+        Some((Ok::<_, std::convert::Infallible>(frame), rx))
+    });
+    let mut r = Body::from_stream(body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// The generation as one `chat.completion` (a non-streaming request).
+///
+/// Errors: 502 `upstream_error` when the stream failed midway.
+async fn collect(mut chunks: mpsc::Receiver<Relayed>) -> Result<Value, ApiError> {
+    let mut completion = Completion::default();
+    while let Ok(Some(r)) = tokio::time::timeout(COLLECT_CHUNK_TIMEOUT, chunks.recv()).await {
+        match r {
+            Relayed::Chunk { delta, .. } => completion.add(delta),
+            Relayed::Done => break,
+            Relayed::Failed { message, .. } => {
+                return Err(ApiError::bad_gateway("upstream_error", message))
+            }
         }
     }
-    resp
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(completion.to_json(created))
 }

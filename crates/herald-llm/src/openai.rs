@@ -1,23 +1,36 @@
 //! The OpenAI chat-completions streaming wire format, as pure functions:
-//! what one `data:` payload of the upstream's event stream means.
+//! what one `data:` payload of the upstream's event stream means, the
+//! non-streaming answer collected from those, and the error payload the
+//! relay ends a failed stream with.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-/// What one `data:` line carried.
+/// What one `data:` payload carried.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Chunk {
     /// `[DONE]`: the stream is complete.
     Done,
-    /// A `chat.completion.chunk`: text (possibly empty), a finish reason, usage.
-    Delta {
-        content: String,
-        finish_reason: Option<String>,
-        usage: Option<Value>,
-    },
-    /// An error object sent in the stream (`{"error": {...}}`).
+    /// A `chat.completion.chunk`.
+    Delta(Delta),
+    /// An error object sent in the stream (`{"error": {...}}`): its message.
     Error(String),
     /// Something that is not JSON.
     Malformed,
+}
+
+/// What the relay reads from a `chat.completion.chunk`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// The text of `choices[0].delta.content` (empty when there is none).
+    pub content: String,
+    /// `choices[0].finish_reason`, once the model has stopped.
+    pub finish_reason: Option<String>,
+    /// `usage`, usually on the last chunk only.
+    pub usage: Option<Value>,
+    /// The completion's `id` (`null` when absent).
+    pub id: Value,
+    /// The `model` that answers (`null` when absent).
+    pub model: Value,
 }
 
 /// Interprets one `data:` payload.
@@ -26,7 +39,7 @@ pub fn parse_data(data: &str) -> Chunk {
     if data == "[DONE]" {
         return Chunk::Done;
     }
-    let Ok(v) = serde_json::from_str::<Value>(data) else {
+    let Ok(mut v) = serde_json::from_str::<Value>(data) else {
         return Chunk::Malformed;
     };
     if let Some(err) = v.get("error") {
@@ -49,11 +62,59 @@ pub fn parse_data(data: &str) -> Chunk {
         .and_then(Value::as_str)
         .map(str::to_owned);
     let usage = v.get("usage").filter(|u| !u.is_null()).cloned();
-    Chunk::Delta {
+    Chunk::Delta(Delta {
         content,
         finish_reason,
         usage,
+        id: v.get_mut("id").map(Value::take).unwrap_or_default(),
+        model: v.get_mut("model").map(Value::take).unwrap_or_default(),
+    })
+}
+
+/// A non-streaming `chat.completion`, collected from a stream's deltas.
+#[derive(Debug, Default)]
+pub struct Completion {
+    content: String,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    id: Value,
+    model: Value,
+}
+
+impl Completion {
+    /// Adds one chunk: its text, and the latest finish reason and usage;
+    /// `id` and `model` come from the first chunk that names a model.
+    pub fn add(&mut self, d: Delta) {
+        self.content.push_str(&d.content);
+        if d.finish_reason.is_some() {
+            self.finish_reason = d.finish_reason;
+        }
+        if d.usage.is_some() {
+            self.usage = d.usage;
+        }
+        if self.model.is_null() {
+            self.model = d.model;
+            self.id = d.id;
+        }
     }
+
+    /// The `chat.completion` object, `created` at that Unix time (seconds).
+    pub fn to_json(&self, created: u64) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion", "model": self.model,
+            "created": created,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
+                         "logprobs": null, "finish_reason": self.finish_reason}],
+            "usage": self.usage,
+        })
+    }
+}
+
+/// The `data:` payload of an error the relay itself ends a stream with
+/// (`{"error": {"message", "type": "upstream_error"}}`), in OpenAI's shape
+/// so SDKs raise it.
+pub fn error_data(message: &str) -> String {
+    json!({"error": {"message": message, "type": "upstream_error"}}).to_string()
 }
 
 /// The message an upstream error body carries (OpenAI's `{"error":{"message"}}`
@@ -93,21 +154,26 @@ mod tests {
             parse_data(
                 r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#
             ),
-            Chunk::Delta {
+            Chunk::Delta(Delta {
                 content: "Hel".into(),
                 finish_reason: None,
-                usage: None
-            }
+                usage: None,
+                id: json!("c"),
+                model: Value::Null,
+            })
         );
         assert_eq!(
             parse_data(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#),
-            Chunk::Delta {
+            Chunk::Delta(Delta {
                 content: String::new(),
                 finish_reason: Some("stop".into()),
-                usage: None
-            }
+                usage: None,
+                id: Value::Null,
+                model: Value::Null,
+            })
         );
-        let Chunk::Delta { usage, .. } = parse_data(r#"{"choices":[],"usage":{"total_tokens":3}}"#)
+        let Chunk::Delta(Delta { usage, .. }) =
+            parse_data(r#"{"choices":[],"usage":{"total_tokens":3}}"#)
         else {
             panic!()
         };
@@ -117,6 +183,32 @@ mod tests {
             Chunk::Error("overloaded".into())
         );
         assert_eq!(parse_data("nope"), Chunk::Malformed);
+    }
+
+    #[test]
+    fn a_completion_collects_the_deltas() {
+        let mut c = Completion::default();
+        for data in [
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#,
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":null}]}"#,
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"id":"c1","model":"m","choices":[],"usage":{"total_tokens":3}}"#,
+        ] {
+            let Chunk::Delta(d) = parse_data(data) else {
+                panic!("{data}")
+            };
+            c.add(d);
+        }
+        let v = c.to_json(7);
+        assert_eq!(
+            (&v["id"], &v["model"], &v["object"], &v["created"]),
+            (&json!("c1"), &json!("m"), &json!("chat.completion"), &json!(7))
+        );
+        assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["total_tokens"], 3);
+        let empty = Completion::default().to_json(0);
+        assert!(empty["usage"].is_null() && empty["choices"][0]["finish_reason"].is_null());
     }
 
     #[test]

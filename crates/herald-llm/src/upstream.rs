@@ -1,17 +1,30 @@
-//! The HTTP client to an OpenAI-compatible upstream: one connection per
-//! generation (a generation is one long streaming response), HTTP/1.1 over
-//! TCP or TLS (webpki roots), connect timeout, and the API key sent only to
-//! the upstream.
+//! The HTTP client to an OpenAI-compatible upstream: hyper-util's client
+//! (the one Herald's Rust client uses too) over rustls with the webpki
+//! roots and the ring provider, HTTP/1.1 (a generation is one long
+//! streaming response, so each running generation holds its own
+//! connection; idle ones are kept a while for the next), a bounded connect,
+//! and the API key sent only to the upstream.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio_rustls::rustls;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The TCP connect may take this long, and the TLS handshake after it as
+/// long again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An idle connection to the upstream is kept this long for the next generation.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the upstream could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -19,20 +32,25 @@ pub enum UpstreamError {
     /// The upstream URL cannot be used (the message never holds its credentials).
     #[error("invalid upstream URL: {0}")]
     Url(String),
+    /// No connection: DNS, TCP, TLS, or the connect timeout.
     #[error("cannot connect to the upstream: {0}")]
     Connect(String),
+    /// Connected, but the request or the response head failed.
     #[error("upstream request failed: {0}")]
     Request(String),
 }
+
+type Connector = Bounded<HttpsConnector<HttpConnector>>;
 
 /// An OpenAI-compatible server: `base` is e.g. `https://api.openai.com/v1`
 /// or `http://127.0.0.1:11434/v1`; requests go to `{base}/chat/completions`.
 #[derive(Clone)]
 pub struct Upstream {
     base: String,
+    /// `{base}/chat/completions`, checked once.
+    chat_uri: Uri,
     api_key: Option<String>,
-    connect_timeout: Duration,
-    tls: Arc<rustls::ClientConfig>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -72,24 +90,24 @@ impl Upstream {
         if uri.host().is_none() {
             return Err(UpstreamError::Url(format!("{base}: no host")));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| UpstreamError::Url(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let chat_uri: Uri = format!("{base}/chat/completions")
+            .parse()
+            .map_err(|e| UpstreamError::Url(format!("{e}")))?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(Bounded {
+                inner: https_connector()?,
+                timeout: 2 * CONNECT_TIMEOUT,
+            });
         Ok(Upstream {
             base,
+            chat_uri,
             api_key: api_key.filter(|k| !k.is_empty()),
-            connect_timeout: Duration::from_secs(10),
-            tls: Arc::new(tls),
+            client,
         })
     }
 
+    /// The base URL, without a trailing `/`.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -111,40 +129,19 @@ impl Upstream {
         }
     }
 
-    /// POSTs `body` to `{base}/chat/completions`; returns the response with its body unread.
+    /// POSTs `body` (a chat-completions request) to `{base}/chat/completions`;
+    /// returns the response with its body unread. Dropping the body closes
+    /// the connection, which stops the upstream's generation.
+    ///
+    /// Errors: [`UpstreamError::Connect`] when no connection could be made
+    /// in time, [`UpstreamError::Request`] when the request or the
+    /// response head failed. Messages may hold what the upstream said:
+    /// pass them through [`Upstream::redact`].
     pub async fn chat_completions(
         &self,
         body: Bytes,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let url = format!("{}/chat/completions", self.base);
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| UpstreamError::Url(format!("{e}")))?;
-        let host = uri.host().unwrap_or_default().to_owned();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_else(|| host.clone());
-        let host_for_connect = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((host_for_connect.as_str(), port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::Connect("timed out".into()))?
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let path = uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
-        let mut req = Request::post(path)
-            .header(http::header::HOST, authority)
+        let mut req = Request::post(self.chat_uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream, application/json");
         if let Some(k) = &self.api_key {
@@ -153,40 +150,81 @@ impl Upstream {
         let req = req
             .body(Full::new(body))
             .map_err(|e| UpstreamError::Request(e.to_string()))?;
-        if https {
-            let name = rustls::pki_types::ServerName::try_from(host_for_connect)
-                .map_err(|e| UpstreamError::Url(e.to_string()))?;
-            let stream = tokio::time::timeout(
-                self.connect_timeout,
-                tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp),
-            )
-            .await
-            .map_err(|_| UpstreamError::Connect("TLS handshake timed out".into()))?
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-            send(TokioIo::new(stream), req).await
-        } else {
-            send(TokioIo::new(tcp), req).await
-        }
+        self.client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(causes(&e))
+            } else {
+                UpstreamError::Request(causes(&e))
+            }
+        })
     }
 }
 
-async fn send<I>(
-    io: I,
-    req: Request<Full<Bytes>>,
-) -> Result<http::Response<Incoming>, UpstreamError>
+/// TCP (nodelay, [`CONNECT_TIMEOUT`]) with TLS for `https://`: rustls with
+/// the ring provider, the webpki roots and ALPN `http/1.1`.
+fn https_connector() -> Result<HttpsConnector<HttpConnector>, UpstreamError> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false); // the TLS layer above takes `https://` too
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Ok(HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| UpstreamError::Url(e.to_string()))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp))
+}
+
+/// The causes of a client error, outermost first, without the client's own
+/// "client error (Connect)" wrapper (the variant already says as much).
+fn causes(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        parts.push(cause.to_string());
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// A connector whose whole connect (TCP and TLS handshake) ends in time:
+/// the TCP connector bounds only its own step.
+#[derive(Clone)]
+struct Bounded<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower_service::Service<Uri> for Bounded<C>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    C: tower_service::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| UpstreamError::Request(e.to_string()))
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(format!("no connection within {timeout:?} (TCP and TLS handshake)").into()),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -215,5 +253,40 @@ mod tests {
             up.redact_key("the bearer of sk-configured-0123456789"),
             "the bearer of [redacted]"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let up = Upstream::new(&format!("http://{addr}/v1"), None).unwrap();
+        let e = up.chat_completions(Bytes::new()).await.unwrap_err();
+        assert!(matches!(e, UpstreamError::Connect(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_ends_is_cut_at_the_bound() {
+        use tower_service::Service;
+        // Accepts TCP, never answers the ClientHello.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut connector = Bounded {
+            inner: https_connector().unwrap(),
+            timeout: Duration::from_millis(200),
+        };
+        let uri: Uri = format!("https://localhost:{}/v1", addr.port()).parse().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), connector.call(uri))
+            .await
+            .expect("the bound did not hold")
+            .err()
+            .expect("no TLS server there");
+        assert!(e.to_string().contains("no connection within"), "{e}");
     }
 }

@@ -156,7 +156,7 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     // store is opened (or created).
     let tls = match settings.tls.clone() {
         None => None,
-        Some(source) => Some(Arc::new(herald_http::tls::Tls::new(source).context("TLS")?)),
+        Some(source) => Some(Arc::new(herald_server::Tls::new(source).context("TLS")?)),
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -211,7 +211,7 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         if tls.self_signed_pem.is_some() {
             tracing::warn!("serving a self-signed certificate: for development only");
         }
-        tokio::spawn(reload_certificates(tls.clone()));
+        tokio::spawn(herald_server::tls::reload_certificates(tls.clone()));
     }
     tracing::info!(%addr, engine = hub.engine().name(), history = settings.hub.history.max_events, "serving");
     if addr.ip().is_loopback() && !settings.http.auth.is_enabled() {
@@ -243,8 +243,11 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     );
     let llm_routes = herald_llm::http::router(relay, Arc::new(settings.http.clone()));
     let router = herald_http::router_with(hub.clone(), settings.http, llm_routes);
-    let options = herald_http::ServeOptions { tls };
-    herald_http::serve_with(listener, router, hub, options, shutdown_signal()).await?;
+    let options = herald_server::ServeOptions {
+        tls,
+        ..Default::default()
+    };
+    herald_server::serve_with(listener, router, hub, options, shutdown_signal()).await?;
     if let Some(why) = embedded_engine.and_then(|e| e.close_error()) {
         anyhow::bail!(
             "{why}; events acknowledged before the shutdown were already on disk, but later \
@@ -254,37 +257,6 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Reloads the TLS certificate on SIGHUP, and when its files change.
-async fn reload_certificates(tls: Arc<herald_http::tls::Tls>) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
-        let result = tokio::select! {
-            _ = hangup => tls.reload().map(|()| true),
-            _ = tick.tick() => tls.reload_if_changed(),
-        };
-        match result {
-            Ok(true) => tracing::info!("TLS certificate reloaded"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one")
-            }
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -570,7 +570,7 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
             .await
             .unwrap();
     }
-    let m = s.hub.metrics().clone();
+    let m = s.server_metrics.clone();
     // The client's own pooled connection stays open.
     let base = m
         .tcp_connections_open

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_client::{SseItem, SseParser};
 use herald_core::{Hub, HubConfig, Transport};
-use herald_http::tls::{CertSource, Tls};
-use herald_http::{HttpConfig, ServeOptions};
+use herald_http::HttpConfig;
+use herald_server::tls::{CertSource, Tls};
+use herald_server::{ServeOptions, ServerMetrics};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,6 +25,8 @@ struct Server {
     addr: std::net::SocketAddr,
     hub: Hub,
     tls: Option<Arc<Tls>>,
+    /// The accept loop's TCP counters.
+    tcp: Arc<ServerMetrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -35,10 +38,14 @@ async fn start(tls: bool, hub_config: HubConfig) -> Server {
     let addr = listener.local_addr().unwrap();
     let router = herald_http::router(hub.clone(), HttpConfig::default());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let options = ServeOptions { tls: tls.clone() };
+    let options = ServeOptions {
+        tls: tls.clone(),
+        ..Default::default()
+    };
+    let tcp = options.metrics.clone();
     let h = hub.clone();
     let task = tokio::spawn(async move {
-        herald_http::serve_with(listener, router, h, options, async {
+        herald_server::serve_with(listener, router, h, options, async {
             let _ = rx.await;
         })
         .await
@@ -48,6 +55,7 @@ async fn start(tls: bool, hub_config: HubConfig) -> Server {
         addr,
         hub,
         tls,
+        tcp,
         stop: Some(tx),
         task,
     }
@@ -179,7 +187,7 @@ async fn many_streams_on_one_connection(tls: bool) {
     assert_eq!(m.open(Transport::Sse), 90);
     assert_eq!(m.open(Transport::Poll), 10);
     assert_eq!(
-        m.tcp_connections_total.load(Ordering::Relaxed),
+        s.tcp.tcp_connections_total.load(Ordering::Relaxed),
         1,
         "all streams share one TCP connection"
     );
@@ -193,7 +201,7 @@ async fn many_streams_on_one_connection(tls: bool) {
         let v = tokio::time::timeout(WAIT, p).await.unwrap().unwrap();
         assert_eq!(v["events"][0]["data"], format!("event for t/{i}"));
     }
-    assert_eq!(m.tcp_connections_total.load(Ordering::Relaxed), 1);
+    assert_eq!(s.tcp.tcp_connections_total.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,10 +273,7 @@ async fn websocket_over_http2_extended_connect() {
         let r = get(&mut sender, &s, "/healthz").await;
         assert_eq!(r.status(), 200);
         assert_eq!(
-            s.hub
-                .metrics()
-                .tcp_connections_total
-                .load(Ordering::Relaxed),
+            s.tcp.tcp_connections_total.load(Ordering::Relaxed),
             1
         );
     }

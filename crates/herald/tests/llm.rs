@@ -55,7 +55,7 @@ async fn start_with(
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        herald_http::serve(listener, router, hub, async {
+        herald_server::serve(listener, router, hub, async {
             let _ = rx.await;
         })
         .await

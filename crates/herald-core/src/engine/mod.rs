@@ -6,6 +6,8 @@
 //!
 //! - [`memory`]: in-process ring buffers; history is lost on restart (the epoch
 //!   changes, so resuming clients are told).
+//! - `suite` (feature `test-util`): the engine tests written once, run by
+//!   every engine's tests.
 //!
 //! # Topic lifecycle and the global budget
 //!
@@ -24,6 +26,8 @@
 //!   (HTTP 503 `server_full` with `Retry-After`), nothing stored.
 
 pub mod memory;
+#[cfg(any(test, feature = "test-util"))]
+pub mod suite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +37,7 @@ use std::time::Duration;
 use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::idempotency::IdempotencyStore;
+use crate::one_time::OneTimeStore;
 use crate::topic::Topic;
 
 /// A boxed future, so that engines can be used as `Arc<dyn Engine>`.
@@ -246,6 +251,14 @@ pub trait Engine: Send + Sync + 'static {
     /// keeping records for `ttl`. Default: none, and the hub keeps them in
     /// its own memory.
     fn idempotency_store(&self, _ttl: Duration) -> Option<Arc<dyn IdempotencyStore>> {
+        None
+    }
+
+    /// A store for one-time tokens shared by every node on this engine
+    /// (see [`crate::one_time`]). Default: none, and the hub keeps them in
+    /// its own memory ([`LocalOneTime`](crate::one_time::LocalOneTime)), as
+    /// the memory and embedded engines do: their deployment is one process.
+    fn one_time_store(&self) -> Option<Arc<dyn OneTimeStore>> {
         None
     }
 

@@ -1,14 +1,17 @@
-//! JSON messages for WebSocket and long polling.
+//! The JSON event message shared by WebSocket and long polling.
 //!
 //! Every message is an object with a `type`. Events carry `data` as the JSON
-//! value it was published as (a string stays a string).
+//! value it was published as (a string stays a string). An event is encoded
+//! once ([`encode_event`], borrowed, no copy of stored JSON) and the same
+//! bytes go to every subscriber; [`EventMessage`] is its owned, decoded form.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Data, Event};
 
+/// The borrowed form [`encode_event_parts`] writes.
 #[derive(Serialize)]
-struct EventMessage<'a> {
+struct EventFrame<'a> {
     r#type: &'static str,
     topic: &'a str,
     id: &'a str,
@@ -54,7 +57,7 @@ pub fn encode_event_parts(
     data: &Data,
     published_at: u64,
 ) -> Vec<u8> {
-    let msg = EventMessage {
+    let msg = EventFrame {
         r#type: "event",
         topic,
         id,
@@ -65,9 +68,31 @@ pub fn encode_event_parts(
     serde_json::to_vec(&msg).unwrap_or_default()
 }
 
-/// `{"type":"error","code","message"}`.
-pub fn encode_error(code: &str, message: &str) -> String {
-    serde_json::json!({"type": "error", "code": code, "message": message}).to_string()
+/// An event message as a client reads it:
+/// `{"type":"event","topic","id","event"?,"data","published_at"}` (the
+/// `type` is checked by [`super::ws::ServerMessage`], ignored here so that
+/// long-poll answers decode too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventMessage {
+    /// The topic the event was published to.
+    pub topic: String,
+    /// The event's cursor: resume after it with `since` / `cursor`.
+    pub id: String,
+    /// The event name; absent for unnamed events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// The data as the JSON value it was published as.
+    pub data: serde_json::Value,
+    /// When the engine accepted it, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub published_at: u64,
+}
+
+impl EventMessage {
+    /// Parses one event message. Errors: JSON that is not an event object.
+    pub fn decode(bytes: &[u8]) -> Result<EventMessage, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -99,5 +124,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(v["data"], "line\n\"q\"");
         assert!(v.get("event").is_none());
+    }
+
+    #[test]
+    fn encode_then_decode() {
+        let data = Data::from_json(&serde_json::json!({"k": [true, null]}));
+        let bytes = encode_event_parts("a/b", "c1", Some("n"), &data, 7);
+        let m = EventMessage::decode(&bytes).unwrap();
+        assert_eq!(
+            m,
+            EventMessage {
+                topic: "a/b".into(),
+                id: "c1".into(),
+                event: Some("n".into()),
+                data: serde_json::json!({"k": [true, null]}),
+                published_at: 7,
+            }
+        );
+        let bytes = encode_event_parts("t", "c2", None, &Data::Text("x".into()), 1);
+        assert_eq!(EventMessage::decode(&bytes).unwrap().event, None);
     }
 }

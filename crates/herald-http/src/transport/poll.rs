@@ -25,6 +25,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_auth::Action;
+use herald_core::wire::poll::{encode_parts, frame_cost};
 use herald_core::{Cursor, Delivery, Subscription, Transport};
 use http_body::{Frame, SizeHint};
 use std::collections::VecDeque;
@@ -34,8 +35,8 @@ use tokio::sync::watch;
 
 use super::{param, subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
+use crate::connection::{ConnectionHandle, WriteDeadline};
 use crate::error::ApiError;
-use crate::server::{ConnectionHandle, WriteDeadline};
 use crate::AppState;
 
 pub(crate) async fn handler(
@@ -189,11 +190,11 @@ impl Batch {
             Delivery::Gap(g) => g.json(),
             Delivery::Closed(_) => return false,
         };
-        if !self.frames.is_empty() && self.bytes + frame.len() + 1 > self.max_bytes {
+        if !self.frames.is_empty() && self.bytes + frame_cost(&frame) > self.max_bytes {
             self.full = true;
             return true;
         }
-        self.bytes += frame.len() + 1;
+        self.bytes += frame_cost(&frame);
         self.frames.push(frame);
         self.cursor = sub.cursor();
         true
@@ -214,20 +215,11 @@ impl Batch {
         true
     }
 
-    /// `{"events":[...],"cursor":"..."}` as a body of known length whose
-    /// frames are written one by one (nothing is copied into one buffer).
+    /// `{"events":[...],"cursor":"..."}` ([`herald_core::wire::poll`]) as a
+    /// body of known length whose frames are written one by one (nothing is
+    /// copied into one buffer).
     fn into_body(self) -> PollBody {
-        let mut parts = VecDeque::with_capacity(self.frames.len() * 2 + 3);
-        parts.push_back(Bytes::from_static(b"{\"events\":["));
-        for (i, f) in self.frames.into_iter().enumerate() {
-            if i > 0 {
-                parts.push_back(Bytes::from_static(b","));
-            }
-            parts.push_back(f);
-        }
-        parts.push_back(Bytes::from_static(b"],\"cursor\":\""));
-        parts.push_back(Bytes::from(self.cursor.encode()));
-        parts.push_back(Bytes::from_static(b"\"}"));
+        let parts = VecDeque::from(encode_parts(self.frames, &self.cursor.encode()));
         let remaining = parts.iter().map(|p| p.len() as u64).sum();
         PollBody { parts, remaining }
     }

@@ -16,7 +16,8 @@
 //!
 //! The `retry:` a stream starts with carries per-connection jitter (±25 %),
 //! and a stream whose credential has a deadline (`exp`) ends at it with
-//! `herald.disconnect {"reason":"token_expired"}`.
+//! `herald.disconnect {"reason":"token_expired"}`. Every reason comes from
+//! the one table, [`herald_core::wire::disconnect`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,16 +29,18 @@ use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use herald_core::metrics::ConnectionGuard;
-use herald_core::wire::{reserved, sse};
-use herald_core::{Delivery, Subscription, Transport};
+use herald_core::wire::disconnect::{self, Disconnect};
+use herald_core::wire::reserved::{self, DisconnectData};
+use herald_core::wire::sse;
+use herald_core::{CloseReason, Delivery, Subscription, Transport};
 use tokio::time::{Instant, Sleep};
 
 use super::{subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
+use crate::connection::ConnectionHandle;
 use crate::error::ApiError;
 use crate::input::{sse_cursor, Query};
 use crate::limits::Slot;
-use crate::server::ConnectionHandle;
 use crate::AppState;
 use herald_auth::Action;
 
@@ -51,34 +54,17 @@ pub(crate) async fn handler(
     let retry_ms = app.config.sse_retry_ms;
     match open(app, headers, uri, conn.map(|c| c.0)).await {
         Ok(r) => r,
-        Err(e) => match temporary_reason(&e, shutting_down) {
+        Err(e) => match e.disconnect(shutting_down) {
             Some(reason) => refusal(reason, retry_after_ms(&e, retry_ms)),
             None => e.into_response(),
         },
     }
 }
 
-/// The `herald.disconnect` reason of a refusal a client should retry later,
-/// or `None` for a final one (400, 401, 403, ...).
-fn temporary_reason(e: &ApiError, shutting_down: bool) -> Option<&'static str> {
-    match e.status.as_u16() {
-        429 => Some("rate_limited"),
-        503 if shutting_down => Some("shutdown"),
-        503 if matches!(e.code, "too_many_connections" | "server_full") => Some("server_full"),
-        503 => Some("engine_unavailable"),
-        _ => None,
-    }
-}
-
 /// The refusal's Retry-After in milliseconds (every 429/503 carries one,
 /// see [`ApiError`]), never below the stream's usual `retry:`.
 fn retry_after_ms(e: &ApiError, retry_ms: u64) -> u64 {
-    let after = e.clone().into_response();
-    after
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    e.retry_after_secs()
         .map_or(retry_ms, |s| s.saturating_mul(1000).max(retry_ms))
 }
 
@@ -90,12 +76,11 @@ pub(crate) fn jittered(retry_ms: u64) -> u64 {
 
 /// A temporary refusal an EventSource understands: `200 text/event-stream`,
 /// `retry: <ms>`, one `herald.disconnect {"reason": reason}`, then the end.
-fn refusal(reason: &'static str, retry_ms: u64) -> Response {
+fn refusal(reason: Disconnect, retry_ms: u64) -> Response {
     let mut body = BytesMut::from(&b"retry: "[..]);
     body.extend_from_slice(jittered(retry_ms).to_string().as_bytes());
     body.extend_from_slice(b"\n\n");
-    let data = serde_json::json!({ "reason": reason }).to_string();
-    body.extend_from_slice(&sse::encode_event(None, Some(reserved::DISCONNECT), &data).0);
+    body.extend_from_slice(&disconnect_event(reason));
     let mut r = Body::from(body.freeze()).into_response();
     stream_headers(r.headers_mut());
     r
@@ -159,7 +144,7 @@ async fn open(
     // A write to this subscriber that does not progress for this long ends
     // the connection (the HTTP/1.1 direct path reads it).
     r.extensions_mut()
-        .insert(crate::server::WriteDeadline(app.config.write_timeout));
+        .insert(crate::connection::WriteDeadline(app.config.write_timeout));
     Ok(r)
 }
 
@@ -199,7 +184,7 @@ impl SseStream {
                     let now = Instant::now();
                     if self.deadline.is_some_and(|d| now >= d) {
                         self.done = true;
-                        return Some(disconnect("token_expired"));
+                        return Some(disconnect_event(disconnect::TOKEN_EXPIRED));
                     }
                     // The timer is not moved on every write (a timer-wheel
                     // update per event per subscriber); when it fires, a
@@ -217,7 +202,7 @@ impl SseStream {
             }
         };
         self.last_write = Instant::now();
-        if matches!(first, Delivery::Closed(herald_core::CloseReason::Shutdown)) {
+        if matches!(first, Delivery::Closed(CloseReason::Shutdown)) {
             // Spread the ends of a shutdown over the drain window.
             tokio::time::sleep(self.drain.mul_f64(fastrand::f64())).await;
         }
@@ -267,15 +252,15 @@ impl SseStream {
             }
             Delivery::Closed(reason) => {
                 self.done = true;
-                disconnect(reason.as_str())
+                disconnect_event(Disconnect::from(reason))
             }
         }
     }
 }
 
-/// `herald.disconnect {"reason": reason}`, the last event of a stream.
-fn disconnect(reason: &str) -> Bytes {
-    let data = serde_json::json!({ "reason": reason }).to_string();
+/// `herald.disconnect {"reason"}`, the last event of a stream.
+fn disconnect_event(d: Disconnect) -> Bytes {
+    let data = DisconnectData::encode(d.reason);
     sse::encode_event(None, Some(reserved::DISCONNECT), &data)
         .0
         .freeze()

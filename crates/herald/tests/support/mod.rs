@@ -30,6 +30,8 @@ pub struct TestServer {
     pub redis: Option<Arc<RedisServer>>,
     pub hub_config: HubConfig,
     pub http_config: HttpConfig,
+    /// The accept loop's TCP and TLS counters.
+    pub server_metrics: Arc<herald_server::ServerMetrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -113,10 +115,12 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let router = herald_http::router(hub.clone(), http_config.clone());
         let (tx, rx) = oneshot::channel::<()>();
+        let options = herald_server::ServeOptions::default();
+        let server_metrics = options.metrics.clone();
         let task = tokio::spawn({
             let hub = hub.clone();
             async move {
-                herald_http::serve(listener, router, hub, async {
+                herald_server::serve_with(listener, router, hub, options, async {
                     let _ = rx.await;
                 })
                 .await
@@ -133,6 +137,7 @@ impl TestServer {
             redis: None,
             hub_config,
             http_config,
+            server_metrics,
             stop: Some(tx),
             task: Some(task),
         }

@@ -1,4 +1,4 @@
-//! Server-Sent Events encoding.
+//! The encoder: Herald's events as `text/event-stream` bytes.
 //!
 //! An event is a block of `field: value` lines ended by a blank line. Data that
 //! contains line breaks (CRLF, CR or LF, which the event-stream grammar all

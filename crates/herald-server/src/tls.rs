@@ -2,11 +2,12 @@
 //! reload without restart, and a self-signed certificate for development.
 //!
 //! The certificate lives behind a resolver, so [`Tls::reload`] swaps it for
-//! new handshakes while established connections keep theirs.
+//! new handshakes while established connections keep theirs;
+//! [`reload_certificates`] does so on `SIGHUP` and when the files change.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio_rustls::rustls::crypto::ring as provider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -19,15 +20,30 @@ use tokio_rustls::TlsAcceptor;
 /// What went wrong setting up TLS.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate or key file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The certificate file holds no PEM certificate.
     #[error("{path}: no certificate in PEM")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no usable private key.
     #[error("{path}: {message}")]
-    BadKey { path: PathBuf, message: String },
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused the configuration, or the self-signed certificate
+    /// could not be made.
     #[error("TLS configuration: {0}")]
     Config(String),
 }
@@ -35,8 +51,11 @@ pub enum TlsError {
 /// Where the certificate comes from.
 #[derive(Clone, Debug)]
 pub enum CertSource {
+    /// PEM files: the certificate chain, leaf first, and its private key.
     Files {
+        /// The certificate chain (PEM).
         cert: PathBuf,
+        /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
         key: PathBuf,
     },
     /// A certificate made at start for `localhost` and `127.0.0.1` (development only).
@@ -165,6 +184,7 @@ impl Tls {
         })
     }
 
+    /// The acceptor the accept loop runs handshakes with.
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
@@ -199,5 +219,38 @@ impl Tls {
         }
         self.reload()?;
         Ok(true)
+    }
+}
+
+/// Reloads `tls`'s certificate on `SIGHUP` (Unix), and when its files
+/// change (checked every 2 s); runs until dropped. A failed reload is
+/// logged and the current certificate stays.
+pub async fn reload_certificates(tls: Arc<Tls>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let result = tokio::select! {
+            _ = hangup => tls.reload().map(|()| true),
+            _ = tick.tick() => tls.reload_if_changed(),
+        };
+        match result {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one")
+            }
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! (HTTP/1.1 `Upgrade`, HTTP/2 extended CONNECT, RFC 8441), graceful shutdown
 //! (GOAWAY on HTTP/2), and a per-connection kill switch.
 //!
+//! Shutdown completes on a channel (see `shutdown`), not by polling gauges.
+//!
 //! The kill switch exists for the slow-consumer policy: a client that stops
 //! reading fills its socket (HTTP/1.1) or its stream's flow-control window
 //! (HTTP/2), so its response body is no longer polled and could not end
@@ -14,16 +16,17 @@
 //! reset when hyper next polls it.
 //!
 //! Request heads are bounded by [`MAX_HEAD`] bytes and [`MAX_HEADERS`]
-//! fields, and request targets by [`MAX_URI`] bytes, on every HTTP/1.1
-//! request. The first request of a connection is read by `direct`, which
-//! refuses with 431 `headers_too_large` or 414 `uri_too_long` and the JSON
-//! error body; later requests on a connection hyper serves meet hyper's own
-//! checks of the same limits (hyper's head limit counts its read buffer, so
-//! a head may pass it by up to one read), and hyper's empty automatic
-//! refusals (400, 414, 431) are rewritten on their way out to carry the same
-//! JSON error body. HTTP/2 requests without `Host` get one from their `:authority`, as an HTTP/1.1
-//! request would carry it (RFC 9113, section 8.3.1), so that checks made
-//! against `Host` (a WebSocket's same-origin rule) work on both.
+//! fields, and request targets by [`MAX_URI`](crate::MAX_URI) bytes, on every HTTP/1.1
+//! request. The first request of a connection is read by the push path
+//! (`http1_push`), which refuses with 431 `headers_too_large` or 414
+//! `uri_too_long` and the JSON error body; later requests on a connection
+//! hyper serves meet hyper's own checks of the same limits (hyper's head
+//! limit counts its read buffer, so a head may pass it by up to one read),
+//! and hyper's empty automatic refusals (400, 414, 431) are rewritten on
+//! their way out to carry the same JSON error body. HTTP/2 requests without
+//! `Host` get one from their `:authority`, as an HTTP/1.1 request would
+//! carry it (RFC 9113, section 8.3.1), so that checks made against `Host`
+//! (a WebSocket's same-origin rule) work on both.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,7 +36,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
-use herald_core::{Hub, Transport};
+use herald_core::Hub;
+use herald_http::connection::ConnectionHandle;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -44,33 +48,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+use crate::http1_push::{self, Answered, First, Rewind, MAX_HEAD, MAX_HEADERS};
+use crate::metrics::ServerMetrics;
+use crate::shutdown::{Drain, DrainWatch};
+use crate::stream_end;
 use crate::tls::Tls;
-use direct::{Answered, First, Rewind};
-pub use direct::{MAX_HEAD, MAX_HEADERS, MAX_URI};
-
-mod direct;
-mod stream_end;
-
-/// Per-connection data handlers can read from the request extensions.
-#[derive(Clone, Debug)]
-pub struct ConnectionHandle {
-    /// Wake to end the response at once: HTTP/1.1 drops the connection,
-    /// HTTP/2 ends this stream's event-stream body.
-    pub kill: Option<Arc<Notify>>,
-    /// The peer's address.
-    pub peer: SocketAddr,
-    /// Becomes `true` when the peer shuts down its sending side while the
-    /// request is held (HTTP/1.1 direct path only; `None` elsewhere). A held
-    /// long poll then answers at once with what it has.
-    pub read_closed: Option<tokio::sync::watch::Receiver<bool>>,
-}
-
-/// A response extension: the write deadline of this answer on the HTTP/1.1
-/// direct path (a write that does not progress for this long drops the
-/// connection). Answers without one use the default of
-/// [`crate::HttpConfig::write_timeout`].
-#[derive(Clone, Copy, Debug)]
-pub struct WriteDeadline(pub Duration);
 
 /// How long graceful shutdown waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +65,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ServeOptions {
     /// Serve HTTPS with this certificate (HTTP/2 by ALPN); cleartext when `None`.
     pub tls: Option<Arc<Tls>>,
+    /// Where the accept loop counts TCP connections and failed TLS
+    /// handshakes; `/metrics` shows them. Keep a clone to read them.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 /// Serves `router` in cleartext (HTTP/1.1 and h2c) until `shutdown`
@@ -101,8 +86,8 @@ where
 
 /// Serves `router` on `listener` until `shutdown` resolves, then shuts the hub
 /// down (streams end, WebSockets close with 1000, held polls answer), sends
-/// GOAWAY on HTTP/2, waits up to [`DRAIN_TIMEOUT`] for connections to finish,
-/// closes the engine and returns.
+/// GOAWAY on HTTP/2, waits up to [`DRAIN_TIMEOUT`] for connections to finish
+/// (their answers, streams and WebSockets), closes the engine and returns.
 pub async fn serve_with<F>(
     listener: TcpListener,
     router: Router,
@@ -117,12 +102,12 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(direct::HEAD_TIMEOUT)
+        .header_read_timeout(http1_push::HEAD_TIMEOUT)
         .keep_alive(true)
         // A peer that shuts down its sending side after its request still
         // gets the answer.
         .half_close(true)
-        // The same head limit as the direct path. hyper's read buffer starts
+        // The same head limit as the push path. hyper's read buffer starts
         // at 8 KiB and grows only while a large head or body is read.
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS);
@@ -137,7 +122,8 @@ where
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let metrics = hub.metrics().clone();
+    let drain = Drain::new();
+    let metrics = options.metrics.clone();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -161,6 +147,7 @@ where
             router: router.clone(),
             peer,
             watcher: graceful.watcher(),
+            drain: drain.watch(),
             metrics: metrics.clone(),
             hub: hub.clone(),
         };
@@ -192,16 +179,11 @@ where
     }
     drop(listener);
     hub.shutdown();
-    // WebSockets and directly written event streams end by themselves once
-    // the hub is shut down; hyper's own connections are drained by `graceful`.
-    let ws_closed = async {
-        while hub.metrics().open(Transport::WebSocket) > 0 || hub.metrics().open(Transport::Sse) > 0
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    // Streams, polls and WebSockets end by themselves once the hub is shut
+    // down; `graceful` closes hyper's idle connections and sends GOAWAY, and
+    // the drain finishes when every connection has let go of its token.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        tokio::join!(graceful.shutdown(), ws_closed);
+        tokio::join!(graceful.shutdown(), drain.finished());
     })
     .await;
     hub.engine().close().await;
@@ -228,11 +210,22 @@ struct Conn {
     router: Router,
     peer: SocketAddr,
     watcher: Watcher,
-    metrics: Arc<herald_core::Metrics>,
+    drain: DrainWatch,
+    metrics: Arc<ServerMetrics>,
     hub: Hub,
 }
 
 impl Conn {
+    /// What the router learns of this connection.
+    fn handle(&self, kill: Option<Arc<Notify>>) -> ConnectionHandle {
+        ConnectionHandle {
+            kill,
+            peer: self.peer,
+            read_closed: None,
+            server_metrics: Some(self.metrics.clone()),
+        }
+    }
+
     async fn run<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -241,19 +234,19 @@ impl Conn {
         metrics.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Notify::new());
         // HTTP/1.1 event streams and long polls are written directly (see
-        // `direct`), one request after another; the first other request goes
+        // `http1_push`), one request after another; the first other request goes
         // to hyper with the bytes read so far put back, and hyper serves the
         // connection from then on.
         let mut io = Rewind::new(bytes::Bytes::new(), io);
         let io = loop {
-            match Box::pin(direct::first_request(&mut io)).await {
+            match Box::pin(http1_push::first_request(&mut io)).await {
                 First::Gone => break None,
                 First::TooLarge => {
-                    direct::refuse_head(&mut io).await;
+                    http1_push::refuse_head(&mut io).await;
                     break None;
                 }
                 First::UriTooLong => {
-                    direct::refuse_uri(&mut io).await;
+                    http1_push::refuse_uri(&mut io).await;
                     break None;
                 }
                 First::Other(prefix) => {
@@ -262,21 +255,19 @@ impl Conn {
                 }
                 First::Direct(req, rest) => {
                     io.unread(rest);
-                    let handle = ConnectionHandle {
-                        kill: Some(kill.clone()),
-                        peer: self.peer,
-                        read_closed: None,
-                    };
+                    // Shutdown waits for this answer (and stream) to end.
+                    let _serving = self.drain.token();
+                    let handle = self.handle(Some(kill.clone()));
                     let router = self.router.clone();
                     let hub = &self.hub;
                     // Boxed: routing is a large future that ends before streaming starts.
-                    let answered = Box::pin(direct::answer(io, req, router, handle, || {
+                    let answered = Box::pin(http1_push::answer(io, req, router, handle, || {
                         hub.is_shutting_down()
                     }))
                     .await;
                     match answered {
                         Answered::Stream(io, body, deadline) => {
-                            direct::stream(io, body, &kill, deadline).await;
+                            http1_push::stream(io, body, &kill, deadline).await;
                             break None;
                         }
                         Answered::Done(back) => io = back,
@@ -285,7 +276,10 @@ impl Conn {
                 }
             }
         };
-        if let Some(io) = io {
+        if let Some(mut io) = io {
+            // The socket holds the token: shutdown waits for hyper's
+            // connection, and for a WebSocket it upgrades the socket to.
+            io.hold(self.drain.token());
             // Boxed: only connections served by hyper pay for its state.
             Box::pin(self.serve_hyper(io, kill)).await;
         }
@@ -296,12 +290,7 @@ impl Conn {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let http1 = ConnectionHandle {
-            kill: Some(kill.clone()),
-            peer: self.peer,
-            read_closed: None,
-        };
-        let peer = self.peer;
+        let http1 = self.handle(Some(kill.clone()));
         let router = self.router;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let router = router.clone();
@@ -312,8 +301,7 @@ impl Conn {
                 authority_as_host(&mut req);
                 req.extensions_mut().insert(ConnectionHandle {
                     kill: stream_kill.clone(),
-                    peer,
-                    read_closed: None,
+                    ..http1.clone()
                 });
             } else {
                 req.extensions_mut().insert(http1.clone());

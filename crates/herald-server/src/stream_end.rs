@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 /// `resp` with its body dropped when `kill` fires, if it is an event stream;
 /// other responses unchanged.
-pub(super) fn end_on_kill(resp: http::Response<Body>, kill: Arc<Notify>) -> http::Response<Body> {
+pub(crate) fn end_on_kill(resp: http::Response<Body>, kill: Arc<Notify>) -> http::Response<Body> {
     let is_stream = resp
         .headers()
         .get(http::header::CONTENT_TYPE)

@@ -1,0 +1,57 @@
+//! What the server that accepted a connection tells the router about it.
+//!
+//! The router never accepts connections itself: `herald-server` (or any
+//! server an application nests the router in) does. A server that wants the
+//! transports to know a request's peer, to end a slow consumer's response
+//! at once, or to show its own counters on `/metrics` inserts a
+//! [`ConnectionHandle`] into each request's extensions. Without one (plain
+//! `axum::serve`), the transports work the same, minus those features. A
+//! transport asks for a write deadline by inserting [`WriteDeadline`] into
+//! its response's extensions; servers that write answers themselves honour
+//! it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::metrics::MetricsSource;
+use tokio::sync::{watch, Notify};
+
+/// Per-connection data handlers can read from the request extensions.
+#[derive(Clone, Debug)]
+pub struct ConnectionHandle {
+    /// Wake to end the response at once: HTTP/1.1 drops the connection,
+    /// HTTP/2 ends this stream's event-stream body.
+    pub kill: Option<Arc<Notify>>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Becomes `true` when the peer shuts down its sending side while the
+    /// request is held (HTTP/1.1 direct path only; `None` elsewhere). A held
+    /// long poll then answers at once with what it has.
+    pub read_closed: Option<watch::Receiver<bool>>,
+    /// The serving process's own counters (TCP connections, TLS handshake
+    /// failures), rendered by `/metrics` beside the hub's; `None` when the
+    /// server keeps none.
+    pub server_metrics: Option<Arc<dyn MetricsSource>>,
+}
+
+impl ConnectionHandle {
+    /// A handle for a connection from `peer`, with no kill switch, no
+    /// half-close watch and no server counters.
+    pub fn new(peer: SocketAddr) -> ConnectionHandle {
+        ConnectionHandle {
+            kill: None,
+            peer,
+            read_closed: None,
+            server_metrics: None,
+        }
+    }
+}
+
+/// A response extension: the write deadline of this answer (a write that
+/// does not progress for this long drops the connection), honoured by
+/// servers that write answers on the socket themselves (`herald-server`'s
+/// HTTP/1.1 push path). Answers without one use the default of
+/// [`crate::HttpConfig::write_timeout`].
+#[derive(Clone, Copy, Debug)]
+pub struct WriteDeadline(pub Duration);

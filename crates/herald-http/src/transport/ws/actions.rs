@@ -1,0 +1,259 @@
+//! What each client message does: decoded as a
+//! [`ClientMessage`](herald_core::wire::ws::ClientMessage), checked against
+//! the credential in force, answered with a
+//! [`ServerMessage`](herald_core::wire::ws::ServerMessage).
+
+use axum::extract::ws::Message;
+use herald_auth::{Action, Credential, Denied, Principal, Source};
+use herald_core::wire::disconnect;
+use herald_core::wire::ws::{ClientMessage, Frame, ServerMessage};
+use herald_core::{Cursor, Topic};
+use serde_json::Value;
+
+use super::session::{is_too_large, Connection, Outcome};
+use crate::error::ApiError;
+use crate::publish::{publish_as, PublishItem};
+
+impl Connection {
+    /// Handles what the socket read.
+    pub(super) async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, axum::Error>>,
+    ) -> Outcome {
+        let msg = match msg {
+            None => return Outcome::Gone,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                return if is_too_large(e) {
+                    Outcome::Close(disconnect::MESSAGE_TOO_LARGE)
+                } else {
+                    Outcome::Gone
+                };
+            }
+        };
+        if !self.messages.allow() {
+            return self
+                .send_error(
+                    "rate_limited",
+                    "too many messages on this connection; slow down",
+                    None,
+                )
+                .await;
+        }
+        match msg {
+            Message::Text(t) => self.on_text(t.as_str()).await,
+            Message::Binary(_) => {
+                self.send_error("bad_request", "send JSON text messages, not binary", None)
+                    .await
+            }
+            Message::Ping(_) | Message::Pong(_) => Outcome::Continue,
+            Message::Close(_) => Outcome::Gone,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Outcome {
+        let Frame { message, reference } = match Frame::<ClientMessage>::decode(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let answer = e.answer();
+                return self.send_refusal(answer.message, answer.reference).await;
+            }
+        };
+        match message {
+            ClientMessage::Subscribe { topic, since } => {
+                self.subscribe(topic, since, reference).await
+            }
+            ClientMessage::Unsubscribe { topic } => self.unsubscribe(topic, reference).await,
+            ClientMessage::Publish {
+                topic,
+                event,
+                data,
+                id,
+            } => {
+                let item = PublishItem {
+                    topic,
+                    event,
+                    data,
+                    id,
+                };
+                self.publish(item, reference).await
+            }
+            ClientMessage::Auth { token } => self.refresh(token, reference).await,
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        topic: String,
+        since: Option<String>,
+        reference: Option<Value>,
+    ) -> Outcome {
+        let topic = match Topic::new(&topic) {
+            Ok(t) => t,
+            Err(e) => return self.api_error(e.into(), reference).await,
+        };
+        if let Err(d) = self
+            .app
+            .config
+            .auth
+            .authorize(&self.who, Action::Subscribe, &topic)
+        {
+            return denied(d);
+        }
+        let since = match since.as_deref().map(Cursor::decode) {
+            None => None,
+            Some(Err(e)) => return self.api_error(e.into(), reference).await,
+            Some(Ok(c)) => match c.get(&topic) {
+                Some(p) => Some(p),
+                None if c.is_empty() => None,
+                None => {
+                    return self
+                        .send_error(
+                            "invalid_cursor",
+                            "the cursor does not name this topic",
+                            reference,
+                        )
+                        .await
+                }
+            },
+        };
+        match self.sub.add(topic.clone(), since).await {
+            Ok(start) => {
+                let cursor = Cursor::single(&topic, start).encode();
+                let m = ServerMessage::Subscribed {
+                    topic: topic.as_str().to_owned(),
+                    cursor,
+                };
+                self.reply(m, reference).await
+            }
+            Err(e) => self.api_error(e.into(), reference).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, topic: String, reference: Option<Value>) -> Outcome {
+        let topic = match Topic::new(&topic) {
+            Ok(t) => t,
+            Err(e) => return self.api_error(e.into(), reference).await,
+        };
+        let was_subscribed = self.sub.remove(&topic);
+        let m = ServerMessage::Unsubscribed {
+            topic: topic.as_str().to_owned(),
+            was_subscribed,
+            reason: None,
+        };
+        self.reply(m, reference).await
+    }
+
+    async fn publish(&mut self, item: PublishItem, reference: Option<Value>) -> Outcome {
+        if !self.rate.allow() {
+            return self
+                .send_error(
+                    "rate_limited",
+                    "too many publishes on this connection; slow down",
+                    reference,
+                )
+                .await;
+        }
+        // The one publish path: authorized against the credential in
+        // force, exactly like `POST /v1/publish`.
+        let result = match item.into_new_event() {
+            Ok(e) => publish_as(&self.app, &self.who, vec![e])
+                .await
+                .and_then(|mut v| {
+                    v.pop()
+                        .ok_or_else(|| ApiError::unavailable("the engine answered no event"))
+                }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(e) => {
+                let m = ServerMessage::Published {
+                    topic: e.topic.as_str().to_owned(),
+                    id: e.id(),
+                };
+                self.reply(m, reference).await
+            }
+            Err(e) => self.api_error(e, reference).await,
+        }
+    }
+
+    /// `auth {token}`: a fresh credential for the same subject.
+    async fn refresh(&mut self, token: String, reference: Option<Value>) -> Outcome {
+        let fresh = self
+            .app
+            .config
+            .auth
+            .authenticate_async(Some(Credential::new(token, Source::Message)))
+            .await;
+        let Ok(who) = fresh else {
+            return Outcome::Close(disconnect::INVALID_CREDENTIAL);
+        };
+        // A refresh moves the deadline; it may not change who the
+        // connection is (its subscriptions were authorized for that subject).
+        if matches!(self.who, Principal::User(_)) && who.subject() != self.who.subject() {
+            return self
+                .send_error(
+                    "subject_mismatch",
+                    "a refreshed credential must name the same subject (sub)",
+                    reference,
+                )
+                .await;
+        }
+        let m = ServerMessage::Authenticated {
+            sub: who.subject().map(str::to_owned),
+            expires_at: who.expires_at(),
+        };
+        self.set_credential(who);
+        match self.reply(m, reference).await {
+            Outcome::Continue => self.recheck_subscriptions().await,
+            ended => ended,
+        }
+    }
+
+    /// Re-authorizes every current subscription against the credential now
+    /// in force: a topic it no longer grants is unsubscribed, and the client
+    /// is told with `{"type":"unsubscribed","topic","was_subscribed":true,
+    /// "reason":"forbidden"}`.
+    async fn recheck_subscriptions(&mut self) -> Outcome {
+        let revoked: Vec<Topic> = self
+            .sub
+            .topics()
+            .filter(|t| {
+                self.app
+                    .config
+                    .auth
+                    .authorize(&self.who, Action::Subscribe, t)
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for topic in revoked {
+            self.sub.remove(&topic);
+            let m = ServerMessage::Unsubscribed {
+                topic: topic.as_str().to_owned(),
+                was_subscribed: true,
+                reason: Some(disconnect::FORBIDDEN.reason.to_owned()),
+            };
+            match self.reply(m, None).await {
+                Outcome::Continue => {}
+                ended => return ended,
+            }
+        }
+        Outcome::Continue
+    }
+
+    /// Answers `e` as an `error` with its HTTP code (and counts it).
+    async fn api_error(&mut self, e: ApiError, reference: Option<Value>) -> Outcome {
+        self.send_error(e.code, &e.message, reference).await
+    }
+}
+
+/// A refused topic closes the socket: 4001 without a credential, 4003 with one.
+fn denied(d: Denied) -> Outcome {
+    match d {
+        Denied::Unauthenticated(_) | Denied::Credential(_) => {
+            Outcome::Close(disconnect::CREDENTIAL_REQUIRED)
+        }
+        Denied::Forbidden { .. } => Outcome::Close(disconnect::FORBIDDEN),
+    }
+}

@@ -1,0 +1,289 @@
+//! One WebSocket connection's loop: client messages, deliveries, pings and
+//! the credential's deadline, until something ends it; then the close
+//! handshake with the code and reason of the [`Disconnect`] table.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use herald_auth::{AuthError, Principal};
+use herald_core::wire::disconnect::{self, Disconnect};
+use herald_core::wire::ws::{Frame, ServerMessage};
+use herald_core::{CloseReason, Delivery, Subscription, Transport};
+use serde_json::Value;
+use tokio::time::{timeout, Instant, Sleep};
+
+use crate::auth::deadline_of;
+use crate::limits::Slot;
+use crate::AppState;
+
+/// A token bucket: `rate` per second, at most `burst` at once.
+pub(super) struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, burst: f64) -> Self {
+        RateLimit {
+            rate,
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub(super) fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One connection's state.
+pub(super) struct Connection {
+    pub(super) app: AppState,
+    /// Not split into a sink and a stream: the loop below reads or writes,
+    /// never both at once, and a split pair costs a lock on every write.
+    pub(super) ws: WebSocket,
+    pub(super) sub: Subscription,
+    /// Publishes.
+    pub(super) rate: RateLimit,
+    /// Every client message, whatever its kind.
+    pub(super) messages: RateLimit,
+    /// Errors the client may still cause before the connection is closed.
+    errors: RateLimit,
+    /// The credential in force.
+    pub(super) who: Principal,
+    /// Fires at the credential's deadline; `None` for a credential without one.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+/// What a step of the loop leaves the connection in.
+pub(super) enum Outcome {
+    Continue,
+    /// Close with this reason's code and text.
+    Close(Disconnect),
+    /// The peer went away (or a write failed): nothing more to send.
+    Gone,
+}
+
+pub(super) async fn run(
+    app: AppState,
+    socket: WebSocket,
+    who: Result<Principal, AuthError>,
+    _slot: Slot,
+) {
+    let _guard = app.hub.metrics().connection(Transport::WebSocket);
+    let sub = app.hub.subscribe();
+    let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
+    let messages = RateLimit::new(app.config.ws_message_rate, app.config.ws_message_rate * 2.0);
+    let errors = RateLimit::new(1.0, app.config.ws_error_burst);
+    let mut c = Connection {
+        app,
+        ws: socket,
+        sub,
+        rate,
+        messages,
+        errors,
+        who: Principal::Anonymous,
+        deadline: None,
+    };
+    let mut refused = None;
+    match who {
+        Ok(w) => c.set_credential(w),
+        Err(e) => refused = Some(e),
+    }
+    let keepalive = c.app.config.keepalive;
+    let pong_timeout = c.app.config.ws_pong_timeout;
+    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let outcome = loop {
+        if refused.take().is_some() {
+            break Outcome::Close(disconnect::INVALID_CREDENTIAL);
+        }
+        let step = tokio::select! {
+            // `next` is cancel-safe: a frame read in part stays buffered.
+            msg = c.ws.next() => {
+                last_seen = Instant::now();
+                // Boxed: handling a client message (subscribe, publish) is a
+                // large future, and every idle connection's task would
+                // otherwise be sized for it.
+                Box::pin(c.on_message(msg)).await
+            }
+            d = c.sub.next() => c.on_delivery(d).await,
+            _ = expired(&mut c.deadline) => Outcome::Close(disconnect::TOKEN_EXPIRED),
+            _ = ping.tick() => {
+                if last_seen.elapsed() > pong_timeout {
+                    Outcome::Close(disconnect::NO_PONG)
+                } else {
+                    c.send(Message::Ping(bytes::Bytes::new())).await
+                }
+            }
+        };
+        match step {
+            Outcome::Continue => {}
+            other => break other,
+        }
+    };
+    if let Outcome::Close(d) = outcome {
+        let frame = CloseFrame {
+            // Every reason a WebSocket closes for has a code; 1011 (internal
+            // error) would only show a table entry used by mistake.
+            code: d.code.unwrap_or(1011),
+            reason: Utf8Bytes::from_static(d.close_text),
+        };
+        let _ = timeout(
+            Duration::from_secs(2),
+            c.ws.send(Message::Close(Some(frame))),
+        )
+        .await;
+        // Wait briefly for the peer's close reply so the handshake completes.
+        let _ = timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = c.ws.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Connection {
+    /// Puts `who` in force, with its deadline.
+    pub(super) fn set_credential(&mut self, who: Principal) {
+        self.deadline = deadline_of(&who).map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self.who = who;
+    }
+
+    /// Counts an error against the connection's allowance: `Continue` while
+    /// some is left, else the close that ends an abusive connection.
+    fn count_error(&mut self) -> Outcome {
+        if self.errors.allow() {
+            Outcome::Continue
+        } else {
+            Outcome::Close(disconnect::TOO_MANY_ERRORS)
+        }
+    }
+
+    pub(super) async fn send(&mut self, m: Message) -> Outcome {
+        match timeout(self.app.config.write_timeout, self.ws.send(m)).await {
+            Ok(Ok(())) => Outcome::Continue,
+            _ => Outcome::Gone,
+        }
+    }
+
+    /// Sends one server message, echoing `reference`.
+    pub(super) async fn reply(&mut self, m: ServerMessage, reference: Option<Value>) -> Outcome {
+        let text = Frame::answering(m, reference).encode();
+        self.send(Message::Text(text.into())).await
+    }
+
+    /// Answers an `error {code, message}` (and counts it).
+    pub(super) async fn send_error(
+        &mut self,
+        code: &str,
+        message: &str,
+        reference: Option<Value>,
+    ) -> Outcome {
+        self.send_refusal(ServerMessage::error(code, message), reference)
+            .await
+    }
+
+    /// Answers a refusal the client caused (and counts it).
+    pub(super) async fn send_refusal(
+        &mut self,
+        m: ServerMessage,
+        reference: Option<Value>,
+    ) -> Outcome {
+        if let Outcome::Close(d) = self.count_error() {
+            return Outcome::Close(d);
+        }
+        self.reply(m, reference).await
+    }
+
+    /// Writes `first` and whatever else is already queued (up to
+    /// `max_coalesce`) with one flush, all under one write timeout (a timer
+    /// per event per subscriber would cost more than the write).
+    async fn on_delivery(&mut self, first: Delivery) -> Outcome {
+        let write_timeout = self.app.config.write_timeout;
+        timeout(write_timeout, self.write_deliveries(first))
+            .await
+            .unwrap_or(Outcome::Gone)
+    }
+
+    async fn write_deliveries(&mut self, first: Delivery) -> Outcome {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(d) = next.take() {
+            let frame = match d {
+                Delivery::Event(e) => {
+                    self.app
+                        .hub
+                        .metrics()
+                        .events_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    e.json().clone()
+                }
+                Delivery::Gap(g) => g.json(),
+                Delivery::Closed(reason) => {
+                    let _ = self.ws.flush().await;
+                    if reason == CloseReason::Shutdown {
+                        // Spread the closes of a shutdown over the drain
+                        // window, so clients do not all come back at once.
+                        let drain = self.app.config.shutdown_drain;
+                        tokio::time::sleep(drain.mul_f64(fastrand::f64())).await;
+                    }
+                    return Outcome::Close(Disconnect::from(reason));
+                }
+            };
+            let text = match Utf8Bytes::try_from(frame) {
+                Ok(t) => t,
+                Err(_) => continue,
+            };
+            // Feed without flushing; one flush sends everything queued.
+            if self.ws.feed(Message::Text(text)).await.is_err() {
+                return Outcome::Gone;
+            }
+            n += 1;
+            if n < self.app.config.max_coalesce && self.sub.queued() > 0 {
+                next = self.sub.next_ready().await;
+            }
+        }
+        match self.ws.flush().await {
+            Ok(()) => Outcome::Continue,
+            Err(_) => Outcome::Gone,
+        }
+    }
+}
+
+/// Resolves at the credential's deadline; never without one.
+async fn expired(deadline: &mut Option<Pin<Box<Sleep>>>) {
+    match deadline {
+        Some(d) => d.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a read failed because the message was over the size limit.
+pub(super) fn is_too_large(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) => matches!(*e, WsError::Capacity(_)),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,174 @@
+//! Reading a request head, as pure functions over bytes: whether the bytes
+//! read so far hold a complete head (decided by `httparse`, which also
+//! accepts bare LF line ends, never by searching for a blank line), whether
+//! it is over the limits, and whether it is a request the push path serves.
+
+use axum::body::Body;
+
+/// The largest request head, in bytes: the request line and every header
+/// field, on both the push path and hyper's. It admits the documented
+/// subscription limits, 64 topics with names of 1 KiB in the query (about
+/// 66 KiB), plus ordinary headers (cookies, a token) with room to spare.
+/// Above it: 431 `headers_too_large`.
+pub const MAX_HEAD: usize = 96 * 1024;
+/// The longest request target (path and query), in bytes: the most the
+/// `http` crate's `Uri` (and so hyper and every handler) can hold. Above
+/// it: 414 `uri_too_long`. It is what bounds a subscription's topics in
+/// the query: 64 topics fit with names of up to about 1,000 bytes each.
+pub const MAX_URI: usize = u16::MAX as usize - 1;
+/// The most header fields in a request head (hyper's default too); above
+/// it: 431 `headers_too_large`.
+pub const MAX_HEADERS: usize = 100;
+/// The paths served directly.
+const SSE_PATH: &str = "/v1/sse";
+const POLL_PATH: &str = "/v1/poll";
+
+/// What the parser says of the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Head {
+    /// A complete head of this many bytes.
+    Complete(usize),
+    /// A complete head whose request target is over [`MAX_URI`] bytes.
+    UriTooLong,
+    /// More bytes are needed.
+    Partial,
+    /// Too many header fields (or, with [`Head::Partial`] at the size
+    /// limit, too many bytes).
+    TooLarge,
+    /// Not a request head this path understands (HTTP/2's preface, a
+    /// malformed head): hyper decides.
+    Other,
+}
+
+/// Classifies `buf`, the start of a connection's next request.
+pub(crate) fn head_status(buf: &[u8]) -> Head {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let n = buf.len().min(PREFACE.len());
+    if n > 0 && buf[..n] == PREFACE[..n] {
+        return if n == PREFACE.len() {
+            Head::Other
+        } else {
+            Head::Partial
+        };
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => Head::TooLarge,
+        Ok(httparse::Status::Complete(_)) if req.path.is_some_and(|p| p.len() > MAX_URI) => {
+            Head::UriTooLong
+        }
+        Ok(httparse::Status::Complete(n)) => Head::Complete(n),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Head::TooLarge,
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
+        Err(_) => Head::Other,
+    }
+}
+
+/// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll` with no body and no upgrade,
+/// as a request for the router; `None` for anything else (hyper handles it,
+/// errors included).
+pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let path = req.path?;
+    let route = path.split('?').next();
+    if req.method != Some("GET")
+        || req.version != Some(1)
+        || !(route == Some(SSE_PATH) || route == Some(POLL_PATH))
+    {
+        return None;
+    }
+    let mut b = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(path)
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return None;
+        }
+        b = b.header(name, h.value);
+    }
+    b.body(Body::empty()).ok().map(|r| (r, used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_sse_gets_through() {
+        let (r, n) = parse_direct_request(
+            b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: x\r\nlast-event-id: 1\r\n\r\nrest",
+        )
+        .unwrap();
+        assert_eq!(r.uri(), "/v1/sse?topic=a");
+        assert_eq!(r.headers()["last-event-id"], "1");
+        assert_eq!(n, 59);
+        let (r, _) =
+            parse_direct_request(b"GET /v1/poll?topic=a&timeout=5 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.uri(), "/v1/poll?topic=a&timeout=5");
+        for other in [
+            &b"GET /v1/ssex HTTP/1.1\r\n\r\n"[..],
+            b"GET /v1/polls HTTP/1.1\r\n\r\n",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"POST /v1/sse HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"GET /v1/sse HTTP/1.0\r\n\r\n",
+            b"GET /v1/sse HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
+            b"GET /v1/sse HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /v1/sse HTTP/1.1\r\n",
+        ] {
+            assert!(parse_direct_request(other).is_none(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn head_completeness_is_the_parser_s() {
+        assert_eq!(
+            head_status(b"GET /healthz HTTP/1.1\nHost: x\n\n"),
+            Head::Complete(31)
+        );
+        assert_eq!(
+            head_status(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Head::Complete(34)
+        );
+        assert_eq!(
+            head_status(b"GET /healthz HTTP/1.1\nHost: x\n"),
+            Head::Partial
+        );
+        assert_eq!(head_status(b"GET /heal"), Head::Partial);
+        assert_eq!(head_status(b"PRI * HTTP/2.0\r\n"), Head::Partial);
+        assert_eq!(
+            head_status(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Head::Other
+        );
+        assert_eq!(head_status(b"\x16\x03\x01\x02\x00"), Head::Other);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(head_status(&many), Head::TooLarge);
+        let mut long = b"GET /v1/sse?topic=".to_vec();
+        long.resize(MAX_HEAD, b'a');
+        assert_eq!(head_status(&long), Head::TooLarge);
+        let mut uri = b"GET /v1/sse?topic=".to_vec();
+        uri.resize("GET ".len() + MAX_URI + 1, b'a');
+        uri.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(head_status(&uri), Head::UriTooLong);
+        let (r, n) =
+            parse_direct_request(b"GET /v1/poll?topic=a HTTP/1.1\nHost: x\n\nnext").unwrap();
+        assert_eq!(r.uri(), "/v1/poll?topic=a");
+        assert_eq!(n, 39);
+    }
+}

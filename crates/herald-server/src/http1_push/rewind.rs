@@ -1,0 +1,197 @@
+//! The connection's stream as hyper sees it: the bytes already read put
+//! back in front, and hyper's empty automatic refusals given the JSON body.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::response::automatic_answer;
+use crate::shutdown::DrainToken;
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream that yields `prefix` before reading from `inner`: the bytes the
+/// accept loop read while deciding, handed back to hyper.
+///
+/// Once `eof` is set (the peer half-closed), reading yields what is left
+/// of the prefix and then the end of input.
+///
+/// On the write side it gives hyper's automatic answers to a head it could
+/// not read (an empty 400, 414 or 431 written when a later request on a
+/// connection hyper serves is malformed or over the limits) the JSON error
+/// body every other refusal has: see [`automatic_answer`].
+///
+/// It may carry the server's [`DrainToken`], so that whoever ends up with
+/// the socket (hyper, or the WebSocket hyper upgrades it to) holds off the
+/// end of a graceful shutdown until it is done with it.
+pub(crate) struct Rewind<I> {
+    prefix: Bytes,
+    inner: I,
+    /// The peer has shut down its sending side.
+    pub(crate) eof: bool,
+    /// The JSON answer being written in place of hyper's empty one, and the
+    /// length of hyper's (reported as written once ours is).
+    replacing: Option<(Bytes, usize)>,
+    /// Held for as long as the socket lives.
+    drain: Option<DrainToken>,
+}
+
+impl<I> Rewind<I> {
+    pub(crate) fn new(prefix: Bytes, inner: I) -> Self {
+        Rewind {
+            prefix,
+            inner,
+            eof: false,
+            replacing: None,
+            drain: None,
+        }
+    }
+
+    /// Makes the stream hold `token` for the rest of its life.
+    pub(crate) fn hold(&mut self, token: Option<DrainToken>) {
+        self.drain = token;
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.prefix = if self.prefix.is_empty() {
+            bytes
+        } else {
+            let mut b = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            b.extend_from_slice(&bytes);
+            b.extend_from_slice(&self.prefix);
+            b.freeze()
+        };
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Free the allocation: the stream may live for hours.
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Rewind<I> {
+    /// Writes the pending replacement; `Ok(n)` with the length of what it
+    /// stands for once all of it is written.
+    fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let Some((bytes, stands_for)) = self.replacing.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        while !bytes.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => bytes.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = *stands_for;
+        self.replacing = None;
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.replacing.is_none() {
+            if let Some(answer) = automatic_answer(buf) {
+                self.replacing = Some((answer, buf.len()));
+            }
+        }
+        if self.replacing.is_some() {
+            return self.poll_replace(cx);
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.replacing.is_some() {
+            return self.poll_replace(cx);
+        }
+        // An automatic answer is one head alone.
+        let mut non_empty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(first), None) = (non_empty.next(), non_empty.next()) {
+            if first.starts_with(b"HTTP/1.1 4") {
+                let first: &[u8] = first;
+                return self.poll_write(cx, first);
+            }
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.replacing.is_some() {
+            if let Poll::Ready(Err(e)) = self.poll_replace(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if self.replacing.is_some() {
+                return Poll::Pending;
+            }
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix() {
+        let mut r = Rewind::new(Bytes::from_static(b"ab"), &b"never read"[..]);
+        r.eof = true;
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "ab");
+        let mut r = Rewind::new(Bytes::from_static(b"abc"), &b"def"[..]);
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "abcdef");
+        let mut r = Rewind::new(Bytes::from_static(b"cd"), &b"ef"[..]);
+        r.unread(Bytes::from_static(b"ab"));
+        r.unread(Bytes::new());
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        assert_eq!(s, "abcdef");
+    }
+}

@@ -1,0 +1,130 @@
+//! The push path's head reading over arbitrary bytes, cut anywhere.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::*;
+
+/// A reader that hands out `input` in pieces cut at `cuts`.
+struct Pieces {
+    input: Vec<u8>,
+    cuts: Vec<usize>,
+    at: usize,
+}
+
+impl AsyncRead for Pieces {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let at = self.at;
+        let end = self
+            .cuts
+            .iter()
+            .copied()
+            .find(|&c| c > at)
+            .unwrap_or(self.input.len())
+            .min(self.input.len())
+            .min(at + buf.remaining());
+        buf.put_slice(&self.input[at..end]);
+        self.at = end;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Runs [`first_request`] over `input` cut at `cuts`; returns what it
+/// decided and the bytes it did not read.
+fn first_of(input: &[u8], cuts: &[usize]) -> (First, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut cuts = cuts.to_vec();
+    cuts.sort_unstable();
+    let mut r = Pieces {
+        input: input.to_vec(),
+        cuts,
+        at: 0,
+    };
+    let first = rt.block_on(first_request(&mut r));
+    let unread = r.input[r.at..].to_vec();
+    (first, unread)
+}
+
+/// What a decision means, comparable across splits: the direct request
+/// (method, URI, headers) with every byte after its head, or all the
+/// bytes hyper gets.
+fn meaning(first: First, unread: Vec<u8>) -> String {
+    match first {
+        First::Direct(req, rest) => {
+            let mut after = rest.to_vec();
+            after.extend_from_slice(&unread);
+            format!(
+                "direct {} {:?} {:?}",
+                req.uri(),
+                req.headers(),
+                String::from_utf8_lossy(&after)
+            )
+        }
+        First::Other(prefix) => {
+            let mut all = prefix.to_vec();
+            all.extend_from_slice(&unread);
+            format!("other {:?}", String::from_utf8_lossy(&all))
+        }
+        First::TooLarge => "too large".into(),
+        First::UriTooLong => "uri too long".into(),
+        First::Gone => "gone".into(),
+    }
+}
+
+const REQUESTS: &[&str] = &[
+    "GET /v1/poll?topic=a&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+    "GET /v1/sse?topic=a%2Fb&topic=c HTTP/1.1\nHost: x\nLast-Event-ID: 1\n\n",
+    "POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    "GET /healthz HTTP/1.1\nHost: x\n\n",
+    "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00",
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Arbitrary bytes cut anywhere never panic, and nothing read is
+    /// lost: hyper gets every byte, or the direct request and every byte
+    /// after its head.
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        cuts in proptest::collection::vec(0usize..600, 0..8),
+    ) {
+        let (first, unread) = first_of(&input, &cuts);
+        match first {
+            First::Other(prefix) => {
+                let mut all = prefix.to_vec();
+                all.extend_from_slice(&unread);
+                proptest::prop_assert_eq!(all, input);
+            }
+            First::Direct(_, rest) => {
+                let mut after = rest.to_vec();
+                after.extend_from_slice(&unread);
+                proptest::prop_assert!(input.ends_with(&after));
+            }
+            First::TooLarge | First::UriTooLong | First::Gone => {}
+        }
+    }
+
+    /// A valid request cut anywhere means the same as when it arrives whole.
+    #[test]
+    fn valid_requests_split_anywhere(
+        which in 0..REQUESTS.len(),
+        cuts in proptest::collection::vec(0usize..120, 0..10),
+    ) {
+        let input = REQUESTS[which].as_bytes();
+        let (whole, unread) = first_of(input, &[]);
+        let whole = meaning(whole, unread);
+        let (split, unread) = first_of(input, &cuts);
+        proptest::prop_assert_eq!(meaning(split, unread), whole);
+    }
+}
