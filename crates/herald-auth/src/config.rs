@@ -27,7 +27,7 @@ pub struct AuthConfig {
     /// `server_full` when full).
     pub one_time_max: usize,
     /// One-time tokens outstanding at most per principal (see
-    /// [`quota_key`]), across nodes with a shared store (429 when reached).
+    /// [`quota_key`](crate::quota_key)), across nodes with a shared store (429 when reached).
     pub one_time_max_per_user: usize,
     /// Anyone, with or without a credential, may start LLM generations.
     pub public_llm: bool,

@@ -45,15 +45,16 @@ pub mod pattern;
 mod principal;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use authorize::Readers;
 pub use config::{AuthConfig, AuthConfigError};
 pub use credential::{query_token_lifetime, AuthError, Credential, Source};
 pub use one_time::{quota_key, IssueError, OneTimeStore};
 use one_time::{LocalOneTime, ONE_TIME_PREFIX};
+#[cfg(test)]
+use one_time::{principal_from_store, principal_to_store};
 pub use pattern::{PatternError, TopicPattern};
 pub use principal::{Action, Denied, Grant, Principal, RELAY_TOPIC_PREFIX};
 use subtle::ConstantTimeEq;

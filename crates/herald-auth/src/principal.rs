@@ -62,7 +62,7 @@ impl Principal {
 }
 
 /// What a principal wants to do with a topic. Every transport and endpoint
-/// asks [`Auth::authorize`] before doing it (DESIGN.md, "Every action is
+/// asks [`Auth::authorize`](crate::Auth::authorize) before doing it (DESIGN.md, "Every action is
 /// authorized, on every transport").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -78,7 +78,7 @@ pub enum Action {
     History,
     /// Start an LLM generation whose tokens go to the topic (`llm/<id>`):
     /// needs the `llm` claim, a publisher key, an open server, or
-    /// [`AuthConfig::public_llm`].
+    /// [`AuthConfig::public_llm`](crate::AuthConfig::public_llm).
     Generate,
 }
 

@@ -43,16 +43,27 @@ pub use sse::{SseEvent, SseItem, SseParser};
 /// What went wrong talking to Herald.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The server address is not an `http://` URL.
     #[error("invalid URL: {0}")]
     Url(String),
+    /// The request could not be sent or its answer not read.
     #[error("HTTP error: {0}")]
     Http(String),
+    /// The server answered with an error status; `body` is its JSON error.
     #[error("server answered {status}: {body}")]
-    Status { status: StatusCode, body: String },
+    Status {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The answer's body, as text.
+        body: String,
+    },
+    /// The WebSocket handshake or a frame failed.
     #[error("WebSocket error: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The server sent JSON this client does not understand.
     #[error("invalid JSON from server: {0}")]
     Json(#[from] serde_json::Error),
+    /// No answer in time.
     #[error("timed out")]
     Timeout,
 }
@@ -84,7 +95,12 @@ pub enum WsIncoming {
     Message(herald_core::wire::ws::Frame<ServerMessage>),
     /// The server closed the socket: its close code (1005 when the frame
     /// had none) and reason (see `herald_core::wire::disconnect`).
-    Close { code: u16, reason: String },
+    Close {
+        /// The close code.
+        code: u16,
+        /// The close reason text.
+        reason: String,
+    },
 }
 
 impl Client {
@@ -116,6 +132,7 @@ impl Client {
         self
     }
 
+    /// The server's root URL, without a trailing `/`.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -310,6 +327,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ClientError> {
 
 /// An open SSE stream.
 pub struct SseStream {
+    /// The answer's headers.
     pub headers: http::HeaderMap,
     body: Incoming,
     parser: SseParser,
@@ -361,12 +379,15 @@ impl SseStream {
 
 /// An open WebSocket speaking Herald's JSON messages.
 pub struct WsClient {
+    /// The socket, for raw frames.
     pub socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
 }
 
 impl WsClient {
+    /// Sends any JSON value as a text message (also ones the protocol
+    /// refuses, to test the server).
     pub async fn send_json(&mut self, v: &serde_json::Value) -> Result<(), ClientError> {
         self.socket
             .send(Message::Text(v.to_string().into()))

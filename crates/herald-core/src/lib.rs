@@ -9,8 +9,10 @@
 //! - [`topic`]: validated topic names and the stable key cursors use.
 //! - [`event`]: events, positions (`epoch` + `seq`) and their shared encodings.
 //! - [`cursor`]: the opaque resume ids clients see, one position per topic.
-//! - [`engine`]: the [`Engine`] trait and the [`MemoryEngine`]; durable and
-//!   Redis engines live beside it.
+//! - [`engine`]: the [`Engine`] trait and the [`MemoryEngine`]
+//!   (`engine/memory`: topic logs, sharded state and the expiry timer);
+//!   durable and Redis engines live beside it. `engine::suite` (feature
+//!   `test-util`) is the engine test suite every engine runs.
 //! - [`fanout`]: the registry of local subscriber queues; bounded queues and
 //!   the slow-consumer policy.
 //! - [`subscription`]: resume (live first, back-fill, de-duplicate) written
@@ -18,7 +20,9 @@
 //! - [`hub`]: the publish path (validation, idempotency) and the entry point.
 //! - [`idempotency`] and [`one_time`]: per-deployment records (publish ids,
 //!   one-time tokens), in this process or in a store the engine shares.
-//! - [`wire`]: SSE and JSON encodings as pure functions.
+//! - [`wire`]: the wire protocol as pure functions: SSE (both ways),
+//!   WebSocket messages, the long-poll answer, Herald's reserved events and
+//!   the table of disconnect reasons.
 //! - [`metrics`]: counters rendered in the Prometheus format.
 //!
 //! # Example

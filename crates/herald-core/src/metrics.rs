@@ -15,13 +15,21 @@ const LATENCY_BUCKETS: [f64; 12] = [
 /// The hub's counters. Transports update the per-transport ones.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Events the engine accepted.
     pub events_published: AtomicU64,
+    /// Events written to subscribers, all transports.
     pub events_delivered: AtomicU64,
+    /// Subscribers disconnected for falling behind.
     pub slow_consumer_disconnects: AtomicU64,
+    /// Publishes refused or failed.
     pub publish_errors: AtomicU64,
+    /// Open SSE streams (see [`Metrics::connection`]).
     pub connections_sse: AtomicI64,
+    /// Open WebSockets.
     pub connections_ws: AtomicI64,
+    /// Held long polls.
     pub connections_poll: AtomicI64,
+    /// Subscriber connections accepted, all transports.
     pub connections_total: AtomicU64,
     /// Topics the engine dropped from memory (idle: no subscriber, nothing retained).
     pub topics_dropped: AtomicU64,
@@ -42,12 +50,16 @@ pub struct Metrics {
 /// The transports, for per-transport gauges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// Server-sent events (`GET /v1/sse`).
     Sse,
+    /// WebSocket (`/v1/ws`).
     WebSocket,
+    /// Long polling (`GET /v1/poll`).
     Poll,
 }
 
 impl Transport {
+    /// The `transport` label value: `sse`, `ws` or `poll`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Sse => "sse",
@@ -58,6 +70,7 @@ impl Transport {
 }
 
 impl Metrics {
+    /// Records how long the engine took to accept a publish.
     pub fn observe_publish(&self, took: Duration) {
         let secs = took.as_secs_f64();
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {

@@ -10,13 +10,21 @@
 //!
 //! - [`format`](mod@format): the on-disk format as pure functions: the `HERALD-STORE`
 //!   marker (format version, epoch), keys and values.
-//! - `store`: the store itself: open with checks and recovery, range
-//!   reads, atomic durable write batches.
-//! - `writer`: the one thread that writes: group commit, positions,
-//!   retention by count and age, then dispatch in order.
+//! - `store`: the store itself: range reads and atomic durable write
+//!   batches; `store/open` opens it with the marker and high-water checks
+//!   and recovers every topic.
+//! - `writer`: the one thread that writes: group commit, positions, then
+//!   dispatch in order; `writer/retention` applies retention by count and
+//!   age, expires idempotency records and drops idle topics.
 //! - `engine`: [`EmbeddedEngine`], the [`Engine`](herald_core::Engine):
-//!   reads from a hot in-memory tail per topic, or from the store.
+//!   reads from a hot in-memory tail per topic (`engine/views`), or from
+//!   the store; durable idempotency claims (`engine/idempotency`).
+//!   One-time tokens stay in the hub's in-process store (one process is
+//!   the whole deployment).
 //! - [`EmbeddedConfig`], [`OpenError`].
+//! - Tests: `tests/suite.rs` runs herald-core's engine suite (resume across
+//!   restarts, retention, gaps, idempotency); `tests/engine.rs` and
+//!   `tests/refusals.rs` what only a store on disk does.
 //!
 //! # How it keeps its promises
 //!

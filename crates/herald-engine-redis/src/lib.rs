@@ -58,6 +58,9 @@
 //! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up, and
 //!   keeping watched topics' keys alive.
 //! - [`stores`]: idempotency records and one-time tokens in Redis.
+//! - Tests: `tests/suite.rs` runs herald-core's engine suite (resume,
+//!   retention, gaps, idempotency, one-time tokens); `tests/engine.rs` and
+//!   `tests/lifecycle.rs` what is Redis's own (nodes, outages, expiry).
 //! - `test_server` (feature `test-util`): a throw-away `redis-server` for
 //!   the tests of this and other crates.
 //!

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_auth::{Auth, Credential, OneTimeStore, Principal, Source};
+use herald_auth::{Auth, Credential, Principal, Source};
+use herald_core::one_time::{Capped, OneTimeCaps, OneTimeStore, Taken};
 use herald_core::{
     Data, Delivery, Engine, EngineError, GapReason, HistoryLimits, Hub, HubConfig, NewEvent,
     Position, PublishError, Topic,
@@ -100,35 +101,11 @@ async fn a_cursor_from_one_node_resumes_exactly_on_another() {
     expect_quiet(&mut s).await;
 }
 
+/// Retention itself is in the engine suite (`tests/suite.rs`); here, that
+/// aged events leave Redis, not only the answers.
 #[tokio::test]
-async fn history_is_bounded_by_count_and_age() {
+async fn aged_events_are_trimmed_in_redis_too() {
     let redis = RedisServer::start();
-    let e = engine(
-        &redis,
-        HistoryLimits {
-            max_events: 3,
-            max_age: Duration::from_secs(3600),
-        },
-    )
-    .await;
-    let t = topic("t");
-    let mut last = None;
-    for i in 0..5 {
-        last = Some(e.publish(vec![text(&t, &i.to_string())]).await.unwrap()[0].position);
-    }
-    let epoch = last.unwrap().epoch;
-    let r = e
-        .read(&t, Some(Position::new(epoch, 0)), 100)
-        .await
-        .unwrap();
-    assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
-    let seqs: Vec<u64> = r.events.iter().map(|e| e.position.seq).collect();
-    assert_eq!(seqs, [3, 4, 5]);
-    let r = e.read(&t, Some(Position::new(epoch, 3)), 1).await.unwrap();
-    assert_eq!((r.gap, r.events[0].position.seq, r.more()), (None, 4, true));
-    let r = e.read(&t, Some(Position::new(epoch, 9)), 10).await.unwrap();
-    assert_eq!(r.gap, Some(GapReason::UnknownPosition));
-
     let e = engine(
         &redis,
         HistoryLimits {
@@ -139,12 +116,15 @@ async fn history_is_bounded_by_count_and_age() {
     .await;
     let t = topic("aging");
     let old = e.publish(vec![text(&t, "old")]).await.unwrap()[0].position;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Wait until the old event has aged out of what a read returns.
+    let from = Some(Position::new(old.epoch, 0));
+    let deadline = Instant::now() + WAIT;
+    while e.read(&t, from, 10).await.unwrap().gap.is_none() {
+        assert!(Instant::now() < deadline, "the old event never aged out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     e.publish(vec![text(&t, "new")]).await.unwrap();
-    let r = e
-        .read(&t, Some(Position::new(old.epoch, 0)), 10)
-        .await
-        .unwrap();
+    let r = e.read(&t, from, 10).await.unwrap();
     assert_eq!(r.gap, Some(GapReason::HistoryTruncated));
     assert_eq!(r.events.len(), 1);
     assert_eq!(r.events[0].data, Data::Text("new".into()));
@@ -213,9 +193,23 @@ async fn a_node_listens_only_to_topics_its_clients_use() {
     assert!(!channels().contains("unused"), "{}", channels());
     assert!(channels().starts_with("*1\r\n"), "{}", channels());
     drop(s1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A barrier: the node handles subscribe and unsubscribe requests in
+    // order, so once a later topic's channel is subscribed, a (wrong)
+    // unsubscribe of `used` would have been done.
+    let probe = topic("probe");
+    let mut s3 = a.subscribe();
+    s3.add(probe.clone(), None).await.unwrap();
+    while !channels().contains(&e.keys().channel(&probe)) {
+        assert!(
+            Instant::now() < deadline,
+            "never subscribed: {}",
+            channels()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(channels().contains(&e.keys().channel(&used)));
     drop(s2);
+    drop(s3);
     while channels() != "*0\r\n" {
         assert!(
             Instant::now() < deadline,
@@ -328,10 +322,20 @@ async fn one_time_tokens_are_redeemed_once_across_nodes() {
 
     // Tokens expire.
     let store = ea.one_time_tokens();
-    store
-        .put("ot_x", "v".into(), Duration::from_millis(50))
+    let caps = OneTimeCaps {
+        per_owner: 10,
+        total: 10,
+    };
+    let put = store
+        .put("ot_x", "v".into(), Duration::from_millis(50), "x", caps)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(store.take("ot_x").await, Ok(None));
+    assert_eq!(put, Capped::Stored);
+    let key = ea.keys().one_time_token("ot_x");
+    let deadline = Instant::now() + WAIT;
+    while !redis.command(&["EXISTS", &key]).starts_with(":0") {
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.take("ot_x").await.unwrap(), Taken::Unknown);
 }

@@ -56,6 +56,7 @@ impl ConnectionLimiter {
         })
     }
 
+    /// Streaming connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }

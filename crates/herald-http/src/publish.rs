@@ -18,9 +18,12 @@ use crate::AppState;
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct PublishItem {
+    /// The topic name (validated by [`PublishItem::into_new_event`]).
     pub topic: String,
+    /// The event name (validated by the hub).
     #[serde(default)]
     pub event: Option<String>,
+    /// The data, any JSON value.
     pub data: serde_json::Value,
     /// A client id that makes retries idempotent.
     #[serde(default)]

@@ -112,13 +112,7 @@ async fn start(
         let share = share_of(req.remove("share"))?;
         let started = st
             .relay
-            .start(
-                &who,
-                client_of(&st, &conn, &headers),
-                req,
-                share,
-                None,
-            )
+            .start(&who, client_of(&st, &conn, &headers), req, share, None)
             .await?;
         let topic = started.topic.as_str().to_owned();
         Ok::<_, ApiError>(Json(json!({

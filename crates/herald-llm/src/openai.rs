@@ -202,7 +202,12 @@ mod tests {
         let v = c.to_json(7);
         assert_eq!(
             (&v["id"], &v["model"], &v["object"], &v["created"]),
-            (&json!("c1"), &json!("m"), &json!("chat.completion"), &json!(7))
+            (
+                &json!("c1"),
+                &json!("m"),
+                &json!("chat.completion"),
+                &json!(7)
+            )
         );
         assert_eq!(v["choices"][0]["message"]["content"], "Hello");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");

@@ -174,10 +174,6 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
                 herald_engine_redis::RedisConfig::new(&redis.url, settings.hub.history);
             config.prefix = redis.prefix;
             let engine = Arc::new(herald_engine_redis::RedisEngine::connect(config).await?);
-            // A one-time token issued by one node must be redeemable, once, on any.
-            Arc::get_mut(&mut settings.http.auth)
-                .context("the auth settings were shared before the engine was built")?
-                .set_one_time_store(Arc::new(engine.one_time_tokens()));
             Hub::new(engine, settings.hub.clone())
         }
         EngineKind::Embedded => {
@@ -203,6 +199,12 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             settings.hub.clone(),
         ),
     };
+    // One-time tokens wait in the hub's store: the engine's shared one when
+    // it has one (Redis: a token issued by one node is redeemed, once, on
+    // any), else this process's memory.
+    Arc::get_mut(&mut settings.http.auth)
+        .context("the auth settings were shared before the engine was built")?
+        .set_one_time_store(hub.one_time_store().clone());
     // The one line scripts and tests wait for.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("herald listening on {scheme}://{addr}");

@@ -7,7 +7,7 @@
 //! and after, against a stated bound. Every loop is bounded in count and in
 //! time; all traffic stays on loopback.
 
-mod spawn;
+mod process;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +41,7 @@ impl Server {
         cmd.args(args)
             .env("HERALD_LOG", "warn")
             .stderr(Stdio::null());
-        let (child, url) = spawn::listening(cmd);
+        let (child, url) = process::listening(cmd);
         let client = Client::new(&url).expect("client");
         Server { child, client }
     }

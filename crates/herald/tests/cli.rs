@@ -1,56 +1,31 @@
 //! The `herald` binary as a user runs it: serve, flags, config precedence,
 //! signals, and the publish/subscribe commands on every transport.
 
-mod spawn;
+mod process;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
+use process::{ServeProcess, BIN};
 
-struct Server {
-    child: Child,
-    url: String,
-}
+/// How long a server has to stop on SIGTERM.
+const STOP: Duration = Duration::from_secs(10);
 
-impl Server {
-    /// Starts `herald serve` with the memory engine unless `args` names
-    /// one, so that no test writes a store into the source tree.
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve").args(["--listen", "127.0.0.1:0"]);
-        if !args.contains(&"--engine") {
-            cmd.args(["--engine", "memory"]);
-        }
-        cmd.args(args)
-            .env("HERALD_LOG", "warn")
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let (child, url) = spawn::listening(cmd);
-        Server { child, url }
+/// Starts `herald serve` with the memory engine unless `args` names one, so
+/// that no test writes a store into the source tree.
+fn start(args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").args(["--listen", "127.0.0.1:0"]);
+    if !args.contains(&"--engine") {
+        cmd.args(["--engine", "memory"]);
     }
-
-    fn sigterm(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "herald did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    cmd.args(args)
+        .env("HERALD_LOG", "warn")
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    ServeProcess::spawn(cmd)
 }
 
 fn herald(args: &[&str]) -> std::process::Output {
@@ -69,11 +44,11 @@ fn publish(url: &str, topic: &str, data: &str, extra: &[&str]) -> String {
 
 #[test]
 fn serve_prints_its_address_and_exits_0_on_sigterm() {
-    let mut s = Server::start(&["--engine", "memory"], &[]);
-    assert!(s.url.starts_with("http://127.0.0.1:"));
-    let id = publish(&s.url, "t", r#"{"a":1}"#, &[]);
+    let mut s = start(&["--engine", "memory"], &[]);
+    assert!(s.base.starts_with("http://127.0.0.1:"));
+    let id = publish(&s.base, "t", r#"{"a":1}"#, &[]);
     assert!(!id.is_empty());
-    let st = s.sigterm();
+    let st = s.sigterm(STOP);
     assert!(st.success(), "{st:?}");
 }
 
@@ -202,15 +177,15 @@ fn config_file_then_environment_then_flags() {
     let file = dir.join("herald.toml");
     std::fs::write(&file, "history = 2\nkeepalive = \"5s\"\n").unwrap();
     let f = file.to_str().unwrap();
-    let s = Server::start(&["--config", f], &[]);
-    assert_eq!(kept_history(&s.url), 2);
-    let s = Server::start(&["--config", f], &[("HERALD_HISTORY", "3")]);
-    assert_eq!(kept_history(&s.url), 3);
-    let s = Server::start(
+    let s = start(&["--config", f], &[]);
+    assert_eq!(kept_history(&s.base), 2);
+    let s = start(&["--config", f], &[("HERALD_HISTORY", "3")]);
+    assert_eq!(kept_history(&s.base), 3);
+    let s = start(
         &["--config", f, "--history", "4"],
         &[("HERALD_HISTORY", "3")],
     );
-    assert_eq!(kept_history(&s.url), 4);
+    assert_eq!(kept_history(&s.base), 4);
     std::fs::write(&file, "histroy = 2\n").unwrap();
     let out = herald(&["serve", "--listen", "127.0.0.1:0", "--config", f]);
     assert!(!out.status.success());
@@ -222,7 +197,7 @@ fn config_file_then_environment_then_flags() {
 /// and says at start that they do nothing.
 #[test]
 fn embedded_only_flags_with_another_engine_are_named_at_start() {
-    let mut s = Server::start(
+    let mut s = start(
         &[
             "--engine",
             "memory",
@@ -233,8 +208,8 @@ fn embedded_only_flags_with_another_engine_are_named_at_start() {
         ],
         &[("HERALD_LOG", "warn")],
     );
-    assert_eq!(kept_history(&s.url), 9, "the server serves");
-    s.sigterm();
+    assert_eq!(kept_history(&s.base), 9, "the server serves");
+    s.sigterm(STOP);
     let mut err = String::new();
     std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("--data-dir is ignored"), "{err}");
@@ -257,7 +232,8 @@ fn worker_threads(pid: u32, want: usize) -> Option<usize> {
     loop {
         let n = count();
         if n == want {
-            // Still `want` a moment later: no more are on their way.
+            // Still `want` a moment later: no more are on their way (this
+            // sleep is the check, not a wait for something to happen).
             std::thread::sleep(Duration::from_millis(300));
             return Some(count());
         }
@@ -270,24 +246,24 @@ fn worker_threads(pid: u32, want: usize) -> Option<usize> {
 
 #[test]
 fn workers_flag_file_and_environment_size_the_runtime() {
-    let s = Server::start(&["--workers", "1"], &[]);
+    let s = start(&["--workers", "1"], &[]);
     assert_eq!(worker_threads(s.child.id(), 1), Some(1));
-    assert_eq!(kept_history(&s.url), 9, "a one-thread server serves");
-    let s = Server::start(&[], &[("HERALD_WORKERS", "3")]);
+    assert_eq!(kept_history(&s.base), 9, "a one-thread server serves");
+    let s = start(&[], &[("HERALD_WORKERS", "3")]);
     assert_eq!(worker_threads(s.child.id(), 3), Some(3));
     let dir = std::env::temp_dir().join(format!("herald-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("herald.toml");
     std::fs::write(&file, "workers = 2\n").unwrap();
-    let s = Server::start(&["--config", file.to_str().unwrap()], &[]);
+    let s = start(&["--config", file.to_str().unwrap()], &[]);
     assert_eq!(worker_threads(s.child.id(), 2), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn subscribe_command_on_every_transport() {
-    let s = Server::start(&[], &[]);
-    for transport in ["sse", "ws", "poll"] {
+    let s = start(&[], &[]);
+    for (i, transport) in ["sse", "ws", "poll"].into_iter().enumerate() {
         let topic = format!("cli/{transport}");
         let mut sub = Command::new(BIN)
             .args([
@@ -298,15 +274,22 @@ fn subscribe_command_on_every_transport() {
                 "--count",
                 "2",
                 "--server",
-                &s.url,
+                &s.base,
             ])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        // Give the subscriber time to connect; publishes before that are not "from now".
-        std::thread::sleep(Duration::from_millis(400));
-        publish(&s.url, &topic, r#"{"n":1}"#, &["--event", "tick"]);
-        publish(&s.url, &topic, "plain text", &[]);
+        // Publishes before the subscription are not "from now": wait until
+        // the server holds its connection and watches its topic (this
+        // transport's topic is the test's `i + 1`-th).
+        let gauge = format!("herald_connections{{transport=\"{transport}\"}}");
+        process::wait_until("the subscriber", Duration::from_secs(10), || {
+            let text = process::metrics_text(s.addr);
+            process::sample(&text, &gauge).is_some_and(|n| n >= 1.0)
+                && process::sample(&text, "herald_topics").is_some_and(|n| n > i as f64)
+        });
+        publish(&s.base, &topic, r#"{"n":1}"#, &["--event", "tick"]);
+        publish(&s.base, &topic, "plain text", &[]);
         let deadline = Instant::now() + Duration::from_secs(10);
         while sub.try_wait().unwrap().is_none() {
             assert!(
@@ -334,16 +317,18 @@ fn subscribe_command_on_every_transport() {
 
 #[test]
 fn sigterm_ends_streams_so_clients_reconnect() {
-    let mut s = Server::start(&[], &[]);
+    let mut s = start(&[], &[]);
     let mut sub = Command::new(BIN)
-        .args(["subscribe", "bye", "--server", &s.url])
+        .args(["subscribe", "bye", "--server", &s.base])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    process::wait_until("the subscriber's stream", Duration::from_secs(10), || {
+        s.metric("herald_connections{transport=\"sse\"}") == Some(1.0)
+    });
     let t = Instant::now();
-    assert!(s.sigterm().success());
+    assert!(s.sigterm(STOP).success());
     assert!(t.elapsed() < Duration::from_secs(6));
     let deadline = Instant::now() + Duration::from_secs(10);
     while sub.try_wait().unwrap().is_none() {

@@ -3,26 +3,22 @@
 //! never reflected, and a preflight that allows what `EventSource` polyfills
 //! send.
 
-#[path = "spawn/mod.rs"]
-mod spawn;
+mod process;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald_client::Client;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
+use process::{ServeProcess, BIN};
+
 const SECRET: &str = "cors-test-secret-that-is-long-enough";
 const APP: &str = "https://app.example";
 const EVIL: &str = "https://evil.example";
 
-/// A `herald serve` child, killed on drop.
-struct Server {
-    child: Child,
-    client: Client,
-}
+/// A `herald serve` child (killed on drop) and the requests the tests send.
+struct Server(ServeProcess);
 
 impl Server {
     /// Starts `herald serve` on a loopback port with JWT auth and `cors`
@@ -43,11 +39,7 @@ impl Server {
         for origin in cors {
             cmd.args(["--cors-origin", origin]);
         }
-        let (child, url) = spawn::listening(cmd);
-        Server {
-            child,
-            client: Client::new(&url).unwrap(),
-        }
+        Server(ServeProcess::spawn(cmd))
     }
 
     /// Sends a request with `headers` and returns its status and headers
@@ -60,6 +52,7 @@ impl Server {
         body: &str,
     ) -> (StatusCode, HeaderMap) {
         let r = self
+            .0
             .client
             .request(method, path, headers, bytes::Bytes::from(body.to_owned()))
             .await
@@ -122,13 +115,6 @@ impl Server {
             "",
         )
         .await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -286,16 +272,16 @@ async fn preflight_allows_what_eventsource_polyfills_send() {
 
         // The stream itself carries the grant too.
         let bearer = format!("Bearer {}", user_token());
-        let r = s
-            .client
-            .request(
-                Method::GET,
-                "/v1/sse?topic=users/alice/inbox",
-                &[("origin", origin), ("authorization", &bearer)],
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap();
+        let r =
+            s.0.client
+                .request(
+                    Method::GET,
+                    "/v1/sse?topic=users/alice/inbox",
+                    &[("origin", origin), ("authorization", &bearer)],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-type"], "text/event-stream");
         assert!(r.headers().contains_key("access-control-allow-origin"));

@@ -5,71 +5,43 @@
 //! slow request bodies (408), and long polls whose clients do not read
 //! (answers bounded in bytes, memory measured).
 
-mod spawn;
-mod support;
+mod process;
+#[path = "../../herald-server/tests/wire/mod.rs"]
+mod wire;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_client::Client;
-use herald_core::{Data, HubConfig, NewEvent, Topic};
-use herald_http::HttpConfig;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use process::ServeProcess;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
-const WAIT: Duration = Duration::from_secs(10);
+use wire::{answer_in_time, closes_within, pct, read_answer, WAIT};
 
 /// A `herald serve` process on a loopback port (memory engine).
-struct Herald {
-    child: Child,
-    addr: SocketAddr,
-    client: Client,
-}
+struct Herald(ServeProcess);
 
 impl Herald {
     fn start(args: &[&str]) -> Herald {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", "memory"])
-            .args(args)
-            .env("HERALD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stderr(Stdio::null());
-        let (child, url) = spawn::listening(cmd);
-        let addr = url
-            .strip_prefix("http://")
-            .unwrap()
-            .parse()
-            .expect("address");
-        Herald {
-            child,
-            addr,
-            client: Client::new(&url).unwrap(),
-        }
+        Herald(ServeProcess::memory(args))
     }
 
     /// The server's resident memory, in KiB (`VmRSS` of /proc/<pid>/status).
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        self.0.rss_bytes() / 1024
     }
 
     /// The `herald_tcp_connections` gauge.
     async fn open_connections(&self) -> i64 {
-        open_connections(&self.client).await
+        open_connections(&self.0.client).await
     }
 }
 
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Herald {
+    type Target = ServeProcess;
+
+    fn deref(&self) -> &ServeProcess {
+        &self.0
     }
 }
 
@@ -85,112 +57,6 @@ async fn open_connections(client: &Client) -> i64 {
         .find_map(|l| l.strip_prefix("herald_tcp_connections "))
         .and_then(|v| v.trim().parse().ok())
         .expect("herald_tcp_connections")
-}
-
-/// One HTTP/1.1 answer as read off the socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Reads one answer (content-length or chunked framing); `None` at the end
-/// of input before a status line. An event stream's body is not read.
-async fn read_answer<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Option<Answer> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
-    let status = line.split(' ').nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).await.ok()?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':')?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let mut a = Answer {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if a.header("content-type")
-        .is_some_and(|t| t.starts_with("text/event-stream"))
-    {
-        return Some(a);
-    }
-    if let Some(len) = a.header("content-length") {
-        let mut body = vec![0u8; len.parse().ok()?];
-        r.read_exact(&mut body).await.ok()?;
-        a.body = body;
-    } else if a.header("transfer-encoding") == Some("chunked") {
-        loop {
-            line.clear();
-            r.read_line(&mut line).await.ok()?;
-            let n = usize::from_str_radix(line.trim(), 16).ok()?;
-            let mut chunk = vec![0u8; n + 2];
-            r.read_exact(&mut chunk).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            a.body.extend_from_slice(&chunk[..n]);
-        }
-    }
-    Some(a)
-}
-
-async fn answer_in_time<R: AsyncRead + Unpin>(r: &mut BufReader<R>, what: &str) -> Answer {
-    tokio::time::timeout(WAIT, read_answer(r))
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {WAIT:?}"))
-        .unwrap_or_else(|| panic!("{what}: the connection closed without an answer"))
-}
-
-/// Reads until the end of input; true if it came within `wait`.
-async fn closes_within<R: AsyncRead + Unpin>(r: &mut R, wait: Duration) -> bool {
-    let mut sink = [0u8; 4096];
-    tokio::time::timeout(wait, async {
-        loop {
-            match r.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -441,7 +307,7 @@ async fn slow_bodies_get_408_and_their_connections_close() {
         let s = TcpStream::connect(h.addr).await.unwrap();
         let (rd, mut wr) = s.into_split();
         wr.write_all(head.as_bytes()).await.unwrap();
-        // One byte a second, for at most 20 s.
+        // One byte a second, for at most 20 s (the slow body is the scenario).
         let writer = tokio::spawn(async move {
             for _ in 0..20 {
                 if wr.write_all(b"x").await.is_err() {
@@ -494,6 +360,7 @@ async fn stalled_long_poll_readers_hold_bounded_memory() {
         ids.push(h.client.publish("big", json!(mb), None).await.unwrap());
     }
     drop(mb);
+    // A settled baseline (part of the measurement, not a wait on an event).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = h.rss_kib();
     let mut stalled = Vec::new();
@@ -512,6 +379,8 @@ async fn stalled_long_poll_readers_hold_bounded_memory() {
         .unwrap();
         stalled.push(s);
     }
+    // Time for the server to buffer whatever it would for the stalled
+    // readers: the measurement is what it holds after that.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = h.rss_kib();
     let grew = after.saturating_sub(before);
@@ -544,125 +413,4 @@ async fn stalled_long_poll_readers_hold_bounded_memory() {
     }
     assert_eq!(got, ids, "every event once, in order");
     drop(stalled);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
-    // Answers larger than the kernel's socket buffers (4 MiB at most here),
-    // so that the writes block.
-    let http = HttpConfig {
-        write_timeout: Duration::from_secs(1),
-        poll_max_bytes: 32 * 1024 * 1024,
-        ..support::quick_http()
-    };
-    let s = support::TestServer::start_with(HubConfig::default(), http).await;
-    let start = s
-        .client
-        .poll(&["big"], None, Duration::ZERO)
-        .await
-        .unwrap()
-        .cursor;
-    let topic = Topic::new("big").unwrap();
-    let mb = "x".repeat(1_000_000);
-    for _ in 0..12 {
-        s.hub
-            .publish(NewEvent::new(topic.clone(), Data::from_json(&json!(mb))))
-            .await
-            .unwrap();
-    }
-    let m = s.server_metrics.clone();
-    // The client's own pooled connection stays open.
-    let base = m
-        .tcp_connections_open
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let mut stalled = Vec::new();
-    for _ in 0..3 {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let mut c = sock.connect(s.addr).await.unwrap();
-        c.write_all(
-            format!(
-                "GET /v1/poll?topic=big&cursor={}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
-                pct(&start)
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        stalled.push(c);
-    }
-    // Opened, then dropped once a write has not progressed for 1 s.
-    let open_now = || {
-        m.tcp_connections_open
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let deadline = Instant::now() + WAIT;
-    while open_now() < base + 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the stalled connections were not accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    loop {
-        let open = open_now();
-        if open <= base {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} stalled connections still open",
-            open - base
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(stalled);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn valid_requests_split_anywhere_are_answered_the_same() {
-    // The accept loop's head reader and its hand-over to hyper, over a real
-    // socket: each request sent whole, then cut at random points with a
-    // pause between pieces, must get the same answer.
-    use rand::Rng;
-    let s = support::TestServer::start().await;
-    s.client.publish("split", json!("one"), None).await.unwrap();
-    let body = r#"{"topic":"split2","data":1}"#;
-    let requests = [
-        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
-        "GET /v1/poll?topic=split&timeout=0 HTTP/1.1\nHost: x\n\n".to_owned(),
-        format!(
-            "POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-        "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
-    ];
-    let mut rng = rand::rng();
-    for req in &requests {
-        let mut whole = TcpStream::connect(s.addr).await.unwrap();
-        whole.write_all(req.as_bytes()).await.unwrap();
-        let expected = answer_in_time(&mut BufReader::new(&mut whole), "whole").await;
-        for _ in 0..8 {
-            let mut c = TcpStream::connect(s.addr).await.unwrap();
-            c.set_nodelay(true).unwrap();
-            let bytes = req.as_bytes();
-            let mut at = 0;
-            while at < bytes.len() {
-                let n = rng.random_range(1..=(bytes.len() - at).min(16));
-                c.write_all(&bytes[at..at + n]).await.unwrap();
-                at += n;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            let got = answer_in_time(&mut BufReader::new(&mut c), "split").await;
-            assert_eq!(got.status, expected.status, "{req:?}");
-            assert_eq!(
-                got.header("content-type"),
-                expected.header("content-type"),
-                "{req:?}"
-            );
-            if req.contains("poll") || req.contains("nowhere") {
-                assert_eq!(got.body, expected.body, "{req:?}");
-            }
-        }
-    }
 }

@@ -1,16 +1,21 @@
 //! Tokens never reach the logs: a real `herald serve` at debug level, a
 //! token in the query string, and a look at everything it wrote.
 
-mod spawn;
+mod process;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use process::{ServeProcess, BIN};
+
+/// How long the server has to stop, and its log to show a line.
+const WAIT: Duration = Duration::from_secs(10);
+
 #[test]
 fn query_tokens_and_cookies_are_not_logged() {
     let secret = "log-test-secret-0123456789abcdef";
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut cmd = Command::new(BIN);
     cmd.args([
         "serve",
         "--listen",
@@ -22,10 +27,11 @@ fn query_tokens_and_cookies_are_not_logged() {
     ])
     .env("HERALD_LOG", "debug")
     .stderr(Stdio::piped());
-    let (mut child, url) = spawn::listening(cmd);
-    let addr = url.strip_prefix("http://").unwrap().to_owned();
+    let mut server = ServeProcess::spawn(cmd);
+    let log = server.capture_stderr();
+    let addr = server.addr;
     let token = String::from_utf8(
-        Command::new(env!("CARGO_BIN_EXE_herald"))
+        Command::new(BIN)
             .args([
                 "token",
                 "--jwt-secret",
@@ -54,7 +60,7 @@ fn query_tokens_and_cookies_are_not_logged() {
     ];
     let mut statuses = Vec::new();
     for r in &requests {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         std::io::Write::write_all(&mut s, r.as_bytes()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut out = String::new();
@@ -66,19 +72,11 @@ fn query_tokens_and_cookies_are_not_logged() {
         statuses.push(out[9..12].to_owned());
     }
     assert_eq!(statuses, ["200", "401", "401", "401"]);
-    std::thread::sleep(Duration::from_millis(200));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child.wait().unwrap();
+    // The access log of the first request, before the server stops (its
+    // absence still fails the assertion below).
+    log.wait_for("token=[redacted]", WAIT);
+    server.sigterm(WAIT);
+    let logs = log.to_end();
     assert!(
         logs.contains("token=[redacted]"),
         "the access log should show the redacted query:\n{logs}"
@@ -101,7 +99,7 @@ async fn the_llm_api_key_is_not_logged() {
         ..Default::default()
     };
     let upstream = herald_llm::offline::spawn(model).await.unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut cmd = Command::new(BIN);
     cmd.args([
         "serve",
         "--listen",
@@ -114,8 +112,9 @@ async fn the_llm_api_key_is_not_logged() {
     .env("HERALD_LLM_API_KEY", key)
     .env("HERALD_LOG", "debug")
     .stderr(Stdio::piped());
-    let (mut child, base) = spawn::listening(cmd);
-    let client = herald_client::Client::new(&base).unwrap();
+    let mut server = ServeProcess::spawn(cmd);
+    let log = server.capture_stderr();
+    let client = server.client.clone();
     let (st, v) = {
         let r = client
             .request(
@@ -150,21 +149,11 @@ async fn the_llm_api_key_is_not_logged() {
         }
         assert_eq!(e.event, "token", "the upstream accepted the key: {e:?}");
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child.wait().unwrap();
+    server.sigterm(WAIT);
+    let logs = log.to_end();
     assert!(logs.contains("LLM relay"), "{logs}");
     assert!(!logs.contains(key), "the API key reached the logs:\n{logs}");
-    let help = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let help = Command::new(BIN)
         .args(["serve", "--help"])
         .env("HERALD_LLM_API_KEY", key)
         .output()

@@ -2,7 +2,8 @@
 //! real `herald serve --engine redis` processes) on loopback ports, each
 //! Redis a throw-away `redis-server` that the test starts and stops itself.
 
-mod spawn;
+mod process;
+#[path = "../../herald-http/tests/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -317,7 +318,7 @@ async fn three_herald_processes_share_one_redis() {
             .args(["--redis-url", &url, "--redis-prefix", "it:"])
             .env("HERALD_LOG", "warn")
             .stderr(Stdio::null());
-        let (child, base) = spawn::listening(cmd);
+        let (child, base) = process::listening(cmd);
         Proc(child, base)
     };
     let procs: Vec<Proc> = (0..3).map(|_| start()).collect();

@@ -5,7 +5,8 @@
 //! (its flags set the limits), and on two nodes sharing a real
 //! `redis-server`, where the per-user cap holds across nodes.
 
-mod spawn;
+mod process;
+#[path = "../../herald-http/tests/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -111,7 +112,7 @@ async fn one_user_cannot_take_the_one_time_token_pool() {
         "3",
     ])
     .env("HERALD_LOG", "warn");
-    let (mut child, url) = spawn::listening(cmd);
+    let (mut child, url) = process::listening(cmd);
     let anonymous = Client::new(&url).unwrap();
     let alice = anonymous.clone().with_token(token("alice"));
     let bob = anonymous.clone().with_token(token("bob"));

@@ -1,42 +1,41 @@
 //! `herald serve` over HTTPS: certificate files, reload on SIGHUP and on file
 //! change without a restart, the self-signed development mode, clear errors.
 
-mod spawn;
+mod process;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use process::{ServeProcess, StderrLog, BIN};
 
 use tokio_rustls::rustls;
-
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
 
 fn cert(name: &str) -> (String, String) {
     let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), name.into()]).unwrap();
     (c.cert.pem(), c.signing_key.serialize_pem())
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(args: &[&str]) -> Server {
+/// `herald serve` with `args` over TLS: the process, its `host:port`, and
+/// its log (warnings and errors).
+fn serve(args: &[&str]) -> (ServeProcess, String, StderrLog) {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", "memory"])
         .args(args)
         .env("HERALD_LOG", "warn")
-        .stderr(Stdio::null());
-    let (child, url) = spawn::listening(cmd);
-    let addr = url
-        .strip_prefix("https://")
-        .unwrap_or_else(|| panic!("{url}"))
-        .to_owned();
-    Server(child, addr)
+        .stderr(Stdio::piped());
+    let mut s = ServeProcess::spawn(cmd);
+    assert!(s.base.starts_with("https://"), "{}", s.base);
+    let log = s.capture_stderr();
+    let addr = s.addr.to_string();
+    (s, addr, log)
+}
+
+/// Marks `path` as modified `ahead` in the future: a change a watcher
+/// comparing modification times sees whatever their resolution.
+fn touch_ahead(path: &std::path::Path, ahead: Duration) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() + ahead).unwrap();
 }
 
 /// Connects trusting only `pem`; returns the negotiated ALPN protocol, or the error.
@@ -75,39 +74,37 @@ async fn certificate_files_reload_on_sighup_and_on_change() {
     let (c_cert, c_key) = cert("c.test");
     std::fs::write(&cert_path, &a_cert).unwrap();
     std::fs::write(&key_path, &a_key).unwrap();
-    let s = serve(&[
+    let (s, addr, log) = serve(&[
         "--tls-cert",
         cert_path.to_str().unwrap(),
         "--tls-key",
         key_path.to_str().unwrap(),
     ]);
     assert_eq!(
-        handshake(&s.1, &a_cert).await.unwrap(),
+        handshake(&addr, &a_cert).await.unwrap(),
         Some(b"h2".to_vec()),
         "ALPN offers h2 first"
     );
-    assert!(handshake(&s.1, &b_cert).await.is_err());
+    assert!(handshake(&addr, &b_cert).await.is_err());
 
     // SIGHUP.
     std::fs::write(&cert_path, &b_cert).unwrap();
     std::fs::write(&key_path, &b_key).unwrap();
-    Command::new("kill")
-        .args(["-HUP", &s.0.id().to_string()])
-        .status()
-        .unwrap();
+    s.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while handshake(&s.1, &b_cert).await.is_err() {
+    while handshake(&addr, &b_cert).await.is_err() {
         assert!(Instant::now() < deadline, "not reloaded after SIGHUP");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(handshake(&s.1, &a_cert).await.is_err());
+    assert!(handshake(&addr, &a_cert).await.is_err());
 
-    // A file change alone.
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a visibly newer mtime
+    // A file change alone, with a visibly newer mtime.
     std::fs::write(&key_path, &c_key).unwrap();
     std::fs::write(&cert_path, &c_cert).unwrap();
+    touch_ahead(&key_path, Duration::from_secs(2));
+    touch_ahead(&cert_path, Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while handshake(&s.1, &c_cert).await.is_err() {
+    while handshake(&addr, &c_cert).await.is_err() {
         assert!(
             Instant::now() < deadline,
             "not reloaded after the files changed"
@@ -115,23 +112,26 @@ async fn certificate_files_reload_on_sighup_and_on_change() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // A broken file keeps the current certificate.
+    // A broken file keeps the current certificate. The check waits for the
+    // reload attempt to fail (a failure logged earlier, if the watcher saw a
+    // half-written pair, does not count).
+    let failed = || log.text().matches("TLS certificate reload failed").count();
+    let failed_before = failed();
     std::fs::write(&cert_path, "not a certificate").unwrap();
-    Command::new("kill")
-        .args(["-HUP", &s.0.id().to_string()])
-        .status()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(handshake(&s.1, &c_cert).await.is_ok());
+    s.signal("HUP");
+    process::wait_until("a failed reload", Duration::from_secs(10), || {
+        failed() > failed_before
+    });
+    assert!(handshake(&addr, &c_cert).await.is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn self_signed_development_mode_serves_https() {
-    let s = serve(&["--tls-self-signed"]);
+    let (_s, addr, _log) = serve(&["--tls-self-signed"]);
     // Trust nothing we know: the handshake fails on the certificate, which proves TLS is up.
     let (other, _) = cert("other.test");
-    let err = handshake(&s.1, &other).await.unwrap_err();
+    let err = handshake(&addr, &other).await.unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
 

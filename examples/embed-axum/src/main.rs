@@ -3,6 +3,10 @@
 //! Run: `cargo run -p embed-axum`, then
 //! `curl -N 'localhost:3000/realtime/v1/sse?topic=orders/42'` in one terminal
 //! and `curl -X POST localhost:3000/orders/42/ship` in another.
+//!
+//! Only the router (`herald-http`) is compiled in: your own server
+//! (`axum::serve` here) accepts the connections, so there is no TLS server,
+//! certificate generation or HTTP/1.1 push path from `herald-server`.
 use axum::{extract::Path, routing::post, Router};
 use herald_core::{Data, Hub, HubConfig, NewEvent, Topic};
 use herald_http::HttpConfig;

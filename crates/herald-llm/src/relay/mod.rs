@@ -93,15 +93,23 @@ pub struct Started {
 /// What the relay hands the OpenAI-compatible endpoint, in stream order.
 #[derive(Debug)]
 pub enum Relayed {
-    /// An upstream chunk: its `data` payload as the upstream sent it (the
-    /// API key taken out), and what it says.
-    Chunk { data: String, delta: Delta },
+    /// An upstream chunk.
+    Chunk {
+        /// Its `data` payload as the upstream sent it (the API key taken out).
+        data: String,
+        /// What it says.
+        delta: Delta,
+    },
     /// The stream is complete (`[DONE]`).
     Done,
-    /// The stream failed: `message` for a collected answer, `data` the
-    /// error payload to stream (the upstream's own, redacted, or
-    /// [`crate::openai::error_data`]). Nothing follows.
-    Failed { message: String, data: String },
+    /// The stream failed; nothing follows.
+    Failed {
+        /// Why, for a collected answer (redacted).
+        message: String,
+        /// The error payload to stream: the upstream's own (redacted) or
+        /// [`crate::openai::error_data`].
+        data: String,
+    },
 }
 
 impl Relayed {

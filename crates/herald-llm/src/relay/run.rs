@@ -289,7 +289,10 @@ impl Relay {
         self.flush(topic, &mut p.out).await;
         let cancelled = matches!(end, End::Cancelled) || g.cancelled.load(Ordering::Acquire);
         let (name, data) = match end {
-            _ if cancelled => ("done", json!({"finish_reason": "cancelled", "usage": p.usage})),
+            _ if cancelled => (
+                "done",
+                json!({"finish_reason": "cancelled", "usage": p.usage}),
+            ),
             End::Complete | End::Cancelled => {
                 if !p.done_sent {
                     endpoint.send(Relayed::Done).await;

@@ -26,7 +26,7 @@ macro_rules! layered_settings {
         impl $name {
             /// These settings (flags and environment) over `file`'s: each one
             /// given here wins, the others come from `file`.
-            pub fn over(self, file: $name) -> $name {
+            fn over(self, file: $name) -> $name {
                 $name {
                     $($field: Layer::over(self.$field, file.$field),)*
                 }
@@ -220,6 +220,11 @@ layered_settings! {
         /// Allow a non-loopback address without authentication.
         #[arg(long, env = "HERALD_INSECURE")]
         pub insecure: bool,
+        /// Log format: text or json [default: text].
+        // Listed last in `--help` (just before `--help`, at 999), while the
+        // file's keys keep this order.
+        #[arg(long, env = "HERALD_LOG_FORMAT", display_order = 998)]
+        pub log_format: Option<String>,
         /// OpenAI-compatible upstream for the LLM relay, e.g. https://api.openai.com/v1 or
         /// http://127.0.0.1:11434/v1 (Ollama) [default: the built-in offline model].
         #[arg(long, env = "HERALD_LLM_UPSTREAM")]
@@ -247,9 +252,6 @@ layered_settings! {
         /// Delay between tokens of the built-in offline model [default: 25ms].
         #[arg(long, env = "HERALD_LLM_OFFLINE_DELAY")]
         pub llm_offline_delay: Option<String>,
-        /// Log format: text or json [default: text].
-        #[arg(long, env = "HERALD_LOG_FORMAT")]
-        pub log_format: Option<String>,
     }
 }
 

@@ -10,8 +10,11 @@ use super::{dur, EmbeddedSettings, EngineKind, RedisSettings, ServeArgs};
 
 /// The chosen engine and where it keeps events.
 pub(super) struct Storage {
+    /// `--engine`.
     pub engine: EngineKind,
+    /// With `--engine embedded`: its folder and group commit.
     pub embedded: Option<EmbeddedSettings>,
+    /// With `--engine redis`: its server and key prefix.
     pub redis: Option<RedisSettings>,
 }
 

@@ -14,13 +14,13 @@
 //! translates between the socket and those values:
 //!
 //! - here: the handshake (credential, origin, connection slot, buffer sizes);
-//! - [`session`]: the connection's loop (reads, deliveries, pings, the
+//! - `session`: the connection's loop (reads, deliveries, pings, the
 //!   credential's deadline) and the close handshake;
-//! - [`actions`]: what each client message does.
+//! - `actions`: what each client message does.
 //!
 //! Every action goes through the same checks as over HTTP: a `subscribe` is
 //! authorized like `GET /v1/sse`, a `publish` takes the one publish path of
-//! `POST /v1/publish` ([`crate::publish::publish_as`]), both against the
+//! `POST /v1/publish` (`publish::publish_as`), both against the
 //! credential in force at that moment.
 //!
 //! Credentials over time (DESIGN.md): the connection's credential has a

@@ -392,6 +392,8 @@ async fn shutdown_then_resume(kind: Kind) {
     assert_eq!(sub.next(WAIT).await.unwrap().data, "before");
     let token = sub.resume_token();
     // A held long poll is answered at once on shutdown.
+    let topic = herald_core::Topic::new("orders/9").unwrap();
+    let before = s.hub.subscribers(&topic);
     let held = {
         let client = s.client.clone();
         let cursor = token.clone();
@@ -403,7 +405,7 @@ async fn shutdown_then_resume(kind: Kind) {
             (t.elapsed(), r.map(|r| r.events.len()))
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::eventually("the held poll", || s.hub.subscribers(&topic) > before).await;
     let s = s.restart().await;
     let (took, r) = held.await.unwrap();
     assert!(took < Duration::from_secs(5), "held poll lingered {took:?}");

@@ -3,7 +3,9 @@
 //! same-origin cookie WebSocket is accepted although HTTP/2 sends
 //! `:authority` instead of `Host`.
 
+#[path = "../../herald-http/tests/support/mod.rs"]
 mod support;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -19,20 +21,19 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use support::{quick_http, TestServer};
+use wire::{get_h2, h2_over, Sender, Windows};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &[u8] = b"http2-streams-secret-0123456789abcdef";
 
-type Sender = SendRequest<Empty<Bytes>>;
-
 /// One h2c connection (prior knowledge) with a stream window of `window` bytes.
 async fn h2(addr: SocketAddr, window: u32) -> Sender {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder.initial_stream_window_size(window);
-    let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    sender
+    let windows = Windows {
+        stream: window,
+        connection: None,
+    };
+    h2_over(tcp, windows).await
 }
 
 async fn get(
@@ -40,13 +41,7 @@ async fn get(
     addr: SocketAddr,
     path: &str,
 ) -> hyper::Response<hyper::body::Incoming> {
-    sender.ready().await.unwrap();
-    let req = hyper::Request::get(format!("http://localhost:{}{path}", addr.port()))
-        .body(Empty::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.version(), hyper::Version::HTTP_2);
-    resp
+    get_h2(sender, format!("http://localhost:{}{path}", addr.port())).await
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

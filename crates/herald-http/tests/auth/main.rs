@@ -1,7 +1,13 @@
 //! Authentication and authorization on every transport, table-driven:
-//! every credential source × every transport × every kind of credential.
+//! every credential source × every transport × every kind of credential,
+//! in process. The cells the auth table against the binary
+//! (crates/herald/tests/authorize.rs) checks the same way are left to it.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod limits;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +20,7 @@ use serde_json::json;
 use support::{quick_http, TestServer};
 
 const SECRET: &[u8] = b"contract-suite-secret-0123456789abcdef";
-const RSA_PRIVATE: &[u8] = include_bytes!("../../herald-auth/tests/keys/rsa_private.pem");
+const RSA_PRIVATE: &[u8] = include_bytes!("../../../herald-auth/tests/keys/rsa_private.pem");
 const PUBLISH_KEY: &str = "backend-publisher-key-0123456789";
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -182,21 +188,17 @@ async fn attempt(
             } else {
                 format!("/v1/poll?topic={topic}&timeout=3{amp}")
             };
-            // An event published shortly after the request starts must reach
-            // an allowed subscriber (a held poll answers with it).
-            let client = s.client.clone();
-            let t = topic.to_owned();
-            let publisher = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                publish_as_backend(&client, &t, "hello").await;
-            });
+            // An event published while the request is open must reach an
+            // allowed subscriber (a held poll answers with it): the backend
+            // publishes until the subscriber has it, instead of guessing when
+            // it subscribed. Nothing is published on the watched topic.
+            let _publisher = (topic != THEIRS).then(|| republish(&s.client, topic));
             let resp = s
                 .client
                 .request(http::Method::GET, &path, &hdrs, bytes::Bytes::new())
                 .await
                 .unwrap();
             if resp.status() != 200 {
-                publisher.abort();
                 return Outcome::Status(resp.status().as_u16());
             }
             use http_body_util::BodyExt;
@@ -283,6 +285,27 @@ async fn attempt(
     }
 }
 
+/// Publishes `hello` on `topic` as the backend every 50 ms until dropped.
+fn republish(client: &Client, topic: &str) -> AbortOnDrop {
+    let client = client.clone();
+    let topic = topic.to_owned();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            publish_as_backend(&client, &topic, "hello").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }))
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn publish_as_backend(client: &Client, topic: &str, data: &str) {
     let (st, v) = client
         .clone()
@@ -349,6 +372,18 @@ async fn every_source_transport_and_credential() {
                 continue;
             }
             for cred in creds {
+                if transport != Transport::Ws
+                    && matches!(
+                        cred,
+                        Cred::Valid | Cred::Expired | Cred::BadSignature | Cred::Missing
+                    )
+                {
+                    // The same cell as in the auth table against the binary
+                    // (crates/herald/tests/authorize.rs), which checks it.
+                    // Here: every WebSocket cell (close codes, not only
+                    // "refused") and the forged algorithms.
+                    continue;
+                }
                 for (topic, allowed) in [(MINE, true), (THEIRS, false)] {
                     if cred != Cred::Valid && !allowed {
                         continue; // an invalid credential is refused whatever the topic
@@ -364,7 +399,8 @@ async fn every_source_transport_and_credential() {
             }
         }
     }
-    assert!(checked >= 100, "{checked}");
+    // 35 WebSocket cells, and 24 with a forged algorithm elsewhere.
+    assert!(checked >= 59, "{checked}");
     // Public topics need no credential; anonymous publishing does.
     assert_eq!(
         attempt(&s, Transport::Sse, Via::Header, Cred::Missing, "news/today").await,
@@ -408,329 +444,4 @@ async fn every_source_transport_and_credential() {
         seen, 0,
         "no attempt on {THEIRS} was allowed, so no hello either"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_time_tokens_are_single_use_short_lived_and_race_safe() {
-    let mut http = auth_http();
-    http.auth = Arc::new(
-        Auth::new(AuthConfig {
-            hs256_secret: Some(SECRET.to_vec()),
-            one_time_ttl: Duration::from_millis(300),
-            ..AuthConfig::default()
-        })
-        .unwrap(),
-    );
-    let s = TestServer::start_with(HubConfig::default(), http).await;
-    let bearer = format!("Bearer {}", token(Cred::Valid).unwrap());
-    let issue = || async {
-        let r = s
-            .client
-            .request(
-                http::Method::POST,
-                "/v1/tokens",
-                &[("authorization", &bearer)],
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        use http_body_util::BodyExt;
-        let v: serde_json::Value =
-            serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    };
-    let status = |path: String| {
-        let c = s.client.clone();
-        async move {
-            c.request(http::Method::GET, &path, &[], bytes::Bytes::new())
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    // Second use refused.
-    let ot = issue().await;
-    assert_eq!(
-        status(format!("/v1/poll?topic={MINE}&timeout=0&token={ot}")).await,
-        200
-    );
-    assert_eq!(
-        status(format!("/v1/poll?topic={MINE}&timeout=0&token={ot}")).await,
-        401
-    );
-    // Expired refused.
-    let ot = issue().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        status(format!("/v1/poll?topic={MINE}&timeout=0&token={ot}")).await,
-        401
-    );
-    // Concurrent uses: exactly one wins.
-    for _ in 0..5 {
-        let ot = issue().await;
-        let tasks: Vec<_> = (0..6)
-            .map(|_| {
-                tokio::spawn(status(format!(
-                    "/v1/poll?topic={MINE}&timeout=0&token={ot}"
-                )))
-            })
-            .collect();
-        let mut ok = 0;
-        for t in tasks {
-            if t.await.unwrap() == 200 {
-                ok += 1;
-            }
-        }
-        assert_eq!(ok, 1);
-    }
-    // The exchange needs a header or cookie credential, not a query token or nothing.
-    let r = s
-        .client
-        .request(http::Method::POST, "/v1/tokens", &[], bytes::Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let short = token(Cred::Valid).unwrap();
-    let r = s
-        .client
-        .request(
-            http::Method::POST,
-            &format!("/v1/tokens?token={short}"),
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-}
-
-#[tokio::test]
-async fn long_lived_tokens_are_refused_in_urls() {
-    let s = TestServer::start_with(HubConfig::default(), auth_http()).await;
-    let long = jwt::sign(&claims(3600), SECRET, false, None).unwrap();
-    let path = format!("/v1/sse?topic={MINE}&token={long}");
-    let r = s
-        .client
-        .request(http::Method::GET, &path, &[], bytes::Bytes::new())
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    use http_body_util::BodyExt;
-    let body =
-        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(body.contains("short-lived"), "{body}");
-    assert!(!body.contains(&long), "the token must not be echoed");
-    // The same token in a header is fine.
-    let r = s
-        .client
-        .request(
-            http::Method::GET,
-            &format!("/v1/poll?topic={MINE}&timeout=0"),
-            &[("authorization", &format!("Bearer {long}"))],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
-#[tokio::test]
-async fn cookie_websockets_check_the_origin() {
-    let mut http = auth_http();
-    http.ws_allowed_origins = vec!["https://app.example".into()];
-    let s = TestServer::start_with(HubConfig::default(), http).await;
-    let cookie = format!("herald_token={}", token(Cred::Valid).unwrap());
-    let evil = s
-        .client
-        .ws_with(
-            &[("cookie", &cookie), ("origin", "https://evil.example")],
-            "",
-        )
-        .await;
-    match evil {
-        Err(herald_client::ClientError::WebSocket(
-            tokio_tungstenite::tungstenite::Error::Http(r),
-        )) => {
-            assert_eq!(r.status(), 403)
-        }
-        other => panic!("cross-site upgrade was not refused: {:?}", other.is_ok()),
-    }
-    let mut good = s
-        .client
-        .ws_with(
-            &[("cookie", &cookie), ("origin", "https://app.example")],
-            "",
-        )
-        .await
-        .unwrap();
-    good.subscribe(MINE, None).await.unwrap();
-    assert_eq!(
-        good.next_json().await.unwrap().unwrap()["type"],
-        "subscribed"
-    );
-    // A bearer header is not ambient, so any origin may use it.
-    let bearer = format!("Bearer {}", token(Cred::Valid).unwrap());
-    assert!(s
-        .client
-        .ws_with(
-            &[
-                ("authorization", &bearer),
-                ("origin", "https://evil.example")
-            ],
-            ""
-        )
-        .await
-        .is_ok());
-}
-
-#[tokio::test]
-async fn cors_is_off_by_default_and_answers_configured_origins() {
-    let s = TestServer::start().await;
-    let r = s
-        .client
-        .request(
-            http::Method::OPTIONS,
-            "/v1/publish",
-            &[("origin", "https://app.example")],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert!(r.headers().get("access-control-allow-origin").is_none());
-    let http = HttpConfig {
-        cors_origins: vec!["https://app.example".into()],
-        ..quick_http()
-    };
-    let s = TestServer::start_with(HubConfig::default(), http).await;
-    let r = s
-        .client
-        .request(
-            http::Method::OPTIONS,
-            "/v1/publish",
-            &[
-                ("origin", "https://app.example"),
-                ("access-control-request-method", "POST"),
-            ],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    assert_eq!(
-        r.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
-    assert!(r.headers()["access-control-allow-headers"]
-        .to_str()
-        .unwrap()
-        .contains("authorization"));
-    let r = s
-        .client
-        .request(
-            http::Method::GET,
-            "/v1/poll?topic=a&timeout=0",
-            &[("origin", "https://other.example")],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert!(r.headers().get("access-control-allow-origin").is_none());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limits_answer_429_and_503_with_retry_after() {
-    let http = HttpConfig {
-        max_connections: 3,
-        max_connections_per_ip: 2,
-        ..quick_http()
-    };
-    let s = TestServer::start_with(HubConfig::default(), http).await;
-    let _a = s.client.sse(&["l"], None).await.unwrap();
-    let _b = s.client.sse(&["l"], None).await.unwrap();
-    // A long poll over the per-address limit: 429 with Retry-After.
-    let r = s
-        .client
-        .request(
-            http::Method::GET,
-            "/v1/poll?topic=l&timeout=0",
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
-    assert!(r.headers().contains_key("retry-after"));
-    // An SSE stream over it: a refusal an EventSource understands (200,
-    // retry:, herald.disconnect rate_limited, end), so the browser retries.
-    let r = s
-        .client
-        .request(
-            http::Method::GET,
-            "/v1/sse?topic=l",
-            &[],
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "text/event-stream");
-    use http_body_util::BodyExt;
-    let body =
-        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(body.starts_with("retry: "), "{body:?}");
-    assert!(
-        body.ends_with("event: herald.disconnect\ndata: {\"reason\":\"rate_limited\"}\n\n"),
-        "{body:?}"
-    );
-    // Another loopback address is another client; the server-wide limit
-    // then refuses SSE as `server_full`.
-    let other = bind_from("127.0.0.2", s.addr).await;
-    let _c = other;
-    let other2 = raw_status_from("127.0.0.3", s.addr).await;
-    assert_eq!(other2.0, 200);
-    assert!(other2.1.contains("herald.disconnect"), "{}", other2.1);
-    assert!(other2.1.contains("server_full"), "{}", other2.1);
-    // Publishing is not a streaming connection: never limited.
-    s.publish("l", json!(1), None).await;
-}
-
-/// Opens an SSE connection from `src` and keeps it open.
-async fn bind_from(src: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let (stream, status, _) = sse_from(src, to).await;
-    assert_eq!(status, 200);
-    stream
-}
-
-/// The status and the whole answer (read to its end) of `GET /v1/sse` from `src`.
-async fn raw_status_from(src: &str, to: std::net::SocketAddr) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let (mut stream, status, mut text) = sse_from(src, to).await;
-    let mut buf = [0u8; 1024];
-    while let Ok(Ok(n)) = tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-        if n == 0 {
-            break;
-        }
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    (status, text)
-}
-
-/// Opens `GET /v1/sse` from the loopback address `src`; returns the open
-/// stream, the status and the first bytes of the answer.
-async fn sse_from(src: &str, to: std::net::SocketAddr) -> (tokio::net::TcpStream, u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let mut stream = sock.connect(to).await.unwrap();
-    stream
-        .write_all(b"GET /v1/sse?topic=l HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-    let status = text[9..12].parse().unwrap();
-    (stream, status, text)
 }

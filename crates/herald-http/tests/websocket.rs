@@ -155,7 +155,8 @@ async fn a_peer_that_never_answers_pings_is_closed() {
     };
     let s = TestServer::start_with(HubConfig::default(), http).await;
     let mut ws = s.client.ws().await.unwrap();
-    // Read nothing (so no pong is sent) for well past the timeout.
+    // Read nothing (so no pong is sent) for well past the timeout: the
+    // silence is the scenario.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut saw_ping = false;
     loop {
@@ -191,6 +192,7 @@ async fn a_peer_that_never_answers_pings_is_closed() {
         }
         false
     });
+    // Well past the pong timeout (the scenario): still open.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     s.publish("alive", json!("still"), None).await;
     assert!(reader.await.unwrap(), "a responsive peer was closed");

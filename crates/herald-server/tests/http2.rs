@@ -2,6 +2,8 @@
 //! and cleartext h2c), WebSockets over HTTP/2 (RFC 8441), a stalled stream
 //! that does not hold the others back, GOAWAY on shutdown.
 
+mod wire;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio_rustls::rustls;
+use wire::{get_h2, h2_over, tls_client, Sender, Windows};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -61,36 +64,18 @@ async fn start(tls: bool, hub_config: HubConfig) -> Server {
     }
 }
 
-type Sender = SendRequest<Empty<Bytes>>;
-
 /// One HTTP/2 connection (h2 by ALPN over TLS, or h2c by prior knowledge).
 async fn h2_connection(s: &Server) -> Sender {
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .initial_stream_window_size(256 * 1024)
-        .initial_connection_window_size(4 * 1024 * 1024);
+    let windows = Windows {
+        stream: 256 * 1024,
+        connection: Some(4 * 1024 * 1024),
+    };
     match &s.tls {
-        None => {
-            let (sender, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
-            tokio::spawn(conn);
-            sender
-        }
+        None => h2_over(tcp, windows).await,
         Some(tls) => {
-            let mut roots = rustls::RootCertStore::empty();
             let pem = tls.self_signed_pem.as_ref().unwrap();
-            use rustls::pki_types::pem::PemObject;
-            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            config.alpn_protocols = vec![b"h2".to_vec()];
+            let config = tls_client(pem, &[b"h2"]);
             let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             let stream = connector.connect(name, tcp).await.unwrap();
@@ -99,9 +84,7 @@ async fn h2_connection(s: &Server) -> Sender {
                 Some(&b"h2"[..]),
                 "ALPN must pick h2"
             );
-            let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
-            tokio::spawn(conn);
-            sender
+            h2_over(stream, windows).await
         }
     }
 }
@@ -116,13 +99,7 @@ async fn get(
     s: &Server,
     path: &str,
 ) -> hyper::Response<hyper::body::Incoming> {
-    sender.ready().await.unwrap();
-    let req = hyper::Request::get(uri(s, path))
-        .body(Empty::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.version(), hyper::Version::HTTP_2);
-    resp
+    get_h2(sender, uri(s, path)).await
 }
 
 async fn publish(s: &Server, topic: &str, data: serde_json::Value) {
@@ -272,10 +249,7 @@ async fn websocket_over_http2_extended_connect() {
         // The same connection still serves plain requests beside the WebSocket.
         let r = get(&mut sender, &s, "/healthz").await;
         assert_eq!(r.status(), 200);
-        assert_eq!(
-            s.tcp.tcp_connections_total.load(Ordering::Relaxed),
-            1
-        );
+        assert_eq!(s.tcp.tcp_connections_total.load(Ordering::Relaxed), 1);
     }
 }
 

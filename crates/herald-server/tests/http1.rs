@@ -1,0 +1,139 @@
+//! The accept loop's HTTP/1.1 path in process, over raw sockets: a poll
+//! whose client stalls is dropped at the write deadline, and valid requests
+//! cut anywhere get the answer they get whole. (Hostile clients against the
+//! binary: crates/herald/tests/http1.rs.)
+
+#[path = "../../herald-http/tests/support/mod.rs"]
+mod support;
+mod wire;
+
+use std::time::{Duration, Instant};
+
+use herald_core::{Data, HubConfig, NewEvent, Topic};
+use herald_http::HttpConfig;
+use serde_json::json;
+use support::{quick_http, TestServer};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use wire::{answer_in_time, pct, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
+    // Answers larger than the kernel's socket buffers (4 MiB at most here),
+    // so that the writes block.
+    let http = HttpConfig {
+        write_timeout: Duration::from_secs(1),
+        poll_max_bytes: 32 * 1024 * 1024,
+        ..quick_http()
+    };
+    let s = TestServer::start_with(HubConfig::default(), http).await;
+    let start = s
+        .client
+        .poll(&["big"], None, Duration::ZERO)
+        .await
+        .unwrap()
+        .cursor;
+    let topic = Topic::new("big").unwrap();
+    let mb = "x".repeat(1_000_000);
+    for _ in 0..12 {
+        s.hub
+            .publish(NewEvent::new(topic.clone(), Data::from_json(&json!(mb))))
+            .await
+            .unwrap();
+    }
+    let m = s.server_metrics.clone();
+    // The client's own pooled connection stays open.
+    let base = m
+        .tcp_connections_open
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut c = sock.connect(s.addr).await.unwrap();
+        c.write_all(
+            format!(
+                "GET /v1/poll?topic=big&cursor={}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+                pct(&start)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(c);
+    }
+    // Opened, then dropped once a write has not progressed for 1 s.
+    let open_now = || {
+        m.tcp_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + WAIT;
+    while open_now() < base + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connections were not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    loop {
+        let open = open_now();
+        if open <= base {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} stalled connections still open",
+            open - base
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_requests_split_anywhere_are_answered_the_same() {
+    // The accept loop's head reader and its hand-over to hyper, over a real
+    // socket: each request sent whole, then cut at random points with a
+    // pause between pieces, must get the same answer.
+    use rand::Rng;
+    let s = TestServer::start().await;
+    s.client.publish("split", json!("one"), None).await.unwrap();
+    let body = r#"{"topic":"split2","data":1}"#;
+    let requests = [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+        "GET /v1/poll?topic=split&timeout=0 HTTP/1.1\nHost: x\n\n".to_owned(),
+        format!(
+            "POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+    ];
+    let mut rng = rand::rng();
+    for req in &requests {
+        let mut whole = TcpStream::connect(s.addr).await.unwrap();
+        whole.write_all(req.as_bytes()).await.unwrap();
+        let expected = answer_in_time(&mut BufReader::new(&mut whole), "whole").await;
+        for _ in 0..8 {
+            let mut c = TcpStream::connect(s.addr).await.unwrap();
+            c.set_nodelay(true).unwrap();
+            let bytes = req.as_bytes();
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = rng.random_range(1..=(bytes.len() - at).min(16));
+                c.write_all(&bytes[at..at + n]).await.unwrap();
+                at += n;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let got = answer_in_time(&mut BufReader::new(&mut c), "split").await;
+            assert_eq!(got.status, expected.status, "{req:?}");
+            assert_eq!(
+                got.header("content-type"),
+                expected.header("content-type"),
+                "{req:?}"
+            );
+            if req.contains("poll") || req.contains("nowhere") {
+                assert_eq!(got.body, expected.body, "{req:?}");
+            }
+        }
+    }
+}
