@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_client::{SseItem, SseParser};
 use herald_core::{Hub, HubConfig, Transport};
@@ -16,8 +15,7 @@ use herald_http::HttpConfig;
 use herald_server::tls::{CertSource, Tls};
 use herald_server::{ServeOptions, ServerMetrics};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio_rustls::rustls;
 use wire::{get_h2, h2_over, tls_client, Sender, Windows};

@@ -12,13 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use herald_auth::{jwt, Auth, AuthConfig};
 use herald_core::{Data, HubConfig, NewEvent, Topic, Transport};
 use herald_http::HttpConfig;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use support::{quick_http, TestServer};
 use wire::{get_h2, h2_over, Sender, Windows};

@@ -2,6 +2,8 @@
 //! change without a restart, the self-signed development mode, clear errors.
 
 mod process;
+#[path = "../../herald-server/tests/wire/mod.rs"]
+mod wire;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -40,19 +42,7 @@ fn touch_ahead(path: &std::path::Path, ahead: Duration) {
 
 /// Connects trusting only `pem`; returns the negotiated ALPN protocol, or the error.
 async fn handshake(addr: &str, pem: &str) -> Result<Option<Vec<u8>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let config = wire::tls_client(pem, &[b"h2", b"http/1.1"]);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
