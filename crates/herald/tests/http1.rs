@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use herald_client::Client;
 use process::ServeProcess;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use wire::{answer_in_time, closes_within, pct, read_answer, WAIT};
+use wire::{answer_in_time, closes_within, pct, WAIT};
 
 /// A `herald serve` process on a loopback port (memory engine).
 struct Herald(ServeProcess);

@@ -86,3 +86,16 @@ fn written_len(path: &Path) -> u64 {
     let b = std::fs::read(path).unwrap();
     b.iter().rposition(|&x| x != 0).map_or(0, |i| i as u64 + 1)
 }
+
+/// Every file under `p`, recursively.
+fn files_under(p: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.path().is_dir() {
+            v.extend(files_under(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}

@@ -3,18 +3,6 @@
 
 use super::*;
 
-fn files_under(p: &Path) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(p).unwrap().flatten() {
-        if e.path().is_dir() {
-            v.extend(files_under(&e.path()));
-        } else {
-            v.push(e.path());
-        }
-    }
-    v
-}
-
 fn damage(path: &Path) {
     let mut b = std::fs::read(path).unwrap();
     let start = b.len() / 3;
