@@ -76,7 +76,7 @@ fn query_tokens_and_cookies_are_not_logged() {
     // absence still fails the assertion below).
     log.wait_for("token=[redacted]", WAIT);
     server.sigterm(WAIT);
-    let logs = log.to_end();
+    let logs = log.into_text();
     assert!(
         logs.contains("token=[redacted]"),
         "the access log should show the redacted query:\n{logs}"
@@ -150,7 +150,7 @@ async fn the_llm_api_key_is_not_logged() {
         assert_eq!(e.event, "token", "the upstream accepted the key: {e:?}");
     }
     server.sigterm(WAIT);
-    let logs = log.to_end();
+    let logs = log.into_text();
     assert!(logs.contains("LLM relay"), "{logs}");
     assert!(!logs.contains(key), "the API key reached the logs:\n{logs}");
     let help = Command::new(BIN)

@@ -147,7 +147,7 @@ async fn an_upstream_echoing_the_api_key_leaks_it_nowhere() {
     );
     server.signal("TERM");
     let _ = server.child.wait();
-    let logs = logs.to_end();
+    let logs = logs.into_text();
     assert!(logs.contains("LLM relay"), "no logs captured: {logs}");
     assert!(!leaks(&logs), "the key reached the log:\n{logs}");
 }

@@ -204,7 +204,7 @@ impl StderrLog {
     }
 
     /// Everything the child wrote, once its stderr has closed (it exited).
-    pub fn to_end(mut self) -> String {
+    pub fn into_text(mut self) -> String {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -355,7 +355,7 @@ impl Herald {
                 // the end.
                 Err(Refused {
                     status,
-                    stderr: stderr.to_end(),
+                    stderr: stderr.into_text(),
                 })
             }
         }
@@ -381,7 +381,7 @@ impl Herald {
     pub fn sigterm_with_stderr(mut self) -> (ExitStatus, String) {
         let status = self.stop();
         let stderr = std::mem::replace(&mut self.stderr, StderrLog::empty());
-        (status, stderr.to_end())
+        (status, stderr.into_text())
     }
 
     /// The process id.
