@@ -36,6 +36,8 @@
 //! assert!(auth.authorize(&who, Action::Subscribe, &Topic::new("users/bob/inbox").unwrap()).is_err());
 //! ```
 
+#![warn(missing_docs)]
+
 mod authorize;
 mod config;
 mod credential;

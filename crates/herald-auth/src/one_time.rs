@@ -7,7 +7,7 @@
 //! ([`Hub::one_time_store`](herald_core::Hub::one_time_store)), which is the
 //! engine's shared store when it has one (Redis), so a token issued on one
 //! node is redeemed once on any. The store keeps whom a token stands for as
-//! JSON ([`principal_to_store`]). Every principal has a share of the pool: at
+//! JSON (`principal_to_store`). Every principal has a share of the pool: at
 //! most [`AuthConfig::one_time_max_per_user`] outstanding tokens each
 //! (counted under [`quota_key`]), so one user issuing in a loop is answered
 //! 429 while everyone else still gets tokens. The in-process pool as a whole
@@ -33,11 +33,19 @@ pub enum IssueError {
     /// This principal already holds its share of outstanding tokens
     /// (429 `rate_limited`); its oldest token expires in `retry_after`.
     #[error("too many outstanding one-time tokens for this user; retry in {}s", retry_secs(*retry_after))]
-    UserLimit { retry_after: Duration },
+    UserLimit {
+        /// Time until the principal's oldest token expires (sent as
+        /// `Retry-After`, rounded up to whole seconds).
+        retry_after: Duration,
+    },
     /// The pool of outstanding tokens is full (503 `server_full`); the
     /// oldest token expires in `retry_after`.
     #[error("the one-time token pool is full; retry in {}s", retry_secs(*retry_after))]
-    Full { retry_after: Duration },
+    Full {
+        /// Time until the pool's oldest token expires (sent as
+        /// `Retry-After`, rounded up to whole seconds).
+        retry_after: Duration,
+    },
     /// The shared store could not be reached (503 `unavailable`).
     #[error("one-time tokens cannot be issued right now")]
     Unavailable,

@@ -12,6 +12,9 @@
 //! - [`target`]: one small adapter per server: subscribe paths, publish requests.
 //! - [`subscriber`]: one connection over SSE, WebSocket or long polling.
 //! - [`run`]: a whole run: connect, measure memory, publish, drain, report.
+//! - [`ledger`]: the per-message delivery counts and errors every thread of a
+//!   run writes to, and each thread's latency histograms.
+//! - `publish`: the publishers, one keep-alive connection each.
 //! - [`procfs`]: RSS and CPU time of the server's process tree.
 //!
 //! The `herald-bench-ceiling` binary (`src/bin/ceiling.rs`) is the ceiling: it
@@ -38,7 +41,11 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
+pub mod ledger;
 pub mod procfs;
+mod publish;
 pub mod run;
 pub mod subscriber;
 pub mod target;

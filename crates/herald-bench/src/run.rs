@@ -4,7 +4,9 @@
 //! Delivery accounting is exact and per message: `counts[seq]` is how many
 //! subscribers received message `seq` and `expected[seq]` how many should
 //! have, so loss and duplicates are known message by message whatever the
-//! order deliveries arrive in.
+//! order deliveries arrive in. Those counters live in [`crate::ledger`];
+//! the publishers that fill `expected` in `publish`; this module starts the
+//! threads, times the phases and turns the counters into a [`Report`].
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,16 +15,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use crate::ledger::{histogram, Shared, ThreadStats};
 use crate::procfs;
+use crate::publish::publisher;
 use crate::subscriber;
 use crate::target::{Target, Transport};
-use crate::wire;
 
 /// Which topics subscribers take and publishers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -36,19 +38,28 @@ pub enum Topics {
     PerPublisher,
 }
 
-/// What to run.
+/// What to run: the command line of `herald-bench`, parsed.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// Free text copied into the report to name the scenario.
     pub label: String,
+    /// The server under test.
     pub target: Target,
+    /// How every subscriber connects.
     pub transport: Transport,
+    /// The server's subscriber address.
     pub addr: SocketAddr,
     /// More subscriber addresses (other nodes of a cluster): subscribers are
     /// spread round-robin over `addr` and these.
     pub more_addrs: Vec<SocketAddr>,
+    /// Where publishers send their requests (usually `addr`).
     pub pub_addr: SocketAddr,
+    /// The server's process id, for RSS and CPU (its children count too);
+    /// without it those figures are 0.
     pub server_pid: Option<u32>,
+    /// Subscriber connections to open.
     pub subs: usize,
+    /// Which topics subscribers take and publishers use.
     pub topics: Topics,
     /// Messages per second over all publishers; 0 = as fast as the server takes them.
     pub rate: f64,
@@ -57,144 +68,115 @@ pub struct Plan {
     pub window: usize,
     /// With `Topics::OwnShared`: every n-th message goes to the shared topic.
     pub shared_every: u64,
+    /// Payload bytes per message, marker included.
     pub size: usize,
+    /// Publisher connections, each one request at a time.
     pub publishers: usize,
     /// Publishing time; zero holds the connections idle for `hold`.
     pub duration: Duration,
+    /// With a zero `duration`: how long connections stay idle before the
+    /// final memory and CPU readings.
     pub hold: Duration,
+    /// Most time to wait for deliveries after the last publish (the wait also
+    /// ends after 2 seconds without a new delivery).
     pub drain: Duration,
+    /// Time between the last connection and the memory reading.
     pub settle: Duration,
+    /// Most time to wait for every subscriber to connect; the run goes on
+    /// with those that did and notes the shortfall.
     pub connect_timeout: Duration,
+    /// Load-generator threads for the subscribers (the publishers get one more).
     pub threads: usize,
+    /// Source addresses 127.0.0.2, 127.0.0.3, ... to spread connections over,
+    /// so that more than one port range of connections fits.
     pub sources: usize,
+    /// Connections being opened at once, over all threads.
     pub connect_concurrency: usize,
+    /// The most messages a run publishes (the per-message counters are this long).
     pub max_messages: usize,
 }
 
-/// State every thread of the run shares.
-pub struct Shared {
-    pub target: Target,
-    pub transport: Transport,
-    pub addr: SocketAddr,
-    pub host: String,
-    start: Instant,
-    counts: Box<[AtomicU32]>,
-    expected: Box<[AtomicU32]>,
-    /// Per message, how many microseconds after its scheduled time (at a
-    /// fixed rate) it was sent: the time a server made the publisher wait.
-    late: Box<[AtomicU32]>,
-    pub ready: AtomicUsize,
-    failed: AtomicUsize,
-    dropped: AtomicUsize,
-    publishing_done: AtomicBool,
-    received: AtomicU64,
-    progress: Notify,
-    errors: Mutex<Vec<String>>,
-}
-
-impl Shared {
-    /// Microseconds since the run started (the clock every payload carries).
-    pub fn now_us(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
-    }
-
-    /// How late message `seq` was sent (0 without a fixed rate).
-    pub fn late_us(&self, seq: u64) -> u64 {
-        self.late
-            .get(seq as usize)
-            .map_or(0, |l| u64::from(l.load(Ordering::Relaxed)))
-    }
-
-    pub fn delivered(&self, seq: u64) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        let Some(c) = self.counts.get(seq as usize) else {
-            return;
-        };
-        let n = c.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.expected[seq as usize].load(Ordering::Relaxed) {
-            self.progress.notify_one();
-        }
-    }
-
-    fn note(&self, e: String) {
-        let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        if errs.len() < 5 {
-            errs.push(e);
-        }
-    }
-
-    /// A subscriber could not connect or subscribe.
-    pub fn fail(&self, e: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        self.note(e);
-    }
-
-    /// A subscriber's connection ended before the run did.
-    pub fn drop_conn(&self, e: String) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        self.note(e);
-    }
-}
-
-/// What one load-generator thread measured.
-pub struct ThreadStats {
-    pub deliveries: u64,
-    /// From the moment the message was sent.
-    pub latency: Histogram<u64>,
-    /// From the moment the message was due at the fixed rate (coordinated
-    /// omission corrected: time a server kept the publisher waiting counts).
-    pub scheduled: Histogram<u64>,
-}
-
-fn histogram() -> Histogram<u64> {
-    // 1 µs to 10 minutes, 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
-/// The result of a run, one JSON object.
+/// The result of a run, printed as one JSON object (the field names are
+/// what `bench/run.sh` and `bench/smoke.sh` read).
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The plan's label.
     pub label: String,
+    /// The server under test.
     pub target: Target,
+    /// The transport subscribers used.
     pub transport: Transport,
+    /// Subscriber connections the plan asked for.
     pub subs: usize,
+    /// The plan's topic layout.
     pub topics: Topics,
+    /// The plan's rate, messages per second (0 = unbounded).
     pub rate: f64,
+    /// The plan's in-flight window, messages.
     pub window: usize,
+    /// Payload bytes per message.
     pub size: usize,
+    /// Publisher connections.
     pub publishers: usize,
+    /// Seconds from the first publish to the last delivery (or the idle hold).
     pub duration_s: f64,
+    /// Subscribers that connected and subscribed.
     pub connected: usize,
+    /// Subscribers that could not connect or subscribe.
     pub connect_errors: usize,
+    /// Subscriber connections that ended before the run did.
     pub dropped: usize,
+    /// Messages published (sequence numbers taken, failed publishes included).
     pub messages: u64,
+    /// Publishes answered with a status outside 2xx.
     pub publish_errors: u64,
+    /// Messages per second over the publishing time.
     pub publishes_per_s: f64,
+    /// Median publish round trip, milliseconds.
     pub publish_p50_ms: f64,
+    /// 99th-percentile publish round trip, milliseconds.
     pub publish_p99_ms: f64,
+    /// Deliveries that should have happened: per message, the subscribers of its topic.
     pub expected: u64,
+    /// Deliveries that happened, duplicates included.
     pub received: u64,
+    /// Expected deliveries that never arrived, summed per message.
     pub lost: u64,
+    /// Deliveries beyond a message's expected count, summed per message.
     pub duplicates: u64,
+    /// Deliveries per second over `duration_s`.
     pub deliveries_per_s: f64,
+    /// Median delivery latency from send, milliseconds.
     pub p50_ms: f64,
+    /// 90th-percentile delivery latency from send, milliseconds.
     pub p90_ms: f64,
+    /// 99th-percentile delivery latency from send, milliseconds.
     pub p99_ms: f64,
+    /// Largest delivery latency from send, milliseconds.
     pub max_ms: f64,
-    /// Latency from the time each message was due at the fixed rate rather
-    /// than the time it was sent (coordinated omission corrected): a server
+    /// Median latency in milliseconds from the time each message was due at
+    /// the fixed rate rather than the time it was sent (coordinated omission corrected): a server
     /// that accepts fewer messages than the rate delays the rest, and that
     /// wait is part of what a publishing application sees. Equal to the
     /// plain figures when every publish went out on time, or without a rate.
     pub sched_p50_ms: f64,
+    /// 99th-percentile latency from the scheduled time, milliseconds.
     pub sched_p99_ms: f64,
+    /// Largest latency from the scheduled time, milliseconds.
     pub sched_max_ms: f64,
+    /// Server RSS before any subscriber connected, KiB.
     pub rss_before_kib: u64,
+    /// Server RSS once every subscriber connected and `settle` passed, KiB.
     pub rss_connected_kib: u64,
+    /// Server RSS at the end of publishing or of the hold, KiB.
     pub rss_end_kib: u64,
+    /// Server memory per connected subscriber, bytes: RSS growth from before to connected, over `connected`.
     pub bytes_per_conn: f64,
+    /// Server CPU over the measured time, percent of one core.
     pub server_cpu_pct: f64,
+    /// This load generator's CPU over the measured time, percent of one core.
     pub loadgen_cpu_pct: f64,
+    /// The first five errors the run noted.
     pub errors: Vec<String>,
 }
 
@@ -227,6 +209,11 @@ fn topics_of(plan: &Plan, prefix: &str, i: usize) -> Vec<String> {
 }
 
 /// Runs `plan` and reports.
+///
+/// Fails before connecting if the target does not serve the transport or
+/// the topic layout, or if this process may not open enough files; fails
+/// after if a load-generator thread panicked or a publisher's connection
+/// failed. Connection errors, drops and loss are reported, not errors.
 pub fn run(plan: Plan) -> Result<Report> {
     if !plan.target.supports(plan.transport) {
         bail!("{} does not serve {}", plan.target, plan.transport);
@@ -557,137 +544,4 @@ async fn control(
         server_cpu_pct: 100.0 * (cpu1.0 - cpu0.0) / wall,
         loadgen_cpu_pct: 100.0 * (cpu1.1 - cpu0.1) / wall,
     })
-}
-
-struct PublisherResult {
-    errors: u64,
-    latency: Histogram<u64>,
-}
-
-/// Publisher `j`: one keep-alive connection, one request at a time.
-async fn publisher(
-    plan: Arc<Plan>,
-    prefix: String,
-    shared: Arc<Shared>,
-    next_seq: Arc<AtomicU64>,
-    j: usize,
-    ready: usize,
-    stop_at: Instant,
-) -> Result<PublisherResult> {
-    let mut stream = subscriber::connect(IpAddr::V4(Ipv4Addr::LOCALHOST), plan.pub_addr)
-        .await
-        .context("publisher connect")?;
-    let host = plan.pub_addr.to_string();
-    let mut out = PublisherResult {
-        errors: 0,
-        latency: histogram(),
-    };
-    let per_pub_rate = plan.rate / plan.publishers.max(1) as f64;
-    let mut interval = (per_pub_rate > 0.0).then(|| {
-        let period = Duration::from_secs_f64(1.0 / per_pub_rate);
-        // Spread the publishers over the period.
-        let offset = period.mul_f64(j as f64 / plan.publishers.max(1) as f64);
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        i
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // When this message is due: with a fixed rate, its tick (a server
-        // that answers slowly makes later ticks fire late, in a burst).
-        let due = match interval.as_mut() {
-            Some(i) => Some(i.tick().await.into_std()),
-            None => None,
-        };
-        if Instant::now() >= stop_at {
-            break;
-        }
-        let seq = next_seq.fetch_add(1, Ordering::Relaxed);
-        if seq as usize > plan.max_messages {
-            break;
-        }
-        let (topic, expect) = match plan.topics {
-            Topics::Shared => (format!("{prefix}-bench"), ready),
-            Topics::OwnShared if seq.checked_rem(plan.shared_every.max(1)) == Some(0) => {
-                (format!("{prefix}-bench"), ready)
-            }
-            Topics::OwnShared => (
-                format!("{prefix}-own-{}", seq as usize % plan.subs.max(1)),
-                1,
-            ),
-            Topics::PerPublisher => {
-                let p = plan.publishers.max(1);
-                let subs = (0..plan.subs).filter(|i| i % p == j).count();
-                (format!("{prefix}-p-{j}"), subs)
-            }
-        };
-        if plan.rate == 0.0 && plan.window > 0 && seq as usize > plan.window {
-            // Keep at most `window` messages in flight.
-            let old = seq as usize - plan.window;
-            let wait_until = Instant::now() + Duration::from_secs(2);
-            loop {
-                let e = shared.expected[old].load(Ordering::Relaxed);
-                if shared.counts[old].load(Ordering::Relaxed) >= e || Instant::now() > wait_until {
-                    break;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(10), shared.progress.notified())
-                    .await;
-            }
-        }
-        shared.expected[seq as usize].store(expect as u32, Ordering::Relaxed);
-        let sent = shared.now_us();
-        if let Some(due) = due {
-            let due_us = due.saturating_duration_since(shared.start).as_micros() as u64;
-            let late = sent.saturating_sub(due_us).min(u64::from(u32::MAX)) as u32;
-            shared.late[seq as usize].store(late, Ordering::Relaxed);
-        }
-        let payload = wire::payload(seq, sent, plan.size);
-        let req = plan.target.publish_request(&host, &topic, &payload);
-        stream.write_all(&req).await.context("publish write")?;
-        let (status, close) = read_response(&mut stream, &mut buf).await?;
-        if close {
-            // Pushpin's publish endpoint answers once per connection.
-            stream = subscriber::connect(IpAddr::V4(Ipv4Addr::LOCALHOST), plan.pub_addr)
-                .await
-                .context("publisher reconnect")?;
-        }
-        out.latency
-            .saturating_record(shared.now_us().saturating_sub(sent).max(1));
-        if !(200..300).contains(&status) {
-            out.errors += 1;
-            shared.expected[seq as usize].store(0, Ordering::Relaxed);
-            if out.errors <= 3 {
-                shared.note(format!("publish answered {status}"));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Reads one whole response (content-length or chunked); returns its status
-/// and whether the server closes the connection after it.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Result<(u16, bool)> {
-    let mut raw: Vec<u8> = Vec::new();
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(buf))
-            .await
-            .context("publish answer timed out")??;
-        if n == 0 {
-            bail!("publish connection closed");
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if let Some((h, at)) = wire::parse_head(&raw).map_err(|e| anyhow!(e))? {
-            let body = &raw[at..];
-            let complete = if h.chunked {
-                let mut d = wire::Dechunker::default();
-                d.feed(body, |_| {}).map_err(|e| anyhow!(e))?;
-                d.done
-            } else {
-                body.len() >= h.content_length.unwrap_or(0)
-            };
-            if complete {
-                return Ok((h.status, h.close));
-            }
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //! over SSE, WebSocket or long polling, then count every marker it receives.
 //!
 //! Tasks run on a current-thread runtime and share that thread's read buffer
-//! ([`SCRATCH`]): a connection keeps only its small parser state between
+//! (`SCRATCH`): a connection keeps only its small parser state between
 //! reads, so 19k of them cost the load generator little memory and cache.
 
 use std::cell::RefCell;
@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::run::{Shared, ThreadStats};
+use crate::ledger::{Shared, ThreadStats};
 use crate::target::{Target, Transport};
 use crate::wire::{self, Dechunker, MarkerScanner};
 

@@ -26,8 +26,11 @@ pub enum Target {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// Server-sent events: one long HTTP response (WHATWG HTML, "Server-sent events").
     Sse,
+    /// WebSocket (RFC 6455): one upgraded connection.
     Ws,
+    /// Long polling: one HTTP request per batch of messages.
     Poll,
 }
 

@@ -68,11 +68,15 @@ impl MarkerScanner {
 /// The head of an HTTP/1.1 response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
+    /// The status code of the status line (RFC 9112 §4).
     pub status: u16,
+    /// `Transfer-Encoding: chunked`: the body comes in chunks (RFC 9112 §7.1).
     pub chunked: bool,
+    /// `Content-Length` in bytes, if the server sent one.
     pub content_length: Option<usize>,
     /// `Last-Modified` and `Etag`, which Nchan's long polling hands back.
     pub last_modified: Option<String>,
+    /// The `Etag` header's value, as sent.
     pub etag: Option<String>,
     /// `Connection: close`: the server ends the connection after this answer.
     pub close: bool,
@@ -221,8 +225,12 @@ impl Dechunker {
 /// A WebSocket frame from the server (never masked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WsFrame<'a> {
+    /// The frame's opcode (RFC 6455 §5.2): 0x0 continuation, 0x1 text,
+    /// 0x2 binary, 0x8 close, 0x9 ping, 0xA pong.
     pub opcode: u8,
+    /// The FIN bit: this frame ends its message.
     pub fin: bool,
+    /// The payload bytes, borrowed from the read buffer.
     pub payload: &'a [u8],
 }
 

@@ -25,6 +25,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod sse;
 
 use std::time::Duration;

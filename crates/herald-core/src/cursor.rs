@@ -26,17 +26,25 @@ pub struct Cursor {
 /// Why a cursor string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
+    /// Not the cursor syntax `KEY-EPOCH-SEQ[.KEY-EPOCH-SEQ...]`: an entry
+    /// without exactly three fields, or a field that is not 1 to 16 hex
+    /// digits (maps to 400 `invalid_cursor`).
     #[error("cursor is malformed")]
     Malformed,
+    /// More than [`MAX_CURSOR_ENTRIES`] topic positions (maps to 400
+    /// `invalid_cursor`).
     #[error("cursor has more than {MAX_CURSOR_ENTRIES} topics")]
     TooManyEntries,
 }
 
 impl Cursor {
+    /// A cursor with no positions: the subscriber starts at the live edge of
+    /// every topic.
     pub fn new() -> Cursor {
         Cursor::default()
     }
 
+    /// A cursor holding one position, the `id:` of a single-topic SSE frame.
     pub fn single(topic: &Topic, position: Position) -> Cursor {
         Cursor {
             entries: vec![(topic.key(), position)],
@@ -58,10 +66,12 @@ impl Cursor {
         self.entries.iter().find(|(k, _)| *k == key).map(|e| e.1)
     }
 
+    /// True if the cursor holds no position.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// How many topic positions the cursor holds.
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -15,11 +15,15 @@ use crate::wire;
 /// events" instead of being silently misread.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct Position {
+    /// The epoch of the topic's history; a new epoch starts a new numbering.
     pub epoch: u64,
+    /// The sequence number within the epoch: 1 for the first event, 0 for
+    /// "before any event".
     pub seq: u64,
 }
 
 impl Position {
+    /// The position `seq` in `epoch`.
     pub const fn new(epoch: u64, seq: u64) -> Position {
         Position { epoch, seq }
     }
@@ -52,6 +56,7 @@ impl Data {
         }
     }
 
+    /// True for a zero-byte payload (the empty string).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -67,15 +72,18 @@ impl Data {
 /// An event a publisher asks to publish, before the engine gives it a position.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
+    /// The topic to publish to.
     pub topic: Topic,
     /// The event name (`event:` in SSE); `None` for the default `message`.
     pub name: Option<Box<str>>,
+    /// The payload.
     pub data: Data,
     /// A client-chosen id that makes a retried publish idempotent.
     pub idempotency_key: Option<Box<str>>,
 }
 
 impl NewEvent {
+    /// An unnamed event with no idempotency key.
     pub fn new(topic: Topic, data: Data) -> NewEvent {
         NewEvent {
             topic,
@@ -85,6 +93,8 @@ impl NewEvent {
         }
     }
 
+    /// The same event with the name `name` (checked on publish by
+    /// [`validate_event_name`](crate::hub::validate_event_name)).
     pub fn named(mut self, name: &str) -> NewEvent {
         self.name = Some(name.into());
         self
@@ -96,9 +106,13 @@ impl NewEvent {
 /// use, and the same bytes go to every connection.
 #[derive(Debug)]
 pub struct Event {
+    /// The topic the event was published to.
     pub topic: Topic,
+    /// Where the engine placed it in the topic's history.
     pub position: Position,
+    /// The event name (`event:` in SSE); `None` for the default `message`.
     pub name: Option<Box<str>>,
+    /// The payload, as published.
     pub data: Data,
     /// Milliseconds since the Unix epoch when the engine accepted the event.
     pub published_at_ms: u64,
@@ -127,6 +141,9 @@ impl SseFrame {
 }
 
 impl Event {
+    /// The event `new` placed at `position`, accepted at `published_at_ms`
+    /// (milliseconds since the Unix epoch). The wire encodings are computed
+    /// lazily.
     pub fn new(new: NewEvent, position: Position, published_at_ms: u64) -> Event {
         Event {
             topic: new.topic,

@@ -55,11 +55,18 @@ struct QueueState {
 
 /// What a wait on the queue found.
 pub enum Popped {
+    /// The next event, in publish order for its topic.
     Event(Arc<Event>),
+    /// The queue was closed; events still queued at the close were dropped.
     Closed(CloseReason),
 }
 
 impl SubscriberQueue {
+    /// An empty queue for subscriber `id` holding at most `capacity` events
+    /// (at least 1; a push beyond it closes the queue with
+    /// [`CloseReason::SlowConsumer`]).
+    /// `on_close` is notified when the queue closes, for a reader that may
+    /// not be polling.
     pub fn new(id: SubscriberId, capacity: usize, on_close: Option<Arc<Notify>>) -> Self {
         SubscriberQueue {
             id,
@@ -70,6 +77,7 @@ impl SubscriberQueue {
         }
     }
 
+    /// The subscriber this queue belongs to.
     pub fn id(&self) -> SubscriberId {
         self.id
     }
@@ -135,10 +143,12 @@ impl SubscriberQueue {
         }
     }
 
+    /// Events waiting to be taken.
     pub fn len(&self) -> usize {
         self.lock().events.len()
     }
 
+    /// True if no event is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -158,6 +168,7 @@ pub struct Fanout {
 }
 
 impl Fanout {
+    /// An empty registry that counts subscribers and deliveries in `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Fanout {
         Fanout {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),

@@ -65,14 +65,34 @@ impl Default for HubConfig {
 /// Why a publish was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
+    /// An event name failed [`validate_event_name`]; the text says which
+    /// rule (maps to 400 `invalid_event`).
     #[error("event name is invalid: {0}")]
     InvalidEventName(&'static str),
+    /// An event's data is over `HubConfig::max_data_bytes` (maps to 413
+    /// `too_large`).
     #[error("event data is {len} bytes; the maximum is {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The data's size in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A batch is empty or holds more than `HubConfig::max_batch` events
+    /// (maps to 400 `invalid_batch`).
     #[error("a batch holds 1 to {max} events; this one holds {len}")]
-    BadBatch { len: usize, max: usize },
+    BadBatch {
+        /// Events in the batch.
+        len: usize,
+        /// The most events a batch may hold.
+        max: usize,
+    },
+    /// An idempotency id is empty or longer than [`MAX_ID_LEN`] bytes (maps
+    /// to 400 `invalid_id`).
     #[error("idempotency id is invalid: {0}")]
     InvalidId(&'static str),
+    /// The engine refused or failed; nothing of the publish was stored unless
+    /// the error says otherwise (see [`EngineError`]).
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -192,14 +212,17 @@ impl Hub {
         Hub::new(engine, config)
     }
 
+    /// The limits this hub was built with.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
     }
 
+    /// The counters and gauges this hub and its subscriptions update.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 
+    /// The engine that stores and orders this hub's events.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.inner.engine
     }
@@ -450,6 +473,7 @@ impl Hub {
         self.inner.fanout.shutdown();
     }
 
+    /// True once [`Hub::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         *self.inner.shutdown.borrow()
     }

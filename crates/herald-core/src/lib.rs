@@ -41,6 +41,8 @@
 //! # });
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cursor;
 pub mod engine;
 pub mod event;

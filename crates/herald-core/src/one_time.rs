@@ -39,10 +39,16 @@ pub enum Capped {
     /// The token is stored.
     Stored,
     /// The owner holds its share; its oldest token expires in `retry_after`.
-    OwnerFull { retry_after: Duration },
+    OwnerFull {
+        /// Time until the owner's oldest token expires.
+        retry_after: Duration,
+    },
     /// The store holds [`OneTimeCaps::total`] tokens; the oldest expires in
     /// `retry_after`.
-    PoolFull { retry_after: Duration },
+    PoolFull {
+        /// Time until the store's oldest token expires.
+        retry_after: Duration,
+    },
 }
 
 /// The answer of [`OneTimeStore::take`].

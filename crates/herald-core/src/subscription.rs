@@ -42,8 +42,12 @@ pub const BACKFILL_BYTES: usize = 1024 * 1024;
 /// A gap signal: delivery of `topic` continues after `position`.
 #[derive(Debug, Clone)]
 pub struct Gap {
+    /// The topic whose history has the gap.
     pub topic: Topic,
+    /// Why events may be missing.
     pub reason: GapReason,
+    /// The position delivery resumes after; the subscriber's cursor moves
+    /// here.
     pub position: Position,
 }
 
@@ -99,8 +103,11 @@ pub struct Subscription {
 /// Why a topic could not be added.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubscribeError {
+    /// The subscription already holds the most topics it may; the number is
+    /// that limit (maps to 400 `too_many_topics`).
     #[error("a subscription may hold at most {0} topics")]
     TooManyTopics(usize),
+    /// The engine could not read the topic's history or position.
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -172,6 +179,7 @@ impl Subscription {
         self.topics.iter().map(|t| &t.topic)
     }
 
+    /// How many topics the subscription holds.
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }

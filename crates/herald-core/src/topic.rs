@@ -17,12 +17,22 @@ pub struct Topic(Arc<str>);
 /// Why a topic name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
+    /// The name is the empty string.
     #[error("topic name is empty")]
     Empty,
+    /// The name is longer than [`MAX_TOPIC_LEN`] bytes.
     #[error("topic name is {len} bytes long; the maximum is {MAX_TOPIC_LEN}")]
-    TooLong { len: usize },
+    TooLong {
+        /// The name's length in bytes.
+        len: usize,
+    },
+    /// The name holds a Unicode control character (newlines included, which
+    /// would break SSE framing).
     #[error("topic name contains a control character at byte {at}")]
-    ControlCharacter { at: usize },
+    ControlCharacter {
+        /// The byte offset of the first control character.
+        at: usize,
+    },
 }
 
 impl Topic {
@@ -32,6 +42,7 @@ impl Topic {
         Ok(Topic(Arc::from(name)))
     }
 
+    /// The name, as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -93,6 +104,7 @@ impl TryFrom<&str> for Topic {
 pub struct TopicKey(pub u64);
 
 impl TopicKey {
+    /// The key of the topic named `name` (64-bit FNV-1a over its UTF-8 bytes).
     pub fn of(name: &str) -> TopicKey {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in name.as_bytes() {

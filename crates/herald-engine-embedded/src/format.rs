@@ -42,13 +42,29 @@ const VALUE_VERSION: u8 = 1;
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The bytes are shorter (or, for fixed-size values, other) than the
+    /// layout needs.
     #[error("{what} is {len} bytes, too short")]
-    Truncated { what: &'static str, len: usize },
+    Truncated {
+        /// What was decoded, such as "a topic record".
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The leading version byte is not one this build reads.
     #[error("{what} has record version {found}; this build reads version {VALUE_VERSION}")]
-    Version { what: &'static str, found: u8 },
+    Version {
+        /// What was decoded.
+        what: &'static str,
+        /// The version byte found.
+        found: u8,
+    },
+    /// The layout is right but a field's value is not.
     #[error("{what}: {detail}")]
     Invalid {
+        /// What was decoded.
         what: &'static str,
+        /// Which field is wrong and how.
         detail: &'static str,
     },
 }
@@ -56,17 +72,24 @@ pub enum DecodeError {
 /// What the marker file says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Marker {
+    /// The format version of the store ([`FORMAT_VERSION`] for this build).
     pub format: u32,
+    /// The store's epoch: positions it hands out carry it, and a store that
+    /// lost its history starts a new one.
     pub epoch: u64,
 }
 
 /// Why a marker file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MarkerError {
+    /// The first line is not the marker header.
     #[error("it is not a Herald store marker")]
     NotAMarker,
+    /// A line (given) is not `key = value`, or its `format` is not a decimal
+    /// number or its `epoch` not non-zero hexadecimal.
     #[error("its line {0:?} is malformed")]
     Malformed(String),
+    /// A required line (named) is absent.
     #[error("it has no {0} line")]
     Missing(&'static str),
 }
@@ -127,7 +150,9 @@ pub fn decode_marker(text: &str) -> Result<Marker, MarkerError> {
 /// epoch is a marker whose rewrite was interrupted, not a swapped store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreRecord {
+    /// The format version and epoch, as the marker should say.
     pub marker: Marker,
+    /// The epoch before the current one (0: none).
     pub previous_epoch: u64,
 }
 
@@ -144,6 +169,8 @@ pub fn encode_store_record(r: StoreRecord) -> Vec<u8> {
     b
 }
 
+/// Reads [`encode_store_record`]'s 12 or 20 bytes; any other length is
+/// [`DecodeError::Truncated`].
 pub fn decode_store_record(b: &[u8]) -> Result<StoreRecord, DecodeError> {
     let what = "the store record";
     if b.len() != 12 && b.len() != 20 {
@@ -179,6 +206,7 @@ pub fn encode_u64(v: u64) -> [u8; 8] {
     v.to_le_bytes()
 }
 
+/// Reads [`encode_u64`]'s 8 bytes; `what` names the value in the error.
 pub fn decode_u64(what: &'static str, b: &[u8]) -> Result<u64, DecodeError> {
     if b.len() != 8 {
         return Err(DecodeError::Truncated { what, len: b.len() });
@@ -200,6 +228,8 @@ pub fn encode_high_water(commits: u64) -> [u8; 16] {
     b
 }
 
+/// Reads [`encode_high_water`]'s 16 bytes; a complement that does not match
+/// is [`DecodeError::Invalid`].
 pub fn decode_high_water(b: &[u8]) -> Result<u64, DecodeError> {
     let what = "the high-water file";
     if b.len() != 16 {
@@ -253,8 +283,11 @@ pub fn decode_idempotency_expiry_key(k: &[u8]) -> Result<(u64, &[u8]), DecodeErr
 /// What an idempotency record says: the event's position and publish time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdempotencyRecord {
+    /// The epoch of the event's position.
     pub epoch: u64,
+    /// The sequence number of the event's position.
     pub seq: u64,
+    /// Milliseconds since the Unix epoch when the event was accepted.
     pub published_at_ms: u64,
 }
 
@@ -268,6 +301,8 @@ pub fn encode_idempotency_record(r: &IdempotencyRecord) -> [u8; 25] {
     b
 }
 
+/// Reads [`encode_idempotency_record`]'s 25 bytes, refusing another length
+/// or version byte.
 pub fn decode_idempotency_record(b: &[u8]) -> Result<IdempotencyRecord, DecodeError> {
     let what = "an idempotency record";
     if b.len() != 25 {
@@ -315,8 +350,11 @@ pub fn decode_event_key(k: &[u8]) -> Result<(u64, u64), DecodeError> {
 /// key and the topic record hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
+    /// Milliseconds since the Unix epoch when the event was accepted.
     pub published_at_ms: u64,
+    /// The event name; `None` for the default `message`.
     pub name: Option<Box<str>>,
+    /// The payload, text or JSON as published.
     pub data: Data,
 }
 
@@ -345,6 +383,8 @@ pub fn encode_event(published_at_ms: u64, name: Option<&str>, data: &Data) -> Ve
     v
 }
 
+/// Reads [`encode_event`]'s layout, refusing a short value, another version
+/// byte, a name or data that is not UTF-8, or an unknown data kind.
 pub fn decode_event(b: &[u8]) -> Result<StoredEvent, DecodeError> {
     let what = "a stored event";
     if b.len() < 14 {
@@ -398,6 +438,7 @@ pub fn decode_event(b: &[u8]) -> Result<StoredEvent, DecodeError> {
 pub struct TopicMeta {
     /// The short id its events are keyed by.
     pub id: u64,
+    /// The epoch of the topic's positions.
     pub epoch: u64,
     /// Sequence of its latest event (0: none yet).
     pub head: u64,
@@ -405,6 +446,7 @@ pub struct TopicMeta {
     pub first: u64,
 }
 
+/// `[version][id u64][epoch u64][head u64][first u64]`, little-endian.
 pub fn encode_topic_meta(m: &TopicMeta) -> [u8; 33] {
     let mut b = [0u8; 33];
     b[0] = VALUE_VERSION;
@@ -415,6 +457,9 @@ pub fn encode_topic_meta(m: &TopicMeta) -> [u8; 33] {
     b
 }
 
+/// Reads [`encode_topic_meta`]'s 33 bytes, refusing another length or
+/// version byte and positions that cannot be (epoch 0, first 0, or first
+/// beyond `head + 1`).
 pub fn decode_topic_meta(b: &[u8]) -> Result<TopicMeta, DecodeError> {
     let what = "a topic record";
     if b.len() != 33 {
@@ -439,128 +484,4 @@ pub fn decode_topic_meta(b: &[u8]) -> Result<TopicMeta, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn marker_round_trip_and_refusals() {
-        let m = Marker {
-            format: 1,
-            epoch: 0xabc,
-        };
-        assert_eq!(decode_marker(&encode_marker(m)), Ok(m));
-        assert_eq!(decode_marker("hello"), Err(MarkerError::NotAMarker));
-        assert_eq!(
-            decode_marker("herald embedded store\nepoch = 1\n"),
-            Err(MarkerError::Missing("format"))
-        );
-        assert!(matches!(
-            decode_marker("herald embedded store\nformat = x\nepoch = 1\n"),
-            Err(MarkerError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode_marker("herald embedded store\nformat = 1\nepoch = 0\n"),
-            Err(MarkerError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn event_keys_sort_by_topic_then_seq() {
-        assert!(event_key(1, 2) < event_key(1, 3));
-        assert!(event_key(1, u64::MAX) < event_key(2, 0));
-        assert!(event_key(1, 255) < event_key(1, 256));
-        assert_eq!(decode_event_key(&event_key(7, 9)), Ok((7, 9)));
-    }
-
-    #[test]
-    fn decoders_refuse_damage() {
-        let v = encode_event(5, Some("n"), &Data::Text("x".into()));
-        assert!(decode_event(&v[..10]).is_err());
-        let mut bad = v.clone();
-        bad[0] = 9;
-        assert!(matches!(
-            decode_event(&bad),
-            Err(DecodeError::Version { .. })
-        ));
-        let mut bad = v.clone();
-        bad[9] = 7;
-        assert!(decode_event(&bad).is_err());
-        let mut bad = v;
-        bad[10] = 200; // name longer than the value
-        assert!(decode_event(&bad).is_err());
-        let m = TopicMeta {
-            id: 1,
-            epoch: 2,
-            head: 3,
-            first: 9,
-        };
-        assert!(decode_topic_meta(&encode_topic_meta(&m)).is_err());
-    }
-
-    #[test]
-    fn records_round_trip() {
-        let r = StoreRecord {
-            marker: Marker {
-                format: 1,
-                epoch: 7,
-            },
-            previous_epoch: 3,
-        };
-        assert_eq!(decode_store_record(&encode_store_record(r)), Ok(r));
-        // A store that never changed epoch: the record earlier builds wrote.
-        let first = StoreRecord {
-            previous_epoch: 0,
-            ..r
-        };
-        assert_eq!(encode_store_record(first).len(), 12);
-        assert_eq!(decode_store_record(&encode_store_record(first)), Ok(first));
-        assert_eq!(decode_high_water(&encode_high_water(42)), Ok(42));
-        let mut torn = encode_high_water(42);
-        torn[3] = 1;
-        assert!(decode_high_water(&torn).is_err());
-        let i = IdempotencyRecord {
-            epoch: 1,
-            seq: 2,
-            published_at_ms: 3,
-        };
-        assert_eq!(
-            decode_idempotency_record(&encode_idempotency_record(&i)),
-            Ok(i)
-        );
-        let k = idempotency_key("t", "id");
-        let x = idempotency_expiry_key(9, &k);
-        assert_eq!(decode_idempotency_expiry_key(&x), Ok((9, &k[..])));
-        assert!(idempotency_expiry_key(1, &k) < idempotency_expiry_key(256, &k));
-    }
-
-    proptest! {
-        #[test]
-        fn event_round_trip(ts in any::<u64>(), name in proptest::option::of(".{0,20}"), text in ".{0,50}", json in any::<bool>()) {
-            let data = if json { Data::Json(text.into()) } else { Data::Text(text.into()) };
-            let v = encode_event(ts, name.as_deref(), &data);
-            let e = decode_event(&v).unwrap();
-            prop_assert_eq!(e.published_at_ms, ts);
-            prop_assert_eq!(e.name.as_deref(), name.as_deref());
-            prop_assert_eq!(e.data, data);
-        }
-
-        #[test]
-        fn topic_meta_round_trip(id in any::<u64>(), epoch in 1..u64::MAX, head in 0..u64::MAX - 1, back in 0u64..5) {
-            let m = TopicMeta { id, epoch, head, first: head + 1 - back.min(head) };
-            prop_assert_eq!(decode_topic_meta(&encode_topic_meta(&m)), Ok(m));
-        }
-
-        #[test]
-        fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode_event(&b);
-            let _ = decode_topic_meta(&b);
-            let _ = decode_store_record(&b);
-            let _ = decode_high_water(&b);
-            let _ = decode_idempotency_record(&b);
-            let _ = decode_idempotency_expiry_key(&b);
-            let _ = decode_event_key(&b);
-            let _ = decode_marker(&String::from_utf8_lossy(&b));
-        }
-    }
-}
+mod tests;

@@ -82,6 +82,8 @@
 //!
 //! [fjall]: https://docs.rs/fjall
 
+#![warn(missing_docs)]
+
 mod config;
 mod engine;
 mod error;

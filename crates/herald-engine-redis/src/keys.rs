@@ -17,12 +17,15 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// Names under `prefix` (such as `herald:`), which is prepended to every
+    /// key and channel as is.
     pub fn new(prefix: &str) -> Keys {
         Keys {
             prefix: prefix.to_owned(),
         }
     }
 
+    /// The prefix every name starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

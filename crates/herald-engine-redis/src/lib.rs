@@ -78,6 +78,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod codec;
 pub mod keys;
 mod listener;
@@ -127,6 +129,9 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
+    /// The configuration for `url` (see [`RedisConfig::url`]) with `history`
+    /// and the defaults: key prefix `herald:`, 2 pooled connections, a
+    /// 2-second command timeout, reconnection backoff up to 2 seconds.
     pub fn new(url: &str, history: HistoryLimits) -> RedisConfig {
         RedisConfig {
             url: url.to_owned(),
@@ -142,8 +147,16 @@ impl RedisConfig {
 /// A configuration the engine cannot start with.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisConfigError {
+    /// The URL does not parse as a Redis URL.
     #[error("--redis-url {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// The URL as given.
+        url: String,
+        /// The client library's explanation.
+        reason: String,
+    },
+    /// The client library refused the configuration (the text is its error);
+    /// an unreachable Redis is not this error: the engine starts and retries.
     #[error("cannot set up the Redis client: {0}")]
     Client(String),
 }

@@ -144,10 +144,16 @@ end
 return 1
 "#;
 
+/// The publish script's Lua source: the prelude, then the body documented on
+/// `PUBLISH_BODY` (KEYS: meta, stream; ARGV: candidate epoch, max events,
+/// max age ms, channel, time-to-live ms, then `k`, `n`, `d` of each event;
+/// returns `{epoch, first seq, published ms}`).
 pub fn publish() -> String {
     format!("{PRELUDE}{PUBLISH_BODY}")
 }
 
+/// The read script's Lua source: the prelude, then the body documented on
+/// `READ_BODY` (returns `{epoch, head, first retained, entries...}`).
 pub fn read() -> String {
     format!("{PRELUDE}{READ_BODY}")
 }

@@ -122,6 +122,8 @@ impl RedisServer {
                 .unwrap_or(false)
     }
 
+    /// `127.0.0.1:PORT`, where the server listens (and listens again after a
+    /// restart).
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod assets;
 pub mod auth;
 pub mod config;

@@ -26,6 +26,8 @@
 //! - [`offline`]: a built-in deterministic model speaking the same wire
 //!   format, for demos and tests.
 
+#![warn(missing_docs)]
+
 pub mod http;
 pub mod offline;
 pub mod openai;

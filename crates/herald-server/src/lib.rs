@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod accept;
 mod http1_push;
 pub mod metrics;

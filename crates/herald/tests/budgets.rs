@@ -9,25 +9,22 @@
 
 mod process;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald_client::Client;
 use herald_engine_redis::test_server::RedisServer;
 use http_body_util::BodyExt;
+use process::{ServeProcess, BIN};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
 const MIB: i64 = 1024 * 1024;
 /// Longest wait for any one answer: a server that stops answering fails the
 /// test instead of holding it.
 const ANSWER: Duration = Duration::from_secs(30);
 
-struct Server {
-    child: Child,
-    client: Client,
-}
+/// A `herald serve` (killed on drop) and what the tests ask it.
+struct Server(ServeProcess);
 
 impl Server {
     /// `herald serve` on a free loopback port with the memory engine unless
@@ -41,26 +38,17 @@ impl Server {
         cmd.args(args)
             .env("HERALD_LOG", "warn")
             .stderr(Stdio::null());
-        let (child, url) = process::listening(cmd);
-        let client = Client::new(&url).expect("client");
-        Server { child, client }
+        Server(ServeProcess::spawn(cmd))
     }
 
     /// The server's resident memory, in bytes.
     fn rss(&self) -> i64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/<pid>/status");
-        let kib: i64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
+        self.0.rss_bytes() as i64
     }
 
     /// POSTs `body` to `/v1/publish`: status, `Retry-After`, JSON answer.
     async fn publish(&self, body: Value) -> (u16, Option<String>, Value) {
-        let request = self.client.request(
+        let request = self.0.client.request(
             http::Method::POST,
             "/v1/publish",
             &[("content-type", "application/json")],
@@ -84,6 +72,7 @@ impl Server {
     /// One sample of `/metrics` by name (without labels).
     async fn metric(&self, name: &str) -> Option<f64> {
         let request = self
+            .0
             .client
             .request(http::Method::GET, "/metrics", &[], Bytes::new());
         let resp = tokio::time::timeout(ANSWER, request)
@@ -106,13 +95,6 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -245,6 +227,7 @@ async fn idle_topics_are_forgotten_on_a_timer() {
     );
     // Resuming a forgotten topic: told it missed events, never silence.
     let mut sse = server
+        .0
         .client
         .sse(&[first[7].as_str()], Some(ids[7].as_str()))
         .await
@@ -309,6 +292,7 @@ async fn max_topics_refuses_new_topics_until_some_expire() {
     assert_eq!(status, 200, "{v}");
     // room/1 got nothing from the refused batch: only its first event.
     let poll = server
+        .0
         .client
         .poll(&["room/1"], None, Duration::ZERO)
         .await

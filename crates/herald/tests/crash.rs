@@ -268,6 +268,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         let publishers: Vec<_> = (0..PUBLISHERS)
             .map(|p| tokio::spawn(publish(client.clone(), round, p)))
             .collect();
+        // The kill lands mid-stream, at this round's moment (the scenario).
         tokio::time::sleep(Duration::from_millis(*kill_after)).await;
         herald.sigkill();
         let mut this_round = 0;

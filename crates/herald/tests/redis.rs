@@ -300,16 +300,10 @@ async fn publish_ids_and_one_time_tokens_hold_across_nodes() {
 /// The binary as operators run it: three `herald serve --engine redis`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_herald_processes_share_one_redis() {
-    use std::process::{Child, Command, Stdio};
+    use process::ServeProcess;
+    use std::process::{Command, Stdio};
 
-    struct Proc(Child, String);
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let bin = env!("CARGO_BIN_EXE_herald");
+    let bin = process::BIN;
     let redis = RedisServer::start();
     let url = redis.url();
     let start = || {
@@ -318,11 +312,10 @@ async fn three_herald_processes_share_one_redis() {
             .args(["--redis-url", &url, "--redis-prefix", "it:"])
             .env("HERALD_LOG", "warn")
             .stderr(Stdio::null());
-        let (child, base) = process::listening(cmd);
-        Proc(child, base)
+        ServeProcess::spawn(cmd)
     };
-    let procs: Vec<Proc> = (0..3).map(|_| start()).collect();
-    let clients: Vec<Client> = procs.iter().map(|p| Client::new(&p.1).unwrap()).collect();
+    let procs: Vec<ServeProcess> = (0..3).map(|_| start()).collect();
+    let clients: Vec<Client> = procs.iter().map(|p| p.client.clone()).collect();
     let mut subs = Vec::new();
     for (c, kind) in clients.iter().zip(ALL) {
         subs.push(Sub::open(c, kind, &["ops"], None).await.expect("subscribe"));
@@ -347,8 +340,8 @@ async fn three_herald_processes_share_one_redis() {
     let mut procs = procs;
     let token = subs[0].resume_token();
     let moved_kind = subs[0].kind;
-    procs[0].0.kill().unwrap();
-    procs[0].0.wait().unwrap();
+    procs[0].child.kill().unwrap();
+    procs[0].child.wait().unwrap();
     for i in 9..15 {
         clients[1 + i % 2]
             .publish("ops", json!(i), None)

@@ -95,7 +95,7 @@ async fn redeem(base: &Client, sub: &str, one_time: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_take_the_one_time_token_pool() {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut cmd = std::process::Command::new(process::BIN);
     cmd.args([
         "serve",
         "--listen",
@@ -112,8 +112,8 @@ async fn one_user_cannot_take_the_one_time_token_pool() {
         "3",
     ])
     .env("HERALD_LOG", "warn");
-    let (mut child, url) = process::listening(cmd);
-    let anonymous = Client::new(&url).unwrap();
+    let server = process::ServeProcess::spawn(cmd);
+    let anonymous = server.client.clone();
     let alice = anonymous.clone().with_token(token("alice"));
     let bob = anonymous.clone().with_token(token("bob"));
     let carol = anonymous.clone().with_token(token("carol"));
@@ -148,7 +148,8 @@ async fn one_user_cannot_take_the_one_time_token_pool() {
     assert_eq!(redeem(&anonymous, "alice", &mine[0]).await, 401);
     assert_eq!(issue(&alice).await.status, 200);
     assert_eq!(issue(&alice).await.status, 429);
-    // Expired tokens give theirs back too.
+    // Expired tokens give theirs back too: past their 3 s (the wait is the
+    // scenario).
     tokio::time::sleep(Duration::from_millis(3300)).await;
     for who in [&alice, &carol] {
         for _ in 0..3 {
@@ -157,8 +158,7 @@ async fn one_user_cannot_take_the_one_time_token_pool() {
         }
     }
     assert_eq!(issue(&carol).await.status, 429);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
 
 /// Two nodes on one Redis: the per-user cap counts tokens issued on either.

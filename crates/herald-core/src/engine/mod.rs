@@ -63,9 +63,15 @@ pub enum EngineError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exhausted {
     /// The engine holds `max` topics; the publish would have created another.
-    Topics { max: usize },
+    Topics {
+        /// The topic budget, `Budget::max_topics`.
+        max: usize,
+    },
     /// Retained events would have exceeded `max` bytes.
-    RetainedBytes { max: u64 },
+    RetainedBytes {
+        /// The retention budget in bytes, `Budget::max_retained_bytes`.
+        max: u64,
+    },
     /// The engine's store refused the write for lack of room (Redis at
     /// `maxmemory`, a full disk).
     Storage,
@@ -156,6 +162,8 @@ pub enum GapReason {
 }
 
 impl GapReason {
+    /// The reason as it appears on the wire (`history_truncated`,
+    /// `epoch_changed`, `unknown_position`) in gap events and messages.
     pub fn as_str(self) -> &'static str {
         match self {
             GapReason::HistoryTruncated => "history_truncated",

@@ -1,7 +1,7 @@
 //! Authentication and authorization on every transport, table-driven:
 //! every credential source × every transport × every kind of credential,
 //! in process. The cells the auth table against the binary
-//! (crates/herald/tests/authorize.rs) checks the same way are left to it.
+//! (crates/herald/tests/authorize/) checks the same way are left to it.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -379,7 +379,7 @@ async fn every_source_transport_and_credential() {
                     )
                 {
                     // The same cell as in the auth table against the binary
-                    // (crates/herald/tests/authorize.rs), which checks it.
+                    // (crates/herald/tests/authorize/), which checks it.
                     // Here: every WebSocket cell (close codes, not only
                     // "refused") and the forged algorithms.
                     continue;

@@ -9,9 +9,9 @@
 //! - `error` `{"message"}`: the upstream failed; this is the end too.
 //!
 //! A generation never publishes more events than the topic's history keeps:
-//! the coalescing window widens as the count grows ([`coalesce`]), so a late
+//! the coalescing window widens as the count grows (`coalesce`), so a late
 //! viewer always reads the whole answer. Here: starting (limits, rights,
-//! sharing) and cancelling; [`run`] is one generation's run, step by step.
+//! sharing) and cancelling; `run` is one generation's run, step by step.
 
 mod coalesce;
 mod run;

@@ -72,7 +72,7 @@ async fn per_address_limits_see_through_trusted_proxies_only() {
         .unwrap();
     assert!(b.contains("rate_limited"), "{b}");
     // A bad --trusted-proxy refuses to start, naming the value.
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = Command::new(process::BIN)
         .args([
             "serve",
             "--engine",
