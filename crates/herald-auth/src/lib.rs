@@ -53,10 +53,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub use authorize::Readers;
 pub use config::{AuthConfig, AuthConfigError};
 pub use credential::{query_token_lifetime, AuthError, Credential, Source};
-pub use one_time::{quota_key, IssueError, OneTimeStore};
-use one_time::{LocalOneTime, ONE_TIME_PREFIX};
 #[cfg(test)]
 use one_time::{principal_from_store, principal_to_store};
+pub use one_time::{quota_key, IssueError, OneTimeStore};
+use one_time::{LocalOneTime, ONE_TIME_PREFIX};
 pub use pattern::{PatternError, TopicPattern};
 pub use principal::{Action, Denied, Grant, Principal, RELAY_TOPIC_PREFIX};
 use subtle::ConstantTimeEq;
