@@ -137,3 +137,33 @@ async fn valid_requests_split_anywhere_are_answered_the_same() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_head_says_the_connection_closes_with_it() {
+    // The connection ends when the stream does; a client that pooled it
+    // for its next request would race that close (RFC 9112, section 9.6).
+    let s = TestServer::start().await;
+    let mut c = BufReader::new(TcpStream::connect(s.addr).await.unwrap());
+    c.get_mut()
+        .write_all(b"GET /v1/sse?topic=heads HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = String::new();
+    tokio::time::timeout(WAIT, async {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            let mut line = String::new();
+            assert!(c.read_line(&mut line).await.unwrap() > 0, "{head}");
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a response head");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{head}");
+    assert!(lower.contains("content-type: text/event-stream"), "{head}");
+    assert!(lower.contains("connection: close\r\n"), "{head}");
+}

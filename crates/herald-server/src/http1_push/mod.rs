@@ -279,7 +279,10 @@ where
             return Answered::Gone;
         }
         let (parts, body) = response.into_parts();
-        let mut head = response_head(&parts, false);
+        // The connection ends with the stream, so the head says so (RFC 9112,
+        // section 9.6): a client must not pool it for its next request, which
+        // would race the close.
+        let mut head = response_head(&parts, true);
         head.extend_from_slice(&framing(None));
         if timed(deadline, io.write_all(&head)).await.is_err() {
             return Answered::Gone;
