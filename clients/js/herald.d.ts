@@ -100,8 +100,34 @@ export interface ConnectOptions {
 }
 
 export interface SubscribeOptions {
-  /** Resume right after this cursor (an event's `id`) instead of from now. */
-  since?: string;
+  /**
+   * Resume right after this cursor (an event's `id`) instead of from now;
+   * or a starting point: `'earliest'` (every retained event, then live) or
+   * `'latest'` (the newest event, then live). A cursor wins over `history`.
+   */
+  since?: 'earliest' | 'latest' | (string & {});
+  /** Start with the newest `history` retained events (0 to 1000), then live. */
+  history?: number;
+}
+
+export interface HistoryOptions {
+  /** Events per page: 1 to 1000, default 100. */
+  limit?: number;
+  /** The newest events before this cursor (the `cursor` of an earlier page, or an event's `id`). */
+  before?: string;
+  /** The oldest events after this cursor; `'earliest'` for the oldest retained. */
+  after?: 'earliest' | (string & {});
+}
+
+/** A page of history. */
+export interface HistoryPage<T = unknown> {
+  /** Oldest first; a `herald.gap` event first when the cursor could not be honoured. */
+  events: HeraldEvent<T>[];
+  /**
+   * Where the next page starts: pass it as `after` after an `after` page,
+   * as `before` otherwise. It is also a cursor to resume from (`since`).
+   */
+  cursor: string;
 }
 
 /** Stops listening. When a topic has no listener left, it is unsubscribed. */
@@ -132,6 +158,8 @@ export interface Herald {
   onStatus(listener: (status: Status) => void): () => void;
   /** Publishes; resolves to the event's id once the server has stored it. */
   publish(topic: string, data: unknown, options?: PublishOptions): Promise<string>;
+  /** A page of the topic's retained events (`GET /v1/history`), oldest first. */
+  history<T = unknown>(topic: string, options?: HistoryOptions): Promise<HistoryPage<T>>;
   /** Closes every connection; no reconnect follows. */
   close(): void;
 }

@@ -128,7 +128,7 @@ class Client {
       handler = options;
       options = {};
     }
-    return this._listen(topic, null, handler, (options || {}).since);
+    return this._listen(topic, null, handler, startOf(options || {}));
   }
 
   /** Listens to the events named `event` of `topic` (subscribing to it if needed). */
@@ -168,6 +168,33 @@ class Client {
     return this._httpPublish(msg);
   }
 
+  /**
+   * A page of `topic`'s retained events (`GET /v1/history`), oldest first:
+   * `{events, cursor}`. Without `before`/`after`, the newest `limit`
+   * (default 100, at most 1000); pass `cursor` back as `before` for older
+   * events, or page forward with `after` (`'earliest'` for the oldest).
+   */
+  async history(topic, options = {}) {
+    if (this._closed) throw closedError();
+    checkTopic(topic);
+    const q = new URLSearchParams({ topic });
+    for (const k of ['limit', 'before', 'after']) {
+      if (options[k] != null) q.set(k, String(options[k]));
+    }
+    const { headers } = await this._authed();
+    const res = await fetch(`${this._base}/v1/history?${q}`, {
+      headers,
+      cache: 'no-store',
+      credentials: this._credentials,
+    });
+    if (!res.ok) throw await httpError(res);
+    const body = await res.json();
+    if (!body || !Array.isArray(body.events) || typeof body.cursor !== 'string') {
+      throw new HeraldError('bad_response', 'unexpected history answer');
+    }
+    return { events: body.events.map(jsonEvent), cursor: body.cursor };
+  }
+
   /** Closes every connection; no reconnect follows. */
   close() {
     if (this._closed) return;
@@ -179,7 +206,7 @@ class Client {
 
   // ---- internals shared by the transports ----
 
-  _listen(topic, name, handler, since) {
+  _listen(topic, name, handler, start) {
     if (this._closed) throw closedError();
     checkTopic(topic);
     if (handler != null && typeof handler !== 'function') {
@@ -188,7 +215,7 @@ class Client {
     let state = this._topics.get(topic);
     const isNew = !state;
     if (isNew) {
-      state = new TopicState(topic, since);
+      state = new TopicState(topic, start);
       this._topics.set(topic, state);
     }
     const entry = { name, fn: handler || null };
@@ -282,14 +309,7 @@ class Client {
 
   // An event as WebSocket and long polling carry it.
   _dispatchJson(state, m) {
-    this._dispatch(state, {
-      topic: m.topic,
-      id: m.id ?? null,
-      event: m.event ?? null,
-      data: m.data,
-      text: typeof m.data === 'string' ? m.data : JSON.stringify(m.data),
-      publishedAt: m.published_at ?? null,
-    });
+    this._dispatch(state, jsonEvent(m));
   }
 
   // For the Authorization header and the WebSocket auth message.
@@ -343,10 +363,12 @@ class Client {
     };
   }
 
-  async _poll(topics, cursor, timeoutSecs, signal) {
+  async _poll(topics, cursor, timeoutSecs, signal, start) {
     const q = new URLSearchParams();
     for (const t of topics) q.append('topic', t);
     if (cursor) q.set('cursor', cursor);
+    // A starting point applies only where the cursor names no position.
+    else if (start) for (const [k, v] of Object.entries(start)) q.set(k, String(v));
     const { headers, deadline } = await this._authed();
     // A held poll does not outlive its credential: the next one carries a
     // fresh token.
@@ -439,9 +461,12 @@ class Client {
 }
 
 class TopicState {
-  constructor(topic, since) {
+  constructor(topic, start) {
     this.topic = topic;
-    this.cursor = since || null;
+    this.cursor = (start && start.cursor) || null;
+    // `{since: 'earliest'|'latest'}` or `{history: n}`: used until the
+    // topic has a cursor.
+    this.start = (start && start.point) || null;
     this.listeners = new Set();
     this.ready = new Promise((resolve, reject) => {
       this._resolve = resolve;
@@ -548,7 +573,7 @@ class TopicStream {
         // with no event yet resumes exactly after a reconnect (EventSource
         // keeps the stream's starting cursor to itself), and it shows the
         // real status of a refused request (EventSource only says "error").
-        const body = await c._poll([state.topic], state.cursor, 0);
+        const body = await c._poll([state.topic], state.cursor, 0, undefined, state.start);
         if (this.stale(gen)) return;
         for (const m of body.events) c._dispatchJson(state, m);
         state.cursor = body.cursor;
@@ -780,6 +805,7 @@ class WsTransport {
     const ref = ++this.refs;
     const msg = { type: 'subscribe', topic: state.topic, ref };
     if (state.cursor) msg.since = state.cursor;
+    else if (state.start) Object.assign(msg, state.start);
     this.subs.set(ref, state);
     this.send(msg);
   }
@@ -1005,6 +1031,26 @@ class PollTransport {
         continue;
       }
       this.changed = false;
+      // A new topic with a starting point and no cursor yet: one zero-timeout
+      // poll of it alone, so the starting point applies to it only.
+      const fresh = states.find((s) => !s.cursor && s.start);
+      if (fresh) {
+        try {
+          const body = await c._poll([fresh.topic], null, 0, undefined, fresh.start);
+          if (this.stopped) return;
+          for (const m of body.events) c._dispatchJson(fresh, m);
+          fresh.cursor = body.cursor;
+          this.cursor = joinCursors([this.cursor, body.cursor]);
+        } catch (err) {
+          if (this.stopped) return;
+          if (isRefusal(err)) {
+            c._topicFailed(fresh, err);
+            continue;
+          }
+          await this.pause(this.backoff.next());
+          continue;
+        }
+      }
       const hold = this.quick ? 0 : c._opts.pollTimeout;
       const ctrl = new AbortController();
       this.ctrl = ctrl;
@@ -1155,6 +1201,34 @@ function baseUrl(url) {
 
 function wsUrl(base) {
   return `${base.replace(/^http/, 'ws')}/v1/ws`;
+}
+
+// An event message of WebSocket, long polling and history as the page sees it.
+function jsonEvent(m) {
+  return {
+    topic: m.topic,
+    id: m.id ?? null,
+    event: m.event ?? null,
+    data: m.data,
+    text: typeof m.data === 'string' ? m.data : JSON.stringify(m.data),
+    publishedAt: m.published_at ?? null,
+  };
+}
+
+// The subscribe options as a topic's start: a cursor (`since` that is not a
+// named starting point) or a starting point (`since: 'earliest'|'latest'`,
+// `history: n`). A cursor wins.
+function startOf(options) {
+  const { since, history } = options;
+  if (since === 'earliest' || since === 'latest') return { point: { since } };
+  if (since) return { cursor: since };
+  if (history != null) {
+    if (!Number.isInteger(history) || history < 0 || history > 1000) {
+      throw new TypeError('history is a number of events from 0 to 1000');
+    }
+    return { point: { history } };
+  }
+  return null;
 }
 
 function joinCursors(cursors) {

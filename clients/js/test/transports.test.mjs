@@ -106,6 +106,42 @@ for (const transport of ['sse', 'ws', 'poll']) {
       }
     });
 
+    test('starts at a starting point (history, latest), then live, and reads history pages', async () => {
+      const server = await Herald.start();
+      const { context, page } = await openPage(browser, server.url);
+      try {
+        for (let n = 1; n <= 4; n++) await server.publish('feed', { n });
+        await server.publish('price', { p: 1 });
+        await server.publish('price', { p: 2 });
+        await page.evaluate(async (opts) => {
+          window.h = herald.connect(location.origin, {
+            ...opts,
+            onError: (e) => rec.errors.push({ code: e.code, message: e.message }),
+          });
+          const a = h.subscribe('feed', { history: 2 }, (e) => rec.events.push(e));
+          const b = h.subscribe('price', { since: 'latest' }, (e) => rec.events.push(e));
+          await Promise.all([a.ready, b.ready]);
+        }, { transport, ...FAST });
+        await server.publish('feed', { n: 5 });
+        await waitInPage(page, () => rec.events.length >= 4);
+        await sleep(300);
+        const events = await pageEvents(page);
+        const of = (topic) => dataOf(events.filter((e) => e.topic === topic));
+        assert.deepEqual(of('feed'), [{ n: 3 }, { n: 4 }, { n: 5 }], 'history: 2, then live');
+        assert.deepEqual(of('price'), [{ p: 2 }], 'since: latest');
+        assert.equal(gapsOf(events).length, 0);
+        const pages = await page.evaluate(async () => {
+          const newest = await h.history('feed', { limit: 2 });
+          const older = await h.history('feed', { limit: 2, before: newest.cursor });
+          return [newest.events.map((e) => e.data.n), older.events.map((e) => e.data.n)];
+        });
+        assert.deepEqual(pages, [[4, 5], [2, 3]]);
+        assert.deepEqual(await page.evaluate(() => rec.errors), []);
+      } finally {
+        await closeAll(context, server);
+      }
+    });
+
     for (const engine of ENGINES) {
       test(`resumes after the server restarts (${engine} engine): every event published meanwhile, once`, async () => {
         // The page is kept from reconnecting (by a proxy) until the restarted

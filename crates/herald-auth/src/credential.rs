@@ -49,6 +49,13 @@ pub enum AuthError {
     /// Why the credential was refused, for the client.
     #[error("{0}")]
     Invalid(&'static str),
+    /// The credential could not be checked now: the shared store of
+    /// one-time tokens did not answer. Temporary: the client retries later
+    /// with the same credential (HTTP 503 `unavailable` with `Retry-After`,
+    /// SSE `herald.disconnect` `engine_unavailable`, WebSocket close 1013),
+    /// never a 401 that would make it give up.
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 /// The rule for a JWT carried in a URL (DESIGN.md, "Credentials over time"):

@@ -137,7 +137,7 @@ impl Auth {
             Ok(Taken::Unknown) => Err(AuthError::Invalid(
                 "one-time token unknown, expired or already used",
             )),
-            Err(_) => Err(AuthError::Invalid(
+            Err(_) => Err(AuthError::Unavailable(
                 "one-time tokens cannot be checked right now",
             )),
         }

@@ -232,7 +232,19 @@ impl Client {
         topics: &[&str],
         last_event_id: Option<&str>,
     ) -> Result<SseStream, ClientError> {
-        let query: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        self.sse_with(topics, last_event_id, &[]).await
+    }
+
+    /// [`Client::sse`] with `extra` query parameters (such as the starting
+    /// points `since=earliest` or `history=N`).
+    pub async fn sse_with(
+        &self,
+        topics: &[&str],
+        last_event_id: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Result<SseStream, ClientError> {
+        let mut query: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        query.extend_from_slice(extra);
         let url = self.url("/v1/sse", &query);
         let path = &url[self.base.len()..];
         let mut headers = vec![("accept", "text/event-stream")];
@@ -263,8 +275,21 @@ impl Client {
         cursor: Option<&str>,
         timeout: Duration,
     ) -> Result<PollResponse, ClientError> {
+        self.poll_with(topics, cursor, timeout, &[]).await
+    }
+
+    /// [`Client::poll`] with `extra` query parameters (such as the starting
+    /// points `since=earliest` or `history=N`).
+    pub async fn poll_with(
+        &self,
+        topics: &[&str],
+        cursor: Option<&str>,
+        timeout: Duration,
+        extra: &[(&str, &str)],
+    ) -> Result<PollResponse, ClientError> {
         let secs = format!("{}", timeout.as_secs_f64());
         let mut query: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+        query.extend_from_slice(extra);
         if let Some(c) = cursor {
             query.push(("cursor", c));
         }
@@ -413,6 +438,7 @@ impl WsClient {
         let m = ClientMessage::Subscribe {
             topic: topic.to_owned(),
             since: since.map(str::to_owned),
+            history: None,
         };
         self.send_message(m, None).await
     }

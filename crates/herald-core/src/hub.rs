@@ -14,6 +14,7 @@ use crate::fanout::Fanout;
 use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
 use crate::metrics::Metrics;
 use crate::one_time::{LocalOneTime, OneTimeStore};
+use crate::policy::{TopicPolicies, TopicPolicy};
 use crate::subscription::Subscription;
 use crate::topic::Topic;
 use crate::wire::reserved;
@@ -43,6 +44,10 @@ pub struct HubConfig {
     pub idempotency_max_bytes: usize,
     /// Global caps on the topics and retained bytes the engine holds.
     pub budget: Budget,
+    /// Per-topic policies by pattern (history, ephemeral topics, client
+    /// publishing, publish rate); none by default. Given to the engine with
+    /// [`Engine::set_policies`].
+    pub policies: Arc<TopicPolicies>,
 }
 
 impl Default for HubConfig {
@@ -58,6 +63,7 @@ impl Default for HubConfig {
             idempotency_max_keys: 100_000,
             idempotency_max_bytes: 32 * 1024 * 1024,
             budget: Budget::default(),
+            policies: Arc::new(TopicPolicies::default()),
         }
     }
 }
@@ -180,6 +186,7 @@ impl Hub {
         let metrics = Arc::new(Metrics::default());
         let fanout = Arc::new(Fanout::new(metrics.clone()));
         engine.set_budget(config.budget);
+        engine.set_policies(config.policies.clone());
         engine.attach(fanout.clone());
         let idempotency = engine
             .idempotency_store(config.idempotency_ttl)
@@ -215,6 +222,12 @@ impl Hub {
     /// The limits this hub was built with.
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
+    }
+
+    /// The policy of `topic` (see [`crate::policy`]): the first matching
+    /// rule's of [`HubConfig::policies`], else the defaults. Cached per topic.
+    pub fn policy(&self, topic: &Topic) -> Arc<TopicPolicy> {
+        self.inner.config.policies.resolve(topic)
     }
 
     /// The counters and gauges this hub and its subscriptions update.

@@ -7,6 +7,10 @@
 //! # Layout
 //!
 //! - [`topic`]: validated topic names and the stable key cursors use.
+//! - [`topic_pattern`]: the one topic pattern matcher (`orders/*`,
+//!   `users/{sub}/**`), for grants and policies alike.
+//! - [`policy`]: topic policies by pattern (history, ephemeral topics,
+//!   client publishing, publish rate), resolved once per topic.
 //! - [`event`]: events, positions (`epoch` + `seq`) and their shared encodings.
 //! - [`cursor`]: the opaque resume ids clients see, one position per topic.
 //! - [`engine`]: the [`Engine`] trait and the [`MemoryEngine`]
@@ -51,8 +55,10 @@ pub mod hub;
 pub mod idempotency;
 pub mod metrics;
 pub mod one_time;
+pub mod policy;
 pub mod subscription;
 pub mod topic;
+pub mod topic_pattern;
 pub mod wire;
 
 pub use cursor::{Cursor, CursorError};
@@ -63,5 +69,6 @@ pub use fanout::CloseReason;
 pub use hub::{Hub, HubConfig, PublishError};
 pub use metrics::{Metrics, Transport};
 pub use one_time::OneTimeStore;
+pub use policy::{RateLimited, TopicPolicies, TopicPolicy};
 pub use subscription::{Delivery, Gap, SubscribeError, Subscription};
 pub use topic::{Topic, TopicError, TopicKey};

@@ -86,6 +86,9 @@ struct TopicState {
     /// and follows the size of the events seen, so that a read of large
     /// events (copies, when read from disk) stays near [`BACKFILL_BYTES`].
     page: usize,
+    /// The topic's policy keeps no history (`history = 0`): nothing to
+    /// fill a hole from, so any later live event is delivered as it comes.
+    ephemeral: bool,
 }
 
 /// The first back-fill read of a topic asks for this many events.
@@ -98,6 +101,23 @@ pub struct Subscription {
     topics: Vec<TopicState>,
     pending: VecDeque<Delivery>,
     closed: Option<CloseReason>,
+}
+
+/// Where delivery of a topic starts (DESIGN.md, "History": starting
+/// points). Every start is resolved to a position, then resumed from it
+/// like a cursor, so back-fill, gaps and the hand-over to live events are
+/// the same for all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Events published from now on.
+    Now,
+    /// After a position (a client's cursor).
+    After(Position),
+    /// Every retained event, then live (`since=earliest`).
+    Earliest,
+    /// The newest `n` retained events, then live (`history=N`;
+    /// `since=latest` is `Last(1)`).
+    Last(usize),
 }
 
 /// Why a topic could not be added.
@@ -131,6 +151,10 @@ impl Subscription {
         topic: Topic,
         since: Option<Position>,
     ) -> Result<Position, SubscribeError> {
+        // An ephemeral topic stores nothing to resume from: live only, and
+        // no `herald.gap` for what was never kept.
+        let ephemeral = self.hub.config.policies.resolve(&topic).is_ephemeral();
+        let since = since.filter(|_| !ephemeral);
         if let Some(i) = self.index(&topic) {
             self.pending.retain(|d| !is_of(d, &topic));
             let st = &mut self.topics[i];
@@ -152,6 +176,7 @@ impl Subscription {
                 delivered: since,
                 catching_up: true,
                 page: FIRST_PAGE,
+                ephemeral,
             });
         }
         let i = self.topics.len() - 1;
@@ -159,6 +184,31 @@ impl Subscription {
         self.catch_up(i).await?;
         let st = &self.topics[i];
         Ok(st.delivered.or(st.fetched).unwrap_or(Position::new(0, 0)))
+    }
+
+    /// Adds `topic`, starting at `start`: resolves it to a position with
+    /// the engine's history reads, then resumes from there as [`add`]
+    /// does. Returns the position the subscription starts from.
+    ///
+    /// [`add`]: Subscription::add
+    pub async fn add_from(
+        &mut self,
+        topic: Topic,
+        start: Start,
+    ) -> Result<Position, SubscribeError> {
+        let since = match start {
+            Start::Now => None,
+            Start::After(p) => Some(p),
+            Start::Earliest => {
+                let now = self.hub.engine.read(&topic, None, 1).await?;
+                // A read from the epoch's start reports the place before
+                // the oldest retained event, truncated or not.
+                let first = Position::new(now.epoch, 0);
+                Some(self.hub.engine.read(&topic, Some(first), 1).await?.from)
+            }
+            Start::Last(n) => Some(self.hub.engine.read_back(&topic, None, n).await?.from),
+        };
+        self.add(topic, since).await
     }
 
     /// Stops delivering `topic`. Returns whether it was subscribed.
@@ -252,6 +302,14 @@ impl Subscription {
             return None; // history will have it
         }
         let fetched = st.fetched?;
+        let later = e.position.epoch != fetched.epoch || e.position.seq > fetched.seq;
+        if st.ephemeral && later {
+            // Live only: an event this node's listener missed was never
+            // stored, so there is nothing to fill a hole from.
+            st.fetched = Some(e.position);
+            st.delivered = Some(e.position);
+            return Some(Delivery::Event(e));
+        }
         if e.position.epoch == fetched.epoch {
             if e.position.seq <= fetched.seq {
                 return None; // already back-filled
@@ -334,6 +392,12 @@ impl Subscription {
 
     fn index(&self, topic: &Topic) -> Option<usize> {
         self.topics.iter().position(|t| &t.topic == topic)
+    }
+
+    /// The subscription's id: unique in this process while it lives (a
+    /// WebSocket connection's publish rate counts under it).
+    pub fn id(&self) -> crate::fanout::SubscriberId {
+        self.queue.id()
     }
 
     /// Events waiting in the live queue (for tests and metrics).

@@ -18,13 +18,16 @@
 //!   age, expires idempotency records and drops idle topics.
 //! - `engine`: [`EmbeddedEngine`], the [`Engine`](herald_core::Engine):
 //!   reads from a hot in-memory tail per topic (`engine/views`), or from
-//!   the store; durable idempotency claims (`engine/idempotency`).
+//!   the store; durable idempotency claims (`engine/idempotency`);
+//!   topic policies and ephemeral topics, published in memory and never
+//!   written (`engine/ephemeral`).
 //!   One-time tokens stay in the hub's in-process store (one process is
 //!   the whole deployment).
 //! - [`EmbeddedConfig`], [`OpenError`].
 //! - Tests: `tests/suite.rs` runs herald-core's engine suite (resume across
 //!   restarts, retention, gaps, idempotency); `tests/engine.rs` and
-//!   `tests/refusals.rs` what only a store on disk does.
+//!   `tests/refusals.rs` what only a store on disk does; `tests/policies.rs`
+//!   per-topic history and ephemeral topics (the folder does not grow).
 //!
 //! # How it keeps its promises
 //!

@@ -82,6 +82,16 @@ async fn gaps_and_epochs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_reads_each_event_once() {
+    suite::paging_reads_each_event_once(&fresh()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_points() {
+    suite::starting_points(&fresh()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency() {
     suite::idempotency(&fresh()).await;
 }

@@ -12,7 +12,10 @@
 //!   holds the topic's `epoch` and last `seq`, so positions (and so cursors)
 //!   mean the same on every node. If the stream is lost (Redis restarted
 //!   without persistence, a key evicted) the topic gets a new epoch, and
-//!   clients with older cursors get `herald.gap` (`epoch_changed`).
+//!   clients with older cursors get `herald.gap` (`epoch_changed`). A
+//!   topic's policy ([`Engine::set_policies`]) may set its own limits; an
+//!   ephemeral topic (`history = 0`) has no stream at all: its events take
+//!   their sequence from the hash and go through pub/sub only, never `XADD`.
 //! - **Expiry**: both keys of a topic expire [`topic_ttl`] after its last
 //!   publish (the history age limit, at least 1 s): a topic nobody
 //!   publishes to or subscribes to leaves nothing behind, and when it is used again it
@@ -101,6 +104,7 @@ use herald_core::engine::{new_epoch, resolve_start, BoxFuture, Exhausted};
 use herald_core::fanout::Fanout;
 use herald_core::idempotency::IdempotencyStore;
 use herald_core::one_time::OneTimeStore;
+use herald_core::policy::TopicPolicies;
 use herald_core::{
     Engine, EngineError, Event, HistoryLimits, NewEvent, Position, ReadResult, Topic,
 };
@@ -187,10 +191,23 @@ pub fn topic_ttl(history: &HistoryLimits) -> Duration {
     )
 }
 
+/// The age limit in ms, as the scripts take it.
+fn max_age_ms(limits: &HistoryLimits) -> u64 {
+    u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// [`topic_ttl`] in ms, as the scripts take it.
+fn ttl_ms(limits: &HistoryLimits) -> u64 {
+    u64::try_from(topic_ttl(limits).as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What the engine and its listener share.
 pub(crate) struct Shared {
     pub(crate) keys: Keys,
     pub(crate) history: HistoryLimits,
+    /// Per-topic policies ([`Engine::set_policies`]): each topic's history
+    /// limits, and ephemeral topics (pub/sub only, never a stream).
+    policies: RwLock<Arc<TopicPolicies>>,
     pub(crate) pool: Pool,
     publish_script: Script,
     read_script: Script,
@@ -260,6 +277,7 @@ impl RedisEngine {
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.prefix),
             history: config.history,
+            policies: RwLock::new(Arc::new(TopicPolicies::default())),
             pool,
             publish_script: Script::from_lua(scripts::publish()),
             read_script: Script::from_lua(scripts::read()),
@@ -325,23 +343,29 @@ impl Shared {
         }
     }
 
-    fn max_age_ms(&self) -> u64 {
-        u64::try_from(self.history.max_age.as_millis()).unwrap_or(u64::MAX / 2)
+    /// `topic`'s history limits: its policy's over the engine's (0 events:
+    /// ephemeral, no stream at all).
+    fn limits_of(&self, topic: &Topic) -> HistoryLimits {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .history_limits(topic, self.history)
     }
 
     pub(crate) fn ttl_ms(&self) -> u64 {
-        u64::try_from(topic_ttl(&self.history).as_millis()).unwrap_or(u64::MAX)
+        ttl_ms(&self.history)
     }
 
     async fn publish_topic(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
         let topic = events[0].topic.clone();
         let client = self.client()?;
+        let limits = self.limits_of(&topic);
         let mut args: Vec<Value> = Vec::with_capacity(4 + 3 * events.len());
         args.push(new_epoch().to_string().into());
-        args.push(self.history.max_events.to_string().into());
-        args.push(self.max_age_ms().to_string().into());
+        args.push(limits.max_events.to_string().into());
+        args.push(max_age_ms(&limits).to_string().into());
         args.push(self.keys.channel(&topic).into());
-        args.push(self.ttl_ms().to_string().into());
+        args.push(ttl_ms(&limits).to_string().into());
         for e in &events {
             codec::push_event_args(e, &mut args);
         }
@@ -367,6 +391,7 @@ impl Shared {
         limit: usize,
     ) -> Result<ReadResult, EngineError> {
         let client = self.client()?;
+        let limits = self.limits_of(topic);
         let (after_epoch, after_seq) = match after {
             ReadFrom::Now => (String::new(), 0),
             ReadFrom::Latest => ("*".to_owned(), 0),
@@ -377,9 +402,9 @@ impl Shared {
             after_epoch.into(),
             after_seq.to_string().into(),
             limit.to_string().into(),
-            self.history.max_events.to_string().into(),
-            self.max_age_ms().to_string().into(),
-            self.ttl_ms().to_string().into(),
+            limits.max_events.to_string().into(),
+            max_age_ms(&limits).to_string().into(),
+            ttl_ms(&limits).to_string().into(),
         ];
         let keys = vec![self.keys.meta(topic), self.keys.stream(topic)];
         let answer: Vec<Value> = self
@@ -428,6 +453,17 @@ impl Engine for RedisEngine {
             .fanout
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(fanout);
+    }
+
+    /// Each topic's history limits are its policy's (the scripts trim by
+    /// them); an ephemeral topic's events go through pub/sub only, never
+    /// `XADD`.
+    fn set_policies(&self, policies: Arc<TopicPolicies>) {
+        *self
+            .shared
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = policies;
     }
 
     fn publish(

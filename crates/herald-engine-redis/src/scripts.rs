@@ -25,10 +25,12 @@ const PRELUDE: &str = r#"
 local meta, stream = KEYS[1], KEYS[2]
 
 -- `ttl` (ms): how long new metadata lives unless a publish extends it.
-local function ensure_epoch(candidate, ttl)
+-- `ephemeral`: the topic keeps no stream (history = 0), so a missing one
+-- is no sign of lost history.
+local function ensure_epoch(candidate, ttl, ephemeral)
   local m = redis.call('HMGET', meta, 'epoch', 'seq')
   local epoch, seq = m[1], tonumber(m[2] or '0')
-  if epoch and not (seq > 0 and redis.call('EXISTS', stream) == 0) then
+  if epoch and (ephemeral or not (seq > 0 and redis.call('EXISTS', stream) == 0)) then
     return epoch, seq
   end
   redis.call('DEL', stream)
@@ -80,18 +82,26 @@ end
 /// notifies the channel with each, trims, and sets both keys to expire after
 /// the time-to-live. Returns `{epoch, first seq, published ms}`.
 ///
+/// With max events 0 (an ephemeral topic) nothing is appended: the events
+/// get their sequences in `meta` and go to the channel only, and no stream
+/// exists (one left by an earlier policy is deleted).
+///
 /// A notification is `epoch \n id \n k \n n \n d`: names hold no control
 /// characters, so only the data may contain newlines, and it comes last.
 const PUBLISH_BODY: &str = r#"
 local maxlen, maxage, channel, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
-local epoch, seq = ensure_epoch(ARGV[1], ttl)
+local ephemeral = maxlen == 0
+local epoch, seq = ensure_epoch(ARGV[1], ttl, ephemeral)
+if ephemeral then redis.call('DEL', stream) end
 local first = seq + 1
 local i = 6
 while i + 2 <= #ARGV do
   seq = seq + 1
   local id = string.format('%d-%d', seq, now)
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'k', ARGV[i], 'n', ARGV[i + 1], 'd', ARGV[i + 2])
+  if not ephemeral then
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'k', ARGV[i], 'n', ARGV[i + 1], 'd', ARGV[i + 2])
+  end
   redis.call('SPUBLISH', channel, epoch .. '\n' .. id .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2])
   i = i + 3
 end
@@ -112,7 +122,7 @@ return {epoch, string.format('%d', first), string.format('%d', now)}
 const READ_BODY: &str = r#"
 local after_epoch, after_seq, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxlen, maxage = tonumber(ARGV[5]), tonumber(ARGV[6])
-local epoch, head = ensure_epoch(ARGV[1], ARGV[7])
+local epoch, head = ensure_epoch(ARGV[1], ARGV[7], maxlen == 0)
 trim_age(now_ms() - maxage)
 local first = first_retained(head, maxlen)
 local start = nil

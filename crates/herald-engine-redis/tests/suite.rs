@@ -84,6 +84,16 @@ async fn gaps_and_epochs() {
 }
 
 #[tokio::test]
+async fn paging_reads_each_event_once() {
+    suite::paging_reads_each_event_once(&fresh()).await;
+}
+
+#[tokio::test]
+async fn starting_points() {
+    suite::starting_points(&fresh()).await;
+}
+
+#[tokio::test]
 async fn idempotency() {
     suite::idempotency(&fresh()).await;
 }

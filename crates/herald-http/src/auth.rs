@@ -136,8 +136,14 @@ pub(crate) async fn tokens(
         }
         // A refusal (429, 503) says with `Retry-After` when a token frees up.
         let (token, ttl) = app.config.auth.issue_one_time_for(&who, client).await?;
+        // The token carries the credential's `exp`: it lives no longer than
+        // the credential it was exchanged for, and `expires_in` says so.
+        let expires_in = match who.expires_at() {
+            Some(exp) => ttl.as_secs().min(exp.saturating_sub(herald_auth::now())),
+            None => ttl.as_secs(),
+        };
         Ok::<_, ApiError>(
-            Json(serde_json::json!({"token": token, "expires_in": ttl.as_secs()})).into_response(),
+            Json(serde_json::json!({"token": token, "expires_in": expires_in})).into_response(),
         )
     }
     .await;

@@ -253,9 +253,30 @@ impl From<SubscribeError> for ApiError {
     }
 }
 
+/// A request to `/v1/ws` that is not a WebSocket handshake (RFC 6455,
+/// section 4.2.1; RFC 8441 over HTTP/2): its status (400 `invalid_upgrade`,
+/// 405 `method_not_allowed` for an HTTP/2 request other than extended
+/// CONNECT, 426 `upgrade_required`) with the JSON body every error has.
+impl From<axum::extract::ws::rejection::WebSocketUpgradeRejection> for ApiError {
+    fn from(e: axum::extract::ws::rejection::WebSocketUpgradeRejection) -> Self {
+        let status = e.status();
+        let code = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+            _ => "invalid_upgrade",
+        };
+        ApiError::new(status, code, e.body_text())
+    }
+}
+
+/// 401 for a refused credential; 503 `unavailable` (with `Retry-After`)
+/// when it could not be checked now.
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        ApiError::unauthorized(e.to_string())
+        match e {
+            AuthError::Invalid(_) => ApiError::unauthorized(e.to_string()),
+            AuthError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+        }
     }
 }
 

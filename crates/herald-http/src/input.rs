@@ -11,10 +11,14 @@
 //! - A cursor from any source (`Last-Event-ID`, `last_event_id`, `cursor`,
 //!   `since`) either decodes or is refused with 400 `invalid_cursor`; it never
 //!   silently means "from now".
+//! - A starting point (`since=earliest`, `since=latest`, `history=N`;
+//!   DESIGN.md, "History") applies to every topic the cursor does not
+//!   name: a cursor, when given, wins ([`starting_point`]).
 
 use std::borrow::Cow;
 
 use axum::http::HeaderMap;
+use herald_core::subscription::Start;
 use herald_core::Cursor;
 
 use crate::error::ApiError;
@@ -116,8 +120,8 @@ pub enum CursorSource {
     LastEventId,
     /// The `cursor` query parameter (long polling).
     Cursor,
-    /// The `since` query parameter (a cursor; the named starting points
-    /// `earliest` and `latest` are refused until history reads land).
+    /// The `since` query parameter: a cursor, unless it names a starting
+    /// point (`earliest`, `latest`; see [`starting_point`]).
     Since,
 }
 
@@ -159,10 +163,7 @@ impl CursorSource {
             CursorSource::LastEventId => Ok(query.last("last_event_id")),
             CursorSource::Cursor => Ok(query.last("cursor")),
             CursorSource::Since => match query.last("since") {
-                Some(s @ ("earliest" | "latest")) => Err(ApiError::bad_request(
-                    "invalid_cursor",
-                    format!("since={s} is not supported by this server; pass a cursor"),
-                )),
+                Some(EARLIEST | LATEST) => Ok(None),
                 other => Ok(other),
             },
         }
@@ -172,9 +173,7 @@ impl CursorSource {
 /// The cursor a request resumes `topics` from. Every source in `sources`
 /// that the request carries must decode (a garbage value is refused even
 /// where another source wins); the first non-empty one, in the order given,
-/// is used; none: the empty cursor ("from now"). A `history` parameter (a
-/// starting point this server does not offer yet) is refused rather than
-/// ignored.
+/// is used; none: the empty cursor (the request's [`starting_point`]).
 ///
 /// Errors: 400 `invalid_cursor` when a source does not decode, is not
 /// visible ASCII, or names none of `topics` (a cursor of another
@@ -185,12 +184,6 @@ pub fn resume_cursor(
     sources: &[CursorSource],
     topics: &[herald_core::Topic],
 ) -> Result<Cursor, ApiError> {
-    if query.last("history").is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_cursor",
-            "history=N is not supported by this server; pass a cursor",
-        ));
-    }
     let mut chosen: Option<Cursor> = None;
     for &source in sources {
         let Some(v) = source.value(headers, query)? else {
@@ -209,6 +202,54 @@ pub fn resume_cursor(
         ));
     }
     Ok(chosen)
+}
+
+/// `since=earliest`: every retained event, then live.
+pub const EARLIEST: &str = "earliest";
+/// `since=latest`: the newest event, then live.
+pub const LATEST: &str = "latest";
+/// The most events `history=N` (and `GET /v1/history`'s `limit`) asks for.
+pub const MAX_HISTORY: usize = 1000;
+
+/// The starting point a request names for the topics its cursor does not:
+/// `since=earliest` ([`Start::Earliest`]), `since=latest` (`Last(1)`),
+/// `history=N` (`Last(N)`, `0..=`[`MAX_HISTORY`]), none: [`Start::Now`].
+/// The last repeated value wins, as for cursors.
+///
+/// Errors: 400 `invalid_history` when `history` is not an integer in range,
+/// or is given with a named `since`.
+pub fn starting_point(query: &Query) -> Result<Start, ApiError> {
+    let named = match query.last("since") {
+        Some(EARLIEST) => Some(Start::Earliest),
+        Some(LATEST) => Some(Start::Last(1)),
+        _ => None,
+    };
+    let Some(h) = query.last("history") else {
+        return Ok(named.unwrap_or(Start::Now));
+    };
+    if named.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_history",
+            "give one starting point: since=earliest, since=latest or history=N",
+        ));
+    }
+    history_count(h).map(Start::Last)
+}
+
+/// Parses `history=N`: an integer in `0..=`[`MAX_HISTORY`].
+///
+/// Errors: 400 `invalid_history`.
+pub fn history_count(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= MAX_HISTORY)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_history",
+                format!("history is a number of events from 0 to {MAX_HISTORY}"),
+            )
+        })
 }
 
 /// The sources of `GET /v1/sse`, in order: the header wins (a browser sends
@@ -311,7 +352,7 @@ mod tests {
             sse_cursor(&h, &garbage, &topics).unwrap_err().code,
             "invalid_cursor"
         );
-        // `since` is a cursor source too; named starting points are refused.
+        // `since` is a cursor source too; named starting points are not cursors.
         let since = Query::parse(Some(&format!("since={new}"))).unwrap();
         assert_eq!(
             sse_cursor(&HeaderMap::new(), &since, &topics)
@@ -319,12 +360,16 @@ mod tests {
                 .encode(),
             new
         );
-        for q in ["since=zzz", "since=earliest", "since=latest", "history=5"] {
+        let q = Query::parse(Some("since=zzz")).unwrap();
+        assert_eq!(
+            sse_cursor(&HeaderMap::new(), &q, &topics).unwrap_err().code,
+            "invalid_cursor"
+        );
+        for q in ["since=earliest", "since=latest", "history=5"] {
             let q = Query::parse(Some(q)).unwrap();
-            assert_eq!(
-                sse_cursor(&HeaderMap::new(), &q, &topics).unwrap_err().code,
-                "invalid_cursor"
-            );
+            assert!(sse_cursor(&HeaderMap::new(), &q, &topics)
+                .unwrap()
+                .is_empty());
         }
         // A cursor of another topic names none of these: refused, not "from now".
         let other = Query::parse(Some(&format!("last_event_id={}", c("u", 3)))).unwrap();
@@ -334,6 +379,25 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn starting_points() {
+        let start = |q: &str| starting_point(&Query::parse(Some(q)).unwrap());
+        assert_eq!(start("").unwrap(), Start::Now);
+        assert_eq!(start("since=earliest").unwrap(), Start::Earliest);
+        assert_eq!(start("since=latest").unwrap(), Start::Last(1));
+        assert_eq!(start("history=7").unwrap(), Start::Last(7));
+        assert_eq!(start("history=1&history=0").unwrap(), Start::Last(0));
+        assert_eq!(start(&format!("since={}", c("t", 1))).unwrap(), Start::Now);
+        for bad in [
+            "history=-1",
+            "history=x",
+            "history=1001",
+            "since=latest&history=2",
+        ] {
+            assert_eq!(start(bad).unwrap_err().code, "invalid_history", "{bad}");
+        }
     }
 
     #[test]

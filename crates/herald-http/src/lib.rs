@@ -11,6 +11,8 @@
 //! - [`transport`]: `sse`, `ws` and `poll`, each over the core's one
 //!   [`Subscription`](herald_core::Subscription).
 //! - [`publish`]: `POST /v1/publish` and the parsing WebSocket publishes share.
+//! - [`history`]: `GET /v1/history`, a page of a topic's retained events.
+//! - [`input`]: query strings, cursors and starting points, decided once.
 //! - [`error`]: every error's status and JSON body, in one place.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`connection`]: what a server tells the router of each connection
@@ -45,6 +47,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod forwarded;
+pub mod history;
 pub mod input;
 mod layers;
 pub mod limits;
@@ -114,6 +117,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
             ),
         )
         .route("/v1/poll", get(transport::poll::handler))
+        .route("/v1/history", get(history::handler))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -143,11 +143,15 @@ pub(crate) async fn publish(
     State(app): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
+    conn: Option<axum::Extension<crate::connection::ConnectionHandle>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     // Who first: an unauthenticated caller learns nothing about the body.
     let pairs = crate::transport::query_pairs(uri.query());
     let (who, _) = authenticate(&app, &headers, &pairs).await?;
+    // Behind a trusted proxy, the address its headers name.
+    let client = conn.map(|c| app.config.client_addr(c.peer.ip(), &headers));
+    let caller = Caller::Http(herald_auth::quota_key(&who, client));
     if !is_json(&headers) {
         return Err(ApiError::unsupported_media_type(
             "send the publish body as application/json",
@@ -161,7 +165,7 @@ pub(crate) async fn publish(
     )
     .await?;
     let (events, is_batch) = parse_publish_body(&bytes)?;
-    let published = publish_as(&app, &who, events).await?;
+    let published = publish_as(&app, &who, &caller, events).await?;
     let body = if is_batch {
         serde_json::json!({"ids": published.iter().map(|e| e.id()).collect::<Vec<_>>()})
     } else {
@@ -170,20 +174,76 @@ pub(crate) async fn publish(
     Ok(Json(body).into_response())
 }
 
+/// Who a publish comes from, for the topic policies' `publish_rate`.
+pub(crate) enum Caller {
+    /// A WebSocket connection (its subscription's id): the rate counts per
+    /// connection.
+    Connection(u64),
+    /// An HTTP request: the rate counts per caller, named as
+    /// [`herald_auth::quota_key`] names it (the token's `sub`, else the
+    /// client address; behind a trusted proxy the one its headers name), so
+    /// that opening new requests does not reset it.
+    Http(String),
+}
+
+impl Caller {
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Caller::Connection(id) => format!("ws:{id}").into(),
+            Caller::Http(key) => key.as_str().into(),
+        }
+    }
+}
+
 /// The one path of every publish, whatever carried it (`POST /v1/publish`,
 /// a WebSocket `publish`): each event is authorized for `who` with
-/// [`Action::Publish`], then the batch is published (validated, stored and
-/// fanned out by the hub). Nothing is published unless every event is allowed.
+/// [`Action::Publish`] and checked against its topic's policy
+/// ([`herald_core::policy`]), then the batch is published (validated,
+/// stored and fanned out by the hub). Nothing is published unless every
+/// event is allowed.
 ///
-/// Errors: 401/403 from authorization, then the hub's validation and engine
-/// errors (400, 413, 503).
+/// The policies govern clients: a topic with `client_publish = false`
+/// refuses every credential but the publisher key (and a server without
+/// authentication, where every caller is trusted alike), and a topic's
+/// `publish_rate` counts the publishes of `caller`; the publisher key is
+/// never counted.
+///
+/// Errors: 401/403 from authorization, 403 `forbidden` naming the policy,
+/// 429 `rate_limited` with `Retry-After: 1`, then the hub's validation and
+/// engine errors (400, 413, 503).
 pub(crate) async fn publish_as(
     app: &AppState,
     who: &herald_auth::Principal,
+    caller: &Caller,
     events: Vec<NewEvent>,
 ) -> Result<Vec<std::sync::Arc<herald_core::Event>>, ApiError> {
+    use herald_auth::Principal;
     for e in &events {
         app.config.auth.authorize(who, Action::Publish, &e.topic)?;
+    }
+    let policies = &app.hub.config().policies;
+    if !policies.is_empty() && *who != Principal::Publisher {
+        if !matches!(who, Principal::Open) {
+            if let Some(e) = events
+                .iter()
+                .find(|e| !policies.resolve(&e.topic).allows_client_publish())
+            {
+                return Err(ApiError::forbidden(
+                    "forbidden",
+                    format!(
+                        "clients may not publish to {}: its topic policy sets client_publish = false \
+                         (only the publisher key may)",
+                        e.topic
+                    ),
+                ));
+            }
+        }
+        let topics: Vec<&herald_core::Topic> = events.iter().map(|e| &e.topic).collect();
+        policies
+            .admit_publish(&caller.key(), &topics)
+            .map_err(|r| {
+                ApiError::too_many_requests("rate_limited", r.to_string()).retry_after(1)
+            })?;
     }
     Ok(app.hub.publish_batch(events).await?)
 }

@@ -428,6 +428,58 @@ async fn shutdown_then_resume(kind: Kind) {
     expect_quiet(&mut sub).await;
 }
 
+/// Starting points (`since=earliest`, `since=latest`, `history=N`): the
+/// retained events they name, then live; a cursor wins over them; a
+/// `history` out of range is refused.
+async fn starting_points(kind: Kind) {
+    let s = TestServer::start_with(history(5), quick_http()).await;
+    for i in 0..7 {
+        s.publish("news", json!(i), None).await;
+    }
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 5] = [
+        (&[("since", "earliest")], &["2", "3", "4", "5", "6"]),
+        (&[("since", "latest")], &["6"]),
+        (&[("history", "3")], &["4", "5", "6"]),
+        (&[("history", "0")], &[]),
+        (&[], &[]),
+    ];
+    let mut subs = Vec::new();
+    for (start, want) in cases {
+        let mut sub = Sub::open_from(&s.client, kind, &["news"], None, start)
+            .await
+            .expect("subscribe");
+        for w in want {
+            let g = sub.next(WAIT).await.expect("retained event");
+            assert_eq!(&g.data, w, "{kind:?} {start:?}");
+        }
+        expect_quiet(&mut sub).await;
+        subs.push(sub);
+    }
+    s.publish("news", json!("live"), None).await;
+    for sub in &mut subs {
+        assert_eq!(sub.next(WAIT).await.expect("live").data, "live");
+    }
+    // A cursor wins: nothing before it is replayed.
+    let token = subs[0].resume_token();
+    let mut again = Sub::open_from(
+        &s.client,
+        kind,
+        &["news"],
+        Some(&token),
+        &[("history", "3")],
+    )
+    .await
+    .expect("resume");
+    expect_quiet(&mut again).await;
+    match Sub::open_from(&s.client, kind, &["news"], None, &[("history", "1001")]).await {
+        Err(Refused::Status(400)) if kind != Kind::Ws => {}
+        Err(Refused::Code(c)) if kind == Kind::Ws && c == "invalid_history" => {}
+        Err(other) => panic!("{kind:?}: {other:?}"),
+        Ok(_) => panic!("{kind:?}: history=1001 accepted"),
+    }
+}
+
 /// Each scenario on each transport, on the memory engine and, in `mod
 /// redis`, on the Redis engine (a `redis-server` per test).
 macro_rules! contract {
@@ -460,6 +512,7 @@ macro_rules! scenarios {
             oversized_publish,
             slow_consumer,
             shutdown_then_resume,
+            starting_points,
         );
     };
 }

@@ -277,3 +277,27 @@ async fn shutdown_closes_with_1000() {
         (Some("close"), Some(1000))
     );
 }
+
+/// A request to `/v1/ws` that is not a WebSocket handshake gets the JSON
+/// error body every other refusal has (RFC 6455, section 4.2.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_a_handshake_gets_a_json_error() {
+    use http_body_util::BodyExt;
+    let s = TestServer::start().await;
+    let r = s
+        .client
+        .request(http::Method::GET, "/v1/ws", &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_upgrade", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}

@@ -215,3 +215,92 @@ async fn the_per_user_cap_holds_across_nodes_sharing_redis() {
     assert_eq!(issue(&alice_a).await.status, 200);
     assert_eq!(issue(&alice_b).await.status, 429);
 }
+
+/// A one-time token that cannot be checked because Redis is down is a
+/// temporary refusal, never a 401 that would make a browser give up: 503
+/// `unavailable` on a poll, `200` + `herald.disconnect` `engine_unavailable`
+/// on SSE, close 1013 on a WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_time_tokens_are_refused_for_later_while_redis_is_down() {
+    use futures_util::StreamExt;
+    let redis = RedisServer::start();
+    let hub_config = HubConfig::default();
+    let engine = redis_engine(&redis, &hub_config).await;
+    let mut auth = Auth::new(AuthConfig {
+        hs256_secret: Some(SECRET.as_bytes().to_vec()),
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    auth.set_one_time_store(Arc::new(engine.one_time_tokens()));
+    let http = herald_http::HttpConfig {
+        auth: Arc::new(auth),
+        ..quick_http()
+    };
+    let s = TestServer::start_on("127.0.0.1:0".parse().unwrap(), engine, hub_config, http).await;
+    let alice = s.client.clone().with_token(token("alice"));
+    let tokens: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let r = issue(&alice).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            v.push(r.token().to_owned());
+        }
+        v
+    };
+    redis.stop();
+
+    let poll = s
+        .client
+        .request(
+            http::Method::GET,
+            &format!(
+                "/v1/poll?topic=users/alice/inbox&timeout=0&token={}",
+                tokens[0]
+            ),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 503);
+    assert!(poll.headers().contains_key("retry-after"));
+
+    let sse = s
+        .client
+        .request(
+            http::Method::GET,
+            &format!("/v1/sse?topic=users/alice/inbox&token={}", tokens[1]),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    use http_body_util::BodyExt;
+    let body = tokio::time::timeout(Duration::from_secs(30), sse.into_body().collect())
+        .await
+        .expect("the refusal stream ends")
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("event: herald.disconnect\ndata: {\"reason\":\"engine_unavailable\"}"),
+        "{text}"
+    );
+
+    let url = format!("ws://{}/v1/ws?token={}", s.addr, tokens[2]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame")
+    .expect("a close code");
+    assert_eq!(u16::from(close.code), 1013, "{close:?}");
+}

@@ -38,6 +38,7 @@ use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::idempotency::IdempotencyStore;
 use crate::one_time::OneTimeStore;
+use crate::policy::TopicPolicies;
 use crate::topic::Topic;
 
 /// A boxed future, so that engines can be used as `Arc<dyn Engine>`.
@@ -234,6 +235,18 @@ pub trait Engine: Send + Sync + 'static {
     /// whose store bounds itself, such as Redis under `maxmemory`).
     fn set_budget(&self, _budget: Budget) {}
 
+    /// The per-topic policies; the hub calls this before [`Engine::attach`]
+    /// with its [`HubConfig::policies`](crate::HubConfig::policies). An
+    /// engine applies each topic's history limits
+    /// ([`TopicPolicies::history_limits`]) when it appends and trims, and
+    /// never stores an event of an ephemeral topic
+    /// ([`TopicPolicy::is_ephemeral`](crate::TopicPolicy::is_ephemeral)):
+    /// it still gets a position (positions keep increasing, so cursors stay
+    /// valid) and reaches the local subscribers, and a distributed engine
+    /// still carries it to the other nodes. Every engine of the workspace
+    /// implements it; the default (ignoring policies) is for engines outside.
+    fn set_policies(&self, _policies: Arc<TopicPolicies>) {}
+
     /// Stores the events (in order), then dispatches them. Resolves only once
     /// they are accepted (durable, for a durable engine).
     fn publish(&self, events: Vec<NewEvent>)
@@ -247,6 +260,27 @@ pub trait Engine: Send + Sync + 'static {
         after: Option<Position>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ReadResult, EngineError>>;
+
+    /// Reads backward: the newest `limit` events of `topic` at or before
+    /// `before` (`None`: the head), returned oldest first. `from` is the
+    /// position just before the first returned event (the place a forward
+    /// reader resumes to get these events again), or the end of the range
+    /// when none is returned. A `before` of another epoch
+    /// ([`GapReason::EpochChanged`]) or ahead of the head
+    /// ([`GapReason::UnknownPosition`]) is reported in `gap`, and the read
+    /// then ends at the head.
+    ///
+    /// Default: [`read_back_forward`], two forward reads; a topic's
+    /// positions within an epoch are consecutive, so the range is known
+    /// once the head is.
+    fn read_back<'a>(
+        &'a self,
+        topic: &'a Topic,
+        before: Option<Position>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<ReadResult, EngineError>> {
+        Box::pin(read_back_forward(self, topic, before, limit))
+    }
 
     /// The first local subscriber of `topic` arrived (a distributed engine
     /// starts listening for it). Default: nothing.
@@ -301,6 +335,51 @@ pub fn resolve_start(
         Some(p) if p.seq > head => (oldest, Some(GapReason::UnknownPosition)),
         Some(p) if p.seq + 1 < first_retained => (oldest, Some(GapReason::HistoryTruncated)),
         Some(p) => (p, None),
+    }
+}
+
+/// [`Engine::read_back`] through [`Engine::read`]: reads the head, then
+/// forward from `limit` events before the end. Retries when the topic
+/// started a new epoch between the two reads.
+///
+/// Errors: whatever [`Engine::read`] returns.
+pub async fn read_back_forward<E: Engine + ?Sized>(
+    engine: &E,
+    topic: &Topic,
+    before: Option<Position>,
+    limit: usize,
+) -> Result<ReadResult, EngineError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let now = engine.read(topic, None, 0).await?;
+        let (end, gap) = match before {
+            None => (now.head, None),
+            Some(p) if p.epoch != now.epoch => (now.head, Some(GapReason::EpochChanged)),
+            Some(p) if p.seq > now.head => (now.head, Some(GapReason::UnknownPosition)),
+            Some(p) => (p.seq, None),
+        };
+        let start = Position::new(now.epoch, end.saturating_sub(limit as u64));
+        // `read` with a limit of 0 is not asked for: some stores read "no
+        // count" as "everything".
+        let mut r = engine.read(topic, Some(start), limit.max(1)).await?;
+        if r.epoch != now.epoch && attempt < ATTEMPTS {
+            continue; // dropped and used again between the two reads
+        }
+        if limit == 0 {
+            r.events.clear();
+        }
+        // A start behind retention reads from the oldest retained event,
+        // possibly past the end: keep the range only.
+        r.events
+            .retain(|e| e.position.epoch == now.epoch && e.position.seq <= end);
+        r.from = match r.events.first() {
+            Some(e) => Position::new(e.position.epoch, e.position.seq - 1),
+            None => Position::new(r.epoch, end.min(r.head)),
+        };
+        r.gap = gap;
+        return Ok(r);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The WebSocket protocol: JSON text messages both ways, as typed values
 //! with pure encode/decode.
 //!
-//! Client → server ([`ClientMessage`]): `subscribe {topic, since?}`,
+//! Client → server ([`ClientMessage`]): `subscribe {topic, since?, history?}`,
 //! `unsubscribe {topic}`, `publish {topic, event?, data, id?}`,
 //! `auth {token}`. Server → client ([`ServerMessage`]): `event`,
 //! `subscribed`, `unsubscribed`, `published`, `authenticated`, `error`.
@@ -22,13 +22,20 @@ use super::json::EventMessage;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ClientMessage {
-    /// Subscribe to `topic`, after the cursor `since` (from now without one).
+    /// Subscribe to `topic`, after the cursor `since`, or from a starting
+    /// point (`since: "earliest"|"latest"`, `history: N`), as the SSE and
+    /// poll query parameters of the same names; from now without any. A
+    /// cursor wins over `history`.
     Subscribe {
         /// The topic name (validated by the server).
         topic: String,
-        /// A cursor to resume after; it must name this topic (or be empty).
+        /// A cursor to resume after (it must name this topic, or be empty),
+        /// or `"earliest"` (every retained event) or `"latest"` (the newest).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<String>,
+        /// The newest `N` retained events, then live (at most 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history: Option<u64>,
     },
     /// Stop delivering `topic`.
     Unsubscribe {
@@ -216,6 +223,15 @@ mod tests {
             ClientMessage::Subscribe {
                 topic: "a".into(),
                 since: Some("c".into()),
+                history: None,
+            },
+            Some(json!(1)),
+        );
+        round_trip(
+            ClientMessage::Subscribe {
+                topic: "a".into(),
+                since: None,
+                history: Some(3),
             },
             Some(json!(1)),
         );

@@ -12,6 +12,7 @@ use std::time::Duration;
 use herald_core::engine::{resolve_start, BoxFuture, Budget, ReadResult};
 use herald_core::fanout::Fanout;
 use herald_core::idempotency::IdempotencyStore;
+use herald_core::policy::TopicPolicies;
 use herald_core::{Engine, EngineError, Event, NewEvent, Position, Topic};
 use tokio::sync::{oneshot, Notify, Semaphore};
 
@@ -21,6 +22,7 @@ use crate::store::Store;
 use crate::writer::{Msg, Request, Writer};
 use idempotency::DurableIdempotency;
 
+mod ephemeral;
 mod idempotency;
 #[cfg(test)]
 mod tests;
@@ -74,6 +76,9 @@ pub(crate) struct Shared {
     claims: Mutex<HashMap<String, Arc<Notify>>>,
     /// Idempotency records on disk (set by the writer after each commit).
     pub(crate) idempotency_records: AtomicUsize,
+    /// Per-topic policies (history limits, ephemeral topics); see
+    /// `ephemeral.rs`.
+    policies: RwLock<Arc<TopicPolicies>>,
 }
 
 /// What readers see of a topic: its committed positions and hot tail.
@@ -127,6 +132,7 @@ impl EmbeddedEngine {
             idempotency_ttl_ms: AtomicU64::new(600_000),
             claims: Mutex::new(HashMap::new()),
             idempotency_records: AtomicUsize::new(recovered.idempotency_records),
+            policies: RwLock::new(Arc::new(TopicPolicies::default())),
         });
         for r in &recovered.topics {
             shared.shard(&r.topic).insert(
@@ -219,7 +225,41 @@ impl EmbeddedEngine {
             .clone()
     }
 
+    /// Publishes `events`: those of ephemeral topics at once, in memory
+    /// only; the others through the writer (first, so that a refused write
+    /// publishes nothing). The answer keeps the events' order.
     async fn publish_inner(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
+        let policies = self.shared.policies();
+        if policies.has_ephemeral() {
+            let live: Vec<bool> = events
+                .iter()
+                .map(|e| policies.resolve(&e.topic).is_ephemeral())
+                .collect();
+            if live.iter().all(|l| *l) {
+                return self.shared.publish_ephemeral(events);
+            }
+            if live.iter().any(|l| *l) {
+                let (mut ephemeral, mut stored) = (Vec::new(), Vec::new());
+                for (e, l) in events.into_iter().zip(&live) {
+                    if *l {
+                        ephemeral.push(e)
+                    } else {
+                        stored.push(e)
+                    }
+                }
+                let mut stored = self.publish_stored(stored).await?.into_iter();
+                let mut ephemeral = self.shared.publish_ephemeral(ephemeral)?.into_iter();
+                return Ok(live
+                    .iter()
+                    .filter_map(|l| if *l { ephemeral.next() } else { stored.next() })
+                    .collect());
+            }
+        }
+        self.publish_stored(events).await
+    }
+
+    /// Publishes `events` through the writer: durable once answered.
+    async fn publish_stored(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -376,11 +416,26 @@ impl Engine for EmbeddedEngine {
         }))
     }
 
+    /// Each topic's history limits are its policy's (applied by the
+    /// writer when it appends and trims); events of ephemeral topics never
+    /// reach the writer (see `ephemeral.rs`).
+    fn set_policies(&self, policies: Arc<TopicPolicies>) {
+        self.shared.set_policies(policies);
+    }
+
     fn publish(
         &self,
         events: Vec<NewEvent>,
     ) -> BoxFuture<'_, Result<Vec<Arc<Event>>, EngineError>> {
         Box::pin(self.publish_inner(events))
+    }
+
+    fn watch(&self, topic: &Topic) {
+        self.shared.watch_ephemeral(topic);
+    }
+
+    fn unwatch(&self, topic: &Topic) {
+        self.shared.unwatch_ephemeral(topic);
     }
 
     fn read<'a>(

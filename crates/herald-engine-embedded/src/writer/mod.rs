@@ -24,7 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_core::engine::Exhausted;
+use herald_core::engine::{Exhausted, HistoryLimits};
 use herald_core::event::now_ms;
 use herald_core::{EngineError, Event, NewEvent, Position, Topic};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -114,8 +114,9 @@ pub(crate) struct Writer {
     max_commit_events: usize,
     max_commit_bytes: usize,
     retention_interval: Duration,
-    max_events: u64,
-    max_age_ms: Option<u64>,
+    /// The server-wide history limits; a topic's policy may set its own
+    /// (see [`Writer::limits_of`]).
+    history: HistoryLimits,
     topics: Vec<WriterTopic>,
     index: HashMap<Topic, usize>,
     next_id: u64,
@@ -162,8 +163,7 @@ impl Writer {
             max_commit_events: config.max_commit_events.max(1),
             max_commit_bytes: config.max_commit_bytes.max(1),
             retention_interval: config.retention_interval.max(Duration::from_millis(1)),
-            max_events: config.history.max_events.max(1) as u64,
-            max_age_ms: u64::try_from(config.history.max_age.as_millis()).ok(),
+            history: config.history,
             topics: Vec::with_capacity(recovered.topics.len()),
             index: HashMap::with_capacity(recovered.topics.len()),
             next_id: 1,
@@ -210,6 +210,28 @@ impl Writer {
         w
     }
 
+    /// `topic`'s history limits (its policy's over the server's): events
+    /// kept (at least 1: ephemeral topics never reach the writer) and the
+    /// age limit in ms.
+    fn limits_of(&self, topic: &Topic) -> (u64, u64) {
+        let l = self.shared.limits_of(topic, self.history);
+        (
+            l.max_events.max(1) as u64,
+            u64::try_from(l.max_age.as_millis()).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// How often age retention runs: the configured interval, shorter when
+    /// a policy's age limit needs it (a quarter of it, at least 10 ms).
+    fn retention_every(&self) -> Duration {
+        match self.shared.policies().shortest_max_age() {
+            Some(age) => self
+                .retention_interval
+                .min((age / 4).max(Duration::from_millis(10))),
+            None => self.retention_interval,
+        }
+    }
+
     fn has_work(&self) -> bool {
         !self.dirty.is_empty()
             || !self.backlog.is_empty()
@@ -229,9 +251,9 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         loop {
+            let every = self.retention_every();
             let wait = if !self.has_work() {
-                self.retention_interval
-                    .saturating_sub(self.last_sweep.elapsed())
+                every.saturating_sub(self.last_sweep.elapsed())
             } else {
                 Duration::ZERO
             };
@@ -246,7 +268,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if self.last_sweep.elapsed() >= self.retention_interval {
+            if self.last_sweep.elapsed() >= every {
                 self.sweep_ages();
                 self.sweep_idempotency();
                 self.last_sweep = Instant::now();

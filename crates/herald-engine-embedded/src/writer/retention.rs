@@ -8,8 +8,9 @@ use crate::store::AgeScan;
 impl Writer {
     /// Drops events past the count limit (logically; deletion follows).
     pub(super) fn apply_count_limit(&mut self, i: usize) {
+        let (max_events, _) = self.limits_of(&self.topics[i].topic);
         let t = &mut self.topics[i];
-        let min_first = t.head.saturating_sub(self.max_events) + 1;
+        let min_first = t.head.saturating_sub(max_events) + 1;
         if t.first < min_first {
             t.first = min_first;
             self.mark_dirty(i);
@@ -132,12 +133,11 @@ impl Writer {
     /// A bounded pass of age retention, resuming where the last one stopped;
     /// topics found with nothing retained become drop candidates.
     pub(super) fn sweep_ages(&mut self) {
-        let max_age = self.max_age_ms.unwrap_or(u64::MAX);
         let n = self.topics.len();
         if n == 0 {
             return;
         }
-        let cutoff = now_ms().saturating_sub(max_age);
+        let now = now_ms();
         let started = Instant::now();
         let mut scan_budget = AGE_SCAN_BUDGET;
         for _ in 0..n {
@@ -146,6 +146,8 @@ impl Writer {
             }
             let i = self.sweep_at % n;
             self.sweep_at = (i + 1) % n;
+            let (_, max_age) = self.limits_of(&self.topics[i].topic);
+            let cutoff = now.saturating_sub(max_age);
             let t = &self.topics[i];
             if t.is_empty() {
                 // Nothing kept: dropped in the next commit if idle.

@@ -6,6 +6,7 @@ pub mod poll;
 pub mod sse;
 pub mod ws;
 
+use herald_core::subscription::Start;
 use herald_core::{Cursor, Subscription, Topic};
 
 use crate::error::ApiError;
@@ -56,14 +57,16 @@ pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a
 }
 
 /// A subscription to `topics`, each resuming from its position in `cursor`
-/// (from now for a topic the cursor does not name).
+/// (a cursor wins), or else from `start` (the request's starting point).
 pub(crate) async fn subscribe_all(
     mut sub: Subscription,
     topics: &[Topic],
     cursor: &Cursor,
+    start: Start,
 ) -> Result<Subscription, ApiError> {
     for t in topics {
-        sub.add(t.clone(), cursor.get(t)).await?;
+        let from = cursor.get(t).map_or(start, Start::After);
+        sub.add_from(t.clone(), from).await?;
     }
     Ok(sub)
 }

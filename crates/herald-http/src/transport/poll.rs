@@ -6,7 +6,9 @@
 //! until an event arrives or the timeout passes. The answer's `cursor` names
 //! every topic of the poll, so the next poll continues exactly: nothing is
 //! lost between two polls, even while no poll is open. Without a cursor the
-//! poll starts from now and the answer's cursor is where to continue.
+//! poll starts at its starting point (`since=earliest`, `since=latest`,
+//! `history=N`; from now without one) and the answer's cursor is where to
+//! continue.
 //!
 //! The answer is a body of known length made of the events' shared JSON
 //! frames, written piece by piece: a client that does not read holds at most
@@ -99,7 +101,8 @@ async fn poll(
         None => wait,
     };
     let _guard = app.hub.metrics().connection(Transport::Poll);
-    let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor).await?;
+    let start = crate::input::starting_point(&query)?;
+    let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor, start).await?;
     let mut batch = Batch::new(
         app.config.poll_batch.max(1),
         app.config.poll_max_bytes.max(1),

@@ -107,6 +107,7 @@ async fn open(
     let query = Query::parse(uri.query())?;
     let topics = topics_param(query.pairs(), app.hub.config().max_topics_per_subscription)?;
     let cursor = sse_cursor(&headers, &query, &topics)?;
+    let start = crate::input::starting_point(&query)?;
     let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()), &headers)?;
@@ -114,7 +115,7 @@ async fn open(
     let sub = app
         .hub
         .subscribe_with(conn.as_ref().and_then(|c| c.kill.clone()));
-    let sub = subscribe_all(sub, &topics, &cursor).await?;
+    let sub = subscribe_all(sub, &topics, &cursor, start).await?;
 
     let preamble =
         sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();

@@ -87,11 +87,31 @@ impl Sub {
         topics: &[&str],
         resume: Option<&str>,
     ) -> Result<Sub, Refused> {
+        Sub::open_from(client, kind, topics, resume, &[]).await
+    }
+
+    /// [`Sub::open`] with a starting point: `start` holds the query
+    /// parameters SSE and polling take (`since`, `history`); a WebSocket
+    /// sends them as the `subscribe` fields of the same names.
+    pub async fn open_from(
+        client: &Client,
+        kind: Kind,
+        topics: &[&str],
+        resume: Option<&str>,
+        start: &[(&str, &str)],
+    ) -> Result<Sub, Refused> {
+        let start_of = |name: &str| {
+            start
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| *v)
+        };
         let resume_cursor = Cursor::decode(resume.unwrap_or("")).unwrap_or_default();
         let mut ws_early = VecDeque::new();
         let mut ws_start = resume_cursor.clone();
         let inner = match kind {
-            Kind::Sse => match client.sse(topics, resume).await {
+            Kind::Sse => match client.sse_with(topics, resume, start).await {
                 Ok(s) => Inner::Sse(s),
                 Err(herald_client::ClientError::Status { status, .. }) => {
                     return Err(Refused::Status(status.as_u16()))
@@ -109,7 +129,12 @@ impl Sub {
                         let tt = herald_core::Topic::new(t).unwrap();
                         Cursor::single(&tt, resume_cursor.get(&tt).unwrap()).encode()
                     });
-                    ws.subscribe(t, since.as_deref()).await.expect("send");
+                    let m = herald_core::wire::ws::ClientMessage::Subscribe {
+                        topic: t.to_string(),
+                        since: since.or(start_of("since").map(str::to_owned)),
+                        history: start_of("history").map(|h| h.parse().expect("history")),
+                    };
+                    ws.send_message(m, None).await.expect("send");
                     loop {
                         let answer = tokio::time::timeout(Duration::from_secs(5), ws.next_json())
                             .await
@@ -142,7 +167,9 @@ impl Sub {
             }
             Kind::Poll => {
                 // Validate at once, the way SSE and WebSocket do.
-                let r = client.poll(topics, resume, Duration::ZERO).await;
+                let r = client
+                    .poll_with(topics, resume, Duration::ZERO, start)
+                    .await;
                 match r {
                     Ok(r) => {
                         let buffer = r.events.iter().map(got_from_json).collect();

@@ -252,6 +252,11 @@ layered_settings! {
         /// Delay between tokens of the built-in offline model [default: 25ms].
         #[arg(long, env = "HERALD_LLM_OFFLINE_DELAY")]
         pub llm_offline_delay: Option<String>,
+        /// Topic policies, config file only: `[[topics]]` tables (`pattern`,
+        /// `history`, `history_max_age`, `client_publish`, `publish_rate`),
+        /// checked by `settings::topics`.
+        #[arg(skip)]
+        pub topics: Vec<toml::Table>,
     }
 }
 

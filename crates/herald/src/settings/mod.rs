@@ -6,14 +6,18 @@
 //! - `engine.rs`: the engine, where it keeps events, and the hub's limits.
 //! - `http.rs`: TLS and the router's settings (limits, origins, proxies).
 //! - `auth.rs`: keys and credentials, for `serve` and for `herald token`.
+//! - `topics.rs`: the `[[topics]]` tables of the config file (topic
+//!   policies by pattern).
 //!
-//! Checks run in one order (auth, address, engine, TLS, hub, HTTP, logs,
-//! LLM), so the first wrong setting is the one reported.
+//! Checks run in one order (auth, address, engine, TLS, hub, topic
+//! policies, HTTP, logs, LLM), so the first wrong setting is the one
+//! reported.
 
 mod args;
 mod auth;
 mod engine;
 mod http;
+mod topics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,6 +151,18 @@ impl Settings {
             );
         }
         let mut hub = engine::hub(&s, storage.engine, &mut warnings)?;
+        hub.policies = topics::policies(&s.topics, hub.history)?;
+        if !has_keys
+            && s.topics
+                .iter()
+                .any(|t| t.get("client_publish") == Some(&toml::Value::Boolean(false)))
+        {
+            warnings.push(
+                "client_publish = false has no effect without authentication: every caller is trusted \
+                 like the publisher key until --jwt-secret, --jwt-public-key or --publish-key is set"
+                    .into(),
+            );
+        }
         if let Some(w) = s.workers {
             if !(1..=1024).contains(&w) {
                 bail!("--workers must be between 1 and 1024, not {w}");

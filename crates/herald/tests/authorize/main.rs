@@ -6,7 +6,7 @@
 //!
 //! Actions: subscribe (SSE, WebSocket, long poll, SSE over HTTP/2), publish
 //! (HTTP, WebSocket, HTTP/2), token exchange (HTTP, HTTP/2), starting an LLM
-//! generation (HTTP, HTTP/2). Sources: `Authorization: Bearer`, the cookie,
+//! generation (HTTP, HTTP/2), history reads (HTTP, HTTP/2). Sources: `Authorization: Bearer`, the cookie,
 //! `?token=`, a one-time token from `POST /v1/tokens`, and the WebSocket
 //! `auth` message.
 
@@ -60,6 +60,7 @@ enum Action {
     Publish,
     Exchange,
     Generate,
+    History,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -341,6 +342,11 @@ async fn attempt(s: &Server, action: Action, transport: Transport, via: Via, cre
             .await;
             status_got(r.status().as_u16())
         }
+        (Action::History, _) => {
+            let path = q(&format!("/v1/history?topic={topic}"));
+            let r = send(s, h2, http::Method::GET, &path, &headers, None).await;
+            status_got(r.status().as_u16())
+        }
         (Action::Exchange, _) => {
             let r = send(s, h2, http::Method::POST, &q("/v1/tokens"), &headers, None).await;
             status_got(r.status().as_u16())
@@ -455,7 +461,7 @@ async fn every_action_transport_source_and_credential() {
         .sse(&[THEIRS], None)
         .await
         .unwrap();
-    let table: [(Action, &[Transport]); 4] = [
+    let table: [(Action, &[Transport]); 5] = [
         (
             Action::Subscribe,
             &[
@@ -471,6 +477,7 @@ async fn every_action_transport_source_and_credential() {
         ),
         (Action::Exchange, &[Transport::Http, Transport::HttpH2]),
         (Action::Generate, &[Transport::Http, Transport::HttpH2]),
+        (Action::History, &[Transport::Http, Transport::HttpH2]),
     ];
     let vias = [
         Via::Header,

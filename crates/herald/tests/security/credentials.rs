@@ -57,6 +57,8 @@ async fn an_sse_stream_ends_at_its_tokens_exp() {
     let v: serde_json::Value =
         serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
     let ot = v["token"].as_str().unwrap();
+    // The token lives no longer than the credential it was exchanged for.
+    assert!(v["expires_in"].as_u64().is_some_and(|s| s <= 3), "{v}");
     let (status, text) = tokio::task::spawn_blocking({
         let addr = s.addr;
         let path = format!("/v1/sse?topic=users/alice/inbox&token={ot}");

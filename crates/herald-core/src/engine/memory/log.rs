@@ -9,6 +9,9 @@ use crate::event::Event;
 
 pub(super) struct TopicLog {
     pub(super) epoch: u64,
+    /// The topic's history limits: its policy's over the engine's, resolved
+    /// once when the topic is created. `max_events == 0`: ephemeral.
+    pub(super) limits: HistoryLimits,
     pub(super) head: u64,
     pub(super) events: VecDeque<Arc<Event>>,
     /// The expiry time of the topic's one valid entry in its shard's
@@ -21,9 +24,10 @@ pub(super) fn event_bytes(e: &Event) -> u64 {
 }
 
 impl TopicLog {
-    pub(super) fn new(epoch: u64) -> TopicLog {
+    pub(super) fn new(epoch: u64, limits: HistoryLimits) -> TopicLog {
         TopicLog {
             epoch,
+            limits,
             head: 0,
             events: VecDeque::new(),
             queued: None,
@@ -32,14 +36,15 @@ impl TopicLog {
 
     /// Drops events beyond the count limit and older than the age limit.
     /// Returns the bytes freed.
-    pub(super) fn prune(&mut self, limits: &HistoryLimits, now: u64) -> u64 {
+    pub(super) fn prune(&mut self, now: u64) -> u64 {
+        let limits = self.limits;
         let mut freed = 0;
         while self.events.len() > limits.max_events {
             if let Some(e) = self.events.pop_front() {
                 freed += event_bytes(&e);
             }
         }
-        let max_age = max_age_ms(limits);
+        let max_age = max_age_ms(&limits);
         while let Some(e) = self.events.front() {
             if now.saturating_sub(e.published_at_ms) > max_age {
                 freed += event_bytes(e);
@@ -52,9 +57,9 @@ impl TopicLog {
     }
 
     /// The bytes a publish of `adding` events would free by pruning first.
-    pub(super) fn freed_by(&self, limits: &HistoryLimits, adding: usize, now: u64) -> u64 {
-        let max_age = max_age_ms(limits);
-        let over = (self.events.len() + adding).saturating_sub(limits.max_events);
+    pub(super) fn freed_by(&self, adding: usize, now: u64) -> u64 {
+        let max_age = max_age_ms(&self.limits);
+        let over = (self.events.len() + adding).saturating_sub(self.limits.max_events);
         self.events
             .iter()
             .enumerate()
@@ -71,10 +76,10 @@ impl TopicLog {
 
     /// The first millisecond at which [`TopicLog::prune`] drops the oldest
     /// retained event for its age (it drops events *older* than the limit).
-    pub(super) fn expires_at(&self, limits: &HistoryLimits) -> Option<u64> {
+    pub(super) fn expires_at(&self) -> Option<u64> {
         self.events.front().map(|e| {
             e.published_at_ms
-                .saturating_add(max_age_ms(limits))
+                .saturating_add(max_age_ms(&self.limits))
                 .saturating_add(1)
         })
     }

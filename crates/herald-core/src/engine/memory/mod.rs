@@ -38,7 +38,6 @@ use super::{BoxFuture, Budget, Engine, EngineError, HistoryLimits, ReadResult};
 use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::topic::Topic;
-use log::TopicLog;
 use state::{Inner, Shard, SHARDS};
 
 /// Buckets of the table of epoch generations (8 bytes each: 512 KiB). A
@@ -72,6 +71,7 @@ impl MemoryEngine {
         MemoryEngine {
             inner: Arc::new(Inner {
                 limits,
+                policies: RwLock::new(Arc::new(crate::policy::TopicPolicies::default())),
                 base_epoch: epoch,
                 generations: (0..EPOCH_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
                 last_generation: AtomicU64::new(0),
@@ -149,7 +149,17 @@ impl Engine for MemoryEngine {
             // Without a runtime (a synchronous test) expiry still happens on
             // reads and publishes of the topic, and on `sweep`.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let period = sweep_period(&self.inner.limits);
+                let mut limits = self.inner.limits;
+                let policies = self
+                    .inner
+                    .policies
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(shortest) = policies.shortest_max_age() {
+                    limits.max_age = limits.max_age.min(shortest);
+                }
+                drop(policies);
+                let period = sweep_period(&limits);
                 *sweeper = Some(rt.spawn(run_sweeper(Arc::downgrade(&self.inner), period)));
             }
         }
@@ -162,6 +172,14 @@ impl Engine for MemoryEngine {
         self.inner
             .max_retained_bytes
             .store(budget.max_retained_bytes, Ordering::Relaxed);
+    }
+
+    fn set_policies(&self, policies: Arc<crate::policy::TopicPolicies>) {
+        *self
+            .inner
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = policies;
     }
 
     fn publish(
@@ -188,8 +206,8 @@ impl Engine for MemoryEngine {
         let mut shard = self.inner.shard(topic);
         if !shard.logs.contains_key(topic) {
             self.inner.topics.fetch_add(1, Ordering::Relaxed);
-            let epoch = self.inner.epoch_of(topic);
-            shard.logs.insert(topic.clone(), TopicLog::new(epoch));
+            let log = self.inner.new_log(topic);
+            shard.logs.insert(topic.clone(), log);
         }
     }
 

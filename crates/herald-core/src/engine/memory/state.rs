@@ -13,6 +13,7 @@ use super::EPOCH_BUCKETS;
 use crate::engine::{resolve_start, Budget, EngineError, Exhausted, HistoryLimits, ReadResult};
 use crate::event::{now_ms, Event, NewEvent, Position};
 use crate::fanout::Fanout;
+use crate::policy::TopicPolicies;
 use crate::topic::Topic;
 
 pub(super) const SHARDS: usize = 64;
@@ -22,6 +23,9 @@ const EPOCH_MASK: u64 = 0xffff_ffff_ffff;
 
 pub(super) struct Inner {
     pub(super) limits: HistoryLimits,
+    /// Per-topic policies ([`crate::Engine::set_policies`]); a topic's
+    /// limits are resolved when its log is created.
+    pub(super) policies: RwLock<Arc<TopicPolicies>>,
     /// The engine's first epoch: generation 0 of every bucket.
     pub(super) base_epoch: u64,
     /// The generation of each bucket of topics (see the module docs).
@@ -64,6 +68,19 @@ impl Inner {
             .clone()
     }
 
+    /// The history limits of `topic`: its policy's over the engine's.
+    pub(super) fn limits_of(&self, topic: &Topic) -> HistoryLimits {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .history_limits(topic, self.limits)
+    }
+
+    /// A new log for `topic`, under the epoch it is created with.
+    pub(super) fn new_log(&self, topic: &Topic) -> TopicLog {
+        TopicLog::new(self.epoch_of(topic), self.limits_of(topic))
+    }
+
     pub(super) fn usage(&self) -> (usize, u64) {
         (
             self.topics.load(Ordering::Relaxed),
@@ -88,10 +105,19 @@ impl Inner {
         }
         let (mut new_topics, mut adding, mut freeing) = (0usize, 0u64, 0u64);
         for (topic, (count, bytes)) in per_topic {
-            adding += bytes;
             match self.shard(topic).logs.get(topic) {
-                None => new_topics += 1,
-                Some(log) => freeing += log.freed_by(&self.limits, count, now),
+                None => {
+                    new_topics += 1;
+                    // An ephemeral topic retains nothing.
+                    if self.limits_of(topic).max_events > 0 {
+                        adding += bytes;
+                    }
+                }
+                Some(log) if log.limits.max_events == 0 => {}
+                Some(log) => {
+                    adding += bytes;
+                    freeing += log.freed_by(count, now);
+                }
             }
         }
         let max = self.max_topics.load(Ordering::Relaxed);
@@ -120,19 +146,22 @@ impl Inner {
             let Shard { logs, expiry } = &mut *guard;
             let log = logs.entry(topic.clone()).or_insert_with(|| {
                 self.topics.fetch_add(1, Ordering::Relaxed);
-                TopicLog::new(self.epoch_of(&topic))
+                self.new_log(&topic)
             });
             log.head += 1;
             let event = Arc::new(Event::new(new, Position::new(log.epoch, log.head), now));
-            self.retained_bytes
-                .fetch_add(event_bytes(&event), Ordering::Relaxed);
-            log.events.push_back(event.clone());
-            let freed = log.prune(&self.limits, now);
-            self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
-            if log.queued.is_none() {
-                if let Some(at) = log.expires_at(&self.limits) {
-                    expiry.push(Reverse((at, topic)));
-                    log.queued = Some(at);
+            let ephemeral = log.limits.max_events == 0;
+            if !ephemeral {
+                self.retained_bytes
+                    .fetch_add(event_bytes(&event), Ordering::Relaxed);
+                log.events.push_back(event.clone());
+                let freed = log.prune(now);
+                self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
+                if log.queued.is_none() {
+                    if let Some(at) = log.expires_at() {
+                        expiry.push(Reverse((at, topic.clone())));
+                        log.queued = Some(at);
+                    }
                 }
             }
             // Dispatch under the topic's lock: subscribers see a topic's
@@ -140,6 +169,13 @@ impl Inner {
             // after us sees the event in history.
             if let Some(f) = &fanout {
                 f.dispatch(&event);
+            }
+            // An ephemeral topic nobody listens to holds nothing: forget it
+            // now (no expiry entry would ever visit it).
+            if ephemeral && self.forget_if_idle(logs, &topic, fanout.as_deref()) {
+                if let Some(f) = &fanout {
+                    f.metrics().topics_dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
             drop(guard);
             out.push(event);
@@ -168,7 +204,7 @@ impl Inner {
                 events: Vec::new(),
             };
         };
-        let freed = log.prune(&self.limits, now_ms());
+        let freed = log.prune(now_ms());
         self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
         let (from, gap) = resolve_start(log.epoch, log.head, log.first_retained(), after);
         let events = match log.events.front() {
@@ -254,9 +290,9 @@ impl Inner {
                     continue; // an entry of an earlier incarnation
                 }
                 log.queued = None;
-                let freed = log.prune(&self.limits, now);
+                let freed = log.prune(now);
                 self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
-                if let Some(next) = log.expires_at(&self.limits) {
+                if let Some(next) = log.expires_at() {
                     log.queued = Some(next);
                     requeue.push(Reverse((next, topic)));
                 } else if self.forget_if_idle(logs, &topic, fanout.as_deref()) {

@@ -263,6 +263,16 @@ mod suite {
     }
 
     #[tokio::test]
+    async fn paging_reads_each_event_once() {
+        suite::paging_reads_each_event_once(&Fresh).await;
+    }
+
+    #[tokio::test]
+    async fn starting_points() {
+        suite::starting_points(&Fresh).await;
+    }
+
+    #[tokio::test]
     async fn idempotency() {
         suite::idempotency(&Fresh).await;
     }
@@ -271,4 +281,33 @@ mod suite {
     async fn one_time_tokens() {
         suite::one_time_tokens(&Fresh).await;
     }
+
+    #[tokio::test]
+    async fn topic_policies() {
+        suite::topic_policies(&Fresh).await;
+    }
+}
+
+/// An ephemeral topic retains nothing: no bytes counted, and with no
+/// subscriber the topic is not held after the publish.
+#[test]
+fn ephemeral_topics_hold_nothing() {
+    let e = MemoryEngine::new(HistoryLimits::default());
+    e.set_policies(crate::engine::suite::suite_policies());
+    let t = Topic::new("live/x").unwrap();
+    let mut last = 0;
+    for _ in 0..100 {
+        let ev = e
+            .inner
+            .publish_now(vec![NewEvent::new(t.clone(), Data::Text("x".into()))]);
+        last = ev.unwrap()[0].position.seq;
+    }
+    assert!(last >= 1);
+    assert_eq!(e.usage(), (0, 0));
+    let stored = Topic::new("kept").unwrap();
+    e.inner
+        .publish_now(vec![NewEvent::new(stored, Data::Text("x".into()))])
+        .unwrap();
+    assert_eq!(e.usage().0, 1);
+    assert!(e.usage().1 > 0);
 }

@@ -12,8 +12,13 @@
 //!   across a restart for a durable engine;
 //! - [`retention_by_count`], [`retention_by_age`], [`gaps_and_epochs`]:
 //!   history reads through the [`Engine`] trait;
+//! - [`paging_reads_each_event_once`] and [`starting_points`] (in
+//!   `paging`): history read page by page forward and backward, and the
+//!   subscription starting points built on it;
 //! - [`idempotency`] and [`one_time_tokens`]: the per-deployment records
-//!   through the hub.
+//!   through the hub;
+//! - [`topic_policies`] (in `policies`): per-topic history limits and
+//!   ephemeral topics through the hub.
 //!
 //! The property tests build their own runtimes: call them from a plain
 //! `#[test]`. The others are `async`: call them from `#[tokio::test]`.
@@ -25,9 +30,13 @@
 //! fn resume() { suite::resume_is_exact(&Fresh, 64) }
 //! ```
 
+mod paging;
+mod policies;
 mod records;
 mod resume;
 
+pub use paging::{paging_reads_each_event_once, starting_points};
+pub use policies::{suite_policies, topic_policies};
 pub use records::{idempotency, one_time_tokens};
 pub use resume::{
     concurrent_publishers_race_resume, old_cursor_gets_a_gap_then_the_retained_events,

@@ -4,7 +4,8 @@
 //! [`ServerMessage`](herald_core::wire::ws::ServerMessage).
 
 use axum::extract::ws::Message;
-use herald_auth::{Action, Credential, Denied, Principal, Source};
+use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
+use herald_core::subscription::Start;
 use herald_core::wire::disconnect;
 use herald_core::wire::ws::{ClientMessage, Frame, ServerMessage};
 use herald_core::{Cursor, Topic};
@@ -12,7 +13,7 @@ use serde_json::Value;
 
 use super::session::{is_too_large, Connection, Outcome};
 use crate::error::ApiError;
-use crate::publish::{publish_as, PublishItem};
+use crate::publish::{publish_as, Caller, PublishItem};
 
 impl Connection {
     /// Handles what the socket read.
@@ -60,9 +61,11 @@ impl Connection {
             }
         };
         match message {
-            ClientMessage::Subscribe { topic, since } => {
-                self.subscribe(topic, since, reference).await
-            }
+            ClientMessage::Subscribe {
+                topic,
+                since,
+                history,
+            } => self.subscribe(topic, since, history, reference).await,
             ClientMessage::Unsubscribe { topic } => self.unsubscribe(topic, reference).await,
             ClientMessage::Publish {
                 topic,
@@ -86,6 +89,7 @@ impl Connection {
         &mut self,
         topic: String,
         since: Option<String>,
+        history: Option<u64>,
         reference: Option<Value>,
     ) -> Outcome {
         let topic = match Topic::new(&topic) {
@@ -100,12 +104,35 @@ impl Connection {
         {
             return denied(d);
         }
-        let since = match since.as_deref().map(Cursor::decode) {
-            None => None,
+        // The starting point, as `since=earliest|latest` / `history=N` of
+        // SSE and polling; a cursor wins.
+        let named = match since.as_deref() {
+            Some(crate::input::EARLIEST) => Some(Start::Earliest),
+            Some(crate::input::LATEST) => Some(Start::Last(1)),
+            _ => None,
+        };
+        let start = match (named, history) {
+            (Some(_), Some(_)) => {
+                let e = ApiError::bad_request(
+                    "invalid_history",
+                    "give one starting point: since \"earliest\", \"latest\" or history",
+                );
+                return self.api_error(e, reference).await;
+            }
+            (Some(s), None) => s,
+            (None, Some(n)) => match crate::input::history_count(&n.to_string()) {
+                Ok(n) => Start::Last(n),
+                Err(e) => return self.api_error(e, reference).await,
+            },
+            (None, None) => Start::Now,
+        };
+        let cursor = if named.is_some() { None } else { since };
+        let since = match cursor.as_deref().map(Cursor::decode) {
+            None => start,
             Some(Err(e)) => return self.api_error(e.into(), reference).await,
             Some(Ok(c)) => match c.get(&topic) {
-                Some(p) => Some(p),
-                None if c.is_empty() => None,
+                Some(p) => Start::After(p),
+                None if c.is_empty() => start,
                 None => {
                     return self
                         .send_error(
@@ -117,7 +144,7 @@ impl Connection {
                 }
             },
         };
-        match self.sub.add(topic.clone(), since).await {
+        match self.sub.add_from(topic.clone(), since).await {
             Ok(start) => {
                 let cursor = Cursor::single(&topic, start).encode();
                 let m = ServerMessage::Subscribed {
@@ -156,8 +183,10 @@ impl Connection {
         }
         // The one publish path: authorized against the credential in
         // force, exactly like `POST /v1/publish`.
+        // A topic's publish_rate counts per connection.
+        let caller = Caller::Connection(self.sub.id());
         let result = match item.into_new_event() {
-            Ok(e) => publish_as(&self.app, &self.who, vec![e])
+            Ok(e) => publish_as(&self.app, &self.who, &caller, vec![e])
                 .await
                 .and_then(|mut v| {
                     v.pop()
@@ -185,8 +214,12 @@ impl Connection {
             .auth
             .authenticate_async(Some(Credential::new(token, Source::Message)))
             .await;
-        let Ok(who) = fresh else {
-            return Outcome::Close(disconnect::INVALID_CREDENTIAL);
+        let who = match fresh {
+            Ok(who) => who,
+            Err(AuthError::Unavailable(_)) => {
+                return Outcome::Close(disconnect::ENGINE_UNAVAILABLE)
+            }
+            Err(AuthError::Invalid(_)) => return Outcome::Close(disconnect::INVALID_CREDENTIAL),
         };
         // A refresh moves the deadline; it may not change who the
         // connection is (its subscriptions were authorized for that subject).

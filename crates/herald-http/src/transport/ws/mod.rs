@@ -6,7 +6,7 @@
 //! each event encodes once; every subscriber sends the same bytes.
 //!
 //! The messages are typed values of [`herald_core::wire::ws`]: client →
-//! server `subscribe {topic, since?}`, `unsubscribe {topic}`,
+//! server `subscribe {topic, since?, history?}`, `unsubscribe {topic}`,
 //! `publish {topic, event?, data, id?}`, `auth {token}`; any may carry a
 //! `ref` that the answer echoes. Server → client: `event`, `subscribed`,
 //! `unsubscribed`, `published`, `authenticated`, `error`. A malformed
@@ -43,6 +43,7 @@
 mod actions;
 mod session;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
@@ -60,8 +61,9 @@ pub(crate) async fn handler(
     headers: HeaderMap,
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws?;
     if app.hub.is_shutting_down() {
         return Err(ApiError::unavailable("the server is shutting down"));
     }

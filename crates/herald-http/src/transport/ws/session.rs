@@ -112,8 +112,11 @@ pub(super) async fn run(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let outcome = loop {
-        if refused.take().is_some() {
-            break Outcome::Close(disconnect::INVALID_CREDENTIAL);
+        if let Some(e) = refused.take() {
+            break Outcome::Close(match e {
+                AuthError::Unavailable(_) => disconnect::ENGINE_UNAVAILABLE,
+                AuthError::Invalid(_) => disconnect::INVALID_CREDENTIAL,
+            });
         }
         let step = tokio::select! {
             // `next` is cancel-safe: a frame read in part stays buffered.

@@ -1,0 +1,250 @@
+//! The `[[topics]]` tables of the config file: topic policies by pattern
+//! (DESIGN.md, "Topic policies"), checked key by key so that a wrong one is
+//! named with its table's number.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use herald_core::engine::HistoryLimits;
+use herald_core::policy::{PolicyRule, TopicPolicies, TopicPolicy};
+use herald_core::topic_pattern::TopicPattern;
+use toml::{Table, Value};
+
+use crate::duration::parse_duration;
+
+/// The keys a `[[topics]]` table takes.
+const KEYS: &[&str] = &[
+    "pattern",
+    "history",
+    "history_max_age",
+    "presence",
+    "join_leave",
+    "client_publish",
+    "publish_rate",
+];
+
+/// The policies of `tables`, in order (first match wins), checked against
+/// the server-wide `history` limits.
+///
+/// Errors: the first wrong key, as `[[topics]] #N (pattern "P"): ...`
+/// (tables numbered from 1): a missing or invalid pattern, an unknown key, a
+/// value of the wrong type, a negative or too large number, `history` above
+/// `--history`, a duration that does not parse, and `presence` or
+/// `join_leave` turned on (presence is not available yet).
+pub(super) fn policies(
+    tables: &[Table],
+    history: HistoryLimits,
+) -> anyhow::Result<Arc<TopicPolicies>> {
+    let mut rules = Vec::with_capacity(tables.len());
+    for (i, table) in tables.iter().enumerate() {
+        rules.push(rule(i + 1, table, history)?);
+    }
+    Ok(Arc::new(TopicPolicies::new(rules)))
+}
+
+fn rule(n: usize, table: &Table, history: HistoryLimits) -> anyhow::Result<PolicyRule> {
+    let pattern = match table.get("pattern") {
+        None => bail!("[[topics]] #{n}: `pattern` is missing (such as pattern = \"cursors/**\")"),
+        Some(Value::String(p)) => p.clone(),
+        Some(other) => bail!(
+            "[[topics]] #{n}: `pattern` must be a string such as \"cursors/**\", not {}",
+            other.type_str()
+        ),
+    };
+    let at = format!("[[topics]] #{n} (pattern {pattern:?})");
+    for key in table.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            bail!(
+                "{at}: unknown key `{key}`; the keys are {}",
+                KEYS.join(", ")
+            );
+        }
+    }
+    let pattern = match TopicPattern::parse(&pattern) {
+        Err(e) => bail!("{at}: `pattern` is invalid: {e}"),
+        Ok(_) if pattern.contains("{sub}") => {
+            bail!("{at}: `pattern` may not use {{sub}}: a topic policy applies to everyone")
+        }
+        Ok(p) => p,
+    };
+    let mut policy = TopicPolicy::DEFAULT;
+    if let Some(v) = table.get("history") {
+        let events = integer(&at, "history", v)?;
+        if events > history.max_events as u64 {
+            bail!(
+                "{at}: `history` is {events}, above the server's --history {} (raise --history, \
+                 or keep fewer events here)",
+                history.max_events
+            );
+        }
+        policy.history = Some(events as usize);
+    }
+    if let Some(v) = table.get("history_max_age") {
+        let Value::String(text) = v else {
+            bail!(
+                "{at}: `history_max_age` must be a duration string such as \"10m\", not {}",
+                v.type_str()
+            );
+        };
+        let age =
+            parse_duration(text).map_err(|e| anyhow::anyhow!("{at}: `history_max_age`: {e}"))?;
+        if age.is_zero() {
+            bail!("{at}: `history_max_age` must be longer than 0 (for a topic that keeps nothing, set history = 0)");
+        }
+        policy.history_max_age = Some(age);
+    }
+    for key in ["presence", "join_leave"] {
+        if boolean(&at, key, table.get(key))? == Some(true) {
+            bail!(
+                "{at}: `{key} = true`: presence is not available yet in this version of Herald; \
+                 remove the key (or set it to false)"
+            );
+        }
+    }
+    policy.client_publish = boolean(&at, "client_publish", table.get("client_publish"))?;
+    if let Some(v) = table.get("publish_rate") {
+        let rate = integer(&at, "publish_rate", v)?;
+        if rate == 0 {
+            bail!("{at}: `publish_rate` must be at least 1 (to let no client publish, set client_publish = false)");
+        }
+        let Ok(rate) = u32::try_from(rate) else {
+            bail!(
+                "{at}: `publish_rate` is {rate}, more than {} per second",
+                u32::MAX
+            );
+        };
+        policy.publish_rate = Some(rate);
+    }
+    Ok(PolicyRule { pattern, policy })
+}
+
+/// A non-negative integer.
+fn integer(at: &str, key: &str, v: &Value) -> anyhow::Result<u64> {
+    match v {
+        Value::Integer(i) if *i >= 0 => Ok(*i as u64),
+        Value::Integer(i) => bail!("{at}: `{key}` must not be negative, not {i}"),
+        other => bail!(
+            "{at}: `{key}` must be a whole number, not {}",
+            other.type_str()
+        ),
+    }
+}
+
+/// `true` or `false`, if given.
+fn boolean(at: &str, key: &str, v: Option<&Value>) -> anyhow::Result<Option<bool>> {
+    match v {
+        None => Ok(None),
+        Some(Value::Boolean(b)) => Ok(Some(*b)),
+        Some(other) => bail!(
+            "{at}: `{key}` must be true or false, not {}",
+            other.type_str()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn server() -> HistoryLimits {
+        HistoryLimits {
+            max_events: 100,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Arc<TopicPolicies>> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            topics: Vec<Table>,
+        }
+        let f: File = toml::from_str(text).unwrap();
+        policies(&f.topics, server())
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let p = parse(
+            r#"
+            [[topics]]
+            pattern = "cursors/**"
+            history = 0
+            history_max_age = "10m"
+            presence = false
+            join_leave = false
+            client_publish = true
+            publish_rate = 60
+            [[topics]]
+            pattern = "news/*"
+            client_publish = false
+            "#,
+        )
+        .unwrap();
+        let c = p.resolve(&herald_core::Topic::new("cursors/a").unwrap());
+        assert!(c.is_ephemeral());
+        assert_eq!(c.history_max_age, Some(Duration::from_secs(600)));
+        assert_eq!(c.publish_rate, Some(60));
+        let n = p.resolve(&herald_core::Topic::new("news/a").unwrap());
+        assert!(!n.allows_client_publish());
+    }
+
+    #[test]
+    fn refusals_name_the_table_and_key() {
+        for (text, want) in [
+            ("[[topics]]\nhistory = 1", "#1: `pattern` is missing"),
+            (
+                "[[topics]]\npattern = \"a/**/b\"",
+                "#1 (pattern \"a/**/b\"): `pattern` is invalid",
+            ),
+            ("[[topics]]\npattern = \"u/{sub}\"", "may not use {sub}"),
+            (
+                "[[topics]]\npattern = \"a\"\n[[topics]]\npattern = \"b\"\nhistroy = 1",
+                "#2 (pattern \"b\"): unknown key `histroy`",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\nhistory = -1",
+                "`history` must not be negative",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\nhistory = 101",
+                "above the server's --history 100",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\nhistory = \"5\"",
+                "`history` must be a whole number",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\nhistory_max_age = \"soon\"",
+                "`history_max_age`",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\nhistory_max_age = \"0s\"",
+                "longer than 0",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\npresence = true",
+                "presence is not available yet",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\njoin_leave = true",
+                "presence is not available yet",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\nclient_publish = 1",
+                "`client_publish` must be true or false",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\npublish_rate = 0",
+                "at least 1",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\npublish_rate = 5000000000",
+                "more than",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+}
