@@ -321,11 +321,12 @@ async fn second_attack_findings_stay_fixed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    // Cursors: `since` decodes or is refused; a cursor of another topic is refused.
+    // Cursors: `since` decodes (or names a starting point: `earliest`,
+    // `latest`) or is refused; a cursor of another topic is refused.
     let other = publish(&s, "news/other", json!(1)).await;
     for path in [
         "/v1/poll?topic=news/a&timeout=0&since=zzz".to_string(),
-        "/v1/sse?topic=news/a&since=earliest".to_string(),
+        "/v1/sse?topic=news/a&since=zzz".to_string(),
         format!("/v1/poll?topic=news/a&timeout=0&cursor={other}"),
         format!("/v1/sse?topic=news/a&last_event_id={other}"),
     ] {
