@@ -84,8 +84,14 @@ def start(name, workdir, herald_args=()):
         port = PORTS[name]
         binary = "herald" if name == "herald1" else name
         one = ["--workers", "1"] if name == "herald1" else []
+        # The memory engine unless `--herald-arg=--engine=...` names another;
+        # the embedded engine then gets a fresh folder per start.
+        flags = " ".join(herald_args).replace("=", " ").split()
+        engine = [] if "--engine" in flags else ["--engine", "memory"]
+        if "embedded" in flags and "--data-dir" not in flags:
+            engine += ["--data-dir", tempfile.mkdtemp(prefix=f"{name}-data-", dir=workdir)]
         p = subprocess.Popen([str(RELEASE / binary), "serve", "--listen", f"127.0.0.1:{port}",
-                              "--engine", "memory", *one, *herald_args], **common)
+                              *engine, *one, *herald_args], **common)
         srv = Server(name, [p], p.pid, port)
     elif name.startswith("nchan"):
         workers = name[-1]
