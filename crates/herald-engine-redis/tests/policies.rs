@@ -2,53 +2,11 @@
 //! starts: the suite's per-topic history and ephemeral topics, and proof
 //! that an ephemeral topic never gets a stream (pub/sub only, no `XADD`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use common::fresh;
 use herald_core::engine::suite::{self, EngineFactory};
-use herald_core::engine::BoxFuture;
-use herald_core::{Data, Engine, HistoryLimits, Hub, HubConfig, NewEvent, Topic};
-use herald_engine_redis::test_server::RedisServer;
-use herald_engine_redis::{RedisConfig, RedisEngine};
-
-struct Fresh {
-    redis: RedisServer,
-    made: AtomicUsize,
-}
-
-impl EngineFactory for Fresh {
-    /// The key prefix.
-    type Place = String;
-
-    fn place(&self) -> String {
-        format!("p{}:", self.made.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn open<'a>(
-        &'a self,
-        prefix: &'a String,
-        limits: HistoryLimits,
-    ) -> BoxFuture<'a, Arc<dyn Engine>> {
-        Box::pin(async move {
-            let mut config = RedisConfig::new(&self.redis.url(), limits);
-            config.prefix = prefix.clone();
-            config.command_timeout = Duration::from_millis(500);
-            Arc::new(RedisEngine::connect(config).await.expect("engine")) as Arc<dyn Engine>
-        })
-    }
-
-    fn durable(&self) -> bool {
-        true
-    }
-}
-
-fn fresh() -> Fresh {
-    Fresh {
-        redis: RedisServer::start(),
-        made: AtomicUsize::new(0),
-    }
-}
+use herald_core::{Data, HistoryLimits, Hub, HubConfig, NewEvent, Topic};
 
 #[tokio::test]
 async fn topic_policies() {

@@ -4,54 +4,11 @@
 //! retention, gaps and epochs, idempotency and one-time tokens. Each store
 //! is a fresh key prefix on that server.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use herald_core::engine::suite::{self, EngineFactory};
-use herald_core::engine::BoxFuture;
-use herald_core::{Engine, HistoryLimits};
-use herald_engine_redis::test_server::RedisServer;
-use herald_engine_redis::{RedisConfig, RedisEngine};
+use herald_core::engine::suite;
 
-/// Engines on one `redis-server`, each store under its own key prefix.
-struct Fresh {
-    redis: RedisServer,
-    made: AtomicUsize,
-}
-
-fn fresh() -> Fresh {
-    Fresh {
-        redis: RedisServer::start(),
-        made: AtomicUsize::new(0),
-    }
-}
-
-impl EngineFactory for Fresh {
-    /// The key prefix.
-    type Place = String;
-
-    fn place(&self) -> String {
-        format!("s{}:", self.made.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn open<'a>(
-        &'a self,
-        prefix: &'a String,
-        limits: HistoryLimits,
-    ) -> BoxFuture<'a, Arc<dyn Engine>> {
-        Box::pin(async move {
-            let mut config = RedisConfig::new(&self.redis.url(), limits);
-            config.prefix = prefix.clone();
-            config.command_timeout = Duration::from_millis(500);
-            Arc::new(RedisEngine::connect(config).await.expect("engine")) as Arc<dyn Engine>
-        })
-    }
-
-    fn durable(&self) -> bool {
-        true
-    }
-}
+use common::fresh;
 
 #[test]
 fn resume_is_exact_across_restarts() {
