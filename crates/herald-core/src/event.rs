@@ -166,12 +166,26 @@ impl Event {
         crate::cursor::Cursor::single(&self.topic, self.position).encode()
     }
 
-    /// The SSE encoding, computed once.
+    /// Whether this is one of Herald's signals (`herald.join`,
+    /// `herald.leave`: a name with the reserved prefix, which publishers
+    /// may not use): delivered live only, never stored, with no cursor of
+    /// its own (no SSE `id:` line, no JSON `id`), and it does not move a
+    /// subscription's cursor.
+    pub fn is_signal(&self) -> bool {
+        self.name
+            .as_deref()
+            .is_some_and(|n| n.starts_with(wire::reserved::PREFIX))
+    }
+
+    /// The SSE encoding, computed once (signals: without `id:`).
     pub fn sse(&self) -> &SseFrame {
         self.sse.get_or_init(|| {
-            let id = self.id();
-            let (frame, body_start) =
-                wire::sse::encode_event(Some(&id), self.name.as_deref(), self.data.as_sse_text());
+            let id = (!self.is_signal()).then(|| self.id());
+            let (frame, body_start) = wire::sse::encode_event(
+                id.as_deref(),
+                self.name.as_deref(),
+                self.data.as_sse_text(),
+            );
             SseFrame {
                 frame: frame.freeze(),
                 body_start,
@@ -180,10 +194,18 @@ impl Event {
     }
 
     /// The JSON message `{"type":"event","topic","id","event"?,"data","published_at"}`
-    /// used by WebSocket and long polling, computed once.
+    /// used by WebSocket and long polling, computed once (signals: without
+    /// `id`).
     pub fn json(&self) -> &Bytes {
         self.json
-            .get_or_init(|| Bytes::from(wire::json::encode_event(self, &self.id())))
+            .get_or_init(|| {
+                let id = if self.is_signal() {
+                    String::new()
+                } else {
+                    self.id()
+                };
+                Bytes::from(wire::json::encode_event(self, &id))
+            })
     }
 }
 

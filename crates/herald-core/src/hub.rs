@@ -1,7 +1,7 @@
 //! The hub: the one publish path and the one subscribe path every transport uses.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
 use crate::metrics::Metrics;
 use crate::one_time::{LocalOneTime, OneTimeStore};
 use crate::policy::{TopicPolicies, TopicPolicy};
+use crate::presence::{signal_event, Change, Holds, LocalPresence, Member, PresenceGuard, PresenceStore};
 use crate::subscription::Subscription;
 use crate::topic::Topic;
 use crate::wire::reserved;
@@ -153,6 +154,11 @@ pub(crate) struct HubInner {
     metrics: Arc<Metrics>,
     idempotency: Arc<dyn IdempotencyStore>,
     one_time: Arc<dyn OneTimeStore>,
+    pub(crate) presence: Arc<dyn PresenceStore>,
+    pub(crate) holds: Holds,
+    /// This process's part of connection ids (random per start).
+    node: u32,
+    next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -200,6 +206,9 @@ impl Hub {
         let one_time = engine
             .one_time_store()
             .unwrap_or_else(|| Arc::new(LocalOneTime::default()));
+        let presence = engine
+            .presence_store()
+            .unwrap_or_else(|| Arc::new(LocalPresence::default()));
         Hub {
             inner: Arc::new(HubInner {
                 engine,
@@ -208,6 +217,10 @@ impl Hub {
                 metrics,
                 idempotency,
                 one_time,
+                presence,
+                holds: Holds::default(),
+                node: (crate::engine::new_epoch() & 0xffff_ffff) as u32,
+                next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
             }),
         }
@@ -497,8 +510,91 @@ impl Hub {
         let _ = rx.wait_for(|v| *v).await;
     }
 
+    /// A new connection id, unique in the cluster while this process
+    /// runs: `<8 hex digits of this process>-<hex counter>` (the
+    /// `client` of presence entries).
+    pub fn new_client_id(&self) -> String {
+        let n = self.inner.next_client.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n:x}", self.inner.node)
+    }
+
+    /// Makes `member` present on `topic` while the returned guard lives,
+    /// if the topic's policy tracks presence (else the guard holds
+    /// nothing and this costs nothing). The first hold of a (topic,
+    /// client) pair records the member in the engine's presence store and,
+    /// when it was not there and the policy has `join_leave`, signals
+    /// `herald.join` to the topic's subscribers. When the last guard of
+    /// the pair is dropped, the member leaves after `linger` (a long
+    /// poll's grace period; zero for streams) unless the pair was taken
+    /// again meanwhile.
+    ///
+    /// A store that cannot be reached is logged and counted
+    /// ([`Metrics::presence_errors`]); the connection goes on without its
+    /// entry.
+    pub async fn enter(&self, topic: &Topic, member: Member, linger: Duration) -> PresenceGuard {
+        let policy = self.policy(topic);
+        if !policy.tracks_presence() {
+            return PresenceGuard::none();
+        }
+        if self.inner.holds.take(topic, &member.client) {
+            match self.inner.presence.join(topic, &member).await {
+                Ok(true) if policy.join_leave => {
+                    let event = signal_event(topic, Change::Join, &member);
+                    if let Err(e) = self.inner.engine.signal(event, &self.inner.fanout).await {
+                        self.presence_failed("herald.join", &e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => self.presence_failed("join", &e),
+            }
+        }
+        PresenceGuard::new(&self.inner, topic.clone(), member, linger)
+    }
+
+    fn presence_failed(&self, what: &str, e: &EngineError) {
+        presence_failed(&self.inner, what, e);
+    }
+
+    /// The members of `topic` (empty for a topic without presence), on
+    /// every node the engine spans.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when the store cannot be read.
+    pub async fn presence(&self, topic: &Topic) -> Result<Vec<Member>, EngineError> {
+        if !self.policy(topic).tracks_presence() {
+            return Ok(Vec::new());
+        }
+        self.inner.presence.members(topic).await
+    }
+
+    /// (topic, client) pairs this process holds present or is about to
+    /// let go after their grace period.
+    pub fn presence_holds(&self) -> usize {
+        self.inner.holds.len()
+    }
+
     /// Local subscribers of a topic (tests, admin).
     pub fn subscribers(&self, topic: &crate::Topic) -> usize {
         self.inner.fanout.subscribers(topic)
     }
+}
+
+/// Removes `client` from `topic` in the presence store and, when it was
+/// there and the policy has `join_leave`, signals `herald.leave`.
+pub(crate) async fn leave(hub: &Arc<HubInner>, topic: &Topic, client: &str) {
+    match hub.presence.leave(topic, client).await {
+        Ok(Some(member)) if hub.config.policies.resolve(topic).join_leave => {
+            let event = signal_event(topic, Change::Leave, &member);
+            if let Err(e) = hub.engine.signal(event, &hub.fanout).await {
+                presence_failed(hub, "herald.leave", &e);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => presence_failed(hub, "leave", &e),
+    }
+}
+
+fn presence_failed(hub: &HubInner, what: &str, e: &EngineError) {
+    hub.metrics.presence_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(error = %e, "presence {what} failed");
 }

@@ -11,6 +11,8 @@
 //!   `users/{sub}/**`), for grants and policies alike.
 //! - [`policy`]: topic policies by pattern (history, ephemeral topics,
 //!   client publishing, publish rate), resolved once per topic.
+//! - [`presence`]: who is subscribed to a topic, `herald.join` /
+//!   `herald.leave`, in this process or in the engine's shared store.
 //! - [`event`]: events, positions (`epoch` + `seq`) and their shared encodings.
 //! - [`cursor`]: the opaque resume ids clients see, one position per topic.
 //! - [`engine`]: the [`Engine`] trait and the [`MemoryEngine`]
@@ -56,6 +58,7 @@ pub mod idempotency;
 pub mod metrics;
 pub mod one_time;
 pub mod policy;
+pub mod presence;
 pub mod subscription;
 pub mod topic;
 pub mod topic_pattern;
@@ -70,5 +73,6 @@ pub use hub::{Hub, HubConfig, PublishError};
 pub use metrics::{Metrics, Transport};
 pub use one_time::OneTimeStore;
 pub use policy::{RateLimited, TopicPolicies, TopicPolicy};
+pub use presence::{Member, PresenceGuard, PresenceStore};
 pub use subscription::{Delivery, Gap, SubscribeError, Subscription};
 pub use topic::{Topic, TopicError, TopicKey};

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub topics_dropped: AtomicU64,
     /// Publishes refused because a global budget was used up (503 `server_full`).
     pub budget_refusals: AtomicU64,
+    /// Presence joins, leaves and signals that failed (the store or the
+    /// engine could not be reached).
+    pub presence_errors: AtomicU64,
     /// Topics the engine holds now (set with [`Metrics::set_usage`]).
     topics_held: AtomicU64,
     /// Bytes of retained events the engine holds now (see `Budget::event_bytes`).
@@ -47,14 +50,18 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
 }
 
-/// The transports, for per-transport gauges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The transports, for per-transport gauges and presence entries
+/// (serialized as `"sse"`, `"ws"`, `"poll"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Transport {
     /// Server-sent events (`GET /v1/sse`).
+    #[serde(rename = "sse")]
     Sse,
     /// WebSocket (`/v1/ws`).
+    #[serde(rename = "ws")]
     WebSocket,
     /// Long polling (`GET /v1/poll`).
+    #[serde(rename = "poll")]
     Poll,
 }
 
@@ -214,6 +221,11 @@ impl Metrics {
                 "herald_budget_refusals_total",
                 "Publishes refused because a global budget (topics, retained bytes) was used up.",
                 c(&self.budget_refusals),
+            ),
+            Family::counter(
+                "herald_presence_errors_total",
+                "Presence joins, leaves and join/leave signals that failed (store or engine unreachable).",
+                c(&self.presence_errors),
             ),
         ];
         if self.usage_reported.load(Ordering::Relaxed) {
@@ -511,6 +523,9 @@ herald_topics_dropped_total 0
 # HELP herald_budget_refusals_total Publishes refused because a global budget (topics, retained bytes) was used up.
 # TYPE herald_budget_refusals_total counter
 herald_budget_refusals_total 0
+# HELP herald_presence_errors_total Presence joins, leaves and join/leave signals that failed (store or engine unreachable).
+# TYPE herald_presence_errors_total counter
+herald_presence_errors_total 0
 # HELP herald_topics Topics the engine holds in memory.
 # TYPE herald_topics gauge
 herald_topics 4

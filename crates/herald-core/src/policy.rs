@@ -1,4 +1,5 @@
-//! Topic policies: per-topic history, client publishing and publish rate,
+//! Topic policies: per-topic history, client publishing, publish rate and
+//! presence,
 //! chosen by topic pattern (the `[[topics]]` tables of `herald serve
 //! --config`).
 //!
@@ -40,6 +41,12 @@ pub struct TopicPolicy {
     /// Publishes accepted per second per connection (WebSocket) or per
     /// caller (HTTP); beyond, `rate_limited`. Default: no rate.
     pub publish_rate: Option<u32>,
+    /// Track who is subscribed (`GET /v1/presence`, the WebSocket
+    /// `presence` message; see [`crate::presence`]). Default: off.
+    pub presence: bool,
+    /// Send `herald.join` / `herald.leave` to subscribers; implies
+    /// [`TopicPolicy::presence`]. Default: off.
+    pub join_leave: bool,
 }
 
 impl TopicPolicy {
@@ -49,7 +56,14 @@ impl TopicPolicy {
         history_max_age: None,
         client_publish: None,
         publish_rate: None,
+        presence: false,
+        join_leave: false,
     };
+
+    /// Whether members are tracked (`presence` or `join_leave`).
+    pub fn tracks_presence(&self) -> bool {
+        self.presence || self.join_leave
+    }
 
     /// Whether events of the topic are never stored (`history = 0`).
     pub fn is_ephemeral(&self) -> bool {
@@ -113,6 +127,11 @@ impl TopicPolicies {
     /// Whether there is no rule (every topic gets the defaults).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether any rule tracks presence.
+    pub fn has_presence(&self) -> bool {
+        self.rules.iter().any(|(_, p)| p.tracks_presence())
     }
 
     /// Whether any rule makes topics ephemeral.

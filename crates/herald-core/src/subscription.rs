@@ -297,6 +297,10 @@ impl Subscription {
 
     fn accept_live(&mut self, e: Arc<Event>) -> Option<Delivery> {
         let i = self.index(&e.topic)?;
+        if e.is_signal() {
+            // herald.join / herald.leave: live only, no cursor to keep.
+            return Some(Delivery::Event(e));
+        }
         let st = &mut self.topics[i];
         if st.catching_up {
             return None; // history will have it
@@ -327,6 +331,7 @@ impl Subscription {
 
     fn mark_delivered(&mut self, d: &Delivery) {
         let (topic, pos) = match d {
+            Delivery::Event(e) if e.is_signal() => return,
             Delivery::Event(e) => (&e.topic, e.position),
             Delivery::Gap(g) => (&g.topic, g.position),
             Delivery::Closed(_) => return,

@@ -38,6 +38,7 @@ use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::idempotency::IdempotencyStore;
 use crate::one_time::OneTimeStore;
+use crate::presence::PresenceStore;
 use crate::policy::TopicPolicies;
 use crate::topic::Topic;
 
@@ -302,6 +303,30 @@ pub trait Engine: Send + Sync + 'static {
     /// the memory and embedded engines do: their deployment is one process.
     fn one_time_store(&self) -> Option<Arc<dyn OneTimeStore>> {
         None
+    }
+
+    /// Where the members of presence topics are kept
+    /// ([`crate::presence`]): a store every node shares, for an engine
+    /// that spans nodes; `None` (the default) keeps them in this process.
+    fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        None
+    }
+
+    /// Delivers a signal ([`Event::is_signal`]: `herald.join` /
+    /// `herald.leave`) to every subscriber of its topic, on every node the
+    /// engine spans, in order with the topic's events; nothing is stored.
+    /// The default hands it to `local`, this process's fan-out.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when the engine could not pass it on
+    /// (the signal is then lost; presence itself stays right).
+    fn signal<'a>(
+        &'a self,
+        event: Arc<Event>,
+        local: &'a Fanout,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        local.dispatch(&event);
+        Box::pin(async { Ok(()) })
     }
 
     /// Whether the engine can serve (for `/readyz`).

@@ -14,6 +14,7 @@ use crate::event::{Data, Event};
 struct EventFrame<'a> {
     r#type: &'static str,
     topic: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<&'a str>,
@@ -76,7 +77,10 @@ pub fn encode_event_parts(
 pub struct EventMessage {
     /// The topic the event was published to.
     pub topic: String,
-    /// The event's cursor: resume after it with `since` / `cursor`.
+    /// The event's cursor: resume after it with `since` / `cursor`. Empty
+    /// (absent on the wire) for `herald.join` / `herald.leave`, which have
+    /// no cursor of their own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
     /// The event name; absent for unnamed events.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -19,6 +19,16 @@ pub const GAP: &str = "herald.gap";
 /// loses nothing.
 pub const DISCONNECT: &str = "herald.disconnect";
 
+/// Sent to the subscribers of a topic whose policy has `join_leave = true`
+/// when a client starts receiving it: `data` is
+/// `{"topic","client","user","info"}`. Not stored, no cursor of its own
+/// (see [`crate::presence`]).
+pub const JOIN: &str = "herald.join";
+
+/// Sent like [`JOIN`] when a client stops receiving the topic (or its node
+/// stopped refreshing it), with the same `data`.
+pub const LEAVE: &str = "herald.leave";
+
 /// The prefix reserved for Herald's own events.
 pub const PREFIX: &str = "herald.";
 

@@ -286,6 +286,11 @@ mod suite {
     async fn topic_policies() {
         suite::topic_policies(&Fresh).await;
     }
+
+    #[tokio::test]
+    async fn presence() {
+        suite::presence(&Fresh).await;
+    }
 }
 
 /// An ephemeral topic retains nothing: no bytes counted, and with no

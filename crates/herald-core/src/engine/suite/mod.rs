@@ -18,7 +18,9 @@
 //! - [`idempotency`] and [`one_time_tokens`]: the per-deployment records
 //!   through the hub;
 //! - [`topic_policies`] (in `policies`): per-topic history limits and
-//!   ephemeral topics through the hub.
+//!   ephemeral topics through the hub;
+//! - [`presence`] (in `presence`): members in the engine's presence store,
+//!   `herald.join` / `herald.leave` in order with events, grace periods.
 //!
 //! The property tests build their own runtimes: call them from a plain
 //! `#[test]`. The others are `async`: call them from `#[tokio::test]`.
@@ -32,11 +34,13 @@
 
 mod paging;
 mod policies;
+mod presence;
 mod records;
 mod resume;
 
 pub use paging::{paging_reads_each_event_once, starting_points};
 pub use policies::{suite_policies, topic_policies};
+pub use presence::{member, presence, presence_policies};
 pub use records::{idempotency, one_time_tokens};
 pub use resume::{
     concurrent_publishers_race_resume, old_cursor_gets_a_gap_then_the_retained_events,
