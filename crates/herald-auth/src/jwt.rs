@@ -48,7 +48,16 @@ pub struct Claims {
     /// What the token grants in Herald.
     #[serde(default)]
     pub herald: HeraldClaim,
+    /// Free-form JSON about the holder (a display name, an avatar), shown
+    /// to others in presence entries and `herald.join` / `herald.leave`
+    /// (DESIGN.md, "Presence"). At most [`MAX_INFO_BYTES`] once serialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
+
+/// The largest `info` claim accepted, in bytes of its JSON: it is copied
+/// into every presence entry of the connection.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 /// A verification key and the one algorithm it accepts.
 pub(crate) struct Key {
@@ -150,12 +159,22 @@ impl Claims {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let info = match &self.info {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) if v.to_string().len() > MAX_INFO_BYTES => {
+                return Err(AuthError::Invalid(
+                    "the info claim is larger than 1024 bytes of JSON",
+                ))
+            }
+            Some(v) => Some(v.clone()),
+        };
         Ok(Grant {
             subject: self.sub.clone(),
             subscribe: parse(&self.herald.subscribe)?,
             publish: parse(&self.herald.publish)?,
             llm: self.herald.llm,
             expires_at: Some(self.exp),
+            info,
         })
     }
 }

@@ -29,6 +29,7 @@
 //! let claims = jwt::Claims {
 //!     sub: Some("alice".into()), exp: herald_auth::now() + 60, iat: Some(herald_auth::now()), nbf: None,
 //!     herald: jwt::HeraldClaim { subscribe: vec!["users/{sub}/**".into()], ..Default::default() },
+//!     info: None,
 //! };
 //! let token = jwt::sign(&claims, b"0123456789abcdef0123456789abcdef", false, None).unwrap();
 //! let who = auth.authenticate(Some(Credential::new(token, Source::Header))).unwrap();

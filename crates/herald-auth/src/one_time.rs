@@ -260,6 +260,7 @@ pub(crate) fn principal_to_store(who: &Principal) -> String {
             "publish": patterns(&g.publish),
             "llm": g.llm,
             "exp": g.expires_at,
+            "info": g.info,
         }),
     }
     .to_string()
@@ -285,6 +286,7 @@ pub(crate) fn principal_from_store(v: &str) -> Option<Principal> {
             publish: patterns("publish")?,
             llm: v["llm"].as_bool().unwrap_or(false),
             expires_at: v["exp"].as_u64(),
+            info: v.get("info").filter(|i| !i.is_null()).cloned(),
         })),
         _ => return None,
     })
@@ -304,6 +306,7 @@ mod tests {
                 publish: vec![],
                 llm: false,
                 expires_at: None,
+                info: None,
             }))
         };
         assert_eq!(quota_key(&user(Some("alice")), Some(ip)), "sub:alice");

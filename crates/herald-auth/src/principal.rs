@@ -20,6 +20,9 @@ pub struct Grant {
     /// connection opened with it ends at this instant (DESIGN.md,
     /// "Credentials over time").
     pub expires_at: Option<u64>,
+    /// The token's `info` claim (at most 1024 bytes of JSON), shown in
+    /// presence entries.
+    pub info: Option<serde_json::Value>,
 }
 
 /// Who is asking.
@@ -40,6 +43,14 @@ impl Principal {
     pub fn subject(&self) -> Option<&str> {
         match self {
             Principal::User(g) => g.subject.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The token's `info` claim, for a user that has one.
+    pub fn info(&self) -> Option<&serde_json::Value> {
+        match self {
+            Principal::User(g) => g.info.as_ref(),
             _ => None,
         }
     }

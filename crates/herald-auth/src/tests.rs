@@ -17,6 +17,7 @@ fn claims(sub: &str, subscribe: &[&str], publish: &[&str], ttl: i64) -> jwt::Cla
             publish: publish.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         },
+        info: None,
     }
 }
 
@@ -334,6 +335,7 @@ fn principals_survive_a_shared_store() {
         publish: vec![TopicPattern::parse("chat/*").unwrap()],
         llm: true,
         expires_at: Some(1_900_000_000),
+        info: None,
     };
     for who in [
         Principal::Open,
@@ -419,6 +421,7 @@ fn an_expired_principal_is_refused_every_action() {
         publish: vec![TopicPattern::parse("**").unwrap()],
         llm: true,
         expires_at: Some(now() - 10),
+        info: None,
     };
     let who = Principal::User(Arc::new(grant));
     for action in [

@@ -20,6 +20,7 @@ fn claims() -> jwt::Claims {
             publish: vec![],
             ..Default::default()
         },
+        info: None,
     }
 }
 

@@ -197,15 +197,14 @@ impl Event {
     /// used by WebSocket and long polling, computed once (signals: without
     /// `id`).
     pub fn json(&self) -> &Bytes {
-        self.json
-            .get_or_init(|| {
-                let id = if self.is_signal() {
-                    String::new()
-                } else {
-                    self.id()
-                };
-                Bytes::from(wire::json::encode_event(self, &id))
-            })
+        self.json.get_or_init(|| {
+            let id = if self.is_signal() {
+                String::new()
+            } else {
+                self.id()
+            };
+            Bytes::from(wire::json::encode_event(self, &id))
+        })
     }
 }
 

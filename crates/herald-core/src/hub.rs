@@ -15,7 +15,9 @@ use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
 use crate::metrics::Metrics;
 use crate::one_time::{LocalOneTime, OneTimeStore};
 use crate::policy::{TopicPolicies, TopicPolicy};
-use crate::presence::{signal_event, Change, Holds, LocalPresence, Member, PresenceGuard, PresenceStore};
+use crate::presence::{
+    signal_event, Change, Holds, LocalPresence, Member, PresenceGuard, PresenceStore,
+};
 use crate::subscription::Subscription;
 use crate::topic::Topic;
 use crate::wire::reserved;

@@ -316,7 +316,10 @@ impl Drop for PresenceGuard {
             if !held.linger.is_zero() {
                 tokio::time::sleep(held.linger).await;
             }
-            if hub.holds.forget(&held.topic, &held.member.client, generation) {
+            if hub
+                .holds
+                .forget(&held.topic, &held.member.client, generation)
+            {
                 crate::hub::leave(&hub, &held.topic, &held.member.client).await;
             }
         });

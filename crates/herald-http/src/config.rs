@@ -18,6 +18,10 @@ pub struct HttpConfig {
     pub poll_default_timeout: Duration,
     /// Long poll: the most a request may ask to be held.
     pub poll_max_timeout: Duration,
+    /// Long poll: how long a polling client stays present on presence
+    /// topics after its poll ends (DESIGN.md, "Presence"), so that it does
+    /// not leave and join again between two polls.
+    pub poll_presence_grace: Duration,
     /// Long poll: most events in one answer.
     pub poll_batch: usize,
     /// Long poll: most bytes of event JSON in one answer. At least one event
@@ -79,6 +83,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1024 * 1024,
             poll_default_timeout: Duration::from_secs(25),
             poll_max_timeout: Duration::from_secs(60),
+            poll_presence_grace: Duration::from_secs(30),
             poll_batch: 100,
             poll_max_bytes: 1024 * 1024,
             body_timeout: Duration::from_secs(30),

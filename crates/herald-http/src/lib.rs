@@ -12,6 +12,8 @@
 //!   [`Subscription`](herald_core::Subscription).
 //! - [`publish`]: `POST /v1/publish` and the parsing WebSocket publishes share.
 //! - [`history`]: `GET /v1/history`, a page of a topic's retained events.
+//! - [`presence`]: `GET /v1/presence`, who is subscribed to a topic, and
+//!   the presence entries of each transport's connections.
 //! - [`input`]: query strings, cursors and starting points, decided once.
 //! - [`error`]: every error's status and JSON body, in one place.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
@@ -48,6 +50,7 @@ pub mod connection;
 pub mod error;
 pub mod forwarded;
 pub mod history;
+pub mod presence;
 pub mod input;
 mod layers;
 pub mod limits;
@@ -118,6 +121,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         )
         .route("/v1/poll", get(transport::poll::handler))
         .route("/v1/history", get(history::handler))
+        .route("/v1/presence", get(presence::handler))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

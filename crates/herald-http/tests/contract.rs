@@ -480,6 +480,147 @@ async fn starting_points(kind: Kind) {
     }
 }
 
+/// A server whose `room/**` topics track presence with join/leave events;
+/// a long poll stays present for 2 s after it ends.
+async fn presence_server() -> TestServer {
+    use herald_core::policy::{PolicyRule, TopicPolicies, TopicPolicy};
+    let rule = PolicyRule {
+        pattern: herald_core::topic_pattern::TopicPattern::parse("room/**").unwrap(),
+        policy: TopicPolicy {
+            presence: true,
+            join_leave: true,
+            ..TopicPolicy::DEFAULT
+        },
+    };
+    let hub = HubConfig {
+        policies: std::sync::Arc::new(TopicPolicies::new(vec![rule])),
+        ..HubConfig::default()
+    };
+    let http = HttpConfig {
+        poll_presence_grace: Duration::from_secs(2),
+        ..quick_http()
+    };
+    TestServer::start_with(hub, http).await
+}
+
+async fn presence_list(s: &TestServer, topic: &str) -> (u16, serde_json::Value) {
+    let r = s
+        .client
+        .request(
+            http::Method::GET,
+            &format!("/v1/presence?topic={topic}"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).expect("JSON"))
+}
+
+/// Presence: a client of this transport is listed by `GET /v1/presence`
+/// (with its transport) while subscribed; a watcher gets `herald.join`
+/// before the events published after it and `herald.leave` once the client
+/// is gone (a long poll: after its grace period), neither moving the
+/// watcher's cursor; the WebSocket `presence` message gives the same list;
+/// a topic without presence is 400 `presence_disabled`.
+async fn presence(kind: Kind) {
+    let s = presence_server().await;
+    let topic = "room/1";
+    let mut watcher = open(&s, Kind::Sse, &[topic], None).await;
+    // The watcher's own join comes first.
+    let own = watcher.next(WAIT).await.expect("own join");
+    assert_eq!(own.event, "herald.join", "{own:?}");
+    let before = watcher.resume_token();
+
+    let subject = open(&s, kind, &[topic], None).await;
+    let join = watcher.next(WAIT).await.expect("join");
+    assert_eq!(join.event, "herald.join", "{kind:?}: {join:?}");
+    let data: serde_json::Value = serde_json::from_str(&join.data).unwrap();
+    assert_eq!(data["topic"], topic);
+    assert_eq!(data["user"], "", "no credential, no user");
+    assert_eq!(data["info"], serde_json::Value::Null);
+    let client = data["client"].as_str().unwrap().to_owned();
+    assert_eq!(watcher.resume_token(), before, "a join moves no cursor");
+
+    let (status, list) = presence_list(&s, topic).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["topic"], topic);
+    let clients = list["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "{list}");
+    let entry = clients.iter().find(|c| c["client"] == client.as_str());
+    let entry = entry.unwrap_or_else(|| panic!("{client} not in {list}"));
+    let wire = match kind {
+        Kind::Sse => "sse",
+        Kind::Ws => "ws",
+        Kind::Poll => "poll",
+    };
+    assert_eq!(entry["transport"], wire);
+    assert_eq!(entry["user"], "");
+
+    // An event published after the join comes after it.
+    s.publish(topic, json!("after join"), None).await;
+    let g = watcher.next(WAIT).await.expect("event");
+    assert_eq!(g.data, "after join");
+    let cursor = watcher.resume_token();
+
+    // The same list over a WebSocket `presence` message; a topic without
+    // presence refused on both.
+    let mut ws = s.client.ws().await.expect("ws");
+    ws.send_json(&json!({"type":"presence","topic":topic,"ref":7}))
+        .await
+        .unwrap();
+    let answer = ws.next_json().await.unwrap().unwrap();
+    assert_eq!(answer["type"], "presence", "{answer}");
+    assert_eq!(answer["ref"], 7);
+    assert_eq!(answer["clients"], list["clients"]);
+    ws.send_json(&json!({"type":"presence","topic":"plain/1"}))
+        .await
+        .unwrap();
+    let answer = ws.next_json().await.unwrap().unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str()),
+        (Some("error"), Some("presence_disabled")),
+        "{answer}"
+    );
+    let (status, body) = presence_list(&s, "plain/1").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("presence_disabled")),
+        "{body}"
+    );
+    drop(ws);
+
+    // The client goes: one leave, after the event published before it.
+    s.publish(topic, json!("before leave"), None).await;
+    drop(subject);
+    assert_eq!(
+        watcher.next(WAIT).await.expect("event").data,
+        "before leave"
+    );
+    let cursor_after = watcher.resume_token();
+    assert_ne!(cursor_after, cursor);
+    let leave = watcher
+        .next(WAIT + Duration::from_secs(2))
+        .await
+        .expect("leave");
+    assert_eq!(leave.event, "herald.leave", "{kind:?}: {leave:?}");
+    let left: serde_json::Value = serde_json::from_str(&leave.data).unwrap();
+    assert_eq!(left, data);
+    assert_eq!(
+        watcher.resume_token(),
+        cursor_after,
+        "a leave moves no cursor"
+    );
+    let (_, list) = presence_list(&s, topic).await;
+    assert_eq!(list["clients"].as_array().unwrap().len(), 1, "{list}");
+    expect_quiet(&mut watcher).await;
+}
+
 /// Each scenario on each transport, on the memory engine and, in `mod
 /// redis`, on the Redis engine (a `redis-server` per test).
 macro_rules! contract {
@@ -513,6 +654,7 @@ macro_rules! scenarios {
             slow_consumer,
             shutdown_then_resume,
             starting_points,
+            presence,
         );
     };
 }

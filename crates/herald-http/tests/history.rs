@@ -186,6 +186,7 @@ async fn history_is_authorized() {
             subscribe: vec!["users/{sub}/**".into()],
             ..Default::default()
         },
+        info: None,
     };
     let bearer = format!(
         "Bearer {}",

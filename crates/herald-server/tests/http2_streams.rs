@@ -132,6 +132,7 @@ fn token() -> String {
             publish: vec!["users/{sub}/**".into()],
             ..Default::default()
         },
+        info: None,
     };
     jwt::sign(&claims, SECRET, false, None).unwrap()
 }

@@ -61,6 +61,7 @@ fn client_token() -> String {
             publish: vec!["**".into()],
             llm: false,
         },
+        info: None,
     };
     jwt::sign(&claims, SECRET.as_bytes(), false, None).unwrap()
 }
@@ -196,12 +197,12 @@ fn invalid_policies_refuse_to_start_naming_table_and_key() {
             "`publish_rate`",
         ),
         (
-            "[[topics]]\npattern = \"a\"\npresence = true\n",
-            "presence is not available yet",
+            "[[topics]]\npattern = \"a\"\npresence = \"yes\"\n",
+            "`presence` must be true or false",
         ),
         (
-            "[[topics]]\npattern = \"a\"\njoin_leave = true\n",
-            "presence is not available yet",
+            "[[topics]]\npattern = \"a\"\npresence = false\njoin_leave = true\n",
+            "`join_leave = true` needs presence",
         ),
     ];
     for (config, want) in cases {

@@ -268,6 +268,7 @@ async fn publish_ids_and_one_time_tokens_hold_across_nodes() {
                 subscribe: vec!["pay/*".into()],
                 ..Default::default()
             },
+            info: None,
         },
         secret,
         false,

@@ -33,6 +33,7 @@ fn token(sub: &str) -> String {
                 subscribe: vec!["users/{sub}/**".into()],
                 ..Default::default()
             },
+            info: None,
         },
         SECRET.as_bytes(),
         false,

@@ -38,8 +38,8 @@ use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::idempotency::IdempotencyStore;
 use crate::one_time::OneTimeStore;
-use crate::presence::PresenceStore;
 use crate::policy::TopicPolicies;
+use crate::presence::PresenceStore;
 use crate::topic::Topic;
 
 /// A boxed future, so that engines can be used as `Arc<dyn Engine>`.

@@ -3,8 +3,9 @@
 //!
 //! Client → server ([`ClientMessage`]): `subscribe {topic, since?, history?}`,
 //! `unsubscribe {topic}`, `publish {topic, event?, data, id?}`,
-//! `auth {token}`. Server → client ([`ServerMessage`]): `event`,
-//! `subscribed`, `unsubscribed`, `published`, `authenticated`, `error`.
+//! `presence {topic}`, `auth {token}`. Server → client ([`ServerMessage`]):
+//! `event` (also `herald.gap`, `herald.join`, `herald.leave`), `subscribed`,
+//! `unsubscribed`, `published`, `presence`, `authenticated`, `error`.
 //! Any client message may carry a `ref` (any JSON value) that its answer
 //! echoes; [`Frame`] pairs a message with it. Events are not encoded here
 //! one by one: every subscriber gets the shared bytes of
@@ -55,6 +56,12 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// Who is subscribed to `topic` (needs subscribe rights; the topic's
+    /// policy must track presence), answered [`ServerMessage::Presence`].
+    Presence {
+        /// The topic name.
+        topic: String,
+    },
     /// A fresh credential for the same subject, which moves the deadline.
     Auth {
         /// The token (a JWT).
@@ -99,6 +106,14 @@ pub enum ServerMessage {
         sub: Option<String>,
         /// Its `exp`, seconds since the Unix epoch (`null` for none).
         expires_at: Option<u64>,
+    },
+    /// The answer to a `presence` message: the topic's members
+    /// (DESIGN.md, "Presence").
+    Presence {
+        /// The topic.
+        topic: String,
+        /// One entry per present connection, ordered by client id.
+        clients: Vec<crate::presence::Member>,
     },
     /// A message was refused; the connection stays usable. `code` is the
     /// same as the HTTP error's (`invalid_topic`, `forbidden`, ...).

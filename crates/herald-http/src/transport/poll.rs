@@ -103,6 +103,18 @@ async fn poll(
     let _guard = app.hub.metrics().connection(Transport::Poll);
     let start = crate::input::starting_point(&query)?;
     let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor, start).await?;
+    // Present while held and for the grace period after (dropped with
+    // the answer).
+    let client = crate::presence::poll_client_id(&who, peer, param(pairs, "client"), &headers);
+    let _presence = crate::presence::enter_all(
+        &app,
+        &who,
+        &topics,
+        &client,
+        Transport::Poll,
+        app.config.poll_presence_grace,
+    )
+    .await;
     let mut batch = Batch::new(
         app.config.poll_batch.max(1),
         app.config.poll_max_bytes.max(1),

@@ -116,12 +116,17 @@ async fn open(
         .hub
         .subscribe_with(conn.as_ref().and_then(|c| c.kill.clone()));
     let sub = subscribe_all(sub, &topics, &cursor, start).await?;
+    let client = app.hub.new_client_id();
+    let presence =
+        crate::presence::enter_all(&app, &who, &topics, &client, Transport::Sse, Duration::ZERO)
+            .await;
 
     let preamble =
         sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();
     let first_wake = Instant::now() + app.config.keepalive;
     let stream = SseStream {
         sub,
+        _presence: presence,
         metrics: app.hub.metrics().clone(),
         _slot: slot,
         _guard: app.hub.metrics().connection(Transport::Sse),
@@ -152,6 +157,8 @@ async fn open(
 /// One SSE connection's state.
 struct SseStream {
     sub: Subscription,
+    /// Present on the presence topics of the stream while it lives.
+    _presence: Vec<herald_core::PresenceGuard>,
     metrics: Arc<herald_core::Metrics>,
     _guard: ConnectionGuard,
     _slot: Slot,

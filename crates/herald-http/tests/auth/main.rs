@@ -54,6 +54,7 @@ fn claims(ttl: i64) -> jwt::Claims {
             publish: vec!["users/{sub}/**".into()],
             ..Default::default()
         },
+        info: None,
     }
 }
 

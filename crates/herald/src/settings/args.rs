@@ -125,6 +125,11 @@ layered_settings! {
         /// Longest hold of a long poll [default: 60s].
         #[arg(long, env = "HERALD_POLL_MAX_TIMEOUT")]
         pub poll_max_timeout: Option<String>,
+        /// How long a long-polling client stays present (GET /v1/presence,
+        /// herald.join/leave) after its poll ends, so that it does not flicker
+        /// between polls [default: 30s].
+        #[arg(long, env = "HERALD_POLL_PRESENCE_GRACE")]
+        pub poll_presence_grace: Option<String>,
         /// Most events in one long-poll answer [default: 100].
         #[arg(long, env = "HERALD_POLL_BATCH")]
         pub poll_batch: Option<usize>,

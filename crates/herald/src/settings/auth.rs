@@ -59,6 +59,11 @@ pub struct TokenArgs {
     /// The holder may start LLM generations (the `llm` claim).
     #[arg(long)]
     pub llm: bool,
+    /// JSON about the holder, shown to others in presence entries and
+    /// herald.join / herald.leave (the `info` claim, at most 1024 bytes),
+    /// e.g. '{"name":"Ada"}'.
+    #[arg(long)]
+    pub info: Option<String>,
     /// Lifetime [default: 5m].
     #[arg(long, default_value = "5m")]
     pub ttl: String,
@@ -100,6 +105,21 @@ pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
             "no signing key: pass --jwt-secret or --jwt-private-key (or set them in --config)"
         ),
     };
+    let info = match &args.info {
+        None => None,
+        Some(text) => {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| anyhow::anyhow!("--info is not JSON: {e}"))?;
+            let len = v.to_string().len();
+            if len > herald_auth::jwt::MAX_INFO_BYTES {
+                bail!(
+                    "--info is {len} bytes of JSON; at most {} are accepted",
+                    herald_auth::jwt::MAX_INFO_BYTES
+                );
+            }
+            Some(v)
+        }
+    };
     let now = herald_auth::now();
     let claims = herald_auth::jwt::Claims {
         sub: args.sub,
@@ -111,6 +131,7 @@ pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
             publish: args.publish,
             llm: args.llm,
         },
+        info,
     };
     let kid = args.jwt_key_id.or(file.jwt_key_id);
     herald_auth::jwt::sign(&claims, &key, pem, kid.as_deref())

@@ -46,6 +46,11 @@ pub(super) fn config(s: &ServeArgs, auth: Arc<Auth>) -> anyhow::Result<HttpConfi
         keepalive,
         max_body_bytes: s.max_body.unwrap_or(d.max_body_bytes),
         poll_max_timeout: dur("poll-max-timeout", &s.poll_max_timeout, d.poll_max_timeout)?,
+        poll_presence_grace: dur(
+            "poll-presence-grace",
+            &s.poll_presence_grace,
+            d.poll_presence_grace,
+        )?,
         poll_batch: s.poll_batch.unwrap_or(d.poll_batch).max(1),
         poll_max_bytes: s.poll_max_bytes.unwrap_or(d.poll_max_bytes).max(1),
         body_timeout,

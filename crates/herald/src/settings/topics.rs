@@ -29,8 +29,9 @@ const KEYS: &[&str] = &[
 /// Errors: the first wrong key, as `[[topics]] #N (pattern "P"): ...`
 /// (tables numbered from 1): a missing or invalid pattern, an unknown key, a
 /// value of the wrong type, a negative or too large number, `history` above
-/// `--history`, a duration that does not parse, and `presence` or
-/// `join_leave` turned on (presence is not available yet).
+/// `--history`, a duration that does not parse, and `join_leave = true`
+/// beside `presence = false` (join/leave events need presence; `join_leave`
+/// alone turns presence on).
 pub(super) fn policies(
     tables: &[Table],
     history: HistoryLimits,
@@ -93,14 +94,13 @@ fn rule(n: usize, table: &Table, history: HistoryLimits) -> anyhow::Result<Polic
         }
         policy.history_max_age = Some(age);
     }
-    for key in ["presence", "join_leave"] {
-        if boolean(&at, key, table.get(key))? == Some(true) {
-            bail!(
-                "{at}: `{key} = true`: presence is not available yet in this version of Herald; \
-                 remove the key (or set it to false)"
-            );
-        }
+    let presence = boolean(&at, "presence", table.get("presence"))?;
+    let join_leave = boolean(&at, "join_leave", table.get("join_leave"))?;
+    if join_leave == Some(true) && presence == Some(false) {
+        bail!("{at}: `join_leave = true` needs presence (it reports who comes and goes); remove `presence = false`");
     }
+    policy.presence = presence.unwrap_or(false);
+    policy.join_leave = join_leave.unwrap_or(false);
     policy.client_publish = boolean(&at, "client_publish", table.get("client_publish"))?;
     if let Some(v) = table.get("publish_rate") {
         let rate = integer(&at, "publish_rate", v)?;
@@ -223,12 +223,12 @@ mod tests {
                 "longer than 0",
             ),
             (
-                "[[topics]]\npattern = \"a\"\npresence = true",
-                "presence is not available yet",
+                "[[topics]]\npattern = \"a\"\npresence = 1",
+                "`presence` must be true or false",
             ),
             (
-                "[[topics]]\npattern = \"a\"\njoin_leave = true",
-                "presence is not available yet",
+                "[[topics]]\npattern = \"a\"\npresence = false\njoin_leave = true",
+                "`join_leave = true` needs presence",
             ),
             (
                 "[[topics]]\npattern = \"a\"\nclient_publish = 1",

@@ -18,6 +18,7 @@ async fn relay_topics_are_written_only_by_the_relay() {
                 publish: vec!["**".into(), "llm/*".into()],
                 llm: true,
             },
+            info: None,
         },
         SECRET.as_bytes(),
         false,

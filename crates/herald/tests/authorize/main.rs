@@ -112,6 +112,7 @@ fn token(action: Action, cred: Cred) -> Option<String> {
             publish: vec!["users/{sub}/**".into()],
             llm,
         },
+        info: None,
     };
     let sign = |c: &jwt::Claims, key: &str| jwt::sign(c, key.as_bytes(), false, None).unwrap();
     match cred {

@@ -124,6 +124,7 @@ fn signed(secret: &[u8], sub: &str, publish: &[&str], llm: bool) -> String {
                 publish: publish.iter().map(|s| s.to_string()).collect(),
                 llm,
             },
+            info: None,
         },
         secret,
         false,

@@ -196,6 +196,7 @@ async fn second_attack_findings_stay_fixed() {
                 llm: true,
                 ..Default::default()
             },
+            info: None,
         },
         SECRET.as_bytes(),
         false,

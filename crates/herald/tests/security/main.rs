@@ -61,6 +61,7 @@ fn token_for(sub: &str, topics: &[&str], iat: u64, ttl: u64) -> String {
                 publish: topics,
                 llm: false,
             },
+            info: None,
         },
         SECRET.as_bytes(),
         false,

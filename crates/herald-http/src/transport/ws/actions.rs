@@ -81,6 +81,7 @@ impl Connection {
                 };
                 self.publish(item, reference).await
             }
+            ClientMessage::Presence { topic } => self.presence(topic, reference).await,
             ClientMessage::Auth { token } => self.refresh(token, reference).await,
         }
     }
@@ -146,6 +147,7 @@ impl Connection {
         };
         match self.sub.add_from(topic.clone(), since).await {
             Ok(start) => {
+                self.enter(&topic).await;
                 let cursor = Cursor::single(&topic, start).encode();
                 let m = ServerMessage::Subscribed {
                     topic: topic.as_str().to_owned(),
@@ -163,6 +165,7 @@ impl Connection {
             Err(e) => return self.api_error(e.into(), reference).await,
         };
         let was_subscribed = self.sub.remove(&topic);
+        self.presence.retain(|(t, _)| t != &topic);
         let m = ServerMessage::Unsubscribed {
             topic: topic.as_str().to_owned(),
             was_subscribed,
@@ -199,6 +202,49 @@ impl Connection {
                 let m = ServerMessage::Published {
                     topic: e.topic.as_str().to_owned(),
                     id: e.id(),
+                };
+                self.reply(m, reference).await
+            }
+            Err(e) => self.api_error(e, reference).await,
+        }
+    }
+
+    /// Makes the connection present on `topic` (just subscribed), if its
+    /// policy tracks presence and it is not present there yet.
+    async fn enter(&mut self, topic: &Topic) {
+        if !self.app.hub.policy(topic).tracks_presence()
+            || self.presence.iter().any(|(t, _)| t == topic)
+        {
+            return;
+        }
+        let hub = &self.app.hub;
+        let client = self
+            .client
+            .get_or_insert_with(|| hub.new_client_id().into());
+        let member = crate::presence::member(&self.who, client, herald_core::Transport::WebSocket);
+        let guard = hub.enter(topic, member, std::time::Duration::ZERO).await;
+        self.presence.push((topic.clone(), guard));
+    }
+
+    /// `presence {topic}`: the topic's members, with subscribe rights.
+    async fn presence(&mut self, topic: String, reference: Option<Value>) -> Outcome {
+        let topic = match Topic::new(&topic) {
+            Ok(t) => t,
+            Err(e) => return self.api_error(e.into(), reference).await,
+        };
+        if let Err(d) = self
+            .app
+            .config
+            .auth
+            .authorize(&self.who, Action::Presence, &topic)
+        {
+            return self.api_error(d.into(), reference).await;
+        }
+        match crate::presence::members(&self.app, &topic).await {
+            Ok(clients) => {
+                let m = ServerMessage::Presence {
+                    topic: topic.as_str().to_owned(),
+                    clients,
                 };
                 self.reply(m, reference).await
             }
@@ -262,6 +308,7 @@ impl Connection {
             .collect();
         for topic in revoked {
             self.sub.remove(&topic);
+            self.presence.retain(|(t, _)| t != &topic);
             let m = ServerMessage::Unsubscribed {
                 topic: topic.as_str().to_owned(),
                 was_subscribed: true,

@@ -69,6 +69,10 @@ pub(super) struct Connection {
     pub(super) who: Principal,
     /// Fires at the credential's deadline; `None` for a credential without one.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The connection id of presence entries, made on the first one.
+    pub(super) client: Option<Box<str>>,
+    /// Present on these subscribed presence topics.
+    pub(super) presence: Vec<(herald_core::Topic, herald_core::PresenceGuard)>,
 }
 
 /// What a step of the loop leaves the connection in.
@@ -100,6 +104,8 @@ pub(super) async fn run(
         errors,
         who: Principal::Anonymous,
         deadline: None,
+        client: None,
+        presence: Vec::new(),
     };
     let mut refused = None;
     match who {
