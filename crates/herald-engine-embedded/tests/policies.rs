@@ -1,6 +1,8 @@
-//! Topic policies on the embedded engine: the suite's per-topic history and
-//! ephemeral topics, and proof that an ephemeral topic's events are never
-//! written: thousands of them leave the store's folder the size it was.
+//! Topic policies on the embedded engine: the suite's per-topic history,
+//! ephemeral topics and presence (members in this process, join and leave
+//! in order with the topic's events), and proof that an ephemeral topic's
+//! events are never written: thousands of them leave the store's folder
+//! the size it was.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +42,11 @@ impl EngineFactory for Fresh {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_policies() {
     suite::topic_policies(&Fresh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence() {
+    suite::presence(&Fresh).await;
 }
 
 /// Bytes of every file under `dir`.

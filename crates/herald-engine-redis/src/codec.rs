@@ -124,8 +124,43 @@ pub(crate) fn read_answer(topic: &Topic, answer: Vec<Value>) -> Result<RawRead, 
     })
 }
 
-/// A pub/sub notification `epoch \n id \n k \n n \n d`.
-pub(crate) fn decode_message(topic: &Topic, payload: &str) -> Result<Arc<Event>, String> {
+/// What a message on a topic's channel carries.
+#[derive(Debug)]
+pub(crate) enum Notification {
+    /// A stored event (or an ephemeral one), with its position.
+    Event(Arc<Event>),
+    /// A signal ([`Event::is_signal`]: `herald.join` / `herald.leave`), at
+    /// position 0:0: dispatched as it comes, never counted as a position.
+    Signal(Arc<Event>),
+}
+
+/// The first line of a signal's notification; an event's is its epoch (a
+/// number), so the two cannot be confused.
+const SIGNAL_MARK: &str = "~";
+
+/// The notification of a signal: `~ \n published ms \n k \n n \n d`.
+pub(crate) fn signal_message(e: &Event) -> String {
+    let (kind, data) = match &e.data {
+        Data::Text(s) => ("t", s),
+        Data::Json(s) => ("j", s),
+    };
+    let name = e.name.as_deref().unwrap_or("");
+    let mut m = String::with_capacity(SIGNAL_MARK.len() + 24 + name.len() + data.len());
+    m.push_str(SIGNAL_MARK);
+    m.push('\n');
+    m.push_str(&e.published_at_ms.to_string());
+    m.push('\n');
+    m.push_str(kind);
+    m.push('\n');
+    m.push_str(name);
+    m.push('\n');
+    m.push_str(data);
+    m
+}
+
+/// A pub/sub notification: an event's `epoch \n id \n k \n n \n d` (from
+/// the publish script), or a signal's (see [`signal_message`]).
+pub(crate) fn decode_message(topic: &Topic, payload: &str) -> Result<Notification, String> {
     let mut parts = payload.splitn(5, '\n');
     let mut next = || parts.next().ok_or("truncated notification");
     let epoch = next()?;
@@ -133,18 +168,33 @@ pub(crate) fn decode_message(topic: &Topic, payload: &str) -> Result<Arc<Event>,
     let kind = next()?;
     let name = next()?;
     let data = next()?;
+    if epoch == SIGNAL_MARK {
+        let at: u64 = id.parse().map_err(|_| "bad time in signal")?;
+        let e = event(topic, 0, &format!("0-{at}"), kind, name, data)?;
+        if !e.is_signal() {
+            return Err(format!("a signal named {name:?} is not a reserved event"));
+        }
+        return Ok(Notification::Signal(e));
+    }
     let epoch = epoch.parse().map_err(|_| "bad epoch in notification")?;
-    event(topic, epoch, id, kind, name, data)
+    event(topic, epoch, id, kind, name, data).map(Notification::Event)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn decode_event(t: &Topic, payload: &str) -> Result<Arc<Event>, String> {
+        match decode_message(t, payload)? {
+            Notification::Event(e) => Ok(e),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
     #[test]
     fn notification_round_trip() {
         let t = Topic::new("chat/1").unwrap();
-        let e = decode_message(
+        let e = decode_event(
             &t,
             "281474976710655\n7-1700000000123\nj\nmsg\n{\"a\":\"x\ny\"}",
         )
@@ -153,12 +203,36 @@ mod tests {
         assert_eq!(e.published_at_ms, 1700000000123);
         assert_eq!(e.name.as_deref(), Some("msg"));
         assert_eq!(e.data, Data::Json("{\"a\":\"x\ny\"}".into()));
-        let e = decode_message(&t, "5\n1-2\nt\n\n").unwrap();
+        let e = decode_event(&t, "5\n1-2\nt\n\n").unwrap();
         assert_eq!(e.name, None);
         assert_eq!(e.data, Data::Text("".into()));
         assert!(decode_message(&t, "5\n1-2\nt").is_err());
         assert!(decode_message(&t, "x\n1-2\nt\n\nd").is_err());
         assert!(decode_message(&t, "5\n1-2\nq\n\nd").is_err());
+    }
+
+    #[test]
+    fn signal_round_trip() {
+        let t = Topic::new("room/1").unwrap();
+        let sent = Arc::new(Event::new(
+            NewEvent::new(t.clone(), Data::Json("{\"a\":\"x\\ny\"}".into())).named("herald.leave"),
+            Position::new(0, 0),
+            1700000000123,
+        ));
+        let message = signal_message(&sent);
+        let Notification::Signal(got) = decode_message(&t, &message).unwrap() else {
+            panic!("expected a signal from {message:?}");
+        };
+        assert!(got.is_signal());
+        assert_eq!(got.position, Position::new(0, 0));
+        assert_eq!(got.published_at_ms, 1700000000123);
+        assert_eq!(got.name.as_deref(), Some("herald.leave"));
+        assert_eq!(got.data, sent.data);
+        // A signal must be a reserved event, or it would count as a
+        // position of the topic.
+        assert!(decode_message(&t, "~\n1\nt\nmsg\nd").is_err());
+        assert!(decode_message(&t, "~\n1\nt\n\nd").is_err());
+        assert!(decode_message(&t, "~\nx\nt\nherald.join\nd").is_err());
     }
 
     #[test]

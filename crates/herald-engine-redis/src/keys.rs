@@ -63,6 +63,20 @@ impl Keys {
         k
     }
 
+    /// The topic's present clients: a sorted set, member the client id,
+    /// score the time (ms, Redis server clock) its entry expires unless
+    /// the node holding it refreshes it.
+    pub fn presence_members(&self, topic: &Topic) -> String {
+        self.topic_key(topic, "pm")
+    }
+
+    /// The topic's present clients' entries: a hash from client id to
+    /// `<node id>\n<member JSON>` (the node that holds the client, and what
+    /// `GET /v1/presence` lists).
+    pub fn presence_info(&self, topic: &Topic) -> String {
+        self.topic_key(topic, "pi")
+    }
+
     /// A one-time token. Not tied to a topic; tokens are URL-safe base64, so
     /// they hold no braces and the key is hashed whole.
     pub fn one_time_token(&self, token: &str) -> String {
@@ -135,6 +149,11 @@ mod tests {
             k.idempotency(&t("orders/123"), "abc"),
             "herald:{orders/123}:i:abc"
         );
+        assert_eq!(
+            k.presence_members(&t("orders/123")),
+            "herald:{orders/123}:pm"
+        );
+        assert_eq!(k.presence_info(&t("orders/123")), "herald:{orders/123}:pi");
     }
 
     #[test]
@@ -146,6 +165,8 @@ mod tests {
             assert_eq!(hash_tag(&k.meta(&topic)), tag);
             assert_eq!(hash_tag(&k.channel(&topic)), tag);
             assert_eq!(hash_tag(&k.idempotency(&topic, "}{")), tag);
+            assert_eq!(hash_tag(&k.presence_members(&topic)), tag);
+            assert_eq!(hash_tag(&k.presence_info(&topic)), tag);
             assert_eq!(k.topic_of_channel(&k.channel(&topic)), Some(topic));
         }
     }

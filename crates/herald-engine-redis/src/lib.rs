@@ -46,6 +46,14 @@
 //! - **Shared records**: idempotent publish ids ([`Engine::idempotency_store`])
 //!   and one-time tokens ([`Engine::one_time_store`], [`RedisOneTimeTokens`])
 //!   live in Redis too, so they hold across nodes.
+//! - **Presence** ([`Engine::presence_store`]): the members of presence
+//!   topics live in Redis (a sorted set by expiry and a hash per topic,
+//!   beside its stream), so every node lists the whole cluster's. Each
+//!   node refreshes the clients it holds and sweeps expired entries, so the
+//!   clients of a node that dies stop counting within
+//!   [`PresenceTiming::dead_node_bound`] (30 s by default); see `presence`.
+//!   `herald.join` / `herald.leave` ([`Engine::signal`]) travel on the
+//!   topic's pub/sub channel, in order with its events.
 //!
 //! The client library is [fred](https://docs.rs/fred): it speaks sharded
 //! pub/sub to a single server and to a cluster (routing each `SSUBSCRIBE` to
@@ -61,9 +69,12 @@
 //! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up, and
 //!   keeping watched topics' keys alive.
 //! - [`stores`]: idempotency records and one-time tokens in Redis.
+//! - `presence`: presence members in Redis, their refresh and sweep tasks.
 //! - Tests: `tests/suite.rs` runs herald-core's engine suite (resume,
 //!   retention, gaps, idempotency, one-time tokens); `tests/engine.rs` and
-//!   `tests/lifecycle.rs` what is Redis's own (nodes, outages, expiry).
+//!   `tests/lifecycle.rs` what is Redis's own (nodes, outages, expiry);
+//!   `tests/presence.rs` the suite's presence and presence across nodes
+//!   (a node that dies).
 //! - `test_server` (feature `test-util`): a throw-away `redis-server` for
 //!   the tests of this and other crates.
 //!
@@ -86,6 +97,7 @@
 mod codec;
 pub mod keys;
 mod listener;
+mod presence;
 pub mod scripts;
 pub mod stores;
 #[cfg(feature = "test-util")]
@@ -96,7 +108,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fred::clients::Pool;
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::Value;
@@ -104,13 +116,15 @@ use herald_core::engine::{new_epoch, resolve_start, BoxFuture, Exhausted};
 use herald_core::fanout::Fanout;
 use herald_core::idempotency::IdempotencyStore;
 use herald_core::one_time::OneTimeStore;
-use herald_core::policy::TopicPolicies;
+use herald_core::policy::{TopicPolicies, TopicPolicy};
+use herald_core::presence::PresenceStore;
 use herald_core::{
     Engine, EngineError, Event, HistoryLimits, NewEvent, Position, ReadResult, Topic,
 };
 use tokio::sync::mpsc;
 
 pub use keys::Keys;
+pub use presence::PresenceTiming;
 pub use stores::{RedisIdempotency, RedisOneTimeTokens};
 
 /// How to reach Redis and what to keep there.
@@ -130,12 +144,16 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Longest pause between reconnection attempts (the backoff starts at 50 ms).
     pub max_reconnect_delay: Duration,
+    /// How presence entries are refreshed, expire and are swept (defaults:
+    /// 8 s, 20 s, 4 s); shorter in tests.
+    pub presence: PresenceTiming,
 }
 
 impl RedisConfig {
     /// The configuration for `url` (see [`RedisConfig::url`]) with `history`
     /// and the defaults: key prefix `herald:`, 2 pooled connections, a
-    /// 2-second command timeout, reconnection backoff up to 2 seconds.
+    /// 2-second command timeout, reconnection backoff up to 2 seconds,
+    /// [`PresenceTiming::default`].
     pub fn new(url: &str, history: HistoryLimits) -> RedisConfig {
         RedisConfig {
             url: url.to_owned(),
@@ -144,6 +162,7 @@ impl RedisConfig {
             pool_size: 2,
             command_timeout: Duration::from_secs(2),
             max_reconnect_delay: Duration::from_secs(2),
+            presence: PresenceTiming::default(),
         }
     }
 }
@@ -221,6 +240,9 @@ pub struct RedisEngine {
     subscriber: Client,
     control: mpsc::UnboundedSender<listener::Control>,
     listener: tokio::task::JoinHandle<()>,
+    presence: Arc<presence::RedisPresence>,
+    /// The presence refresh and sweep tasks.
+    upkeep: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RedisEngine {
@@ -286,11 +308,15 @@ impl RedisEngine {
         });
         let (control, rx) = mpsc::unbounded_channel();
         let listener = tokio::spawn(listener::run(shared.clone(), subscriber.clone(), rx));
+        let presence = presence::RedisPresence::new(shared.clone(), config.presence);
+        let upkeep = presence.start();
         Ok(RedisEngine {
             shared,
             subscriber,
             control,
             listener,
+            presence,
+            upkeep,
         })
     }
 
@@ -313,6 +339,9 @@ impl RedisEngine {
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         self.listener.abort();
+        for task in &self.upkeep {
+            task.abort();
+        }
         // Close the connections (their tasks would otherwise outlive us).
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (pool, subscriber) = (self.shared.pool.clone(), self.subscriber.clone());
@@ -354,6 +383,28 @@ impl Shared {
 
     pub(crate) fn ttl_ms(&self) -> u64 {
         ttl_ms(&self.history)
+    }
+
+    /// `topic`'s policy.
+    pub(crate) fn policy(&self, topic: &Topic) -> Arc<TopicPolicy> {
+        self.policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .resolve(topic)
+    }
+
+    /// Sends a signal on its topic's channel: every node watching the
+    /// topic dispatches it, in order with the topic's events.
+    pub(crate) async fn signal(&self, event: &Event) -> Result<(), EngineError> {
+        let client = self.client()?;
+        let _: Value = client
+            .spublish(
+                self.keys.channel(&event.topic),
+                codec::signal_message(event),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn publish_topic(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
@@ -506,10 +557,12 @@ impl Engine for RedisEngine {
     }
 
     fn watch(&self, topic: &Topic) {
+        self.presence.watch(topic);
         let _ = self.control.send(listener::Control::Watch(topic.clone()));
     }
 
     fn unwatch(&self, topic: &Topic) {
+        self.presence.unwatch(topic);
         let _ = self.control.send(listener::Control::Unwatch(topic.clone()));
     }
 
@@ -519,6 +572,22 @@ impl Engine for RedisEngine {
 
     fn one_time_store(&self) -> Option<Arc<dyn OneTimeStore>> {
         Some(Arc::new(self.one_time_tokens()))
+    }
+
+    /// Members in Redis, shared by every node (see the crate docs).
+    fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        Some(self.presence.clone())
+    }
+
+    /// Sends the signal on the topic's pub/sub channel; every node's
+    /// listener (this one's too) dispatches it to its local subscribers,
+    /// in order with the topic's events.
+    fn signal<'a>(
+        &'a self,
+        event: Arc<Event>,
+        _local: &'a Fanout,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move { self.shared.signal(&event).await })
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>> {

@@ -1,6 +1,9 @@
 //! The pub/sub task: one per engine. It subscribes to the channels of the
 //! topics local clients use, and hands each notification to the local
-//! fan-out once, in position order per topic.
+//! fan-out once, in position order per topic. Signals (`herald.join` /
+//! `herald.leave`, sent by [`Engine::signal`](herald_core::Engine::signal)
+//! on the same channel) are handed on as they come, in order with the
+//! events around them; they are never read back from history.
 //!
 //! Pub/sub may drop a message (it is not stored, and a connection can break
 //! between a publish and its delivery), so after every subscribe and every
@@ -92,7 +95,10 @@ pub(crate) async fn run(
                     let Some(w) = watched.get_mut(&*message.channel) else { continue };
                     let Some(payload) = message.value.as_str() else { continue };
                     match codec::decode_message(&w.topic, &payload) {
-                        Ok(event) => dispatch(&shared, w, &event),
+                        Ok(codec::Notification::Event(event)) => dispatch(&shared, w, &event),
+                        // In order with the topic's events (one channel),
+                        // and never a position: `last` stays.
+                        Ok(codec::Notification::Signal(signal)) => dispatch_signal(&shared, &signal),
                         Err(e) => tracing::warn!(%e, topic = %w.topic, "undecodable notification"),
                     }
                 }
@@ -177,6 +183,15 @@ fn dispatch(shared: &Shared, w: &mut Watched, event: &Arc<Event>) {
     let fanout = shared.fanout.read().unwrap_or_else(|e| e.into_inner());
     if let Some(f) = fanout.as_ref() {
         f.dispatch(event);
+    }
+}
+
+/// Hands a signal (`herald.join` / `herald.leave`) to the local fan-out as
+/// it comes: it has no position to order or skip by.
+fn dispatch_signal(shared: &Shared, signal: &Arc<Event>) {
+    let fanout = shared.fanout.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = fanout.as_ref() {
+        f.dispatch(signal);
     }
 }
 

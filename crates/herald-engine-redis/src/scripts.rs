@@ -17,6 +17,11 @@
 //! long is gone from Redis; used again, it starts a new epoch (the missing
 //! metadata above), so an older cursor gets `herald.gap`.
 //!
+//! Presence (a sorted set of client ids scored by expiry and a hash of
+//! their entries, see [`crate::keys::Keys::presence_members`]) has its own
+//! scripts below; they read time from the Redis server, so that every node
+//! agrees on what has expired.
+//!
 //! Numbers go through `string.format('%d')`: Lua's `tostring` switches to
 //! exponent notation past 14 digits.
 
@@ -180,3 +185,121 @@ pub const ABANDON: &str = r#"
 if redis.call('GET', KEYS[1]) == 'pending' then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
+
+/// The Redis server's clock in ms, shared by the presence scripts: every
+/// node compares expiries with the same clock.
+const NOW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"#;
+
+/// KEYS: presence members (sorted set), presence info (hash). ARGV: client
+/// id, entry (`<node id>\n<member JSON>`), time-to-live ms, key life ms.
+/// Records the client as held by the entry's node, expiring after the
+/// time-to-live, and extends both keys' life. Returns 1 when the client was
+/// not listed before (a join is due), else 0 (an entry not yet swept after
+/// expiring counts as listed: no leave was reported for it either).
+const PRESENCE_JOIN_BODY: &str = r#"
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local new = redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return new
+"#;
+
+/// KEYS: presence members, presence info. ARGV: client id, node prefix
+/// (`<node id>\n`). Removes the client only if the entry is this node's (a
+/// long-polling client may have moved to another node, which holds it
+/// now). Returns the removed entry, or nil.
+pub const PRESENCE_LEAVE: &str = r#"
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if not entry or string.sub(entry, 1, #ARGV[2]) ~= ARGV[2] then return false end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return entry
+"#;
+
+/// KEYS: presence members, presence info. Returns the entries of the
+/// clients whose expiry is still ahead, in no particular order.
+const PRESENCE_MEMBERS_BODY: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
+local out = {}
+for i = 1, #ids do
+  local entry = redis.call('HGET', KEYS[2], ids[i])
+  if entry then out[#out + 1] = entry end
+end
+return out
+"#;
+
+/// KEYS: presence members, presence info. ARGV: node prefix
+/// (`<node id>\n`), time-to-live ms, key life ms, then client id and entry
+/// of each client the node holds. Moves the expiry of the node's own
+/// entries to now + time-to-live; enters again the clients that are not
+/// listed at all (swept during a stall, or lost by Redis); leaves alone
+/// clients another node holds now. Returns the ids entered again.
+const PRESENCE_REFRESH_BODY: &str = r#"
+local prefix = ARGV[1]
+local expiry = string.format('%d', now + tonumber(ARGV[2]))
+local added = {}
+local i = 4
+while i + 1 <= #ARGV do
+  local client, entry = ARGV[i], ARGV[i + 1]
+  local cur = redis.call('HGET', KEYS[2], client)
+  if not cur then
+    redis.call('HSET', KEYS[2], client, entry)
+    redis.call('ZADD', KEYS[1], expiry, client)
+    added[#added + 1] = client
+  elseif string.sub(cur, 1, #prefix) == prefix then
+    if cur ~= entry then redis.call('HSET', KEYS[2], client, entry) end
+    redis.call('ZADD', KEYS[1], expiry, client)
+  end
+  i = i + 2
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return added
+"#;
+
+/// KEYS: presence members, presence info. ARGV: most entries to remove.
+/// Removes clients whose expiry has passed (their node stopped refreshing
+/// them: it died or lost Redis) and returns their entries. Atomic: when
+/// several nodes sweep a topic, each expired entry is returned to one.
+const PRESENCE_SWEEP_BODY: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now), 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {}
+for i = 1, #ids do
+  local entry = redis.call('HGET', KEYS[2], ids[i])
+  redis.call('ZREM', KEYS[1], ids[i])
+  if entry then
+    redis.call('HDEL', KEYS[2], ids[i])
+    out[#out + 1] = entry
+  end
+end
+return out
+"#;
+
+/// The presence join script's Lua source (see `PRESENCE_JOIN_BODY`: KEYS:
+/// members, info; ARGV: client id, entry, time-to-live ms, key life ms;
+/// returns 1 for a new client, else 0).
+pub fn presence_join() -> String {
+    format!("{NOW}{PRESENCE_JOIN_BODY}")
+}
+
+/// The presence listing script's Lua source (KEYS: members, info; returns
+/// the entries of clients not expired, unordered).
+pub fn presence_members() -> String {
+    format!("{NOW}{PRESENCE_MEMBERS_BODY}")
+}
+
+/// The presence refresh script's Lua source (KEYS: members, info; ARGV:
+/// node prefix, time-to-live ms, key life ms, then client id and entry
+/// pairs; returns the ids it entered again).
+pub fn presence_refresh() -> String {
+    format!("{NOW}{PRESENCE_REFRESH_BODY}")
+}
+
+/// The presence sweep script's Lua source (KEYS: members, info; ARGV: most
+/// entries to remove; returns the removed expired entries).
+pub fn presence_sweep() -> String {
+    format!("{NOW}{PRESENCE_SWEEP_BODY}")
+}

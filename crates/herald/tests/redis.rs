@@ -379,3 +379,125 @@ async fn three_herald_processes_share_one_redis() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-url"));
 }
+
+/// Presence across three `herald serve --engine redis` processes: every
+/// node lists every node's clients, joins reach a watcher on another node,
+/// and when a node is killed (SIGKILL, no goodbye) its clients leave the
+/// list, with one `herald.leave` each, within 30 s (DESIGN.md, "Presence").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_processes_and_a_killed_nodes_clients_leave() {
+    use process::ServeProcess;
+    use std::process::{Command, Stdio};
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = process::TempDir::new("presence-nodes");
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        "[[topics]]\npattern = \"room/**\"\npresence = true\njoin_leave = true\n",
+    )
+    .unwrap();
+    let start = || {
+        let mut cmd = Command::new(process::BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--engine", "redis"])
+            .args(["--redis-url", &url, "--redis-prefix", "pr:"])
+            .arg(format!("--config={}", config.display()))
+            .env("HERALD_LOG", "warn")
+            .stderr(Stdio::null());
+        ServeProcess::spawn(cmd)
+    };
+    let mut procs: Vec<ServeProcess> = (0..3).map(|_| start()).collect();
+    let clients: Vec<Client> = procs.iter().map(|p| p.client.clone()).collect();
+    let list = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .request(
+                    http::Method::GET,
+                    "/v1/presence?topic=room/1",
+                    &[],
+                    Default::default(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let body = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let mut ids: Vec<(String, String)> = v["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["client"].as_str().unwrap().to_owned(),
+                        c["transport"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut watcher = Sub::open(&clients[0], Kind::Sse, &["room/1"], None)
+        .await
+        .expect("watcher");
+    let own = watcher.next(WAIT).await.expect("own join");
+    assert_eq!(own.event, "herald.join");
+    let doomed = Sub::open(&clients[1], Kind::Ws, &["room/1"], None)
+        .await
+        .expect("ws on node 1");
+    let _stays = Sub::open(&clients[2], Kind::Sse, &["room/1"], None)
+        .await
+        .expect("sse on node 2");
+    let mut joined = Vec::new();
+    for _ in 0..2 {
+        let g = watcher.next(WAIT).await.expect("join");
+        assert_eq!(g.event, "herald.join", "{g:?}");
+        let v: serde_json::Value = serde_json::from_str(&g.data).unwrap();
+        joined.push(v["client"].as_str().unwrap().to_owned());
+    }
+    // Every node lists all three, with their transports.
+    let everyone = list(&clients[0]).await;
+    assert_eq!(everyone.len(), 3, "{everyone:?}");
+    for c in &clients[1..] {
+        assert_eq!(list(c).await, everyone);
+    }
+    let transports: Vec<&str> = everyone.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        transports.iter().filter(|t| **t == "sse").count(),
+        2,
+        "{everyone:?}"
+    );
+    let ws_client = everyone
+        .iter()
+        .find(|(_, t)| t == "ws")
+        .map(|(c, _)| c.clone())
+        .unwrap();
+    assert!(joined.contains(&ws_client));
+
+    // Node 1 dies without a word: its WebSocket client leaves within 30 s.
+    let killed = Instant::now();
+    procs[1].child.kill().unwrap();
+    procs[1].child.wait().unwrap();
+    drop(doomed);
+    let leave = watcher
+        .next(Duration::from_secs(35))
+        .await
+        .expect("a leave for the dead node's client");
+    let took = killed.elapsed();
+    assert_eq!(leave.event, "herald.leave", "{leave:?}");
+    let v: serde_json::Value = serde_json::from_str(&leave.data).unwrap();
+    assert_eq!(v["client"], ws_client.as_str());
+    // 20 s of time-to-live and a 4 s sweep: within 24 s; the contract says 30.
+    assert!(took <= Duration::from_secs(30), "left after {took:?}");
+    let remaining = list(&clients[0]).await;
+    assert_eq!(remaining.len(), 2, "{remaining:?}");
+    assert!(remaining.iter().all(|(c, _)| *c != ws_client));
+    assert_eq!(list(&clients[2]).await, remaining);
+    // Exactly one leave: nothing else arrives.
+    expect_quiet(&mut watcher).await;
+}

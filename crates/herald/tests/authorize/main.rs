@@ -6,7 +6,8 @@
 //!
 //! Actions: subscribe (SSE, WebSocket, long poll, SSE over HTTP/2), publish
 //! (HTTP, WebSocket, HTTP/2), token exchange (HTTP, HTTP/2), starting an LLM
-//! generation (HTTP, HTTP/2), history reads (HTTP, HTTP/2). Sources: `Authorization: Bearer`, the cookie,
+//! generation (HTTP, HTTP/2), history reads (HTTP, HTTP/2), presence reads
+//! (HTTP, WebSocket, HTTP/2; the server tracks presence on `users/**`). Sources: `Authorization: Bearer`, the cookie,
 //! `?token=`, a one-time token from `POST /v1/tokens`, and the WebSocket
 //! `auth` message.
 
@@ -61,6 +62,7 @@ enum Action {
     Exchange,
     Generate,
     History,
+    Presence,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -343,6 +345,14 @@ async fn attempt(s: &Server, action: Action, transport: Transport, via: Via, cre
             .await;
             status_got(r.status().as_u16())
         }
+        (Action::Presence, Transport::Ws) => {
+            ws_attempt(s, action, via, &tok, &headers, &q(""), topic).await
+        }
+        (Action::Presence, _) => {
+            let path = q(&format!("/v1/presence?topic={topic}"));
+            let r = send(s, h2, http::Method::GET, &path, &headers, None).await;
+            status_got(r.status().as_u16())
+        }
         (Action::History, _) => {
             let path = q(&format!("/v1/history?topic={topic}"));
             let r = send(s, h2, http::Method::GET, &path, &headers, None).await;
@@ -408,6 +418,10 @@ async fn ws_attempt(
     }
     if action == Action::Subscribe {
         ws.subscribe(topic, None).await.unwrap();
+    } else if action == Action::Presence {
+        ws.send_json(&json!({"type": "presence", "topic": topic}))
+            .await
+            .unwrap();
     } else {
         ws.send_json(&json!({"type": "publish", "topic": topic, "data": "forged"}))
             .await
@@ -422,6 +436,11 @@ async fn ws_attempt(
         match v["type"].as_str() {
             Some("authenticated") => continue,
             Some("published") => return Got::Ok,
+            Some("presence") => {
+                assert_eq!(v["topic"], topic, "{v}");
+                assert!(v["clients"].is_array(), "{v}");
+                return Got::Ok;
+            }
             Some("subscribed") => break,
             Some("error") => {
                 return match v["code"].as_str() {
@@ -452,7 +471,13 @@ async fn ws_attempt(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_transport_source_and_credential() {
-    let s = start(&[]);
+    let config = std::env::temp_dir().join(format!("herald-authorize-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[topics]]\npattern = \"users/**\"\npresence = true\n",
+    )
+    .unwrap();
+    let s = start(&[&format!("--config={}", config.display())]);
     // Watch the forbidden topic the whole time: nothing a refused attempt
     // sent may ever reach it.
     let mut watcher = s
@@ -462,7 +487,7 @@ async fn every_action_transport_source_and_credential() {
         .sse(&[THEIRS], None)
         .await
         .unwrap();
-    let table: [(Action, &[Transport]); 5] = [
+    let table: [(Action, &[Transport]); 6] = [
         (
             Action::Subscribe,
             &[
@@ -479,6 +504,10 @@ async fn every_action_transport_source_and_credential() {
         (Action::Exchange, &[Transport::Http, Transport::HttpH2]),
         (Action::Generate, &[Transport::Http, Transport::HttpH2]),
         (Action::History, &[Transport::Http, Transport::HttpH2]),
+        (
+            Action::Presence,
+            &[Transport::Http, Transport::Ws, Transport::HttpH2],
+        ),
     ];
     let vias = [
         Via::Header,
@@ -523,7 +552,8 @@ async fn every_action_transport_source_and_credential() {
             }
         }
     }
-    assert!(checked >= 200, "{checked} cells");
+    let _ = std::fs::remove_file(&config);
+    assert!(checked >= 250, "{checked} cells");
     // The forbidden topic only ever saw nothing: no attempt on it was allowed.
     let seen = tokio::time::timeout(Duration::from_millis(500), watcher.next_event()).await;
     assert!(
