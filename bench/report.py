@@ -75,7 +75,7 @@ def table(rows, scenarios, key, kind, lower, title, note=""):
         by[(r["scenario"], r.get("transport") or r["args"].split()[1], r["server"])] = r
     keys = sorted({(s, t) for (s, t, _) in by if any(s.startswith(p) for p in scenarios)})
     if not keys:
-        return ""
+        return None
     out = [f"### {title}", ""]
     if note:
         out += [note, ""]
@@ -106,6 +106,37 @@ def table(rows, scenarios, key, kind, lower, title, note=""):
         cv = metric(c, key) if c else None
         ctxt = f"{hv / cv:.2f}×" if hv and cv else "–"
         out.append(f"| {s} | {t} | " + " | ".join(cells) + f" | {rtxt} | {ctxt} |")
+    return "\n".join(out) + "\n"
+
+
+def rooms_table(rows):
+    """(e) rooms: one row per measurement (Herald only), the figures side by side."""
+    rs = [r for r in rows if r["scenario"].startswith("e-")]
+    if not rs:
+        return None
+    out = ["### (e) Rooms: every client publishes to its room on its own WebSocket", "",
+           "Each message should reach every member of its room, the sender included. Latency from the "
+           "moment a message was sent, and p99 from the moment it was due at the fixed rate (coordinated "
+           "omission corrected: a client waits for the answer to its publish before the next). "
+           "`refused`: publishes answered with an error; `unanswered`: never answered.", "",
+           "| scenario | server | clients × msg/s, rooms | publishes/s (offered) | deliveries/s | p50 ms | p99 ms "
+           "| p999 ms | max ms | p99 from due, ms | lost | duplicates | refused | unanswered | server CPU |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rs, key=lambda r: (r["scenario"], r["server"])):
+        if not ok(r):
+            out.append(f"| {r['scenario']} | {NAMES.get(r['server'], r['server'])} | error |" + " |" * 12)
+            continue
+        offered = r["subs"] * r["rate"]
+        lost = f"{r['lost']} ({r['lost'] / max(1, r['expected']):.1%})" if r["lost"] else "0"
+        held = "" if r["connected"] == r["subs"] and not r["dropped"] else \
+            f" ({max(0, r['connected'] - r['dropped'])}/{r['subs']} held)"
+        out.append(f"| {r['scenario']} | {NAMES.get(r['server'], r['server'])} | "
+                   f"{r['subs']} × {r['rate']:g}, {r['rooms']}{held} | "
+                   f"{fmt(r['publishes_per_s'], 'rate')} ({fmt(offered, 'rate')}) | "
+                   f"{fmt(r['deliveries_per_s'], 'rate')} | {fmt(r['p50_ms'], 'ms')} | {fmt(r['p99_ms'], 'ms')} | "
+                   f"{fmt(r['p999_ms'], 'ms')} | {fmt(r['max_ms'], 'ms')} | {fmt(r['sched_p99_ms'], 'ms')} | "
+                   f"{lost} | {r['duplicates']} | {r['publish_errors']} | {r['publish_unanswered']} | "
+                   f"{r['server_cpu_pct']:.0f}% |")
     return "\n".join(out) + "\n"
 
 
@@ -147,10 +178,23 @@ def render(paths):
     parts.append(table(rows, ["d-"], "publishes_per_s", "rate", False,
                        "(d) Publish throughput, publishes/s with 1/16/256 concurrent publishers (higher is better)"))
     parts.append(table(rows, ["d-"], "publish_p99_ms", "ms", True, "(d) Publish round trip p99, ms"))
+    parts.append(rooms_table(rows))
     return "\n".join(p for p in parts if p is not None), machine, rows
 
 
+CHART_PANELS = [
+    ("a-idle-10000", "bytes_per_conn", 1 / 1024, "KiB per idle connection, 10k (lower is better)"),
+    ("b-fanout-10000-max", "deliveries_per_s", 1 / 1000, "fan-out k deliveries/s, 10k subs (higher is better)"),
+    ("b-fanout-10000-100", "sched_p99_ms", 1 / 1000, "p99 s from due time, 10k subs, 100 msg/s (lower is better)"),
+    ("b-fanout-10000-5", "p99_ms", 1, "p99 ms, 10k subs, 5 msg/s: equal load (lower is better)"),
+]
+
+
 def chart(rows, png):
+    if not any(r["scenario"] == scen for r in rows for (scen, _, _, _) in CHART_PANELS):
+        # A run of other scenarios (rooms, publish) leaves the chart as it is.
+        print(f"no charted scenario in these results: {png} left as it is", file=sys.stderr)
+        return
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -158,12 +202,7 @@ def chart(rows, png):
     except ImportError:
         print("matplotlib is not installed: no chart", file=sys.stderr)
         return
-    panels = [
-        ("a-idle-10000", "bytes_per_conn", 1 / 1024, "KiB per idle connection, 10k (lower is better)"),
-        ("b-fanout-10000-max", "deliveries_per_s", 1 / 1000, "fan-out k deliveries/s, 10k subs (higher is better)"),
-        ("b-fanout-10000-100", "sched_p99_ms", 1 / 1000, "p99 s from due time, 10k subs, 100 msg/s (lower is better)"),
-        ("b-fanout-10000-5", "p99_ms", 1, "p99 ms, 10k subs, 5 msg/s: equal load (lower is better)"),
-    ]
+    panels = CHART_PANELS
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
     colors = {"herald": "#d1495b", "herald1": "#a4161a", "herald-base": "#f4a3ad", "nchan1": "#00798c", "nchan2": "#30638e", "node": "#edae49",
               "pushpin": "#66a182", "ceiling": "#8d8d8d"}

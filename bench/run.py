@@ -36,6 +36,8 @@ PORTS = {"herald": 9101, "herald-base": 9102, "herald1": 9103, "nchan1": 9201, "
 TARGETS = ["herald", "herald1", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
 # `--targets herald-base,...` adds the earlier Herald build.
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
+# Rooms (e-) need clients that publish on their own WebSocket: Herald builds only.
+ROOMS = ["herald", "herald1", "herald-base"]
 
 
 def limits():
@@ -177,8 +179,11 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
                 "args": " ".join(args)})
     out.write(json.dumps(rec) + "\n")
     out.flush()
-    summary = {k: rec.get(k) for k in ("connected", "dropped", "lost", "deliveries_per_s",
-                                         "p99_ms", "sched_p99_ms", "bytes_per_conn", "publishes_per_s")}
+    keys = ["connected", "dropped", "lost", "deliveries_per_s", "p99_ms", "sched_p99_ms", "bytes_per_conn",
+            "publishes_per_s"]
+    if rec.get("mode") == "rooms":
+        keys += ["duplicates", "p50_ms", "p999_ms", "publish_errors", "publish_unanswered"]
+    summary = {k: rec.get(k) for k in keys}
     if "error" in rec:
         summary = {"error": rec["error"].splitlines()[0] if rec["error"] else "?"}
     print(f"  {scenario:<28} {name:<8} {' '.join(args[:4]):<34} {summary}", flush=True)
@@ -217,6 +222,16 @@ def scenarios(quick):
         out.append((f"d-publish-{p}", "sse", ["--transport", "sse", "--subs", str(p),
                                               "--topics", "per-publisher", "--publishers", str(p),
                                               "--rate", "0", "--window", "0", "--duration", dur]))
+    # (e) rooms: every client is a WebSocket member of one room and publishes
+    # to it on its own socket; every message reaches every member, sender
+    # included. 200 x 20 msg/s = 4,000 publishes and 800,000 deliveries a
+    # second; 200 x 5 msg/s = 200,000 deliveries a second.
+    rooms = [(50, 1, 10, "4")] if quick else [(200, 1, 20, "10"), (200, 1, 5, "10")]
+    for clients, n_rooms, rate, secs in rooms:
+        out.append((f"e-room-{clients}-{rate}", "ws", ["--mode", "rooms", "--clients", str(clients),
+                                                       "--rooms", str(n_rooms), "--rate", str(rate),
+                                                       "--duration", secs, "--payload", "100",
+                                                       "--sources", "4", "--drain", "30"]))
     return out
 
 
@@ -251,6 +266,8 @@ def main():
                     continue  # the earlier build: at 10k connections only
                 if t == "herald1" and not scenario.startswith("b-"):
                     continue  # one thread: fan-out and latency only
+                if scenario.startswith("e-") and t not in ROOMS:
+                    continue  # no client publishes over WebSocket
                 try:
                     measure(t, workdir, out, args, scenario, a.herald_arg)
                 except Exception as e:  # a peer that fails to start is reported, not fatal

@@ -1,23 +1,45 @@
 #!/usr/bin/env bash
 # One command, end to end, on a fresh machine: installs the peers (nginx +
-# Nchan, Pushpin, the Node.js baseline's packages) and matplotlib, builds
+# Nchan, Pushpin, the Node.js baseline's packages; only when --targets names
+# one) and matplotlib, builds
 # Herald and the load generator in release mode, runs every scenario against
 # every server, prints the table and draws docs/bench.png.
 #
 #   bench/run.sh            # the full run (about 40 minutes on 2 cores)
 #   bench/run.sh --quick    # small sizes, short runs (a few minutes)
 #   bench/run.sh --only b-fanout-10000 --targets herald,nchan1
+#   bench/run.sh --only e-room --targets herald    # Herald only: no peers installed
 #
 # Every server listens on 127.0.0.1 and every connection stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The peers are installed only when --targets names one (default: all targets).
+targets="herald,herald1,nchan1,nchan2,node,pushpin,ceiling"
+args=("$@")
+for i in "${!args[@]}"; do
+    case "${args[$i]}" in
+        --targets) targets="${args[$((i + 1))]:-}" ;;
+        --targets=*) targets="${args[$i]#--targets=}" ;;
+    esac
+done
+peers=0
+IFS=, read -ra wanted <<<"$targets"
+for t in "${wanted[@]}"; do
+    case "$t" in
+        herald | herald1 | herald-base | ceiling) ;;
+        *) peers=1 ;;
+    esac
+done
+
 need_apt=()
-command -v nginx >/dev/null || need_apt+=(nginx)
-[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need_apt+=(libnginx-mod-nchan)
-command -v pushpin >/dev/null || need_apt+=(pushpin)
-command -v zurl >/dev/null || need_apt+=(zurl)
-command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ "$peers" = 1 ]; then
+    command -v nginx >/dev/null || need_apt+=(nginx)
+    [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need_apt+=(libnginx-mod-nchan)
+    command -v pushpin >/dev/null || need_apt+=(pushpin)
+    command -v zurl >/dev/null || need_apt+=(zurl)
+    command -v node >/dev/null || need_apt+=(nodejs npm)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "==> apt-get install ${need_apt[*]}"
     apt-get update -q
@@ -32,8 +54,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
-echo "==> npm ci (bench/node)"
-(cd bench/node && npm ci --no-audit --no-fund --silent)
+if [ "$peers" = 1 ]; then
+    echo "==> npm ci (bench/node)"
+    (cd bench/node && npm ci --no-audit --no-fund --silent)
+fi
 
 if ! python3 -c 'import matplotlib' 2>/dev/null; then
     echo "==> pip install matplotlib"
@@ -45,7 +69,6 @@ cargo build --release -q -p herald -p herald-bench
 
 python3 bench/run.py "$@"
 name=latest
-args=("$@")
 for i in "${!args[@]}"; do
     [ "${args[$i]}" = "--name" ] && name="${args[$((i + 1))]}"
 done

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark harness in miniature, for CI: Herald only, 200 connections per
-# transport, a few seconds each. Fails on any connection error, drop or loss,
-# so the load generator and the scenarios never rot. Timings are printed,
-# never asserted.
+# transport, a few seconds each, and 20 WebSocket clients publishing in 2 rooms.
+# Fails on any connection error, drop or loss, so the load generator and the
+# scenarios never rot. Timings are printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,9 +37,12 @@ run() {
     python3 - "$name" "$out" <<'PY' || fail=1
 import json, sys
 name, r = sys.argv[1], json.loads(sys.argv[2])
-bad = {k: r[k] for k in ("connect_errors", "dropped", "lost", "duplicates", "publish_errors") if r[k]}
+bad = {k: r[k] for k in ("connect_errors", "dropped", "lost", "duplicates", "publish_errors",
+                         "publish_unanswered") if r.get(k)}
 if r["connected"] != r["subs"]:
     bad["connected"] = f'{r["connected"]}/{r["subs"]}'
+if r.get("mode") == "rooms" and r["messages"] != r["messages_planned"]:
+    bad["sent"] = f'{r["messages"]}/{r["messages_planned"]}'
 print(f'smoke {name}: {r["connected"]} connected, {r["received"]}/{r["expected"]} delivered, '
       f'{r["deliveries_per_s"]:.0f}/s, p99 {r["p99_ms"]:.1f} ms, {r["bytes_per_conn"] / 1024:.1f} KiB/conn'
       + (f"  FAILED {bad}" if bad else ""))
@@ -52,4 +55,6 @@ done
 run "sse max" --transport sse --subs 200 --rate 0 --window 32 --publishers 2 --duration 2
 run "sse own+shared" --transport sse --subs 200 --topics own-shared --rate 200 --shared-every 20 --duration 2
 run "publish x16" --transport sse --subs 16 --topics per-publisher --publishers 16 --rate 0 --window 0 --duration 2
+# Rooms: 20 WebSocket clients in 2 rooms, each publishing 5 msg/s to its room on its own socket.
+run "ws rooms" --mode rooms --clients 20 --rooms 2 --rate 5 --duration 2
 exit "$fail"

@@ -7,9 +7,15 @@ export type Transport = 'sse' | 'ws' | 'poll';
 export interface HeraldEvent<T = unknown> {
   /** The topic it was published to. */
   topic: string;
-  /** Its cursor: hand it back as `since` to resume right after this event. */
+  /**
+   * Its cursor: hand it back as `since` to resume right after this event.
+   * `null` for `herald.join` / `herald.leave`, which have none.
+   */
   id: string | null;
-  /** Its name; `null` for unnamed events. `herald.gap` when events were missed. */
+  /**
+   * Its name; `null` for unnamed events. `herald.gap` when events were
+   * missed; `herald.join` / `herald.leave` on a topic with join_leave.
+   */
   event: string | null;
   /**
    * The data as it was published (any JSON value). Over SSE, which carries
@@ -30,6 +36,48 @@ export interface GapData {
 }
 
 export type Handler<T = unknown> = (event: HeraldEvent<T>) => void;
+
+/**
+ * A client that receives a topic: one connection (an SSE stream, a
+ * WebSocket) or one long-polling client (one `connect()` in one page).
+ */
+export interface PresenceMember<Info = unknown> {
+  /**
+   * Its id, unique among the topic's members; a long-polling client keeps
+   * its id across polls.
+   */
+  client: string;
+  /** The credential's `sub`; empty for a connection without one. */
+  user: string;
+  /** The credential's `info` claim (e.g. `{"name":"Ada"}`), or `null`. */
+  info: Info | null;
+  /** How it receives the topic. */
+  transport: Transport;
+}
+
+/** The answer of `presence(topic)`. */
+export interface Presence<Info = unknown> {
+  topic: string;
+  /** Every client receiving the topic now, on every node; ordered by `client`. */
+  clients: PresenceMember<Info>[];
+}
+
+/** The data of a `herald.join` or `herald.leave` event: who, on which topic. */
+export interface PresenceChange<Info = unknown> {
+  topic: string;
+  /** The member's `client` (as in `presence()`). */
+  client: string;
+  /** The credential's `sub`; empty for a connection without one. */
+  user: string;
+  /** The credential's `info` claim, or `null`. */
+  info: Info | null;
+}
+
+/**
+ * Called when a client starts (`onJoin`) or stops (`onLeave`) receiving a
+ * topic whose policy has `join_leave = true`.
+ */
+export type PresenceHandler<Info = unknown> = (change: PresenceChange<Info>) => void;
 
 export interface Status {
   state: 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
@@ -89,7 +137,7 @@ export interface ConnectOptions {
   connectTimeout?: number;
   /** Seconds the server holds a long poll (default 25). */
   pollTimeout?: number;
-  /** ms to wait for a WebSocket publish's acknowledgement (default 30000). */
+  /** ms to wait for a WebSocket publish's acknowledgement, or presence answer (default 30000). */
   publishTimeout?: number;
   /** auto: most topics served by SSE before switching to one WebSocket (default 4). */
   maxSseTopics?: number;
@@ -108,6 +156,10 @@ export interface SubscribeOptions {
   since?: 'earliest' | 'latest' | (string & {});
   /** Start with the newest `history` retained events (0 to 1000), then live. */
   history?: number;
+  /** `herald.join` of the topic (see `Herald.onJoin`); removed by the same unsubscribe. */
+  onJoin?: PresenceHandler;
+  /** `herald.leave` of the topic (see `Herald.onLeave`); removed by the same unsubscribe. */
+  onLeave?: PresenceHandler;
 }
 
 export interface HistoryOptions {
@@ -149,17 +201,41 @@ export interface Herald {
   readonly transport: Transport;
   /** The last status reported. */
   readonly status: Status;
-  /** The topic's unnamed events, and `herald.gap` when events were missed. */
+  /**
+   * The topic's unnamed events, and `herald.gap` when events were missed;
+   * never `herald.join` / `herald.leave` (options `onJoin` / `onLeave`).
+   */
   subscribe<T = unknown>(topic: string, handler?: Handler<T>): Unsubscribe;
   subscribe<T = unknown>(topic: string, options: SubscribeOptions, handler?: Handler<T>): Unsubscribe;
   /** The topic's events named `event` (subscribing to the topic if needed). */
   on<T = unknown>(topic: string, event: string, handler: Handler<T>): Unsubscribe;
+  /**
+   * A client started receiving the topic (`herald.join`, sent on topics
+   * whose policy has `join_leave = true`; this client's own join too).
+   * Subscribes to the topic if needed. Joins and leaves are live only: not
+   * stored, not replayed on resume, and they never move the topic's cursor.
+   */
+  onJoin<Info = unknown>(topic: string, handler: PresenceHandler<Info>): Unsubscribe;
+  /**
+   * A client stopped receiving the topic (`herald.leave`): its connection
+   * ended or unsubscribed; a long-polling client after the server's
+   * `--poll-presence-grace` without a poll.
+   */
+  onLeave<Info = unknown>(topic: string, handler: PresenceHandler<Info>): Unsubscribe;
   /** Adds a status listener; returns a function that removes it. */
   onStatus(listener: (status: Status) => void): () => void;
   /** Publishes; resolves to the event's id once the server has stored it. */
   publish(topic: string, data: unknown, options?: PublishOptions): Promise<string>;
   /** A page of the topic's retained events (`GET /v1/history`), oldest first. */
   history<T = unknown>(topic: string, options?: HistoryOptions): Promise<HistoryPage<T>>;
+  /**
+   * Who receives the topic now, on a topic whose policy has
+   * `presence = true`: over the WebSocket when that is the transport and it
+   * is open, else `GET /v1/presence`. Needs subscribe rights on the topic.
+   * Rejects with a HeraldError: `presence_disabled` (the topic's policy does
+   * not track presence), `forbidden`, `unauthorized`, `invalid_topic`.
+   */
+  presence<Info = unknown>(topic: string): Promise<Presence<Info>>;
   /** Closes every connection; no reconnect follows. */
   close(): void;
 }
@@ -170,11 +246,14 @@ export class HeraldError extends Error {
     message: string,
     extra?: { status?: number; topic?: string; retryAfter?: number },
   );
-  /** Herald's error code, e.g. `forbidden`, `unauthorized`, `invalid_topic`, `closed`. */
+  /**
+   * Herald's error code, e.g. `forbidden`, `unauthorized`, `invalid_topic`,
+   * `presence_disabled`, `closed`.
+   */
   readonly code: string;
   /** The HTTP status, when the server answered with one. */
   readonly status?: number;
-  /** The topic concerned, for a refused subscription. */
+  /** The topic concerned, for a refused subscription (or WebSocket presence request). */
   readonly topic?: string;
   /** A temporary refusal (429, 503): ms to wait, from its `Retry-After`. */
   readonly retryAfter?: number;

@@ -25,9 +25,18 @@
 // WebSocket, a new EventSource from the same cursor over SSE, the next request
 // of a long poll. A connection that the server ends at its deadline anyway is
 // resumed at once, by cursor, with a fresh token.
+//
+// Presence: on a topic whose policy has join_leave, the server sends
+// `herald.join` and `herald.leave`. They are not stored and carry no cursor
+// (no SSE `id:`, no JSON `id`), so they never move a topic's cursor; they go
+// only to join/leave listeners, never to a subscribe handler.
 
 const GAP = 'herald.gap';
 const DISCONNECT = 'herald.disconnect';
+const JOIN = 'herald.join';
+const LEAVE = 'herald.leave';
+// Herald's events without a cursor of their own.
+const SIGNALS = [JOIN, LEAVE];
 const TRANSPORTS = ['auto', 'sse', 'ws', 'poll'];
 
 // herald.disconnect reasons after which a stream comes back later: the
@@ -103,6 +112,10 @@ class Client {
     this._closed = false;
     this._wantsPublish = false;
     this._streamChecked = false;
+    // This client's id on every long poll (`client=`): with it the server
+    // keeps one presence entry per client across polls, so two pages of one
+    // user are two entries.
+    this._id = randomId();
     // Start once the page has made its first subscriptions, in one go.
     queueMicrotask(() => this._start());
   }
@@ -119,16 +132,21 @@ class Client {
 
   /**
    * Subscribes to `topic`. `handler` gets the topic's unnamed events and
-   * `herald.gap`; named events go to `on(topic, name, fn)` listeners.
-   * Returns a function that unsubscribes; its `ready` promise resolves once the
-   * subscription is live.
+   * `herald.gap`; named events go to `on(topic, name, fn)` listeners, and
+   * `herald.join` / `herald.leave` to the `onJoin` / `onLeave` options.
+   * Returns a function that unsubscribes (all three); its `ready` promise
+   * resolves once the subscription is live.
    */
   subscribe(topic, options, handler) {
     if (typeof options === 'function') {
       handler = options;
       options = {};
     }
-    return this._listen(topic, null, handler, startOf(options || {}));
+    options = options || {};
+    const entries = [{ name: null, fn: handler }];
+    if (options.onJoin != null) entries.push({ name: JOIN, fn: memberHandler(options.onJoin) });
+    if (options.onLeave != null) entries.push({ name: LEAVE, fn: memberHandler(options.onLeave) });
+    return this._listen(topic, entries, startOf(options));
   }
 
   /** Listens to the events named `event` of `topic` (subscribing to it if needed). */
@@ -137,7 +155,21 @@ class Client {
       throw new TypeError('name the event to listen to');
     }
     if (typeof handler !== 'function') throw new TypeError('handler must be a function');
-    return this._listen(topic, event === 'message' ? null : event, handler, undefined);
+    return this._listen(topic, [{ name: event === 'message' ? null : event, fn: handler }], undefined);
+  }
+
+  /**
+   * Calls `handler` with `{topic, client, user, info}` when a client starts
+   * receiving `topic` (`herald.join`, on a topic whose policy has
+   * join_leave), subscribing to it if needed.
+   */
+  onJoin(topic, handler) {
+    return this._listen(topic, [{ name: JOIN, fn: memberHandler(handler) }], undefined);
+  }
+
+  /** Like onJoin, when a client stops receiving `topic` (`herald.leave`). */
+  onLeave(topic, handler) {
+    return this._listen(topic, [{ name: LEAVE, fn: memberHandler(handler) }], undefined);
   }
 
   /** Adds a status listener; returns a function that removes it. */
@@ -195,6 +227,21 @@ class Client {
     return { events: body.events.map(jsonEvent), cursor: body.cursor };
   }
 
+  /**
+   * Who receives `topic`, a topic whose policy tracks presence:
+   * `{topic, clients: [{client, user, info, transport}]}`. Over the WebSocket
+   * when that is the transport and it is open, else `GET /v1/presence`.
+   * Rejects with a HeraldError: `presence_disabled`, `forbidden`, ...
+   */
+  async presence(topic) {
+    if (this._closed) throw closedError();
+    checkTopic(topic);
+    if (this._mode === 'ws' && this._transport && this._transport.connected()) {
+      return this._transport.presence(topic);
+    }
+    return this._httpPresence(topic);
+  }
+
   /** Closes every connection; no reconnect follows. */
   close() {
     if (this._closed) return;
@@ -206,11 +253,13 @@ class Client {
 
   // ---- internals shared by the transports ----
 
-  _listen(topic, name, handler, start) {
+  // Adds listeners ({name, fn}; name null: the subscribe handler) to
+  // `topic`, subscribing to it if needed; the function returned removes them.
+  _listen(topic, listeners, start) {
     if (this._closed) throw closedError();
     checkTopic(topic);
-    if (handler != null && typeof handler !== 'function') {
-      throw new TypeError('handler must be a function');
+    for (const { fn } of listeners) {
+      if (fn != null && typeof fn !== 'function') throw new TypeError('handler must be a function');
     }
     let state = this._topics.get(topic);
     const isNew = !state;
@@ -218,19 +267,19 @@ class Client {
       state = new TopicState(topic, start);
       this._topics.set(topic, state);
     }
-    const entry = { name, fn: handler || null };
-    state.listeners.add(entry);
+    const entries = listeners.map(({ name, fn }) => ({ name, fn: fn || null }));
+    for (const entry of entries) state.listeners.add(entry);
     if (isNew) {
       if (this._transport) this._transport.addTopic(state);
       this._maybeUpgrade('topics');
-    } else if (name && this._transport && this._transport.addName) {
-      this._transport.addName(state, name);
+    } else if (this._transport && this._transport.addName) {
+      for (const { name } of entries) if (name) this._transport.addName(state, name);
     }
     let done = false;
     const off = () => {
       if (done) return;
       done = true;
-      state.listeners.delete(entry);
+      for (const entry of entries) state.listeners.delete(entry);
       if (state.listeners.size === 0 && this._topics.get(topic) === state) {
         this._topics.delete(topic);
         if (this._transport) this._transport.removeTopic(state);
@@ -296,7 +345,8 @@ class Client {
   }
 
   _dispatch(state, ev) {
-    if (ev.id) state.cursor = ev.id;
+    // herald.join / herald.leave have no cursor: the topic's stays.
+    if (ev.id && !SIGNALS.includes(ev.event)) state.cursor = ev.id;
     if (this._closed || this._topics.get(state.topic) !== state) return;
     const name = ev.event && ev.event !== 'message' ? ev.event : null;
     for (const entry of [...state.listeners]) {
@@ -377,6 +427,7 @@ class Client {
       if (left > 0) timeoutSecs = Math.max(1, Math.min(timeoutSecs, left));
     }
     q.set('timeout', String(timeoutSecs));
+    q.set('client', this._id);
     const res = await fetch(`${this._base}/v1/poll?${q}`, {
       headers,
       signal,
@@ -389,6 +440,17 @@ class Client {
       throw new HeraldError('bad_response', 'unexpected long-poll answer');
     }
     return body;
+  }
+
+  async _httpPresence(topic) {
+    const { headers } = await this._authed();
+    const res = await fetch(`${this._base}/v1/presence?${new URLSearchParams({ topic })}`, {
+      headers,
+      cache: 'no-store',
+      credentials: this._credentials,
+    });
+    if (!res.ok) throw await httpError(res);
+    return presenceAnswer(await res.json());
   }
 
   async _httpPublish(msg) {
@@ -677,7 +739,9 @@ class TopicStream {
   deliver(e) {
     this.c._dispatch(this.state, {
       topic: this.state.topic,
-      id: e.lastEventId || null,
+      // An EventSource keeps the last id across events without one (join,
+      // leave): theirs is none.
+      id: SIGNALS.includes(e.type) ? null : e.lastEventId || null,
       event: e.type === 'message' ? null : e.type,
       data: parseData(e.data),
       text: e.data,
@@ -743,6 +807,7 @@ class WsTransport {
     this.refs = 0;
     this.subs = new Map(); // ref -> TopicState, subscribes not yet answered
     this.publishes = new Map(); // ref -> {msg, resolve, reject, timer}
+    this.queries = new Map(); // ref -> {topic, resolve, reject, timer}, presence requests
     this.timer = 0;
     this.refreshTimer = 0;
     this.authRef = 0; // the ref of the last auth message sent
@@ -798,7 +863,11 @@ class WsTransport {
   }
 
   send(msg) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (this.connected()) this.ws.send(JSON.stringify(msg));
+  }
+
+  connected() {
+    return Boolean(this.ws && this.ws.readyState === WebSocket.OPEN);
   }
 
   subscribe(state) {
@@ -835,6 +904,19 @@ class WsTransport {
         if (this.subs.size === 0) this.markOpen();
         break;
       }
+      case 'presence': {
+        const q = this.queries.get(m.ref);
+        if (q) {
+          this.queries.delete(m.ref);
+          clearTimeout(q.timer);
+          try {
+            q.resolve(presenceAnswer(m));
+          } catch (err) {
+            q.reject(err);
+          }
+        }
+        break;
+      }
       case 'published': {
         const p = this.publishes.get(m.ref);
         if (p) {
@@ -852,11 +934,13 @@ class WsTransport {
       }
       case 'error': {
         const err = new HeraldError(m.code || 'error', m.message || 'error');
-        const p = this.publishes.get(m.ref);
+        const p = this.publishes.get(m.ref) || this.queries.get(m.ref);
         const state = this.subs.get(m.ref);
         if (p) {
           this.publishes.delete(m.ref);
+          this.queries.delete(m.ref);
           clearTimeout(p.timer);
+          if (p.topic) err.topic = p.topic;
           p.reject(err);
         } else if (state) {
           this.subs.delete(m.ref);
@@ -908,6 +992,7 @@ class WsTransport {
     this.open = false;
     clearTimeout(this.refreshTimer);
     if (this.stopped) return;
+    this.settleQueries(true);
     const unanswered = [...this.subs.values()];
     this.subs.clear();
     if (code === CLOSE_UNAUTHORIZED && reason === TOKEN_EXPIRED) {
@@ -966,6 +1051,31 @@ class WsTransport {
     if (this.ws && this.subs.size === 0 && this.ws.readyState === WebSocket.OPEN) this.markOpen();
   }
 
+  // `presence` over the socket, answered by its ref: `presence` or `error`.
+  presence(topic) {
+    return new Promise((resolve, reject) => {
+      const ref = ++this.refs;
+      const timer = setTimeout(() => {
+        if (this.queries.delete(ref)) {
+          reject(new HeraldError('timeout', 'the presence request was not answered in time', { topic }));
+        }
+      }, this.c._opts.publishTimeout);
+      this.queries.set(ref, { topic, resolve, reject, timer });
+      this.send({ type: 'presence', topic, ref });
+    });
+  }
+
+  // Presence requests the socket will not answer: over HTTP instead
+  // (`viaHttp`), or rejected.
+  settleQueries(viaHttp) {
+    for (const q of this.queries.values()) {
+      clearTimeout(q.timer);
+      if (viaHttp) this.c._httpPresence(q.topic).then(q.resolve, q.reject);
+      else q.reject(closedError());
+    }
+    this.queries.clear();
+  }
+
   publish(msg) {
     return new Promise((resolve, reject) => {
       const ref = ++this.refs;
@@ -997,6 +1107,7 @@ class WsTransport {
       }
     }
     this.publishes.clear();
+    this.settleQueries(handOver);
   }
 }
 
@@ -1212,6 +1323,39 @@ function jsonEvent(m) {
     data: m.data,
     text: typeof m.data === 'string' ? m.data : JSON.stringify(m.data),
     publishedAt: m.published_at ?? null,
+  };
+}
+
+// A presence entry: who (`user`, the credential's sub; `info`, its info
+// claim), which connection (`client`) and how (`transport`).
+function presenceMember(m) {
+  return {
+    client: String(m.client ?? ''),
+    user: String(m.user ?? ''),
+    info: m.info ?? null,
+    transport: m.transport ?? null,
+  };
+}
+
+// `GET /v1/presence`'s answer, or the WebSocket's `presence` message.
+function presenceAnswer(body) {
+  if (!body || typeof body.topic !== 'string' || !Array.isArray(body.clients)) {
+    throw new HeraldError('bad_response', 'unexpected presence answer');
+  }
+  return { topic: body.topic, clients: body.clients.map(presenceMember) };
+}
+
+// A join/leave handler gets the event's data, `{topic, client, user, info}`.
+function memberHandler(fn) {
+  if (typeof fn !== 'function') throw new TypeError('handler must be a function');
+  return (e) => {
+    const d = e.data && typeof e.data === 'object' ? e.data : {};
+    fn({
+      topic: d.topic ?? e.topic,
+      client: String(d.client ?? ''),
+      user: String(d.user ?? ''),
+      info: d.info ?? null,
+    });
   };
 }
 

@@ -108,11 +108,12 @@ export class Herald {
   }
 }
 
-/** `herald token ...`: a JWT signed with `secret`. */
-export function mintToken(secret, { sub = 'alice', subscribe = [], publish = [], ttl = '1m' } = {}) {
+/** `herald token ...`: a JWT signed with `secret` (`info`: its info claim, any JSON value). */
+export function mintToken(secret, { sub = 'alice', subscribe = [], publish = [], ttl = '1m', info } = {}) {
   const args = ['token', '--jwt-secret', secret, '--sub', sub, '--ttl', ttl];
   for (const p of subscribe) args.push('--subscribe', p);
   for (const p of publish) args.push('--publish', p);
+  if (info !== undefined) args.push('--info', JSON.stringify(info));
   return new Promise((resolve, reject) => {
     execFile(HERALD_BIN, args, { timeout: 10_000 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`herald token failed: ${stderr || err.message}`));

@@ -11,8 +11,21 @@ pub struct AuthConfig {
     pub hs256_secret: Option<Vec<u8>>,
     /// RS256 or ES256 public key, PEM.
     pub public_key_pem: Option<Vec<u8>>,
-    /// The `kid` of the configured key; a token naming another kid is refused.
+    /// The `kid` of the configured key; a token naming another kid is refused
+    /// (unless a key set below holds it).
     pub key_id: Option<String>,
+    /// URLs (`http://` or `https://`) of JSON Web Key Sets (RFC 7517, 5):
+    /// an identity provider's public keys, chosen by the token's `kid`
+    /// (see [`crate::jwks`]). Fetched by the fetcher given to
+    /// [`crate::Auth::set_jwks_fetcher`], kept fresh by
+    /// [`crate::Auth::keep_jwks_fresh`].
+    pub jwks_urls: Vec<String>,
+    /// The issuer every JWT must name in `iss` (RFC 7519, 4.1.1), compared
+    /// exactly; `None`: `iss` is not read.
+    pub issuer: Option<String>,
+    /// The audience every JWT must name in `aud`, a string or an array of
+    /// strings (RFC 7519, 4.1.3); `None`: tokens with an `aud` are refused.
+    pub audience: Option<String>,
     /// Topic patterns anyone may subscribe to.
     pub public: Vec<String>,
     /// Publisher API keys (taken only from `Authorization: Bearer`).
@@ -39,6 +52,9 @@ impl Default for AuthConfig {
             hs256_secret: None,
             public_key_pem: None,
             key_id: None,
+            jwks_urls: Vec::new(),
+            issuer: None,
+            audience: None,
             public: Vec::new(),
             api_keys: Vec::new(),
             max_query_token_lifetime: Duration::from_secs(300),
@@ -64,6 +80,14 @@ pub enum AuthConfigError {
         pattern: String,
         /// What is wrong with it.
         error: PatternError,
+    },
+    /// A key set URL that cannot be fetched from.
+    #[error("--jwt-jwks-url {url:?}: {error}")]
+    JwksUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        error: &'static str,
     },
     /// An HS256 secret of zero bytes would accept forged tokens.
     #[error("the JWT secret is empty")]

@@ -1,4 +1,6 @@
-//! JWT verification (HS256, RS256, ES256) and the claims Herald reads.
+//! JWT verification (RFC 7519; HS256, RS256 and ES256 with configured keys,
+//! and the algorithms of an identity provider's key set, see [`crate::jwks`])
+//! and the claims Herald reads.
 //!
 //! Claims: `sub`, `exp` (required), `nbf`, `iat`, and a `herald` object with
 //! the topic patterns the holder may use:
@@ -10,6 +12,12 @@
 //!
 //! `llm: true` lets the holder start LLM generations; topics under `llm/`
 //! are never publishable by a token, whatever its `publish` patterns say.
+//!
+//! `iss` and `aud` are read only when the server is configured with an
+//! issuer or an audience ([`crate::AuthConfig::issuer`],
+//! [`crate::AuthConfig::audience`]); then they are required of every token.
+//! A token that names an audience is refused by a server configured with
+//! none (RFC 7519, 4.1.3).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -29,6 +37,10 @@ pub struct HeraldClaim {
     /// May start LLM generations (`POST /v1/llm/chat`, `/v1/chat/completions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub llm: bool,
+    /// May use the server API (`POST /v1/disconnect`, `GET /v1/topics`,
+    /// `GET /v1/connections`) like the publisher key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// The claims of a Herald token.
@@ -82,37 +94,79 @@ pub(crate) fn public_key(pem: &[u8]) -> Result<Key, String> {
     Err("not an RSA or EC (P-256) public key in PEM".into())
 }
 
-/// Verifies `token` with `keys`. `key_id` is the configured key's `kid`, if any.
-pub(crate) fn verify(
-    token: &str,
-    keys: &[Key],
-    key_id: Option<&str>,
-    leeway: u64,
-) -> Result<Claims, AuthError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| {
-        // `alg: none` and unknown algorithms fail here: the header does not parse
-        // into an algorithm Herald knows.
+/// What a token must satisfy besides its signature: the clock leeway for
+/// `exp` and `nbf` (RFC 7519, 4.1.4 and 4.1.5), and, when configured, its
+/// issuer (`iss`, RFC 7519, 4.1.1) and audience (`aud`, RFC 7519, 4.1.3: a
+/// string or an array of strings that must contain ours).
+pub(crate) struct Expect<'a> {
+    /// Clock leeway, in seconds.
+    pub(crate) leeway: u64,
+    /// The required `iss`, exactly.
+    pub(crate) issuer: Option<&'a str>,
+    /// The audience `aud` must name.
+    pub(crate) audience: Option<&'a str>,
+}
+
+/// The header of `token`. `alg: none` and algorithms Herald does not know
+/// fail here (RFC 8725, 3.1): the header does not parse into an algorithm.
+pub(crate) fn header(token: &str) -> Result<Header, AuthError> {
+    jsonwebtoken::decode_header(token).map_err(|_| {
         if token.split('.').next().is_some_and(header_says_none) {
             AuthError::Invalid("unsigned tokens (alg none) are refused")
         } else {
             AuthError::Invalid("malformed token")
         }
-    })?;
+    })
+}
+
+/// The configured key (`--jwt-secret`, `--jwt-public-key`) for a token with
+/// `header`: the one of the token's algorithm, if the token names no `kid`
+/// or the configured one (`key_id`).
+pub(crate) fn static_key<'k>(
+    header: &Header,
+    keys: &'k [Key],
+    key_id: Option<&str>,
+) -> Result<&'k Key, AuthError> {
     if let Some(kid) = &header.kid {
         if key_id != Some(kid.as_str()) {
             return Err(AuthError::Invalid("unknown key id (kid)"));
         }
     }
-    let key = keys
-        .iter()
+    keys.iter()
         .find(|k| k.alg == header.alg)
         .ok_or(AuthError::Invalid(
             "the token's algorithm is not accepted by this server",
-        ))?;
+        ))
+}
+
+/// Verifies `token` (whose header is `header`) with `key`, in `key`'s
+/// algorithm only: a header naming another algorithm is refused before any
+/// signature check (RFC 8725, 3.1 and 3.2), then the signature, `exp`,
+/// `nbf` and what `expect` asks are checked.
+pub(crate) fn decode(
+    token: &str,
+    header: &Header,
+    key: &Key,
+    expect: &Expect<'_>,
+) -> Result<Claims, AuthError> {
+    if header.alg != key.alg {
+        return Err(AuthError::Invalid(
+            "the token's algorithm (alg) is not the one of the key it names",
+        ));
+    }
     let mut validation = Validation::new(key.alg);
-    validation.leeway = leeway;
+    validation.leeway = expect.leeway;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    let mut required = vec!["exp"];
+    if let Some(iss) = expect.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    if let Some(aud) = expect.audience {
+        validation.set_audience(&[aud]);
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
     validation.algorithms = vec![key.alg];
     match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
         Ok(data) => Ok(data.claims),
@@ -128,6 +182,21 @@ pub(crate) fn verify(
             }
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
                 AuthError::Invalid("the token's algorithm is not accepted by this server")
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                AuthError::Invalid("the token's issuer (iss) is not the one this server trusts")
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAudience if expect.audience.is_some() => {
+                AuthError::Invalid("the token's audience (aud) does not name this server")
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::Invalid(
+                "the token names an audience (aud) and this server has none configured",
+            ),
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) if c == "iss" => {
+                AuthError::Invalid("the token has no issuer (iss); this server requires one")
+            }
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                AuthError::Invalid("the token has no audience (aud); this server requires one")
             }
             _ => AuthError::Invalid("invalid token"),
         }),
@@ -173,6 +242,7 @@ impl Claims {
             subscribe: parse(&self.herald.subscribe)?,
             publish: parse(&self.herald.publish)?,
             llm: self.herald.llm,
+            admin: self.herald.admin,
             expires_at: Some(self.exp),
             info,
         })

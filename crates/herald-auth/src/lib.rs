@@ -7,6 +7,8 @@
 //!
 //! - [`pattern`]: topic patterns (`orders/*`, `users/{sub}/**`).
 //! - [`jwt`]: JWT verification (HS256, RS256, ES256) and Herald's claims.
+//! - [`jwks`]: keys of identity providers, JSON Web Key Sets (RFC 7517)
+//!   fetched from URLs through a [`JwksFetcher`], cached by `kid`, refreshed.
 //! - `credential.rs`: a presented [`Credential`] and its [`Source`], and the
 //!   rule for a token in a URL ([`query_token_lifetime`]).
 //! - `principal.rs`: who is asking ([`Principal`], [`Grant`]), what they
@@ -42,6 +44,7 @@
 mod authorize;
 mod config;
 mod credential;
+pub mod jwks;
 pub mod jwt;
 pub mod one_time;
 pub mod pattern;
@@ -54,6 +57,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub use authorize::Readers;
 pub use config::{AuthConfig, AuthConfigError};
 pub use credential::{query_token_lifetime, AuthError, Credential, Source};
+pub use jwks::JwksFetcher;
 #[cfg(test)]
 use one_time::{principal_from_store, principal_to_store};
 pub use one_time::{quota_key, IssueError, OneTimeStore};
@@ -75,6 +79,8 @@ pub struct Auth {
     enabled: bool,
     keys: Vec<jwt::Key>,
     key_id: Option<String>,
+    /// Identity providers' key sets (`None`: no URL configured).
+    jwks: Option<jwks::KeySets>,
     public: Vec<TopicPattern>,
     api_keys: Vec<String>,
     config: AuthConfig,
@@ -89,6 +95,7 @@ impl std::fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("enabled", &self.enabled)
             .field("keys", &self.keys.len())
+            .field("jwks_urls", &self.jwks.as_ref().map_or(0, |j| j.len()))
             .field("public", &self.public)
             .finish_non_exhaustive()
     }
@@ -101,6 +108,7 @@ impl Auth {
             enabled: false,
             keys: Vec::new(),
             key_id: None,
+            jwks: None,
             public: Vec::new(),
             api_keys: Vec::new(),
             config: AuthConfig::default(),
@@ -113,8 +121,9 @@ impl Auth {
     /// Authentication with `config`'s keys and public patterns; open (every
     /// request allowed) when it configures none.
     ///
-    /// Errors: an empty secret, an unreadable public key, an invalid public
-    /// pattern, or a publisher key under 16 characters.
+    /// Errors: an empty secret, an unreadable public key, a key set URL
+    /// that is not `http://` or `https://` (or holds credentials), an
+    /// invalid public pattern, or a publisher key under 16 characters.
     pub fn new(config: AuthConfig) -> Result<Auth, AuthConfigError> {
         let mut keys = Vec::new();
         if let Some(secret) = &config.hs256_secret {
@@ -129,6 +138,18 @@ impl Auth {
         if let Some(pem) = &config.public_key_pem {
             keys.push(jwt::public_key(pem).map_err(AuthConfigError::PublicKey)?);
         }
+        for url in &config.jwks_urls {
+            jwks::check_url(url).map_err(|error| AuthConfigError::JwksUrl {
+                // A URL with credentials is not repeated.
+                url: if url.contains('@') {
+                    "[redacted]".into()
+                } else {
+                    url.clone()
+                },
+                error,
+            })?;
+        }
+        let jwks = (!config.jwks_urls.is_empty()).then(|| jwks::KeySets::new(&config.jwks_urls));
         let public = config
             .public
             .iter()
@@ -142,11 +163,13 @@ impl Auth {
         if config.api_keys.iter().any(|k| k.len() < 16) {
             return Err(AuthConfigError::ShortApiKey);
         }
-        let enabled = !keys.is_empty() || !public.is_empty() || !config.api_keys.is_empty();
+        let enabled =
+            !keys.is_empty() || jwks.is_some() || !public.is_empty() || !config.api_keys.is_empty();
         Ok(Auth {
             enabled,
             keys,
             key_id: config.key_id.clone(),
+            jwks,
             public,
             api_keys: config.api_keys.clone(),
             config,
@@ -157,7 +180,10 @@ impl Auth {
     }
 
     /// [`Auth::authenticate`], redeeming one-time tokens from the shared
-    /// store when there is one. Every transport calls this.
+    /// store when there is one, and fetching the key sets again when a JWT
+    /// names a `kid` none of them holds (at most once per
+    /// [`jwks::MIN_REFETCH_INTERVAL`] per URL; see [`jwks`]). Every
+    /// transport calls this.
     pub async fn authenticate_async(
         &self,
         credential: Option<Credential>,
@@ -166,8 +192,60 @@ impl Auth {
             (Some(store), Some(c)) if c.token.starts_with(ONE_TIME_PREFIX) => {
                 self.redeem_shared(store.as_ref(), &c.token).await
             }
-            _ => self.authenticate(credential),
+            _ => {
+                if let (Some(sets), Some(c)) = (&self.jwks, &credential) {
+                    if let Some(kid) = self.unknown_kid(sets, &c.token) {
+                        sets.fetch_for_kid(&kid).await;
+                    }
+                }
+                self.authenticate(credential)
+            }
         }
+    }
+
+    /// The `kid` of `token` if it is a JWT naming a key neither the key sets
+    /// nor the configured key hold.
+    fn unknown_kid(&self, sets: &jwks::KeySets, token: &str) -> Option<String> {
+        if token.starts_with(ONE_TIME_PREFIX) {
+            return None;
+        }
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        let known = sets.get(&kid).is_some() || self.key_id.as_deref() == Some(kid.as_str());
+        (!known).then_some(kid)
+    }
+
+    /// Fetches the key sets of [`AuthConfig::jwks_urls`] with `fetcher`
+    /// (an HTTP client; this crate has none). Call before sharing the
+    /// `Auth`; without a fetcher no key set is ever loaded.
+    pub fn set_jwks_fetcher(&mut self, fetcher: Arc<dyn JwksFetcher>) {
+        if let Some(sets) = &mut self.jwks {
+            sets.set_fetcher(fetcher);
+        }
+    }
+
+    /// Fetches the key sets now (the first time) and again whenever their
+    /// lifetime passes or a fetch failed (see [`jwks`]); never returns while
+    /// key set URLs are configured (returns at once otherwise). Spawn it
+    /// once, at start.
+    pub async fn keep_jwks_fresh(&self) {
+        let Some(sets) = &self.jwks else {
+            return;
+        };
+        loop {
+            let next = sets.refresh_due().await;
+            let soonest = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+            tokio::time::sleep_until(next.max(soonest)).await;
+        }
+    }
+
+    /// The key set URLs configured ([`AuthConfig::jwks_urls`]).
+    pub fn jwks_urls(&self) -> &[String] {
+        &self.config.jwks_urls
+    }
+
+    /// Keys held from the key sets, over every URL (0 before the first fetch).
+    pub fn jwks_key_count(&self) -> usize {
+        self.jwks.as_ref().map_or(0, jwks::KeySets::key_count)
     }
 
     /// Whether any authentication is configured.
@@ -175,7 +253,10 @@ impl Auth {
         self.enabled
     }
 
-    /// Who presents `credential` (`None`: no credential).
+    /// Who presents `credential` (`None`: no credential). A JWT naming a
+    /// `kid` is verified with the key set key of that `kid` if one is held
+    /// (this never fetches: a `kid` not held yet is refused here, see
+    /// [`Auth::authenticate_async`]), else with the configured keys.
     pub fn authenticate(&self, credential: Option<Credential>) -> Result<Principal, AuthError> {
         if !self.enabled {
             // Still consume one-time tokens, so they behave the same everywhere.
@@ -204,15 +285,10 @@ impl Auth {
             }
             return Ok(Principal::Publisher);
         }
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.jwks.is_none() {
             return Err(AuthError::Invalid("this server accepts no tokens"));
         }
-        let claims = jwt::verify(
-            &c.token,
-            &self.keys,
-            self.key_id.as_deref(),
-            self.config.leeway_secs,
-        )?;
+        let claims = self.verify_jwt(&c.token)?;
         if c.source == Source::Query {
             query_token_lifetime(
                 claims.iat,
@@ -223,6 +299,37 @@ impl Auth {
             )?;
         }
         Ok(Principal::User(Arc::new(claims.grant()?)))
+    }
+
+    /// The claims of the JWT `token`, verified with the key set key its
+    /// `kid` names, else with a configured key; `iss` and `aud` checked as
+    /// configured.
+    fn verify_jwt(&self, token: &str) -> Result<jwt::Claims, AuthError> {
+        let header = jwt::header(token)?;
+        let expect = jwt::Expect {
+            leeway: self.config.leeway_secs,
+            issuer: self.config.issuer.as_deref(),
+            audience: self.config.audience.as_deref(),
+        };
+        if let (Some(sets), Some(kid)) = (&self.jwks, &header.kid) {
+            if let Some(key) = sets.get(kid) {
+                return jwt::decode(token, &header, &key, &expect);
+            }
+            if self.key_id.as_deref() != Some(kid.as_str()) {
+                return Err(AuthError::Invalid(if sets.any_loaded() {
+                    "unknown key id (kid)"
+                } else {
+                    "unknown key id (kid): the identity provider's key set could not be fetched yet"
+                }));
+            }
+        }
+        if self.keys.is_empty() {
+            return Err(AuthError::Invalid(
+                "the token names no key id (kid) of the identity provider's key set",
+            ));
+        }
+        let key = jwt::static_key(&header, &self.keys, self.key_id.as_deref())?;
+        jwt::decode(token, &header, key, &expect)
     }
 
     /// Clock leeway applied to `exp`, in seconds.

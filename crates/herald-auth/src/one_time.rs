@@ -259,6 +259,7 @@ pub(crate) fn principal_to_store(who: &Principal) -> String {
             "subscribe": patterns(&g.subscribe),
             "publish": patterns(&g.publish),
             "llm": g.llm,
+            "admin": g.admin,
             "exp": g.expires_at,
             "info": g.info,
         }),
@@ -285,6 +286,7 @@ pub(crate) fn principal_from_store(v: &str) -> Option<Principal> {
             subscribe: patterns("subscribe")?,
             publish: patterns("publish")?,
             llm: v["llm"].as_bool().unwrap_or(false),
+            admin: v["admin"].as_bool().unwrap_or(false),
             expires_at: v["exp"].as_u64(),
             info: v.get("info").filter(|i| !i.is_null()).cloned(),
         })),
@@ -305,6 +307,7 @@ mod tests {
                 subscribe: vec![],
                 publish: vec![],
                 llm: false,
+                admin: false,
                 expires_at: None,
                 info: None,
             }))

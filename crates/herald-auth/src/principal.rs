@@ -16,6 +16,8 @@ pub struct Grant {
     pub publish: Vec<TopicPattern>,
     /// May start LLM generations (the token's `herald.llm` claim).
     pub llm: bool,
+    /// May use the server API (the token's `herald.admin` claim).
+    pub admin: bool,
     /// `exp`, seconds since the epoch: the credential's deadline. A
     /// connection opened with it ends at this instant (DESIGN.md,
     /// "Credentials over time").

@@ -334,6 +334,7 @@ fn principals_survive_a_shared_store() {
         subscribe: vec![TopicPattern::parse("users/{sub}/**").unwrap()],
         publish: vec![TopicPattern::parse("chat/*").unwrap()],
         llm: true,
+        admin: false,
         expires_at: Some(1_900_000_000),
         info: None,
     };
@@ -420,6 +421,7 @@ fn an_expired_principal_is_refused_every_action() {
         subscribe: vec![TopicPattern::parse("**").unwrap()],
         publish: vec![TopicPattern::parse("**").unwrap()],
         llm: true,
+        admin: false,
         expires_at: Some(now() - 10),
         info: None,
     };

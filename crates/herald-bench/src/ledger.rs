@@ -54,6 +54,48 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A fresh ledger for sequence numbers 1 to `max_messages`, its clock
+    /// starting now.
+    pub fn new(
+        target: Target,
+        transport: Transport,
+        addr: SocketAddr,
+        max_messages: usize,
+    ) -> Self {
+        let cap = max_messages + 1;
+        Shared {
+            target,
+            transport,
+            addr,
+            host: addr.to_string(),
+            start: Instant::now(),
+            counts: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+            expected: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+            late: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            publishing_done: AtomicBool::new(false),
+            received: AtomicU64::new(0),
+            progress: Notify::new(),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Expected deliveries, lost ones and duplicates over messages 1 to
+    /// `last`, each summed per message.
+    pub fn tally(&self, last: u64) -> Tally {
+        let mut t = Tally::default();
+        for seq in 1..=last.min(self.counts.len().saturating_sub(1) as u64) as usize {
+            let e = u64::from(self.expected[seq].load(Ordering::Relaxed));
+            let c = u64::from(self.counts[seq].load(Ordering::Relaxed));
+            t.expected += e;
+            t.lost += e.saturating_sub(c);
+            t.duplicates += c.saturating_sub(e);
+        }
+        t
+    }
+
     /// Microseconds since the run started (the clock every payload carries).
     pub fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
@@ -99,6 +141,17 @@ impl Shared {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         self.note(e);
     }
+}
+
+/// Delivery accounting over a range of messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Deliveries that should have happened.
+    pub expected: u64,
+    /// Expected deliveries that never arrived.
+    pub lost: u64,
+    /// Deliveries beyond a message's expected count.
+    pub duplicates: u64,
 }
 
 /// What one load-generator thread measured.

@@ -12,6 +12,9 @@
 //! - [`target`]: one small adapter per server: subscribe paths, publish requests.
 //! - [`subscriber`]: one connection over SSE, WebSocket or long polling.
 //! - [`run`]: a whole run: connect, measure memory, publish, drain, report.
+//! - [`rooms`]: the rooms mode: WebSocket clients in rooms, each subscribed
+//!   to its room and publishing to it on its own socket, reported in the
+//!   same shape.
 //! - [`ledger`]: the per-message delivery counts and errors every thread of a
 //!   run writes to, and each thread's latency histograms.
 //! - `publish`: the publishers, one keep-alive connection each.
@@ -46,6 +49,7 @@
 pub mod ledger;
 pub mod procfs;
 mod publish;
+pub mod rooms;
 pub mod run;
 pub mod subscriber;
 pub mod target;

@@ -5,16 +5,27 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use herald_bench::run::{run, Plan, Topics};
+use herald_bench::rooms::{self, RoomsPlan};
+use herald_bench::run::{run, Mode, Plan, Topics};
 use herald_bench::target::{Target, Transport};
 
 /// Measure a push server: N subscribers, a publisher, memory, CPU, latency.
+///
+/// `--mode rooms`: N WebSocket clients (`--clients`) spread over `--rooms`
+/// rooms, each subscribed to its room and publishing `--rate` messages per
+/// second to it on its own socket for `--duration` seconds (Herald only).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// A free-form label copied into the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Subscribers and separate publishers, or clients in rooms that publish themselves.
+    #[arg(long, value_enum, default_value = "subscribers")]
+    mode: Mode,
+    /// With --mode rooms: rooms the clients are spread over.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
     #[arg(long, value_enum, default_value = "herald")]
     target: Target,
     #[arg(long, value_enum, default_value = "sse")]
@@ -31,11 +42,13 @@ struct Args {
     /// The server's process id, for RSS and CPU (its children are counted too).
     #[arg(long)]
     server_pid: Option<u32>,
-    #[arg(long, default_value_t = 1000)]
+    /// Subscriber connections (with --mode rooms: clients).
+    #[arg(long, alias = "clients", default_value_t = 1000)]
     subs: usize,
     #[arg(long, value_enum, default_value = "shared")]
     topics: Topics,
-    /// Messages per second over all publishers; 0 = as fast as the server takes them.
+    /// Messages per second over all publishers; 0 = as fast as the server
+    /// takes them. With --mode rooms: per client, more than 0.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
     /// With --rate 0: messages in flight (published, not yet delivered to all); 0 = no limit.
@@ -45,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     shared_every: u64,
     /// Payload bytes per message.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, alias = "payload", default_value_t = 100)]
     size: usize,
     #[arg(long, default_value_t = 1)]
     publishers: usize,
@@ -82,6 +95,28 @@ fn secs(s: f64) -> Duration {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    if a.mode == Mode::Rooms {
+        let report = rooms::run(RoomsPlan {
+            label: a.label,
+            target: a.target,
+            addr: a.addr,
+            server_pid: a.server_pid,
+            clients: a.subs,
+            rooms: a.rooms,
+            rate: a.rate,
+            size: a.size,
+            duration: secs(a.duration),
+            drain: secs(a.drain),
+            settle: secs(a.settle),
+            connect_timeout: secs(a.connect_timeout),
+            threads: a.threads,
+            sources: a.sources,
+            connect_concurrency: a.connect_concurrency,
+            max_messages: a.max_messages,
+        })?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let report = run(Plan {
         label: a.label,
         target: a.target,

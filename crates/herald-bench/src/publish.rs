@@ -89,6 +89,7 @@ pub(crate) async fn publisher(
                 let subs = (0..plan.subs).filter(|i| i % p == j).count();
                 (format!("{prefix}-p-{j}"), subs)
             }
+            Topics::Rooms => bail!("in the rooms mode every client publishes on its own socket"),
         };
         if plan.rate == 0.0 && plan.window > 0 && seq as usize > plan.window {
             // Keep at most `window` messages in flight.

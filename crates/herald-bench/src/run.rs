@@ -11,20 +11,32 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::ledger::{histogram, Shared, ThreadStats};
 use crate::procfs;
 use crate::publish::publisher;
 use crate::subscriber;
 use crate::target::{Target, Transport};
+
+/// What kind of run: who publishes, who receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Subscribers over SSE, WebSocket or long polling, and separate
+    /// publishers over HTTP ([`run`]).
+    Subscribers,
+    /// WebSocket clients in rooms, each subscribed to its room and publishing
+    /// to it on its own socket ([`crate::rooms::run`]).
+    Rooms,
+}
 
 /// Which topics subscribers take and publishers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -36,6 +48,10 @@ pub enum Topics {
     OwnShared,
     /// Publisher j publishes to `p-j`; subscriber i takes `p-(i mod publishers)`.
     PerPublisher,
+    /// The rooms mode's layout (not a `--topics` choice): client i takes
+    /// `room/<run>-<i mod rooms>` and publishes there.
+    #[value(skip)]
+    Rooms,
 }
 
 /// What to run: the command line of `herald-bench`, parsed.
@@ -102,6 +118,8 @@ pub struct Plan {
 pub struct Report {
     /// The plan's label.
     pub label: String,
+    /// The kind of run.
+    pub mode: Mode,
     /// The server under test.
     pub target: Target,
     /// The transport subscribers used.
@@ -110,9 +128,12 @@ pub struct Report {
     pub subs: usize,
     /// The plan's topic layout.
     pub topics: Topics,
-    /// The plan's rate, messages per second (0 = unbounded).
+    /// Rooms (the rooms mode; 0 otherwise).
+    pub rooms: usize,
+    /// The plan's rate, messages per second (0 = unbounded): over all
+    /// publishers, or per client in the rooms mode.
     pub rate: f64,
-    /// The plan's in-flight window, messages.
+    /// The plan's in-flight window, messages (the rooms mode: per client).
     pub window: usize,
     /// Payload bytes per message.
     pub size: usize,
@@ -128,8 +149,13 @@ pub struct Report {
     pub dropped: usize,
     /// Messages published (sequence numbers taken, failed publishes included).
     pub messages: u64,
-    /// Publishes answered with a status outside 2xx.
+    /// Messages the plan's fixed rate offers over its duration (0 without a rate).
+    pub messages_planned: u64,
+    /// Publishes refused: answered with a status outside 2xx, or (rooms
+    /// mode) with a WebSocket `error` message.
     pub publish_errors: u64,
+    /// Publishes sent but never answered by the end of the run.
+    pub publish_unanswered: u64,
     /// Messages per second over the publishing time.
     pub publishes_per_s: f64,
     /// Median publish round trip, milliseconds.
@@ -152,6 +178,8 @@ pub struct Report {
     pub p90_ms: f64,
     /// 99th-percentile delivery latency from send, milliseconds.
     pub p99_ms: f64,
+    /// 99.9th-percentile delivery latency from send, milliseconds.
+    pub p999_ms: f64,
     /// Largest delivery latency from send, milliseconds.
     pub max_ms: f64,
     /// Median latency in milliseconds from the time each message was due at
@@ -160,8 +188,12 @@ pub struct Report {
     /// wait is part of what a publishing application sees. Equal to the
     /// plain figures when every publish went out on time, or without a rate.
     pub sched_p50_ms: f64,
+    /// 90th-percentile latency from the scheduled time, milliseconds.
+    pub sched_p90_ms: f64,
     /// 99th-percentile latency from the scheduled time, milliseconds.
     pub sched_p99_ms: f64,
+    /// 99.9th-percentile latency from the scheduled time, milliseconds.
+    pub sched_p999_ms: f64,
     /// Largest latency from the scheduled time, milliseconds.
     pub sched_max_ms: f64,
     /// Server RSS before any subscriber connected, KiB.
@@ -180,7 +212,40 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
-fn source_ips(n: usize) -> Vec<IpAddr> {
+/// The latency fields of a [`Report`], in milliseconds.
+pub(crate) struct Latencies {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) max: f64,
+}
+
+impl Latencies {
+    /// Reads a histogram of microseconds (all zero when it is empty).
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
+        let ms = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        Latencies {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: if h.is_empty() {
+                0.0
+            } else {
+                h.max() as f64 / 1000.0
+            },
+        }
+    }
+}
+
+pub(crate) fn source_ips(n: usize) -> Vec<IpAddr> {
     (0..n.max(1))
         .map(|i| {
             let host = 2 + i as u32; // 127.0.0.2, 127.0.0.3, ...
@@ -192,7 +257,7 @@ fn source_ips(n: usize) -> Vec<IpAddr> {
 /// Topic names start with a prefix unique to the run, so that history a
 /// server kept from an earlier run (Nchan replays its buffer to new
 /// subscribers) never counts as a delivery.
-fn run_prefix() -> String {
+pub(crate) fn run_prefix() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros())
@@ -205,6 +270,7 @@ fn topics_of(plan: &Plan, prefix: &str, i: usize) -> Vec<String> {
         Topics::Shared => vec![format!("{prefix}-bench")],
         Topics::OwnShared => vec![format!("{prefix}-own-{i}"), format!("{prefix}-bench")],
         Topics::PerPublisher => vec![format!("{prefix}-p-{}", i % plan.publishers.max(1))],
+        Topics::Rooms => Vec::new(),
     }
 }
 
@@ -228,24 +294,15 @@ pub fn run(plan: Plan) -> Result<Report> {
             plan.subs
         );
     }
-    let cap = plan.max_messages + 1;
-    let shared = Arc::new(Shared {
-        target: plan.target,
-        transport: plan.transport,
-        addr: plan.addr,
-        host: plan.addr.to_string(),
-        start: Instant::now(),
-        counts: (0..cap).map(|_| AtomicU32::new(0)).collect(),
-        expected: (0..cap).map(|_| AtomicU32::new(0)).collect(),
-        late: (0..cap).map(|_| AtomicU32::new(0)).collect(),
-        ready: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        dropped: AtomicUsize::new(0),
-        publishing_done: AtomicBool::new(false),
-        received: AtomicU64::new(0),
-        progress: Notify::new(),
-        errors: Mutex::new(Vec::new()),
-    });
+    if plan.topics == Topics::Rooms {
+        bail!("the rooms layout is the rooms mode's: use --mode rooms");
+    }
+    let shared = Arc::new(Shared::new(
+        plan.target,
+        plan.transport,
+        plan.addr,
+        plan.max_messages,
+    ));
     let server_pid = plan.server_pid;
     let server_pids = move || server_pid.map(procfs::tree).unwrap_or_default();
     let rss_before = procfs::rss_kib(&server_pids());
@@ -329,16 +386,7 @@ pub fn run(plan: Plan) -> Result<Report> {
     }
     let out = outcome?;
 
-    let mut expected = 0u64;
-    let mut lost = 0u64;
-    let mut dups = 0u64;
-    for seq in 1..=out.messages.min(plan.max_messages as u64) as usize {
-        let e = u64::from(shared.expected[seq].load(Ordering::Relaxed));
-        let c = u64::from(shared.counts[seq].load(Ordering::Relaxed));
-        expected += e;
-        lost += e.saturating_sub(c);
-        dups += c.saturating_sub(e);
-    }
+    let tally = shared.tally(out.messages);
     let ms = |h: &Histogram<u64>, q: f64| {
         if h.is_empty() {
             0.0
@@ -346,6 +394,7 @@ pub fn run(plan: Plan) -> Result<Report> {
             h.value_at_quantile(q) as f64 / 1000.0
         }
     };
+    let (lat, sched) = (Latencies::of(&latency), Latencies::of(&scheduled));
     let connected = shared.ready.load(Ordering::Relaxed);
     let errors = shared
         .errors
@@ -354,10 +403,12 @@ pub fn run(plan: Plan) -> Result<Report> {
         .clone();
     Ok(Report {
         label: plan.label.clone(),
+        mode: Mode::Subscribers,
         target: plan.target,
         transport: plan.transport,
         subs: plan.subs,
         topics: plan.topics,
+        rooms: 0,
         rate: plan.rate,
         window: plan.window,
         size: plan.size,
@@ -367,7 +418,9 @@ pub fn run(plan: Plan) -> Result<Report> {
         connect_errors: shared.failed.load(Ordering::Relaxed),
         dropped: shared.dropped.load(Ordering::Relaxed),
         messages: out.messages,
+        messages_planned: (plan.rate * plan.duration.as_secs_f64()).round() as u64,
         publish_errors: out.publish_errors,
+        publish_unanswered: 0,
         publishes_per_s: if out.publish_elapsed > 0.0 {
             out.messages as f64 / out.publish_elapsed
         } else {
@@ -375,30 +428,25 @@ pub fn run(plan: Plan) -> Result<Report> {
         },
         publish_p50_ms: ms(&out.publish_latency, 0.5),
         publish_p99_ms: ms(&out.publish_latency, 0.99),
-        expected,
+        expected: tally.expected,
         received: deliveries,
-        lost,
-        duplicates: dups,
+        lost: tally.lost,
+        duplicates: tally.duplicates,
         deliveries_per_s: if out.elapsed > 0.0 {
             deliveries as f64 / out.elapsed
         } else {
             0.0
         },
-        p50_ms: ms(&latency, 0.5),
-        p90_ms: ms(&latency, 0.9),
-        p99_ms: ms(&latency, 0.99),
-        max_ms: if latency.is_empty() {
-            0.0
-        } else {
-            latency.max() as f64 / 1000.0
-        },
-        sched_p50_ms: ms(&scheduled, 0.5),
-        sched_p99_ms: ms(&scheduled, 0.99),
-        sched_max_ms: if scheduled.is_empty() {
-            0.0
-        } else {
-            scheduled.max() as f64 / 1000.0
-        },
+        p50_ms: lat.p50,
+        p90_ms: lat.p90,
+        p99_ms: lat.p99,
+        p999_ms: lat.p999,
+        max_ms: lat.max,
+        sched_p50_ms: sched.p50,
+        sched_p90_ms: sched.p90,
+        sched_p99_ms: sched.p99,
+        sched_p999_ms: sched.p999,
+        sched_max_ms: sched.max,
         rss_before_kib: rss_before,
         rss_connected_kib: out.rss_connected,
         rss_end_kib: out.rss_end,
@@ -411,6 +459,39 @@ pub fn run(plan: Plan) -> Result<Report> {
         loadgen_cpu_pct: out.loadgen_cpu_pct,
         errors,
     })
+}
+
+/// Waits until `expected` deliveries arrived and `settled()` holds, or
+/// `limit` passed, or nothing was delivered for 2 seconds. Returns the
+/// seconds from `t0` to the last delivery (not the idle tail of the wait).
+pub(crate) async fn drain(
+    shared: &Shared,
+    expected: u64,
+    t0: Instant,
+    limit: Duration,
+    settled: impl Fn() -> bool,
+) -> f64 {
+    let drain_until = Instant::now() + limit;
+    let mut last = shared.received.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while Instant::now() < drain_until {
+        let r = shared.received.load(Ordering::Relaxed);
+        if r >= expected && settled() {
+            break;
+        }
+        if r != last {
+            last = r;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(2) {
+            break; // nothing moves any more
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if last_change.elapsed() > Duration::from_millis(50) {
+        (last_change - t0).as_secs_f64()
+    } else {
+        t0.elapsed().as_secs_f64()
+    }
 }
 
 struct Outcome {
@@ -500,32 +581,8 @@ async fn control(
                 .map_err(|e| anyhow!("{e:?}"))?;
         }
         messages = (next_seq.load(Ordering::Relaxed) - 1).min(plan.max_messages as u64);
-        // Drain: wait until every expected delivery arrived, or the drain time passed.
-        let expected: u64 = (1..=messages as usize)
-            .map(|s| u64::from(shared.expected[s].load(Ordering::Relaxed)))
-            .sum();
-        let drain_until = Instant::now() + plan.drain;
-        let mut last = shared.received.load(Ordering::Relaxed);
-        let mut last_change = Instant::now();
-        while Instant::now() < drain_until {
-            let r = shared.received.load(Ordering::Relaxed);
-            if r >= expected {
-                break;
-            }
-            if r != last {
-                last = r;
-                last_change = Instant::now();
-            } else if last_change.elapsed() > Duration::from_secs(2) {
-                break; // nothing moves any more
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The rate counts up to the last delivery, not the idle tail of the drain.
-        elapsed = if last_change.elapsed() > Duration::from_millis(50) {
-            (last_change - t0).as_secs_f64()
-        } else {
-            t0.elapsed().as_secs_f64()
-        };
+        let expected = shared.tally(messages).expected;
+        elapsed = drain(shared, expected, t0, plan.drain, || true).await;
     }
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
     let cpu1 = (

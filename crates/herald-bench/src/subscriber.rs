@@ -40,7 +40,7 @@ pub async fn connect(source: IpAddr, addr: SocketAddr) -> Result<TcpStream> {
 }
 
 /// What one read produced.
-enum Step {
+pub(crate) enum Step {
     /// Keep reading.
     More,
     /// The peer closed the connection.
@@ -62,32 +62,43 @@ async fn read_once(
             r = stream.readable() => r?,
             _ = stop.changed() => return Ok(None),
         }
-        let r = SCRATCH.with(|s| {
-            let mut buf = s.borrow_mut();
-            match stream.try_read(&mut buf) {
-                Ok(0) => Ok(Some(Step::Closed)),
-                Ok(n) => f(&buf[..n]).map(|()| Some(Step::More)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        })?;
-        if let Some(step) = r {
+        if let Some(step) = read_now(stream, &mut f)? {
             return Ok(Some(step));
         }
     }
 }
 
+/// Reads what is there now into this thread's shared buffer and hands the
+/// bytes to `f`; `None` when nothing was there after all (a spurious wake).
+pub(crate) fn read_now(
+    stream: &TcpStream,
+    f: &mut impl FnMut(&[u8]) -> Result<()>,
+) -> Result<Option<Step>> {
+    SCRATCH.with(|s| {
+        let mut buf = s.borrow_mut();
+        match stream.try_read(&mut buf) {
+            Ok(0) => Ok(Some(Step::Closed)),
+            Ok(n) => f(&buf[..n]).map(|()| Some(Step::More)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
 /// Per-connection counting of markers into the run's shared counters.
-struct Counter<'a> {
-    shared: &'a Shared,
-    stats: &'a RefCell<ThreadStats>,
+pub(crate) struct Counter<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) stats: &'a RefCell<ThreadStats>,
 }
 
 impl Counter<'_> {
-    fn bytes(&self, scan: &mut MarkerScanner, bytes: &[u8]) {
+    /// Counts every marker in `bytes`; returns how many it found.
+    pub(crate) fn bytes(&self, scan: &mut MarkerScanner, bytes: &[u8]) -> usize {
         let now = self.shared.now_us();
         let mut st = self.stats.borrow_mut();
+        let mut found = 0;
         scan.feed(bytes, |seq, sent| {
+            found += 1;
             self.shared.delivered(seq);
             st.deliveries += 1;
             let lat = now.saturating_sub(sent).max(1);
@@ -95,6 +106,7 @@ impl Counter<'_> {
             st.scheduled
                 .saturating_record(lat + self.shared.late_us(seq));
         });
+        found
     }
 }
 
@@ -181,7 +193,9 @@ async fn sse<T>(
             let body: &[u8] = if head.is_empty() { bytes } else { &head };
             if chunked == Some(true) {
                 dechunk
-                    .feed(body, |b| c.bytes(&mut scan, b))
+                    .feed(body, |b| {
+                        c.bytes(&mut scan, b);
+                    })
                     .map_err(|e| anyhow!(e))?;
             } else {
                 c.bytes(&mut scan, body);
@@ -214,11 +228,9 @@ async fn ws<T>(
 ) -> Result<bool> {
     let sh = c.shared;
     let path = sh.target.stream_path(Transport::Ws, topics);
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: {}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-        sh.host
-    );
-    stream.write_all(req.as_bytes()).await?;
+    stream
+        .write_all(ws_upgrade_request(&path, &sh.host).as_bytes())
+        .await?;
     let subs = sh.target.ws_subscribe_messages(topics);
     let mut acks_needed = subs.len();
     let mut permit = Some(permit);
@@ -272,6 +284,13 @@ async fn ws<T>(
     }
 }
 
+/// The HTTP/1.1 request that opens a WebSocket on `path`.
+pub(crate) fn ws_upgrade_request(path: &str, host: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    )
+}
+
 /// Parses every complete frame of `pending` + `bytes`; keeps the rest in `pending`.
 fn frames(
     c: &Counter<'_>,
@@ -280,6 +299,29 @@ fn frames(
     scan: &mut MarkerScanner,
     acks_needed: &mut usize,
     out: &mut Vec<u8>,
+) -> Result<()> {
+    ws_messages(pending, bytes, out, |payload| {
+        if *acks_needed > 0 && wire::find(payload, b"\"subscribed\"").is_some() {
+            *acks_needed -= 1;
+        } else if wire::find(payload, b"\"error\"").is_some()
+            && payload.first() == Some(&b'{')
+            && *acks_needed > 0
+        {
+            bail!("subscribe refused: {}", String::from_utf8_lossy(payload));
+        }
+        c.bytes(scan, payload);
+        Ok(())
+    })
+}
+
+/// Parses every complete frame of `pending` + `bytes` and keeps the rest in
+/// `pending`: data frames go to `on_data`, a ping gets its pong appended to
+/// `out`, a close frame is an error (the run did not end it).
+pub(crate) fn ws_messages(
+    pending: &mut Vec<u8>,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    mut on_data: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     let owned;
     let data: &[u8] = if pending.is_empty() {
@@ -293,17 +335,7 @@ fn frames(
     while let Some((f, n)) = wire::parse_ws_frame(&data[at..]).map_err(|e| anyhow!(e))? {
         at += n;
         match f.opcode {
-            0..=2 => {
-                if *acks_needed > 0 && wire::find(f.payload, b"\"subscribed\"").is_some() {
-                    *acks_needed -= 1;
-                } else if wire::find(f.payload, b"\"error\"").is_some()
-                    && f.payload.first() == Some(&b'{')
-                    && *acks_needed > 0
-                {
-                    bail!("subscribe refused: {}", String::from_utf8_lossy(f.payload));
-                }
-                c.bytes(scan, f.payload);
-            }
+            0..=2 => on_data(f.payload)?,
             8 => bail!("server closed the WebSocket: {:?}", close_reason(f.payload)),
             9 => out.extend_from_slice(&wire::ws_client_frame(0xA, f.payload)),
             _ => {}

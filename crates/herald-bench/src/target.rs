@@ -100,6 +100,19 @@ impl Target {
         }
     }
 
+    /// A WebSocket message that publishes `payload` (a JSON string's
+    /// contents, no escaping needed) to `topic` on the client's own socket,
+    /// its answer echoing `reference`; `None` when the target has no such
+    /// message (Herald only).
+    pub fn ws_publish_message(self, topic: &str, payload: &str, reference: u64) -> Option<String> {
+        match self {
+            Target::Herald => Some(format!(
+                r#"{{"type":"publish","topic":"{topic}","data":"{payload}","ref":{reference}}}"#
+            )),
+            _ => None,
+        }
+    }
+
     /// A whole HTTP/1.1 publish request of `payload` to `topic`.
     pub fn publish_request(self, host: &str, topic: &str, payload: &str) -> Vec<u8> {
         let (path, ctype, body) = match self {
@@ -188,5 +201,12 @@ mod tests {
         let r = String::from_utf8(Target::Herald.publish_request("h", "a", "~1~2~")).unwrap();
         assert!(r.ends_with("\r\n\r\n{\"topic\":\"a\",\"data\":\"~1~2~\"}"));
         assert!(r.contains("content-length: 28\r\n"));
+        assert_eq!(
+            Target::Herald
+                .ws_publish_message("room/0", "~1~2~", 1)
+                .as_deref(),
+            Some(r#"{"type":"publish","topic":"room/0","data":"~1~2~","ref":1}"#)
+        );
+        assert_eq!(Target::Nchan.ws_publish_message("room/0", "~1~2~", 1), None);
     }
 }

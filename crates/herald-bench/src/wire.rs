@@ -17,6 +17,19 @@ pub fn payload(seq: u64, micros: u64, size: usize) -> String {
     s
 }
 
+/// The payload of message `seq` sent at `micros` by rooms-mode client
+/// `sender` as its message number `k` (from 0), padded with `x` to `size`
+/// bytes: the marker first, then the sender and its own count in words
+/// (the scanner reads only the marker; the rest is for a human reading a
+/// capture).
+pub fn room_payload(seq: u64, micros: u64, sender: usize, k: u64, size: usize) -> String {
+    let mut s = format!("~{seq}~{micros}~ from {sender} no {k} ");
+    while s.len() < size {
+        s.push('x');
+    }
+    s
+}
+
 /// Finds `~SEQ~MICROS~` markers in a byte stream split anywhere.
 #[derive(Debug, Default, Clone)]
 pub struct MarkerScanner {
@@ -349,6 +362,16 @@ mod tests {
     fn payload_size() {
         assert_eq!(payload(1, 2, 100).len(), 100);
         assert_eq!(payload(1, 2, 0), "~1~2~");
+    }
+
+    #[test]
+    fn room_payload_carries_one_marker() {
+        let p = room_payload(4001, 77, 12, 20, 100);
+        assert_eq!(p.len(), 100);
+        assert!(p.starts_with("~4001~77~ from 12 no 20 x"));
+        let frame = format!(r#"{{"data":"{p}","id":"c","topic":"room/r1-0","type":"event"}}"#);
+        assert_eq!(scan_all(&[frame.as_bytes()]), vec![(4001, 77)]);
+        assert_eq!(room_payload(1, 2, 3, 4, 0), "~1~2~ from 3 no 4 ");
     }
 
     #[test]

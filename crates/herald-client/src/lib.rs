@@ -203,6 +203,67 @@ impl Client {
         Ok((status, v))
     }
 
+    /// Sends a server API request (`method` `path_and_query`, an optional
+    /// JSON body) and returns its JSON answer. Needs the publisher key or a
+    /// token with the `admin` claim as this client's token.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] for an error answer (401, 403, 400, 503),
+    /// [`ClientError::Http`] when the server cannot be reached,
+    /// [`ClientError::Json`] for an answer that is not JSON.
+    pub async fn server_api(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let (headers, bytes): (&[(&str, &str)], Bytes) = match body {
+            Some(b) => (
+                &[("content-type", "application/json")],
+                Bytes::from(b.to_string()),
+            ),
+            None => (&[], Bytes::new()),
+        };
+        let resp = self.request(method, path_and_query, headers, bytes).await?;
+        let status = resp.status();
+        let bytes = read_body(resp.into_body()).await?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// `POST /v1/disconnect {"user"}`: closes every connection of `user`
+    /// on every node. Errors as [`Client::server_api`].
+    pub async fn disconnect_user(&self, user: &str) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({ "user": user });
+        self.server_api(http::Method::POST, "/v1/disconnect", Some(body))
+            .await
+    }
+
+    /// `GET /v1/topics?limit=N`: topics with subscribers on the node, the
+    /// busiest first. Errors as [`Client::server_api`].
+    pub async fn topics(&self, limit: Option<usize>) -> Result<serde_json::Value, ClientError> {
+        let path = match limit {
+            Some(n) => format!("/v1/topics?limit={n}"),
+            None => "/v1/topics".to_owned(),
+        };
+        self.server_api(http::Method::GET, &path, None).await
+    }
+
+    /// `GET /v1/connections?user=U`: the user's connections on the node.
+    /// Errors as [`Client::server_api`].
+    pub async fn connections(&self, user: &str) -> Result<serde_json::Value, ClientError> {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("user", user)
+            .finish();
+        self.server_api(http::Method::GET, &format!("/v1/connections?{q}"), None)
+            .await
+    }
+
     /// Publishes one event; returns its id.
     pub async fn publish(
         &self,

@@ -29,6 +29,9 @@ pub enum CloseReason {
     Shutdown,
     /// The engine could not be read to catch the subscriber up.
     EngineUnavailable,
+    /// The server API closed every connection of the user
+    /// (`POST /v1/disconnect`).
+    Disconnected,
 }
 
 /// Identifies one subscriber queue in the registry.
@@ -157,11 +160,46 @@ impl SubscriberQueue {
 /// One shard of the registry: topic → its local subscriber queues.
 type Shard = HashMap<Topic, Vec<Arc<SubscriberQueue>>>;
 
+/// A connection the server API can see and close: its user, connection
+/// id and transport (see [`Fanout::identify`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionInfo {
+    /// The connection id (the `client` of presence entries).
+    pub client: Box<str>,
+    /// The credential's `sub`.
+    pub user: Box<str>,
+    /// `sse`, `ws` or `poll`.
+    pub transport: crate::metrics::Transport,
+    /// When it was identified, milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    /// The topics it receives now.
+    pub topics: Vec<Box<str>>,
+}
+
+/// An identified connection: what [`ConnectionInfo`] shows, without its
+/// topics (read from the queue's subscription when listed).
+#[derive(Debug)]
+struct Identified {
+    queue: std::sync::Weak<SubscriberQueue>,
+    client: Box<str>,
+    transport: crate::metrics::Transport,
+    connected_at: u64,
+}
+
+/// Identified connections by user (only connections whose credential has a
+/// `sub`), and the user of each queue, so a queue is forgotten in O(1).
+#[derive(Debug, Default)]
+struct Users {
+    by_user: HashMap<Box<str>, HashMap<SubscriberId, Identified>>,
+    user_of: HashMap<SubscriberId, Box<str>>,
+}
+
 /// The registry of local subscribers by topic.
 #[derive(Debug)]
 pub struct Fanout {
     shards: Box<[Mutex<Shard>]>,
     all: Mutex<HashMap<SubscriberId, std::sync::Weak<SubscriberQueue>>>,
+    users: Mutex<Users>,
     next_id: AtomicU64,
     shut_down: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
@@ -173,6 +211,7 @@ impl Fanout {
         Fanout {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             all: Mutex::new(HashMap::new()),
+            users: Mutex::new(Users::default()),
             next_id: AtomicU64::new(1),
             shut_down: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -208,6 +247,125 @@ impl Fanout {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.forget_user_of(id);
+    }
+
+    fn users(&self) -> MutexGuard<'_, Users> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget_user_of(&self, id: SubscriberId) {
+        let mut users = self.users();
+        if let Some(user) = users.user_of.remove(&id) {
+            if let Some(conns) = users.by_user.get_mut(&user) {
+                conns.remove(&id);
+                if conns.is_empty() {
+                    users.by_user.remove(&user);
+                }
+            }
+        }
+    }
+
+    /// Records that `queue` belongs to a connection of `user` (a
+    /// credential's `sub`) with connection id `client`, so that
+    /// [`Fanout::close_user`] and [`Fanout::connections_of`] find it.
+    /// Identifying a queue again replaces its entry. Forgotten with the
+    /// queue ([`Fanout::drop_queue`]).
+    pub fn identify(
+        &self,
+        queue: &Arc<SubscriberQueue>,
+        user: &str,
+        client: &str,
+        transport: crate::metrics::Transport,
+    ) {
+        self.forget_user_of(queue.id);
+        let mut users = self.users();
+        users.user_of.insert(queue.id, user.into());
+        users.by_user.entry(user.into()).or_default().insert(
+            queue.id,
+            Identified {
+                queue: Arc::downgrade(queue),
+                client: client.into(),
+                transport,
+                connected_at: crate::event::now_ms(),
+            },
+        );
+    }
+
+    /// Closes every local connection of `user` with `reason`; how many.
+    pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
+        let queues: Vec<Arc<SubscriberQueue>> = self
+            .users()
+            .by_user
+            .get(user)
+            .map(|c| c.values().filter_map(|i| i.queue.upgrade()).collect())
+            .unwrap_or_default();
+        for q in &queues {
+            q.close(reason);
+        }
+        queues.len()
+    }
+
+    /// The local connections of `user`, oldest first, with the topics each
+    /// receives now.
+    pub fn connections_of(&self, user: &str) -> Vec<ConnectionInfo> {
+        let mut list: Vec<(SubscriberId, ConnectionInfo)> = self
+            .users()
+            .by_user
+            .get(user)
+            .map(|c| {
+                c.iter()
+                    .map(|(id, i)| {
+                        (
+                            *id,
+                            ConnectionInfo {
+                                client: i.client.clone(),
+                                user: user.into(),
+                                transport: i.transport,
+                                connected_at: i.connected_at,
+                                topics: Vec::new(),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort_by_key(|(id, i)| (i.connected_at, *id));
+        if list.is_empty() {
+            return Vec::new();
+        }
+        // The topics of each: one pass over the shards.
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (topic, queues) in shard.iter() {
+                for q in queues {
+                    if let Some((_, info)) = list.iter_mut().find(|(id, _)| *id == q.id) {
+                        info.topics.push(topic.as_str().into());
+                    }
+                }
+            }
+        }
+        list.into_iter()
+            .map(|(_, mut i)| {
+                i.topics.sort();
+                i
+            })
+            .collect()
+    }
+
+    /// Topics with local subscribers and how many each has, the busiest
+    /// first (ties by name), at most `limit`; and how many topics have
+    /// local subscribers in all.
+    pub fn busiest(&self, limit: usize) -> (Vec<(Topic, usize)>, usize) {
+        let mut all: Vec<(Topic, usize)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(shard.iter().map(|(t, q)| (t.clone(), q.len())));
+        }
+        let total = all.len();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+        all.truncate(limit);
+        (all, total)
     }
 
     /// Adds `queue` to `topic`. Returns true if it is the topic's first local subscriber.

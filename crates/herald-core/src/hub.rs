@@ -569,6 +569,31 @@ impl Hub {
         self.inner.presence.members(topic).await
     }
 
+    /// Closes every connection of `user` (a credential's `sub`), on every
+    /// node the engine spans: SSE streams end with `herald.disconnect
+    /// {"reason":"disconnected"}`, WebSockets close with 4009.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when the other nodes could not be told
+    /// (this node's connections are closed anyway).
+    pub async fn disconnect_user(&self, user: &str) -> Result<(), EngineError> {
+        self.inner
+            .engine
+            .disconnect_user(user, &self.inner.fanout)
+            .await
+    }
+
+    /// This node's connections of `user`, oldest first.
+    pub fn connections_of(&self, user: &str) -> Vec<crate::fanout::ConnectionInfo> {
+        self.inner.fanout.connections_of(user)
+    }
+
+    /// Topics with subscribers on this node, the busiest first, at most
+    /// `limit`; and how many there are in all.
+    pub fn busiest_topics(&self, limit: usize) -> (Vec<(Topic, usize)>, usize) {
+        self.inner.fanout.busiest(limit)
+    }
+
     /// (topic, client) pairs this process holds present or is about to
     /// let go after their grace period.
     pub fn presence_holds(&self) -> usize {

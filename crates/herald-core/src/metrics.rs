@@ -300,13 +300,13 @@ impl std::fmt::Display for Value {
     }
 }
 
-/// One line of a family: `<name><suffix>{<label>="<value>"} <value>`.
+/// One line of a family: `<name><suffix>{<label>="<value>",...} <value>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     /// Appended to the family's name (`_bucket`, `_sum`, `_count`), or empty.
     pub suffix: &'static str,
-    /// At most one label: its name and its value (unescaped).
-    pub label: Option<(&'static str, String)>,
+    /// The labels, in order: each one's name and its value (unescaped).
+    pub labels: Vec<(&'static str, String)>,
     /// The value.
     pub value: Value,
 }
@@ -316,7 +316,7 @@ impl Sample {
     pub fn plain(suffix: &'static str, value: Value) -> Sample {
         Sample {
             suffix,
-            label: None,
+            labels: Vec::new(),
             value,
         }
     }
@@ -330,7 +330,20 @@ impl Sample {
     ) -> Sample {
         Sample {
             suffix,
-            label: Some((label, label_value.into())),
+            labels: vec![(label, label_value.into())],
+            value,
+        }
+    }
+
+    /// A sample with several labels, written in the order given.
+    pub fn with_labels(
+        suffix: &'static str,
+        labels: Vec<(&'static str, String)>,
+        value: Value,
+    ) -> Sample {
+        Sample {
+            suffix,
+            labels,
             value,
         }
     }
@@ -381,8 +394,9 @@ pub fn write_families(out: &mut String, families: &[Family]) {
         for s in &f.samples {
             out.push_str(f.name);
             out.push_str(s.suffix);
-            if let Some((label, value)) = &s.label {
-                let _ = write!(out, "{{{label}=\"");
+            for (i, (label, value)) in s.labels.iter().enumerate() {
+                let open = if i == 0 { "{" } else { "," };
+                let _ = write!(out, "{open}{label}=\"");
                 for ch in value.chars() {
                     match ch {
                         '\\' => out.push_str("\\\\"),
@@ -391,7 +405,10 @@ pub fn write_families(out: &mut String, families: &[Family]) {
                         c => out.push(c),
                     }
                 }
-                out.push_str("\"}");
+                out.push('"');
+            }
+            if !s.labels.is_empty() {
+                out.push('}');
             }
             let _ = writeln!(out, " {}", s.value);
         }
@@ -468,6 +485,26 @@ mod tests {
         assert_eq!(
             out,
             "# HELP x h\n# TYPE x gauge\nx{l=\"a\\\\b\\\"c\\nd\"} -1\n"
+        );
+    }
+
+    #[test]
+    fn several_labels_are_written_in_order() {
+        let mut out = String::new();
+        let labels = vec![
+            ("hook", "connect".to_owned()),
+            ("outcome", "a\"b".to_owned()),
+        ];
+        let family = Family {
+            name: "x",
+            help: "h",
+            kind: Kind::Counter,
+            samples: vec![Sample::with_labels("", labels, Value::Count(2))],
+        };
+        write_families(&mut out, &[family]);
+        assert_eq!(
+            out,
+            "# HELP x h\n# TYPE x counter\nx{hook=\"connect\",outcome=\"a\\\"b\"} 2\n"
         );
     }
 

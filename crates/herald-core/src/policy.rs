@@ -1,5 +1,5 @@
-//! Topic policies: per-topic history, client publishing, publish rate and
-//! presence,
+//! Topic policies: per-topic history, client publishing, publish rate,
+//! presence and hooks,
 //! chosen by topic pattern (the `[[topics]]` tables of `herald serve
 //! --config`).
 //!
@@ -47,6 +47,14 @@ pub struct TopicPolicy {
     /// Send `herald.join` / `herald.leave` to subscribers; implies
     /// [`TopicPolicy::presence`]. Default: off.
     pub join_leave: bool,
+    /// Ask the application's subscribe hook before a client reads the
+    /// topic (subscribe, history, presence), once its grants allow it.
+    /// Default: off.
+    pub subscribe_hook: bool,
+    /// Ask the application's publish hook before a client publish (not the
+    /// publisher key's) is stored; the hook may refuse it or replace its
+    /// data. Default: off.
+    pub publish_hook: bool,
 }
 
 impl TopicPolicy {
@@ -58,6 +66,8 @@ impl TopicPolicy {
         publish_rate: None,
         presence: false,
         join_leave: false,
+        subscribe_hook: false,
+        publish_hook: false,
     };
 
     /// Whether members are tracked (`presence` or `join_leave`).
@@ -132,6 +142,13 @@ impl TopicPolicies {
     /// Whether any rule tracks presence.
     pub fn has_presence(&self) -> bool {
         self.rules.iter().any(|(_, p)| p.tracks_presence())
+    }
+
+    /// Whether any rule asks a hook (`subscribe_hook` or `publish_hook`).
+    pub fn has_hooks(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(_, p)| p.subscribe_hook || p.publish_hook)
     }
 
     /// Whether any rule makes topics ephemeral.

@@ -399,6 +399,15 @@ impl Subscription {
         self.topics.iter().position(|t| &t.topic == topic)
     }
 
+    /// Records the connection this subscription serves as one of `user`'s
+    /// (see [`crate::fanout::Fanout::identify`]), so that the server API can
+    /// list it and close it ([`crate::Hub::disconnect_user`]).
+    pub fn identify(&self, user: &str, client: &str, transport: crate::metrics::Transport) {
+        self.hub
+            .fanout
+            .identify(&self.queue, user, client, transport);
+    }
+
     /// The subscription's id: unique in this process while it lives (a
     /// WebSocket connection's publish rate counts under it).
     pub fn id(&self) -> crate::fanout::SubscriberId {

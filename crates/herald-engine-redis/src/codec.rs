@@ -271,3 +271,29 @@ mod tests {
         assert_eq!(args, ["j", "x", "[1]"]);
     }
 }
+
+/// The control message asking every node to close `user`'s connections:
+/// `disconnect\n<user>`.
+pub(crate) fn disconnect_message(user: &str) -> String {
+    format!("disconnect\n{user}")
+}
+
+/// The user a control message names, if it is a disconnect.
+pub(crate) fn decode_disconnect(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("disconnect\n")
+        .filter(|u| !u.is_empty())
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_round_trip() {
+        let m = disconnect_message("ada\nlovelace");
+        assert_eq!(decode_disconnect(&m), Some("ada\nlovelace"));
+        assert_eq!(decode_disconnect("disconnect\n"), None);
+        assert_eq!(decode_disconnect("other\nada"), None);
+    }
+}

@@ -41,6 +41,13 @@ impl Keys {
         k
     }
 
+    /// The channel every node listens on for cluster-wide requests (the
+    /// server API's `disconnect`): a plain (not sharded) pub/sub channel,
+    /// which Redis Cluster delivers to every node.
+    pub fn control(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
     /// The topic's history: a stream whose entry ids are `<seq>-<published ms>`.
     pub fn stream(&self, topic: &Topic) -> String {
         self.topic_key(topic, "s")

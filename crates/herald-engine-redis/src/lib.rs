@@ -579,6 +579,25 @@ impl Engine for RedisEngine {
         Some(self.presence.clone())
     }
 
+    /// Closes this node's connections of `user` at once, then tells every
+    /// node on the control channel (this one's listener closes again what
+    /// opened meanwhile).
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a str,
+        local: &'a Fanout,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        local.close_user(user, herald_core::CloseReason::Disconnected);
+        Box::pin(async move {
+            let client = self.shared.client()?;
+            let _: Value = client
+                .publish(self.shared.keys.control(), codec::disconnect_message(user))
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
     /// Sends the signal on the topic's pub/sub channel; every node's
     /// listener (this one's too) dispatches it to its local subscribers,
     /// in order with the topic's events.

@@ -1,5 +1,6 @@
-//! The pub/sub task: one per engine. It subscribes to the channels of the
-//! topics local clients use, and hands each notification to the local
+//! The pub/sub task: one per engine. It subscribes to the control channel
+//! (cluster-wide requests such as closing a user's connections) and to the
+//! channels of the topics local clients use, and hands each notification to the local
 //! fan-out once, in position order per topic. Signals (`herald.join` /
 //! `herald.leave`, sent by [`Engine::signal`](herald_core::Engine::signal)
 //! on the same channel) are handed on as they come, in order with the
@@ -58,6 +59,10 @@ pub(crate) async fn run(
     let mut refresh = tokio::time::interval(refresh_period(&shared));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut touching = Touching(None);
+    let control_channel = shared.keys.control();
+    if let Err(e) = subscriber.subscribe(control_channel.as_str()).await {
+        tracing::debug!(%e, "SUBSCRIBE to the control channel failed; retrying after reconnect");
+    }
     loop {
         tokio::select! {
             _ = refresh.tick() => {
@@ -91,6 +96,15 @@ pub(crate) async fn run(
                 }
             },
             m = messages.recv() => match m {
+                Ok(message) if *message.channel == *control_channel => {
+                    let Some(payload) = message.value.as_str() else { continue };
+                    if let Some(user) = codec::decode_disconnect(&payload) {
+                        let fanout = shared.fanout.read().unwrap_or_else(|e| e.into_inner());
+                        if let Some(f) = fanout.as_ref() {
+                            f.close_user(user, herald_core::CloseReason::Disconnected);
+                        }
+                    }
+                }
                 Ok(message) => {
                     let Some(w) = watched.get_mut(&*message.channel) else { continue };
                     let Some(payload) = message.value.as_str() else { continue };
@@ -112,6 +126,9 @@ pub(crate) async fn run(
                 Ok(_) | Err(RecvError::Lagged(_)) => {
                     // A new connection has no subscriptions: subscribe again,
                     // then read what went by while we were away.
+                    if let Err(e) = subscriber.subscribe(control_channel.as_str()).await {
+                        tracing::debug!(%e, "SUBSCRIBE to the control channel after reconnect failed");
+                    }
                     for channel in watched.keys() {
                         if let Err(e) = subscriber.ssubscribe(channel.as_str()).await {
                             tracing::debug!(%e, channel, "SSUBSCRIBE after reconnect failed");

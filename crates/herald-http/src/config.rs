@@ -73,6 +73,10 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Open streaming connections per client address at most (429 above).
     pub max_connections_per_ip: usize,
+    /// The application's hooks (`--hook-url`): who a request without a
+    /// Herald credential is, and the subscribe and publish checks of topics
+    /// whose policy asks for them. `None`: no hooks.
+    pub hooks: Option<Arc<herald_hooks::Hooks>>,
 }
 
 impl Default for HttpConfig {
@@ -104,6 +108,7 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
+            hooks: None,
         }
     }
 }

@@ -25,9 +25,11 @@ pub struct ConnectionHandle {
     pub kill: Option<Arc<Notify>>,
     /// The peer's address.
     pub peer: SocketAddr,
-    /// Becomes `true` when the peer shuts down its sending side while the
-    /// request is held (HTTP/1.1 direct path only; `None` elsewhere). A held
-    /// long poll then answers at once with what it has.
+    /// Becomes `true` when the peer shuts down its sending side (HTTP/1.1;
+    /// `None` for HTTP/2 and servers that do not watch). A held long poll
+    /// then answers at once with what it has, and an event stream ends
+    /// (its presence entries leave at once). A dropped sender means
+    /// "unknown", never "closed".
     pub read_closed: Option<watch::Receiver<bool>>,
     /// The serving process's own counters (TCP connections, TLS handshake
     /// failures), rendered by `/metrics` beside the hub's; `None` when the

@@ -58,6 +58,23 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// 403 for the application's refusal through a hook, with its reason
+    /// when it gave one: `forbidden` for a connection (connect hook) or a
+    /// topic read (subscribe hook), `hook_refused` for a publish (publish
+    /// hook).
+    pub fn hook_refused(hook: herald_hooks::Hook, reason: Option<String>) -> ApiError {
+        use herald_hooks::Hook;
+        let (code, fallback) = match hook {
+            Hook::Connect => ("forbidden", "the application refused this connection"),
+            Hook::Subscribe => (
+                "forbidden",
+                "the application does not allow reading this topic",
+            ),
+            Hook::Publish => ("hook_refused", "the application refused this publish"),
+        };
+        ApiError::forbidden(code, reason.unwrap_or_else(|| fallback.to_owned()))
+    }
+
     /// 404 `not_found`: no such route.
     pub fn not_found() -> ApiError {
         ApiError::no_such("no such route")
@@ -291,6 +308,26 @@ impl From<Denied> for ApiError {
     }
 }
 
+/// The application's hook gave no verdict (no answer in time, a failed
+/// connection, a 5xx, an answer that does not parse): 503
+/// `hook_unavailable` with `Retry-After`, so the action is refused (the hooks
+/// fail closed) and the client retries later. An SSE stream says it with
+/// `herald.disconnect` `engine_unavailable` (see [`ApiError::disconnect`]),
+/// a WebSocket upgrade closes with 1013. The detail goes to the log, never
+/// to the client.
+impl From<herald_hooks::HookError> for ApiError {
+    fn from(e: herald_hooks::HookError) -> Self {
+        let hook = match &e {
+            herald_hooks::HookError::Timeout { hook, .. }
+            | herald_hooks::HookError::Unavailable { hook, .. } => *hook,
+        };
+        ApiError::overloaded(
+            "hook_unavailable",
+            format!("the application's {hook} hook is unavailable; retry later"),
+        )
+    }
+}
+
 /// A refused one-time token: 429 `rate_limited` when the caller holds its
 /// share, 503 `server_full` when the pool is full, 503 `unavailable` when
 /// the shared store cannot be reached; `Retry-After` says when a token
@@ -331,6 +368,33 @@ mod tests {
             .retry_after(30)
             .into_response();
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn hook_refusals_are_final_and_failures_temporary() {
+        use herald_hooks::{Hook, HookError};
+        let e = ApiError::hook_refused(Hook::Publish, Some("no links".into()));
+        assert_eq!(
+            (e.status, e.code, e.message.as_str()),
+            (StatusCode::FORBIDDEN, "hook_refused", "no links")
+        );
+        let e = ApiError::hook_refused(Hook::Subscribe, None);
+        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "forbidden"));
+        assert_eq!(e.disconnect(false), None);
+        let e = ApiError::from(HookError::Unavailable {
+            hook: "connect",
+            detail: "connection refused by 10.0.0.1".into(),
+        });
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "hook_unavailable")
+        );
+        assert!(!e.message.contains("10.0.0.1"), "details stay in the log");
+        assert_eq!(e.retry_after_secs(), Some(1));
+        assert_eq!(
+            e.disconnect(false).map(|d| d.reason),
+            Some("engine_unavailable")
+        );
     }
 
     #[test]

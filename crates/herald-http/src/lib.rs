@@ -11,6 +11,8 @@
 //! - [`transport`]: `sse`, `ws` and `poll`, each over the core's one
 //!   [`Subscription`](herald_core::Subscription).
 //! - [`publish`]: `POST /v1/publish` and the parsing WebSocket publishes share.
+//! - [`admin`]: the server API (`POST /v1/disconnect`, `GET /v1/topics`,
+//!   `GET /v1/connections`), behind the publisher key or an admin token.
 //! - [`history`]: `GET /v1/history`, a page of a topic's retained events.
 //! - [`presence`]: `GET /v1/presence`, who is subscribed to a topic, and
 //!   the presence entries of each transport's connections.
@@ -43,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 mod assets;
 pub mod auth;
 pub mod config;
@@ -50,11 +53,11 @@ pub mod connection;
 pub mod error;
 pub mod forwarded;
 pub mod history;
-pub mod presence;
 pub mod input;
 mod layers;
 pub mod limits;
 pub mod ops;
+pub mod presence;
 pub mod publish;
 pub mod transport;
 
@@ -122,6 +125,9 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         .route("/v1/poll", get(transport::poll::handler))
         .route("/v1/history", get(history::handler))
         .route("/v1/presence", get(presence::handler))
+        .route("/v1/disconnect", post(admin::disconnect))
+        .route("/v1/topics", get(admin::topics))
+        .route("/v1/connections", get(admin::connections))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -132,6 +138,10 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         .merge(extra)
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // The transport and client address the connect hook is told.
+        .layer(tower::util::option_layer(state.config.hooks.as_ref().map(
+            |_| axum::middleware::from_fn_with_state(state.clone(), auth::hook_context),
+        )))
         .layer(tower::util::option_layer(layers::cors(
             &state.config.cors_origins,
         )))

@@ -29,16 +29,21 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text format: the hub's counters, and those of the server
+/// Prometheus text format: the hub's counters, those of the server
 /// that accepted the connection when it inserted them (see
-/// [`ConnectionHandle::server_metrics`]).
+/// [`ConnectionHandle::server_metrics`]), and the hooks' when configured.
 pub(crate) async fn metrics(
     State(app): State<AppState>,
     conn: Option<axum::Extension<ConnectionHandle>>,
 ) -> Response {
+    use herald_core::metrics::MetricsSource;
     let server = conn.and_then(|c| c.0.server_metrics);
-    let extra: Vec<&dyn herald_core::metrics::MetricsSource> =
-        server.as_deref().into_iter().collect();
+    let hooks = app.config.hooks.as_ref().map(|h| h.metrics().clone());
+    let extra: Vec<&dyn MetricsSource> = server
+        .as_deref()
+        .into_iter()
+        .chain(hooks.as_deref().map(|m| m as &dyn MetricsSource))
+        .collect();
     let body = app.hub.metrics().render(app.hub.engine().name(), &extra);
     let mut r = body.into_response();
     r.headers_mut().insert(

@@ -208,14 +208,21 @@ impl Caller {
 /// `publish_rate` counts the publishes of `caller`; the publisher key is
 /// never counted.
 ///
+/// Events to topics whose policy has `publish_hook = true` are then put to
+/// the application's publish hook (a client's only: never the publisher
+/// key's, nor on a server without authentication), all before any is
+/// published: it may refuse one, which refuses the batch, or replace an
+/// event's data, which is then what is stored and delivered.
+///
 /// Errors: 401/403 from authorization, 403 `forbidden` naming the policy,
-/// 429 `rate_limited` with `Retry-After: 1`, then the hub's validation and
+/// 429 `rate_limited` with `Retry-After: 1`, 403 `hook_refused` with the
+/// hook's reason, 503 `hook_unavailable`, then the hub's validation and
 /// engine errors (400, 413, 503).
 pub(crate) async fn publish_as(
     app: &AppState,
     who: &herald_auth::Principal,
     caller: &Caller,
-    events: Vec<NewEvent>,
+    mut events: Vec<NewEvent>,
 ) -> Result<Vec<std::sync::Arc<herald_core::Event>>, ApiError> {
     use herald_auth::Principal;
     for e in &events {
@@ -244,8 +251,51 @@ pub(crate) async fn publish_as(
             .map_err(|r| {
                 ApiError::too_many_requests("rate_limited", r.to_string()).retry_after(1)
             })?;
+        if let Some(hooks) = &app.config.hooks {
+            if !matches!(who, Principal::Open) {
+                publish_hooks(app, hooks, who, &mut events).await?;
+            }
+        }
     }
     Ok(app.hub.publish_batch(events).await?)
+}
+
+/// Asks the publish hook about every event of `events` whose topic's
+/// policy has `publish_hook = true` (at once, each within the hook
+/// timeout), and puts replaced data in place.
+///
+/// Errors: 403 `hook_refused` for the first refused event, 503
+/// `hook_unavailable` when an answer could not be had.
+async fn publish_hooks(
+    app: &AppState,
+    hooks: &herald_hooks::Hooks,
+    who: &herald_auth::Principal,
+    events: &mut [NewEvent],
+) -> Result<(), ApiError> {
+    use herald_hooks::{Hook, PublishVerdict};
+    let asked: Vec<&mut NewEvent> = events
+        .iter_mut()
+        .filter(|e| app.hub.policy(&e.topic).publish_hook)
+        .collect();
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let verdicts = futures_util::future::join_all(
+        asked
+            .iter()
+            .map(|e| hooks.publish(who.subject(), &e.topic, e.name.as_deref(), &e.data)),
+    )
+    .await;
+    for (event, verdict) in asked.into_iter().zip(verdicts) {
+        match verdict? {
+            PublishVerdict::Accept => {}
+            PublishVerdict::Replace(data) => event.data = data,
+            PublishVerdict::Refuse(reason) => {
+                return Err(ApiError::hook_refused(Hook::Publish, reason))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

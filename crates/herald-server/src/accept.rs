@@ -280,17 +280,32 @@ impl Conn {
             // The socket holds the token: shutdown waits for hyper's
             // connection, and for a WebSocket it upgrades the socket to.
             io.hold(self.drain.token());
+            // HTTP/1.1 handlers learn when the peer closes (a stream ends
+            // at once, a held poll answers), as on the direct path.
+            // Not for HTTP/2 (streams end with RST_STREAM, and hyper reads
+            // an HTTP/2 connection all the time).
+            let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+            let upgraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if !io.starts_with(http1_push::H2_PREFACE) {
+                io.on_read_closed(closed_tx, upgraded.clone());
+            }
             // Boxed: only connections served by hyper pay for its state.
-            Box::pin(self.serve_hyper(io, kill)).await;
+            Box::pin(self.serve_hyper(io, kill, closed_rx, upgraded)).await;
         }
         metrics.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn serve_hyper<I>(self, io: I, kill: Arc<Notify>)
-    where
+    async fn serve_hyper<I>(
+        self,
+        io: I,
+        kill: Arc<Notify>,
+        read_closed: tokio::sync::watch::Receiver<bool>,
+        upgraded: Arc<std::sync::atomic::AtomicBool>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let http1 = self.handle(Some(kill.clone()));
+        let mut http1 = self.handle(Some(kill.clone()));
+        http1.read_closed = Some(read_closed);
         let router = self.router;
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let router = router.clone();
@@ -301,9 +316,14 @@ impl Conn {
                 authority_as_host(&mut req);
                 req.extensions_mut().insert(ConnectionHandle {
                     kill: stream_kill.clone(),
+                    // HTTP/2 streams end with RST_STREAM, not a read EOF.
+                    read_closed: None,
                     ..http1.clone()
                 });
             } else {
+                if req.headers().contains_key(hyper::header::UPGRADE) {
+                    upgraded.store(true, Ordering::Relaxed);
+                }
                 req.extensions_mut().insert(http1.clone());
             }
             async move {

@@ -167,3 +167,40 @@ async fn an_event_stream_head_says_the_connection_closes_with_it() {
     assert!(lower.contains("content-type: text/event-stream"), "{head}");
     assert!(lower.contains("connection: close\r\n"), "{head}");
 }
+
+/// A stream served by hyper (a later request on a keep-alive connection,
+/// as a browser sends after a token exchange) ends as soon as its client
+/// closes the connection, as on the direct path: its subscription, and
+/// with it the client's presence, goes at once, not at the next failed
+/// keepalive write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_after_another_request_ends_when_the_client_closes() {
+    let s = TestServer::start_with(HubConfig::default(), quick_http()).await;
+    let topic = Topic::new("closing/1").unwrap();
+    let mut c = BufReader::new(TcpStream::connect(s.addr).await.unwrap());
+    c.get_mut()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    answer_in_time(&mut c, "healthz").await;
+    c.get_mut()
+        .write_all(b"GET /v1/sse?topic=closing/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while s.hub.subscribers(&topic) == 0 {
+        assert!(Instant::now() < deadline, "the stream never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    let closed = Instant::now();
+    while s.hub.subscribers(&topic) > 0 {
+        assert!(
+            closed.elapsed() < Duration::from_secs(2),
+            "still subscribed {:?} after the client closed (keepalive is {:?})",
+            closed.elapsed(),
+            quick_http().keepalive
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -2,6 +2,7 @@
 //! to a running one.
 
 mod duration;
+mod jwks;
 mod settings;
 
 use std::io::Write;
@@ -53,6 +54,38 @@ enum Command {
     },
     /// Print a JWT signed with the configured key, for development.
     Token(TokenArgs),
+    /// Close every connection of a user on every node (the server API;
+    /// needs the publisher key or an admin token).
+    Disconnect {
+        /// The user: a token's `sub`.
+        user: String,
+        #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The publisher key or a JWT with the admin claim.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List the topics with subscribers on a node, the busiest first.
+    Topics {
+        /// At most this many (1 to 10000) [default: 100].
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The publisher key or a JWT with the admin claim.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List a user's connections on a node.
+    Connections {
+        /// The user: a token's `sub`.
+        user: String,
+        #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The publisher key or a JWT with the admin claim.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Print the events of topics as they arrive, one JSON object per line.
     Subscribe {
         #[arg(required = true)]
@@ -116,6 +149,21 @@ fn main() -> std::process::ExitCode {
                 token,
             } => publish(&client(&server, token)?, &topic, &data, event, raw, id).await,
             Command::Token(args) => settings::mint_token(args).map(|t| println!("{t}")),
+            Command::Disconnect {
+                user,
+                server,
+                token,
+            } => print_json(client(&server, token)?.disconnect_user(&user).await),
+            Command::Topics {
+                limit,
+                server,
+                token,
+            } => print_json(client(&server, token)?.topics(limit).await),
+            Command::Connections {
+                user,
+                server,
+                token,
+            } => print_json(client(&server, token)?.connections(&user).await),
             Command::Subscribe {
                 topics,
                 transport,
@@ -205,6 +253,17 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     Arc::get_mut(&mut settings.http.auth)
         .context("the auth settings were shared before the engine was built")?
         .set_one_time_store(hub.one_time_store().clone());
+    // Identity providers' key sets (--jwt-jwks-url): the first fetch starts
+    // now, in the background, and they are kept fresh from then on. A
+    // provider that does not answer is logged and retried; Herald serves
+    // meanwhile, refusing only the tokens of keys it does not hold yet.
+    if !settings.http.auth.jwks_urls().is_empty() {
+        Arc::get_mut(&mut settings.http.auth)
+            .context("the auth settings were shared before the key sets were set up")?
+            .set_jwks_fetcher(jwks::HttpFetcher::new()?);
+        let auth = settings.http.auth.clone();
+        tokio::spawn(async move { auth.keep_jwks_fresh().await });
+    }
     // The one line scripts and tests wait for.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("herald listening on {scheme}://{addr}");
@@ -281,6 +340,12 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Prints a server API answer as one line of JSON.
+fn print_json(answer: Result<serde_json::Value, herald_client::ClientError>) -> anyhow::Result<()> {
+    println!("{}", answer?);
+    Ok(())
 }
 
 fn client(server: &str, token: Option<String>) -> anyhow::Result<Client> {

@@ -60,6 +60,7 @@ fn client_token() -> String {
             subscribe: vec!["**".into()],
             publish: vec!["**".into()],
             llm: false,
+            admin: false,
         },
         info: None,
     };

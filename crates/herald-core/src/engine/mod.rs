@@ -312,6 +312,22 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// Closes every connection of `user` with
+    /// [`CloseReason::Disconnected`](crate::CloseReason::Disconnected), on
+    /// every node the engine spans (`POST /v1/disconnect`). The default
+    /// closes those of `local`, this process's fan-out.
+    ///
+    /// # Errors
+    /// [`EngineError::Unavailable`] when the other nodes could not be told.
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a str,
+        local: &'a Fanout,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        local.close_user(user, crate::CloseReason::Disconnected);
+        Box::pin(async { Ok(()) })
+    }
+
     /// Delivers a signal ([`Event::is_signal`]: `herald.join` /
     /// `herald.leave`) to every subscriber of its topic, on every node the
     /// engine spans, in order with the topic's events; nothing is stored.

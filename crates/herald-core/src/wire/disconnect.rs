@@ -152,6 +152,18 @@ pub const FORBIDDEN: Disconnect = Disconnect {
     reconnect: false,
 };
 
+/// The server API closed every connection of the user
+/// (`POST /v1/disconnect`, on every node). Reconnecting as is would be let
+/// in again, so the browser client gives up; revoke the user's credential
+/// for good.
+pub const DISCONNECTED: Disconnect = Disconnect {
+    reason: "disconnected",
+    code: Some(4009),
+    close_text: "disconnected",
+    sse: true,
+    reconnect: false,
+};
+
 /// Every reason, reconnect reasons first.
 pub const TABLE: &[Disconnect] = &[
     SHUTDOWN,
@@ -166,6 +178,7 @@ pub const TABLE: &[Disconnect] = &[
     INVALID_CREDENTIAL,
     CREDENTIAL_REQUIRED,
     FORBIDDEN,
+    DISCONNECTED,
 ];
 
 impl Disconnect {
@@ -181,6 +194,7 @@ impl From<CloseReason> for Disconnect {
             CloseReason::SlowConsumer => SLOW_CONSUMER,
             CloseReason::Shutdown => SHUTDOWN,
             CloseReason::EngineUnavailable => ENGINE_UNAVAILABLE,
+            CloseReason::Disconnected => DISCONNECTED,
         }
     }
 }

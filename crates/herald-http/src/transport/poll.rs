@@ -106,6 +106,9 @@ async fn poll(
     // Present while held and for the grace period after (dropped with
     // the answer).
     let client = crate::presence::poll_client_id(&who, peer, param(pairs, "client"), &headers);
+    if let Some(user) = who.subject() {
+        sub.identify(user, &client, Transport::Poll);
+    }
     let _presence = crate::presence::enter_all(
         &app,
         &who,

@@ -117,15 +117,20 @@ async fn open(
         .subscribe_with(conn.as_ref().and_then(|c| c.kill.clone()));
     let sub = subscribe_all(sub, &topics, &cursor, start).await?;
     let client = app.hub.new_client_id();
+    if let Some(user) = who.subject() {
+        sub.identify(user, &client, Transport::Sse);
+    }
     let presence =
         crate::presence::enter_all(&app, &who, &topics, &client, Transport::Sse, Duration::ZERO)
             .await;
 
     let preamble =
         sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();
+    let peer_closed = conn.as_ref().and_then(|c| c.read_closed.clone());
     let first_wake = Instant::now() + app.config.keepalive;
     let stream = SseStream {
         sub,
+        peer_closed,
         _presence: presence,
         metrics: app.hub.metrics().clone(),
         _slot: slot,
@@ -159,6 +164,10 @@ struct SseStream {
     sub: Subscription,
     /// Present on the presence topics of the stream while it lives.
     _presence: Vec<herald_core::PresenceGuard>,
+    /// Becomes true when the client closes the connection (see
+    /// [`ConnectionHandle::read_closed`]): the stream ends at once rather
+    /// than at its next failed write.
+    peer_closed: Option<tokio::sync::watch::Receiver<bool>>,
     metrics: Arc<herald_core::Metrics>,
     _guard: ConnectionGuard,
     _slot: Slot,
@@ -188,6 +197,10 @@ impl SseStream {
         let first = loop {
             tokio::select! {
                 d = self.sub.next() => break d,
+                _ = peer_closed(&mut self.peer_closed) => {
+                    self.done = true;
+                    return None;
+                }
                 _ = &mut self.idle => {
                     let now = Instant::now();
                     if self.deadline.is_some_and(|d| now >= d) {
@@ -272,4 +285,16 @@ fn disconnect_event(d: Disconnect) -> Bytes {
     sse::encode_event(None, Some(reserved::DISCONNECT), &data)
         .0
         .freeze()
+}
+
+/// Resolves when the peer closed the connection; never when nobody watches
+/// (or the watch ended without seeing it close).
+async fn peer_closed(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(r) = rx {
+        if r.wait_for(|closed| *closed).await.is_ok() {
+            return;
+        }
+        *rx = None;
+    }
+    std::future::pending().await
 }

@@ -40,9 +40,12 @@ pub(crate) enum Head {
     Other,
 }
 
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Classifies `buf`, the start of a connection's next request.
 pub(crate) fn head_status(buf: &[u8]) -> Head {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const PREFACE: &[u8] = H2_PREFACE;
     let n = buf.len().min(PREFACE.len());
     if n > 0 && buf[..n] == PREFACE[..n] {
         return if n == PREFACE.len() {

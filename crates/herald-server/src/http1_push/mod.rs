@@ -68,6 +68,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
+pub(crate) use head::H2_PREFACE;
 use head::{head_status, parse_direct_request, Head};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
 use response::{chunk_size_line, framing, response_head, LAST_CHUNK};

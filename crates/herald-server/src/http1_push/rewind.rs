@@ -34,6 +34,12 @@ pub(crate) struct Rewind<I> {
     replacing: Option<(Bytes, usize)>,
     /// Held for as long as the socket lives.
     drain: Option<DrainToken>,
+    /// Told when a read finds the end of input (the peer closed or
+    /// half-closed), for the handlers of requests hyper serves.
+    read_closed: Option<(
+        tokio::sync::watch::Sender<bool>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    )>,
 }
 
 impl<I> Rewind<I> {
@@ -44,12 +50,78 @@ impl<I> Rewind<I> {
             eof: false,
             replacing: None,
             drain: None,
+            read_closed: None,
+        }
+    }
+
+    /// Sets `tx` to `true` when a read finds the end of input, and from
+    /// then on looks for it while hyper writes: hyper does not read a
+    /// connection in the middle of an answer (it lets half-closed peers
+    /// get theirs), so without this a streaming answer would learn that
+    /// its client went away only at its second failed write. Bytes read
+    /// this way (a pipelined request) are kept, in order, for hyper's next
+    /// read, at most [`PEEK_MAX`] of them.
+    ///
+    /// `upgraded` stops the looking ahead: once a request upgrades the
+    /// connection (a WebSocket), its protocol reads all the time itself.
+    pub(crate) fn on_read_closed(
+        &mut self,
+        tx: tokio::sync::watch::Sender<bool>,
+        upgraded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        self.read_closed = Some((tx, upgraded));
+    }
+
+    fn saw_end(&mut self) {
+        if let Some((tx, _)) = &self.read_closed {
+            tx.send_replace(true);
+        }
+    }
+}
+
+/// The most bytes [`Rewind`] reads ahead of hyper while watching for the
+/// end of input.
+pub(crate) const PEEK_MAX: usize = 64 * 1024;
+
+impl<I: AsyncRead + Unpin> Rewind<I> {
+    /// Looks for the end of input without waiting (see
+    /// [`Rewind::on_read_closed`]); the read registers the task for the
+    /// socket's next readiness, so the end is seen when it comes.
+    fn watch_end(&mut self, cx: &mut Context<'_>) {
+        let watching = self
+            .read_closed
+            .as_ref()
+            .is_some_and(|(_, up)| !up.load(std::sync::atomic::Ordering::Relaxed));
+        if !watching || self.eof || self.prefix.len() >= PEEK_MAX {
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                self.eof = true;
+                self.saw_end();
+            }
+            Poll::Ready(Ok(())) => {
+                let mut b = bytes::BytesMut::with_capacity(self.prefix.len() + buf.filled().len());
+                b.extend_from_slice(&self.prefix);
+                b.extend_from_slice(buf.filled());
+                self.prefix = b.freeze();
+            }
+            // A reset peer is gone too; hyper's next write fails.
+            Poll::Ready(Err(_)) => self.saw_end(),
+            Poll::Pending => {}
         }
     }
 
     /// Makes the stream hold `token` for the rest of its life.
     pub(crate) fn hold(&mut self, token: Option<DrainToken>) {
         self.drain = token;
+    }
+
+    /// Whether what is still to be read starts with `bytes`.
+    pub(crate) fn starts_with(&self, bytes: &[u8]) -> bool {
+        self.prefix.starts_with(bytes)
     }
 
     /// Puts `bytes` back in front of what is still to be read.
@@ -87,7 +159,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         if self.eof {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0 {
+            self.saw_end();
+        }
+        r
     }
 }
 
@@ -114,7 +191,7 @@ impl<I: AsyncWrite + Unpin> Rewind<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -163,7 +240,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
                 return Poll::Pending;
             }
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_end(cx);
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -158,6 +158,18 @@ layered_settings! {
         /// The `kid` of the configured key; tokens naming another kid are refused.
         #[arg(long, env = "HERALD_JWT_KEY_ID")]
         pub jwt_key_id: Option<String>,
+        /// URL (http or https) of an identity provider's JSON Web Key Set
+        /// (RFC 7517): tokens naming one of its keys by `kid` are verified
+        /// with it (repeatable; one URL in the environment).
+        #[arg(long, env = "HERALD_JWT_JWKS_URL")]
+        pub jwt_jwks_url: Vec<String>,
+        /// The issuer every JWT must name in `iss` (RFC 7519), compared exactly.
+        #[arg(long, env = "HERALD_JWT_ISSUER")]
+        pub jwt_issuer: Option<String>,
+        /// The audience every JWT's `aud` must name (RFC 7519; a string or an
+        /// array). Without it, tokens that name an audience are refused.
+        #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+        pub jwt_audience: Option<String>,
         /// RS256/ES256 private key, PEM file: a file key only, for `herald token`.
         #[arg(skip)]
         pub jwt_private_key: Option<PathBuf>,
@@ -257,8 +269,25 @@ layered_settings! {
         /// Delay between tokens of the built-in offline model [default: 25ms].
         #[arg(long, env = "HERALD_LLM_OFFLINE_DELAY")]
         pub llm_offline_delay: Option<String>,
+        /// The application's hook endpoint (http or https): Herald POSTs signed
+        /// JSON there to ask who a connection without a Herald credential is,
+        /// and about subscribes and publishes on topics whose policy says so.
+        #[arg(long, env = "HERALD_HOOK_URL")]
+        pub hook_url: Option<String>,
+        /// The hooks' HMAC-SHA256 signing secret, at least 16 bytes (required
+        /// with --hook-url; never logged).
+        #[arg(long, env = "HERALD_HOOK_SECRET", hide_env_values = true)]
+        pub hook_secret: Option<String>,
+        /// A hook that does not answer in this time refuses [default: 2s].
+        #[arg(long, env = "HERALD_HOOK_TIMEOUT")]
+        pub hook_timeout: Option<String>,
+        /// Ask the connect hook who a request without a Herald credential is
+        /// (`--hook-connect=false` turns it off) [default: true with --hook-url].
+        #[arg(long, env = "HERALD_HOOK_CONNECT", num_args = 0..=1, default_missing_value = "true")]
+        pub hook_connect: Option<bool>,
         /// Topic policies, config file only: `[[topics]]` tables (`pattern`,
-        /// `history`, `history_max_age`, `client_publish`, `publish_rate`),
+        /// `history`, `history_max_age`, `client_publish`, `publish_rate`,
+        /// `presence`, `join_leave`, `subscribe_hook`, `publish_hook`),
         /// checked by `settings::topics`.
         #[arg(skip)]
         pub topics: Vec<toml::Table>,

@@ -11,9 +11,14 @@ use herald_auth::AuthConfig;
 use super::{dur, ServeArgs};
 
 /// The authentication settings of `herald serve`; the public key file is
-/// read here.
+/// read here, key set URLs are checked (not fetched).
 pub(super) fn serve_config(s: &ServeArgs) -> anyhow::Result<AuthConfig> {
     let d = AuthConfig::default();
+    for url in &s.jwt_jwks_url {
+        crate::jwks::check_url(url)?;
+    }
+    // An empty value (say, an empty environment variable) sets nothing.
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
     let public_key_pem = match &s.jwt_public_key {
         None => None,
         Some(p) => Some(
@@ -25,6 +30,9 @@ pub(super) fn serve_config(s: &ServeArgs) -> anyhow::Result<AuthConfig> {
         hs256_secret: s.jwt_secret.clone().map(String::into_bytes),
         public_key_pem,
         key_id: s.jwt_key_id.clone(),
+        jwks_urls: s.jwt_jwks_url.clone(),
+        issuer: given(&s.jwt_issuer),
+        audience: given(&s.jwt_audience),
         public: s.public.clone(),
         api_keys: s.publish_key.clone(),
         max_query_token_lifetime: dur(
@@ -64,6 +72,10 @@ pub struct TokenArgs {
     /// e.g. '{"name":"Ada"}'.
     #[arg(long)]
     pub info: Option<String>,
+    /// Grant the server API (`herald.admin`: POST /v1/disconnect, GET
+    /// /v1/topics, GET /v1/connections), like the publisher key.
+    #[arg(long)]
+    pub admin: bool,
     /// Lifetime [default: 5m].
     #[arg(long, default_value = "5m")]
     pub ttl: String,
@@ -130,6 +142,7 @@ pub fn mint_token(args: TokenArgs) -> anyhow::Result<String> {
             subscribe: args.subscribe,
             publish: args.publish,
             llm: args.llm,
+            admin: args.admin,
         },
         info,
     };

@@ -88,8 +88,50 @@ pub(super) fn config(s: &ServeArgs, auth: Arc<Auth>) -> anyhow::Result<HttpConfi
                 bail!("--ws-message-rate {r}: give a number of messages per second, at least 1")
             }
         },
+        hooks: hooks(s)?,
         ..d
     })
+}
+
+/// The application's hooks (`--hook-url` with `--hook-secret`, `--hook-timeout`,
+/// `--hook-connect`), or `None` without `--hook-url`.
+///
+/// Errors: a hook setting without `--hook-url`, `--hook-url` without a
+/// secret or with one under 16 bytes, a URL that is not http(s) with a
+/// host, a zero or unreadable timeout. The secret is never repeated.
+pub(super) fn hooks(s: &ServeArgs) -> anyhow::Result<Option<Arc<herald_hooks::Hooks>>> {
+    let Some(url) = s.hook_url.as_deref().filter(|u| !u.is_empty()) else {
+        for (given, flag) in [
+            (s.hook_secret.is_some(), "--hook-secret"),
+            (s.hook_timeout.is_some(), "--hook-timeout"),
+            (s.hook_connect.is_some(), "--hook-connect"),
+        ] {
+            if given {
+                bail!("{flag} needs --hook-url (the application's endpoint the hooks call)");
+            }
+        }
+        return Ok(None);
+    };
+    let Some(secret) = s.hook_secret.as_deref().filter(|k| !k.is_empty()) else {
+        bail!(
+            "--hook-url needs --hook-secret: every hook request is signed with it, so that the \
+             application can tell Herald's requests from forged ones"
+        );
+    };
+    let mut config = herald_hooks::HooksConfig::new(url, secret.as_bytes());
+    config.timeout = dur(
+        "hook-timeout",
+        &s.hook_timeout,
+        herald_hooks::DEFAULT_TIMEOUT,
+    )?;
+    config.connect = s.hook_connect.unwrap_or(true);
+    let hooks = herald_hooks::Hooks::new(config).map_err(|e| match e {
+        herald_hooks::HooksConfigError::Url(_) => anyhow::anyhow!("--hook-url: {e}"),
+        herald_hooks::HooksConfigError::ShortSecret(_) => anyhow::anyhow!("--hook-secret: {e}"),
+        herald_hooks::HooksConfigError::Zero("timeout") => anyhow::anyhow!("--hook-timeout: {e}"),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    Ok(Some(Arc::new(hooks)))
 }
 
 /// Refuses a `--cors-origin` that is neither `*` nor `scheme://host[:port]`,

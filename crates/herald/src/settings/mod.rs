@@ -140,19 +140,38 @@ impl Settings {
         let storage = engine::storage(&s, &mut warnings)?;
         let has_keys = auth.hs256_secret.is_some()
             || auth.public_key_pem.is_some()
+            || !auth.jwks_urls.is_empty()
             || !auth.api_keys.is_empty();
         let auth = Arc::new(Auth::new(auth)?);
         let tls = http::tls(&s)?;
-        if !listen.ip().is_loopback() && !s.insecure && !has_keys {
+        // The connect hook authenticates too: the application says who callers are.
+        let hook_identifies =
+            s.hook_url.as_deref().is_some_and(|u| !u.is_empty()) && s.hook_connect != Some(false);
+        if !listen.ip().is_loopback() && !s.insecure && !has_keys && !hook_identifies {
             bail!(
                 "refusing to listen on {listen} without authentication: anyone who can reach it could read and publish every topic. \
-                 Configure --jwt-secret, --jwt-public-key or --publish-key, listen on a loopback address, \
+                 Configure --jwt-secret, --jwt-public-key, --jwt-jwks-url or --publish-key, listen on a loopback address, \
                  or pass --insecure if a proxy in front of Herald authenticates"
             );
         }
         let mut hub = engine::hub(&s, storage.engine, &mut warnings)?;
         hub.policies = topics::policies(&s.topics, hub.history)?;
+        if hub.policies.has_hooks() && s.hook_url.as_deref().is_none_or(str::is_empty) {
+            bail!(
+                "[[topics]] sets subscribe_hook or publish_hook, but no --hook-url says where \
+                 the application's hooks are"
+            );
+        }
+        if hub.policies.has_hooks() && !has_keys && !hook_identifies {
+            warnings.push(
+                "subscribe_hook and publish_hook have no effect without authentication: every caller is \
+                 trusted like the publisher key until --jwt-secret, --jwt-public-key, --publish-key or \
+                 the connect hook (--hook-connect) identifies callers"
+                    .into(),
+            );
+        }
         if !has_keys
+            && !hook_identifies
             && s.topics
                 .iter()
                 .any(|t| t.get("client_publish") == Some(&toml::Value::Boolean(false)))

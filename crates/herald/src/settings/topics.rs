@@ -21,6 +21,8 @@ const KEYS: &[&str] = &[
     "join_leave",
     "client_publish",
     "publish_rate",
+    "subscribe_hook",
+    "publish_hook",
 ];
 
 /// The policies of `tables`, in order (first match wins), checked against
@@ -115,6 +117,9 @@ fn rule(n: usize, table: &Table, history: HistoryLimits) -> anyhow::Result<Polic
         };
         policy.publish_rate = Some(rate);
     }
+    policy.subscribe_hook =
+        boolean(&at, "subscribe_hook", table.get("subscribe_hook"))?.unwrap_or(false);
+    policy.publish_hook = boolean(&at, "publish_hook", table.get("publish_hook"))?.unwrap_or(false);
     Ok(PolicyRule { pattern, policy })
 }
 
@@ -175,9 +180,11 @@ mod tests {
             join_leave = false
             client_publish = true
             publish_rate = 60
+            subscribe_hook = true
             [[topics]]
             pattern = "news/*"
             client_publish = false
+            publish_hook = true
             "#,
         )
         .unwrap();
@@ -185,8 +192,11 @@ mod tests {
         assert!(c.is_ephemeral());
         assert_eq!(c.history_max_age, Some(Duration::from_secs(600)));
         assert_eq!(c.publish_rate, Some(60));
+        assert!(c.subscribe_hook && !c.publish_hook);
         let n = p.resolve(&herald_core::Topic::new("news/a").unwrap());
         assert!(!n.allows_client_publish());
+        assert!(n.publish_hook && !n.subscribe_hook);
+        assert!(p.has_hooks());
     }
 
     #[test]
@@ -233,6 +243,10 @@ mod tests {
             (
                 "[[topics]]\npattern = \"a\"\nclient_publish = 1",
                 "`client_publish` must be true or false",
+            ),
+            (
+                "[[topics]]\npattern = \"a\"\npublish_hook = \"yes\"",
+                "`publish_hook` must be true or false",
             ),
             (
                 "[[topics]]\npattern = \"a\"\npublish_rate = 0",

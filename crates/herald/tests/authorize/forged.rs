@@ -17,6 +17,7 @@ async fn relay_topics_are_written_only_by_the_relay() {
                 subscribe: vec!["**".into()],
                 publish: vec!["**".into(), "llm/*".into()],
                 llm: true,
+                admin: false,
             },
             info: None,
         },

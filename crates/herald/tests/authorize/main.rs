@@ -113,6 +113,7 @@ fn token(action: Action, cred: Cred) -> Option<String> {
             subscribe: vec!["users/{sub}/**".into()],
             publish: vec!["users/{sub}/**".into()],
             llm,
+            admin: false,
         },
         info: None,
     };

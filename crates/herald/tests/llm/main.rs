@@ -123,6 +123,7 @@ fn signed(secret: &[u8], sub: &str, publish: &[&str], llm: bool) -> String {
                 subscribe: vec![],
                 publish: publish.iter().map(|s| s.to_string()).collect(),
                 llm,
+                admin: false,
             },
             info: None,
         },

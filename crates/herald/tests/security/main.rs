@@ -60,6 +60,7 @@ fn token_for(sub: &str, topics: &[&str], iat: u64, ttl: u64) -> String {
                 subscribe: topics.clone(),
                 publish: topics,
                 llm: false,
+                admin: false,
             },
             info: None,
         },

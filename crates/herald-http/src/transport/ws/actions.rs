@@ -105,6 +105,13 @@ impl Connection {
         {
             return denied(d);
         }
+        // The application's subscribe hook, for a topic whose policy asks
+        // it: a refusal is an `error`, the socket stays open.
+        if let Err(e) =
+            crate::auth::subscribe_hooks(&self.app, &self.who, std::slice::from_ref(&topic)).await
+        {
+            return self.api_error(e, reference).await;
+        }
         // The starting point, as `since=earliest|latest` / `history=N` of
         // SSE and polling; a cursor wins.
         let named = match since.as_deref() {
@@ -240,6 +247,11 @@ impl Connection {
         {
             return self.api_error(d.into(), reference).await;
         }
+        if let Err(e) =
+            crate::auth::subscribe_hooks(&self.app, &self.who, std::slice::from_ref(&topic)).await
+        {
+            return self.api_error(e, reference).await;
+        }
         match crate::presence::members(&self.app, &topic).await {
             Ok(clients) => {
                 let m = ServerMessage::Presence {
@@ -267,6 +279,18 @@ impl Connection {
             }
             Err(AuthError::Invalid(_)) => return Outcome::Close(disconnect::INVALID_CREDENTIAL),
         };
+        // On a server without keys whose connect hook says who callers are,
+        // a token means nothing ("open"): it may not replace the hook's answer.
+        if who == Principal::Open
+            && self
+                .app
+                .config
+                .hooks
+                .as_ref()
+                .is_some_and(|h| h.asks_connect())
+        {
+            return Outcome::Close(disconnect::INVALID_CREDENTIAL);
+        }
         // A refresh moves the deadline; it may not change who the
         // connection is (its subscriptions were authorized for that subject).
         if matches!(self.who, Principal::User(_)) && who.subject() != self.who.subject() {

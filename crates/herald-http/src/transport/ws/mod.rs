@@ -82,8 +82,9 @@ pub(crate) async fn handler(
         ));
     }
     // Refusals of the credential are sent as close 4001 after the upgrade,
-    // where browsers can see them.
-    let who = app.config.auth.authenticate_async(credential).await;
+    // where browsers can see them. Without a credential, the connect hook
+    // (when configured) says who this is, from the handshake's headers.
+    let who = crate::auth::upgrade_principal(&app, &headers, credential).await?;
     let slot = app.connection_slot(conn.map(|c| c.0.peer.ip()), &headers)?;
     let max = app.config.ws_max_message_bytes;
     Ok(ws

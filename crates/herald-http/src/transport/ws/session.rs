@@ -176,6 +176,14 @@ impl Connection {
     /// Puts `who` in force, with its deadline.
     pub(super) fn set_credential(&mut self, who: Principal) {
         self.deadline = deadline_of(&who).map(|d| Box::pin(tokio::time::sleep_until(d)));
+        if let Some(user) = who.subject() {
+            // The server API finds (and can close) the connection by its user.
+            let hub = &self.app.hub;
+            let client = self
+                .client
+                .get_or_insert_with(|| hub.new_client_id().into());
+            self.sub.identify(user, client, Transport::WebSocket);
+        }
         self.who = who;
     }
 
