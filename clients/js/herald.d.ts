@@ -248,7 +248,8 @@ export class HeraldError extends Error {
   );
   /**
    * Herald's error code, e.g. `forbidden`, `unauthorized`, `invalid_topic`,
-   * `presence_disabled`, `closed`.
+   * `presence_disabled`, `closed`, `disconnected` (the server API closed
+   * every connection of the user; the client has stopped for good).
    */
   readonly code: string;
   /** The HTTP status, when the server answered with one. */

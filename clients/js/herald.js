@@ -43,6 +43,10 @@ const TRANSPORTS = ['auto', 'sse', 'ws', 'poll'];
 // server refused it for now (its `retry:` says when) or is going away.
 const TEMPORARY = ['rate_limited', 'server_full', 'engine_unavailable', 'shutdown'];
 const TOKEN_EXPIRED = 'token_expired';
+// The server API closed every connection of the user (POST /v1/disconnect):
+// the client stops, with no reconnect, and tells the page.
+const DISCONNECTED = 'disconnected';
+const CLOSE_DISCONNECTED = 4009;
 // The WebSocket close code of a refused or expired credential.
 const CLOSE_UNAUTHORIZED = 4001;
 // A credential is refreshed, or a connection resumed at once after its
@@ -328,6 +332,16 @@ class Client {
     for (const fn of [...this._statusListeners]) safeCall(fn, s);
   }
 
+  // The server closed every connection of this user on purpose: stop for
+  // good (a reconnect would only be let in again until the credential is
+  // revoked) and tell the page.
+  _disconnected() {
+    this._error(
+      new HeraldError(DISCONNECTED, 'the server closed every connection of this user'),
+    );
+    this.close();
+  }
+
   _error(err) {
     if (this._opts.onError) safeCall(this._opts.onError, err);
     else if (typeof console !== 'undefined') console.warn('herald:', err);
@@ -359,6 +373,12 @@ class Client {
 
   // An event as WebSocket and long polling carry it.
   _dispatchJson(state, m) {
+    if (m && m.event === DISCONNECT) {
+      // A long poll ended by the server API (POST /v1/disconnect).
+      const { reason } = disconnectData(typeof m.data === 'string' ? m.data : JSON.stringify(m.data));
+      if (reason === DISCONNECTED) this._disconnected();
+      return;
+    }
     this._dispatch(state, jsonEvent(m));
   }
 
@@ -699,7 +719,8 @@ class TopicStream {
       if (this.es !== es) return;
       const { reason, retry } = disconnectData(e.data);
       const why = `server ended the stream: ${reason}`;
-      if (reason === TOKEN_EXPIRED) this.retry(why, { now: true });
+      if (reason === DISCONNECTED) this.c._disconnected();
+      else if (reason === TOKEN_EXPIRED) this.retry(why, { now: true });
       else if (TEMPORARY.includes(reason)) this.retry(why, { atLeast: retry ?? TEMPORARY_MIN_MS });
       else this.retry(why);
     });
@@ -995,6 +1016,10 @@ class WsTransport {
     this.settleQueries(true);
     const unanswered = [...this.subs.values()];
     this.subs.clear();
+    if (code === CLOSE_DISCONNECTED) {
+      this.c._disconnected();
+      return;
+    }
     if (code === CLOSE_UNAUTHORIZED && reason === TOKEN_EXPIRED) {
       // The credential ran out: resume at once with a fresh one.
       this.retry(`closed (${code} ${reason})`, { now: true });
@@ -1178,6 +1203,7 @@ class PollTransport {
         for (const m of body.events) {
           const state = c._topics.get(m.topic);
           if (state) c._dispatchJson(state, m);
+          if (this.stopped) return;
         }
         this.cursor = body.cursor;
         this.quick = false;

@@ -48,10 +48,9 @@ after(async () => {
   if (configDir) rmSync(configDir, { recursive: true, force: true });
 });
 
-// The server notices that the peer closed an SSE stream which was not the
-// first request on its connection (an EventSource after the client's
-// token exchange or first poll) only when a keepalive write fails: a
-// short keepalive keeps that leave within the test's waits.
+// The default keepalive (15 s): a page that closes its EventSource leaves
+// at once, even when the stream was not the first request on its
+// connection (the server watches the connection for its end).
 function startServer() {
   return Herald.start({
     args: [
@@ -59,8 +58,6 @@ function startServer() {
       configFile,
       '--poll-presence-grace',
       `${GRACE_MS / 1000}s`,
-      '--keepalive',
-      '2s',
       '--jwt-secret',
       SECRET,
       '--publish-key',

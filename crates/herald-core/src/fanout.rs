@@ -56,6 +56,17 @@ struct QueueState {
     closed: Option<CloseReason>,
 }
 
+/// What a push did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    /// Queued (or the queue was already closed).
+    Queued,
+    /// The queue was full: closed as a slow consumer.
+    Closed,
+    /// A signal left out of a queue at least half full.
+    SignalDropped,
+}
+
 /// What a wait on the queue found.
 pub enum Popped {
     /// The next event, in publish order for its topic.
@@ -92,11 +103,17 @@ impl SubscriberQueue {
     }
 
     /// Pushes an event; returns true if this push found the queue full and
-    /// closed it (the subscriber is too slow).
-    fn push(&self, event: &Arc<Event>) -> bool {
+    /// closed it (the subscriber is too slow). A signal (`herald.join` /
+    /// `herald.leave`) is dropped instead when the queue is half full:
+    /// presence churn by others never disconnects a subscriber
+    /// ([`Fanout::dispatch`] counts the drop).
+    fn push(&self, event: &Arc<Event>) -> Pushed {
         let mut st = self.lock();
         if st.closed.is_some() {
-            return false;
+            return Pushed::Queued;
+        }
+        if st.events.len() >= self.capacity / 2 && event.is_signal() {
+            return Pushed::SignalDropped;
         }
         if st.events.len() >= self.capacity {
             st.closed = Some(CloseReason::SlowConsumer);
@@ -106,12 +123,12 @@ impl SubscriberQueue {
             if let Some(n) = &self.on_close {
                 n.notify_one();
             }
-            return true;
+            return Pushed::Closed;
         }
         st.events.push_back(event.clone());
         drop(st);
         self.notify.notify_one();
-        false
+        Pushed::Queued
     }
 
     /// Closes the queue (for shutdown).
@@ -412,10 +429,12 @@ impl Fanout {
         let Some(list) = shard.get(&event.topic) else {
             return;
         };
-        let mut slow = 0u64;
+        let (mut slow, mut dropped) = (0u64, 0u64);
         for q in list {
-            if q.push(event) {
-                slow += 1;
+            match q.push(event) {
+                Pushed::Queued => {}
+                Pushed::Closed => slow += 1,
+                Pushed::SignalDropped => dropped += 1,
             }
         }
         drop(shard);
@@ -423,6 +442,11 @@ impl Fanout {
             self.metrics
                 .slow_consumer_disconnects
                 .fetch_add(slow, Ordering::Relaxed);
+        }
+        if dropped > 0 {
+            self.metrics
+                .presence_signals_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -439,5 +463,62 @@ impl Fanout {
         for q in all {
             q.close(CloseReason::Shutdown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Data, NewEvent, Position};
+    use crate::presence::{signal_event, Change, Member};
+
+    #[test]
+    fn signals_are_dropped_from_a_half_full_queue_never_closing_it() {
+        let fanout = Fanout::new(Arc::new(Metrics::default()));
+        let topic = Topic::new("room/1").unwrap();
+        let q = fanout.new_queue(8, None);
+        fanout.add(&topic, &q);
+        let member = Member {
+            client: "c".into(),
+            user: "u".into(),
+            info: serde_json::Value::Null,
+            transport: crate::metrics::Transport::Sse,
+        };
+        let join = signal_event(&topic, Change::Join, &member);
+        for seq in 1..=4 {
+            let e = Event::stamped(
+                NewEvent::new(topic.clone(), Data::Text("x".into())),
+                Position::new(1, seq),
+            );
+            fanout.dispatch(&e);
+        }
+        // Half full: a thousand joins are left out, the queue stays open.
+        for _ in 0..1000 {
+            fanout.dispatch(&join);
+        }
+        assert_eq!(q.len(), 4);
+        assert_eq!(
+            fanout
+                .metrics()
+                .presence_signals_dropped
+                .load(Ordering::Relaxed),
+            1000
+        );
+        // Below half, signals are queued again.
+        q.try_pop();
+        fanout.dispatch(&join);
+        assert_eq!(q.len(), 4);
+        // Events still close a full queue as before.
+        for seq in 5..=9 {
+            let e = Event::stamped(
+                NewEvent::new(topic.clone(), Data::Text("x".into())),
+                Position::new(1, seq),
+            );
+            fanout.dispatch(&e);
+        }
+        assert!(matches!(
+            q.try_pop(),
+            Some(Popped::Closed(CloseReason::SlowConsumer))
+        ));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
@@ -13,6 +13,7 @@ use crate::event::{Event, NewEvent};
 use crate::fanout::Fanout;
 use crate::idempotency::{Claim, Idempotency, IdempotencyStore};
 use crate::metrics::Metrics;
+use crate::occurrence::{LocalOccupancy, Occurrence, OccurrenceKind, Occurrences};
 use crate::one_time::{LocalOneTime, OneTimeStore};
 use crate::policy::{TopicPolicies, TopicPolicy};
 use crate::presence::{
@@ -158,6 +159,9 @@ pub(crate) struct HubInner {
     one_time: Arc<dyn OneTimeStore>,
     pub(crate) presence: Arc<dyn PresenceStore>,
     pub(crate) holds: Holds,
+    /// Where occurrences go ([`Hub::report_occurrences`]); unset, nothing
+    /// is reported and nothing is spent on it.
+    occurrences: OnceLock<Observer>,
     /// This process's part of connection ids (random per start).
     node: u32,
     next_client: AtomicU64,
@@ -221,6 +225,7 @@ impl Hub {
                 one_time,
                 presence,
                 holds: Holds::default(),
+                occurrences: OnceLock::new(),
                 node: (crate::engine::new_epoch() & 0xffff_ffff) as u32,
                 next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
@@ -540,13 +545,17 @@ impl Hub {
         }
         if self.inner.holds.take(topic, &member.client) {
             match self.inner.presence.join(topic, &member).await {
-                Ok(true) if policy.join_leave => {
-                    let event = signal_event(topic, Change::Join, &member);
-                    if let Err(e) = self.inner.engine.signal(event, &self.inner.fanout).await {
-                        self.presence_failed("herald.join", &e);
+                Ok(true) => {
+                    self.inner
+                        .report_member(OccurrenceKind::Join, topic, &member);
+                    if policy.join_leave {
+                        let event = signal_event(topic, Change::Join, &member);
+                        if let Err(e) = self.inner.engine.signal(event, &self.inner.fanout).await {
+                            self.presence_failed("herald.join", &e);
+                        }
                     }
                 }
-                Ok(_) => {}
+                Ok(false) => {}
                 Err(e) => self.presence_failed("join", &e),
             }
         }
@@ -604,19 +613,79 @@ impl Hub {
     pub fn subscribers(&self, topic: &crate::Topic) -> usize {
         self.inner.fanout.subscribers(topic)
     }
+
+    /// Tells `sink` from now on what happens to topics (see
+    /// [`crate::occurrence`]): joins and leaves where presence decides
+    /// them, and occupied / vacated, decided by the engine when it spans
+    /// nodes ([`Engine::report_occurrences`]), else from this process's
+    /// fan-out. Call it once, before clients connect: topics occupied
+    /// before are not reported. Returns false (and changes nothing) when
+    /// an observer was registered already.
+    pub fn report_occurrences(&self, sink: Arc<dyn Occurrences>) -> bool {
+        if self.inner.occurrences.get().is_some() {
+            return false;
+        }
+        let local = (!self.inner.engine.report_occurrences(sink.clone())).then(LocalOccupancy::new);
+        self.inner.occurrences.set(Observer { sink, local }).is_ok()
+    }
+}
+
+/// The registered observer, and the hub's own occupancy when the engine
+/// does not decide it.
+struct Observer {
+    sink: Arc<dyn Occurrences>,
+    local: Option<Arc<LocalOccupancy>>,
+}
+
+impl HubInner {
+    /// `topic` got its first or lost its last local subscriber: tells the
+    /// observer, when there is one and the hub decides occupancy. Once the
+    /// hub is shutting down, vacancies are told at once (no grace), so that
+    /// they can still be delivered.
+    pub(crate) fn occupancy_changed(&self, topic: &Topic) {
+        let Some(Observer {
+            sink,
+            local: Some(local),
+        }) = self.occurrences.get()
+        else {
+            return;
+        };
+        let grace = if *self.shutdown.borrow() {
+            Duration::ZERO
+        } else {
+            sink.vacate_grace()
+        };
+        let (fanout, t) = (self.fanout.clone(), topic.clone());
+        local.reconcile(topic, move || fanout.subscribers(&t), sink, grace);
+    }
+
+    /// Tells the observer, if any, that `member` joined or left `topic`.
+    fn report_member(&self, kind: OccurrenceKind, topic: &Topic, member: &Member) {
+        if let Some(o) = self.occurrences.get() {
+            o.sink.occurred(Occurrence::member(
+                kind,
+                topic,
+                &member.user,
+                &member.client,
+            ));
+        }
+    }
 }
 
 /// Removes `client` from `topic` in the presence store and, when it was
 /// there and the policy has `join_leave`, signals `herald.leave`.
 pub(crate) async fn leave(hub: &Arc<HubInner>, topic: &Topic, client: &str) {
     match hub.presence.leave(topic, client).await {
-        Ok(Some(member)) if hub.config.policies.resolve(topic).join_leave => {
-            let event = signal_event(topic, Change::Leave, &member);
-            if let Err(e) = hub.engine.signal(event, &hub.fanout).await {
-                presence_failed(hub, "herald.leave", &e);
+        Ok(Some(member)) => {
+            hub.report_member(OccurrenceKind::Leave, topic, &member);
+            if hub.config.policies.resolve(topic).join_leave {
+                let event = signal_event(topic, Change::Leave, &member);
+                if let Err(e) = hub.engine.signal(event, &hub.fanout).await {
+                    presence_failed(hub, "herald.leave", &e);
+                }
             }
         }
-        Ok(_) => {}
+        Ok(None) => {}
         Err(e) => presence_failed(hub, "leave", &e),
     }
 }

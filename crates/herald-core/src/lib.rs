@@ -24,6 +24,8 @@
 //! - [`subscription`]: resume (live first, back-fill, de-duplicate) written
 //!   once for every transport.
 //! - [`hub`]: the publish path (validation, idempotency) and the entry point.
+//! - [`occurrence`]: what happened to topics (occupied, vacated, joins and
+//!   leaves), told after the fact to an observer such as the webhooks.
 //! - [`idempotency`] and [`one_time`]: per-deployment records (publish ids,
 //!   one-time tokens), in this process or in a store the engine shares.
 //! - [`wire`]: the wire protocol as pure functions: SSE (both ways),
@@ -56,6 +58,7 @@ pub mod fanout;
 pub mod hub;
 pub mod idempotency;
 pub mod metrics;
+pub mod occurrence;
 pub mod one_time;
 pub mod policy;
 pub mod presence;
@@ -71,6 +74,7 @@ pub use event::{Data, Event, NewEvent, Position};
 pub use fanout::CloseReason;
 pub use hub::{Hub, HubConfig, PublishError};
 pub use metrics::{Metrics, Transport};
+pub use occurrence::{Occurrence, OccurrenceKind, Occurrences};
 pub use one_time::OneTimeStore;
 pub use policy::{RateLimited, TopicPolicies, TopicPolicy};
 pub use presence::{Member, PresenceGuard, PresenceStore};

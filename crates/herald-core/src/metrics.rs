@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Presence joins, leaves and signals that failed (the store or the
     /// engine could not be reached).
     pub presence_errors: AtomicU64,
+    /// `herald.join` / `herald.leave` left out of a subscriber's queue that
+    /// was at least half full (presence churn never disconnects anyone).
+    pub presence_signals_dropped: AtomicU64,
     /// Topics the engine holds now (set with [`Metrics::set_usage`]).
     topics_held: AtomicU64,
     /// Bytes of retained events the engine holds now (see `Budget::event_bytes`).
@@ -226,6 +229,11 @@ impl Metrics {
                 "herald_presence_errors_total",
                 "Presence joins, leaves and join/leave signals that failed (store or engine unreachable).",
                 c(&self.presence_errors),
+            ),
+            Family::counter(
+                "herald_presence_signals_dropped_total",
+                "herald.join / herald.leave left out of a subscriber queue at least half full.",
+                c(&self.presence_signals_dropped),
             ),
         ];
         if self.usage_reported.load(Ordering::Relaxed) {
@@ -563,6 +571,9 @@ herald_budget_refusals_total 0
 # HELP herald_presence_errors_total Presence joins, leaves and join/leave signals that failed (store or engine unreachable).
 # TYPE herald_presence_errors_total counter
 herald_presence_errors_total 0
+# HELP herald_presence_signals_dropped_total herald.join / herald.leave left out of a subscriber queue at least half full.
+# TYPE herald_presence_signals_dropped_total counter
+herald_presence_signals_dropped_total 0
 # HELP herald_topics Topics the engine holds in memory.
 # TYPE herald_topics gauge
 herald_topics 4

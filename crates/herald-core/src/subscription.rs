@@ -169,6 +169,7 @@ impl Subscription {
             // Live first, then history: nothing published from here on can be missed.
             if self.hub.fanout.add(&topic, &self.queue) {
                 self.hub.engine.watch(&topic);
+                self.hub.occupancy_changed(&topic);
             }
             self.topics.push(TopicState {
                 topic: topic.clone(),
@@ -220,6 +221,7 @@ impl Subscription {
         self.pending.retain(|d| !is_of(d, topic));
         if self.hub.fanout.remove(topic, self.queue.id()) {
             self.hub.engine.unwatch(topic);
+            self.hub.occupancy_changed(topic);
         }
         true
     }
@@ -433,6 +435,7 @@ impl Drop for Subscription {
         for st in &self.topics {
             if self.hub.fanout.remove(&st.topic, self.queue.id()) {
                 self.hub.engine.unwatch(&st.topic);
+                self.hub.occupancy_changed(&st.topic);
             }
         }
         self.hub.fanout.drop_queue(self.queue.id());

@@ -84,6 +84,21 @@ impl Keys {
         self.topic_key(topic, "pi")
     }
 
+    /// The nodes that have local subscribers of the topic (occupancy, for
+    /// the webhooks): a sorted set, member a node id, score the time (ms,
+    /// Redis server clock) its entry expires unless the node refreshes it.
+    pub fn occupancy(&self, topic: &Topic) -> String {
+        self.topic_key(topic, "o")
+    }
+
+    /// The topics that have occupancy entries: a sorted set, member the
+    /// topic name, score the time (ms, Redis server clock) after which a
+    /// sweeper looks for expired entries (a dead node's). One key, not tied
+    /// to a topic.
+    pub fn occupancy_index(&self) -> String {
+        format!("{}occupied", self.prefix)
+    }
+
     /// A one-time token. Not tied to a topic; tokens are URL-safe base64, so
     /// they hold no braces and the key is hashed whole.
     pub fn one_time_token(&self, token: &str) -> String {

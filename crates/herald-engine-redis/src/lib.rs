@@ -54,6 +54,10 @@
 //!   [`PresenceTiming::dead_node_bound`] (30 s by default); see `presence`.
 //!   `herald.join` / `herald.leave` ([`Engine::signal`]) travel on the
 //!   topic's pub/sub channel, in order with its events.
+//! - **Occupancy** ([`Engine::report_occurrences`], for the webhooks): per
+//!   topic, a sorted set of the nodes with local subscribers, refreshed and
+//!   swept like presence, so a topic is occupied once and vacated once
+//!   cluster-wide, and a dead node's topics vacate; see `occupancy`.
 //!
 //! The client library is [fred](https://docs.rs/fred): it speaks sharded
 //! pub/sub to a single server and to a cluster (routing each `SSUBSCRIBE` to
@@ -70,6 +74,8 @@
 //!   keeping watched topics' keys alive.
 //! - [`stores`]: idempotency records and one-time tokens in Redis.
 //! - `presence`: presence members in Redis, their refresh and sweep tasks.
+//! - `occupancy`: which nodes have subscribers of a topic, for the
+//!   webhooks' occupied / vacated.
 //! - Tests: `tests/suite.rs` runs herald-core's engine suite (resume,
 //!   retention, gaps, idempotency, one-time tokens); `tests/engine.rs` and
 //!   `tests/lifecycle.rs` what is Redis's own (nodes, outages, expiry);
@@ -97,6 +103,7 @@
 mod codec;
 pub mod keys;
 mod listener;
+mod occupancy;
 mod presence;
 pub mod scripts;
 pub mod stores;
@@ -119,7 +126,7 @@ use herald_core::one_time::OneTimeStore;
 use herald_core::policy::{TopicPolicies, TopicPolicy};
 use herald_core::presence::PresenceStore;
 use herald_core::{
-    Engine, EngineError, Event, HistoryLimits, NewEvent, Position, ReadResult, Topic,
+    Engine, EngineError, Event, HistoryLimits, NewEvent, Occurrences, Position, ReadResult, Topic,
 };
 use tokio::sync::mpsc;
 
@@ -241,6 +248,8 @@ pub struct RedisEngine {
     control: mpsc::UnboundedSender<listener::Control>,
     listener: tokio::task::JoinHandle<()>,
     presence: Arc<presence::RedisPresence>,
+    /// Cluster-wide occupancy, once an observer is registered.
+    occupancy: Arc<occupancy::RedisOccupancy>,
     /// The presence refresh and sweep tasks.
     upkeep: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -310,12 +319,14 @@ impl RedisEngine {
         let listener = tokio::spawn(listener::run(shared.clone(), subscriber.clone(), rx));
         let presence = presence::RedisPresence::new(shared.clone(), config.presence);
         let upkeep = presence.start();
+        let occupancy = occupancy::RedisOccupancy::new(shared.clone(), config.presence);
         Ok(RedisEngine {
             shared,
             subscriber,
             control,
             listener,
             presence,
+            occupancy,
             upkeep,
         })
     }
@@ -342,6 +353,7 @@ impl Drop for RedisEngine {
         for task in &self.upkeep {
             task.abort();
         }
+        self.occupancy.stop();
         // Close the connections (their tasks would otherwise outlive us).
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (pool, subscriber) = (self.shared.pool.clone(), self.subscriber.clone());
@@ -558,12 +570,22 @@ impl Engine for RedisEngine {
 
     fn watch(&self, topic: &Topic) {
         self.presence.watch(topic);
+        self.occupancy.changed(topic);
         let _ = self.control.send(listener::Control::Watch(topic.clone()));
     }
 
     fn unwatch(&self, topic: &Topic) {
         self.presence.unwatch(topic);
+        self.occupancy.changed(topic);
         let _ = self.control.send(listener::Control::Unwatch(topic.clone()));
+    }
+
+    /// Occupancy decided cluster-wide (see the crate docs), and the joins
+    /// and leaves presence decides on its own: members whose entry expired
+    /// (their node died), members entered again by a refresh.
+    fn report_occurrences(&self, sink: Arc<dyn Occurrences>) -> bool {
+        self.presence.report_to(sink.clone());
+        self.occupancy.start(sink)
     }
 
     fn idempotency_store(&self, ttl: Duration) -> Option<Arc<dyn IdempotencyStore>> {

@@ -40,14 +40,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fred::types::scripts::Script;
 use fred::types::Value;
 use herald_core::engine::{new_epoch, BoxFuture};
 use herald_core::presence::{signal_event, Change, Member, PresenceStore};
-use herald_core::{EngineError, Topic};
+use herald_core::{EngineError, Occurrence, OccurrenceKind, Occurrences, Topic};
 use tokio::task::JoinHandle;
 
 use crate::{scripts, unavailable, write_error, Shared};
@@ -129,6 +129,8 @@ pub(crate) struct RedisPresence {
     /// Topics with local subscribers (swept when they track presence).
     watched: Mutex<HashSet<Topic>>,
     writes: Vec<tokio::sync::Mutex<()>>,
+    /// Told of the joins and leaves decided here (webhooks), once set.
+    sink: OnceLock<Arc<dyn Occurrences>>,
     hasher: RandomState,
     join: Script,
     leave: Script,
@@ -148,6 +150,7 @@ impl RedisPresence {
             writes: (0..WRITE_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            sink: OnceLock::new(),
             hasher: RandomState::new(),
             join: Script::from_lua(scripts::presence_join()),
             leave: Script::from_lua(scripts::PRESENCE_LEAVE),
@@ -168,6 +171,24 @@ impl RedisPresence {
             }),
             tokio::spawn(async move { every(sweeper.timing.sweep, || sweeper.sweep_pass()).await }),
         ]
+    }
+
+    /// Tells `sink` from now on of the joins and leaves decided here (a
+    /// refresh entering a member again, a sweep removing expired ones); a
+    /// later call changes nothing.
+    pub(crate) fn report_to(&self, sink: Arc<dyn Occurrences>) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn report(&self, kind: OccurrenceKind, topic: &Topic, member: &Member) {
+        if let Some(sink) = self.sink.get() {
+            sink.occurred(Occurrence::member(
+                kind,
+                topic,
+                &member.user,
+                &member.client,
+            ));
+        }
     }
 
     /// A topic got its first local subscriber.
@@ -279,8 +300,11 @@ impl RedisPresence {
                     .iter()
                     .find(|(c, _)| **c == *id)
                     .and_then(|(_, entry)| parse_entry(entry));
-                if let (true, Some(member)) = (join_leave, member) {
-                    self.signal(topic, Change::Join, &member).await;
+                if let Some(member) = member {
+                    self.report(OccurrenceKind::Join, topic, &member);
+                    if join_leave {
+                        self.signal(topic, Change::Join, &member).await;
+                    }
                 }
             }
         }
@@ -317,6 +341,7 @@ impl RedisPresence {
                     continue;
                 };
                 tracing::debug!(%topic, client = %member.client, "presence entry expired");
+                self.report(OccurrenceKind::Leave, topic, &member);
                 if join_leave {
                     self.signal(topic, Change::Leave, &member).await;
                 }

@@ -278,6 +278,104 @@ end
 return out
 "#;
 
+/// KEYS: the topic's occupancy (sorted set). ARGV: node id, time-to-live
+/// ms, key life ms. Records the node as having local subscribers for the
+/// time-to-live from now. Returns 1 when the set was empty (the topic is
+/// occupied now; an expired entry not yet swept still counts: its vacancy
+/// was not reported either), else 0.
+const OCCUPANCY_ENTER_BODY: &str = r#"
+local had = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if had == 0 then return 1 end
+return 0
+"#;
+
+/// KEYS: the topic's occupancy. ARGV: node id. Removes the node's entry.
+/// Returns 1 when that emptied the set (the topic is vacated), else 0.
+pub const OCCUPANCY_LEAVE: &str = r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
+return 0
+"#;
+
+/// KEYS: the topic's occupancy. Removes the expired entries (nodes that
+/// stopped refreshing: dead, or cut off from Redis). Returns `{vacated,
+/// next}`: vacated 1 when that emptied the set (atomic, so one sweeper
+/// reports it), and the latest expiry left (0 when none).
+const OCCUPANCY_SWEEP_BODY: &str = r#"
+local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 0 then
+  if removed > 0 then return {1, 0} end
+  return {0, 0}
+end
+return {0, math.floor(tonumber(last[2]))}
+"#;
+
+/// KEYS: the occupancy index. ARGV: time-to-live ms, key life ms, then
+/// topic names. Marks each topic to be swept once now + time-to-live has
+/// passed (unless marked again before).
+const OCCUPANCY_MARK_BODY: &str = r#"
+local due = string.format('%d', now + tonumber(ARGV[1]))
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], due, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// KEYS: the occupancy index. ARGV: most topics. Returns the topics due
+/// for a sweep.
+const OCCUPANCY_DUE_BODY: &str = r#"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now), 'LIMIT', 0, tonumber(ARGV[1]))
+"#;
+
+/// KEYS: the occupancy index. ARGV: topic, next (ms; 0: none). After a
+/// sweep: forgets the topic (next 0) or moves its mark to `next`, unless a
+/// node marked it again meanwhile.
+const OCCUPANCY_SETTLE_BODY: &str = r#"
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not cur or tonumber(cur) > now then return 0 end
+if ARGV[2] == '0' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+return 1
+"#;
+
+/// The occupancy enter script's Lua source (see `OCCUPANCY_ENTER_BODY`:
+/// KEYS: occupancy; ARGV: node id, time-to-live ms, key life ms; returns 1
+/// when the topic became occupied, else 0).
+pub fn occupancy_enter() -> String {
+    format!("{NOW}{OCCUPANCY_ENTER_BODY}")
+}
+
+/// The occupancy sweep script's Lua source (KEYS: occupancy; returns
+/// `{vacated 0|1, latest expiry left or 0}`).
+pub fn occupancy_sweep() -> String {
+    format!("{NOW}{OCCUPANCY_SWEEP_BODY}")
+}
+
+/// The occupancy index marking script's Lua source (KEYS: index; ARGV:
+/// time-to-live ms, key life ms, topics...).
+pub fn occupancy_mark() -> String {
+    format!("{NOW}{OCCUPANCY_MARK_BODY}")
+}
+
+/// The script listing topics due for a sweep (KEYS: index; ARGV: most
+/// topics; returns topic names).
+pub fn occupancy_due() -> String {
+    format!("{NOW}{OCCUPANCY_DUE_BODY}")
+}
+
+/// The script settling a topic's mark after its sweep (KEYS: index; ARGV:
+/// topic, next expiry ms or 0).
+pub fn occupancy_settle() -> String {
+    format!("{NOW}{OCCUPANCY_SETTLE_BODY}")
+}
+
 /// The presence join script's Lua source (see `PRESENCE_JOIN_BODY`: KEYS:
 /// members, info; ARGV: client id, entry, time-to-live ms, key life ms;
 /// returns 1 for a new client, else 0).

@@ -18,6 +18,9 @@
 //! - [`wire`] holds each request's and answer's JSON, as pure functions.
 //! - `client.rs` builds the outbound HTTP(S) client.
 //! - [`metrics`] counts requests as `herald_hook_requests_total{hook,outcome}`.
+//! - [`webhooks`] tells the backend, after the fact, what happened to
+//!   topics (occupied, vacated, joins, leaves): batched, signed the same
+//!   way, retried with backoff, from a bounded queue.
 //! - [`Hooks`] (here) asks one question per call, bounded in time
 //!   ([`HooksConfig::timeout`]), in concurrency ([`HooksConfig::max_in_flight`])
 //!   and in answer size ([`HooksConfig::max_answer_bytes`]).
@@ -44,6 +47,7 @@
 mod client;
 pub mod metrics;
 pub mod signature;
+pub mod webhooks;
 pub mod wire;
 
 use std::sync::Arc;
@@ -56,6 +60,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::Semaphore;
 
 pub use metrics::{HookMetrics, Outcome};
+pub use webhooks::{WebhookMetrics, Webhooks, WebhooksConfig, WebhooksConfigError};
 pub use wire::{
     ConnectGrant, ConnectRequest, ConnectVerdict, Hook, PublishVerdict, SubscribeVerdict,
 };
@@ -192,21 +197,7 @@ impl Hooks {
     ///
     /// Errors: see [`HooksConfigError`].
     pub fn new(config: HooksConfig) -> Result<Hooks, HooksConfigError> {
-        let url: Uri = config
-            .url
-            .parse()
-            .map_err(|e| HooksConfigError::Url(format!("not a URL ({e})")))?;
-        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(HooksConfigError::Url(
-                "the URL holds credentials (user:password@); the signature authenticates Herald"
-                    .into(),
-            ));
-        }
-        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-            return Err(HooksConfigError::Url(
-                "use http://HOST/... or https://HOST/...".into(),
-            ));
-        }
+        let url = parse_url(&config.url).map_err(HooksConfigError::Url)?;
         if config.secret.len() < MIN_SECRET_BYTES {
             return Err(HooksConfigError::ShortSecret(config.secret.len()));
         }
@@ -382,6 +373,23 @@ impl Hooks {
             Err(e) => Err(format!("reading the answer failed: {e}")),
         }
     }
+}
+
+/// `url` checked for the backend: `http://` or `https://` with a host, and
+/// no credentials in it (the signature authenticates Herald).
+///
+/// Errors: why not, without repeating the URL.
+pub(crate) fn parse_url(url: &str) -> Result<Uri, String> {
+    let url: Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+    if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "the URL holds credentials (user:password@); the signature authenticates Herald".into(),
+        );
+    }
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        return Err("use http://HOST/... or https://HOST/...".into());
+    }
+    Ok(url)
 }
 
 /// The URL for logs: scheme, host, port and path, never a query (which may

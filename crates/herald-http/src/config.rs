@@ -77,6 +77,9 @@ pub struct HttpConfig {
     /// Herald credential is, and the subscribe and publish checks of topics
     /// whose policy asks for them. `None`: no hooks.
     pub hooks: Option<Arc<herald_hooks::Hooks>>,
+    /// More metric families `/metrics` renders after the hub's (the
+    /// webhooks' counters, when `--webhook-url` is set). Empty by default.
+    pub metrics: Vec<Arc<dyn herald_core::metrics::MetricsSource>>,
 }
 
 impl Default for HttpConfig {
@@ -109,6 +112,7 @@ impl Default for HttpConfig {
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
             hooks: None,
+            metrics: Vec::new(),
         }
     }
 }

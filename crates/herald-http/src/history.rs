@@ -3,7 +3,10 @@
 //!
 //! The answer is `{"events":[...],"cursor":C}`, the long-poll shape
 //! ([`herald_core::wire::poll`]): events are the WebSocket/poll event
-//! messages, oldest first, at most `limit` (default 100, 1 to 1000).
+//! messages, oldest first, at most `limit` (default 100, 1 to 1000) and
+//! at most `--poll-max-bytes` (1 MiB) of event JSON, one event always: a
+//! page cut by size is paged on from its cursor like any other. An
+//! ephemeral topic (`history = 0`) answers an empty page, without a gap.
 //!
 //! A cursor is a place between two events (an event's id is the place
 //! just after it):
@@ -36,7 +39,7 @@ use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_auth::Action;
-use herald_core::wire::poll::encode_parts;
+use herald_core::wire::poll::{encode_parts, frame_cost};
 use herald_core::{Cursor, Gap, Position, Topic};
 
 use crate::auth::{authenticate, authorize_all};
@@ -121,6 +124,44 @@ pub(crate) async fn handler(
             (engine.read_back(&topic, before, limit).await?, false)
         }
     };
+    let mut read = read;
+    if app.hub.policy(&topic).is_ephemeral() {
+        // An ephemeral topic keeps nothing: an empty page, and no gap for
+        // what was never kept (its epochs come and go with its subscribers).
+        read.events.clear();
+        read.gap = None;
+    }
+    // At most `--poll-max-bytes` of event JSON (one event always), as a
+    // long-poll answer: a forward page keeps its oldest events, a backward
+    // page its newest, and the cursor says where the next page continues.
+    let max_bytes = app.config.poll_max_bytes.max(1);
+    let mut bytes = 0usize;
+    let fits = |e: &std::sync::Arc<herald_core::Event>, bytes: &mut usize, first: bool| {
+        *bytes += frame_cost(e.json());
+        first || *bytes <= max_bytes
+    };
+    if forward {
+        let keep = read
+            .events
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| fits(e, &mut bytes, *i == 0))
+            .count();
+        read.events.truncate(keep);
+    } else {
+        let n = read.events.len();
+        let keep = read
+            .events
+            .iter()
+            .rev()
+            .enumerate()
+            .take_while(|(i, e)| fits(e, &mut bytes, *i == 0))
+            .count();
+        read.events.drain(..n - keep);
+        if let Some(first) = read.events.first() {
+            read.from = Position::new(first.position.epoch, first.position.seq - 1);
+        }
+    }
     let end = if forward {
         read.events.last().map_or(read.from, |e| e.position)
     } else {

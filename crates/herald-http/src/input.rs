@@ -106,6 +106,14 @@ fn decode(s: &str) -> Option<String> {
 ///
 /// Errors: 400 `invalid_cursor`, naming the source.
 pub fn cursor(value: &str, source: &str) -> Result<Cursor, ApiError> {
+    // An empty (or blank) cursor names no place: refused, never "from now"
+    // (DESIGN.md, "Cursor and name input"). Leave the parameter out instead.
+    if value.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_cursor",
+            format!("{source} is empty: give a cursor, or leave {source} out to start from now"),
+        ));
+    }
     Cursor::decode(value)
         .map_err(|e| ApiError::bad_request("invalid_cursor", format!("{source}: {e}")))
 }
@@ -152,6 +160,12 @@ impl CursorSource {
                         "invalid_cursor",
                         "Last-Event-ID: send the header once",
                     ));
+                }
+                // An empty header is no header: a browser never sends one
+                // (WHATWG HTML, server-sent events: only a non-empty last
+                // event ID is sent), a proxy might.
+                if v.is_empty() {
+                    return Ok(None);
                 }
                 v.to_str().map(Some).map_err(|_| {
                     ApiError::bad_request(

@@ -77,6 +77,8 @@ pub(crate) struct AppState {
     pub(crate) hub: Hub,
     pub(crate) config: Arc<HttpConfig>,
     pub(crate) limiter: Arc<limits::ConnectionLimiter>,
+    /// Who holds long-poll presence entries, to bound them.
+    pub(crate) poll_presence: Arc<presence::PollPresence>,
 }
 
 impl AppState {
@@ -109,6 +111,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         hub,
         config: Arc::new(config),
         limiter: Arc::default(),
+        poll_presence: Arc::default(),
     };
     Router::new()
         .route("/v1/publish", post(publish::publish))

@@ -31,7 +31,8 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
 
 /// Prometheus text format: the hub's counters, those of the server
 /// that accepted the connection when it inserted them (see
-/// [`ConnectionHandle::server_metrics`]), and the hooks' when configured.
+/// [`ConnectionHandle::server_metrics`]), the hooks' when configured, and
+/// those of [`crate::HttpConfig::metrics`].
 pub(crate) async fn metrics(
     State(app): State<AppState>,
     conn: Option<axum::Extension<ConnectionHandle>>,
@@ -43,6 +44,7 @@ pub(crate) async fn metrics(
         .as_deref()
         .into_iter()
         .chain(hooks.as_deref().map(|m| m as &dyn MetricsSource))
+        .chain(app.config.metrics.iter().map(|m| &**m))
         .collect();
     let body = app.hub.metrics().render(app.hub.engine().name(), &extra);
     let mut r = body.into_response();

@@ -106,6 +106,120 @@ pub(crate) async fn enter_all(
     guards
 }
 
+/// Long-poll presence ids one caller (a `sub`, else an address) may hold
+/// at once, lingering ones included.
+pub const POLL_IDS_PER_CALLER: usize = 8;
+/// Long-poll presence entries (ids × topics) the server holds at most.
+pub const MAX_POLL_ENTRIES: usize = 100_000;
+
+/// Bounds long-poll presence. A poll's entries outlive it by the grace
+/// period, so the connection limits do not bound them: without this, one
+/// caller polling with ever new `client` values (or many callers) would
+/// pile up entries. A caller holds at most [`POLL_IDS_PER_CALLER`] poll
+/// ids, the server at most [`MAX_POLL_ENTRIES`] entries; a poll beyond
+/// either is served but not counted as present.
+#[derive(Default)]
+pub(crate) struct PollPresence {
+    callers: std::sync::Mutex<PollCallers>,
+}
+
+#[derive(Default)]
+struct PollCallers {
+    /// Caller → (poll id, topics, until).
+    by_caller: std::collections::HashMap<Box<str>, Vec<(Box<str>, usize, tokio::time::Instant)>>,
+    /// Sum of the topics of every live id.
+    entries: usize,
+}
+
+impl PollCallers {
+    /// Forgets ids whose presence has ended.
+    fn expire(&mut self, now: tokio::time::Instant) {
+        let mut gone = 0;
+        self.by_caller.retain(|_, ids| {
+            ids.retain(|(_, n, until)| {
+                let live = *until > now;
+                if !live {
+                    gone += n;
+                }
+                live
+            });
+            !ids.is_empty()
+        });
+        self.entries = self.entries.saturating_sub(gone);
+    }
+}
+
+impl PollPresence {
+    /// Whether the poll `client` of `caller` on `topics` presence topics
+    /// may be present until `until` (and records it).
+    pub(crate) fn admit(
+        &self,
+        caller: &str,
+        client: &str,
+        topics: usize,
+        until: tokio::time::Instant,
+    ) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut c = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        if c.entries + topics > MAX_POLL_ENTRIES {
+            c.expire(now);
+        }
+        let live_ids = c.by_caller.get(caller).map_or(0, |ids| {
+            ids.iter().filter(|(_, _, until)| *until > now).count()
+        });
+        if let Some(ids) = c.by_caller.get_mut(caller) {
+            if let Some(known) = ids.iter_mut().find(|(id, _, _)| &**id == client) {
+                known.2 = known.2.max(until);
+                return true;
+            }
+        }
+        if live_ids >= POLL_IDS_PER_CALLER {
+            let entries = c.entries;
+            // Expired ids of this caller make room.
+            if let Some(ids) = c.by_caller.get_mut(caller) {
+                let before: usize = ids.iter().map(|(_, n, _)| n).sum();
+                ids.retain(|(_, _, until)| *until > now);
+                let after: usize = ids.iter().map(|(_, n, _)| n).sum();
+                c.entries = entries - (before - after);
+            }
+            let live = c.by_caller.get(caller).map_or(0, Vec::len);
+            if live >= POLL_IDS_PER_CALLER {
+                return false;
+            }
+        }
+        if c.entries + topics > MAX_POLL_ENTRIES {
+            return false;
+        }
+        c.entries += topics;
+        c.by_caller
+            .entry(caller.into())
+            .or_default()
+            .push((client.into(), topics, until));
+        true
+    }
+
+    /// Entries counted now.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> usize {
+        self.callers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+    }
+}
+
+/// Who a poll's presence counts against: the credential's `sub`, else the
+/// client address.
+pub(crate) fn poll_caller(who: &Principal, peer: Option<std::net::IpAddr>) -> String {
+    match who.subject() {
+        Some(sub) => format!("sub:{sub}"),
+        None => format!(
+            "addr:{}",
+            peer.map_or("unknown".to_owned(), |p| p.to_string())
+        ),
+    }
+}
+
 /// The id a long-polling client keeps across its polls, so that its
 /// presence lasts from one poll to the next: `p-` and 16 hex digits of a
 /// hash of who polls (the credential's `sub`, else the peer address) and
@@ -137,4 +251,42 @@ pub(crate) fn poll_client_id(
             .hash(&mut h),
     }
     format!("p-{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_presence_is_bounded_per_caller_and_in_all() {
+        let p = PollPresence::default();
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        for i in 0..POLL_IDS_PER_CALLER {
+            assert!(p.admit("sub:ada", &format!("c{i}"), 64, until));
+        }
+        // A known id is always let through (its next poll); a new one is not.
+        assert!(p.admit("sub:ada", "c0", 64, until));
+        assert!(!p.admit("sub:ada", "c-new", 64, until));
+        assert!(p.admit("sub:bob", "c0", 64, until));
+        assert_eq!(p.entries(), 64 * (POLL_IDS_PER_CALLER + 1));
+        // Once the grace periods end, room again.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let later = tokio::time::Instant::now() + Duration::from_secs(30);
+        assert!(p.admit("sub:ada", "c-new", 64, later));
+        // The server-wide cap.
+        let mut admitted = 0;
+        for i in 0..(MAX_POLL_ENTRIES / 64 + 10) {
+            if p.admit(
+                &format!("addr:10.0.{}.{}", i / 250, i % 250),
+                "x",
+                64,
+                later,
+            ) {
+                admitted += 1;
+            }
+        }
+        assert!(admitted <= MAX_POLL_ENTRIES / 64);
+        assert!(p.entries() <= MAX_POLL_ENTRIES);
+    }
 }

@@ -525,7 +525,8 @@ async fn presence_list(s: &TestServer, topic: &str) -> (u16, serde_json::Value) 
 /// Presence: a client of this transport is listed by `GET /v1/presence`
 /// (with its transport) while subscribed; a watcher gets `herald.join`
 /// before the events published after it and `herald.leave` once the client
-/// is gone (a long poll: after its grace period), neither moving the
+/// is gone (a long poll: its held poll ended and its grace period passed;
+/// a zero-timeout poll is a read, never a presence), neither moving the
 /// watcher's cursor; the WebSocket `presence` message gives the same list;
 /// a topic without presence is 400 `presence_disabled`.
 async fn presence(kind: Kind) {
@@ -537,7 +538,23 @@ async fn presence(kind: Kind) {
     assert_eq!(own.event, "herald.join", "{own:?}");
     let before = watcher.resume_token();
 
-    let subject = open(&s, kind, &[topic], None).await;
+    if kind == Kind::Poll {
+        // A zero-timeout poll is a read: nobody joins.
+        s.client.poll(&[topic], None, Duration::ZERO).await.unwrap();
+        let (_, list) = presence_list(&s, topic).await;
+        assert_eq!(list["clients"].as_array().unwrap().len(), 1, "{list}");
+    }
+    // A long-polling client is present while a poll is held (and for the
+    // grace period after): a held poll of 1 s, not a zero-timeout read.
+    let subject: Box<dyn std::any::Any + Send> = match kind {
+        Kind::Poll => {
+            let c = s.client.clone();
+            Box::new(tokio::spawn(async move {
+                c.poll(&[topic], None, Duration::from_secs(1)).await
+            }))
+        }
+        _ => Box::new(open(&s, kind, &[topic], None).await),
+    };
     let join = watcher.next(WAIT).await.expect("join");
     assert_eq!(join.event, "herald.join", "{kind:?}: {join:?}");
     let data: serde_json::Value = serde_json::from_str(&join.data).unwrap();
@@ -605,7 +622,7 @@ async fn presence(kind: Kind) {
     let cursor_after = watcher.resume_token();
     assert_ne!(cursor_after, cursor);
     let leave = watcher
-        .next(WAIT + Duration::from_secs(2))
+        .next(WAIT + Duration::from_secs(3))
         .await
         .expect("leave");
     assert_eq!(leave.event, "herald.leave", "{kind:?}: {leave:?}");

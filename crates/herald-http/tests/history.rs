@@ -211,3 +211,96 @@ async fn history_is_authorized() {
         }
     }
 }
+
+/// A page holds at most `poll_max_bytes` of event JSON (one event always),
+/// so a large `limit` over large events cannot pin a gigabyte per request;
+/// paging on from each page's cursor still gives every event once, in
+/// order, both ways. An ephemeral topic answers an empty page, no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_are_bounded_in_bytes_and_ephemeral_topics_answer_empty() {
+    use herald_core::policy::{PolicyRule, TopicPolicies, TopicPolicy};
+    let rule = PolicyRule {
+        pattern: herald_core::topic_pattern::TopicPattern::parse("live/**").unwrap(),
+        policy: TopicPolicy {
+            history: Some(0),
+            ..TopicPolicy::DEFAULT
+        },
+    };
+    let hub = HubConfig {
+        policies: Arc::new(TopicPolicies::new(vec![rule])),
+        ..HubConfig::default()
+    };
+    let http = HttpConfig {
+        poll_max_bytes: 100_000,
+        ..quick_http()
+    };
+    let s = TestServer::start_with(hub, http).await;
+    let big = "x".repeat(30_000);
+    for n in 0..10 {
+        s.publish("big/1", json!({ "n": n, "pad": big }), None)
+            .await;
+    }
+    let numbers = |v: &Value| -> Vec<u64> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["data"]["n"].as_u64().unwrap())
+            .collect()
+    };
+    // Forward: pages of 3 (3 × ~30 KB fit in 100 KB, 4 do not).
+    let mut got = Vec::new();
+    let mut after = "earliest".to_owned();
+    for _ in 0..10 {
+        let (status, v) = get(&s, &format!("topic=big/1&limit=1000&after={after}"), &[]).await;
+        assert_eq!(status, 200);
+        let page = numbers(&v);
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3, "{page:?}");
+        got.extend(page);
+        after = v["cursor"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(got, (0..10).collect::<Vec<u64>>());
+    // Backward: the newest that fit, then older pages.
+    let mut got = Vec::new();
+    let mut before: Option<String> = None;
+    for _ in 0..10 {
+        let q = match &before {
+            Some(c) => format!("topic=big/1&limit=1000&before={c}"),
+            None => "topic=big/1&limit=1000".to_owned(),
+        };
+        let (_, v) = get(&s, &q, &[]).await;
+        let page = numbers(&v);
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3, "{page:?}");
+        got.splice(0..0, page);
+        before = Some(v["cursor"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, (0..10).collect::<Vec<u64>>());
+    // One event larger than the bound still comes, alone.
+    s.publish(
+        "huge/1",
+        json!({ "n": 0, "pad": "y".repeat(200_000) }),
+        None,
+    )
+    .await;
+    let (_, v) = get(&s, "topic=huge/1&limit=10", &[]).await;
+    assert_eq!(numbers(&v), [0]);
+
+    // Ephemeral: nothing kept, no gap, whatever the cursor.
+    let id = s.publish("live/1", json!("gone"), None).await;
+    for q in [
+        "topic=live/1".to_owned(),
+        "topic=live/1&after=earliest".to_owned(),
+        format!("topic=live/1&after={id}"),
+        format!("topic=live/1&before={id}"),
+    ] {
+        let (status, v) = get(&s, &q, &[]).await;
+        assert_eq!(status, 200, "{q}: {v}");
+        assert_eq!(v["events"], json!([]), "{q}: {v}");
+    }
+}

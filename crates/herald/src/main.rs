@@ -253,6 +253,13 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     Arc::get_mut(&mut settings.http.auth)
         .context("the auth settings were shared before the engine was built")?
         .set_one_time_store(hub.one_time_store().clone());
+    // Webhooks (--webhook-url): the hub (and a Redis engine, cluster-wide)
+    // reports what happens to topics from now on; one task sends it.
+    if let Some(webhooks) = &settings.webhooks {
+        hub.report_occurrences(webhooks.clone());
+        tokio::spawn(webhooks.clone().run());
+        settings.http.metrics.push(webhooks.metrics().clone());
+    }
     // Identity providers' key sets (--jwt-jwks-url): the first fetch starts
     // now, in the background, and they are kept fresh from then on. A
     // provider that does not answer is logged and retried; Herald serves
@@ -309,6 +316,16 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         ..Default::default()
     };
     herald_server::serve_with(listener, router, hub, options, shutdown_signal()).await?;
+    if let Some(webhooks) = &settings.webhooks {
+        // What the shutdown itself reported (vacated topics) goes too.
+        let left = webhooks.flush(WEBHOOK_FLUSH).await;
+        if left > 0 {
+            tracing::warn!(
+                events = left,
+                "webhook events not delivered within {WEBHOOK_FLUSH:?} of the shutdown"
+            );
+        }
+    }
     if let Some(why) = embedded_engine.and_then(|e| e.close_error()) {
         anyhow::bail!(
             "{why}; events acknowledged before the shutdown were already on disk, but later \
@@ -319,6 +336,9 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a shutdown waits for queued webhook events to be delivered.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     #[cfg(unix)]

@@ -119,7 +119,12 @@ async fn expect_disconnected(mut c: Connections) {
         .expect("the poll is answered at once, not after its 20 s")
         .unwrap()
         .expect("poll");
-    assert!(answer.events.is_empty());
+    // The answer ends with the same herald.disconnect, without an id.
+    assert_eq!(answer.events.len(), 1, "{:?}", answer.events);
+    let last = &answer.events[0];
+    assert_eq!(last["event"], "herald.disconnect");
+    assert_eq!(last["data"], json!({"reason":"disconnected"}));
+    assert!(last.get("id").is_none(), "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

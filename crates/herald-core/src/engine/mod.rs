@@ -37,6 +37,7 @@ use std::time::Duration;
 use crate::event::{Event, NewEvent, Position};
 use crate::fanout::Fanout;
 use crate::idempotency::IdempotencyStore;
+use crate::occurrence::Occurrences;
 use crate::one_time::OneTimeStore;
 use crate::policy::TopicPolicies;
 use crate::presence::PresenceStore;
@@ -289,6 +290,20 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The last local subscriber of `topic` left. Default: nothing.
     fn unwatch(&self, _topic: &Topic) {}
+
+    /// Where to report occurrences ([`crate::occurrence`]) the engine
+    /// decides itself; the hub calls this once, from
+    /// [`Hub::report_occurrences`](crate::Hub::report_occurrences). An
+    /// engine that spans nodes decides occupied / vacated cluster-wide (one
+    /// report per transition, whichever node sees it; a dead node's topics
+    /// vacate once its entries expire) and reports the joins and leaves its
+    /// presence store decides on its own (expired members, members entered
+    /// again), then returns true. Default: false, and the hub decides
+    /// occupancy from its local fan-out ([`Engine::watch`] /
+    /// [`Engine::unwatch`] transitions).
+    fn report_occurrences(&self, _sink: Arc<dyn Occurrences>) -> bool {
+        false
+    }
 
     /// A store for idempotency records shared by every node on this engine,
     /// keeping records for `ttl`. Default: none, and the hub keeps them in

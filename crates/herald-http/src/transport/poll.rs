@@ -103,21 +103,31 @@ async fn poll(
     let _guard = app.hub.metrics().connection(Transport::Poll);
     let start = crate::input::starting_point(&query)?;
     let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor, start).await?;
-    // Present while held and for the grace period after (dropped with
-    // the answer).
     let client = crate::presence::poll_client_id(&who, peer, param(pairs, "client"), &headers);
     if let Some(user) = who.subject() {
         sub.identify(user, &client, Transport::Poll);
     }
-    let _presence = crate::presence::enter_all(
-        &app,
-        &who,
-        &topics,
+    // A held poll is present while held and for the grace period after
+    // (the guards go with the answer). A poll that is not held (timeout 0)
+    // is a read, like a history page: not a presence. Entries are bounded
+    // per caller and in all (see `PollPresence`).
+    let grace = app.config.poll_presence_grace;
+    let presence_topics = topics
+        .iter()
+        .filter(|t| app.hub.policy(t).tracks_presence())
+        .count();
+    let _presence = if wait.is_zero() || presence_topics == 0 {
+        Vec::new()
+    } else if app.poll_presence.admit(
+        &crate::presence::poll_caller(&who, peer),
         &client,
-        Transport::Poll,
-        app.config.poll_presence_grace,
-    )
-    .await;
+        presence_topics,
+        tokio::time::Instant::now() + wait + grace,
+    ) {
+        crate::presence::enter_all(&app, &who, &topics, &client, Transport::Poll, grace).await
+    } else {
+        Vec::new()
+    };
     let mut batch = Batch::new(
         app.config.poll_batch.max(1),
         app.config.poll_max_bytes.max(1),
@@ -206,6 +216,27 @@ impl Batch {
         let frame = match d {
             Delivery::Event(e) => e.json().clone(),
             Delivery::Gap(g) => g.json(),
+            Delivery::Closed(herald_core::CloseReason::Disconnected) => {
+                // The server API closed the user's connections: the answer
+                // says so, as an SSE stream would, so that the client stops
+                // (`herald.disconnect {"reason":"disconnected"}`, no id).
+                let topic = sub.topics().next().map_or("", |t| t.as_str());
+                let data = herald_core::Data::Json(
+                    herald_core::wire::reserved::DisconnectData::encode(
+                        herald_core::wire::disconnect::DISCONNECTED.reason,
+                    )
+                    .into(),
+                );
+                self.frames
+                    .push(Bytes::from(herald_core::wire::json::encode_event_parts(
+                        topic,
+                        "",
+                        Some(herald_core::wire::reserved::DISCONNECT),
+                        &data,
+                        herald_core::event::now_ms(),
+                    )));
+                return false;
+            }
             Delivery::Closed(_) => return false,
         };
         if !self.frames.is_empty() && self.bytes + frame_cost(&frame) > self.max_bytes {

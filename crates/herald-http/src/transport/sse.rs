@@ -254,9 +254,11 @@ impl SseStream {
                 self.metrics
                     .events_delivered
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if self.sub.topic_count() == 1 {
+                if self.sub.topic_count() == 1 || e.is_signal() {
                     // One topic: the event's own id is the stream's cursor,
                     // so the frame shared by every subscriber is complete.
+                    // A signal (herald.join / herald.leave) has no id line
+                    // on any stream: the cursor stays where it was.
                     e.sse().frame().clone()
                 } else {
                     let mut b = sse::id_line(&self.sub.cursor().encode());

@@ -285,6 +285,29 @@ layered_settings! {
         /// (`--hook-connect=false` turns it off) [default: true with --hook-url].
         #[arg(long, env = "HERALD_HOOK_CONNECT", num_args = 0..=1, default_missing_value = "true")]
         pub hook_connect: Option<bool>,
+        /// The application's webhook endpoint (http or https): Herald POSTs
+        /// signed batches of what happened to topics there (occupied,
+        /// vacated, join, leave), after the fact, at least once.
+        #[arg(long, env = "HERALD_WEBHOOK_URL")]
+        pub webhook_url: Option<String>,
+        /// The webhooks' HMAC-SHA256 signing secret, at least 16 bytes (never
+        /// logged) [default: --hook-secret].
+        #[arg(long, env = "HERALD_WEBHOOK_SECRET", hide_env_values = true)]
+        pub webhook_secret: Option<String>,
+        /// A webhook POST not answered in this time is sent again [default: 5s].
+        #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT")]
+        pub webhook_timeout: Option<String>,
+        /// Webhook events held at most while the backend is slow or down;
+        /// more are dropped and counted [default: 10000].
+        #[arg(long, env = "HERALD_WEBHOOK_QUEUE")]
+        pub webhook_queue: Option<usize>,
+        /// Bytes of webhook events held at most [default: 8388608].
+        #[arg(long, env = "HERALD_WEBHOOK_QUEUE_BYTES")]
+        pub webhook_queue_bytes: Option<usize>,
+        /// How long a topic must stay without subscribers before the
+        /// webhooks report it vacated [default: 5s].
+        #[arg(long, env = "HERALD_WEBHOOK_VACATE_GRACE")]
+        pub webhook_vacate_grace: Option<String>,
         /// Topic policies, config file only: `[[topics]]` tables (`pattern`,
         /// `history`, `history_max_age`, `client_publish`, `publish_rate`,
         /// `presence`, `join_leave`, `subscribe_hook`, `publish_hook`),

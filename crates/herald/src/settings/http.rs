@@ -46,11 +46,20 @@ pub(super) fn config(s: &ServeArgs, auth: Arc<Auth>) -> anyhow::Result<HttpConfi
         keepalive,
         max_body_bytes: s.max_body.unwrap_or(d.max_body_bytes),
         poll_max_timeout: dur("poll-max-timeout", &s.poll_max_timeout, d.poll_max_timeout)?,
-        poll_presence_grace: dur(
-            "poll-presence-grace",
-            &s.poll_presence_grace,
-            d.poll_presence_grace,
-        )?,
+        poll_presence_grace: {
+            let grace = dur(
+                "poll-presence-grace",
+                &s.poll_presence_grace,
+                d.poll_presence_grace,
+            )?;
+            if grace > std::time::Duration::from_secs(600) {
+                bail!(
+                    "--poll-presence-grace is {grace:?}; at most 10m: a polling client that left \
+                     would be listed as present that long"
+                );
+            }
+            grace
+        },
         poll_batch: s.poll_batch.unwrap_or(d.poll_batch).max(1),
         poll_max_bytes: s.poll_max_bytes.unwrap_or(d.poll_max_bytes).max(1),
         body_timeout,
@@ -102,7 +111,11 @@ pub(super) fn config(s: &ServeArgs, auth: Arc<Auth>) -> anyhow::Result<HttpConfi
 pub(super) fn hooks(s: &ServeArgs) -> anyhow::Result<Option<Arc<herald_hooks::Hooks>>> {
     let Some(url) = s.hook_url.as_deref().filter(|u| !u.is_empty()) else {
         for (given, flag) in [
-            (s.hook_secret.is_some(), "--hook-secret"),
+            // The webhooks sign with it too, by default.
+            (
+                s.hook_secret.is_some() && s.webhook_url.as_deref().is_none_or(str::is_empty),
+                "--hook-secret",
+            ),
             (s.hook_timeout.is_some(), "--hook-timeout"),
             (s.hook_connect.is_some(), "--hook-connect"),
         ] {

@@ -8,9 +8,10 @@
 //! - `auth.rs`: keys and credentials, for `serve` and for `herald token`.
 //! - `topics.rs`: the `[[topics]]` tables of the config file (topic
 //!   policies by pattern).
+//! - `webhooks.rs`: the webhooks (`--webhook-url` and its queue).
 //!
 //! Checks run in one order (auth, address, engine, TLS, hub, topic
-//! policies, HTTP, logs, LLM), so the first wrong setting is the one
+//! policies, HTTP, logs, webhooks, LLM), so the first wrong setting is the one
 //! reported.
 
 mod args;
@@ -18,6 +19,7 @@ mod auth;
 mod engine;
 mod http;
 mod topics;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -120,6 +122,8 @@ pub struct Settings {
     pub llm: LlmSettings,
     /// Runtime worker threads; `None`: one per core.
     pub workers: Option<usize>,
+    /// The webhooks (`--webhook-url`), to register on the hub and run.
+    pub webhooks: Option<Arc<herald_hooks::Webhooks>>,
     /// Settings that were given but do nothing, to log at start.
     pub warnings: Vec<String>,
 }
@@ -156,6 +160,7 @@ impl Settings {
         }
         let mut hub = engine::hub(&s, storage.engine, &mut warnings)?;
         hub.policies = topics::policies(&s.topics, hub.history)?;
+        warnings.extend(topics::warnings(&hub.policies));
         if hub.policies.has_hooks() && s.hook_url.as_deref().is_none_or(str::is_empty) {
             bail!(
                 "[[topics]] sets subscribe_hook or publish_hook, but no --hook-url says where \
@@ -196,6 +201,7 @@ impl Settings {
             Some(other) => bail!("--log-format {other:?}: choose text or json"),
         };
         Ok(Settings {
+            webhooks: webhooks::webhooks(&s)?,
             llm: llm(&s)?,
             warnings,
             workers: s.workers,

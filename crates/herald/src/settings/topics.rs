@@ -38,11 +38,41 @@ pub(super) fn policies(
     tables: &[Table],
     history: HistoryLimits,
 ) -> anyhow::Result<Arc<TopicPolicies>> {
-    let mut rules = Vec::with_capacity(tables.len());
+    let mut rules: Vec<PolicyRule> = Vec::with_capacity(tables.len());
     for (i, table) in tables.iter().enumerate() {
-        rules.push(rule(i + 1, table, history)?);
+        let r = rule(i + 1, table, history)?;
+        // First match wins: a table behind the same pattern, or behind
+        // `**`, can never match. That is a mistake in the file.
+        if let Some(j) = rules
+            .iter()
+            .position(|e| e.pattern.as_str() == r.pattern.as_str() || e.pattern.as_str() == "**")
+        {
+            bail!(
+                "[[topics]] #{} (pattern {:?}) can never match: #{} (pattern {:?}) comes first                  and matches every topic it would (first match wins; move the narrower table up)",
+                i + 1,
+                r.pattern.as_str(),
+                j + 1,
+                rules[j].pattern.as_str()
+            );
+        }
+        rules.push(r);
     }
     Ok(Arc::new(TopicPolicies::new(rules)))
+}
+
+/// What the policies allow but probably do not mean: an ephemeral rule
+/// that covers the LLM relay's topics (`llm/...`), whose streams then
+/// cannot be resumed after a reload.
+pub(super) fn warnings(policies: &TopicPolicies) -> Vec<String> {
+    let probe = herald_core::Topic::new("llm/0").expect("a valid topic");
+    if policies.resolve(&probe).is_ephemeral() {
+        vec![
+            "a [[topics]] table with history = 0 covers llm/... topics: LLM token streams then              keep no history, and a client that reloads cannot resume its answer"
+                .into(),
+        ]
+    } else {
+        Vec::new()
+    }
 }
 
 fn rule(n: usize, table: &Table, history: HistoryLimits) -> anyhow::Result<PolicyRule> {
@@ -169,6 +199,14 @@ mod tests {
     }
 
     #[test]
+    fn an_ephemeral_rule_over_llm_topics_is_warned_about() {
+        let p = parse("[[topics]]\npattern = \"**\"\nhistory = 0").unwrap();
+        assert!(warnings(&p)[0].contains("llm/"), "{:?}", warnings(&p));
+        let p = parse("[[topics]]\npattern = \"cursors/**\"\nhistory = 0").unwrap();
+        assert!(warnings(&p).is_empty());
+    }
+
+    #[test]
     fn reads_every_key() {
         let p = parse(
             r#"
@@ -235,6 +273,14 @@ mod tests {
             (
                 "[[topics]]\npattern = \"a\"\npresence = 1",
                 "`presence` must be true or false",
+            ),
+            (
+                "[[topics]]\npattern = \"a/*\"\n[[topics]]\npattern = \"a/*\"",
+                "#2 (pattern \"a/*\") can never match: #1",
+            ),
+            (
+                "[[topics]]\npattern = \"**\"\n[[topics]]\npattern = \"b\"",
+                "can never match: #1 (pattern \"**\")",
             ),
             (
                 "[[topics]]\npattern = \"a\"\npresence = false\njoin_leave = true",
