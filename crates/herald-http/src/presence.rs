@@ -123,10 +123,13 @@ pub(crate) struct PollPresence {
     callers: std::sync::Mutex<PollCallers>,
 }
 
+/// A caller's poll ids: (poll id, presence topics, present until).
+type PollIds = Vec<(Box<str>, usize, tokio::time::Instant)>;
+
 #[derive(Default)]
 struct PollCallers {
-    /// Caller → (poll id, topics, until).
-    by_caller: std::collections::HashMap<Box<str>, Vec<(Box<str>, usize, tokio::time::Instant)>>,
+    /// Caller → its poll ids.
+    by_caller: std::collections::HashMap<Box<str>, PollIds>,
     /// Sum of the topics of every live id.
     entries: usize,
 }
