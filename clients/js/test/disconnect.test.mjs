@@ -72,7 +72,7 @@ for (const transport of ['sse', 'ws', 'poll']) {
       const later = a.requests.slice(requestsThen).filter((r) => !r.url.includes('/healthz'));
       assert.deepEqual(later, [], 'no request after the disconnect');
       // Bob's page still receives.
-      await server.publish('users/bob/inbox', { n: 1 });
+      await server.publish('users/bob/inbox', { n: 1 }, { key: KEY });
       await waitInPage(b.page, () => rec.events.length >= 1);
       assert.deepEqual(await b.page.evaluate(() => rec.errors), []);
     } finally {
