@@ -140,6 +140,118 @@ def rooms_table(rows):
     return "\n".join(out) + "\n"
 
 
+def baseline_of(scenario):
+    """The f- scenario `scenario` is compared with: through the publish hook
+    against the same without it (`hook` -> `nohook`), the connect hook
+    against a JWT (`nohook` -> `jwt` for publishes, `hook` -> `jwt` for
+    connects)."""
+    kind, _, rest = scenario[2:].partition("-")
+    if kind == "hook":
+        return [f"f-nohook-{rest}", f"f-jwt-{rest}"]
+    if kind == "nohook":
+        return [f"f-jwt-{rest}"]
+    return []
+
+
+HOOK_NOTE = ("Herald with `--hook-url` (the load generator's `herald-bench hook-backend`, which checks every "
+             "signature), `--jwt-secret` and `bench/hooks.toml`, the same for every row. `cookie`: every request "
+             "brings the session cookie `session=bench`, so Herald asks the connect hook who it is; `JWT`: a "
+             "bearer token Herald checks alone. `hook/` topics have `publish_hook = true`, `nohook/` topics not. "
+             "Hooks asked: the backend's count of connect and publish requests over the run, and of requests "
+             "whose signature did not verify. The ratio divides each row's rate by the row it differs from in "
+             "one thing (in the same round: the n-th row of one scenario against the n-th of the other).")
+
+
+def hooks_table(rows):
+    """(f) Hooks: one row per measurement (Herald only), each against its baseline."""
+    rs = [r for r in rows if r["scenario"].startswith("f-")]
+    if not rs:
+        return None
+    by = {}
+    for r in rs:
+        by.setdefault(r["scenario"], []).append(r)
+
+    def cred(r):
+        return "JWT" if "--bearer" in r.get("args", "") else "cookie"
+
+    def versus(r, key):
+        s = r["scenario"]
+        n = by[s].index(r)
+        for b in baseline_of(s):
+            if b in by and n < len(by[b]) and ok(by[b][n]) and by[b][n].get(key):
+                x = (r.get(key) or 0) / by[b][n][key]
+                return f"**{x:.2f}×** {b}"
+        return "–"
+
+    def hooks(r):
+        h = r.get("hook") or {}
+        asked = f"{h.get('connect_granted', 0) + h.get('connect_unidentified', 0):,} / {h.get('publish', 0):,}"
+        return asked, str(h.get("bad_signature", "–"))
+
+    def rank(s):
+        # Publishes by publisher count, connects by transport and load; then
+        # hook, nohook, jwt: each row above its baseline.
+        kind, _, rest = s[2:].partition("-")
+        parts = [(1, int(x), "") if x.isdigit() else (0, 0, x) for x in rest.split("-")]
+        return parts, ["hook", "nohook", "jwt"].index(kind) if kind in ("hook", "nohook", "jwt") else 9
+
+    def per_op(cpu_pct, rate):
+        return f"{cpu_pct / 100 / rate * 1e6:.0f}" if rate else "–"
+
+    order = sorted(by, key=rank)
+    pubs = [r for s in order if "-publish-" in s for r in by[s]]
+    conns = [r for s in order if "-connect-" in s for r in by[s]]
+    out = ["### (f) Hooks: publishes and connects through the application's hooks", "", HOOK_NOTE, ""]
+    if pubs:
+        out += ["Publishes: N keep-alive publishers, each to its own topic as fast as answered, one SSE "
+                "subscriber per topic (as in (d)). Ratio: publishes/s against the baseline.", "",
+                "| scenario | credential | topics | publishers | publishes/s | p50 ms | p99 ms | refused | lost "
+                "| hooks asked (connect / publish) | bad signatures | server CPU | server µs per publish "
+                "| backend CPU | ÷ baseline |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in pubs:
+            if not ok(r):
+                out.append(f"| {r['scenario']} | error |" + " |" * 13)
+                continue
+            asked, bad = hooks(r)
+            topics = "hook/" if r["scenario"].startswith("f-hook-") else "nohook/"
+            lost = f"{r['lost']} ({r['lost'] / max(1, r['expected']):.1%})" if r["lost"] else "0"
+            if r.get("dropped") or r.get("connect_errors"):
+                lost += f" ({r['connected'] - r.get('dropped', 0)}/{r['subs']} held)"
+            out.append(f"| {r['scenario']} | {cred(r)} | {topics} | {r['publishers']} | "
+                       f"{fmt(r['publishes_per_s'], 'rate')} | {fmt(r['publish_p50_ms'], 'ms')} | "
+                       f"{fmt(r['publish_p99_ms'], 'ms')} | {r['publish_errors']} | {lost} | {asked} | {bad} | "
+                       f"{r['server_cpu_pct']:.0f}% | {per_op(r['server_cpu_pct'], r['publishes_per_s'])} | "
+                       f"{r.get('backend_cpu_pct', 0):.0f}% | {versus(r, 'publishes_per_s')} |")
+        out.append("")
+    if conns:
+        out += ["Connects: 64 connectors, each opening a new connection, sending one request and closing it "
+                "once answered; `-max` as fast as answered, `-2000` 2,000 a second in all. SSE: accepted once "
+                "the stream's preamble (`retry:`, `id:`) arrived; poll: `timeout=0`, one whole `200` answer. "
+                "Latency from opening the connection to that answer; p99 from due: from the moment the "
+                "attempt was due at the fixed rate. Ratio: accepted connects/s against the baseline.", "",
+                "| scenario | credential | transport | connects/s (offered) | p50 ms | p99 ms | p99 from due, ms "
+                "| refused | failed | hooks asked (connect / publish) | bad signatures | server CPU "
+                "| server µs per connect | load generator CPU | backend CPU | ÷ baseline |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in conns:
+            if not ok(r):
+                out.append(f"| {r['scenario']} | error |" + " |" * 14)
+                continue
+            asked, bad = hooks(r)
+            offered = fmt(r["rate"], "rate") if r["rate"] else "max"
+            refused = str(r["refused"])
+            if r["refusals"]:
+                refused += " (" + ", ".join(f"{k}: {v}" for k, v in r["refusals"].items()) + ")"
+            out.append(f"| {r['scenario']} | {cred(r)} | {r['transport']} | "
+                       f"{fmt(r['connects_per_s'], 'rate')} ({offered}) | {fmt(r['p50_ms'], 'ms')} | "
+                       f"{fmt(r['p99_ms'], 'ms')} | {fmt(r['sched_p99_ms'], 'ms')} | {refused} | {r['failed']} | "
+                       f"{asked} | {bad} | {r['server_cpu_pct']:.0f}% | "
+                       f"{per_op(r['server_cpu_pct'], r['connects_per_s'])} | {r['loadgen_cpu_pct']:.0f}% | "
+                       f"{r.get('backend_cpu_pct', 0):.0f}% | {versus(r, 'connects_per_s')} |")
+    return "\n".join(out) + "\n"
+
+
 def render(paths):
     parts, rows, machine = [], [], {}
     for path in paths:
@@ -179,6 +291,7 @@ def render(paths):
                        "(d) Publish throughput, publishes/s with 1/16/256 concurrent publishers (higher is better)"))
     parts.append(table(rows, ["d-"], "publish_p99_ms", "ms", True, "(d) Publish round trip p99, ms"))
     parts.append(rooms_table(rows))
+    parts.append(hooks_table(rows))
     return "\n".join(p for p in parts if p is not None), machine, rows
 
 

@@ -31,13 +31,26 @@ NOFILE = 20000
 
 # Ports, all on loopback.
 PORTS = {"herald": 9101, "herald-base": 9102, "herald1": 9103, "nchan1": 9201, "nchan2": 9202, "node": 9301,
-         "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401}
+         "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401, "hook": 9601}
 
 TARGETS = ["herald", "herald1", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
 # `--targets herald-base,...` adds the earlier Herald build.
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
 # Rooms (e-) need clients that publish on their own WebSocket: Herald builds only.
 ROOMS = ["herald", "herald1", "herald-base"]
+
+# Hooks (f-): Herald with its hooks pointed at `herald-bench hook-backend`,
+# which checks every signature and grants the session cookie COOKIE. Every
+# f- scenario runs the same server: these flags plus bench/hooks.toml, whose
+# `hook/**` topics have `publish_hook = true` and `nohook/**` topics not.
+# The clients bring the cookie (asked about through the connect hook) or a
+# JWT minted with JWT_SECRET (checked by Herald alone); "@JWT@" in a
+# scenario's arguments stands for that token.
+HOOK_SECRET = "bench-hook-secret-7f3a9c2e5b1d4086"
+JWT_SECRET = "bench-jwt-secret-2c8e6a4f0b9d1357"
+COOKIE = "session=bench"
+HOOK_FLAGS = ["--hook-url", f"http://127.0.0.1:{PORTS['hook']}/hook", "--hook-secret", HOOK_SECRET,
+              "--jwt-secret", JWT_SECRET, "--config", str(BENCH / "hooks.toml")]
 
 
 def limits():
@@ -160,12 +173,56 @@ def supports(name, transport):
     return True
 
 
+def start_hook_backend(workdir):
+    """`herald-bench hook-backend` on PORTS["hook"], fresh counters."""
+    log = open(workdir / "hook-backend.log", "ab")
+    p = subprocess.Popen([str(RELEASE / "herald-bench"), "hook-backend", "--listen",
+                          f"127.0.0.1:{PORTS['hook']}", "--secret", HOOK_SECRET],
+                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=limits)
+    if not wait_port(PORTS["hook"]):
+        p.kill()
+        raise RuntimeError(f"the hook backend did not start; see {workdir / 'hook-backend.log'}")
+    return p
+
+
+def hook_stats():
+    """The hook backend's counters (GET /stats)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['hook']}/stats", timeout=5) as r:
+        return json.loads(r.read())
+
+
+_jwt = None
+
+
+def jwt():
+    """A JWT for the f- scenarios: user `bench`, every topic, valid an hour."""
+    global _jwt
+    if _jwt is None:
+        _jwt = subprocess.run([str(RELEASE / "herald"), "token", "--jwt-secret", JWT_SECRET, "--sub", "bench",
+                               "--subscribe", "**", "--publish", "**", "--ttl", "1h"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    return _jwt
+
+
 def measure(name, workdir, out, args, scenario, herald_args=()):
-    srv = start(name, workdir, herald_args)
+    hooks = scenario.startswith("f-")
+    backend = start_hook_backend(workdir) if hooks else None
     try:
+        srv = start(name, workdir, [*herald_args, *HOOK_FLAGS] if hooks else herald_args)
+    except Exception:
+        if backend:
+            backend.kill()
+            backend.wait()
+        raise
+    if backend:
+        srv.extra.append(backend)
+    try:
+        run_args = [jwt() if a == "@JWT@" else a for a in args]
         cmd = [str(RELEASE / "herald-bench"), "--target", bench_target(name),
                "--addr", f"127.0.0.1:{srv.port}", "--pub-addr", f"127.0.0.1:{srv.pub_port}",
-               "--server-pid", str(srv.pid), *args]
+               "--server-pid", str(srv.pid), *(["--backend-pid", str(backend.pid)] if backend else []),
+               *run_args]
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
@@ -173,6 +230,8 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
             rec = {"error": (r.stderr or r.stdout)[-2000:].strip()}
         else:
             rec = json.loads(line)
+        if backend:
+            rec["hook"] = hook_stats()
     finally:
         srv.stop()
     rec.update({"server": name, "scenario": scenario, "wall_s": round(time.time() - t0, 1),
@@ -183,6 +242,12 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
             "publishes_per_s"]
     if rec.get("mode") == "rooms":
         keys += ["duplicates", "p50_ms", "p999_ms", "publish_errors", "publish_unanswered"]
+    if hooks:
+        keys = ["connected", "dropped", "lost", "publishes_per_s", "publish_p99_ms", "publish_errors",
+                "server_cpu_pct", "backend_cpu_pct", "hook"]
+    if rec.get("mode") == "connects":
+        keys = ["attempts", "accepted", "refused", "failed", "connects_per_s", "p50_ms", "p99_ms",
+                "server_cpu_pct", "loadgen_cpu_pct", "backend_cpu_pct", "hook"]
     summary = {k: rec.get(k) for k in keys}
     if "error" in rec:
         summary = {"error": rec["error"].splitlines()[0] if rec["error"] else "?"}
@@ -232,6 +297,31 @@ def scenarios(quick):
                                                        "--rooms", str(n_rooms), "--rate", str(rate),
                                                        "--duration", secs, "--payload", "100",
                                                        "--sources", "4", "--drain", "30"]))
+    # (f) hooks, Herald only, one server setup for all (HOOK_FLAGS): 1 and
+    # 16 keep-alive publishers (one SSE subscriber per topic), all with the
+    # session cookie, so that each request asks the connect hook: to
+    # `hook/` topics (each publish also asks the publish hook) and to
+    # `nohook/` topics; then the same with a JWT (no hook asked at all).
+    for p in (1, 16):
+        for kind, prefix, cred in (("hook", "hook/", ["--cookie", COOKIE]),
+                                   ("nohook", "nohook/", ["--cookie", COOKIE]),
+                                   ("jwt", "nohook/", ["--bearer", "@JWT@"])):
+            out.append((f"f-{kind}-publish-{p}", "sse", ["--transport", "sse", "--subs", str(p),
+                                                        "--topics", "per-publisher", "--publishers", str(p),
+                                                        "--rate", "0", "--window", "0", "--duration", dur,
+                                                        "--topic-prefix", prefix, *cred]))
+    # New connections, each opened, answered and closed by one of 64
+    # connectors: with the cookie (one connect hook request each) against a
+    # JWT; as fast as answered (`-max`), and 2,000 a second (latency at
+    # equal load). SSE: accepted once the stream's preamble arrived; poll:
+    # `timeout=0`, one whole answer.
+    for tr in ("sse", "poll"):
+        for rate in ("max", "2000"):
+            for kind, cred in (("hook", ["--cookie", COOKIE]), ("jwt", ["--bearer", "@JWT@"])):
+                out.append((f"f-{kind}-connect-{tr}-{rate}", tr,
+                            ["--mode", "connects", "--transport", tr, "--clients", "64",
+                             "--rate", "0" if rate == "max" else rate, "--duration", dur,
+                             "--sources", "16", "--topic-prefix", "nohook/", *cred]))
     return out
 
 
@@ -268,6 +358,8 @@ def main():
                     continue  # one thread: fan-out and latency only
                 if scenario.startswith("e-") and t not in ROOMS:
                     continue  # no client publishes over WebSocket
+                if scenario.startswith("f-") and t != "herald":
+                    continue  # hooks: Herald's own feature, measured on the current build
                 try:
                     measure(t, workdir, out, args, scenario, a.herald_arg)
                 except Exception as e:  # a peer that fails to start is reported, not fatal

@@ -27,6 +27,10 @@ pub struct Shared {
     pub addr: SocketAddr,
     /// `addr` as `ip:port`, sent as the HTTP `Host` header.
     pub host: String,
+    /// Header lines (each ending in CRLF) every request and WebSocket
+    /// handshake of the run carries: its credential, if any (see
+    /// [`crate::target::auth_headers`]).
+    pub headers: String,
     /// When the run started: the zero of every payload's microsecond clock.
     pub(crate) start: Instant,
     /// Per message sequence number, how many subscribers received it.
@@ -68,6 +72,7 @@ impl Shared {
             transport,
             addr,
             host: addr.to_string(),
+            headers: String::new(),
             start: Instant::now(),
             counts: (0..cap).map(|_| AtomicU32::new(0)).collect(),
             expected: (0..cap).map(|_| AtomicU32::new(0)).collect(),
@@ -80,6 +85,12 @@ impl Shared {
             progress: Notify::new(),
             errors: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same ledger, its requests carrying `headers` (see [`Shared::headers`]).
+    pub fn with_headers(mut self, headers: String) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// Expected deliveries, lost ones and duplicates over messages 1 to

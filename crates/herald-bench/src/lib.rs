@@ -15,6 +15,12 @@
 //! - [`rooms`]: the rooms mode: WebSocket clients in rooms, each subscribed
 //!   to its room and publishing to it on its own socket, reported in the
 //!   same shape.
+//! - [`connects`]: the connects mode: new connections opened, answered and
+//!   closed, counted per second with the time each waited (a session cookie
+//!   through Herald's connect hook against a JWT).
+//! - [`hook_backend`]: `herald-bench hook-backend`, the application side of
+//!   Herald's hooks for the hook benchmarks: checks every signature, grants
+//!   a fixed session cookie, accepts every publish.
 //! - [`ledger`]: the per-message delivery counts and errors every thread of a
 //!   run writes to, and each thread's latency histograms.
 //! - `publish`: the publishers, one keep-alive connection each.
@@ -33,7 +39,8 @@
 //! let addr = "127.0.0.1:8080".parse()?;
 //! let report = run(Plan {
 //!     label: "fanout".into(), target: Target::Herald, transport: Transport::Sse,
-//!     addr, more_addrs: vec![], pub_addr: addr, server_pid: None, subs: 1000, topics: Topics::Shared,
+//!     addr, more_addrs: vec![], pub_addr: addr, server_pid: None, backend_pid: None,
+//!     headers: String::new(), topic_prefix: String::new(), subs: 1000, topics: Topics::Shared,
 //!     rate: 100.0, window: 0, shared_every: 1, size: 100, publishers: 1,
 //!     duration: Duration::from_secs(10), hold: Duration::ZERO,
 //!     drain: Duration::from_secs(5), settle: Duration::from_secs(1),
@@ -46,6 +53,8 @@
 
 #![warn(missing_docs)]
 
+pub mod connects;
+pub mod hook_backend;
 pub mod ledger;
 pub mod procfs;
 mod publish;

@@ -112,7 +112,9 @@ pub(crate) async fn publisher(
             shared.late[seq as usize].store(late, Ordering::Relaxed);
         }
         let payload = wire::payload(seq, sent, plan.size);
-        let req = plan.target.publish_request(&host, &topic, &payload);
+        let req = plan
+            .target
+            .publish_request(&host, &topic, &payload, &shared.headers);
         stream.write_all(&req).await.context("publish write")?;
         let (status, close) = read_response(&mut stream, &mut buf).await?;
         if close {

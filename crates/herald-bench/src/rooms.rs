@@ -80,6 +80,9 @@ pub struct RoomsPlan {
     pub connect_concurrency: usize,
     /// The most messages a run may publish (the per-message counters are this long).
     pub max_messages: usize,
+    /// Header lines (each ending in CRLF) every WebSocket handshake carries:
+    /// the credential (see [`crate::target::auth_headers`]); empty for none.
+    pub headers: String,
 }
 
 impl RoomsPlan {
@@ -190,12 +193,10 @@ pub fn run(plan: RoomsPlan) -> Result<Report> {
             plan.clients
         );
     }
-    let shared = Arc::new(Shared::new(
-        plan.target,
-        Transport::Ws,
-        plan.addr,
-        total as usize,
-    ));
+    let shared = Arc::new(
+        Shared::new(plan.target, Transport::Ws, plan.addr, total as usize)
+            .with_headers(plan.headers.clone()),
+    );
     let server_pid = plan.server_pid;
     let server_pids = move || server_pid.map(procfs::tree).unwrap_or_default();
     let rss_before = procfs::rss_kib(&server_pids());
@@ -363,6 +364,7 @@ pub fn run(plan: RoomsPlan) -> Result<Report> {
         },
         server_cpu_pct: out.server_cpu_pct,
         loadgen_cpu_pct: out.loadgen_cpu_pct,
+        backend_cpu_pct: 0.0,
         errors,
     })
 }
@@ -553,7 +555,7 @@ impl Client {
         let mut stream = subscriber::connect(source, sh.addr).await?;
         let path = sh.target.stream_path(Transport::Ws, &[]);
         stream
-            .write_all(subscriber::ws_upgrade_request(&path, &sh.host).as_bytes())
+            .write_all(subscriber::ws_upgrade_request(&path, &sh.host, &sh.headers).as_bytes())
             .await?;
         let topic = self.ctx.topic(self.room());
         let mut upgraded = false;

@@ -36,6 +36,9 @@ pub enum Mode {
     /// WebSocket clients in rooms, each subscribed to its room and publishing
     /// to it on its own socket ([`crate::rooms::run`]).
     Rooms,
+    /// New connections, each opened, answered and closed: how many a second
+    /// the server accepts and how long each waits ([`crate::connects::run`]).
+    Connects,
 }
 
 /// Which topics subscribers take and publishers use.
@@ -73,6 +76,15 @@ pub struct Plan {
     /// The server's process id, for RSS and CPU (its children count too);
     /// without it those figures are 0.
     pub server_pid: Option<u32>,
+    /// The hook backend's process id (`herald-bench hook-backend`), for its
+    /// CPU; without it that figure is 0.
+    pub backend_pid: Option<u32>,
+    /// Header lines (each ending in CRLF) every request carries: the
+    /// credential (see [`crate::target::auth_headers`]); empty for none.
+    pub headers: String,
+    /// Put before every topic name of the run (`hook/`: topics a policy of
+    /// the server's config file covers).
+    pub topic_prefix: String,
     /// Subscriber connections to open.
     pub subs: usize,
     /// Which topics subscribers take and publishers use.
@@ -208,6 +220,9 @@ pub struct Report {
     pub server_cpu_pct: f64,
     /// This load generator's CPU over the measured time, percent of one core.
     pub loadgen_cpu_pct: f64,
+    /// The hook backend's CPU over the measured time, percent of one core
+    /// (0 without its process id).
+    pub backend_cpu_pct: f64,
     /// The first five errors the run noted.
     pub errors: Vec<String>,
 }
@@ -297,17 +312,15 @@ pub fn run(plan: Plan) -> Result<Report> {
     if plan.topics == Topics::Rooms {
         bail!("the rooms layout is the rooms mode's: use --mode rooms");
     }
-    let shared = Arc::new(Shared::new(
-        plan.target,
-        plan.transport,
-        plan.addr,
-        plan.max_messages,
-    ));
+    let shared = Arc::new(
+        Shared::new(plan.target, plan.transport, plan.addr, plan.max_messages)
+            .with_headers(plan.headers.clone()),
+    );
     let server_pid = plan.server_pid;
     let server_pids = move || server_pid.map(procfs::tree).unwrap_or_default();
     let rss_before = procfs::rss_kib(&server_pids());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let prefix = run_prefix();
+    let prefix = format!("{}{}", plan.topic_prefix, run_prefix());
 
     // Subscriber threads, each a current-thread runtime.
     let sources = source_ips(plan.sources);
@@ -457,6 +470,7 @@ pub fn run(plan: Plan) -> Result<Report> {
         },
         server_cpu_pct: out.server_cpu_pct,
         loadgen_cpu_pct: out.loadgen_cpu_pct,
+        backend_cpu_pct: out.backend_cpu_pct,
         errors,
     })
 }
@@ -505,6 +519,7 @@ struct Outcome {
     rss_end: u64,
     server_cpu_pct: f64,
     loadgen_cpu_pct: f64,
+    backend_cpu_pct: f64,
 }
 
 async fn control(
@@ -536,9 +551,11 @@ async fn control(
     tokio::time::sleep(plan.settle).await;
     let rss_connected = procfs::rss_kib(&server_pids());
     let me = [std::process::id()];
+    let backend = || plan.backend_pid.map(procfs::tree).unwrap_or_default();
     let cpu0 = (
         procfs::cpu_seconds(&server_pids()),
         procfs::cpu_seconds(&me),
+        procfs::cpu_seconds(&backend()),
     );
     let t0 = Instant::now();
 
@@ -588,6 +605,7 @@ async fn control(
     let cpu1 = (
         procfs::cpu_seconds(&server_pids()),
         procfs::cpu_seconds(&me),
+        procfs::cpu_seconds(&backend()),
     );
     let rss_end = procfs::rss_kib(&server_pids());
     Ok(Outcome {
@@ -600,5 +618,6 @@ async fn control(
         rss_end,
         server_cpu_pct: 100.0 * (cpu1.0 - cpu0.0) / wall,
         loadgen_cpu_pct: 100.0 * (cpu1.1 - cpu0.1) / wall,
+        backend_cpu_pct: 100.0 * (cpu1.2 - cpu0.2) / wall,
     })
 }

@@ -163,8 +163,8 @@ async fn sse<T>(
     let sh = c.shared;
     let path = sh.target.stream_path(Transport::Sse, topics);
     let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\r\n",
-        sh.host
+        "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{}\r\n",
+        sh.host, sh.headers
     );
     stream.write_all(req.as_bytes()).await?;
     let mut permit = Some(permit);
@@ -229,7 +229,7 @@ async fn ws<T>(
     let sh = c.shared;
     let path = sh.target.stream_path(Transport::Ws, topics);
     stream
-        .write_all(ws_upgrade_request(&path, &sh.host).as_bytes())
+        .write_all(ws_upgrade_request(&path, &sh.host, &sh.headers).as_bytes())
         .await?;
     let subs = sh.target.ws_subscribe_messages(topics);
     let mut acks_needed = subs.len();
@@ -284,10 +284,11 @@ async fn ws<T>(
     }
 }
 
-/// The HTTP/1.1 request that opens a WebSocket on `path`.
-pub(crate) fn ws_upgrade_request(path: &str, host: &str) -> String {
+/// The HTTP/1.1 request that opens a WebSocket on `path`, with `extra`
+/// header lines (each ending in CRLF).
+pub(crate) fn ws_upgrade_request(path: &str, host: &str, extra: &str) -> String {
     format!(
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{extra}\r\n"
     )
 }
 
@@ -375,9 +376,14 @@ async fn poll<T>(
         ready(sh, &mut permit);
     }
     loop {
-        let req = sh
-            .target
-            .poll_request(&sh.host, topics, cursor.as_deref(), since.as_ref(), 25);
+        let req = sh.target.poll_request(
+            &sh.host,
+            topics,
+            cursor.as_deref(),
+            since.as_ref(),
+            25,
+            &sh.headers,
+        );
         stream.write_all(&req).await?;
         let mut raw: Vec<u8> = Vec::new();
         let mut head: Option<(wire::ResponseHead, usize)> = None;

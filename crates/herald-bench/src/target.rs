@@ -113,8 +113,10 @@ impl Target {
         }
     }
 
-    /// A whole HTTP/1.1 publish request of `payload` to `topic`.
-    pub fn publish_request(self, host: &str, topic: &str, payload: &str) -> Vec<u8> {
+    /// A whole HTTP/1.1 publish request of `payload` to `topic`, with
+    /// `extra` (header lines, each ending in CRLF; see [`auth_headers`])
+    /// after the others.
+    pub fn publish_request(self, host: &str, topic: &str, payload: &str, extra: &str) -> Vec<u8> {
         let (path, ctype, body) = match self {
             Target::Herald => (
                 "/v1/publish".to_string(),
@@ -137,14 +139,15 @@ impl Target {
             ),
         };
         format!(
-            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{extra}\r\n{body}",
             body.len()
         )
         .into_bytes()
     }
 
     /// A long-poll request. `cursor`: Herald's cursor; `since`: Nchan's
-    /// `(Last-Modified, Etag)` of the previous answer.
+    /// `(Last-Modified, Etag)` of the previous answer; `extra`: header
+    /// lines, each ending in CRLF (see [`auth_headers`]).
     pub fn poll_request(
         self,
         host: &str,
@@ -152,6 +155,7 @@ impl Target {
         cursor: Option<&str>,
         since: Option<&(String, String)>,
         timeout_s: u32,
+        extra: &str,
     ) -> Vec<u8> {
         match self {
             Target::Herald => {
@@ -166,7 +170,7 @@ impl Target {
                     // The first poll only learns where "now" is.
                     None => path.push_str("&timeout=0"),
                 }
-                format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n").into_bytes()
+                format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n").into_bytes()
             }
             _ => {
                 let mut req = format!("GET /sub/{} HTTP/1.1\r\nhost: {host}\r\n", topics.join(","));
@@ -175,11 +179,27 @@ impl Target {
                         "if-modified-since: {lm}\r\nif-none-match: {etag}\r\n"
                     ));
                 }
+                req.push_str(extra);
                 req.push_str("\r\n");
                 req.into_bytes()
             }
         }
     }
+}
+
+/// The header lines (each ending in CRLF) that carry the load generator's
+/// credential on every request it makes: `cookie: <cookie>` (a session
+/// cookie, which Herald hands to the application's connect hook), or
+/// `authorization: Bearer <bearer>` (a JWT or a publisher key), or nothing.
+pub fn auth_headers(cookie: Option<&str>, bearer: Option<&str>) -> String {
+    let mut h = String::new();
+    if let Some(c) = cookie {
+        h.push_str(&format!("cookie: {c}\r\n"));
+    }
+    if let Some(b) = bearer {
+        h.push_str(&format!("authorization: Bearer {b}\r\n"));
+    }
+    h
 }
 
 #[cfg(test)]
@@ -198,9 +218,26 @@ mod tests {
             Target::Node.stream_path(Transport::Ws, &t),
             "/ws?topic=a&topic=b"
         );
-        let r = String::from_utf8(Target::Herald.publish_request("h", "a", "~1~2~")).unwrap();
+        let r = String::from_utf8(Target::Herald.publish_request("h", "a", "~1~2~", "")).unwrap();
         assert!(r.ends_with("\r\n\r\n{\"topic\":\"a\",\"data\":\"~1~2~\"}"));
         assert!(r.contains("content-length: 28\r\n"));
+        let extra = auth_headers(Some("session=bench"), None);
+        let r =
+            String::from_utf8(Target::Herald.publish_request("h", "a", "~1~2~", &extra)).unwrap();
+        assert!(r.contains("content-length: 28\r\ncookie: session=bench\r\n\r\n{"));
+        let r = String::from_utf8(Target::Herald.poll_request(
+            "h",
+            &t,
+            None,
+            None,
+            25,
+            &auth_headers(None, Some("J")),
+        ))
+        .unwrap();
+        assert_eq!(
+            r,
+            "GET /v1/poll?topic=a&topic=b&timeout=0 HTTP/1.1\r\nhost: h\r\nauthorization: Bearer J\r\n\r\n"
+        );
         assert_eq!(
             Target::Herald
                 .ws_publish_message("room/0", "~1~2~", 1)

@@ -3,7 +3,7 @@
 //!
 //! - **Occupied / vacated**: a topic's subscribers went from none to some,
 //!   or from some to none. On the memory and embedded engines the hub
-//!   decides from this process's fan-out ([`LocalOccupancy`]); an engine
+//!   decides from this process's fan-out (`LocalOccupancy`); an engine
 //!   that spans nodes decides cluster-wide
 //!   ([`Engine::report_occurrences`](crate::Engine::report_occurrences)
 //!   returns true), so that a topic with subscribers on two nodes is
@@ -16,7 +16,8 @@
 //! Occupied and vacated alternate per topic. A vacancy is reported only
 //! once the topic stayed empty for the observer's
 //! [`Occurrences::vacate_grace`], so a long-polling client between two
-//! polls (or a page reload) does not make a topic flicker.
+//! polls (or a page reload) does not make a topic flicker; once the hub is
+//! shutting down, at once (so that the vacancies can still be delivered).
 //!
 //! Nothing here costs anything until an observer is registered
 //! ([`Hub::report_occurrences`](crate::Hub::report_occurrences)): the

@@ -38,7 +38,7 @@
 //! [`Engine::watch`]: herald_core::Engine::watch
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use fred::types::scripts::Script;
@@ -46,7 +46,7 @@ use fred::types::Value;
 use herald_core::engine::new_epoch;
 use herald_core::event::now_ms;
 use herald_core::{EngineError, Occurrence, OccurrenceKind, Occurrences, Topic};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -79,9 +79,11 @@ pub(crate) struct RedisOccupancy {
     node: String,
     timing: PresenceTiming,
     sink: OnceLock<Arc<dyn Occurrences>>,
-    /// Topics whose local subscribers crossed zero, to reconcile.
-    tx: mpsc::UnboundedSender<Topic>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Topic>>>,
+    /// Topics whose local subscribers crossed zero (or whose grace ended),
+    /// to reconcile: a set, so bounded by the topics however fast
+    /// subscribers come and go while Redis is slow.
+    pending: Mutex<HashSet<Topic>>,
+    wake: Notify,
     task: Mutex<Option<JoinHandle<()>>>,
     enter: Script,
     leave: Script,
@@ -101,14 +103,13 @@ struct State {
 
 impl RedisOccupancy {
     pub(crate) fn new(shared: Arc<Shared>, timing: PresenceTiming) -> Arc<RedisOccupancy> {
-        let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(RedisOccupancy {
             shared,
             node: format!("{:012x}{:012x}", new_epoch(), new_epoch()),
             timing,
             sink: OnceLock::new(),
-            tx,
-            rx: Mutex::new(Some(rx)),
+            pending: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
             task: Mutex::new(None),
             enter: Script::from_lua(scripts::occupancy_enter()),
             leave: Script::from_lua(scripts::OCCUPANCY_LEAVE),
@@ -126,14 +127,11 @@ impl RedisOccupancy {
             tracing::warn!("occupancy needs a running runtime; not reported");
             return false;
         };
-        let Some(rx) = lock(&self.rx).take() else {
-            return false;
-        };
         if self.sink.set(sink).is_err() {
             return false;
         }
         let me = self.clone();
-        *lock(&self.task) = Some(rt.spawn(async move { me.run(rx).await }));
+        *lock(&self.task) = Some(rt.spawn(async move { me.run().await }));
         true
     }
 
@@ -147,7 +145,8 @@ impl RedisOccupancy {
     /// `topic` got its first or lost its last local subscriber.
     pub(crate) fn changed(&self, topic: &Topic) {
         if self.sink.get().is_some() {
-            let _ = self.tx.send(topic.clone());
+            lock(&self.pending).insert(topic.clone());
+            self.wake.notify_one();
         }
     }
 
@@ -157,7 +156,7 @@ impl RedisOccupancy {
         }
     }
 
-    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Topic>) {
+    async fn run(self: Arc<Self>) {
         let mut state = State::default();
         let refresh = self.timing.refresh.max(MIN_PERIOD);
         let sweep = self.timing.sweep.max(MIN_PERIOD);
@@ -167,10 +166,12 @@ impl RedisOccupancy {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                t = rx.recv() => match t {
-                    Some(topic) => self.reconcile(&mut state, topic).await,
-                    None => return,
-                },
+                _ = self.wake.notified() => {
+                    let topics = std::mem::take(&mut *lock(&self.pending));
+                    for topic in topics {
+                        self.reconcile(&mut state, topic).await;
+                    }
+                }
                 _ = refresh.tick() => self.refresh_pass(&state).await,
                 _ = sweep.tick() => self.sweep_pass().await,
             }
@@ -189,7 +190,7 @@ impl RedisOccupancy {
 
     /// Brings this node's entry for `topic` in line with its local
     /// subscribers, reporting the edges the scripts see.
-    async fn reconcile(&self, state: &mut State, topic: Topic) {
+    async fn reconcile(self: &Arc<Self>, state: &mut State, topic: Topic) {
         let grace = self.sink.get().map_or(Duration::ZERO, |s| s.vacate_grace());
         if self.local(&topic) > 0 {
             state.emptied.remove(&topic);
@@ -215,10 +216,12 @@ impl RedisOccupancy {
                 state
                     .emptied
                     .insert(topic.clone(), (Instant::now(), now_ms()));
-                let tx = self.tx.clone();
+                let me: Weak<RedisOccupancy> = Arc::downgrade(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
-                    let _ = tx.send(topic);
+                    if let Some(me) = me.upgrade() {
+                        me.changed(&topic);
+                    }
                 });
             }
             Some((since, _)) if since.elapsed() < grace => {} // its timer comes

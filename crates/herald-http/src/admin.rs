@@ -14,11 +14,15 @@
 //!   user's connections on this node, oldest first (`connected_at` in
 //!   milliseconds since the Unix epoch).
 //!
+//! The credential must come in the `Authorization` header (a cookie or a
+//! URL credential is ignored here), and a disconnect's body must be
+//! `application/json`, read only once the caller is admitted.
+//!
 //! Errors: 401 without a credential, 403 for a credential that is neither
 //! the publisher key nor an admin token, 400 for a missing or invalid
-//! `user`/`limit`, 503 when the engine cannot tell the other nodes.
+//! `user`/`limit`, 415 for a body that is not JSON, 413 over 16 KiB, 503
+//! when the engine cannot tell the other nodes.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +42,20 @@ pub const MAX_TOPICS: usize = 10_000;
 /// The longest user name accepted, in bytes (a `sub` is no longer in
 /// practice).
 pub const MAX_USER_BYTES: usize = 1024;
+
+/// Who calls the server API: the credential of the `Authorization`
+/// header only. A cookie would let any site's page that an admin visits
+/// call it with the admin's rights, and a URL credential (`?token=`, a
+/// one-time token) ends up in logs and histories.
+async fn caller(app: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Principal, ApiError> {
+    Query::parse(uri.query())?;
+    let mut only_header = HeaderMap::new();
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        only_header.insert(axum::http::header::AUTHORIZATION, v.clone());
+    }
+    let (who, _) = authenticate(app, &only_header, &[]).await?;
+    Ok(who)
+}
 
 /// Lets the publisher key, an admin token, or anyone on a server without
 /// authentication through.
@@ -65,16 +83,28 @@ fn user_of(value: Option<&str>) -> Result<String, ApiError> {
     }
 }
 
+/// The largest `POST /v1/disconnect` body, in bytes.
+pub const MAX_API_BODY: usize = 16 * 1024;
+
 /// `POST /v1/disconnect`.
 pub(crate) async fn disconnect(
     State(app): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(uri.query())?;
-    let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
+    let who = caller(&app, &headers, &uri).await?;
     admit(&who)?;
+    // Read only once admitted, and as JSON: a cross-site form cannot send
+    // `application/json` without the browser asking first.
+    if !crate::publish::is_json(&headers) {
+        return Err(ApiError::unsupported_media_type(
+            "send the body as application/json",
+        ));
+    }
+    let body =
+        crate::publish::read_limited_within(&headers, body, MAX_API_BODY, app.config.body_timeout)
+            .await?;
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
     let user = user_of(v.get("user").and_then(|u| u.as_str()))?;
@@ -90,7 +120,7 @@ pub(crate) async fn topics(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
-    let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
+    let who = caller(&app, &headers, &uri).await?;
     admit(&who)?;
     let limit = match query.last("limit") {
         None => DEFAULT_TOPICS,
@@ -120,7 +150,7 @@ pub(crate) async fn connections(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
-    let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
+    let who = caller(&app, &headers, &uri).await?;
     admit(&who)?;
     let user = user_of(query.last("user"))?;
     let list = app.hub.connections_of(&user);

@@ -101,13 +101,27 @@ pub async fn read_limited(
     read_limited_within(headers, body, max, BODY_TIMEOUT).await
 }
 
+/// The most bytes of request bodies (publishes, LLM requests, server API
+/// calls) this process receives at once: 64 MiB. Beyond it a request is
+/// answered 503 with `Retry-After` before its body is read.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// The budget's unit, in bytes.
+const BODY_BUDGET_UNIT: usize = 1024;
+
+fn body_budget() -> &'static tokio::sync::Semaphore {
+    static BUDGET: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT / BODY_BUDGET_UNIT))
+}
+
 /// Reads a body of at most `max` bytes, all of it within `timeout` (counted
 /// from this call). Errors: 413 `too_large` above `max` (at once when
 /// `Content-Length` says so), 408 `request_timeout` when the body is not
 /// complete in time (a slow or stalled sender), 400 `invalid_body` when the
 /// connection fails mid-body. On an error the body is dropped unread, and
 /// the HTTP/1.1 connection is closed after the answer (its remaining bytes
-/// are not drained).
+/// are not drained). 503 `server_full` when the bodies being received
+/// already hold [`MAX_BODY_BYTES_IN_FLIGHT`].
 pub async fn read_limited_within(
     headers: &HeaderMap,
     body: Body,
@@ -115,15 +129,25 @@ pub async fn read_limited_within(
     timeout: std::time::Duration,
 ) -> Result<bytes::Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("the body exceeds {max} bytes"));
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared {
         if len > max as u64 {
             return Err(too_large());
         }
     }
+    // The bytes every request body being read may hold together are
+    // bounded: a body takes its declared length (else the most it may be)
+    // from the budget while it is read.
+    let wanted = declared.map_or(max, |l| l as usize).min(max);
+    let permits = wanted.div_ceil(BODY_BUDGET_UNIT).max(1) as u32;
+    let _held = body_budget().try_acquire_many(permits).map_err(|_| {
+        ApiError::server_full(
+            "too many request bodies are being received at once; retry in a moment",
+        )
+    })?;
     let read = http_body_util::Limited::new(body, max).collect();
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
@@ -149,6 +173,13 @@ pub(crate) async fn publish(
     // Who first: an unauthenticated caller learns nothing about the body.
     let pairs = crate::transport::query_pairs(uri.query());
     let (who, _) = authenticate(&app, &headers, &pairs).await?;
+    // No credential may publish nothing on a server with authentication:
+    // refused before a byte of the body is read.
+    if who == herald_auth::Principal::Anonymous {
+        return Err(ApiError::unauthorized(
+            "a credential is required to publish",
+        ));
+    }
     // Behind a trusted proxy, the address its headers name.
     let client = conn.map(|c| app.config.client_addr(c.peer.ip(), &headers));
     let caller = Caller::Http(herald_auth::quota_key(&who, client));

@@ -108,6 +108,15 @@ async fn malformed_messages_get_errors_and_the_connection_keeps_working() {
             r#"{"type":"subscribe","topic":"a","since":"bogus"}"#,
             "invalid_cursor",
         ),
+        // An empty cursor names no place: refused, never "from now".
+        (
+            r#"{"type":"subscribe","topic":"a","since":""}"#,
+            "invalid_cursor",
+        ),
+        (
+            r#"{"type":"subscribe","topic":"a","since":" "}"#,
+            "invalid_cursor",
+        ),
         (r#"{"type":"publish","topic":"a"}"#, "invalid_message"),
         (
             r#"{"type":"publish","topic":"a","data":1,"event":"herald.x"}"#,

@@ -153,6 +153,68 @@ async fn only_the_publisher_key_and_admin_tokens_may_call_it() {
             json!({"user":"ada"})
         );
     }
+    // Only the Authorization header counts: an admin token in the cookie
+    // (what a cross-site form would carry) or in the URL is no credential.
+    let admin_token = token("root", true);
+    for (headers, query) in [
+        (
+            vec![("cookie", format!("herald_token={admin_token}"))],
+            String::new(),
+        ),
+        (vec![], format!("?token={admin_token}")),
+    ] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut h2 = h.clone();
+        h2.push(("content-type", "application/json"));
+        let r = anonymous
+            .request(
+                http::Method::POST,
+                &format!("/v1/disconnect{query}"),
+                &h2,
+                bytes::Bytes::from(r#"{"user":"ada"}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{headers:?} {query}");
+        let r = anonymous
+            .request(
+                http::Method::GET,
+                &format!("/v1/topics{query}"),
+                &h,
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{headers:?} {query}");
+    }
+    // A form's content type is refused even with the right credential.
+    let r = key
+        .request(
+            http::Method::POST,
+            "/v1/disconnect",
+            &[("content-type", "text/plain")],
+            bytes::Bytes::from(r#"{"user":"ada"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // Without a credential, a large body is refused before it is sent.
+    for path in ["/v1/disconnect", "/v1/publish"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(WAIT, c.read(&mut buf))
+            .await
+            .expect("answered before the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+    }
+
     // Bad input is a 400 that says what is wrong.
     for path in [
         "/v1/connections",

@@ -135,6 +135,16 @@ impl Connection {
             (None, None) => Start::Now,
         };
         let cursor = if named.is_some() { None } else { since };
+        if cursor.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            // As over HTTP: an empty cursor names no place, never "from now".
+            return self
+                .send_error(
+                    "invalid_cursor",
+                    "since is empty: give a cursor, a starting point, or leave since out to start from now",
+                    reference,
+                )
+                .await;
+        }
         let since = match cursor.as_deref().map(Cursor::decode) {
             None => start,
             Some(Err(e)) => return self.api_error(e.into(), reference).await,
