@@ -9,6 +9,7 @@
 #   bench/run.sh --quick    # small sizes, short runs (a few minutes)
 #   bench/run.sh --only b-fanout-10000 --targets herald,nchan1
 #   bench/run.sh --only e-room --targets herald    # Herald only: no peers installed
+#   bench/run.sh --only f- --targets herald        # hooks: through them against without
 #
 # Every server listens on 127.0.0.1 and every connection stays on loopback.
 set -euo pipefail
