@@ -139,6 +139,15 @@ pub(crate) fn static_key<'k>(
         ))
 }
 
+/// The claims as a token carries them: Herald's, and a top-level `admin`.
+#[derive(Deserialize)]
+struct AsRead {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    admin: Option<serde_json::Value>,
+}
+
 /// Verifies `token` (whose header is `header`) with `key`, in `key`'s
 /// algorithm only: a header naming another algorithm is refused before any
 /// signature check (RFC 8725, 3.1 and 3.2), then the signature, `exp`,
@@ -168,8 +177,16 @@ pub(crate) fn decode(
     }
     validation.set_required_spec_claims(&required);
     validation.algorithms = vec![key.alg];
-    match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-        Ok(data) => Ok(data.claims),
+    match jsonwebtoken::decode::<AsRead>(token, &key.key, &validation) {
+        Ok(data) => {
+            let mut claims = data.claims.claims;
+            // DESIGN.md names "a token with the `admin` claim": a top-level
+            // `"admin": true` grants what `herald.admin` does.
+            if data.claims.admin == Some(serde_json::Value::Bool(true)) {
+                claims.herald.admin = true;
+            }
+            Ok(claims)
+        }
         Err(e) => Err(match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                 AuthError::Invalid("token expired")

@@ -142,7 +142,25 @@ async fn only_the_publisher_key_and_admin_tokens_may_call_it() {
             want
         );
     }
-    for who in [&admin, &key] {
+    // The `admin` claim at the top level of the token works like
+    // `herald.admin` (DESIGN.md: "a token with the `admin` claim").
+    let now = herald_auth::now();
+    let top_level = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "ops", "exp": now + 300, "iat": now, "admin": true}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let top_level = s.client.clone().with_token(top_level);
+    let not_true = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "ops", "exp": now + 300, "iat": now, "admin": "true"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let not_true = s.client.clone().with_token(not_true);
+    assert_eq!(status_of(not_true.topics(None).await.unwrap_err()), 403);
+    for who in [&admin, &key, &top_level] {
         assert_eq!(who.topics(None).await.unwrap()["total"], 0);
         assert_eq!(
             who.connections("ada").await.unwrap(),
