@@ -40,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_auth::Action;
 use herald_core::wire::poll::{encode_parts, frame_cost};
-use herald_core::{Cursor, Gap, Position, Topic};
+use herald_core::{Cursor, Gap, Position};
 
 use crate::auth::{authenticate, authorize_all};
 use crate::error::ApiError;
@@ -61,15 +61,7 @@ pub(crate) async fn handler(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
-    let topic = match query.last("topic") {
-        Some(t) => Topic::new(t)?,
-        None => {
-            return Err(ApiError::bad_request(
-                "invalid_topic",
-                "history reads one topic: pass topic=",
-            ))
-        }
-    };
+    let topic = query.one_topic("history")?;
     let limit = match query.last("limit") {
         None => DEFAULT_LIMIT,
         Some(v) => v

@@ -79,6 +79,18 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The one `topic` an endpoint reads (history, presence), validated;
+    /// 400 `invalid_topic` naming `what` when it is missing.
+    pub fn one_topic(&self, what: &str) -> Result<herald_core::Topic, ApiError> {
+        match self.last("topic") {
+            Some(t) => Ok(herald_core::Topic::new(t)?),
+            None => Err(ApiError::bad_request(
+                "invalid_topic",
+                format!("{what} reads one topic: pass topic="),
+            )),
+        }
+    }
+
     /// Every value of `name`, in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.pairs

@@ -41,15 +41,7 @@ pub(crate) async fn handler(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
-    let topic = match query.last("topic") {
-        Some(t) => Topic::new(t)?,
-        None => {
-            return Err(ApiError::bad_request(
-                "invalid_topic",
-                "presence reads one topic: pass topic=",
-            ))
-        }
-    };
+    let topic = query.one_topic("presence")?;
     let (who, _) = authenticate(&app, &headers, query.pairs()).await?;
     authorize_all(&app, &who, Action::Presence, std::slice::from_ref(&topic))?;
     let clients = members(&app, &topic).await?;
