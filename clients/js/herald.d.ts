@@ -156,6 +156,13 @@ export interface SubscribeOptions {
   since?: 'earliest' | 'latest' | (string & {});
   /** Start with the newest `history` retained events (0 to 1000), then live. */
   history?: number;
+  /**
+   * The handler gets every event of the topic, named or not, with its name
+   * in `event` (`null` when unnamed): `herald.gap`, `herald.join` and
+   * `herald.leave` included. Over SSE the stream is then read with `fetch`
+   * (an `EventSource` only delivers the names it is told in advance).
+   */
+  all?: boolean;
   /** `herald.join` of the topic (see `Herald.onJoin`); removed by the same unsubscribe. */
   onJoin?: PresenceHandler;
   /** `herald.leave` of the topic (see `Herald.onLeave`); removed by the same unsubscribe. */
@@ -202,8 +209,18 @@ export interface Herald {
   /** The last status reported. */
   readonly status: Status;
   /**
+   * This client's id as presence lists and `herald.join` / `herald.leave`
+   * name it (`PresenceMember.client`), known once the WebSocket confirmed a
+   * subscription to a topic that tracks presence; `null` before, and over
+   * SSE and long polling. A reconnected WebSocket gets a new id. Pages put
+   * it in what they publish (`{from: h.clientId, ...}`) to match a leave to
+   * the sender's messages.
+   */
+  readonly clientId: string | null;
+  /**
    * The topic's unnamed events, and `herald.gap` when events were missed;
    * never `herald.join` / `herald.leave` (options `onJoin` / `onLeave`).
+   * With `{all: true}`: every event of the topic with its name.
    */
   subscribe<T = unknown>(topic: string, handler?: Handler<T>): Unsubscribe;
   subscribe<T = unknown>(topic: string, options: SubscribeOptions, handler?: Handler<T>): Unsubscribe;

@@ -37,6 +37,10 @@ const JOIN = 'herald.join';
 const LEAVE = 'herald.leave';
 // Herald's events without a cursor of their own.
 const SIGNALS = [JOIN, LEAVE];
+// The listener name of `subscribe(topic, {all: true})`: every event of the
+// topic, whatever its name. Over SSE it needs a stream read with fetch
+// (FetchEventStream): an EventSource delivers only the names it was told.
+const ALL = '*';
 const TRANSPORTS = ['auto', 'sse', 'ws', 'poll'];
 
 // herald.disconnect reasons after which a stream comes back later: the
@@ -120,6 +124,9 @@ class Client {
     // keeps one presence entry per client across polls, so two pages of one
     // user are two entries.
     this._id = randomId();
+    // This connection's id in presence lists, from the WebSocket's
+    // `subscribed` answers (null over SSE and long polling).
+    this._clientId = null;
     // Start once the page has made its first subscriptions, in one go.
     queueMicrotask(() => this._start());
   }
@@ -135,9 +142,21 @@ class Client {
   }
 
   /**
+   * This client's id as presence lists and herald.join / herald.leave name
+   * it (`client`): known once the WebSocket confirmed a subscription to a
+   * topic that tracks presence; null before that, and over SSE and long
+   * polling. A new WebSocket (a reconnect) gets a new id.
+   */
+  get clientId() {
+    return this._clientId;
+  }
+
+  /**
    * Subscribes to `topic`. `handler` gets the topic's unnamed events and
    * `herald.gap`; named events go to `on(topic, name, fn)` listeners, and
    * `herald.join` / `herald.leave` to the `onJoin` / `onLeave` options.
+   * With `{all: true}`, `handler` gets every event of the topic, its name
+   * in `event` (null when unnamed), `herald.*` events included.
    * Returns a function that unsubscribes (all three); its `ready` promise
    * resolves once the subscription is live.
    */
@@ -147,7 +166,7 @@ class Client {
       options = {};
     }
     options = options || {};
-    const entries = [{ name: null, fn: handler }];
+    const entries = [{ name: options.all ? ALL : null, fn: handler }];
     if (options.onJoin != null) entries.push({ name: JOIN, fn: memberHandler(options.onJoin) });
     if (options.onLeave != null) entries.push({ name: LEAVE, fn: memberHandler(options.onLeave) });
     return this._listen(topic, entries, startOf(options));
@@ -277,7 +296,8 @@ class Client {
       if (this._transport) this._transport.addTopic(state);
       this._maybeUpgrade('topics');
     } else if (this._transport && this._transport.addName) {
-      for (const { name } of entries) if (name) this._transport.addName(state, name);
+      const added = new Set(entries.map((e) => e.name).filter(Boolean));
+      for (const name of added) this._transport.addName(state, name);
     }
     let done = false;
     const off = () => {
@@ -366,7 +386,7 @@ class Client {
     for (const entry of [...state.listeners]) {
       if (!entry.fn) continue;
       const match =
-        entry.name === name || (entry.name === null && name === GAP);
+        entry.name === ALL || entry.name === name || (entry.name === null && name === GAP);
       if (match) safeCall(entry.fn, ev);
     }
   }
@@ -691,9 +711,10 @@ class TopicStream {
     const q = new URLSearchParams({ topic: state.topic });
     if (state.cursor) q.set('last_event_id', state.cursor);
     if (token) q.set('token', token);
-    const es = new EventSource(`${c._base}/v1/sse?${q}`, {
-      withCredentials: c._opts.withCredentials,
-    });
+    const url = `${c._base}/v1/sse?${q}`;
+    const init = { withCredentials: c._opts.withCredentials };
+    // Every name (`all`) needs the stream read by hand.
+    const es = state.names().has(ALL) ? new FetchEventStream(url, init) : new EventSource(url, init);
     this.es = es;
     es.onopen = () => {
       if (this.es !== es) return;
@@ -754,7 +775,25 @@ class TopicStream {
   }
 
   listen(name) {
-    if (this.es && name !== GAP && name !== DISCONNECT) this.es.addEventListener(name, this.onEvent);
+    if (!this.es || name === GAP || name === DISCONNECT) return;
+    if (name === ALL && !(this.es instanceof FetchEventStream)) {
+      // An EventSource cannot deliver names it was not told: move to a
+      // stream read by hand, from the last cursor (the old one is closed
+      // first: nothing twice, nothing missed).
+      const gen = ++this.gen;
+      this.es.close();
+      this.es = null;
+      this.c
+        ._urlToken()
+        .then((credential) => {
+          if (!this.stale(gen)) this.openStream(gen, credential);
+        })
+        .catch((err) => {
+          if (!this.stale(gen)) this.retry(err && err.message);
+        });
+      return;
+    }
+    this.es.addEventListener(name, this.onEvent);
   }
 
   deliver(e) {
@@ -917,6 +956,8 @@ class WsTransport {
       case 'subscribed': {
         const state = this.subs.get(m.ref);
         this.subs.delete(m.ref);
+        // This connection's presence id (topics that track presence).
+        if (typeof m.client === 'string') c._clientId = m.client;
         // The topic's starting point; its events follow this answer.
         if (state && c._topics.get(state.topic) === state) {
           state.cursor = m.cursor;
@@ -1011,6 +1052,7 @@ class WsTransport {
   async onClose(code, reason) {
     this.ws = null;
     this.open = false;
+    this.c._clientId = null;
     clearTimeout(this.refreshTimer);
     if (this.stopped) return;
     this.settleQueries(true);
@@ -1118,6 +1160,7 @@ class WsTransport {
   stop({ handOver = false } = {}) {
     this.stopped = true;
     this.gen++;
+    this.c._clientId = null;
     clearTimeout(this.timer);
     clearTimeout(this.refreshTimer);
     if (this.ws) this.ws.close(1000);
@@ -1306,6 +1349,101 @@ class PollTransport {
     this.stopped = true;
     if (this.ctrl) this.ctrl.abort();
     if (this.wake) this.wake();
+  }
+}
+
+// ---- an event stream read with fetch ----
+
+// The part of EventSource that TopicStream uses (addEventListener, onopen,
+// onerror, close), reading the stream with fetch so that events of every
+// name reach the page: listeners of type `*` get the events of types no
+// one listens to. Parsing as the WHATWG HTML standard's "Server-sent
+// events" section, 9.2.6 "Interpreting an event stream", says; the
+// reconnection is TopicStream's, as for an EventSource.
+class FetchEventStream {
+  constructor(url, { withCredentials = false } = {}) {
+    this.listeners = new Map();
+    this.onopen = null;
+    this.onerror = null;
+    this.lastEventId = '';
+    this.closed = false;
+    this.ctrl = new AbortController();
+    this.run(url, withCredentials);
+  }
+
+  addEventListener(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, new Set());
+    this.listeners.get(type).add(fn);
+  }
+
+  close() {
+    this.closed = true;
+    this.ctrl.abort();
+  }
+
+  async run(url, withCredentials) {
+    try {
+      const res = await fetch(url, {
+        headers: { accept: 'text/event-stream' },
+        credentials: withCredentials ? 'include' : 'same-origin',
+        cache: 'no-store',
+        signal: this.ctrl.signal,
+      });
+      const type = res.headers.get('content-type') || '';
+      if (!res.ok || !type.startsWith('text/event-stream') || !res.body) {
+        if (res.body) res.body.cancel().catch(() => {});
+        return this.fail();
+      }
+      if (this.closed) return;
+      if (this.onopen) this.onopen();
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = '';
+      let data = [];
+      let name = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || this.closed) break;
+        buffer += value;
+        for (;;) {
+          const end = buffer.search(/[\r\n]/);
+          // A CR at the end may be the first half of a CRLF.
+          if (end < 0 || (buffer[end] === '\r' && end === buffer.length - 1)) break;
+          const line = buffer.slice(0, end);
+          buffer = buffer.slice(end + (buffer.startsWith('\r\n', end) ? 2 : 1));
+          if (line === '') {
+            if (data.length) this.dispatch(name || 'message', data.join('\n'));
+            data = [];
+            name = '';
+            continue;
+          }
+          if (line.startsWith(':')) continue;
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let v = colon < 0 ? '' : line.slice(colon + 1);
+          if (v.startsWith(' ')) v = v.slice(1);
+          if (field === 'data') data.push(v);
+          else if (field === 'event') name = v;
+          else if (field === 'id' && !v.includes('\0')) this.lastEventId = v;
+        }
+      }
+    } catch {
+      // aborted, or the connection failed: both end the stream
+    }
+    this.fail();
+  }
+
+  dispatch(type, data) {
+    if (this.closed) return;
+    const fns = this.listeners.get(type) || this.listeners.get(ALL);
+    if (!fns) return;
+    const e = { type, data, lastEventId: this.lastEventId, target: this };
+    for (const fn of [...fns]) fn(e);
+  }
+
+  fail() {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.onerror) this.onerror();
   }
 }
 

@@ -640,6 +640,54 @@ async fn presence(kind: Kind) {
     expect_quiet(&mut watcher).await;
 }
 
+/// A WebSocket learns its own presence id from `subscribed` (`client`, on
+/// topics that track presence only): the id its join and the presence list
+/// carry, the same on every presence topic of the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_subscribed_names_its_presence_client() {
+    let s = presence_server().await;
+    let mut watcher = open(&s, Kind::Sse, &["room/2"], None).await;
+    let own = watcher.next(WAIT).await.expect("own join");
+    assert_eq!(own.event, "herald.join", "{own:?}");
+    let mut ws = s.client.ws().await.expect("ws");
+    // The connection's own join may come before the answer.
+    async fn subscribed(ws: &mut herald_client::WsClient) -> serde_json::Value {
+        for _ in 0..4 {
+            let m = ws.next_json().await.unwrap().unwrap();
+            if m["type"] != "event" {
+                return m;
+            }
+        }
+        panic!("no answer to subscribe")
+    }
+    ws.send_json(&json!({"type":"subscribe","topic":"room/2"}))
+        .await
+        .unwrap();
+    let answer = subscribed(&mut ws).await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    let client = answer["client"].as_str().expect("client").to_owned();
+    let join = watcher.next(WAIT).await.expect("join");
+    let data: serde_json::Value = serde_json::from_str(&join.data).unwrap();
+    assert_eq!(data["client"], client.as_str(), "{data}");
+    let (_, list) = presence_list(&s, "room/2").await;
+    assert!(
+        list["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client"] == client.as_str()),
+        "{list}"
+    );
+    for (topic, expected) in [("room/3", Some(client.as_str())), ("plain/1", None)] {
+        ws.send_json(&json!({"type":"subscribe","topic":topic}))
+            .await
+            .unwrap();
+        let answer = subscribed(&mut ws).await;
+        assert_eq!(answer["type"], "subscribed", "{answer}");
+        assert_eq!(answer["client"].as_str(), expected, "{topic}: {answer}");
+    }
+}
+
 /// Each scenario on each transport, on the memory engine and, in `mod
 /// redis`, on the Redis engine (a `redis-server` per test).
 macro_rules! contract {

@@ -2,6 +2,7 @@
 //! to a running one.
 
 mod duration;
+mod examples;
 mod jwks;
 mod settings;
 
@@ -309,8 +310,13 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         upstream,
         settings.llm.config.clone(),
     );
-    let llm_routes = herald_llm::http::router(relay, Arc::new(settings.http.clone()));
-    let router = herald_http::router_with(hub.clone(), settings.http, llm_routes);
+    let mut extra = herald_llm::http::router(relay, Arc::new(settings.http.clone()));
+    if let Some(dir) = settings.examples.clone() {
+        tracing::info!(folder = %dir.display(), "examples gallery at /examples/");
+        extra = extra.merge(examples::router(dir));
+        tokio::spawn(examples::run_dashboard_generator(hub.clone()));
+    }
+    let router = herald_http::router_with(hub.clone(), settings.http, extra);
     let options = herald_server::ServeOptions {
         tls,
         ..Default::default()

@@ -81,6 +81,12 @@ pub enum ServerMessage {
         topic: String,
         /// The topic's cursor at the start of delivery.
         cursor: String,
+        /// This connection's id in the topic's presence (`client` of
+        /// `presence` entries and of `herald.join` / `herald.leave`), on a
+        /// topic whose policy tracks presence; absent otherwise. The same
+        /// for every topic of the connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
     },
     /// A topic is no longer delivered: the client asked, or (with `reason`
     /// `forbidden`) a refreshed credential no longer grants it.
@@ -269,6 +275,12 @@ mod tests {
             ServerMessage::Subscribed {
                 topic: "a".into(),
                 cursor: "c".into(),
+                client: None,
+            },
+            ServerMessage::Subscribed {
+                topic: "a".into(),
+                cursor: "c".into(),
+                client: Some("k".into()),
             },
             ServerMessage::Unsubscribed {
                 topic: "a".into(),
@@ -296,6 +308,7 @@ mod tests {
             ServerMessage::Subscribed {
                 topic: "a".into(),
                 cursor: "c".into(),
+                client: None,
             },
             Some(json!(7)),
         );

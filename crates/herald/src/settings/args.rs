@@ -308,6 +308,16 @@ layered_settings! {
         /// webhooks report it vacated [default: 5s].
         #[arg(long, env = "HERALD_WEBHOOK_VACATE_GRACE")]
         pub webhook_vacate_grace: Option<String>,
+        /// Also serve the examples gallery at /examples/ (one page per use
+        /// case: notifications, dashboard, LLM chat, order status, chat,
+        /// editor, game, cursors) and the topic policies its pages need
+        /// (under `examples/`). For evaluation and development.
+        #[arg(long, env = "HERALD_EXAMPLES")]
+        pub examples: bool,
+        /// The gallery's folder [default: ./examples/web, else the one in
+        /// the source tree this binary was built from].
+        #[arg(long, env = "HERALD_EXAMPLES_DIR")]
+        pub examples_dir: Option<PathBuf>,
         /// Topic policies, config file only: `[[topics]]` tables (`pattern`,
         /// `history`, `history_max_age`, `client_publish`, `publish_rate`,
         /// `presence`, `join_leave`, `subscribe_hook`, `publish_hook`),

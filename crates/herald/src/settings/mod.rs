@@ -126,6 +126,8 @@ pub struct Settings {
     pub webhooks: Option<Arc<herald_hooks::Webhooks>>,
     /// Settings that were given but do nothing, to log at start.
     pub warnings: Vec<String>,
+    /// `--examples`: the gallery's folder, served at `/examples/`.
+    pub examples: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -159,7 +161,32 @@ impl Settings {
             );
         }
         let mut hub = engine::hub(&s, storage.engine, &mut warnings)?;
-        hub.policies = topics::policies(&s.topics, hub.history)?;
+        let examples = if s.examples {
+            let dir = crate::examples::locate(s.examples_dir.as_deref())?;
+            warnings.extend(crate::examples::missing_libraries(&dir));
+            Some(dir)
+        } else {
+            None
+        };
+        let mut tables = s.topics.clone();
+        if examples.is_some() {
+            // After the file's own tables (first match wins), unless one of
+            // them already covers every topic.
+            if tables
+                .iter()
+                .any(|t| t.get("pattern").and_then(|p| p.as_str()) == Some("**"))
+            {
+                warnings.push(
+                    "--examples: a [[topics]] table with pattern \"**\" covers the examples' topics, \
+                     so their own policies (presence, ephemeral game and cursor topics) do not apply"
+                        .into(),
+                );
+            } else {
+                let hook = s.hook_url.as_deref().is_some_and(|u| !u.is_empty());
+                tables.extend(crate::examples::policy_tables(hook, hub.history.max_events));
+            }
+        }
+        hub.policies = topics::policies(&tables, hub.history)?;
         warnings.extend(topics::warnings(&hub.policies));
         if hub.policies.has_hooks() && s.hook_url.as_deref().is_none_or(str::is_empty) {
             bail!(
@@ -201,6 +228,7 @@ impl Settings {
             Some(other) => bail!("--log-format {other:?}: choose text or json"),
         };
         Ok(Settings {
+            examples,
             webhooks: webhooks::webhooks(&s)?,
             llm: llm(&s)?,
             warnings,

@@ -164,11 +164,12 @@ impl Connection {
         };
         match self.sub.add_from(topic.clone(), since).await {
             Ok(start) => {
-                self.enter(&topic).await;
+                let client = self.enter(&topic).await;
                 let cursor = Cursor::single(&topic, start).encode();
                 let m = ServerMessage::Subscribed {
                     topic: topic.as_str().to_owned(),
                     cursor,
+                    client,
                 };
                 self.reply(m, reference).await
             }
@@ -227,20 +228,24 @@ impl Connection {
     }
 
     /// Makes the connection present on `topic` (just subscribed), if its
-    /// policy tracks presence and it is not present there yet.
-    async fn enter(&mut self, topic: &Topic) {
-        if !self.app.hub.policy(topic).tracks_presence()
-            || self.presence.iter().any(|(t, _)| t == topic)
-        {
-            return;
+    /// policy tracks presence and it is not present there yet. Returns the
+    /// connection's presence id when the topic tracks presence.
+    async fn enter(&mut self, topic: &Topic) -> Option<String> {
+        if !self.app.hub.policy(topic).tracks_presence() {
+            return None;
+        }
+        if self.presence.iter().any(|(t, _)| t == topic) {
+            return self.client.as_deref().map(str::to_owned);
         }
         let hub = &self.app.hub;
         let client = self
             .client
             .get_or_insert_with(|| hub.new_client_id().into());
         let member = crate::presence::member(&self.who, client, herald_core::Transport::WebSocket);
+        let id = client.to_string();
         let guard = hub.enter(topic, member, std::time::Duration::ZERO).await;
         self.presence.push((topic.clone(), guard));
+        Some(id)
     }
 
     /// `presence {topic}`: the topic's members, with subscribe rights.
