@@ -15,6 +15,9 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
 fi
 
 npm ci --no-audit --no-fund --loglevel=error
+# The examples gallery's third-party libraries (Yjs, uPlot), from npm,
+# bundled into examples/web/vendor/ by its postinstall step.
+npm ci --prefix "$root/examples/web" --no-audit --no-fund --loglevel=error
 
 export HERALD_BIN="${HERALD_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/herald}"
 if [ ! -x "$HERALD_BIN" ]; then
@@ -22,6 +25,7 @@ if [ ! -x "$HERALD_BIN" ]; then
   exit 1
 fi
 
-# Bounded: the suite takes about three minutes (the token-lifetime sessions
-# of tokens.test.mjs last 20 s each); six is a hang.
-exec timeout --kill-after=10 360 node --test test/*.test.mjs
+# Bounded: the suite takes about five minutes (the token-lifetime sessions
+# of tokens.test.mjs last 20 s each, the examples' pages a few seconds
+# each); ten is a hang.
+exec timeout --kill-after=10 600 node --test test/*.test.mjs
