@@ -1,0 +1,148 @@
+// The examples gallery as `herald serve --examples` serves it: the index
+// links the eight pages, each page loads in Chromium without an error and
+// says which transport it uses; what is not a page is not served; without
+// the flag the paths answer 404; a folder without the npm libraries or
+// without a gallery is reported clearly.
+
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
+import { after, before, test } from 'node:test';
+import { HERALD_BIN, Herald, closeAll, launchBrowser } from './harness.mjs';
+
+const EXAMPLES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../examples/web');
+const SSE = 'Server-Sent Events|SSE';
+const WS = 'WebSocket';
+const PAGES = {
+  notifications: SSE,
+  dashboard: SSE,
+  'llm-chat': SSE,
+  'order-status': SSE,
+  chat: WS,
+  editor: WS,
+  game: WS,
+  cursors: WS,
+};
+
+let browser;
+let server;
+before(async () => {
+  browser = await launchBrowser();
+  server = await Herald.start({ args: ['--examples', '--examples-dir', EXAMPLES] });
+});
+after(async () => {
+  await closeAll(server, browser);
+});
+
+test('the gallery links every page, and each loads and names its transport', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(`${page.url()}: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/^Failed to load resource/.test(m.text())) {
+      errors.push(`${page.url()}: ${m.text()}`);
+    }
+  });
+  // Every request a page makes succeeds (the browser's own favicon probe aside).
+  page.on('response', (r) => {
+    if (r.status() >= 400 && !r.url().endsWith('/favicon.ico')) errors.push(`${r.status()} ${r.url()}`);
+  });
+  try {
+    await page.goto(`${server.url}/examples/`);
+    const links = await page.locator('#examples a').evaluateAll((as) => as.map((a) => a.getAttribute('href')));
+    assert.deepEqual(links, Object.keys(PAGES).map((p) => `/examples/${p}/`));
+    for (const [name, transport] of Object.entries(PAGES)) {
+      await page.goto(`${server.url}/examples/${name}/`);
+      const why = await page.locator('.why').first().innerText({ timeout: 5_000 });
+      assert.match(why, new RegExp(transport), `${name} says it uses ${transport}`);
+      // Give its scripts a moment to connect and fail if they would.
+      await page.waitForTimeout(500);
+    }
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test('only the pages are served', async () => {
+  const res = await fetch(`${server.url}/examples`, { redirect: 'manual' });
+  assert.equal(res.status, 308);
+  assert.equal(res.headers.get('location'), '/examples/');
+  const page = await fetch(`${server.url}/examples/chat`, { redirect: 'manual' });
+  assert.equal(page.status, 308);
+  assert.equal(page.headers.get('location'), '/examples/chat/');
+  for (const p of [
+    '/examples/package.json',
+    '/examples/package-lock.json',
+    '/examples/build.mjs',
+    '/examples/.gitignore',
+    '/examples/node_modules/yjs/package.json',
+    '/examples/../Cargo.toml',
+    '/examples/%2e%2e/Cargo.toml',
+    '/examples/nothing-here/',
+  ]) {
+    const r = await fetch(`${server.url}${p}`, { redirect: 'manual' });
+    assert.equal(r.status, 404, p);
+  }
+  const lib = await fetch(`${server.url}/examples/vendor/yjs.mjs`);
+  assert.equal(lib.status, 200);
+  assert.match(lib.headers.get('content-type'), /javascript/);
+  assert.equal(lib.headers.get('x-content-type-options'), 'nosniff');
+});
+
+test('without --examples the gallery answers 404', async () => {
+  const plain = await Herald.start();
+  try {
+    for (const p of ['/examples/', '/examples/chat/', '/examples/common.js']) {
+      assert.equal((await fetch(`${plain.url}${p}`)).status, 404, p);
+    }
+  } finally {
+    await plain.stop();
+  }
+});
+
+test('a gallery without its npm libraries says which command installs them', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'herald-gallery-'));
+  try {
+    cpSync(EXAMPLES, dir, {
+      recursive: true,
+      filter: (src) => !/node_modules|vendor/.test(path.relative(EXAMPLES, src)),
+    });
+    const s = await Herald.start({ args: ['--examples', '--examples-dir', dir] });
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      assert.match(s.stderr, /npm ci --prefix/);
+      assert.equal((await fetch(`${s.url}/examples/chat/`)).status, 200);
+    } finally {
+      await s.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a folder without a gallery is refused at start, naming it', async () => {
+  const child = spawn(HERALD_BIN, ['serve', '--listen', '127.0.0.1:0', '--engine', 'memory', '--examples', '--examples-dir', '/nonexistent/gallery'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve('timeout');
+    }, 10_000);
+    child.on('exit', (c) => {
+      clearTimeout(timer);
+      resolve(c);
+    });
+  });
+  assert.notEqual(code, 0);
+  assert.notEqual(code, 'timeout');
+  assert.match(stderr, /\/nonexistent\/gallery/);
+  assert.match(stderr, /--examples-dir/);
+});
