@@ -661,7 +661,8 @@ class TopicStream {
     this.gen = 0;
     this.backoff = new Backoff(this.c._opts);
     this.onEvent = (e) => {
-      if (e.target === this.es) this.deliver(e);
+      // `data` tells a published event from the stream's own `error`.
+      if (e.target === this.es && typeof e.data === 'string') this.deliver(e);
     };
   }
 
@@ -716,8 +717,11 @@ class TopicStream {
     // Every name (`all`) needs the stream read by hand.
     const es = state.names().has(ALL) ? new FetchEventStream(url, init) : new EventSource(url, init);
     this.es = es;
-    es.onopen = () => {
-      if (this.es !== es) return;
+    // A published event named `open` or `error` also reaches these
+    // handlers (EventSource dispatches by name): only the stream's own
+    // events, which carry no data, count.
+    es.onopen = (e) => {
+      if (this.es !== es || isPublished(e)) return;
       this.open = true;
       this.failedBeforeOpen = false;
       // A temporary refusal also opens (200) before it ends: only a stream
@@ -730,8 +734,8 @@ class TopicStream {
     };
     // EventSource would reconnect by itself, but with the same URL (a used
     // token) and only while the server answers 200: reconnect here instead.
-    es.onerror = () => {
-      if (this.es === es) this.retry('stream failed or refused');
+    es.onerror = (e) => {
+      if (this.es === es && !isPublished(e)) this.retry('stream failed or refused');
     };
     es.addEventListener('message', this.onEvent);
     es.addEventListener(GAP, this.onEvent);
@@ -1448,6 +1452,12 @@ class FetchEventStream {
 }
 
 // ---- helpers ----
+
+// Whether an EventSource `open` / `error` event is a published event of
+// that name (a MessageEvent with data) rather than the stream's own.
+function isPublished(e) {
+  return Boolean(e) && typeof e.data === 'string';
+}
 
 // Exponential backoff with jitter: each delay is drawn from [cap/2, cap], the
 // cap doubling from initialDelay up to maxDelay.

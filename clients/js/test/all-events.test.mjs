@@ -115,15 +115,13 @@ describe('subscribe(topic, {all: true})', () => {
       );
       await publish(topic, 'before');
       await waitInPage(a.page, () => plain.length === 1);
-      // Published while the stream moves to a fetch-read one.
-      const moving = a.page.evaluate((topic) => {
+      // The stream moves to a fetch-read one from its cursor (asynchronously);
+      // these are published while it does.
+      await a.page.evaluate((topic) => {
         window.offAll = h.subscribe(topic, { all: true }, (e) => every.push(e));
       }, topic);
-      const publishing = (async () => {
-        await publish(topic, 'during', 'x');
-        await publish(topic, 'during-2');
-      })();
-      await Promise.all([moving, publishing]);
+      await publish(topic, 'during', 'x');
+      await publish(topic, 'during-2');
       await publish(topic, 'after', 'y');
       await waitInPage(a.page, () => every.some((e) => e.text === 'after'));
       await sleep(300);
@@ -146,6 +144,43 @@ describe('subscribe(topic, {all: true})', () => {
     }
   });
 });
+
+for (const transport of ['sse', 'ws', 'poll']) {
+  test(`${transport}: events named error or open are events, not the stream's own`, async () => {
+    const topic = `plain/names-${transport}`;
+    const a = await openPage(browser, server.url);
+    try {
+      await a.page.evaluate(
+        ({ topic, transport, FAST }) => {
+          window.h = herald.connect(location.origin, {
+            ...FAST,
+            transport,
+            onStatus: (s) => rec.statuses.push(s.state),
+          });
+          window.named = [];
+          h.on(topic, 'error', (e) => named.push(e));
+          return h.subscribe(topic, (e) => rec.events.push(e)).ready;
+        },
+        { topic, transport, FAST },
+      );
+      await publish(topic, { n: 1 }, 'error');
+      await publish(topic, { n: 2 }, 'open');
+      await publish(topic, 'after');
+      await waitInPage(a.page, () => rec.events.some((e) => e.text === 'after'));
+      await sleep(500);
+      const seen = await a.page.evaluate(() => ({
+        named: named.map((e) => [e.event, e.text]),
+        plain: rec.events.map((e) => e.text),
+        statuses: rec.statuses,
+      }));
+      assert.deepEqual(seen.named, [['error', '{"n":1}']]);
+      assert.deepEqual(seen.plain, ['after']);
+      assert.ok(!seen.statuses.includes('reconnecting'), `no reconnect: ${seen.statuses}`);
+    } finally {
+      await closeAll(a.context);
+    }
+  });
+}
 
 test('h.clientId is the id a WebSocket has in presence, null over SSE', async () => {
   const topic = 'room/client-id';

@@ -12,7 +12,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
-import { Herald, closeAll, launchBrowser, sleep } from './harness.mjs';
+import { Herald, closeAll, launchBrowser, mintToken, sleep } from './harness.mjs';
 
 const EXAMPLES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../examples/web');
 const HOOK_SECRET = 'examples-chat-hook-secret-0123456789';
@@ -35,8 +35,11 @@ function startServer(extra = []) {
  * Opens the chat page in a browser context of its own (a visitor of its
  * own) and waits until it is connected and lists itself as present.
  */
-async function openChat(server, query) {
+async function openChat(server, query, { session } = {}) {
   const context = await browser.newContext();
+  // A session cookie, as an application's login would set it: the connect
+  // hook reads who the visitor is from it.
+  if (session) await context.addCookies([{ name: 'session', value: session, url: server.url }]);
   const page = await context.newPage();
   const log = [];
   page.on('console', (m) => log.push(`${m.type()}: ${m.text()}`));
@@ -190,8 +193,13 @@ async function startHook(secret) {
       const msg = JSON.parse(body);
       if (msg.type === 'connect') {
         seen.connects++;
+        const cookie = /(?:^|;\s*)session=([a-z]+)/.exec(msg.headers?.cookie ?? '');
+        if (!cookie) {
+          reply(401, { reason: 'no session' });
+          return;
+        }
         reply(200, {
-          user: `visitor-${seen.connects}`,
+          user: cookie[1],
           grants: { subscribe: ['examples/**'], publish: ['examples/**'] },
         });
       } else if (msg.type === 'publish') {
@@ -237,8 +245,8 @@ test('publish hook: a refused message shows its reason to its sender and reaches
   let ann;
   let ben;
   try {
-    ann = await openChat(server, 'room=hooked&name=ann');
-    ben = await openChat(server, 'room=hooked&name=ben');
+    ann = await openChat(server, 'room=hooked&name=ann', { session: 'ann' });
+    ben = await openChat(server, 'room=hooked&name=ben', { session: 'ben' });
     await waitMembers(ann.page, ['ann', 'ben']);
 
     await send(ann.page, 'buy cheap spam now');
@@ -270,10 +278,44 @@ test('publish hook: a refused message shows its reason to its sender and reaches
         ['examples/chat/hooked', 'ann', 'a fair message'],
       ],
     );
-    assert.match(asked[0].user, /^visitor-\d+$/, "the connect hook's user");
+    assert.equal(asked[0].user, 'ann', "the connect hook's user, from the session cookie");
     assert.ok(hook.seen.connects >= 2, 'each page was identified by the connect hook');
     assert.equal(hook.seen.badSignatures, 0, 'every hook request was signed with the secret');
   } finally {
     await closeAll(ben?.context, ann?.context, server, hook);
+  }
+});
+
+test("a name a credential gives is not overridden by another client's hello", async () => {
+  const secret = 'chat-test-secret-0123456789abcdef';
+  const server = await startServer(['--jwt-secret', secret]);
+  let alice;
+  let bob;
+  try {
+    const grants = { subscribe: ['examples/chat/**'], publish: ['examples/chat/**'] };
+    const aliceToken = await mintToken(secret, { sub: 'alice', ...grants, info: { name: 'Alice' }, ttl: '5m' });
+    const bobToken = await mintToken(secret, { sub: 'bob', ...grants, info: { name: 'Bob' }, ttl: '5m' });
+    alice = await openChat(server, `room=verified#token=${aliceToken}`);
+    bob = await openChat(server, `room=verified#token=${bobToken}`);
+    await waitMembers(bob.page, ['Alice', 'Bob']);
+    const aliceId = await bob.page.evaluate(
+      () => [...document.querySelectorAll('#members li')].find((li) => li.dataset.name === 'Alice').dataset.client,
+    );
+    // Someone allowed to publish claims Alice's client id under another name.
+    const mallory = await mintToken(secret, { sub: 'mallory', publish: ['examples/chat/**'] });
+    const res = await fetch(`${server.url}/v1/publish`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${mallory}` },
+      body: JSON.stringify({
+        topic: 'examples/chat/verified',
+        event: 'hello',
+        data: { from: aliceId, name: 'Mallory (admin)' },
+      }),
+    });
+    assert.equal(res.status, 200);
+    await sleep(800);
+    assert.deepEqual(await memberNames(bob.page), ['Alice', 'Bob']);
+  } finally {
+    await closeAll(bob?.context, alice?.context, server);
   }
 });

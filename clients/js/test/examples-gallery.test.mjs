@@ -5,7 +5,7 @@
 // without a gallery is reported clearly.
 
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,9 +72,9 @@ test('only the pages are served', async () => {
   const res = await fetch(`${server.url}/examples`, { redirect: 'manual' });
   assert.equal(res.status, 308);
   assert.equal(res.headers.get('location'), '/examples/');
-  const page = await fetch(`${server.url}/examples/chat`, { redirect: 'manual' });
+  const page = await fetch(`${server.url}/examples/chat?room=help`, { redirect: 'manual' });
   assert.equal(page.status, 308);
-  assert.equal(page.headers.get('location'), '/examples/chat/');
+  assert.equal(page.headers.get('location'), '/examples/chat/?room=help', 'the query is kept');
   for (const p of [
     '/examples/package.json',
     '/examples/package-lock.json',
@@ -84,9 +84,19 @@ test('only the pages are served', async () => {
     '/examples/../Cargo.toml',
     '/examples/%2e%2e/Cargo.toml',
     '/examples/nothing-here/',
+    '/examples/nothing-here',
+    // Percent-encoded, what the file system sees is judged.
+    '/examples/%70ackage.json',
+    '/examples/%62uild.mjs',
+    '/examples/node%5fmodules/yjs/package.json',
+    '/examples/vendor%2f..%2f..%2fCargo.toml',
+    '/examples/%2egitignore',
+    `/examples/${'a'.repeat(300)}.js`,
   ]) {
     const r = await fetch(`${server.url}${p}`, { redirect: 'manual' });
     assert.equal(r.status, 404, p);
+    // Herald's JSON 404, as on every other path.
+    assert.equal((await r.json()).error.code, 'not_found', p);
   }
   const lib = await fetch(`${server.url}/examples/vendor/yjs.mjs`);
   assert.equal(lib.status, 200);
@@ -122,6 +132,30 @@ test('a gallery without its npm libraries says which command installs them', asy
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a link inside the gallery to a file outside it is not followed', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'herald-gallery-'));
+  const outside = mkdtempSync(path.join(os.tmpdir(), 'herald-outside-'));
+  try {
+    cpSync(path.join(EXAMPLES, 'index.html'), path.join(dir, 'index.html'));
+    writeFileSync(path.join(outside, 'secret.txt'), 'not for the web');
+    writeFileSync(path.join(dir, 'inside.txt'), 'for the web');
+    symlinkSync(path.join(outside, 'secret.txt'), path.join(dir, 'secret.txt'));
+    symlinkSync(outside, path.join(dir, 'elsewhere'));
+    const s = await Herald.start({ args: ['--examples', '--examples-dir', dir] });
+    try {
+      assert.equal(await (await fetch(`${s.url}/examples/inside.txt`)).text(), 'for the web');
+      for (const p of ['/examples/secret.txt', '/examples/elsewhere/secret.txt', '/examples/elsewhere/']) {
+        assert.equal((await fetch(`${s.url}${p}`, { redirect: 'manual' })).status, 404, p);
+      }
+    } finally {
+      await s.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(outside, { recursive: true, force: true });
   }
 });
 

@@ -11,6 +11,7 @@
 //!   second.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
@@ -156,51 +157,72 @@ pub fn missing_libraries(dir: &Path) -> Option<String> {
 
 /// The routes: `GET /examples/...` from `dir`; `/examples` redirects to
 /// `/examples/` (relative links in the pages need the slash, and so does
-/// every page folder: `/examples/chat` → `/examples/chat/`). The npm
-/// folder and the build script are not served.
+/// every page folder: `/examples/chat?room=a` → `/examples/chat/?room=a`).
+///
+/// Only what lies in `dir` is served, judged on the percent-decoded path
+/// and on the file the path resolves to (symbolic links included): not the
+/// npm folder, the manifests, the build script or dotfiles. Anything else
+/// is Herald's JSON 404.
 pub fn router(dir: PathBuf) -> Router {
-    let files = ServeDir::new(dir).append_index_html_on_directories(true);
+    let root = Arc::new(dir.canonicalize().unwrap_or(dir));
+    let files = ServeDir::new(root.as_ref()).append_index_html_on_directories(true);
     let page = axum::routing::get(move |req: Request<Body>| {
-        let files = files.clone();
-        async move { serve(files, req).await }
+        let (files, root) = (files.clone(), root.clone());
+        async move { serve(&root, files, req).await }
     });
     Router::new()
         .route(
             "/examples",
-            axum::routing::get(|| async { redirect("/examples/") }),
+            axum::routing::get(|req: Request<Body>| async move {
+                redirect("/examples/", req.uri().query())
+            }),
         )
         .route("/examples/", page.clone())
         .route("/examples/{*path}", page)
 }
 
-async fn serve(files: ServeDir, req: Request<Body>) -> Response {
+/// Longest path segment served, in bytes (file systems' name limit).
+const MAX_SEGMENT: usize = 255;
+
+async fn serve(root: &Path, files: ServeDir, req: Request<Body>) -> Response {
     let path = req.uri().path().to_owned();
     let rest = path.strip_prefix("/examples").unwrap_or(&path).to_owned();
-    let hidden = rest
-        .split('/')
-        .any(|s| s == "node_modules" || s.starts_with('.'))
-        || matches!(
-            rest.as_str(),
-            "/package.json" | "/package-lock.json" | "/build.mjs"
-        );
+    // Judged as the file system will see it: decoded.
+    let Ok(decoded) = percent_encoding::percent_decode_str(&rest).decode_utf8() else {
+        return not_found();
+    };
+    let hidden = decoded.contains(['\\', '\0'])
+        || decoded.split('/').any(|s| {
+            s.starts_with('.')
+                || s == "node_modules"
+                || s.len() > MAX_SEGMENT
+                || matches!(s, "package.json" | "package-lock.json" | "build.mjs")
+        });
     if hidden {
-        return StatusCode::NOT_FOUND.into_response();
+        return not_found();
     }
-    // A page folder without its slash: its relative links would resolve
-    // one level up.
-    let last = rest.rsplit('/').next().unwrap_or_default();
-    if !rest.ends_with('/') && !last.contains('.') && !last.is_empty() {
-        return redirect(&format!("{path}/"));
+    // The file the path names, links resolved, must lie inside the gallery.
+    let target = match tokio::fs::canonicalize(root.join(decoded.trim_start_matches('/'))).await {
+        Ok(t) if t.starts_with(root) => t,
+        _ => return not_found(),
+    };
+    if target.is_dir() && !rest.ends_with('/') {
+        // A page folder without its slash: its relative links would
+        // resolve one level up.
+        return redirect(&format!("{path}/"), req.uri().query());
     }
     let (mut parts, body) = req.into_parts();
     parts.uri = match rest.parse() {
         Ok(u) => u,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => return not_found(),
     };
     let mut r = match files.oneshot(Request::from_parts(parts, body)).await {
         Ok(r) => r.map(Body::new),
         Err(e) => match e {},
     };
+    if r.status() == StatusCode::NOT_FOUND {
+        return not_found();
+    }
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
@@ -214,10 +236,19 @@ async fn serve(files: ServeDir, req: Request<Body>) -> Response {
     r
 }
 
-fn redirect(to: &str) -> Response {
-    match HeaderValue::from_str(to) {
+fn not_found() -> Response {
+    herald_http::ApiError::not_found().into_response()
+}
+
+/// A redirect to `to`, keeping the request's query (`?room=a`).
+fn redirect(to: &str, query: Option<&str>) -> Response {
+    let to = match query {
+        Some(q) => format!("{to}?{q}"),
+        None => to.to_owned(),
+    };
+    match HeaderValue::from_str(&to) {
         Ok(v) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, v)]).into_response(),
-        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+        Err(_) => not_found(),
     }
 }
 

@@ -57,12 +57,24 @@ sub.ready.then(resync, () => {}); // a refusal is shown by onError
 
 // ---- presence: who is here, by name ----
 
-/** The name to show for a client id: its hello, else its credential's, else the id. */
+/**
+ * The name to show for a client id: its credential's (`info.name` or `sub`,
+ * checked by the server), else the name its hello claims (anyone may claim
+ * any name on a server without credentials), else the id.
+ */
 function nameOf(client) {
   if (client && client === h.clientId) return me;
+  const verified = verifiedName(client);
+  if (verified) return verified;
   if (names.has(client)) return names.get(client);
-  const m = members.get(client);
-  return String(m?.info?.name || m?.user || client);
+  return String(client || 'someone');
+}
+
+/** The name a client's credential gives it, if it has one. */
+function verifiedName(client) {
+  const m = client ? members.get(client) : null;
+  const name = m?.info?.name || m?.user;
+  return name ? String(name).slice(0, 40) : '';
 }
 
 /** A name as a coloured element that follows what we learn about `client`. */
@@ -162,7 +174,7 @@ function line(text, className) {
 }
 
 function showMessage({ from, name, text }) {
-  name = typeof name === 'string' && name ? name : nameOf(from);
+  name = verifiedName(from) || (typeof name === 'string' && name ? name : nameOf(from));
   if (typeof from === 'string' && from) learn(from, name);
   const li = line('', 'msg');
   const nameEl = who(null, name.slice(0, 40));
