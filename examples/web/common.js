@@ -58,3 +58,28 @@ export function colorOf(s) {
 export function param(name, fallback) {
   return new URLSearchParams(location.search).get(name) || fallback;
 }
+
+/**
+ * Shows why the page cannot do what it should (a HeraldError from the
+ * client's onError, or a publish refused), in a banner under the page's
+ * header, with what to do about a missing or too narrow credential.
+ */
+export function showProblem(err) {
+  let el = document.getElementById('problem');
+  if (!el) {
+    el = document.createElement('p');
+    el.id = 'problem';
+    el.className = 'problem error';
+    el.setAttribute('role', 'alert');
+    const header = document.querySelector('header');
+    if (header) header.after(el);
+    else document.body.prepend(el);
+  }
+  const hints = {
+    unauthorized:
+      ' This server asks for a credential: open the page with #token=<a JWT> (the README\'s "Examples gallery" gives the one command that mints a token for every page).',
+    forbidden:
+      ' The token does not grant this: the README\'s "Examples gallery" lists the grants the pages need.',
+  };
+  el.textContent = `${err?.message ?? String(err)}${hints[err?.code] ?? ''}`;
+}

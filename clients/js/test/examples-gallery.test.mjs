@@ -127,11 +127,40 @@ test('a gallery without its npm libraries says which command installs them', asy
       await new Promise((r) => setTimeout(r, 300));
       assert.match(s.stderr, /npm ci --prefix/);
       assert.equal((await fetch(`${s.url}/examples/chat/`)).status, 200);
+      // The pages that need a library say so, in the page.
+      const context = await browser.newContext();
+      try {
+        const page = await context.newPage();
+        for (const name of ['editor', 'dashboard']) {
+          await page.goto(`${s.url}/examples/${name}/`);
+          await page.getByRole('alert').getByText(/npm ci --prefix examples\/web/).waitFor({ timeout: 5_000 });
+        }
+      } finally {
+        await context.close();
+      }
     } finally {
       await s.stop();
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('on a server that needs credentials, a page without one says what to do', async () => {
+  const s = await Herald.start({
+    args: ['--examples', '--examples-dir', EXAMPLES, '--jwt-secret', 'gallery-test-secret-0123456789abcdef'],
+  });
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    for (const name of Object.keys(PAGES)) {
+      await page.goto(`${s.url}/examples/${name}/`);
+      if (name === 'llm-chat' || name === 'notifications') continue; // they ask on the first action
+      await page.locator('#problem').getByText(/#token=/).waitFor({ timeout: 10_000 });
+    }
+  } finally {
+    await context.close();
+    await s.stop();
   }
 });
 

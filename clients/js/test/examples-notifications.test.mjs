@@ -97,8 +97,8 @@ test('alice notifies bob: badge, mark read, and what arrives while bob is away',
     await alice.fill('#text', "it's here");
     assert.equal(
       await alice.textContent('#curl'),
+      // An open server: no key to send.
       `curl -X POST ${server.url}/v1/publish \\\n` +
-        '  -H "authorization: Bearer $HERALD_PUBLISH_KEY" \\\n' +
         "  -H 'content-type: application/json' \\\n" +
         `  -d '{"topic": "examples/notifications/bob", "event": "notification", "data": {"from": "backend", "text": "it'\\''s here"}}'`,
     );

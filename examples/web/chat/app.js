@@ -8,7 +8,7 @@
 // whenever someone joins: that is how the list maps client ids to names.
 
 import { connect } from '/client/herald.js';
-import { colorOf, token, userName } from '/examples/common.js';
+import { colorOf, token, userName, showProblem } from '/examples/common.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -30,7 +30,10 @@ const h = connect(location.origin, {
   transport: 'ws',
   token: token(),
   onStatus: showStatus,
-  onError: (err) => line(`Error: ${err.message}`, 'error'),
+  onError: (err) => {
+    line(`Error: ${err.message}`, 'error');
+    showProblem(err);
+  },
 });
 
 // Every event of the room, with its name: messages, hellos, joins, leaves.

@@ -8,7 +8,7 @@
 // client id presence uses), or after 10 s without a move.
 
 import { connect } from '/client/herald.js';
-import { colorOf, token, userName } from '/examples/common.js';
+import { colorOf, token, userName, showProblem } from '/examples/common.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -32,6 +32,7 @@ const h = connect(location.origin, {
   token: token(),
   onStatus: showStatus,
   onError: (err) => {
+    showProblem(err);
     $('status').textContent = `error: ${err.message}`;
     $('status').classList.add('error');
   },
@@ -73,8 +74,10 @@ function send() {
   lastSent = performance.now();
   const { x, y } = pending;
   pending = null;
-  h.publish(topic, { from: h.clientId, name: me, x, y }, { event: 'move' }).catch(() => {
+  h.publish(topic, { from: h.clientId, name: me, x, y }, { event: 'move' }).catch((err) => {
     // Dropped (rate limit, reconnecting): the next move says where we are.
+    // Refused for good (no right to publish here): say so.
+    if (err.code === 'forbidden' || err.code === 'unauthorized') showProblem(err);
   });
 }
 

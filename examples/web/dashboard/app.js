@@ -5,7 +5,7 @@
 
 import { connect } from '/client/herald.js';
 import uPlot from '/examples/vendor/uplot.mjs';
-import { token } from '/examples/common.js';
+import { token, showProblem } from '/examples/common.js';
 
 const TOPIC = 'examples/dashboard/metrics';
 const KEEP = 120; // points on the chart
@@ -103,6 +103,7 @@ const h = connect(location.origin, {
       s.state === 'reconnecting' ? `reconnecting in ${Math.round((s.delay || 0) / 100) / 10} s…` : `${s.state} (${s.transport})`;
   },
   onError: (e) => {
+    showProblem(e);
     statusEl.dataset.state = 'error';
     statusEl.textContent = `error: ${e.code} ${e.message}`;
     statusEl.classList.add('error');

@@ -13,7 +13,7 @@
 
 import { connect } from '/client/herald.js';
 import * as Y from '/examples/vendor/yjs.mjs';
-import { colorOf, token, userName } from '/examples/common.js';
+import { colorOf, token, userName, showProblem } from '/examples/common.js';
 
 const BATCH_MS = 50; // coalesce typing: stay well under the topic's publish_rate (100/s)
 const SNAPSHOT_EVERY = 100; // updates between snapshots
@@ -40,7 +40,12 @@ const doc = new Y.Doc();
 const ytext = doc.getText('text');
 const stats = { applied: 0, published: 0, snapshots: 0, gaps: 0 };
 
-const h = connect(location.origin, { transport: 'ws', token: token(), onStatus: showStatus });
+const h = connect(location.origin, {
+  transport: 'ws',
+  token: token(),
+  onStatus: showStatus,
+  onError: showProblem,
+});
 // Every id this page has had (h.clientId changes when the WebSocket reconnects).
 const myIds = new Set();
 const isMe = (client) => {

@@ -5,7 +5,7 @@
 // computes them (room name + clock); the first claim to arrive wins.
 
 import { connect } from '/client/herald.js';
-import { colorOf, param, token, userName } from '/examples/common.js';
+import { colorOf, param, token, userName, showProblem } from '/examples/common.js';
 
 const W = 800; // the arena in world units (the canvas's own pixels)
 const H = 500;
@@ -138,7 +138,12 @@ function coins() {
 
 // ---- the network: one WebSocket, both ways ----
 
-const h = connect(location.origin, { transport: 'ws', token: token(), onStatus: showStatus });
+const h = connect(location.origin, {
+  transport: 'ws',
+  token: token(),
+  onStatus: showStatus,
+  onError: showProblem,
+});
 const myIds = new Set(); // this page's client ids (a reconnect brings a new one)
 const players = new Map(); // client id -> {from, name, score, seq, states, arrivals}
 const gone = new Set(); // client ids that left: a late update does not bring them back
@@ -250,6 +255,7 @@ function refused(err) {
   if (err.code === 'closed' || refusals.has(err.code)) return;
   refusals.add(err.code); // say it once
   log(`publish refused: ${err.code} (${err.message})`);
+  if (err.code === 'forbidden' || err.code === 'unauthorized') showProblem(err);
 }
 
 // ---- what a person sees ----

@@ -9,7 +9,7 @@
 // topic and first cursor, so another page can replay the same conversation.
 
 import { connect } from '/client/herald.js';
-import { token } from '/examples/common.js';
+import { token, showProblem } from '/examples/common.js';
 
 const STORE = 'herald-examples-llm-chat';
 
@@ -30,7 +30,10 @@ const h = connect(location.origin, {
     statusEl.dataset.state = s.state;
     statusEl.textContent = s.state === 'reconnecting' ? 'reconnecting…' : `${s.state} (${s.transport})`;
   },
-  onError: (e) => showError(`${e.code}: ${e.message}`),
+  onError: (e) => {
+    showError(`${e.code}: ${e.message}`);
+    showProblem(e);
+  },
 });
 
 // ---- the conversation: {id, turns: [{q, gen, topic, cursor, last, text, done, note}]} ----

@@ -3,7 +3,7 @@
 // on the next visit (resume from the last event id kept in localStorage).
 
 import { connect } from '/client/herald.js';
-import { claims, token, userName } from '/examples/common.js';
+import { claims, token, userName, showProblem } from '/examples/common.js';
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 20;
@@ -30,7 +30,10 @@ const h = connect(location.origin, {
     $('status').dataset.state = s.state;
     $('status').textContent = s.state === 'reconnecting' ? `reconnecting (${s.reason || 'connection lost'})` : s.state;
   },
-  onError: showError,
+  onError: (err) => {
+    showError(err);
+    showProblem(err);
+  },
 });
 
 async function start() {
@@ -150,7 +153,9 @@ function renderCurl() {
   const body = `{"topic": ${q(`examples/notifications/${to}`)}, "event": "notification", "data": {"from": "backend", "text": ${q(text)}}}`;
   $('curl').textContent =
     `curl -X POST ${location.origin}/v1/publish \\\n` +
-    `  -H "authorization: Bearer $HERALD_PUBLISH_KEY" \\\n` +
+    // A server with credentials (this page has a token) wants the backend's
+    // publisher key; an open one takes the publish as it is.
+    (token() ? `  -H "authorization: Bearer $HERALD_PUBLISH_KEY" \\\n` : '') +
     `  -H 'content-type: application/json' \\\n` +
     `  -d '${body.replaceAll("'", "'\\''")}'`;
 }

@@ -2,7 +2,7 @@
 // first (since: 'earliest'), shown as a timeline and a step indicator.
 
 import { connect } from '/client/herald.js';
-import { token } from '/examples/common.js';
+import { token, showProblem } from '/examples/common.js';
 
 const $ = (id) => document.getElementById(id);
 const STEPS = ['placed', 'paid', 'shipped', 'delivered'];
@@ -15,6 +15,7 @@ const h = connect(location.origin, {
     $('status').textContent = s.state === 'reconnecting' ? `reconnecting (${s.reason || 'connection lost'})` : s.state;
   },
   onError: (err) => {
+    showProblem(err);
     $('error').dataset.code = err.code || 'error';
     $('error').textContent = `${err.code || 'error'}${err.status ? ` (${err.status})` : ''}: ${err.message}`;
   },

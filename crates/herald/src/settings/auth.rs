@@ -76,7 +76,7 @@ pub struct TokenArgs {
     /// /v1/topics, GET /v1/connections), like the publisher key.
     #[arg(long)]
     pub admin: bool,
-    /// Lifetime [default: 5m].
+    /// Lifetime, e.g. 30s, 10m, 8h.
     #[arg(long, default_value = "5m")]
     pub ttl: String,
     /// A TOML config file (as for `serve`).
