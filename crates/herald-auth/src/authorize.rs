@@ -20,7 +20,34 @@ pub enum Readers {
 /// Run-time grants held at most; the oldest expire first.
 const MAX_GRANTS: usize = 100_000;
 
+/// Why a caller without any credential is refused the server API.
+const SERVER_API_CREDENTIAL: &str =
+    "the server API needs the publisher key or a token with the admin claim";
+
 impl Auth {
+    /// The check of the server API (`POST /v1/disconnect`, `GET
+    /// /v1/topics`, `GET /v1/connections`; DESIGN.md, "Your backend in the
+    /// loop", "Server API"), which acts on no one topic: the publisher key,
+    /// a token with the admin claim (top-level `"admin": true` or
+    /// `herald.admin`), or anyone on a server without authentication. A
+    /// token past its deadline is refused as in [`Auth::authorize`].
+    ///
+    /// Errors: [`Denied::Credential`] (401) without a credential or with an
+    /// expired one, [`Denied::NotAdmin`] (403) for a token without the claim.
+    pub fn authorize_server_api(&self, who: &Principal) -> Result<(), Denied> {
+        if let Some(exp) = who.expires_at() {
+            if now() >= exp.saturating_add(self.config.leeway_secs) {
+                return Err(Denied::Credential(SERVER_API_CREDENTIAL));
+            }
+        }
+        match who {
+            Principal::Open | Principal::Publisher => Ok(()),
+            Principal::User(g) if g.admin => Ok(()),
+            Principal::User(_) => Err(Denied::NotAdmin),
+            Principal::Anonymous => Err(Denied::Credential(SERVER_API_CREDENTIAL)),
+        }
+    }
+
     /// The one authorization check, used by every transport and endpoint
     /// for every [`Action`]. A principal whose credential has passed its
     /// deadline is refused as unauthenticated.

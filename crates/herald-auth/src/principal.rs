@@ -128,4 +128,8 @@ pub enum Denied {
     /// The credential cannot be used for this (401); the message says which one can.
     #[error("{0}")]
     Credential(&'static str),
+    /// A verified credential that does not grant the server API: a token
+    /// without the admin claim (403).
+    #[error("the server API needs the publisher key or a token with the admin claim")]
+    NotAdmin,
 }

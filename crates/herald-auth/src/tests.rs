@@ -414,6 +414,42 @@ fn presence_and_history_are_granted_like_subscribe() {
 }
 
 #[test]
+fn the_server_api_needs_the_publisher_key_or_the_admin_claim() {
+    let auth = hs_auth();
+    let grant = |admin: bool, expires_at: Option<u64>| {
+        Principal::User(Arc::new(Grant {
+            subject: Some("ops".into()),
+            subscribe: vec![TopicPattern::parse("**").unwrap()],
+            publish: vec![TopicPattern::parse("**").unwrap()],
+            llm: true,
+            admin,
+            expires_at,
+            info: None,
+        }))
+    };
+    assert_eq!(auth.authorize_server_api(&Principal::Publisher), Ok(()));
+    assert_eq!(auth.authorize_server_api(&Principal::Open), Ok(()));
+    assert_eq!(
+        auth.authorize_server_api(&grant(true, Some(now() + 60))),
+        Ok(())
+    );
+    // Every grant of topics, but not the claim: 403.
+    assert_eq!(
+        auth.authorize_server_api(&grant(false, Some(now() + 60))),
+        Err(Denied::NotAdmin)
+    );
+    assert!(matches!(
+        auth.authorize_server_api(&Principal::Anonymous),
+        Err(Denied::Credential(_))
+    ));
+    // The claim past its deadline: 401, as for every other action.
+    assert!(matches!(
+        auth.authorize_server_api(&grant(true, Some(now() - 10))),
+        Err(Denied::Credential(_))
+    ));
+}
+
+#[test]
 fn an_expired_principal_is_refused_every_action() {
     let auth = hs_auth();
     let grant = Grant {

@@ -57,22 +57,6 @@ async fn caller(app: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Princi
     Ok(who)
 }
 
-/// Lets the publisher key, an admin token, or anyone on a server without
-/// authentication through.
-fn admit(who: &Principal) -> Result<(), ApiError> {
-    match who {
-        Principal::Open | Principal::Publisher => Ok(()),
-        Principal::User(g) if g.admin => Ok(()),
-        Principal::User(_) => Err(ApiError::forbidden(
-            "forbidden",
-            "the server API needs the publisher key or a token with the admin claim",
-        )),
-        Principal::Anonymous => Err(ApiError::unauthorized(
-            "the server API needs the publisher key or a token with the admin claim",
-        )),
-    }
-}
-
 fn user_of(value: Option<&str>) -> Result<String, ApiError> {
     match value {
         Some(u) if !u.is_empty() && u.len() <= MAX_USER_BYTES => Ok(u.to_owned()),
@@ -94,7 +78,7 @@ pub(crate) async fn disconnect(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let who = caller(&app, &headers, &uri).await?;
-    admit(&who)?;
+    app.config.auth.authorize_server_api(&who)?;
     // Read only once admitted, and as JSON: a cross-site form cannot send
     // `application/json` without the browser asking first.
     if !crate::publish::is_json(&headers) {
@@ -121,7 +105,7 @@ pub(crate) async fn topics(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
     let who = caller(&app, &headers, &uri).await?;
-    admit(&who)?;
+    app.config.auth.authorize_server_api(&who)?;
     let limit = match query.last("limit") {
         None => DEFAULT_TOPICS,
         Some(v) => v
@@ -151,7 +135,7 @@ pub(crate) async fn connections(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
     let who = caller(&app, &headers, &uri).await?;
-    admit(&who)?;
+    app.config.auth.authorize_server_api(&who)?;
     let user = user_of(query.last("user"))?;
     let list = app.hub.connections_of(&user);
     Ok(Json(json!({ "user": user, "connections": list })).into_response())

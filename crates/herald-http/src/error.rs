@@ -303,7 +303,9 @@ impl From<Denied> for ApiError {
             Denied::Unauthenticated(_) | Denied::Credential(_) => {
                 ApiError::unauthorized(e.to_string())
             }
-            Denied::Forbidden { .. } => ApiError::forbidden("forbidden", e.to_string()),
+            Denied::Forbidden { .. } | Denied::NotAdmin => {
+                ApiError::forbidden("forbidden", e.to_string())
+            }
         }
     }
 }

@@ -373,6 +373,6 @@ fn denied(d: Denied) -> Outcome {
         Denied::Unauthenticated(_) | Denied::Credential(_) => {
             Outcome::Close(disconnect::CREDENTIAL_REQUIRED)
         }
-        Denied::Forbidden { .. } => Outcome::Close(disconnect::FORBIDDEN),
+        Denied::Forbidden { .. } | Denied::NotAdmin => Outcome::Close(disconnect::FORBIDDEN),
     }
 }
