@@ -46,6 +46,7 @@ mod config;
 mod credential;
 pub mod jwks;
 pub mod jwt;
+pub mod mercure;
 pub mod one_time;
 pub mod pattern;
 mod principal;
