@@ -1,8 +1,8 @@
-//! The outbound HTTP client to the hook URL: hyper-util's client (as the
-//! LLM relay builds it) over rustls with the ring provider and the webpki
-//! roots, `http://` and `https://`, HTTP/1.1 with kept-alive connections,
-//! and a TCP connect bounded by the hook timeout. The whole exchange is
-//! bounded again by [`crate::Hooks`].
+//! Herald's one outbound HTTP client stack, used by the hooks and webhooks,
+//! the LLM relay's upstream and the JWKS fetcher: hyper-util's client over
+//! rustls with the ring provider and the webpki roots, `http://` and
+//! `https://`, HTTP/1.1 with kept-alive connections, and a bounded TCP
+//! connect. The hooks' exchange is bounded again by [`crate::Hooks`].
 
 use std::time::Duration;
 
@@ -19,21 +19,31 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The client type: HTTPS or plain HTTP, request bodies in one piece.
 pub(crate) type HookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The connector every outbound client of Herald is built on: TCP with
+/// `TCP_NODELAY` and a connect that gives up after `connect_timeout`, TLS
+/// (rustls, ring, webpki roots, ALPN `http/1.1`) for `https://` URLs,
+/// plain for `http://`.
+///
+/// Errors: the TLS provider could not be set up (the message says why).
+pub fn connector(connect_timeout: Duration) -> Result<HttpsConnector<HttpConnector>, String> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false); // the TLS layer above takes `https://` too
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(connect_timeout));
+    Ok(HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| e.to_string())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp))
+}
+
 /// A client whose TCP connect gives up after `connect_timeout`, keeping at
 /// most `max_idle` idle connections.
 ///
 /// Errors: the TLS provider could not be set up (the message says why).
 pub(crate) fn build(connect_timeout: Duration, max_idle: usize) -> Result<HookClient, String> {
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false); // the TLS layer above takes `https://` too
-    tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(connect_timeout));
-    let connector = HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| e.to_string())?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp);
+    let connector = connector(connect_timeout)?;
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -41,9 +51,9 @@ pub(crate) fn build(connect_timeout: Duration, max_idle: usize) -> Result<HookCl
         .build(connector))
 }
 
-/// The causes of a client error, outermost first, without the client's own
-/// wrapper text.
-pub(crate) fn causes(e: &hyper_util::client::legacy::Error) -> String {
+/// The causes of a client error (DNS, TCP, TLS, HTTP), outermost first,
+/// without the client's own wrapper text: what a log line should say.
+pub fn causes(e: &hyper_util::client::legacy::Error) -> String {
     let mut parts = Vec::new();
     let mut next = std::error::Error::source(e);
     while let Some(cause) = next {

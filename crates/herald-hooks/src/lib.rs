@@ -44,7 +44,7 @@
 
 #![warn(missing_docs)]
 
-mod client;
+pub mod client;
 pub mod metrics;
 pub mod signature;
 pub mod webhooks;

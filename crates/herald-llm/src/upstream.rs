@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -152,43 +152,18 @@ impl Upstream {
             .map_err(|e| UpstreamError::Request(e.to_string()))?;
         self.client.request(req).await.map_err(|e| {
             if e.is_connect() {
-                UpstreamError::Connect(causes(&e))
+                UpstreamError::Connect(herald_hooks::client::causes(&e))
             } else {
-                UpstreamError::Request(causes(&e))
+                UpstreamError::Request(herald_hooks::client::causes(&e))
             }
         })
     }
 }
 
-/// TCP (nodelay, [`CONNECT_TIMEOUT`]) with TLS for `https://`: rustls with
-/// the ring provider, the webpki roots and ALPN `http/1.1`.
+/// The outbound connector of Herald (`herald_hooks::client::connector`),
+/// its TCP connect bounded by [`CONNECT_TIMEOUT`].
 fn https_connector() -> Result<HttpsConnector<HttpConnector>, UpstreamError> {
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false); // the TLS layer above takes `https://` too
-    tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Ok(HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| UpstreamError::Url(e.to_string()))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp))
-}
-
-/// The causes of a client error, outermost first, without the client's own
-/// "client error (Connect)" wrapper (the variant already says as much).
-fn causes(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts = Vec::new();
-    let mut next = std::error::Error::source(e);
-    while let Some(cause) = next {
-        parts.push(cause.to_string());
-        next = cause.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
-    }
+    herald_hooks::client::connector(CONNECT_TIMEOUT).map_err(UpstreamError::Url)
 }
 
 /// A connector whose whole connect (TCP and TLS handshake) ends in time:

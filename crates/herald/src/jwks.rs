@@ -1,9 +1,10 @@
 //! Fetches identity providers' key sets (`--jwt-jwks-url`, RFC 7517) for
 //! `herald_auth`, which decides what to fetch and when (`herald_auth::jwks`).
 //!
-//! The client is the one the LLM relay uses (`herald_llm::upstream`):
-//! hyper-util's legacy client over hyper-rustls with the ring provider and
-//! the webpki roots, HTTP/1.1, `http://` or `https://`. Redirects are not
+//! The client is Herald's one outbound stack (`herald_hooks::client`, as
+//! the hooks and the LLM relay use it): hyper-util's legacy client over
+//! hyper-rustls with the ring provider and the webpki roots, HTTP/1.1,
+//! `http://` or `https://`. Redirects are not
 //! followed (a 3xx is a failed fetch): the URL configured is the one trusted.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use herald_auth::jwks::{FetchError, FetchFuture, Fetched, JwksFetcher};
 use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -53,15 +54,7 @@ impl HttpFetcher {
     ///
     /// Errors: the TLS configuration cannot be built.
     pub fn new() -> anyhow::Result<Arc<HttpFetcher>> {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false); // the TLS layer above takes `https://` too
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let https = herald_hooks::client::connector(CONNECT_TIMEOUT).map_err(anyhow::Error::msg)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
@@ -81,7 +74,7 @@ impl HttpFetcher {
             .client
             .request(req)
             .await
-            .map_err(|e| FetchError(causes(&e)))?;
+            .map_err(|e| FetchError(herald_hooks::client::causes(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError(format!("answered {status}")));
@@ -124,15 +117,4 @@ impl JwksFetcher for HttpFetcher {
     fn fetch<'a>(&'a self, url: &'a str, max_bytes: usize) -> FetchFuture<'a> {
         Box::pin(self.get(url, max_bytes))
     }
-}
-
-/// The causes of a client error, outermost first (DNS, TCP, TLS).
-fn causes(e: &hyper_util::client::legacy::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut next = std::error::Error::source(e);
-    while let Some(cause) = next {
-        parts.push(cause.to_string());
-        next = cause.source();
-    }
-    parts.join(": ")
 }
