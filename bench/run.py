@@ -31,13 +31,28 @@ NOFILE = 20000
 
 # Ports, all on loopback.
 PORTS = {"herald": 9101, "herald-base": 9102, "herald1": 9103, "nchan1": 9201, "nchan2": 9202, "node": 9301,
-         "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401, "hook": 9601}
+         "pushpin": 9501, "pushpin_pub": 9502, "ceiling": 9401, "hook": 9601, "socketio": 9701}
 
-TARGETS = ["herald", "herald1", "nchan1", "nchan2", "node", "pushpin", "ceiling"]
+TARGETS = ["herald", "herald1", "nchan1", "nchan2", "node", "pushpin", "ceiling", "socketio"]
 # `--targets herald-base,...` adds the earlier Herald build.
 PEERS = ["nchan1", "nchan2", "node", "pushpin"]
 # Rooms (e-) need clients that publish on their own WebSocket: Herald builds only.
 ROOMS = ["herald", "herald1", "herald-base"]
+# Game and cursors rooms (g-): Herald beside Socket.IO 4 (bench/node/socketio-room.js,
+# `io.to(room).emit` to every member, the sender included), whose clients the
+# load generator drives with `--protocol socketio`. Socket.IO serves nothing else.
+GAME_ROOMS = ["herald", "socketio"]
+# Herald's topics in the g- scenarios (unless `--herald-arg=--config=...` names
+# another file): the rooms policy of the examples' game and cursors pages,
+# ephemeral, clients publishing at most 60 a second each (the scenarios send
+# 25 and 30); no presence, which Socket.IO's rooms do not have either.
+GAME_CONFIG = """# Written by bench/run.py for the g- scenarios (game and cursors rooms).
+[[topics]]
+pattern = "room/**"
+history = 0
+client_publish = true
+publish_rate = 60
+"""
 
 # Hooks (f-): Herald with its hooks pointed at `herald-bench hook-backend`,
 # which checks every signature and grants the session cookie COOKIE. Every
@@ -118,6 +133,10 @@ def start(name, workdir, herald_args=()):
         (d / "nginx.conf").write_text(conf)
         p = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")], **common)
         srv = Server(name, [p], p.pid, port)
+    elif name == "socketio":
+        port = PORTS["socketio"]
+        p = subprocess.Popen(["node", str(BENCH / "node" / "socketio-room.js"), str(port)], **common)
+        srv = Server(name, [p], p.pid, port)
     elif name == "node":
         port = PORTS["node"]
         p = subprocess.Popen(["node", str(BENCH / "node" / "server.js"), str(port)], **common)
@@ -162,12 +181,20 @@ def start(name, workdir, herald_args=()):
 
 
 def bench_target(name):
-    return {"nchan1": "nchan", "nchan2": "nchan", "herald-base": "herald", "herald1": "herald"}.get(name, name)
+    return {"nchan1": "nchan", "nchan2": "nchan", "herald-base": "herald", "herald1": "herald",
+            "socketio": "herald"}.get(name, name)
+
+
+def bench_protocol(name):
+    """The rooms mode's `--protocol` for this server: Socket.IO's, or Herald's API."""
+    return ["--protocol", "socketio"] if name == "socketio" else []
 
 
 def supports(name, transport):
     if name == "pushpin":
         return transport == "sse"
+    if name == "socketio":
+        return transport == "ws"
     if name in ("node", "ceiling"):
         return transport != "poll"
     return True
@@ -208,8 +235,13 @@ def jwt():
 def measure(name, workdir, out, args, scenario, herald_args=()):
     hooks = scenario.startswith("f-")
     backend = start_hook_backend(workdir) if hooks else None
+    server_args = [*herald_args, *HOOK_FLAGS] if hooks else list(herald_args)
+    if scenario.startswith("g-") and not any(a.startswith("--config") for a in herald_args):
+        conf = workdir / "game-rooms.toml"
+        conf.write_text(GAME_CONFIG)
+        server_args += ["--config", str(conf)]
     try:
-        srv = start(name, workdir, [*herald_args, *HOOK_FLAGS] if hooks else herald_args)
+        srv = start(name, workdir, server_args)
     except Exception:
         if backend:
             backend.kill()
@@ -222,8 +254,9 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
         cmd = [str(RELEASE / "herald-bench"), "--target", bench_target(name),
                "--addr", f"127.0.0.1:{srv.port}", "--pub-addr", f"127.0.0.1:{srv.pub_port}",
                "--server-pid", str(srv.pid), *(["--backend-pid", str(backend.pid)] if backend else []),
-               *run_args]
+               *(bench_protocol(name) if scenario.startswith("g-") else []), *run_args]
         t0 = time.time()
+        load0 = os.getloadavg()[0]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
         if r.returncode != 0 or not line:
@@ -235,7 +268,9 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
     finally:
         srv.stop()
     rec.update({"server": name, "scenario": scenario, "wall_s": round(time.time() - t0, 1),
-                "args": " ".join(args)})
+                "args": " ".join(args),
+                # The machine's 1-minute load average before and after: is anything else running?
+                "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)]})
     out.write(json.dumps(rec) + "\n")
     out.flush()
     keys = ["connected", "dropped", "lost", "deliveries_per_s", "p99_ms", "sched_p99_ms", "bytes_per_conn",
@@ -297,6 +332,21 @@ def scenarios(quick):
                                                        "--rooms", str(n_rooms), "--rate", str(rate),
                                                        "--duration", secs, "--payload", "100",
                                                        "--sources", "4", "--drain", "30"]))
+    # (g) game and cursors rooms, Herald beside Socket.IO: every client a
+    # member of its room, publishing updates to it on its own WebSocket, every
+    # update to every member (sender included). g-game-R-N-U: R rooms of N
+    # players, U updates/s each (20 x 8 x 25: 160 clients, 4,000 updates and
+    # 32,000 deliveries a second); g-cursors-N-U: one room of N visitors (50 x
+    # 30: 1,500 in, 75,000 deliveries a second, about what one Node process
+    # carries here; 25 x 30: 750 in, 18,750 deliveries a second, a load both
+    # carry, for latency at equal load).
+    games = ([("game", 4, 4, 10, 64, "4"), ("cursors", 1, 10, 10, 48, "4")] if quick else
+             [("game", 20, 8, 25, 100, "10"), ("cursors", 1, 50, 30, 64, "10"), ("cursors", 1, 25, 30, 64, "10")])
+    for kind, n_rooms, per_room, rate, size, secs in games:
+        name = f"g-game-{n_rooms}-{per_room}-{rate}" if kind == "game" else f"g-cursors-{per_room}-{rate}"
+        out.append((name, "ws", ["--mode", "rooms", "--clients", str(n_rooms * per_room), "--rooms", str(n_rooms),
+                                 "--rate", str(rate), "--duration", secs, "--payload", str(size),
+                                 "--sources", "4", "--drain", "30"]))
     # (f) hooks, Herald only, one server setup for all (HOOK_FLAGS): 1 and
     # 16 keep-alive publishers (one SSE subscriber per topic), all with the
     # session cookie, so that each request asks the connect hook: to
@@ -325,6 +375,92 @@ def scenarios(quick):
     return out
 
 
+GAME_NAMES = {"herald": "Herald", "socketio": "Socket.IO 4"}
+
+
+def game_table(path):
+    """(g) game and cursors rooms: one row per measurement, in the order run,
+    Herald's n-th measurement of a scenario beside Socket.IO's n-th (its
+    round), with the ratio of their p99s. Markdown, or None without g- rows."""
+    rows, starts = [], []
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if r.get("scenario", "").startswith("g-"):
+            rows.append(r)
+        elif "started" in r:
+            starts.append(r["started"])
+    if not rows:
+        return None
+    rounds = {}
+    for r in rows:
+        seen = rounds.setdefault((r["scenario"], r["server"]), [])
+        r["round"] = len(seen) + 1
+        seen.append(r)
+
+    def ms(v):
+        return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+    def ratio(r, key):
+        other = rounds.get((r["scenario"], "socketio"), [])
+        o = other[r["round"] - 1] if r["round"] <= len(other) else None
+        if r["server"] != "herald" or not o or "error" in o or "error" in r or not o.get(key):
+            return "–"
+        return f"**{r[key] / o[key]:.3g}×**"
+
+    out = [GAME_HEADING, "",
+           "Every client is a member of one room and sends updates to it on its own WebSocket at a fixed rate; "
+           "every update should reach every member of its room, the sender included (Herald: a topic each "
+           "member subscribed to and publishes to; Socket.IO: `io.to(room).emit('msg', data)`). A Herald client "
+           "waits for the answer to its publish before the next; Socket.IO answers no event, so its clients "
+           "send on the schedule alone. Latency from the moment an update was sent, and p99 from the moment it "
+           "was due. Load average: the machine's (1 minute) before and after the measurement, for what else ran. "
+           "Ratio: Herald's p99 over Socket.IO's in the same round (below 1: Herald is faster).", "",
+           f"Runs (rounds, with `--append`) started {', '.join(starts)}.", "",
+           "| scenario | round | server | clients × updates/s, rooms | updates/s in (offered) "
+           "| deliveries/s (expected) | delivered / expected | lost | duplicates | p50 ms | p99 ms | max ms "
+           "| p99 from due, ms | server CPU | load generator CPU | load average | p99 ÷ Socket.IO "
+           "| p99 from due ÷ Socket.IO |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    first = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r["scenario"], i)
+    for r in sorted(rows, key=lambda r: (first[r["scenario"]], r["round"], r["server"] != "herald")):
+        who = GAME_NAMES.get(r["server"], r["server"])
+        if "error" in r:
+            out.append(f"| {r['scenario']} | {r['round']} | {who} | error: "
+                       f"{r['error'].splitlines()[0][:120] if r['error'] else '?'} |" + " |" * 14)
+            continue
+        offered = r["subs"] * r["rate"]
+        fanout = offered * r["subs"] / max(1, r["rooms"])
+        held = "" if r["connected"] == r["subs"] and not r["dropped"] else \
+            f" ({max(0, r['connected'] - r['dropped'])}/{r['subs']} held)"
+        lost = f"{r['lost']:,} ({r['lost'] / max(1, r['expected']):.1%})" if r["lost"] else "0"
+        refused = f", {r['publish_errors']} refused" if r.get("publish_errors") else ""
+        load = "–" if "loadavg" not in r else f"{r['loadavg'][0]:.1f} → {r['loadavg'][1]:.1f}"
+        out.append(f"| {r['scenario']} | {r['round']} | {who} | {r['subs']} × {r['rate']:g}, {r['rooms']}{held} | "
+                   f"{r['publishes_per_s']:,.0f} ({offered:,.0f}){refused} | "
+                   f"{r['deliveries_per_s']:,.0f} ({fanout:,.0f}) | {r['received']:,} / {r['expected']:,} | "
+                   f"{lost} | {r['duplicates']} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | {ms(r['max_ms'])} | "
+                   f"{ms(r['sched_p99_ms'])} | {r['server_cpu_pct']:.0f}% | {r['loadgen_cpu_pct']:.0f}% | "
+                   f"{load} | {ratio(r, 'p99_ms')} | {ratio(r, 'sched_p99_ms')} |")
+    return "\n".join(out) + "\n"
+
+
+GAME_HEADING = "### (g) Game and cursors rooms: Herald beside Socket.IO 4"
+
+
+def game_tables(path):
+    """Puts the (g) table at the end of PATH.md, which bench/report.py wrote
+    (it has no (g) table of its own), in place of one put there before, and
+    prints it."""
+    text = game_table(path)
+    if text:
+        md = Path(path).with_suffix(".md")
+        before = md.read_text().split("\n" + GAME_HEADING)[0].rstrip("\n") + "\n" if md.exists() else ""
+        md.write_text(before + "\n" + text)
+        print(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes and short runs (a few minutes)")
@@ -333,7 +469,12 @@ def main():
     ap.add_argument("--name", default="latest", help="results file bench/results/NAME.jsonl")
     ap.add_argument("--append", action="store_true", help="append to the results file")
     ap.add_argument("--herald-arg", action="append", default=[], help="extra `herald serve` flag")
+    ap.add_argument("--game-table", metavar="JSONL",
+                    help="measure nothing: append the (g) rooms table of JSONL to its .md (bench/report.py has none)")
     a = ap.parse_args()
+    if a.game_table:
+        game_tables(a.game_table)
+        return
     targets = [t for t in a.targets.split(",") if t]
     only = [o for o in a.only.split(",") if o]
     results = BENCH / "results"
@@ -358,6 +499,10 @@ def main():
                     continue  # one thread: fan-out and latency only
                 if scenario.startswith("e-") and t not in ROOMS:
                     continue  # no client publishes over WebSocket
+                if scenario.startswith("g-") and t not in GAME_ROOMS:
+                    continue  # Herald beside Socket.IO only
+                if t == "socketio" and not scenario.startswith("g-"):
+                    continue  # Socket.IO serves the g- rooms only
                 if scenario.startswith("f-") and t != "herald":
                     continue  # hooks: Herald's own feature, measured on the current build
                 try:
@@ -367,6 +512,7 @@ def main():
                     out.write(json.dumps(rec) + "\n")
                     print(f"  {scenario:<28} {t:<8} ERROR {e}", flush=True)
     subprocess.run([sys.executable, str(BENCH / "report.py"), str(path)], check=False)
+    game_tables(path)
 
 
 def machine():

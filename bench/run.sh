@@ -10,13 +10,16 @@
 #   bench/run.sh --only b-fanout-10000 --targets herald,nchan1
 #   bench/run.sh --only e-room --targets herald    # Herald only: no peers installed
 #   bench/run.sh --only f- --targets herald        # hooks: through them against without
+#   bench/run.sh --only g- --targets herald,socketio   # game/cursors rooms beside Socket.IO 4
 #
 # Every server listens on 127.0.0.1 and every connection stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The peers are installed only when --targets names one (default: all targets).
-targets="herald,herald1,nchan1,nchan2,node,pushpin,ceiling"
+# The peers are installed only when --targets names one (default: all targets):
+# Debian packages for Nchan and Pushpin, `npm ci` for the Node baseline,
+# Pushpin's origin and Socket.IO.
+targets="herald,herald1,nchan1,nchan2,node,pushpin,ceiling,socketio"
 args=("$@")
 for i in "${!args[@]}"; do
     case "${args[$i]}" in
@@ -24,21 +27,27 @@ for i in "${!args[@]}"; do
         --targets=*) targets="${args[$i]#--targets=}" ;;
     esac
 done
-peers=0
+nchan=0 pushpin=0 nodejs=0
 IFS=, read -ra wanted <<<"$targets"
 for t in "${wanted[@]}"; do
     case "$t" in
         herald | herald1 | herald-base | ceiling) ;;
-        *) peers=1 ;;
+        nchan*) nchan=1 ;;
+        pushpin) pushpin=1 nodejs=1 ;;
+        *) nodejs=1 ;; # node, socketio
     esac
 done
 
 need_apt=()
-if [ "$peers" = 1 ]; then
+if [ "$nchan" = 1 ]; then
     command -v nginx >/dev/null || need_apt+=(nginx)
     [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need_apt+=(libnginx-mod-nchan)
+fi
+if [ "$pushpin" = 1 ]; then
     command -v pushpin >/dev/null || need_apt+=(pushpin)
     command -v zurl >/dev/null || need_apt+=(zurl)
+fi
+if [ "$nodejs" = 1 ]; then
     command -v node >/dev/null || need_apt+=(nodejs npm)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -55,7 +64,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
-if [ "$peers" = 1 ]; then
+if [ "$nodejs" = 1 ]; then
     echo "==> npm ci (bench/node)"
     (cd bench/node && npm ci --no-audit --no-fund --silent)
 fi
@@ -74,4 +83,6 @@ for i in "${!args[@]}"; do
     [ "${args[$i]}" = "--name" ] && name="${args[$((i + 1))]}"
 done
 python3 bench/report.py "bench/results/$name.jsonl" --chart docs/bench.png >/dev/null
+# The (g) rooms table (Herald beside Socket.IO), which report.py does not draw.
+python3 bench/run.py --game-table "bench/results/$name.jsonl" >/dev/null
 echo "table: bench/results/$name.md   chart: docs/bench.png"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark harness in miniature, for CI: Herald only, 200 connections per
-# transport, a few seconds each, and 20 WebSocket clients publishing in 2 rooms.
+# transport, a few seconds each, 20 WebSocket clients publishing in 2 rooms, and
+# a game row (4 rooms of 8 players, 25 updates/s each) against Herald and, when
+# Node.js is installed, against Socket.IO 4 (bench/node/socketio-room.js; `npm ci`
+# in bench/node if its packages are missing).
 # Fails on any connection error, drop or loss, so the load generator and the
 # scenarios never rot. Timings are printed, never asserted.
 set -euo pipefail
@@ -18,7 +21,18 @@ bin="${CARGO_TARGET_DIR:-target}/$profile"
 log="$(mktemp)"
 "$bin/herald" serve --listen 127.0.0.1:0 --engine memory >"$log" 2>&1 &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
+sio_pid=""
+sio_log="$(mktemp)"
+cleanup() {
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if [ -n "$sio_pid" ]; then
+        kill "$sio_pid" 2>/dev/null || true
+        wait "$sio_pid" 2>/dev/null || true
+    fi
+    rm -f "$log" "$sio_log"
+}
+trap cleanup EXIT
 addr=""
 for _ in $(seq 1 100); do
     addr="$(sed -n 's#^herald listening on http://##p' "$log" | head -n1)"
@@ -28,10 +42,11 @@ done
 [ -n "$addr" ] || { echo "herald did not start:"; cat "$log"; exit 1; }
 
 fail=0
-run() {
-    local name="$1"; shift
+# run_at ADDR PID NAME ARGS...: one herald-bench run against the server at ADDR.
+run_at() {
+    local at="$1" server="$2" name="$3"; shift 3
     local out
-    if ! out="$(timeout 60 "$bin/herald-bench" --addr "$addr" --server-pid "$pid" --sources 4 --settle 0.5 --drain 5 "$@")"; then
+    if ! out="$(timeout 60 "$bin/herald-bench" --addr "$at" --server-pid "$server" --sources 4 --settle 0.5 --drain 5 "$@")"; then
         echo "smoke $name: herald-bench failed"; fail=1; return
     fi
     python3 - "$name" "$out" <<'PY' || fail=1
@@ -49,6 +64,7 @@ print(f'smoke {name}: {r["connected"]} connected, {r["received"]}/{r["expected"]
 sys.exit(1 if bad or r["expected"] == 0 and r["messages"] > 0 else 0)
 PY
 }
+run() { run_at "$addr" "$pid" "$@"; }
 for tr in sse ws poll; do
     run "$tr fan-out" --transport "$tr" --subs 200 --rate 100 --duration 3
 done
@@ -57,4 +73,30 @@ run "sse own+shared" --transport sse --subs 200 --topics own-shared --rate 200 -
 run "publish x16" --transport sse --subs 16 --topics per-publisher --publishers 16 --rate 0 --window 0 --duration 2
 # Rooms: 20 WebSocket clients in 2 rooms, each publishing 5 msg/s to its room on its own socket.
 run "ws rooms" --mode rooms --clients 20 --rooms 2 --rate 5 --duration 2
+# Game rooms (bench/run.sh --only g-, in small): 4 rooms x 8 players x 25 updates/s,
+# Herald's WebSocket API, then the same against Socket.IO 4.
+game=(--mode rooms --clients 32 --rooms 4 --rate 25 --duration 2 --payload 100)
+run "game herald" "${game[@]}"
+if ! command -v node >/dev/null; then
+    echo "smoke game socketio: skipped (no Node.js)"
+else
+    if [ ! -d bench/node/node_modules/socket.io ]; then
+        (cd bench/node && npm ci --no-audit --no-fund --silent) || { echo "smoke game socketio: npm ci failed"; fail=1; }
+    fi
+    if [ -d bench/node/node_modules/socket.io ]; then
+        node bench/node/socketio-room.js 0 >"$sio_log" 2>&1 &
+        sio_pid=$!
+        sio_addr=""
+        for _ in $(seq 1 100); do
+            sio_addr="$(sed -n 's#^socket.io .* listening on http://##p' "$sio_log" | head -n1)"
+            [ -n "$sio_addr" ] && break
+            sleep 0.1
+        done
+        if [ -z "$sio_addr" ]; then
+            echo "smoke game socketio: the Socket.IO server did not start:"; cat "$sio_log"; fail=1
+        else
+            run_at "$sio_addr" "$sio_pid" "game socketio" "${game[@]}" --protocol socketio
+        fi
+    fi
+fi
 exit "$fail"

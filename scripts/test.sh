@@ -28,5 +28,5 @@ cargo test --workspace
 step "browser client tests (headless Chromium)"
 clients/js/test/run.sh
 
-step "benchmark harness smoke (Herald only, 200 connections per transport; fails on errors or loss)"
+step "benchmark harness smoke (200 connections per transport, rooms, and a game room beside Socket.IO 4; fails on errors or loss)"
 bench/smoke.sh

@@ -1,9 +1,10 @@
 //! # herald-bench
 //!
 //! The load generator that measures Herald beside its peers (nginx + Nchan,
-//! a Node.js Express/`ws` baseline, Pushpin) and beside the ceiling program,
-//! all on the same machine in the same run. `bench/run.sh` drives it; see
-//! `bench/README.md` for the scenarios and the results.
+//! a Node.js Express/`ws` baseline, Pushpin; Socket.IO 4 in the rooms mode)
+//! and beside the ceiling program, all on the same machine in the same run.
+//! `bench/run.sh` drives it; see `bench/README.md` for the scenarios and the
+//! results.
 //!
 //! # Layout
 //!
@@ -14,7 +15,7 @@
 //! - [`run`]: a whole run: connect, measure memory, publish, drain, report.
 //! - [`rooms`]: the rooms mode: WebSocket clients in rooms, each subscribed
 //!   to its room and publishing to it on its own socket, reported in the
-//!   same shape.
+//!   same shape; over Herald's WebSocket API or Socket.IO's.
 //! - [`connects`]: the connects mode: new connections opened, answered and
 //!   closed, counted per second with the time each waited (a session cookie
 //!   through Herald's connect hook against a JWT).

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use herald_bench::connects::{self, ConnectsPlan};
 use herald_bench::hook_backend::{self, BackendConfig};
-use herald_bench::rooms::{self, RoomsPlan};
+use herald_bench::rooms::{self, Protocol, RoomsPlan};
 use herald_bench::run::{run, Mode, Plan, Topics};
 use herald_bench::target::{auth_headers, Target, Transport};
 
@@ -15,7 +15,9 @@ use herald_bench::target::{auth_headers, Target, Transport};
 ///
 /// `--mode rooms`: N WebSocket clients (`--clients`) spread over `--rooms`
 /// rooms, each subscribed to its room and publishing `--rate` messages per
-/// second to it on its own socket for `--duration` seconds (Herald only).
+/// second to it on its own socket for `--duration` seconds: Herald's
+/// WebSocket API, or with `--protocol socketio` Socket.IO 5 over Engine.IO 4
+/// (a server like bench/node/socketio-room.js).
 ///
 /// `--mode connects`: `--clients` connectors, each opening new SSE
 /// (`--transport sse`) or long-poll (`--transport poll`) connections one
@@ -38,6 +40,13 @@ struct Args {
     /// With --mode rooms: rooms the clients are spread over.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
+    /// With --mode rooms: what the clients speak. `herald`: Herald's
+    /// WebSocket API (`--target herald`); `socketio`: Socket.IO 5 over
+    /// Engine.IO 4 on a plain WebSocket at
+    /// `/socket.io/?EIO=4&transport=websocket&room=ROOM`, emitting and
+    /// receiving `msg` events (no answer per event: sent on schedule).
+    #[arg(long, value_enum, default_value = "herald")]
+    protocol: Protocol,
     #[arg(long, value_enum, default_value = "herald")]
     target: Target,
     #[arg(long, value_enum, default_value = "sse")]
@@ -187,6 +196,7 @@ fn main() -> Result<()> {
         let report = rooms::run(RoomsPlan {
             label: a.label,
             target: a.target,
+            protocol: a.protocol,
             addr: a.addr,
             server_pid: a.server_pid,
             clients: a.subs,

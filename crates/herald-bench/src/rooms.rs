@@ -20,6 +20,15 @@
 //! the other modes use (plus the sender and `k`, see
 //! [`wire::room_payload`]). A publish answered `error` is a refusal: it
 //! counts in `publish_errors` and is expected nowhere.
+//!
+//! The clients speak Herald's WebSocket API, or with [`Protocol::Socketio`]
+//! Socket.IO 5 over Engine.IO 4 on a plain WebSocket, to a Socket.IO server
+//! that joins each client to the room its handshake names and broadcasts
+//! every `msg` event to the room, the sender included
+//! (`bench/node/socketio-room.js`). Everything else is the same code:
+//! schedule, ledger, accounting and report. Socket.IO answers no event
+//! (acknowledgements are opt-in, per emit), so its clients publish on the
+//! fixed schedule without waiting, and report no publish round trips.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +49,32 @@ use crate::procfs;
 use crate::run::{drain, run_prefix, source_ips, Latencies, Mode, Report, Topics};
 use crate::subscriber::{self, read_now, ws_messages, Counter, Step};
 use crate::target::{Target, Transport};
-use crate::wire::{self, MarkerScanner};
+use crate::wire::{self, MarkerScanner, SioPacket};
+
+/// The wire protocol the rooms mode's clients speak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Herald's WebSocket API (`/v1/ws`): `subscribe` to the room's topic,
+    /// `publish` to it with a `ref`, one publish unanswered at a time.
+    #[default]
+    Herald,
+    /// Socket.IO 5 over Engine.IO 4, straight on the WebSocket transport
+    /// (`/socket.io/?EIO=4&transport=websocket&room=ROOM`): wait for the
+    /// open packet `0{...}`, connect to the main namespace (`40`, answered
+    /// `40{"sid":...}`), answer pings `2` with `3`, emit
+    /// `42["msg","PAYLOAD"]`, receive the room's `42["msg","PAYLOAD"]`.
+    /// No answer per event: messages go out on the schedule alone.
+    Socketio,
+}
+
+impl Protocol {
+    /// Whether the server answers each publish (so that the client waits
+    /// for the answer before the next one).
+    pub fn answers_publishes(self) -> bool {
+        self == Protocol::Herald
+    }
+}
 
 /// What to run in the rooms mode.
 #[derive(Clone, Debug)]
@@ -48,7 +82,10 @@ pub struct RoomsPlan {
     /// Free text copied into the report to name the scenario.
     pub label: String,
     /// The server under test (Herald: the only target with client publishes).
+    /// With [`Protocol::Socketio`] unused (and reported as given).
     pub target: Target,
+    /// The wire protocol the clients speak.
+    pub protocol: Protocol,
     /// The server's WebSocket address; must be a loopback address.
     pub addr: SocketAddr,
     /// The server's process id, for RSS and CPU (its children count too).
@@ -149,14 +186,14 @@ struct PubStats {
 
 /// Runs `plan` and reports in the shape of the other mode's [`Report`]
 /// (`subs` and `publishers` are the clients, `window` is 1: one publish
-/// unanswered per client at most).
+/// unanswered per client at most; 0 with Socket.IO, which answers none).
 ///
-/// Fails before connecting if the target has no client publishes, the
-/// address is not loopback, the rate is not positive, or the messages do not
+/// Fails before connecting if the target has no client publishes (Herald's
+/// protocol), the address is not loopback, the rate is not positive, or the messages do not
 /// fit `max_messages`; fails after if a load-generator thread panicked.
 /// Connection errors, drops, refusals and loss are reported, not errors.
 pub fn run(plan: RoomsPlan) -> Result<Report> {
-    if plan.target.ws_publish_message("t", "", 0).is_none() {
+    if plan.protocol == Protocol::Herald && plan.target.ws_publish_message("t", "", 0).is_none() {
         bail!("{} has no client publishes over WebSocket", plan.target);
     }
     if !plan.addr.ip().is_loopback() {
@@ -320,12 +357,14 @@ pub fn run(plan: RoomsPlan) -> Result<Report> {
         label: plan.label.clone(),
         mode: Mode::Rooms,
         target: plan.target,
+        protocol: Some(plan.protocol),
         transport: Transport::Ws,
         subs: plan.clients,
         topics: Topics::Rooms,
         rooms: plan.rooms,
         rate: plan.rate,
-        window: 1,
+        // One publish unanswered per client; Socket.IO answers none: no limit.
+        window: usize::from(plan.protocol.answers_publishes()),
         size: plan.size,
         publishers: plan.clients,
         duration_s: out.elapsed,
@@ -553,16 +592,20 @@ impl Client {
     ) -> Result<Option<TcpStream>> {
         let sh = &self.shared;
         let mut stream = subscriber::connect(source, sh.addr).await?;
-        let path = sh.target.stream_path(Transport::Ws, &[]);
+        let topic = self.ctx.topic(self.room());
+        let protocol = self.ctx.plan.protocol;
+        let path = match protocol {
+            Protocol::Herald => sh.target.stream_path(Transport::Ws, &[]),
+            Protocol::Socketio => wire::sio_path(&topic),
+        };
         stream
             .write_all(subscriber::ws_upgrade_request(&path, &sh.host, &sh.headers).as_bytes())
             .await?;
-        let topic = self.ctx.topic(self.room());
         let mut upgraded = false;
         let mut subscribed = false;
         while !subscribed {
             let mut just_upgraded = false;
-            let step = wait_read(&stream, stop, |bytes| {
+            let step = wait_read(&stream, stop, |mut bytes| {
                 if !upgraded {
                     conn.pending.extend_from_slice(bytes);
                     let Some((h, n)) = wire::parse_head(&conn.pending).map_err(|e| anyhow!(e))?
@@ -575,21 +618,20 @@ impl Client {
                     conn.pending.drain(..n);
                     upgraded = true;
                     just_upgraded = true;
-                    return Ok(());
+                    // Frames may have come with the head (Engine.IO's open
+                    // packet does): parse what is left now.
+                    bytes = &[];
                 }
+                let mut reply = Vec::new();
                 ws_messages(&mut conn.pending, bytes, &mut conn.out, |p| {
-                    match message_type(p).as_deref() {
-                        Some("subscribed") => subscribed = true,
-                        Some("error") => {
-                            bail!("subscribe refused: {}", String::from_utf8_lossy(p))
-                        }
-                        _ => {}
-                    }
+                    subscribed |= joined(protocol, p, &mut reply)?;
                     Ok(())
-                })
+                })?;
+                conn.out.extend_from_slice(&reply);
+                Ok(())
             })
             .await?;
-            if just_upgraded {
+            if just_upgraded && protocol == Protocol::Herald {
                 for m in sh
                     .target
                     .ws_subscribe_messages(std::slice::from_ref(&topic))
@@ -647,14 +689,16 @@ impl Client {
             tokio::select! {
                 r = stream.readable() => {
                     r?;
+                    let mut reply = Vec::new();
                     let step = read_now(stream, &mut |bytes: &[u8]| {
                         ws_messages(&mut conn.pending, bytes, &mut conn.out, |p| {
                             if counter.bytes(&mut conn.scan, p) == 0 {
-                                self.answer(p, in_flight);
+                                self.answer(p, in_flight, &mut reply)?;
                             }
                             Ok(())
                         })
                     })?;
+                    conn.out.extend_from_slice(&reply);
                     match step {
                         Some(Step::Closed) => return Ok(false),
                         Some(Step::More) | None => {}
@@ -703,21 +747,48 @@ impl Client {
         let late = sent_us.saturating_sub(due_us).min(u64::from(u32::MAX)) as u32;
         sh.late[i].store(late, Ordering::Relaxed);
         let payload = wire::room_payload(seq, sent_us, self.c, k, self.ctx.plan.size);
-        let msg = sh
-            .target
-            .ws_publish_message(&self.ctx.topic(self.room()), &payload, seq)
-            .ok_or_else(|| anyhow!("{} has no client publishes", sh.target))?;
+        let protocol = self.ctx.plan.protocol;
+        let msg = match protocol {
+            Protocol::Herald => sh
+                .target
+                .ws_publish_message(&self.ctx.topic(self.room()), &payload, seq)
+                .ok_or_else(|| anyhow!("{} has no client publishes", sh.target))?,
+            Protocol::Socketio => wire::sio_event("msg", &payload),
+        };
         let frame = wire::ws_client_frame(1, msg.as_bytes());
         self.ctx.sent.fetch_add(1, Ordering::Relaxed);
-        self.ctx.outstanding.fetch_add(1, Ordering::Relaxed);
-        *in_flight = Some(InFlight { seq, sent_us });
+        if protocol.answers_publishes() {
+            self.ctx.outstanding.fetch_add(1, Ordering::Relaxed);
+            *in_flight = Some(InFlight { seq, sent_us });
+        }
         stream.write_all(&frame).await.context("publish write")
     }
 
-    /// A server message without a marker: the answer to the publish in
-    /// flight (`published`, or an `error` refusing it), or something else,
-    /// which is ignored.
-    fn answer(&self, payload: &[u8], in_flight: &mut Option<InFlight>) {
+    /// A server message without a marker. Herald: the answer to the
+    /// publish in flight (`published`, or an `error` refusing it), or
+    /// something else, which is ignored. Socket.IO: a ping, answered in
+    /// `reply`; the end of the session, an error; anything else ignored.
+    fn answer(
+        &self,
+        payload: &[u8],
+        in_flight: &mut Option<InFlight>,
+        reply: &mut Vec<u8>,
+    ) -> Result<()> {
+        match self.ctx.plan.protocol {
+            Protocol::Herald => self.herald_answer(payload, in_flight),
+            Protocol::Socketio => match wire::sio_packet(payload) {
+                SioPacket::Ping => reply.extend_from_slice(&wire::ws_client_frame(1, b"3")),
+                SioPacket::Close | SioPacket::Disconnect => {
+                    bail!("the Socket.IO server ended the session")
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    /// [`Client::answer`] for Herald's protocol.
+    fn herald_answer(&self, payload: &[u8], in_flight: &mut Option<InFlight>) {
         let Ok(v) = serde_json::from_slice::<Value>(payload) else {
             self.shared.note(format!(
                 "unreadable server message: {}",
@@ -793,6 +864,38 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// Reads server message `p` while joining the room: whether it says the
+/// client is in (Herald: `subscribed`; Socket.IO: the CONNECT answer), with
+/// what to send back appended to `reply` (Socket.IO: `40` to the open
+/// packet, `3` to a ping). A refusal is an error.
+fn joined(protocol: Protocol, p: &[u8], reply: &mut Vec<u8>) -> Result<bool> {
+    match protocol {
+        Protocol::Herald => match message_type(p).as_deref() {
+            Some("subscribed") => Ok(true),
+            Some("error") => bail!("subscribe refused: {}", String::from_utf8_lossy(p)),
+            _ => Ok(false),
+        },
+        Protocol::Socketio => match wire::sio_packet(p) {
+            SioPacket::Open => {
+                reply.extend_from_slice(&wire::ws_client_frame(1, b"40"));
+                Ok(false)
+            }
+            SioPacket::Ping => {
+                reply.extend_from_slice(&wire::ws_client_frame(1, b"3"));
+                Ok(false)
+            }
+            SioPacket::Connected => Ok(true),
+            SioPacket::ConnectError(j) => {
+                bail!("Socket.IO connect refused: {}", String::from_utf8_lossy(j))
+            }
+            SioPacket::Close | SioPacket::Disconnect => {
+                bail!("the Socket.IO server ended the session while connecting")
+            }
+            _ => Ok(false),
+        },
+    }
+}
+
 /// The `type` of a server message, if it is a JSON object with one.
 fn message_type(payload: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(payload).ok()?;
@@ -810,5 +913,26 @@ mod tests {
             Some("subscribed")
         );
         assert_eq!(message_type(b"not json"), None);
+    }
+
+    #[test]
+    fn joining() {
+        let mut reply = Vec::new();
+        let herald = |p: &[u8], r: &mut Vec<u8>| joined(Protocol::Herald, p, r);
+        assert!(!herald(br#"{"type":"event"}"#, &mut reply).unwrap());
+        assert!(herald(br#"{"type":"subscribed","topic":"a"}"#, &mut reply).unwrap());
+        assert!(herald(br#"{"type":"error","code":"forbidden"}"#, &mut reply).is_err());
+        assert!(reply.is_empty());
+        let sio = |p: &[u8], r: &mut Vec<u8>| joined(Protocol::Socketio, p, r);
+        assert!(!sio(br#"0{"sid":"s","pingInterval":25000}"#, &mut reply).unwrap());
+        assert_eq!(reply, wire::ws_client_frame(1, b"40"));
+        reply.clear();
+        assert!(!sio(b"2", &mut reply).unwrap());
+        assert_eq!(reply, wire::ws_client_frame(1, b"3"));
+        assert!(sio(br#"40{"sid":"x"}"#, &mut reply).unwrap());
+        assert!(sio(br#"44{"message":"no"}"#, &mut reply).is_err());
+        assert!(sio(b"41", &mut reply).is_err());
+        assert!(Protocol::Herald.answers_publishes());
+        assert!(!Protocol::Socketio.answers_publishes());
     }
 }

@@ -134,6 +134,9 @@ pub struct Report {
     pub mode: Mode,
     /// The server under test.
     pub target: Target,
+    /// The rooms mode's wire protocol (absent in the other modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::rooms::Protocol>,
     /// The transport subscribers used.
     pub transport: Transport,
     /// Subscriber connections the plan asked for.
@@ -418,6 +421,7 @@ pub fn run(plan: Plan) -> Result<Report> {
         label: plan.label.clone(),
         mode: Mode::Subscribers,
         target: plan.target,
+        protocol: None,
         transport: plan.transport,
         subs: plan.subs,
         topics: plan.topics,

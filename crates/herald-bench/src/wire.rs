@@ -330,6 +330,77 @@ pub fn ws_server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// One Engine.IO v4 packet as a WebSocket text message carries it (one
+/// packet per message on that transport), read as Socket.IO v5 where it is a
+/// `4` (message) packet of the main namespace `/`: what the rooms mode's
+/// Socket.IO clients need to tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SioPacket<'a> {
+    /// `0{...}`: Engine.IO open (session id, ping interval); answered `40`.
+    Open,
+    /// `1`: Engine.IO close.
+    Close,
+    /// `2`: Engine.IO ping from the server; answered `3`.
+    Ping,
+    /// `40{"sid":...}`: Socket.IO CONNECT, the server's answer to the client's `40`.
+    Connected,
+    /// `41`: Socket.IO DISCONNECT from the server.
+    Disconnect,
+    /// `42[...]`: a Socket.IO EVENT; its JSON array (ack id, if any, skipped).
+    Event(&'a [u8]),
+    /// `44{...}`: Socket.IO CONNECT_ERROR; its JSON.
+    ConnectError(&'a [u8]),
+    /// Anything else: a pong, noop, upgrade, ack, binary event, or another
+    /// namespace's packet.
+    Other,
+}
+
+/// Classifies the text message `p` (see [`SioPacket`]).
+pub fn sio_packet(p: &[u8]) -> SioPacket<'_> {
+    match p {
+        [b'0', ..] => SioPacket::Open,
+        [b'1', ..] => SioPacket::Close,
+        [b'2', ..] => SioPacket::Ping,
+        [b'4', b'0', ..] => SioPacket::Connected,
+        [b'4', b'1', ..] => SioPacket::Disconnect,
+        [b'4', b'2', rest @ ..] => {
+            // An ack id (digits) may stand before the array.
+            let at = rest
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(rest.len());
+            match &rest[at..] {
+                json @ [b'[', ..] => SioPacket::Event(json),
+                _ => SioPacket::Other,
+            }
+        }
+        [b'4', b'4', rest @ ..] => SioPacket::ConnectError(rest),
+        _ => SioPacket::Other,
+    }
+}
+
+/// The Socket.IO EVENT packet that emits `event` with one string argument
+/// `data` (the contents of a JSON string: no escaping is done), as a client
+/// sends it: `42["msg","..."]`.
+pub fn sio_event(event: &str, data: &str) -> String {
+    format!(r#"42["{event}","{data}"]"#)
+}
+
+/// The request path that opens an Engine.IO v4 session straight on the
+/// WebSocket transport (no polling first), with `room` (percent-encoded) in
+/// the handshake's query for the server to read.
+pub fn sio_path(room: &str) -> String {
+    let mut p = String::from("/socket.io/?EIO=4&transport=websocket&room=");
+    for b in room.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            p.push(char::from(b));
+        } else {
+            p.push_str(&format!("%{b:02X}"));
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +480,39 @@ mod tests {
         }
         let c = ws_client_frame(1, b"hi");
         assert_eq!(c, vec![0x81, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    }
+
+    #[test]
+    fn socketio_packets() {
+        assert_eq!(
+            sio_packet(br#"0{"sid":"a","upgrades":[],"pingInterval":25000}"#),
+            SioPacket::Open
+        );
+        assert_eq!(sio_packet(b"2"), SioPacket::Ping);
+        assert_eq!(sio_packet(b"3"), SioPacket::Other);
+        assert_eq!(sio_packet(b"1"), SioPacket::Close);
+        assert_eq!(sio_packet(br#"40{"sid":"x"}"#), SioPacket::Connected);
+        assert_eq!(sio_packet(b"41"), SioPacket::Disconnect);
+        assert_eq!(
+            sio_packet(br#"42["msg","~1~2~"]"#),
+            SioPacket::Event(br#"["msg","~1~2~"]"#)
+        );
+        assert_eq!(
+            sio_packet(br#"4217["msg",1]"#),
+            SioPacket::Event(br#"["msg",1]"#)
+        );
+        assert_eq!(
+            sio_packet(br#"44{"message":"no"}"#),
+            SioPacket::ConnectError(br#"{"message":"no"}"#)
+        );
+        assert_eq!(sio_packet(b"42/admin,[\"x\"]"), SioPacket::Other);
+        assert_eq!(sio_packet(b""), SioPacket::Other);
+        let e = sio_event("msg", &room_payload(9, 8, 7, 6, 40));
+        assert_eq!(e, r#"42["msg","~9~8~ from 7 no 6 xxxxxxxxxxxxxxxxxxxxxx"]"#);
+        assert_eq!(scan_all(&[e.as_bytes()]), vec![(9, 8)]);
+        assert_eq!(
+            sio_path("room/r1-0"),
+            "/socket.io/?EIO=4&transport=websocket&room=room%2Fr1-0"
+        );
     }
 }
