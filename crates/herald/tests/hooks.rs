@@ -12,6 +12,7 @@
 //! - a tampered body or a wrong secret fails the backend's check;
 //! - requests in flight toward the backend are bounded.
 
+mod backend;
 mod process;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,10 +24,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use hmac::{Hmac, Mac};
 use process::{ServeProcess, TempDir, BIN};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -86,44 +85,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The backend's own check of `x-herald-signature: t=<secs>,v1=<hex>`:
-/// HMAC-SHA256 of "<t>.<body>" keyed with `secret`, compared in constant
-/// time, with the timestamp within a minute of now.
-fn signature_ok(secret: &[u8], header: &str, body: &[u8], now: u64) -> bool {
-    let mut t = None;
-    let mut v1 = None;
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<u64>().ok(),
-            Some(("v1", v)) => v1 = Some(v.to_owned()),
-            _ => {}
-        }
-    }
-    let (Some(t), Some(v1)) = (t, v1) else {
-        return false;
-    };
-    if t.abs_diff(now) > 60 || v1.len() != 64 {
-        return false;
-    }
-    let Some(tag) = (0..32)
-        .map(|i| u8::from_str_radix(&v1[2 * i..2 * i + 2], 16).ok())
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    mac.verify_slice(&tag).is_ok()
-}
-
 async fn hook(State(b): State<Arc<Backend>>, headers: HeaderMap, body: Bytes) -> Response {
     let header = headers
         .get("x-herald-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if !signature_ok(SECRET.as_bytes(), &header, &body, now()) {
+    if !backend::signature_ok(SECRET.as_bytes(), &header, &body, now()) {
         b.bad_signatures.fetch_add(1, Ordering::SeqCst);
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -754,24 +722,24 @@ async fn a_tampered_body_or_a_wrong_secret_fails_the_backends_check() {
     assert_eq!(status, 200, "{body}");
     let (header, body) = seen.last.lock().unwrap().clone().expect("a signed request");
     let t = now();
-    assert!(signature_ok(SECRET.as_bytes(), &header, &body, t));
+    assert!(backend::signature_ok(SECRET.as_bytes(), &header, &body, t));
     let text = String::from_utf8(body.clone()).unwrap();
     assert!(text.contains("session=abc"), "{text}");
     let tampered = text.replace("session=abc", "session=xyz");
-    assert!(!signature_ok(
+    assert!(!backend::signature_ok(
         SECRET.as_bytes(),
         &header,
         tampered.as_bytes(),
         t
     ));
-    assert!(!signature_ok(
+    assert!(!backend::signature_ok(
         b"not-the-hook-secret-0123456789",
         &header,
         &body,
         t
     ));
     assert!(
-        !signature_ok(SECRET.as_bytes(), &header, &body, t + 3600),
+        !backend::signature_ok(SECRET.as_bytes(), &header, &body, t + 3600),
         "a replay an hour later"
     );
 

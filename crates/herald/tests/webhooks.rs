@@ -15,6 +15,7 @@
 //!   with subscribers on both, and a killed node's topic vacates once its
 //!   entry expires.
 
+mod backend;
 mod process;
 
 use std::collections::HashSet;
@@ -26,10 +27,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use herald_engine_redis::test_server::RedisServer;
-use hmac::{Hmac, Mac};
 use process::{eventually, ServeProcess, TempDir, BIN};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const SECRET: &str = "webhooks-test-secret-0123456789abcdef";
 const JWT_SECRET: &str = "webhooks-test-jwt-secret-0123456789";
@@ -90,44 +89,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The backend's own check of `x-herald-signature: t=<secs>,v1=<hex>`:
-/// HMAC-SHA256 of "<t>.<body>" keyed with `secret`, compared in constant
-/// time, the timestamp within a minute of now.
-fn signature_ok(secret: &[u8], header: &str, body: &[u8]) -> bool {
-    let mut t = None;
-    let mut v1 = None;
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<u64>().ok(),
-            Some(("v1", v)) => v1 = Some(v.to_owned()),
-            _ => {}
-        }
-    }
-    let (Some(t), Some(v1)) = (t, v1) else {
-        return false;
-    };
-    if t.abs_diff(now_secs()) > 60 || v1.len() != 64 {
-        return false;
-    }
-    let Some(tag) = (0..32)
-        .map(|i| u8::from_str_radix(&v1[2 * i..2 * i + 2], 16).ok())
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    mac.verify_slice(&tag).is_ok()
-}
-
 async fn webhook(State(b): State<Arc<Backend>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let n = b.requests.fetch_add(1, Ordering::SeqCst);
     let header = headers
         .get("x-herald-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !signature_ok(SECRET.as_bytes(), header, &body) {
+    if !backend::signature_ok(SECRET.as_bytes(), header, &body, now_secs()) {
         b.bad_signatures.fetch_add(1, Ordering::SeqCst);
         return StatusCode::UNAUTHORIZED;
     }
