@@ -106,19 +106,7 @@ pub(crate) async fn topics(
     let query = Query::parse(uri.query())?;
     let who = caller(&app, &headers, &uri).await?;
     app.config.auth.authorize_server_api(&who)?;
-    let limit = match query.last("limit") {
-        None => DEFAULT_TOPICS,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_TOPICS).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    format!("limit is a number of topics from 1 to {MAX_TOPICS}"),
-                )
-            })?,
-    };
+    let limit = query.limit(DEFAULT_TOPICS, MAX_TOPICS, "topics")?;
     let (list, total) = app.hub.busiest_topics(limit);
     let topics: Vec<serde_json::Value> = list
         .iter()

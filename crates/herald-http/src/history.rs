@@ -62,19 +62,7 @@ pub(crate) async fn handler(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query())?;
     let topic = query.one_topic("history")?;
-    let limit = match query.last("limit") {
-        None => DEFAULT_LIMIT,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_HISTORY).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    format!("limit is a number of events from 1 to {MAX_HISTORY}"),
-                )
-            })?,
-    };
+    let limit = query.limit(DEFAULT_LIMIT, MAX_HISTORY, "events")?;
     let place = |name: &str| -> Result<Option<Position>, ApiError> {
         match query.last(name) {
             None => Ok(None),

@@ -91,6 +91,27 @@ impl Query {
         }
     }
 
+    /// The `limit` a listing takes (history, topics): `default` when absent,
+    /// else an integer from 1 to `max`; the last value wins.
+    ///
+    /// Errors: 400 `invalid_limit`, saying the range in `what` ("events",
+    /// "topics").
+    pub fn limit(&self, default: usize, max: usize, what: &str) -> Result<usize, ApiError> {
+        match self.last("limit") {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_limit",
+                        format!("limit is a number of {what} from 1 to {max}"),
+                    )
+                }),
+        }
+    }
+
     /// Every value of `name`, in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.pairs
