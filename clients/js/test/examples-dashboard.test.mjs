@@ -153,6 +153,24 @@ test('two viewers see the current metrics at once, then live, with both SSE conn
     assert.ok(p1.tiles.sse >= 2, `the SSE count stays at least 2: ${JSON.stringify(p1.tiles)}`);
     assert.equal(p1.firstAt, p0.firstAt, 'the first value is the same one');
 
+    // A value from the far future (anyone may publish on an open server)
+    // does not freeze the page: the next real tick shows again.
+    const bogus = Date.now() + 10 * 365 * 86_400_000;
+    const res = await fetch(`${server.url}/v1/publish`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ topic: 'examples/dashboard/metrics', event: 'metrics', data: { at: bogus, connections: {} } }),
+    });
+    assert.equal(res.status, 200);
+    await a.page.waitForFunction(
+      (bogus) => {
+        const at = Number(document.getElementById('dashboard').dataset.lastAt);
+        return at > 0 && at < bogus;
+      },
+      bogus,
+      { timeout: 5000, polling: 100 },
+    );
+
     assert.deepEqual([...a.problems, ...b.problems], [], 'no script errors');
   } finally {
     await closeAll(a?.context, b?.context);

@@ -206,7 +206,8 @@ async fn serve(root: &Path, files: ServeDir, req: Request<Body>) -> Response {
         Ok(t) if t.starts_with(root) => t,
         _ => return not_found(),
     };
-    if target.is_dir() && !rest.ends_with('/') {
+    let is_dir = tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_dir());
+    if is_dir && !rest.ends_with('/') {
         // A page folder without its slash: its relative links would
         // resolve one level up.
         return redirect(&format!("{path}/"), req.uri().query());

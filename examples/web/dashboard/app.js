@@ -54,7 +54,11 @@ function fmt(v) {
 let lastAt = 0;
 
 function render(m) {
-  if (!m || typeof m.at !== 'number' || m.at <= lastAt) return; // not newer than what is shown
+  if (!m || typeof m.at !== 'number') return;
+  // Events come in the topic's order, so a value measured before the last
+  // one shown means that one was wrong (a publisher's far-future `at`, a
+  // node's clock set back): start the chart again rather than stay stuck.
+  if (m.at <= lastAt) for (const s of Object.values(series)) s.length = 0;
   lastAt = m.at;
   const c = m.connections || {};
   for (const [key, value] of [
