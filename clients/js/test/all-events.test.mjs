@@ -72,9 +72,15 @@ describe('subscribe(topic, {all: true})', () => {
           },
           { topic, FAST },
         );
-        await waitInPage(a.page, () => rec.events.filter((e) => e.event === 'herald.join').length >= 2);
+        // A long-polling client sees the joins and leaves that happen while
+        // one of its polls is held, not those between two polls (they are
+        // not stored): over poll the test waits instead of expecting them.
+        const polling = transport === 'poll';
+        if (polling) await sleep(1000);
+        else await waitInPage(a.page, () => rec.events.filter((e) => e.event === 'herald.join').length >= 2);
         await b.page.evaluate(() => h.close());
-        await waitInPage(a.page, () => rec.events.some((e) => e.event === 'herald.leave'), undefined, 15_000);
+        if (polling) await sleep(1000);
+        else await waitInPage(a.page, () => rec.events.some((e) => e.event === 'herald.leave'), undefined, 15_000);
         await publish(topic, { n: 4 });
         await waitInPage(a.page, () => rec.events.filter((e) => e.id).length >= 4);
         await sleep(300);
@@ -92,7 +98,19 @@ describe('subscribe(topic, {all: true})', () => {
         );
         assert.equal(new Set(stored.map((e) => e.id)).size, 4, 'no duplicate');
         const signals = events.filter((e) => !e.id).map((e) => e.event);
-        assert.deepEqual(signals, ['herald.join', 'herald.join', 'herald.leave'], transport);
+        const expected = ['herald.join', 'herald.join', 'herald.leave'];
+        if (polling) {
+          // Its own join (seen above), then the others in order, some perhaps missed.
+          assert.equal(signals[0], 'herald.join', `${signals}`);
+          let i = 0;
+          for (const sig of signals) {
+            while (i < expected.length && expected[i] !== sig) i++;
+            assert.ok(i < expected.length, `signals in order, none extra: ${signals}`);
+            i++;
+          }
+        } else {
+          assert.deepEqual(signals, expected, transport);
+        }
         assert.equal(await a.page.evaluate(() => h.transport), transport);
       } finally {
         await closeAll(a.context, b.context);
