@@ -63,6 +63,12 @@ impl Auth {
         if action == Action::Publish && topic.as_str().starts_with(RELAY_TOPIC_PREFIX) {
             return Err(forbidden());
         }
+        // The Mercure log (private updates included) and the hub's own
+        // namespace are nobody's topics through `/v1`, whatever the
+        // credential (the publisher key included).
+        if crate::mercure::is_reserved(topic.as_str()) {
+            return Err(forbidden());
+        }
         if let Some(exp) = who.expires_at() {
             if now() >= exp.saturating_add(self.config.leeway_secs) {
                 return Err(Denied::Unauthenticated(topic.as_str().to_owned()));

@@ -251,13 +251,17 @@ impl Tally {
 /// Runs `plan` and reports.
 ///
 /// Fails before connecting if the target is not Herald or the transport is
-/// a WebSocket; connection failures and refusals are reported, not errors.
+/// neither SSE nor long polling; connection failures and refusals are
+/// reported, not errors.
 pub fn run(plan: ConnectsPlan) -> Result<ConnectsReport> {
     if plan.target != Target::Herald {
         bail!("the connects mode knows Herald's answers only");
     }
-    if plan.transport == Transport::Ws {
-        bail!("the connects mode opens SSE streams or long polls, not WebSockets");
+    if !matches!(plan.transport, Transport::Sse | Transport::Poll) {
+        bail!(
+            "the connects mode opens Herald's SSE streams or long polls, not {}",
+            plan.transport
+        );
     }
     procfs::raise_nofile();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -11,7 +11,8 @@
 //! - [`wire`]: pure parsing of what subscribers receive (HTTP heads, chunked
 //!   bodies, WebSocket frames) and the `~SEQ~MICROS~` marker each payload carries.
 //! - [`target`]: one small adapter per server: subscribe paths, publish requests.
-//! - [`subscriber`]: one connection over SSE, WebSocket or long polling.
+//! - [`subscriber`]: one connection over SSE, WebSocket, long polling, or
+//!   as a Mercure subscriber (SSE at Herald's `/.well-known/mercure`).
 //! - [`run`]: a whole run: connect, measure memory, publish, drain, report.
 //! - [`rooms`]: the rooms mode: WebSocket clients in rooms, each subscribed
 //!   to its room and publishing to it on its own socket, reported in the

@@ -49,6 +49,9 @@ struct Args {
     protocol: Protocol,
     #[arg(long, value_enum, default_value = "herald")]
     target: Target,
+    /// How subscribers connect; `mercure`: SSE at Herald's
+    /// `/.well-known/mercure` (Herald only, started with a Mercure key and
+    /// `--mercure-anonymous`), publishing on `POST /v1/publish` as ever.
     #[arg(long, value_enum, default_value = "sse")]
     transport: Transport,
     /// The server's subscriber address.

@@ -30,7 +30,7 @@ use crate::target::{Target, Transport};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// Subscribers over SSE, WebSocket or long polling, and separate
+    /// Subscribers over SSE, WebSocket, long polling or Mercure, and separate
     /// publishers over HTTP ([`run`]).
     Subscribers,
     /// WebSocket clients in rooms, each subscribed to its room and publishing

@@ -1,5 +1,6 @@
 //! One subscriber connection: connect from its own source address, subscribe
-//! over SSE, WebSocket or long polling, then count every marker it receives.
+//! over SSE, WebSocket, long polling or Mercure (SSE on another path), then
+//! count every marker it receives.
 //!
 //! Tasks run on a current-thread runtime and share that thread's read buffer
 //! (`SCRATCH`): a connection keeps only its small parser state between
@@ -134,7 +135,9 @@ pub async fn run(
         stats: &stats,
     };
     let r = match shared.transport {
-        Transport::Sse => sse(&counter, stream, &topics, &mut stop, permit).await,
+        Transport::Sse | Transport::Mercure => {
+            sse(&counter, stream, &topics, &mut stop, permit).await
+        }
         Transport::Ws => ws(&counter, stream, &topics, &mut stop, permit).await,
         Transport::Poll => poll(&counter, stream, &topics, &mut stop, permit).await,
     };
@@ -152,7 +155,11 @@ fn ready<T>(shared: &Shared, permit: &mut Option<T>) {
     }
 }
 
-/// SSE: `Ok(true)` when stopped, `Ok(false)` when the server closed.
+/// SSE, on the transport's path (Herald's `/v1/sse` or its Mercure
+/// endpoint): `Ok(true)` when stopped, `Ok(false)` when the server closed.
+///
+/// Only the markers in the body are read, never the `id:` lines, so a
+/// Mercure id (`urn:uuid:...`) counts the same as a Herald cursor.
 async fn sse<T>(
     c: &Counter<'_>,
     mut stream: TcpStream,
@@ -161,7 +168,7 @@ async fn sse<T>(
     permit: T,
 ) -> Result<bool> {
     let sh = c.shared;
-    let path = sh.target.stream_path(Transport::Sse, topics);
+    let path = sh.target.stream_path(sh.transport, topics);
     let req = format!(
         "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{}\r\n",
         sh.host, sh.headers

@@ -5,11 +5,14 @@ use std::fmt;
 
 use clap::ValueEnum;
 
+use crate::wire;
+
 /// The servers the bench drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
-    /// `herald serve`: `/v1/sse`, `/v1/ws`, `/v1/poll`, `POST /v1/publish`.
+    /// `herald serve`: `/v1/sse`, `/v1/ws`, `/v1/poll`, `POST /v1/publish`;
+    /// started with a Mercure key, also `/.well-known/mercure`.
     Herald,
     /// nginx + Nchan with bench/nchan/nginx.conf: `/sub/A,B`, `POST /pub/A`.
     Nchan,
@@ -32,6 +35,13 @@ pub enum Transport {
     Ws,
     /// Long polling: one HTTP request per batch of messages.
     Poll,
+    /// A Mercure subscriber: SSE at `/.well-known/mercure?topic=T` (Herald
+    /// started with `--mercure-publisher-jwt-key` and `--mercure-anonymous`).
+    /// Publishes still go to Herald's `POST /v1/publish`, which reaches
+    /// Mercure subscribers as public updates on an open server. The events'
+    /// `id:` is a Mercure id (`urn:uuid:...`), not a Herald cursor; the
+    /// marker is read from `data:` as on every transport.
+    Mercure,
 }
 
 impl fmt::Display for Target {
@@ -56,8 +66,9 @@ impl Target {
     /// Whether the target serves `transport`.
     pub fn supports(self, transport: Transport) -> bool {
         match self {
-            Target::Herald | Target::Nchan => true,
-            Target::Node | Target::Ceiling => transport != Transport::Poll,
+            Target::Herald => true,
+            Target::Nchan => transport != Transport::Mercure,
+            Target::Node | Target::Ceiling => matches!(transport, Transport::Sse | Transport::Ws),
             Target::Pushpin => transport == Transport::Sse,
         }
     }
@@ -67,7 +78,8 @@ impl Target {
         self != Target::Ceiling
     }
 
-    /// The request line's path for a streaming (SSE or WebSocket) subscriber.
+    /// The request line's path for a streaming (SSE, WebSocket or Mercure)
+    /// subscriber.
     pub fn stream_path(self, transport: Transport, topics: &[String]) -> String {
         let q = |prefix: &str| {
             let mut s = String::from(prefix);
@@ -80,6 +92,15 @@ impl Target {
         };
         match (self, transport) {
             (Target::Herald, Transport::Sse) => q("/v1/sse"),
+            (Target::Herald, Transport::Mercure) => {
+                // Mercure topics are often URLs: each one percent-encoded.
+                let mut s = String::from("/.well-known/mercure");
+                for (i, t) in topics.iter().enumerate() {
+                    s.push_str(if i == 0 { "?topic=" } else { "&topic=" });
+                    wire::push_percent_encoded(&mut s, t);
+                }
+                s
+            }
             // Topics are sent as subscribe messages once the socket is open.
             (Target::Herald, _) => "/v1/ws".into(),
             (Target::Nchan, _) => format!("/sub/{}", topics.join(",")),
@@ -213,6 +234,22 @@ mod tests {
             Target::Herald.stream_path(Transport::Sse, &t),
             "/v1/sse?topic=a&topic=b"
         );
+        assert_eq!(
+            Target::Herald.stream_path(
+                Transport::Mercure,
+                &["https://example.com/books/{id}".into(), "b c".into()]
+            ),
+            "/.well-known/mercure?topic=https%3A%2F%2Fexample.com%2Fbooks%2F%7Bid%7D&topic=b%20c"
+        );
+        assert!(Target::Herald.supports(Transport::Mercure));
+        for other in [
+            Target::Nchan,
+            Target::Node,
+            Target::Pushpin,
+            Target::Ceiling,
+        ] {
+            assert!(!other.supports(Transport::Mercure), "{other}");
+        }
         assert_eq!(Target::Nchan.stream_path(Transport::Ws, &t), "/sub/a,b");
         assert_eq!(
             Target::Node.stream_path(Transport::Ws, &t),

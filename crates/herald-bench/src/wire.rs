@@ -6,7 +6,8 @@
 //! run started), and a streaming [`MarkerScanner`] finds markers in whatever
 //! bytes arrive: an SSE body after de-chunking, WebSocket payloads, a
 //! long-poll JSON answer. `~` never occurs in Herald's, Nchan's or the
-//! baseline's framing, so each marker is one delivery.
+//! baseline's framing (nor in the `urn:uuid:` ids of Herald's Mercure
+//! events), so each marker is one delivery.
 
 /// The payload of message `seq` sent at `micros`, padded with `x` to `size` bytes.
 pub fn payload(seq: u64, micros: u64, size: usize) -> String {
@@ -391,14 +392,20 @@ pub fn sio_event(event: &str, data: &str) -> String {
 /// the handshake's query for the server to read.
 pub fn sio_path(room: &str) -> String {
     let mut p = String::from("/socket.io/?EIO=4&transport=websocket&room=");
-    for b in room.bytes() {
+    push_percent_encoded(&mut p, room);
+    p
+}
+
+/// Appends `s` to `out` as a query value: every byte but RFC 3986's
+/// unreserved characters (letters, digits, `-._~`) as `%XX`.
+pub fn push_percent_encoded(out: &mut String, s: &str) {
+    for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            p.push(char::from(b));
+            out.push(char::from(b));
         } else {
-            p.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    p
 }
 
 #[cfg(test)]
@@ -427,6 +434,34 @@ mod tests {
             assert_eq!(scan_all(&[a, b]), vec![(7, 123), (8, 456)], "cut at {cut}");
         }
         assert_eq!(scan_all(&[b"~x~1~2~3~"]), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn markers_in_mercure_frames() {
+        // What a Mercure subscriber reads: a keepalive comment, then events
+        // whose ids are Mercure ids, not Herald cursors.
+        let text = format!(
+            ":\nid: urn:uuid:3f1c9a2e-5b7d-4e08-9c61-0a2b4c6d8e10\ndata: {}\n\n\
+             id: urn:uuid:8d0e6f4a-2c1b-4a39-8e57-61f0b3d2c9a4\ndata: \"{}\"\n\n",
+            payload(41, 9000, 60),
+            payload(42, 9100, 20)
+        );
+        let bytes = text.as_bytes();
+        for cut in 0..bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(
+                scan_all(&[a, b]),
+                vec![(41, 9000), (42, 9100)],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn percent_encoding() {
+        let mut s = String::from("?topic=");
+        push_percent_encoded(&mut s, "https://h/a b/{id}~-._");
+        assert_eq!(s, "?topic=https%3A%2F%2Fh%2Fa%20b%2F%7Bid%7D~-._");
     }
 
     #[test]

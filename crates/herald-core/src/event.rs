@@ -1,5 +1,6 @@
 //! Events, their positions, and the encodings shared by every subscriber.
 
+use std::any::Any;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -118,6 +119,7 @@ pub struct Event {
     pub published_at_ms: u64,
     sse: OnceLock<SseFrame>,
     json: OnceLock<Bytes>,
+    extension: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// An SSE frame: `id:` line followed by the body (`event:`/`data:` lines and
@@ -153,6 +155,7 @@ impl Event {
             published_at_ms,
             sse: OnceLock::new(),
             json: OnceLock::new(),
+            extension: OnceLock::new(),
         }
     }
 
@@ -191,6 +194,18 @@ impl Event {
                 body_start,
             }
         })
+    }
+
+    /// A value derived from this event by a layer above the core (such as
+    /// a protocol's own frame of it), computed once by `init` on first use
+    /// and then shared by every subscriber, like the wire encodings. One
+    /// slot per event: `None` when the slot already holds a value of
+    /// another type `T` (a second layer deriving its own value from the
+    /// same event computes it itself).
+    pub fn extension<T: Any + Send + Sync>(&self, init: impl FnOnce(&Event) -> T) -> Option<&T> {
+        self.extension
+            .get_or_init(|| Box::new(init(self)))
+            .downcast_ref::<T>()
     }
 
     /// The JSON message `{"type":"event","topic","id","event"?,"data","published_at"}`

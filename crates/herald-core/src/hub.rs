@@ -162,10 +162,23 @@ pub(crate) struct HubInner {
     /// Where occurrences go ([`Hub::report_occurrences`]); unset, nothing
     /// is reported and nothing is spent on it.
     occurrences: OnceLock<Observer>,
+    /// Where copies of publishes go ([`Hub::set_mirror`]); unset, none.
+    mirror: OnceLock<Arc<dyn Mirror>>,
     /// This process's part of connection ids (random per start).
     node: u32,
     next_client: AtomicU64,
     shutdown: watch::Sender<bool>,
+}
+
+/// Copies of publishes for a log kept beside the topics (Mercure's, in
+/// `herald-http`): set on a hub with [`Hub::set_mirror`], asked about every
+/// event of every later [`Hub::publish_batch`] (and so of every publish
+/// path: HTTP, WebSocket, the Rust API). A copy is stored in the same
+/// engine call as its original, after the whole batch, and is not in the
+/// publish's answer; [`Hub::publish_verbatim`] asks no mirror.
+pub trait Mirror: Send + Sync + 'static {
+    /// The event to store beside `event` (validated already), or `None`.
+    fn mirror(&self, event: &NewEvent) -> Option<NewEvent>;
 }
 
 /// The publish/subscribe hub. Cheap to clone; every clone is the same hub.
@@ -226,6 +239,7 @@ impl Hub {
                 presence,
                 holds: Holds::default(),
                 occurrences: OnceLock::new(),
+                mirror: OnceLock::new(),
                 node: (crate::engine::new_epoch() & 0xffff_ffff) as u32,
                 next_client: AtomicU64::new(1),
                 shutdown: watch::channel(false).0,
@@ -289,8 +303,46 @@ impl Hub {
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Arc<Event>>, PublishError> {
+        self.publish_observed(events, true).await
+    }
+
+    /// Publishes events in order as [`Hub::publish_batch`] does, without
+    /// the copies the [`Mirror`] would add: for the layer that set the
+    /// mirror, publishing to its own log and to topics at once.
+    pub async fn publish_verbatim(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Arc<Event>>, PublishError> {
+        self.publish_observed(events, false).await
+    }
+
+    /// Sets where copies of every later publish go (see [`Mirror`]); once
+    /// per hub. Returns false, leaving the first in place, when one is set.
+    pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) -> bool {
+        self.inner.mirror.set(mirror).is_ok()
+    }
+
+    /// `events` followed by their mirrored copies (when `mirrored` and a
+    /// mirror is set), and how many of them are the originals.
+    fn with_mirrors(&self, mut events: Vec<NewEvent>, mirrored: bool) -> (Vec<NewEvent>, usize) {
+        let n = events.len();
+        if let (true, Some(m)) = (mirrored, self.inner.mirror.get()) {
+            for i in 0..n {
+                if let Some(copy) = m.mirror(&events[i]) {
+                    events.push(copy);
+                }
+            }
+        }
+        (events, n)
+    }
+
+    async fn publish_observed(
+        &self,
+        events: Vec<NewEvent>,
+        mirrored: bool,
+    ) -> Result<Vec<Arc<Event>>, PublishError> {
         let started = Instant::now();
-        let r = self.publish_inner(events).await;
+        let r = self.publish_inner(events, mirrored).await;
         match &r {
             Ok(v) => {
                 self.inner.metrics.observe_publish(started.elapsed());
@@ -339,20 +391,26 @@ impl Hub {
         Ok(())
     }
 
-    async fn publish_inner(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, PublishError> {
+    async fn publish_inner(
+        &self,
+        events: Vec<NewEvent>,
+        mirrored: bool,
+    ) -> Result<Vec<Arc<Event>>, PublishError> {
         self.validate(&events)?;
         if *self.inner.shutdown.borrow() {
             return Err(EngineError::ShuttingDown.into());
         }
         if events.iter().all(|e| e.idempotency_key.is_none()) {
-            let out = self.inner.engine.publish(events).await?;
+            let (events, n) = self.with_mirrors(events, mirrored);
+            let mut out = self.inner.engine.publish(events).await?;
+            out.truncate(n);
             self.inner
                 .metrics
                 .events_published
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
             return Ok(out);
         }
-        self.publish_idempotent(events).await
+        self.publish_idempotent(events, mirrored).await
     }
 
     /// Publishes a batch where some events carry an idempotency id, in one
@@ -363,6 +421,7 @@ impl Hub {
     async fn publish_idempotent(
         &self,
         events: Vec<NewEvent>,
+        mirrored: bool,
     ) -> Result<Vec<Arc<Event>>, PublishError> {
         let deadline = Instant::now() + CLAIM_WAIT;
         let mut plan: Vec<Planned> = Vec::with_capacity(events.len());
@@ -402,8 +461,12 @@ impl Hub {
         let stored = if to_store.is_empty() {
             Vec::new()
         } else {
+            let (to_store, n) = self.with_mirrors(to_store, mirrored);
             match self.inner.engine.publish(to_store).await {
-                Ok(v) => v,
+                Ok(mut v) => {
+                    v.truncate(n);
+                    v
+                }
                 Err(err) => {
                     self.abandon(&plan).await;
                     return Err(err.into());

@@ -72,7 +72,7 @@ pub use engine::memory::MemoryEngine;
 pub use engine::{Engine, EngineError, GapReason, HistoryLimits, ReadResult};
 pub use event::{Data, Event, NewEvent, Position};
 pub use fanout::CloseReason;
-pub use hub::{Hub, HubConfig, PublishError};
+pub use hub::{Hub, HubConfig, Mirror, PublishError};
 pub use metrics::{Metrics, Transport};
 pub use occurrence::{Occurrence, OccurrenceKind, Occurrences};
 pub use one_time::OneTimeStore;

@@ -80,6 +80,9 @@ pub struct HttpConfig {
     /// More metric families `/metrics` renders after the hub's (the
     /// webhooks' counters, when `--webhook-url` is set). Empty by default.
     pub metrics: Vec<Arc<dyn herald_core::metrics::MetricsSource>>,
+    /// The Mercure hub at `/.well-known/mercure` (`--mercure-*`); `None`:
+    /// off, and those paths answer 404.
+    pub mercure: Option<Arc<crate::mercure::MercureConfig>>,
 }
 
 impl Default for HttpConfig {
@@ -113,6 +116,7 @@ impl Default for HttpConfig {
             max_connections_per_ip: 10_000,
             hooks: None,
             metrics: Vec::new(),
+            mercure: None,
         }
     }
 }

@@ -19,6 +19,8 @@
 //! - [`input`]: query strings, cursors and starting points, decided once.
 //! - [`error`]: every error's status and JSON body, in one place.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`mercure`]: the Mercure protocol at `/.well-known/mercure`, when a
+//!   Mercure key is configured.
 //! - [`connection`]: what a server tells the router of each connection
 //!   ([`ConnectionHandle`]: peer, kill switch, its own counters) and the
 //!   [`WriteDeadline`] a transport asks of it. The accept loop, TLS and the
@@ -56,6 +58,7 @@ pub mod history;
 pub mod input;
 mod layers;
 pub mod limits;
+pub mod mercure;
 pub mod ops;
 pub mod presence;
 pub mod publish;
@@ -137,6 +140,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         .route("/", get(assets::demo))
         .route("/client/herald.js", get(assets::client))
         .route("/client/herald.d.ts", get(assets::types))
+        .merge(mercure::routes(&state))
         .with_state(state.clone())
         .merge(extra)
         .fallback(|| async { ApiError::not_found() })

@@ -63,7 +63,7 @@ pub(crate) async fn handler(
 
 /// The refusal's Retry-After in milliseconds (every 429/503 carries one,
 /// see [`ApiError`]), never below the stream's usual `retry:`.
-fn retry_after_ms(e: &ApiError, retry_ms: u64) -> u64 {
+pub(crate) fn retry_after_ms(e: &ApiError, retry_ms: u64) -> u64 {
     e.retry_after_secs()
         .map_or(retry_ms, |s| s.saturating_mul(1000).max(retry_ms))
 }
@@ -76,7 +76,7 @@ pub(crate) fn jittered(retry_ms: u64) -> u64 {
 
 /// A temporary refusal an EventSource understands: `200 text/event-stream`,
 /// `retry: <ms>`, one `herald.disconnect {"reason": reason}`, then the end.
-fn refusal(reason: Disconnect, retry_ms: u64) -> Response {
+pub(crate) fn refusal(reason: Disconnect, retry_ms: u64) -> Response {
     let mut body = BytesMut::from(&b"retry: "[..]);
     body.extend_from_slice(jittered(retry_ms).to_string().as_bytes());
     body.extend_from_slice(b"\n\n");
@@ -86,7 +86,7 @@ fn refusal(reason: Disconnect, retry_ms: u64) -> Response {
     r
 }
 
-fn stream_headers(h: &mut HeaderMap) {
+pub(crate) fn stream_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
@@ -126,12 +126,63 @@ async fn open(
 
     let preamble =
         sse::preamble(jittered(app.config.sse_retry_ms), &sub.cursor().encode()).freeze();
+    Ok(respond(
+        &app,
+        Opened {
+            sub,
+            presence,
+            slot,
+            deadline,
+            conn,
+            preamble,
+            view: None,
+            held: None,
+        },
+    ))
+}
+
+/// An opened stream's parts, for [`respond`].
+pub(crate) struct Opened {
+    pub(crate) sub: Subscription,
+    pub(crate) presence: Vec<herald_core::PresenceGuard>,
+    pub(crate) slot: Slot,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) conn: Option<ConnectionHandle>,
+    /// The first bytes written.
+    pub(crate) preamble: Bytes,
+    /// Writes each event its own way, or skips it (the Mercure endpoint);
+    /// `None`: Herald's frames.
+    pub(crate) view: Option<Arc<dyn View>>,
+    /// Kept alive as long as the stream.
+    pub(crate) held: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// A stream's own encoding of events (see [`Opened::view`]).
+pub(crate) trait View: Send + Sync {
+    /// The bytes for `event`, or `None` to skip it.
+    fn frame(&self, event: &herald_core::Event) -> Option<Bytes>;
+}
+
+/// The `200 text/event-stream` answer streaming `o`'s subscription.
+pub(crate) fn respond(app: &AppState, o: Opened) -> Response {
+    let Opened {
+        sub,
+        presence,
+        slot,
+        deadline,
+        conn,
+        preamble,
+        view,
+        held,
+    } = o;
     let peer_closed = conn.as_ref().and_then(|c| c.read_closed.clone());
     let first_wake = Instant::now() + app.config.keepalive;
     let stream = SseStream {
         sub,
         peer_closed,
         _presence: presence,
+        view,
+        _held: held,
         metrics: app.hub.metrics().clone(),
         _slot: slot,
         _guard: app.hub.metrics().connection(Transport::Sse),
@@ -156,7 +207,7 @@ async fn open(
     // the connection (the HTTP/1.1 direct path reads it).
     r.extensions_mut()
         .insert(crate::connection::WriteDeadline(app.config.write_timeout));
-    Ok(r)
+    r
 }
 
 /// One SSE connection's state.
@@ -164,6 +215,8 @@ struct SseStream {
     sub: Subscription,
     /// Present on the presence topics of the stream while it lives.
     _presence: Vec<herald_core::PresenceGuard>,
+    view: Option<Arc<dyn View>>,
+    _held: Option<Box<dyn std::any::Any + Send>>,
     /// Becomes true when the client closes the connection (see
     /// [`ConnectionHandle::read_closed`]): the stream ends at once rather
     /// than at its next failed write.
@@ -194,18 +247,28 @@ impl SseStream {
         if let Some(p) = self.preamble.take() {
             return Some(p);
         }
+        loop {
+            if let Some(chunk) = self.next_chunk_once().await {
+                return chunk;
+            }
+        }
+    }
+
+    /// The next chunk (`Some(None)`: the end), or `None` when the next
+    /// delivery was skipped by the view: nothing to write yet.
+    async fn next_chunk_once(&mut self) -> Option<Option<Bytes>> {
         let first = loop {
             tokio::select! {
                 d = self.sub.next() => break d,
                 _ = peer_closed(&mut self.peer_closed) => {
                     self.done = true;
-                    return None;
+                    return Some(None);
                 }
                 _ = &mut self.idle => {
                     let now = Instant::now();
                     if self.deadline.is_some_and(|d| now >= d) {
                         self.done = true;
-                        return Some(disconnect_event(disconnect::TOKEN_EXPIRED));
+                        return Some(Some(disconnect_event(disconnect::TOKEN_EXPIRED)));
                     }
                     // The timer is not moved on every write (a timer-wheel
                     // update per event per subscriber); when it fires, a
@@ -218,26 +281,29 @@ impl SseStream {
                     }
                     self.last_write = now;
                     self.idle.as_mut().reset(cap(now + self.keepalive));
-                    return Some(Bytes::from_static(sse::KEEPALIVE));
+                    return Some(Some(Bytes::from_static(sse::KEEPALIVE)));
                 }
             }
         };
-        self.last_write = Instant::now();
         if matches!(first, Delivery::Closed(CloseReason::Shutdown)) {
             // Spread the ends of a shutdown over the drain window.
             tokio::time::sleep(self.drain.mul_f64(fastrand::f64())).await;
         }
-        let first = self.encode(first);
+        let first = self.encode(first)?;
+        // Only what is written counts against the keepalive (a view may
+        // skip many events in a row).
+        self.last_write = Instant::now();
         if self.done || self.sub.queued() == 0 {
-            return Some(first);
+            return Some(Some(first));
         }
         // The subscriber has fallen behind: coalesce what is waiting into one write.
         let mut buf = BytesMut::from(&first[..]);
         for _ in 1..self.max_coalesce {
             match self.sub.next_ready().await {
                 Some(d) => {
-                    let b = self.encode(d);
-                    buf.extend_from_slice(&b);
+                    if let Some(b) = self.encode(d) {
+                        buf.extend_from_slice(&b);
+                    }
                     if self.done {
                         break;
                     }
@@ -245,11 +311,21 @@ impl SseStream {
                 None => break,
             }
         }
-        Some(buf.freeze())
+        Some(Some(buf.freeze()))
     }
 
-    fn encode(&mut self, d: Delivery) -> Bytes {
-        match d {
+    /// The bytes of `d`, or `None` when the view skips it.
+    fn encode(&mut self, d: Delivery) -> Option<Bytes> {
+        Some(match d {
+            Delivery::Event(e) if self.view.is_some() => {
+                let b = self.view.as_ref()?.frame(&e)?;
+                self.metrics
+                    .events_delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                b
+            }
+            // A view has no words for Herald's gap notice.
+            Delivery::Gap(_) if self.view.is_some() => return None,
             Delivery::Event(e) => {
                 self.metrics
                     .events_delivered
@@ -277,7 +353,7 @@ impl SseStream {
                 self.done = true;
                 disconnect_event(Disconnect::from(reason))
             }
-        }
+        })
     }
 }
 

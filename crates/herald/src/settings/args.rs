@@ -170,6 +170,26 @@ layered_settings! {
         /// array). Without it, tokens that name an audience are refused.
         #[arg(long, env = "HERALD_JWT_AUDIENCE")]
         pub jwt_audience: Option<String>,
+        /// Turns on the Mercure hub at `/.well-known/mercure`: the key of
+        /// publishers' tokens, an HS256 secret (32 bytes or more) or a PEM
+        /// public key (its text or a file) for RS256/ES256.
+        #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
+        pub mercure_publisher_jwt_key: Option<String>,
+        /// The key of Mercure subscribers' tokens [default: the publisher key].
+        #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
+        pub mercure_subscriber_jwt_key: Option<String>,
+        /// Mercure subscribers without a token are accepted (public updates only).
+        #[arg(long, env = "HERALD_MERCURE_ANONYMOUS")]
+        pub mercure_anonymous: bool,
+        /// Mercure subscription events and the subscriptions API.
+        #[arg(long, env = "HERALD_MERCURE_SUBSCRIPTIONS")]
+        pub mercure_subscriptions: bool,
+        /// The audience Mercure tokens must name in `aud` (unchecked without it).
+        #[arg(long, env = "HERALD_MERCURE_AUDIENCE")]
+        pub mercure_audience: Option<String>,
+        /// The issuer Mercure tokens must name in `iss` (unchecked without it).
+        #[arg(long, env = "HERALD_MERCURE_ISSUER")]
+        pub mercure_issuer: Option<String>,
         /// RS256/ES256 private key, PEM file: a file key only, for `herald token`.
         #[arg(skip)]
         pub jwt_private_key: Option<PathBuf>,

@@ -8,6 +8,7 @@
 //! - `auth.rs`: keys and credentials, for `serve` and for `herald token`.
 //! - `topics.rs`: the `[[topics]]` tables of the config file (topic
 //!   policies by pattern).
+//! - `mercure.rs`: the Mercure hub (`--mercure-*`).
 //! - `webhooks.rs`: the webhooks (`--webhook-url` and its queue).
 //!
 //! Checks run in one order (auth, address, engine, TLS, hub, topic
@@ -18,6 +19,7 @@ mod args;
 mod auth;
 mod engine;
 mod http;
+mod mercure;
 mod topics;
 mod webhooks;
 
@@ -186,6 +188,10 @@ impl Settings {
                 tables.extend(crate::examples::policy_tables(hook, hub.history.max_events));
             }
         }
+        let mercure = mercure::config(&s)?;
+        if mercure.as_ref().is_some_and(|m| m.subscriptions) {
+            tables.insert(0, mercure::policy_table());
+        }
         hub.policies = topics::policies(&tables, hub.history)?;
         warnings.extend(topics::warnings(&hub.policies));
         if hub.policies.has_hooks() && s.hook_url.as_deref().is_none_or(str::is_empty) {
@@ -219,7 +225,8 @@ impl Settings {
                 bail!("--workers must be between 1 and 1024, not {w}");
             }
         }
-        let http = http::config(&s, auth)?;
+        let mut http = http::config(&s, auth)?;
+        http.mercure = mercure.map(Arc::new);
         // A publish body is at most one event's data.
         hub.max_data_bytes = http.max_body_bytes;
         let log_json = match s.log_format.as_deref() {
