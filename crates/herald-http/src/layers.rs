@@ -90,7 +90,14 @@ pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
             .allow_headers(CORS_ALLOW_HEADERS)
             .max_age(CORS_MAX_AGE)
-            .expose_headers([header::RETRY_AFTER])
+            // Mercure subscribers reading the stream with fetch need the
+            // resume header and the discovery link.
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::LINK,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("mercure-last-event-id"),
+            ])
             // Also with `*`: a cache shared by several sites must not hand
             // one origin's answer to another as configurations change.
             .vary([header::ORIGIN]),
@@ -99,7 +106,7 @@ pub(crate) fn cors(origins: &[String]) -> Option<CorsLayer> {
 
 /// A configured origin in the form browsers send it (lowercase, no trailing
 /// slash, no default port), or `None` for `*`, `null` and empty entries.
-fn normalize_origin(origin: &str) -> Option<String> {
+pub(crate) fn normalize_origin(origin: &str) -> Option<String> {
     let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
     if o.is_empty() || o == "*" || o == "null" {
         return None;

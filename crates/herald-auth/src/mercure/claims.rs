@@ -959,7 +959,10 @@ fn from_details(details: &[Value]) -> Result<MercureGrant, MercureAuthError> {
             ));
         };
         match detail.get("type") {
-            Some(Value::String(t)) if t == "mercure" => {}
+            // `https://mercure.rocks/authorization-detail` is the type the
+            // hub's own documentation mints.
+            Some(Value::String(t))
+                if t == "mercure" || t == "https://mercure.rocks/authorization-detail" => {}
             None | Some(Value::String(_)) => continue,
             Some(_) => {
                 return Err(MercureAuthError::InvalidClaims(

@@ -362,9 +362,13 @@ pub(crate) fn link_header() -> HeaderValue {
     HeaderValue::from_static("</.well-known/mercure>; rel=\"mercure\"")
 }
 
-/// The token a request presents (header, then the `authorization` or
-/// `access_token` query parameter, then the cookies), verified with `keys`.
-/// `Ok(None)`: no token.
+/// The token a request presents, verified with `keys`; `Ok(None)`: no
+/// token. One token is selected, the others ignored (spec, "Presenting the
+/// Access Token"): the `Authorization` header, else the `authorization`
+/// query parameter, else a cookie: `__Secure-mercure_access_token`, else
+/// `mercureAuthorization`, else `mercureAccessToken` (the name the current
+/// draft recommends). The RFC 6750 `access_token` query parameter is not
+/// read (see [`QUERY_PARAMETER`](herald_auth::mercure::claims::QUERY_PARAMETER)).
 pub(crate) fn grant(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -376,48 +380,44 @@ pub(crate) fn grant(
     )>,
     MercureError,
 > {
-    use herald_auth::mercure::claims::token_from_request;
-    let query = query.unwrap_or("");
-    let mut found = token_from_request(
-        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-        query,
-    )?;
-    if found.is_none() {
-        // The current draft's spellings: the RFC 6750 `access_token`
-        // parameter and the `mercureAccessToken` cookie.
-        let renamed = query_renamed(query);
-        let cookies = headers
-            .get_all(header::COOKIE)
+    use herald_auth::mercure::claims::{token_from_request, COOKIE_NAME, LEGACY_COOKIE_NAME};
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let has = |name: &str| {
+        cookies
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|v| v.replace("mercureAccessToken=", "mercureAuthorization="))
-            .collect::<Vec<_>>();
-        let extra = cookies.iter().map(|c| ("cookie", c.as_bytes()));
-        if renamed.is_some() || !cookies.is_empty() {
-            found = token_from_request(extra, renamed.as_deref().unwrap_or(""))?;
-        }
-    }
-    match found {
+            .flat_map(|c| c.split(';'))
+            .any(|p| p.trim_start().starts_with(&format!("{name}=")))
+    };
+    // `mercureAccessToken` is read as the legacy name, only when neither of
+    // the other two is sent (it comes last).
+    let renamed: Vec<String> = if has(COOKIE_NAME) || has(LEGACY_COOKIE_NAME) {
+        Vec::new()
+    } else {
+        cookies
+            .iter()
+            .map(|c| {
+                c.split(';')
+                    .filter_map(|p| {
+                        let p = p.trim_start();
+                        p.strip_prefix("mercureAccessToken=")
+                            .map(|v| format!("{LEGACY_COOKIE_NAME}={v}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    let fields = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .chain(renamed.iter().map(|c| ("cookie", c.as_bytes())));
+    match token_from_request(fields, query.unwrap_or(""))? {
         None => Ok(None),
         Some((token, source)) => Ok(Some((keys.verify(&token)?, source))),
     }
-}
-
-/// `query` with `access_token` read as `authorization`, when it has one
-/// and no `authorization` of its own.
-fn query_renamed(query: &str) -> Option<String> {
-    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> =
-        form_urlencoded::parse(query.trim_start_matches('?').as_bytes()).collect();
-    if pairs.iter().any(|(k, _)| k == "authorization")
-        || !pairs.iter().any(|(k, _)| k == "access_token")
-    {
-        return None;
-    }
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in &pairs {
-        if k == "access_token" {
-            out.append_pair("authorization", v);
-        }
-    }
-    Some(out.finish())
 }

@@ -327,12 +327,18 @@ fn check_origin(app: &AppState, headers: &HeaderMap) -> Result<(), MercureError>
             let u = url_origin(r)?;
             Some(u)
         });
-    let allowed = origin.as_deref().is_some_and(|o| {
-        app.config
-            .cors_origins
-            .iter()
-            .any(|a| a == "*" || a.eq_ignore_ascii_case(o))
-    });
+    // As the CORS layer allows credentials: listed origins only, compared
+    // in the form browsers send them; `*` never allows a cookie publish.
+    let allowed = origin
+        .as_deref()
+        .and_then(crate::layers::normalize_origin)
+        .is_some_and(|o| {
+            app.config
+                .cors_origins
+                .iter()
+                .filter_map(|a| crate::layers::normalize_origin(a))
+                .any(|a| a == o)
+        });
     if allowed {
         Ok(())
     } else {

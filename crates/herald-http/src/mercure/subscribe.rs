@@ -4,13 +4,13 @@
 //!
 //! - **Selectors**: `topic` (exact topic, `*`, or RFC 6570 URI template, as
 //!   earlier drafts and Symfony use it), `match` / `matchExact` (exact),
-//!   `match_urlpattern` / `matchURLPattern` (WHATWG URL Pattern; relative
+//!   `match_exact` (exact), `match_urlpattern` / `matchURLPattern` (WHATWG URL Pattern; relative
 //!   patterns and topics resolved against the hub's URL). At least one, at
 //!   most the hub's topics-per-subscription limit; any other parameter
 //!   whose name starts with `match` (in any case) is refused (400), as the
 //!   specification reserves that prefix.
 //! - **Who**: a token verified with the subscriber key (header, query
-//!   `authorization` / `access_token`, cookie); without one, 401 unless
+//!   `authorization`, cookie); without one, 401 unless
 //!   anonymous subscribers are allowed. A private update reaches the
 //!   stream only when the token's `subscribe` selectors match one of its
 //!   topics; the stream ends at the token's `exp`.
@@ -19,7 +19,8 @@
 //!   looked for in the log's retained history, newest first, over at most
 //!   [`MAX_SCAN`] updates (a Herald cursor of the log is read too); found,
 //!   the stream replays what follows it; not found, it starts live. The
-//!   answer then carries a `Last-Event-ID` header: the requested id when
+//!   answer then carries a `Last-Event-ID` header (and the same as
+//!   `Mercure-Last-Event-Id`): the requested id when
 //!   it was found and the subscriber may see it, else `earliest` ("a
 //!   different value indicates that loss may have occurred").
 //! - **Frames**: `[retry:]`, `id:` (the update's id, verbatim), `[event:]`,
@@ -132,7 +133,7 @@ pub fn selectors(pairs: &[(String, String)], max: usize) -> Result<Vec<Selector>
     for (k, v) in pairs {
         let parsed = match k.as_str() {
             "topic" => Selector::parse(v),
-            "match" | "matchExact" => Selector::exact(v),
+            "match" | "matchExact" | "match_exact" => Selector::exact(v),
             "match_urlpattern" | "matchURLPattern" => Selector::url_pattern(v),
             other if other.len() >= 5 && other[..5].eq_ignore_ascii_case("match") => {
                 return Err(MercureError::invalid_request(format!(
@@ -186,8 +187,12 @@ async fn open(
     };
     let pairs = crate::transport::query_pairs(uri.query());
     let selectors = selectors(&pairs, app.hub.config().max_topics_per_subscription)?;
+    let mut from_query = false;
     let grant = match grant(&headers, uri.query(), &cfg.subscriber)? {
-        Some((g, _)) => Some(g),
+        Some((g, source)) => {
+            from_query = source == herald_auth::mercure::claims::TokenSource::Query;
+            Some(g)
+        }
         None if cfg.anonymous => None,
         None => {
             return Err(MercureError::no_token(
@@ -252,7 +257,16 @@ async fn open(
         },
     );
     if let Some(v) = answered.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        // The specification's name, and the one the hub 1.0 sends.
+        r.headers_mut().insert("mercure-last-event-id", v.clone());
         r.headers_mut().insert("last-event-id", v);
+    }
+    if from_query {
+        // A token in the URL (spec, "URI Query Parameter"): no shared cache.
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache"),
+        );
     }
     Ok(r)
 }
