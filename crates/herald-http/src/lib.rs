@@ -82,6 +82,8 @@ pub(crate) struct AppState {
     pub(crate) limiter: Arc<limits::ConnectionLimiter>,
     /// Who holds long-poll presence entries, to bound them.
     pub(crate) poll_presence: Arc<presence::PollPresence>,
+    /// Mercure update ids and their places in the log (empty without Mercure).
+    pub(crate) mercure_index: Arc<mercure::index::Index>,
 }
 
 impl AppState {
@@ -115,6 +117,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         config: Arc::new(config),
         limiter: Arc::default(),
         poll_presence: Arc::default(),
+        mercure_index: Arc::default(),
     };
     Router::new()
         .route("/v1/publish", post(publish::publish))

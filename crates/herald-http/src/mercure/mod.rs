@@ -5,6 +5,7 @@
 //! - [`publish`]: `POST /.well-known/mercure`, form-encoded updates.
 //! - [`subscribe`]: `GET /.well-known/mercure`, SSE with topic selectors,
 //!   private updates, and resume by the publisher's own ids.
+//! - [`index`]: where each update id sits in the log, for resuming.
 //! - [`subscriptions`]: the active subscriptions API and subscription
 //!   events (with [`MercureConfig::subscriptions`]).
 //!
@@ -35,6 +36,7 @@
 //! Without a Mercure key none of this exists: no route, no mirror, nothing
 //! spent on a publish.
 
+pub mod index;
 pub mod publish;
 pub mod subscribe;
 pub mod subscriptions;
@@ -98,10 +100,16 @@ pub(crate) fn routes(app: &AppState) -> Router<AppState> {
         return Router::new();
     };
     if let Ok(log) = Topic::new(LOG_TOPIC) {
-        app.hub.set_mirror(Arc::new(LogMirror {
+        if app.hub.set_mirror(Arc::new(LogMirror {
             auth: app.config.auth.clone(),
             log,
-        }));
+        })) {
+            // Once per hub, like the mirror (a second router over the same
+            // hub shares neither, and resumes through the bounded scan).
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(index::fill(app.hub.clone(), app.mercure_index.clone()));
+            }
+        }
     }
     let mut r = Router::new().route(
         "/.well-known/mercure",

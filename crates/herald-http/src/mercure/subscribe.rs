@@ -16,8 +16,8 @@
 //!   topics; the stream ends at the token's `exp`.
 //! - **Resume**: the `Last-Event-ID` header, else `lastEventID`, else
 //!   `last_event_id`. `earliest` replays every retained update; an id is
-//!   looked for in the log's retained history, newest first, over at most
-//!   [`MAX_SCAN`] updates (a Herald cursor of the log is read too); found,
+//!   looked up in the [`Index`] of the newest ids, else among the newest
+//!   [`SCAN_PAGE`] updates (a Herald cursor of the log is read too); found,
 //!   the stream replays what follows it; not found, it starts live. The
 //!   answer then carries a `Last-Event-ID` header (and the same as
 //!   `Mercure-Last-Event-Id`): the requested id when
@@ -39,17 +39,16 @@ use herald_core::engine::EngineError;
 use herald_core::subscription::Start;
 use herald_core::{Cursor, Event, Hub, Position, Topic, Transport};
 
+use super::index::Index;
 use super::{grant, link_header, log_topic, update, MercureError};
 use crate::connection::ConnectionHandle;
 use crate::error::ApiError;
 use crate::transport::sse::{self, Opened, View};
 use crate::AppState;
 
-/// The most updates a `Last-Event-ID` is looked for among, newest first.
-pub const MAX_SCAN: usize = 100_000;
-
-/// Updates read per step of that search.
-const SCAN_PAGE: usize = 500;
+/// The newest updates a `Last-Event-ID` the [`Index`] does not hold is
+/// looked for among.
+pub const SCAN_PAGE: usize = 500;
 
 /// What one subscriber sees: the updates matching one of its selectors,
 /// private ones only where its token allows.
@@ -209,7 +208,7 @@ async fn open(
     let (start, answered) = match requested.as_deref() {
         None => (Start::Now, None),
         Some("earliest") => (Start::Earliest, Some("earliest".to_owned())),
-        Some(id) => match locate(&app.hub, &log, id).await? {
+        Some(id) => match locate(&app.hub, &app.mercure_index, &log, id).await? {
             Some(found) => {
                 let visible = found
                     .topics
@@ -301,29 +300,38 @@ pub(crate) struct Found {
     pub(crate) topics: Option<(Vec<Box<str>>, bool)>,
 }
 
-/// Where the update `id` sits in the log: the newest update with that id
-/// among the newest [`MAX_SCAN`] retained, else a Herald cursor naming
-/// the log. `None`: neither.
-pub(crate) async fn locate(hub: &Hub, log: &Topic, id: &str) -> Result<Option<Found>, EngineError> {
-    let mut before: Option<Position> = None;
-    let mut scanned = 0usize;
-    loop {
-        let page = hub.engine().read_back(log, before, SCAN_PAGE).await?;
-        for e in page.events.iter().rev() {
-            if let Some(u) = update(e).filter(|u| &*u.id == id) {
-                return Ok(Some(Found {
-                    position: e.position,
-                    topics: Some((u.topics.clone(), u.private)),
-                }));
-            }
-        }
-        scanned += page.events.len();
-        let first = page.events.first().map(|e| e.position);
-        match first {
-            Some(p) if p.seq > 1 && scanned < MAX_SCAN && page.gap.is_none() => {
-                before = Some(Position::new(p.epoch, p.seq - 1));
-            }
-            _ => break,
+/// Where the update `id` sits in the log: its newest update with that id,
+/// from the [`Index`], else among the newest [`SCAN_PAGE`] updates (the
+/// index may still be reading the history at start), else a Herald cursor
+/// naming the log. `None`: none of them.
+pub(crate) async fn locate(
+    hub: &Hub,
+    index: &Index,
+    log: &Topic,
+    id: &str,
+) -> Result<Option<Found>, EngineError> {
+    if let Some(p) = index.get(id) {
+        // That one update, for who may see it (gone from the history: no one).
+        let before = Position::new(p.epoch, p.seq.saturating_sub(1));
+        let read = hub.engine().read(log, Some(before), 1).await?;
+        let topics = read
+            .events
+            .first()
+            .filter(|e| e.position == p)
+            .and_then(|e| update(e))
+            .map(|u| (u.topics.clone(), u.private));
+        return Ok(Some(Found {
+            position: p,
+            topics,
+        }));
+    }
+    let page = hub.engine().read_back(log, None, SCAN_PAGE).await?;
+    for e in page.events.iter().rev() {
+        if let Some(u) = update(e).filter(|u| &*u.id == id) {
+            return Ok(Some(Found {
+                position: e.position,
+                topics: Some((u.topics.clone(), u.private)),
+            }));
         }
     }
     Ok(Cursor::decode(id)
