@@ -277,9 +277,9 @@ fn last_event_id(
     pairs: &[(String, String)],
 ) -> Result<Option<String>, MercureError> {
     if let Some(v) = headers.get("last-event-id") {
-        let v = v
-            .to_str()
-            .map_err(|_| MercureError::invalid_request("Last-Event-ID is not text"))?;
+        // UTF-8, as EventSource sends a non-ASCII id (WHATWG HTML, 9.2.4).
+        let v = std::str::from_utf8(v.as_bytes())
+            .map_err(|_| MercureError::invalid_request("Last-Event-ID is not UTF-8"))?;
         if !v.is_empty() {
             return Ok(Some(v.to_owned()));
         }

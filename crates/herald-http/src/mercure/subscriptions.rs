@@ -14,7 +14,9 @@
 //!   `topic` template, a form the current draft no longer names); `topic`
 //!   repeats `match` for clients of earlier drafts. `subscriber` is the
 //!   token's `sub`, else a `urn:uuid:` made for the connection; `payload`
-//!   is the token's payload for that selector.
+//!   is the token's payload for that selector. One subscriber on one
+//!   selector is one subscription however many streams it opens: active
+//!   from the first, ended with the last.
 //! - **The API**: `GET /.well-known/mercure/subscriptions`,
 //!   `…/subscriptions/{matchType}`, `…/{matchType}/{match}` and
 //!   `…/{matchType}/{match}/{subscriber}` answer `application/ld+json`:
@@ -67,27 +69,61 @@ pub fn event_topic(match_type: &str, matcher: &str, subscriber: &str) -> String 
     )
 }
 
-/// What a live stream holds: its presence entries, and the documents to
-/// publish again with `active: false` when it ends.
+/// What a live stream holds: its presence entries (one per selector, with
+/// the client ids they were entered as), and the documents to publish again
+/// with `active: false` when it ends.
 struct Held {
     hub: Hub,
     ended: Vec<Value>,
-    _presence: Vec<PresenceGuard>,
+    clients: Vec<String>,
+    presence: Vec<PresenceGuard>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         let docs = std::mem::take(&mut self.ended);
+        let clients = std::mem::take(&mut self.clients);
+        let presence = std::mem::take(&mut self.presence);
         let hub = self.hub.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { publish_docs(&hub, docs).await });
+            rt.spawn(async move {
+                drop(presence);
+                // A subscription another stream still holds (the same
+                // subscriber on the same selector) has not ended.
+                let others = held_elsewhere(&hub, &clients).await;
+                let docs = docs
+                    .into_iter()
+                    .filter(|d| !others.iter().any(|id| d["id"].as_str() == Some(id)))
+                    .collect();
+                publish_docs(&hub, docs).await;
+            });
         }
+    }
+}
+
+/// The subscription ids the members of [`PRESENCE_TOPIC`] other than
+/// `own` (client ids) hold.
+async fn held_elsewhere(hub: &Hub, own: &[String]) -> Vec<String> {
+    let Ok(topic) = Topic::new(PRESENCE_TOPIC) else {
+        return Vec::new();
+    };
+    match hub.presence(&topic).await {
+        Ok(members) => members
+            .into_iter()
+            .filter(|m| !own.iter().any(|c| **c == *m.client))
+            .filter_map(|m| m.info["id"].as_str().map(str::to_owned))
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
 /// Announces the subscriptions of a stream that opens (one per selector)
 /// and enters them as presence members; the value returned, dropped when
-/// the stream ends, announces their end.
+/// the stream ends, announces their end. One subscriber (one `sub`) on one
+/// selector is one subscription however many streams it opens (spec: the
+/// same `{subscriber}` for requests the hub can correlate; hubs "MAY
+/// deduplicate subscriptions"): announced active by the first stream,
+/// ended by the last.
 pub(crate) async fn open(
     app: &AppState,
     reader: &Reader,
@@ -99,8 +135,11 @@ pub(crate) async fn open(
         .and_then(|g| g.subject.clone())
         .unwrap_or_else(new_id);
     let topic = Topic::new(PRESENCE_TOPIC).ok()?;
+    let already = held_elsewhere(&app.hub, &[]).await;
     let mut docs = Vec::new();
+    let mut fresh = Vec::new();
     let mut presence = Vec::new();
+    let mut clients = Vec::new();
     for (i, s) in reader.selectors.iter().enumerate() {
         let kind = match_type(s.kind());
         let id = event_topic(kind, s.as_str(), &subscriber);
@@ -121,23 +160,29 @@ pub(crate) async fn open(
         {
             doc["payload"] = p.clone();
         }
+        let member_client = format!("{client}.{i}");
         let member = Member {
-            client: format!("{client}.{i}").into(),
+            client: member_client.as_str().into(),
             user: subscriber.as_str().into(),
             info: doc.clone(),
             transport: Transport::Sse,
         };
         presence.push(app.hub.enter(&topic, member, Duration::ZERO).await);
+        clients.push(member_client);
+        if !already.contains(&id) {
+            fresh.push(doc.clone());
+        }
         docs.push(doc);
     }
-    publish_docs(&app.hub, docs.clone()).await;
+    publish_docs(&app.hub, fresh).await;
     for d in &mut docs {
         d["active"] = Value::Bool(false);
     }
     Some(Box::new(Held {
         hub: app.hub.clone(),
         ended: docs,
-        _presence: presence,
+        clients,
+        presence,
     }))
 }
 
