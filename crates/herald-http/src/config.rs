@@ -83,6 +83,8 @@ pub struct HttpConfig {
     /// The Mercure hub at `/.well-known/mercure` (`--mercure-*`); `None`:
     /// off, and those paths answer 404.
     pub mercure: Option<Arc<crate::mercure::MercureConfig>>,
+    /// The admin page at `/admin/` (`--admin`); off: 404.
+    pub admin: bool,
 }
 
 impl Default for HttpConfig {
@@ -117,6 +119,7 @@ impl Default for HttpConfig {
             hooks: None,
             metrics: Vec::new(),
             mercure: None,
+            admin: false,
         }
     }
 }

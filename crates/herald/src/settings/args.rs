@@ -170,6 +170,14 @@ layered_settings! {
         /// array). Without it, tokens that name an audience are refused.
         #[arg(long, env = "HERALD_JWT_AUDIENCE")]
         pub jwt_audience: Option<String>,
+        /// Serve the admin page at `/admin/` (behind the publisher key or a
+        /// token with the `admin` claim).
+        #[arg(long, env = "HERALD_ADMIN")]
+        pub admin: bool,
+        /// Send OpenTelemetry traces over OTLP/HTTP to this URL (such as
+        /// `http://127.0.0.1:4318`; `/v1/traces` is appended).
+        #[arg(long, env = "HERALD_OTLP_ENDPOINT")]
+        pub otlp_endpoint: Option<String>,
         /// Turns on the Mercure hub at `/.well-known/mercure`: the key of
         /// publishers' tokens, an HS256 secret (32 bytes or more) or a PEM
         /// public key (its text or a file) for RS256/ES256.

@@ -120,6 +120,8 @@ pub struct Settings {
     pub http: HttpConfig,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
+    /// `--otlp-endpoint`: where traces go over OTLP/HTTP; `None`: nowhere.
+    pub otlp_endpoint: Option<String>,
     /// The LLM relay's upstream and limits.
     pub llm: LlmSettings,
     /// Runtime worker threads; `None`: one per core.
@@ -234,7 +236,9 @@ impl Settings {
             Some("json") => true,
             Some(other) => bail!("--log-format {other:?}: choose text or json"),
         };
+        http.admin = s.admin;
         Ok(Settings {
+            otlp_endpoint: s.otlp_endpoint.clone().filter(|e| !e.is_empty()),
             examples,
             webhooks: webhooks::webhooks(&s)?,
             llm: llm(&s)?,
