@@ -67,6 +67,15 @@ COOKIE = "session=bench"
 HOOK_FLAGS = ["--hook-url", f"http://127.0.0.1:{PORTS['hook']}/hook", "--hook-secret", HOOK_SECRET,
               "--jwt-secret", JWT_SECRET, "--config", str(BENCH / "hooks.toml")]
 
+# Mercure subscribers (transport `mercure`, the `herald` target only): SSE at
+# `/.well-known/mercure?topic=T`. Herald runs with a Mercure key and accepts
+# subscribers without a token; it has no JWT of its own (an open server on
+# loopback), so what the load generator publishes on `POST /v1/publish`
+# reaches them as public updates. The other rows run Herald without these,
+# unless `--herald-arg` gives them (Mercure on for every row).
+MERCURE_KEY = "bench-mercure-publisher-key-4e7a1c9b3d5f2086"
+MERCURE_FLAGS = [["--mercure-publisher-jwt-key", MERCURE_KEY], ["--mercure-anonymous"]]
+
 
 def limits():
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
@@ -191,6 +200,8 @@ def bench_protocol(name):
 
 
 def supports(name, transport):
+    if transport == "mercure":
+        return name == "herald"
     if name == "pushpin":
         return transport == "sse"
     if name == "socketio":
@@ -232,10 +243,15 @@ def jwt():
     return _jwt
 
 
-def measure(name, workdir, out, args, scenario, herald_args=()):
+def measure(name, workdir, out, args, scenario, herald_args=(), transport=None):
     hooks = scenario.startswith("f-")
     backend = start_hook_backend(workdir) if hooks else None
     server_args = [*herald_args, *HOOK_FLAGS] if hooks else list(herald_args)
+    if transport == "mercure":
+        given = " ".join(herald_args)
+        for flag in MERCURE_FLAGS:
+            if flag[0] not in given:
+                server_args += flag
     if scenario.startswith("g-") and not any(a.startswith("--config") for a in herald_args):
         conf = workdir / "game-rooms.toml"
         conf.write_text(GAME_CONFIG)
@@ -286,7 +302,7 @@ def measure(name, workdir, out, args, scenario, herald_args=()):
     summary = {k: rec.get(k) for k in keys}
     if "error" in rec:
         summary = {"error": rec["error"].splitlines()[0] if rec["error"] else "?"}
-    print(f"  {scenario:<28} {name:<8} {' '.join(args[:4]):<34} {summary}", flush=True)
+    print(f"  {scenario:<28} {name:<8} {' '.join(args[:4]):<36} {summary}", flush=True)
     time.sleep(1.0)  # let TIME_WAIT sockets and the CPU settle
     return rec
 
@@ -299,12 +315,13 @@ def scenarios(quick):
     for n in sizes:
         # 19k: held past one 15 s keepalive (SSE comment, WebSocket ping).
         hold = "17" if n >= 19000 else "5"
-        for tr in ("sse", "ws", "poll"):
+        # `mercure`: Herald's Mercure subscribers, measured right after its /v1/sse.
+        for tr in ("sse", "mercure", "ws", "poll"):
             out.append((f"a-idle-{n}", tr, ["--transport", tr, "--subs", str(n), "--duration", "0",
                                            "--hold", hold, "--sources", str(max(2, n // 1000))]))
     fan = [1000] if quick else [1000, 10000]
     for n in fan:
-        for tr in ("sse", "ws"):
+        for tr in ("sse", "mercure", "ws"):
             out.append((f"b-fanout-{n}-100", tr, ["--transport", tr, "--subs", str(n), "--rate", "100",
                                                  "--duration", dur, "--sources", "10"]))
             if n >= 10000 and not quick:
@@ -506,7 +523,7 @@ def main():
                 if scenario.startswith("f-") and t != "herald":
                     continue  # hooks: Herald's own feature, measured on the current build
                 try:
-                    measure(t, workdir, out, args, scenario, a.herald_arg)
+                    measure(t, workdir, out, args, scenario, a.herald_arg, tr)
                 except Exception as e:  # a peer that fails to start is reported, not fatal
                     rec = {"server": t, "scenario": scenario, "args": " ".join(args), "error": str(e)}
                     out.write(json.dumps(rec) + "\n")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The benchmark harness in miniature, for CI: Herald only, 200 connections per
-# transport, a few seconds each, 20 WebSocket clients publishing in 2 rooms, and
-# a game row (4 rooms of 8 players, 25 updates/s each) against Herald and, when
-# Node.js is installed, against Socket.IO 4 (bench/node/socketio-room.js; `npm ci`
-# in bench/node if its packages are missing).
+# transport (Mercure subscribers included, against a second Herald started with
+# a Mercure key as bench/run.py starts it for those rows), a few seconds each,
+# 20 WebSocket clients publishing in 2 rooms, and a game row (4 rooms of 8
+# players, 25 updates/s each) against Herald and, when Node.js is installed,
+# against Socket.IO 4 (bench/node/socketio-room.js; `npm ci` in bench/node if its
+# packages are missing).
 # Fails on any connection error, drop or loss, so the load generator and the
 # scenarios never rot. Timings are printed, never asserted.
 set -euo pipefail
@@ -21,25 +23,38 @@ bin="${CARGO_TARGET_DIR:-target}/$profile"
 log="$(mktemp)"
 "$bin/herald" serve --listen 127.0.0.1:0 --engine memory >"$log" 2>&1 &
 pid=$!
+# The Mercure rows' Herald: a Mercure key, subscribers without a token, and no
+# JWT of its own, so publishes on POST /v1/publish are public Mercure updates.
+mercure_log="$(mktemp)"
+"$bin/herald" serve --listen 127.0.0.1:0 --engine memory \
+    --mercure-publisher-jwt-key bench-mercure-publisher-key-4e7a1c9b3d5f2086 \
+    --mercure-anonymous >"$mercure_log" 2>&1 &
+mercure_pid=$!
 sio_pid=""
 sio_log="$(mktemp)"
 cleanup() {
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    if [ -n "$sio_pid" ]; then
-        kill "$sio_pid" 2>/dev/null || true
-        wait "$sio_pid" 2>/dev/null || true
-    fi
-    rm -f "$log" "$sio_log"
+    for p in "$pid" "$mercure_pid" "$sio_pid"; do
+        [ -n "$p" ] || continue
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    rm -f "$log" "$mercure_log" "$sio_log"
 }
 trap cleanup EXIT
-addr=""
-for _ in $(seq 1 100); do
-    addr="$(sed -n 's#^herald listening on http://##p' "$log" | head -n1)"
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
+# listening LOG: the address the Herald writing LOG listens on, once it does.
+listening() {
+    local at=""
+    for _ in $(seq 1 100); do
+        at="$(sed -n 's#^herald listening on http://##p' "$1" | head -n1)"
+        [ -n "$at" ] && break
+        sleep 0.1
+    done
+    echo "$at"
+}
+addr="$(listening "$log")"
 [ -n "$addr" ] || { echo "herald did not start:"; cat "$log"; exit 1; }
+mercure_addr="$(listening "$mercure_log")"
+[ -n "$mercure_addr" ] || { echo "herald (Mercure) did not start:"; cat "$mercure_log"; exit 1; }
 
 fail=0
 # run_at ADDR PID NAME ARGS...: one herald-bench run against the server at ADDR.
@@ -69,6 +84,10 @@ for tr in sse ws poll; do
     run "$tr fan-out" --transport "$tr" --subs 200 --rate 100 --duration 3
 done
 run "sse max" --transport sse --subs 200 --rate 0 --window 32 --publishers 2 --duration 2
+# Mercure subscribers (GET /.well-known/mercure?topic=T), published to on POST /v1/publish.
+run_at "$mercure_addr" "$mercure_pid" "mercure fan-out" --transport mercure --subs 200 --rate 100 --duration 3
+run_at "$mercure_addr" "$mercure_pid" "mercure max" --transport mercure --subs 200 --rate 0 --window 32 \
+    --publishers 2 --duration 2
 run "sse own+shared" --transport sse --subs 200 --topics own-shared --rate 200 --shared-every 20 --duration 2
 run "publish x16" --transport sse --subs 16 --topics per-publisher --publishers 16 --rate 0 --window 0 --duration 2
 # Rooms: 20 WebSocket clients in 2 rooms, each publishing 5 msg/s to its room on its own socket.

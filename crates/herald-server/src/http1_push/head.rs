@@ -22,6 +22,8 @@ pub const MAX_HEADERS: usize = 100;
 /// The paths served directly.
 const SSE_PATH: &str = "/v1/sse";
 const POLL_PATH: &str = "/v1/poll";
+/// A Mercure subscriber's stream (`herald-http`'s `mercure` module).
+const MERCURE_PATH: &str = "/.well-known/mercure";
 
 /// What the parser says of the bytes read so far.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,7 +71,8 @@ pub(crate) fn head_status(buf: &[u8]) -> Head {
     }
 }
 
-/// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll` with no body and no upgrade,
+/// An HTTP/1.1 `GET /v1/sse`, `GET /v1/poll` or `GET /.well-known/mercure`
+/// (a Mercure subscriber) with no body and no upgrade,
 /// as a request for the router; `None` for anything else (hyper handles it,
 /// errors included).
 pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
@@ -83,7 +86,7 @@ pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, u
     let route = path.split('?').next();
     if req.method != Some("GET")
         || req.version != Some(1)
-        || !(route == Some(SSE_PATH) || route == Some(POLL_PATH))
+        || !(route == Some(SSE_PATH) || route == Some(POLL_PATH) || route == Some(MERCURE_PATH))
     {
         return None;
     }
@@ -120,6 +123,17 @@ mod tests {
         let (r, _) =
             parse_direct_request(b"GET /v1/poll?topic=a&timeout=5 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(r.uri(), "/v1/poll?topic=a&timeout=5");
+        let (r, _) =
+            parse_direct_request(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.uri(), "/.well-known/mercure?topic=a");
+        assert!(parse_direct_request(
+            b"POST /.well-known/mercure HTTP/1.1\r\ncontent-length: 7\r\n\r\ntopic=a"
+        )
+        .is_none());
+        assert!(
+            parse_direct_request(b"GET /.well-known/mercure/subscriptions HTTP/1.1\r\n\r\n")
+                .is_none()
+        );
         for other in [
             &b"GET /v1/ssex HTTP/1.1\r\n\r\n"[..],
             b"GET /v1/polls HTTP/1.1\r\n\r\n",

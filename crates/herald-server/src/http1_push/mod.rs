@@ -4,8 +4,8 @@
 //! holds, and through hyper each one keeps a read buffer and a write buffer of
 //! 8 KiB (hyper's smallest) for as long as it lives, although after the
 //! request head it reads nothing and writes little. So the accept loop reads
-//! request heads itself. A cleartext or TLS HTTP/1.1 `GET /v1/sse` or
-//! `GET /v1/poll` goes through the same router as any request
+//! request heads itself. A cleartext or TLS HTTP/1.1 `GET /v1/sse`,
+//! `GET /v1/poll` or `GET /.well-known/mercure` goes through the same router as any request
 //! (authentication, limits and the handler are unchanged); an event stream's
 //! head and chunks are written here with no buffer kept between writes, and
 //! any other answer (a poll's batch, an error) is written piece by piece
