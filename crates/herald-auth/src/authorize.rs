@@ -25,6 +25,15 @@ const SERVER_API_CREDENTIAL: &str =
     "the server API needs the publisher key or a token with the admin claim";
 
 impl Auth {
+    /// The admin page's stats topic: once a second every node running the
+    /// admin page (`herald serve --admin`) publishes a JSON snapshot of
+    /// itself here, from inside the server. It reads like the server API:
+    /// only the publisher key, a token with the admin claim, or anyone on
+    /// a server without authentication may subscribe to it (or read its
+    /// history or presence); no `--public` pattern and no token pattern
+    /// opens it, however wide, and nobody publishes to it through `/v1`.
+    pub const ADMIN_STATS_TOPIC: &'static str = "herald/admin/stats";
+
     /// The check of the server API (`POST /v1/disconnect`, `GET
     /// /v1/topics`, `GET /v1/connections`; DESIGN.md, "Your backend in the
     /// loop", "Server API"), which acts on no one topic: the publisher key,
@@ -78,6 +87,17 @@ impl Auth {
             action,
             Action::Subscribe | Action::Presence | Action::History
         );
+        // The admin page's stats are read as the server API is, and
+        // written only by the server itself.
+        if topic.as_str() == Self::ADMIN_STATS_TOPIC {
+            return match who {
+                _ if !reads => Err(forbidden()),
+                Principal::Open | Principal::Publisher => Ok(()),
+                Principal::User(g) if g.admin => Ok(()),
+                Principal::User(_) => Err(forbidden()),
+                Principal::Anonymous => Err(Denied::Unauthenticated(topic.as_str().to_owned())),
+            };
+        }
         // A generation's stream is private to whom the relay granted it (its
         // creator, or whom it was shared with): no token pattern and no
         // public pattern reads it, however wide.

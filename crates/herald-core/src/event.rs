@@ -1,4 +1,14 @@
 //! Events, their positions, and the encodings shared by every subscriber.
+//!
+//! # Trace context
+//!
+//! An event may carry a W3C trace context ([`TraceParent`], from a
+//! publisher's `traceparent` header). The core only makes `tracing` spans
+//! (`publish` with `validate` and `store` inside, `fanout` where an engine
+//! hands the event to local subscribers); a process that exports traces
+//! installs a [`TraceBridge`] ([`install_trace_bridge`]) that sets their
+//! OpenTelemetry parents and links. Without one, the trace context is
+//! carried and nothing else happens.
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
@@ -8,6 +18,9 @@ use bytes::Bytes;
 
 use crate::topic::Topic;
 use crate::wire;
+
+mod trace;
+pub use trace::{fanout_span, install_trace_bridge, publish_span, TraceBridge, TraceParent};
 
 /// Where an event sits in its topic: a sequence number that grows by one per
 /// event, and the epoch of the topic's history. The epoch changes when the
@@ -81,16 +94,23 @@ pub struct NewEvent {
     pub data: Data,
     /// A client-chosen id that makes a retried publish idempotent.
     pub idempotency_key: Option<Box<str>>,
+    /// The trace context the event is published in. On the way in: the
+    /// publisher's (a `traceparent` header), which becomes the parent of
+    /// the `publish` span; the hub then puts that span's own context here
+    /// before the engine stores the event (see [`publish_span`]). Not
+    /// written to disk or Redis by the engines.
+    pub trace: Option<TraceParent>,
 }
 
 impl NewEvent {
-    /// An unnamed event with no idempotency key.
+    /// An unnamed event with no idempotency key and no trace context.
     pub fn new(topic: Topic, data: Data) -> NewEvent {
         NewEvent {
             topic,
             name: None,
             data,
             idempotency_key: None,
+            trace: None,
         }
     }
 
@@ -117,6 +137,10 @@ pub struct Event {
     pub data: Data,
     /// Milliseconds since the Unix epoch when the engine accepted the event.
     pub published_at_ms: u64,
+    /// The context of the `publish` span that stored it, when traces are
+    /// exported (see [`NewEvent::trace`]): what subscriber-side spans link
+    /// to. `None` for events read back from an engine's storage.
+    pub trace: Option<TraceParent>,
     sse: OnceLock<SseFrame>,
     json: OnceLock<Bytes>,
     extension: OnceLock<Box<dyn Any + Send + Sync>>,
@@ -153,6 +177,7 @@ impl Event {
             name: new.name,
             data: new.data,
             published_at_ms,
+            trace: new.trace,
             sse: OnceLock::new(),
             json: OnceLock::new(),
             extension: OnceLock::new(),

@@ -5,6 +5,11 @@
 //! a subscriber: it pushes an `Arc<Event>` onto each bounded queue, and a queue
 //! that is full is closed with [`CloseReason::SlowConsumer`] (its memory freed
 //! at once); the client resumes from its cursor and loses nothing.
+//!
+//! The events waiting in the queues are counted as they come and go
+//! ([`crate::metrics::QueuedEvents`]: one atomic add per dispatch and one
+//! per event taken), and each dispatch that reaches a subscriber is timed
+//! (`herald_fanout_duration_seconds`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +53,9 @@ pub struct SubscriberQueue {
     /// owns it may not be reading (its socket is full), so the HTTP layer
     /// drops the connection itself rather than waiting to be polled.
     on_close: Option<Arc<Notify>>,
+    /// Where events entering and leaving are counted (a queue made by a
+    /// [`Fanout`]); the fan-out counts the entries, the queue the rest.
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,8 +67,10 @@ struct QueueState {
 /// What a push did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pushed {
-    /// Queued (or the queue was already closed).
+    /// Queued.
     Queued,
+    /// Not queued: the queue was already closed.
+    Ignored,
     /// The queue was full: closed as a slow consumer.
     Closed,
     /// A signal left out of a queue at least half full.
@@ -88,6 +98,14 @@ impl SubscriberQueue {
             state: Mutex::new(QueueState::default()),
             notify: Notify::new(),
             on_close,
+            metrics: None,
+        }
+    }
+
+    /// Takes `n` events out of the queued-events gauge.
+    fn left(&self, n: usize) {
+        if let (Some(m), true) = (&self.metrics, n > 0) {
+            m.queued_events.adjust(self.id, -(n as i64));
         }
     }
 
@@ -110,15 +128,16 @@ impl SubscriberQueue {
     fn push(&self, event: &Arc<Event>) -> Pushed {
         let mut st = self.lock();
         if st.closed.is_some() {
-            return Pushed::Queued;
+            return Pushed::Ignored;
         }
         if st.events.len() >= self.capacity / 2 && event.is_signal() {
             return Pushed::SignalDropped;
         }
         if st.events.len() >= self.capacity {
             st.closed = Some(CloseReason::SlowConsumer);
-            st.events = VecDeque::new();
+            let dropped = std::mem::take(&mut st.events).len();
             drop(st);
+            self.left(dropped);
             self.notify.notify_one();
             if let Some(n) = &self.on_close {
                 n.notify_one();
@@ -134,11 +153,13 @@ impl SubscriberQueue {
     /// Closes the queue (for shutdown).
     pub fn close(&self, reason: CloseReason) {
         let mut st = self.lock();
+        let mut dropped = 0;
         if st.closed.is_none() {
             st.closed = Some(reason);
-            st.events = VecDeque::new();
+            dropped = std::mem::take(&mut st.events).len();
         }
         drop(st);
+        self.left(dropped);
         self.notify.notify_one();
     }
 
@@ -148,7 +169,10 @@ impl SubscriberQueue {
         if let Some(reason) = st.closed {
             return Some(Popped::Closed(reason));
         }
-        st.events.pop_front().map(Popped::Event)
+        let event = st.events.pop_front()?;
+        drop(st);
+        self.left(1);
+        Some(Popped::Event(event))
     }
 
     /// Waits for the next event. Cancel-safe: nothing is taken from the queue
@@ -171,6 +195,14 @@ impl SubscriberQueue {
     /// True if no event is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Drop for SubscriberQueue {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let n = st.events.len();
+        self.left(n);
     }
 }
 
@@ -247,7 +279,9 @@ impl Fanout {
         on_close: Option<Arc<Notify>>,
     ) -> Arc<SubscriberQueue> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let q = Arc::new(SubscriberQueue::new(id, capacity, on_close));
+        let mut q = SubscriberQueue::new(id, capacity, on_close);
+        q.metrics = Some(self.metrics.clone());
+        let q = Arc::new(q);
         if self.shut_down.load(Ordering::Acquire) {
             q.close(CloseReason::Shutdown);
         }
@@ -385,6 +419,25 @@ impl Fanout {
         (all, total)
     }
 
+    /// The most events waiting in one local subscriber queue now: a scan
+    /// of every queue (each locked in turn, the registry only while its
+    /// entries are copied), for `/metrics`, not for a hot path.
+    pub fn deepest_queue(&self) -> usize {
+        let queues: Vec<std::sync::Weak<SubscriberQueue>> = self
+            .all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        queues
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|q| q.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Adds `queue` to `topic`. Returns true if it is the topic's first local subscriber.
     pub fn add(&self, topic: &Topic, queue: &Arc<SubscriberQueue>) -> bool {
         let mut shard = self.shard(topic);
@@ -425,19 +478,28 @@ impl Fanout {
     /// Hands `event` to every local subscriber of its topic. Engines call this
     /// in position order per topic.
     pub fn dispatch(&self, event: &Arc<Event>) {
+        // The `fanout` span, only for an event whose trace is exported.
+        let _span = crate::event::fanout_span(event);
+        let started = std::time::Instant::now();
         let shard = self.shard(&event.topic);
         let Some(list) = shard.get(&event.topic) else {
             return;
         };
-        let (mut slow, mut dropped) = (0u64, 0u64);
+        let (mut queued, mut slow, mut dropped) = (0i64, 0u64, 0u64);
         for q in list {
             match q.push(event) {
-                Pushed::Queued => {}
+                Pushed::Queued => queued += 1,
+                Pushed::Ignored => {}
                 Pushed::Closed => slow += 1,
                 Pushed::SignalDropped => dropped += 1,
             }
         }
+        let stripe = list.first().map_or(0, |q| q.id);
         drop(shard);
+        if queued > 0 {
+            self.metrics.queued_events.adjust(stripe, queued);
+        }
+        self.metrics.latency.fanout.observe(started.elapsed());
         if slow > 0 {
             self.metrics
                 .slow_consumer_disconnects
@@ -471,6 +533,57 @@ mod tests {
     use super::*;
     use crate::event::{Data, NewEvent, Position};
     use crate::presence::{signal_event, Change, Member};
+
+    #[test]
+    fn queued_events_follow_pushes_takes_closes_and_drops() {
+        let metrics = Arc::new(Metrics::default());
+        let fanout = Fanout::new(metrics.clone());
+        let topic = Topic::new("t").unwrap();
+        let event = |seq| {
+            Event::stamped(
+                NewEvent::new(topic.clone(), Data::Text("x".into())),
+                Position::new(1, seq),
+            )
+        };
+        let (a, b) = (fanout.new_queue(4, None), fanout.new_queue(100, None));
+        fanout.add(&topic, &a);
+        fanout.add(&topic, &b);
+        for seq in 1..=3 {
+            fanout.dispatch(&event(seq));
+        }
+        assert_eq!(metrics.queued_events.get(), 6);
+        assert_eq!(fanout.deepest_queue(), 3);
+        assert!(matches!(a.try_pop(), Some(Popped::Event(_))));
+        assert_eq!(metrics.queued_events.get(), 5);
+        // `a` fills up and is closed as slow at the 6th: its 4 events go.
+        for seq in 4..=6 {
+            fanout.dispatch(&event(seq));
+        }
+        assert_eq!(metrics.queued_events.get(), 6);
+        assert_eq!(fanout.deepest_queue(), 6);
+        assert_eq!(metrics.slow_consumer_disconnects.load(Ordering::Relaxed), 1);
+        // A closed queue takes nothing more.
+        fanout.dispatch(&event(7));
+        assert_eq!(metrics.queued_events.get(), 7);
+        // Every dispatch that reached a subscriber was timed.
+        assert_eq!(metrics.latency.fanout.count(), 7);
+        // A queue dropped with events in it takes them out.
+        fanout.remove(&topic, b.id());
+        fanout.drop_queue(b.id());
+        drop(b);
+        assert_eq!(metrics.queued_events.get(), 0);
+        // A topic without local subscribers is not timed.
+        fanout.remove(&topic, a.id());
+        fanout.dispatch(&event(8));
+        assert_eq!(metrics.latency.fanout.count(), 7);
+        // A shutdown's close takes out what was queued.
+        let c = fanout.new_queue(10, None);
+        fanout.add(&topic, &c);
+        fanout.dispatch(&event(9));
+        assert_eq!(metrics.queued_events.get(), 1);
+        fanout.shutdown();
+        assert_eq!(metrics.queued_events.get(), 0);
+    }
 
     #[test]
     fn signals_are_dropped_from_a_half_full_queue_never_closing_it() {

@@ -328,7 +328,8 @@ impl Hub {
         let n = events.len();
         if let (true, Some(m)) = (mirrored, self.inner.mirror.get()) {
             for i in 0..n {
-                if let Some(copy) = m.mirror(&events[i]) {
+                if let Some(mut copy) = m.mirror(&events[i]) {
+                    copy.trace = events[i].trace;
                     events.push(copy);
                 }
             }
@@ -338,11 +339,13 @@ impl Hub {
 
     async fn publish_observed(
         &self,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
         mirrored: bool,
     ) -> Result<Vec<Arc<Event>>, PublishError> {
         let started = Instant::now();
-        let r = self.publish_inner(events, mirrored).await;
+        // Spans: `publish`, with `validate` and `store` inside (see crate::event::trace).
+        let span = crate::event::publish_span(&mut events);
+        let r = tracing::Instrument::instrument(self.publish_inner(events, mirrored), span).await;
         match &r {
             Ok(v) => {
                 self.inner.metrics.observe_publish(started.elapsed());
@@ -396,13 +399,17 @@ impl Hub {
         events: Vec<NewEvent>,
         mirrored: bool,
     ) -> Result<Vec<Arc<Event>>, PublishError> {
-        self.validate(&events)?;
+        tracing::debug_span!("validate").in_scope(|| self.validate(&events))?;
         if *self.inner.shutdown.borrow() {
             return Err(EngineError::ShuttingDown.into());
         }
         if events.iter().all(|e| e.idempotency_key.is_none()) {
             let (events, n) = self.with_mirrors(events, mirrored);
-            let mut out = self.inner.engine.publish(events).await?;
+            let stored_at = Instant::now();
+            let store = self.inner.engine.publish(events);
+            let mut out =
+                tracing::Instrument::instrument(store, tracing::debug_span!("store")).await?;
+            self.inner.metrics.observe_store(stored_at.elapsed());
             out.truncate(n);
             self.inner
                 .metrics
@@ -462,8 +469,11 @@ impl Hub {
             Vec::new()
         } else {
             let (to_store, n) = self.with_mirrors(to_store, mirrored);
-            match self.inner.engine.publish(to_store).await {
+            let stored_at = Instant::now();
+            let store = self.inner.engine.publish(to_store);
+            match tracing::Instrument::instrument(store, tracing::debug_span!("store")).await {
                 Ok(mut v) => {
+                    self.inner.metrics.observe_store(stored_at.elapsed());
                     v.truncate(n);
                     v
                 }
@@ -670,6 +680,12 @@ impl Hub {
     /// let go after their grace period.
     pub fn presence_holds(&self) -> usize {
         self.inner.holds.len()
+    }
+
+    /// The most live events waiting in one of this node's subscriber
+    /// queues now: a scan of the queues, for `/metrics` (not a hot path).
+    pub fn deepest_queue(&self) -> usize {
+        self.inner.fanout.deepest_queue()
     }
 
     /// Local subscribers of a topic (tests, admin).

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::engine::HistoryLimits;
+use crate::metrics::{PolicyRefusal, PolicyRefusals};
 use crate::topic::Topic;
 use crate::topic_pattern::TopicPattern;
 
@@ -111,6 +112,8 @@ pub struct TopicPolicies {
     /// Topic → index of its rule (`None`: no rule matches).
     cache: RwLock<HashMap<Topic, Option<usize>>>,
     rates: PublishRates,
+    /// Publishes each rule refused (`/metrics`, see [`TopicPolicies::count_refusal`]).
+    refusals: PolicyRefusals,
 }
 
 impl std::fmt::Debug for TopicPolicies {
@@ -125,6 +128,7 @@ impl TopicPolicies {
     /// Policies from `rules`, first match wins.
     pub fn new(rules: Vec<PolicyRule>) -> TopicPolicies {
         TopicPolicies {
+            refusals: PolicyRefusals::new(rules.len()),
             rules: rules
                 .into_iter()
                 .map(|r| (r.pattern, Arc::new(r.policy)))
@@ -223,7 +227,33 @@ impl TopicPolicies {
         if wanted.is_empty() {
             return Ok(());
         }
-        self.rates.admit(caller, &wanted, unix_second())
+        self.rates
+            .admit(caller, &wanted, unix_second())
+            .inspect_err(|r| {
+                if let Some(w) = wanted.iter().find(|w| w.3.as_str() == r.topic) {
+                    self.refusals.count(w.0, PolicyRefusal::RateLimited);
+                }
+            })
+    }
+
+    /// Counts a client publish to `topic` refused by its rule for `reason`
+    /// (`herald_policy_publish_refusals_total`; rate refusals are counted
+    /// by [`TopicPolicies::admit_publish`] itself). Nothing for a topic no
+    /// rule matches.
+    pub fn count_refusal(&self, topic: &Topic, reason: PolicyRefusal) {
+        if let Some(i) = self.rule_of(topic) {
+            self.refusals.count(i, reason);
+        }
+    }
+
+    /// The rules in order: each one's pattern and policy.
+    pub(crate) fn rules(&self) -> &[(TopicPattern, Arc<TopicPolicy>)] {
+        &self.rules
+    }
+
+    /// The refusal counters, by rule number.
+    pub(crate) fn refusals(&self) -> &PolicyRefusals {
+        &self.refusals
     }
 
     /// Rate counters held now (at most [`MAX_RATE_COUNTERS`]).

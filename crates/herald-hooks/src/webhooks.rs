@@ -44,6 +44,8 @@
 //!   `herald_webhook_events_dropped_total{reason="rejected"}` and logged.
 //! - **Metrics.** `herald_webhook_batches_total{outcome}` counts POSTs
 //!   (`delivered`, `failed` then retried, `rejected`);
+//!   `herald_webhook_events_delivered_total` the events of delivered
+//!   batches, beside `herald_webhook_events_dropped_total{reason}`;
 //!   `herald_webhook_queued_events` is the queue's length now.
 //! - **Shutdown.** [`Webhooks::flush`] sends what is queued, within a
 //!   bound.
@@ -230,11 +232,13 @@ impl DropReason {
 
 /// The webhooks' counters, rendered by `/metrics` (a [`MetricsSource`]):
 /// `herald_webhook_batches_total{outcome}`,
+/// `herald_webhook_events_delivered_total`,
 /// `herald_webhook_events_dropped_total{reason}` and the gauge
 /// `herald_webhook_queued_events`.
 #[derive(Debug, Default)]
 pub struct WebhookMetrics {
     batches: [AtomicU64; 3],
+    delivered: AtomicU64,
     dropped: [AtomicU64; 2],
     queued: AtomicU64,
 }
@@ -243,6 +247,12 @@ impl WebhookMetrics {
     /// POSTs that ended with `outcome` so far.
     pub fn batches(&self, outcome: BatchOutcome) -> u64 {
         self.batches[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Events the backend took (the events of batches it answered 2xx)
+    /// so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Events dropped for `reason` so far.
@@ -278,6 +288,11 @@ impl MetricsSource for WebhookMetrics {
                     })
                     .collect(),
             },
+            Family::counter(
+                "herald_webhook_events_delivered_total",
+                "Webhook events delivered: the events of batches the backend answered 2xx.",
+                self.delivered(),
+            ),
             Family {
                 name: "herald_webhook_events_dropped_total",
                 help: "Webhook events dropped: the queue was full (overflow) or the backend refused their batch (rejected).",
@@ -471,6 +486,10 @@ impl Webhooks {
             if rejected {
                 self.metrics
                     .count_dropped(DropReason::Rejected, batch.len() as u64);
+            } else {
+                self.metrics
+                    .delivered
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
         }
     }

@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_page;
 mod assets;
 pub mod auth;
 pub mod config;
@@ -144,6 +145,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         .route("/client/herald.js", get(assets::client))
         .route("/client/herald.d.ts", get(assets::types))
         .merge(mercure::routes(&state))
+        .merge(admin_page::routes(&state))
         .with_state(state.clone())
         .merge(extra)
         .fallback(|| async { ApiError::not_found() })

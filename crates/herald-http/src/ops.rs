@@ -29,21 +29,31 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text format: the hub's counters, those of the server
-/// that accepted the connection when it inserted them (see
-/// [`ConnectionHandle::server_metrics`]), the hooks' when configured, and
+/// Prometheus text format (README.md, "Metrics reference"): the hub's
+/// counters, gauges and histograms; the subscriber queues' deepest and
+/// capacity ([`herald_core::metrics::QueueBounds`], the one scan made
+/// here); the per-policy refusals; those of the server that accepted the
+/// connection when it inserted them (see
+/// [`ConnectionHandle::server_metrics`]); the hooks' when configured; and
 /// those of [`crate::HttpConfig::metrics`].
 pub(crate) async fn metrics(
     State(app): State<AppState>,
     conn: Option<axum::Extension<ConnectionHandle>>,
 ) -> Response {
-    use herald_core::metrics::MetricsSource;
+    use herald_core::metrics::{MetricsSource, QueueBounds};
+    let queues = QueueBounds {
+        deepest: app.hub.deepest_queue() as u64,
+        capacity: app.hub.config().queue_capacity as u64,
+    };
     let server = conn.and_then(|c| c.0.server_metrics);
     let hooks = app.config.hooks.as_ref().map(|h| h.metrics().clone());
-    let extra: Vec<&dyn MetricsSource> = server
-        .as_deref()
+    let extra: Vec<&dyn MetricsSource> = [&queues as &dyn MetricsSource]
         .into_iter()
+        .chain(server.as_deref())
         .chain(hooks.as_deref().map(|m| m as &dyn MetricsSource))
+        .chain(std::iter::once(
+            &*app.hub.config().policies as &dyn MetricsSource,
+        ))
         .chain(app.config.metrics.iter().map(|m| &**m))
         .collect();
     let body = app.hub.metrics().render(app.hub.engine().name(), &extra);

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_auth::Action;
+use herald_core::event::TraceParent;
 use herald_core::{Data, NewEvent, Topic};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -40,6 +41,7 @@ impl PublishItem {
             name: self.event.map(Into::into),
             data: Data::from_json(&self.data),
             idempotency_key: self.id.map(Into::into),
+            trace: None,
         })
     }
 }
@@ -195,7 +197,12 @@ pub(crate) async fn publish(
         app.config.body_timeout,
     )
     .await?;
-    let (events, is_batch) = parse_publish_body(&bytes)?;
+    let (mut events, is_batch) = parse_publish_body(&bytes)?;
+    // The publisher's trace context: the parent of the `publish` span.
+    let trace = traceparent(&headers);
+    for e in &mut events {
+        e.trace = trace;
+    }
     let published = publish_as(&app, &who, &caller, events).await?;
     let body = if is_batch {
         serde_json::json!({"ids": published.iter().map(|e| e.id()).collect::<Vec<_>>()})
@@ -203,6 +210,19 @@ pub(crate) async fn publish(
         serde_json::json!({"id": published.first().map(|e| e.id())})
     };
     Ok(Json(body).into_response())
+}
+
+/// The request's W3C trace context: its one `traceparent` header, when it
+/// is well formed ([`TraceParent::parse`]); `None` for none, several, or a
+/// malformed one (ignored, as W3C Trace Context asks: the publish then
+/// starts a trace of its own).
+pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    let mut values = headers.get_all("traceparent").iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    TraceParent::parse(value.to_str().ok()?)
 }
 
 /// Who a publish comes from, for the topic policies' `publish_rate`.
@@ -266,6 +286,8 @@ pub(crate) async fn publish_as(
                 .iter()
                 .find(|e| !policies.resolve(&e.topic).allows_client_publish())
             {
+                let refusal = herald_core::metrics::PolicyRefusal::ClientPublish;
+                policies.count_refusal(&e.topic, refusal);
                 return Err(ApiError::forbidden(
                     "forbidden",
                     format!(
@@ -322,7 +344,10 @@ async fn publish_hooks(
             PublishVerdict::Accept => {}
             PublishVerdict::Replace(data) => event.data = data,
             PublishVerdict::Refuse(reason) => {
-                return Err(ApiError::hook_refused(Hook::Publish, reason))
+                let refusal = herald_core::metrics::PolicyRefusal::PublishHook;
+                let policies = &app.hub.config().policies;
+                policies.count_refusal(&event.topic, refusal);
+                return Err(ApiError::hook_refused(Hook::Publish, reason));
             }
         }
     }
@@ -370,6 +395,19 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
         }
+    }
+
+    #[test]
+    fn reads_one_traceparent_header() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        assert_eq!(traceparent(&h), None);
+        h.insert("traceparent", TP.parse().unwrap());
+        assert_eq!(traceparent(&h).map(|t| t.to_string()).as_deref(), Some(TP));
+        h.append("traceparent", TP.parse().unwrap());
+        assert_eq!(traceparent(&h), None, "two headers");
+        h.insert("traceparent", "00-nonsense".parse().unwrap());
+        assert_eq!(traceparent(&h), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod duration;
 mod examples;
 mod jwks;
 mod settings;
+mod telemetry;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_client::Client;
 use herald_core::{Hub, MemoryEngine};
-use tracing_subscriber::EnvFilter;
 
 use settings::{EngineKind, ServeArgs, Settings, TokenArgs};
 
@@ -185,19 +185,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(mut settings: Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if settings.log_json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    // Logs, and traces with --otlp-endpoint (flushed at the end).
+    let telemetry = telemetry::init(settings.log_json, settings.otlp_endpoint.as_deref())?;
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
@@ -332,6 +321,8 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             );
         }
     }
+    // The connections have ended (their spans with them): send the last spans.
+    telemetry.shutdown().await;
     if let Some(why) = embedded_engine.and_then(|e| e.close_error()) {
         anyhow::bail!(
             "{why}; events acknowledged before the shutdown were already on disk, but later \

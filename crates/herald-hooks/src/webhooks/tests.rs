@@ -153,6 +153,7 @@ async fn batches_are_signed_and_in_order() {
         hooks.occurred(occupied(&format!("t/{i}")));
     }
     until("7 events", || delivered(&seen).len() == 7).await;
+    until("7 counted", || hooks.metrics().delivered() == 7).await;
     let want: Vec<String> = (0..7).map(|i| format!("t/{i}")).collect();
     assert_eq!(delivered(&seen), want);
     let batches = seen.batches.lock().unwrap();

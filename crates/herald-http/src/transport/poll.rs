@@ -50,7 +50,16 @@ pub(crate) async fn handler(
     let conn = conn.map(|c| c.0);
     let peer = conn.as_ref().map(|c| c.peer.ip());
     let read_closed = conn.and_then(|c| c.read_closed);
-    match poll(app, headers, uri, peer, read_closed).await {
+    // The poll's span (`topics` once they are read), linked to the publish
+    // of each traced event it answers with.
+    let span = tracing::debug_span!(
+        parent: None,
+        "poll",
+        transport = "poll",
+        topics = tracing::field::Empty,
+    );
+    let polled = poll(app, headers, uri, peer, read_closed);
+    match tracing::Instrument::instrument(polled, span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -84,6 +93,7 @@ async fn poll(
     let query = crate::input::Query::parse(uri.query())?;
     let pairs = query.pairs();
     let topics = topics_param(pairs, app.hub.config().max_topics_per_subscription)?;
+    tracing::Span::current().record("topics", topics.len());
     let (who, _) = authenticate(&app, &headers, pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
     let _slot = app.connection_slot(peer, &headers)?;
@@ -214,7 +224,10 @@ impl Batch {
     /// it, so the next poll reads it again from history.
     fn take(&mut self, d: Delivery, sub: &Subscription) -> bool {
         let frame = match d {
-            Delivery::Event(e) => e.json().clone(),
+            Delivery::Event(e) => {
+                e.link_current_span();
+                e.json().clone()
+            }
             Delivery::Gap(g) => g.json(),
             Delivery::Closed(herald_core::CloseReason::Disconnected) => {
                 // The server API closed the user's connections: the answer

@@ -177,7 +177,17 @@ pub(crate) fn respond(app: &AppState, o: Opened) -> Response {
     } = o;
     let peer_closed = conn.as_ref().and_then(|c| c.read_closed.clone());
     let first_wake = Instant::now() + app.config.keepalive;
+    // The connection's span: a trace of its own, linked to the publish of
+    // each traced event it writes.
+    let span = tracing::debug_span!(
+        parent: None,
+        "sse",
+        transport = "sse",
+        protocol = if view.is_some() { "mercure" } else { "herald" },
+        topics = sub.topic_count(),
+    );
     let stream = SseStream {
+        span,
         sub,
         peer_closed,
         _presence: presence,
@@ -198,7 +208,8 @@ pub(crate) fn respond(app: &AppState, o: Opened) -> Response {
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
-        let chunk = s.next_chunk().await?;
+        let span = s.span.clone();
+        let chunk = tracing::Instrument::instrument(s.next_chunk(), span).await?;
         Some((Ok::<_, std::convert::Infallible>(chunk), s))
     }));
     let mut r = body.into_response();
@@ -212,6 +223,8 @@ pub(crate) fn respond(app: &AppState, o: Opened) -> Response {
 
 /// One SSE connection's state.
 struct SseStream {
+    /// The `sse` span, entered while the stream works; it ends with it.
+    span: tracing::Span,
     sub: Subscription,
     /// Present on the presence topics of the stream while it lives.
     _presence: Vec<herald_core::PresenceGuard>,
@@ -319,6 +332,7 @@ impl SseStream {
         Some(match d {
             Delivery::Event(e) if self.view.is_some() => {
                 let b = self.view.as_ref()?.frame(&e)?;
+                e.link_current_span();
                 self.metrics
                     .events_delivered
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -330,6 +344,7 @@ impl SseStream {
                 self.metrics
                     .events_delivered
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                e.link_current_span();
                 if self.sub.topic_count() == 1 || e.is_signal() {
                     // One topic: the event's own id is the stream's cursor,
                     // so the frame shared by every subscriber is complete.

@@ -14,6 +14,7 @@
 #[path = "../process/mod.rs"]
 mod process;
 
+mod admin_stats;
 mod forged;
 
 use std::process::Command;

@@ -164,6 +164,7 @@ impl Connection {
         };
         match self.sub.add_from(topic.clone(), since).await {
             Ok(start) => {
+                tracing::Span::current().record("topics", self.sub.topic_count());
                 let client = self.enter(&topic).await;
                 let cursor = Cursor::single(&topic, start).encode();
                 let m = ServerMessage::Subscribed {
@@ -183,6 +184,7 @@ impl Connection {
             Err(e) => return self.api_error(e.into(), reference).await,
         };
         let was_subscribed = self.sub.remove(&topic);
+        tracing::Span::current().record("topics", self.sub.topic_count());
         self.presence.retain(|(t, _)| t != &topic);
         let m = ServerMessage::Unsubscribed {
             topic: topic.as_str().to_owned(),

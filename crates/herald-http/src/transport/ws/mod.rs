@@ -87,6 +87,15 @@ pub(crate) async fn handler(
     let who = crate::auth::upgrade_principal(&app, &headers, credential).await?;
     let slot = app.connection_slot(conn.map(|c| c.0.peer.ip()), &headers)?;
     let max = app.config.ws_max_message_bytes;
+    // The connection's span: a trace of its own, holding the publish spans
+    // of its publishes and linked to the publish of each traced event it
+    // sends; `topics` follows its subscriptions.
+    let span = tracing::debug_span!(
+        parent: None,
+        "ws",
+        transport = "ws",
+        topics = 0usize,
+    );
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
@@ -94,5 +103,7 @@ pub(crate) async fn handler(
         // (subscribers send little; a bigger message just takes more reads).
         .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| session::run(app, socket, who, slot)))
+        .on_upgrade(move |socket| {
+            tracing::Instrument::instrument(session::run(app, socket, who, slot), span)
+        }))
 }

@@ -254,6 +254,7 @@ impl Connection {
                         .metrics()
                         .events_delivered
                         .fetch_add(1, Ordering::Relaxed);
+                    e.link_current_span();
                     e.json().clone()
                 }
                 Delivery::Gap(g) => g.json(),
