@@ -37,12 +37,14 @@ pub(crate) async fn access_log(req: Request, next: Next) -> Response {
 /// Headers a cross-origin page may send: credentials and JSON bodies, and
 /// what `EventSource` polyfills add (`Last-Event-ID` to resume,
 /// `Cache-Control`, `X-Requested-With`).
-const CORS_ALLOW_HEADERS: [HeaderName; 5] = [
+const CORS_ALLOW_HEADERS: [HeaderName; 6] = [
     header::AUTHORIZATION,
     header::CONTENT_TYPE,
     HeaderName::from_static("last-event-id"),
     header::CACHE_CONTROL,
     HeaderName::from_static("x-requested-with"),
+    // W3C Trace Context: a page's publish may carry its trace.
+    HeaderName::from_static("traceparent"),
 ];
 
 /// How long a browser may cache a preflight answer.

@@ -19,6 +19,8 @@
 //! - [`input`]: query strings, cursors and starting points, decided once.
 //! - [`error`]: every error's status and JSON body, in one place.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin_page`]: the admin page at `/admin/` and its stats topic, with
+//!   [`HttpConfig::admin`].
 //! - [`mercure`]: the Mercure protocol at `/.well-known/mercure`, when a
 //!   Mercure key is configured.
 //! - [`connection`]: what a server tells the router of each connection

@@ -20,10 +20,16 @@ pub const LOG_TOPIC: &str = ".well-known/mercure";
 /// under it, whatever its scheme and authority (Mercure specification,
 /// "Publication": the reserved hub namespace, where subscription events
 /// live). Answers in a few nanoseconds for names that do not contain
-/// `.well-known/mercure` at all.
+/// `mercure` at all.
 pub fn is_reserved(topic: &str) -> bool {
-    const NEEDLE: &str = ".well-known/mercure";
-    if !topic.contains(NEEDLE) {
+    // Cheap first: every spelling the URL parser folds into the reserved
+    // path (`\` for `/`, `./` and `x/../` segments, `%2e` dots) still
+    // holds the word itself.
+    if !topic
+        .as_bytes()
+        .windows(7)
+        .any(|w| w.eq_ignore_ascii_case(b"mercure"))
+    {
         return false;
     }
     if topic == LOG_TOPIC || topic.starts_with(".well-known/mercure/") {
@@ -56,6 +62,12 @@ mod reserved_tests {
             "https://other.example/.well-known/mercure/subscriptions/x",
             "https://hub.example/a/../.well-known/mercure",
             "/x/%2e%2e/.well-known/mercure/y",
+            "/.well-known\\mercure/subscriptions/Exact/X/sub",
+            "\\.well-known\\mercure\\subscriptions",
+            "/.well-known/./mercure/subscriptions/a",
+            "/.well-known/x/../mercure/subscriptions/a",
+            "/.well-known/%2e/mercure/subscriptions/a",
+            "https://x/.well-known\\mercure/subscriptions/a",
         ] {
             assert!(is_reserved(t), "{t}");
         }

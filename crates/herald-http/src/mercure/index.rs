@@ -7,12 +7,16 @@
 //! Redis this node sees every node's updates). The index keeps the newest
 //! [`MAX_IDS`] ids, the oldest forgotten first: bounded like the history it
 //! indexes (an id older than the retained history resumes at the history's
-//! start anyway). An id given twice maps to its newest update. A lookup the
-//! index misses (the task is still reading the history at start, or the id
-//! is unknown) reads at most one page of the newest updates, never more: an
-//! unknown `Last-Event-ID` costs a client little and the server little.
+//! start anyway). An id given more than once keeps its newest
+//! [`MAX_PLACES`] places: a subscriber resumes after the newest of them it
+//! would have received (so a publisher reusing an id on another topic
+//! cannot move other subscribers' resume point). A lookup the index misses
+//! reads nothing once the index has caught up with the log; before that
+//! (at start) it reads at most one small page of the newest updates: an
+//! unknown `Last-Event-ID` costs the server next to nothing.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,22 +28,43 @@ use super::{log_topic, update};
 /// Ids held at most (about 100 bytes each, with the map's own).
 pub const MAX_IDS: usize = 100_000;
 
+/// Places kept per id (a Mercure id is not unique: a publisher may reuse
+/// one, on purpose or to mislead another topic's subscribers), newest last.
+pub const MAX_PLACES: usize = 4;
+
 /// Update ids and their positions in the log, newest last.
 #[derive(Default)]
 pub struct Index {
     inner: Mutex<Inner>,
+    /// Set once the filling task has read the retained history.
+    ready: AtomicBool,
+    /// Told each time an update is indexed.
+    indexed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<Box<str>, Position>,
+    by_id: HashMap<Box<str>, Vec<Position>>,
     order: VecDeque<(Box<str>, Position)>,
+    /// The newest position indexed.
+    last: Option<Position>,
 }
 
 impl Index {
-    /// The position of the newest update with id `id`, if indexed.
-    pub fn get(&self, id: &str) -> Option<Position> {
-        self.inner.lock().ok()?.by_id.get(id).copied()
+    /// The positions of the newest updates with id `id` (at most
+    /// [`MAX_PLACES`], newest first); empty when not indexed.
+    pub fn get(&self, id: &str) -> Vec<Position> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|g| g.by_id.get(id).map(|v| v.iter().rev().copied().collect()))
+            .unwrap_or_default()
+    }
+
+    /// Whether the index holds every retained update (the filling task has
+    /// caught up with the log): a miss then means the id is not retained.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Records that the update `id` sits at `position` (newer than every
@@ -48,15 +73,39 @@ impl Index {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
-        g.by_id.insert(id.into(), position);
+        let places = g.by_id.entry(id.into()).or_default();
+        places.push(position);
+        if places.len() > MAX_PLACES {
+            places.remove(0);
+        }
         g.order.push_back((id.into(), position));
+        g.last = Some(position);
         while g.order.len() > MAX_IDS {
             let Some((old, at)) = g.order.pop_front() else {
                 break;
             };
-            // Only if no newer update reused the id.
-            if g.by_id.get(&old) == Some(&at) {
-                g.by_id.remove(&old);
+            if let Some(v) = g.by_id.get_mut(&old) {
+                v.retain(|p| *p != at);
+                if v.is_empty() {
+                    g.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) until the update at `head` (the log's head
+    /// when a lookup missed) is indexed, so that an update published just
+    /// before a subscriber resumes from it is found. Returns whether it is.
+    pub async fn caught_up_to(&self, head: Position, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.indexed.notified();
+            let last = self.inner.lock().ok().and_then(|g| g.last);
+            if last.is_some_and(|l| l >= head) || head.seq == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
             }
         }
     }
@@ -92,11 +141,20 @@ pub(crate) async fn fill(hub: Hub, index: std::sync::Arc<Index>) {
             continue;
         }
         loop {
-            match sub.next().await {
+            let next = match sub.next_ready().await {
+                Some(d) => d,
+                None => {
+                    // Caught up with the log: a miss is now a real miss.
+                    index.ready.store(true, Ordering::Release);
+                    sub.next().await
+                }
+            };
+            match next {
                 Delivery::Event(e) => {
                     if let Some(u) = update(&e) {
                         index.insert(&u.id, e.position);
                     }
+                    index.indexed.notify_waiters();
                     from = Start::After(e.position);
                     backoff = Duration::from_millis(100);
                 }
@@ -120,13 +178,18 @@ mod tests {
         ix.insert("a", Position::new(1, 1));
         ix.insert("b", Position::new(1, 2));
         ix.insert("a", Position::new(1, 3));
-        assert_eq!(ix.get("a"), Some(Position::new(1, 3)));
+        assert_eq!(ix.get("a"), [Position::new(1, 3), Position::new(1, 1)]);
         for i in 0..MAX_IDS {
             ix.insert(&format!("x{i}"), Position::new(1, 10 + i as u64));
         }
         assert_eq!(ix.len(), MAX_IDS);
-        assert_eq!(ix.get("b"), None);
-        assert_eq!(ix.get("a"), None);
-        assert_eq!(ix.get("x0"), Some(Position::new(1, 10)));
+        assert!(ix.get("b").is_empty());
+        assert!(ix.get("a").is_empty());
+        assert_eq!(ix.get("x0"), [Position::new(1, 10)]);
+        for i in 0..6 {
+            ix.insert("dup", Position::new(2, i));
+        }
+        assert_eq!(ix.get("dup").len(), MAX_PLACES);
+        assert_eq!(ix.get("dup")[0], Position::new(2, 5));
     }
 }

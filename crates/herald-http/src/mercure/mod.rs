@@ -31,7 +31,9 @@
 //!   the topic may be read without a credential under Herald's own rules
 //!   (no authentication configured, or a `--public` pattern), otherwise a
 //!   private one, which only a Mercure token granting `subscribe` on the
-//!   topic reads. LLM relay topics are not copied.
+//!   topic reads (and always private when the topic's policy has a
+//!   subscribe hook, which may refuse anyone). LLM relay topics and
+//!   ephemeral topics (history 0: live only) are not copied.
 //!
 //! Without a Mercure key none of this exists: no route, no mirror, nothing
 //! spent on a publish.
@@ -102,6 +104,7 @@ pub(crate) fn routes(app: &AppState) -> Router<AppState> {
     if let Ok(log) = Topic::new(LOG_TOPIC) {
         if app.hub.set_mirror(Arc::new(LogMirror {
             auth: app.config.auth.clone(),
+            policies: app.hub.config().policies.clone(),
             log,
         })) {
             // Once per hub, like the mirror (a second router over the same
@@ -239,6 +242,7 @@ pub(crate) fn new_id() -> String {
 /// private otherwise; not the LLM relay's topics nor the hub's own.
 pub struct LogMirror {
     auth: Arc<Auth>,
+    policies: Arc<herald_core::TopicPolicies>,
     log: Topic,
 }
 
@@ -248,11 +252,18 @@ impl Mirror for LogMirror {
         if topic.starts_with(RELAY_TOPIC_PREFIX) || is_reserved(topic) {
             return None;
         }
-        let public = !self.auth.is_enabled()
-            || self
-                .auth
-                .authorize(&Principal::Anonymous, Action::Subscribe, &event.topic)
-                .is_ok();
+        let policy = self.policies.resolve(&event.topic);
+        // Live only on Herald's side: not kept in the Mercure log either.
+        if policy.is_ephemeral() {
+            return None;
+        }
+        // A subscribe hook may refuse anyone: never public.
+        let public = !policy.subscribe_hook
+            && (!self.auth.is_enabled()
+                || self
+                    .auth
+                    .authorize(&Principal::Anonymous, Action::Subscribe, &event.topic)
+                    .is_ok());
         let id = new_id();
         Some(
             Record {

@@ -30,6 +30,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use herald_auth::mercure::claims::TokenSource;
 use herald_auth::mercure::is_reserved;
+use herald_auth::{Action, Principal};
 use herald_core::hub::validate_event_name;
 use herald_core::{Data, NewEvent, Topic};
 
@@ -145,6 +146,11 @@ pub fn parse_form(body: &[u8]) -> Result<Form, MercureError> {
                         "an id may not start with `#` nor hold CR, LF or NUL",
                     ));
                 }
+                if v == "earliest" {
+                    return Err(MercureError::invalid_request(
+                        "`earliest` is reserved (it asks for every retained update)",
+                    ));
+                }
                 if !v.is_empty() {
                     f.id = Some(v.into_owned());
                 }
@@ -169,7 +175,9 @@ pub fn parse_form(body: &[u8]) -> Result<Form, MercureError> {
                         "retry must be ASCII digits (milliseconds)",
                     ));
                 }
-                f.retry = Some(v.parse().unwrap_or(u64::MAX));
+                f.retry = Some(v.parse().map_err(|_| {
+                    MercureError::invalid_request("retry is too large (milliseconds, a u64)")
+                })?);
             }
             _ => {}
         }
@@ -249,7 +257,14 @@ async fn publish(
     )
     .await?;
     let form = parse_form(&body)?;
-    let max_topics = app.hub.config().max_batch.saturating_sub(1).max(1);
+    // Each topic is bridged to Herald's topic of that name: at most as many
+    // copies as a subscription has topics, and their bytes bounded.
+    let max_topics = app
+        .hub
+        .config()
+        .max_topics_per_subscription
+        .min(app.hub.config().max_batch.saturating_sub(1))
+        .max(1);
     if form.topics.len() > max_topics {
         return Err(MercureError::invalid_request(format!(
             "at most {max_topics} topics per update"
@@ -263,10 +278,28 @@ async fn publish(
         ))
         .into());
     }
+    let copies_bytes = form.data.len().saturating_mul(form.topics.len() + 1);
+    let max_copies_bytes = app.config.max_body_bytes.saturating_mul(4);
+    if copies_bytes > max_copies_bytes {
+        return Err(MercureError::too_large(format!(
+            "data × (topics + 1) is over {max_copies_bytes} bytes"
+        ))
+        .into());
+    }
     for t in &form.topics {
-        if is_reserved(t) {
+        // Topics Herald keeps for itself (LLM streams, the admin stats, the
+        // hub's namespace): no one publishes there, the publisher key
+        // included, so neither does a Mercure publisher.
+        let herald_topic = Topic::new(t).map_err(ApiError::from)?;
+        if is_reserved(t)
+            || app
+                .config
+                .auth
+                .authorize(&Principal::Publisher, Action::Publish, &herald_topic)
+                .is_err()
+        {
             return Err(MercureError::reserved(format!(
-                "`{t}` is in the hub's reserved namespace /.well-known/mercure"
+                "`{t}` is reserved: the hub's namespace /.well-known/mercure, or a topic only Herald itself writes (LLM streams, admin stats)"
             ))
             .into());
         }

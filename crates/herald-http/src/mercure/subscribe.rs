@@ -16,7 +16,9 @@
 //!   topics; the stream ends at the token's `exp`.
 //! - **Resume**: the `Last-Event-ID` header, else `lastEventID`, else
 //!   `last_event_id`. `earliest` replays every retained update; an id is
-//!   looked up in the [`Index`] of the newest ids, else among the newest
+//!   looked up in the [`Index`] of the newest ids (of several updates with
+//!   one id, the newest this subscriber would have received), else, while
+//!   the index is still reading the history at start, among the newest
 //!   [`SCAN_PAGE`] updates (a Herald cursor of the log is read too); found,
 //!   the stream replays what follows it; not found, it starts live. The
 //!   answer then carries a `Last-Event-ID` header (and the same as
@@ -46,9 +48,34 @@ use crate::error::ApiError;
 use crate::transport::sse::{self, Opened, View};
 use crate::AppState;
 
+/// How long a lookup waits for the index to reach the log's head.
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The newest updates a `Last-Event-ID` the [`Index`] does not hold is
-/// looked for among.
-pub const SCAN_PAGE: usize = 500;
+/// looked for among, while the index is still reading the history.
+pub const SCAN_PAGE: usize = 50;
+
+/// The most URL pattern selectors in one subscription: each costs
+/// milliseconds of CPU to compile (several regular expressions).
+pub const MAX_URL_PATTERNS: usize = 8;
+
+/// The query's pairs, percent-decoded; a name or value that is not UTF-8
+/// once decoded is refused (400), never replaced by U+FFFD.
+fn strict_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, MercureError> {
+    let decode = |b: &str| {
+        let plus = b.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| MercureError::invalid_request("a query parameter is not UTF-8"))
+    };
+    let mut out = Vec::new();
+    for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        out.push((decode(k)?, decode(v)?));
+    }
+    Ok(out)
+}
 
 /// What one subscriber sees: the updates matching one of its selectors,
 /// private ones only where its token allows.
@@ -128,6 +155,24 @@ impl From<EngineError> for Refusal {
 /// Errors (400): none at all, more than `max`, one that does not parse, a
 /// parameter in the reserved `match` namespace that names no matcher type.
 pub fn selectors(pairs: &[(String, String)], max: usize) -> Result<Vec<Selector>, MercureError> {
+    let is_selector =
+        |k: &str| k == "topic" || (k.len() >= 5 && k[..5].eq_ignore_ascii_case("match"));
+    // Counted before any is compiled.
+    let given = pairs.iter().filter(|(k, _)| is_selector(k)).count();
+    if given > max {
+        return Err(MercureError::invalid_request(format!(
+            "at most {max} topic selectors per subscription"
+        )));
+    }
+    let patterns = pairs
+        .iter()
+        .filter(|(k, _)| k == "matchURLPattern" || k == "match_urlpattern")
+        .count();
+    if patterns > MAX_URL_PATTERNS {
+        return Err(MercureError::invalid_request(format!(
+            "at most {MAX_URL_PATTERNS} URL pattern selectors per subscription"
+        )));
+    }
     let mut out: Vec<Selector> = Vec::new();
     for (k, v) in pairs {
         let parsed = match k.as_str() {
@@ -184,8 +229,7 @@ async fn open(
     let Some(cfg) = app.config.mercure.clone() else {
         return Err(ApiError::not_found().into());
     };
-    let pairs = crate::transport::query_pairs(uri.query());
-    let selectors = selectors(&pairs, app.hub.config().max_topics_per_subscription)?;
+    let pairs = strict_pairs(uri.query())?;
     let mut from_query = false;
     let grant = match grant(&headers, uri.query(), &cfg.subscriber)? {
         Some((g, source)) => {
@@ -200,6 +244,9 @@ async fn open(
             .into())
         }
     };
+    // Who first, then the selectors: compiling URL patterns costs CPU that
+    // a caller without a token must not be able to spend.
+    let selectors = selectors(&pairs, app.hub.config().max_topics_per_subscription)?;
     let requested = last_event_id(&headers, &pairs)?;
     let slot = app.connection_slot(conn.as_ref().map(|c| c.peer.ip()), &headers)?;
     let deadline = grant.as_ref().and_then(|g| g.expires_at).map(deadline_at);
@@ -208,7 +255,7 @@ async fn open(
     let (start, answered) = match requested.as_deref() {
         None => (Start::Now, None),
         Some("earliest") => (Start::Earliest, Some("earliest".to_owned())),
-        Some(id) => match locate(&app.hub, &app.mercure_index, &log, id).await? {
+        Some(id) => match locate(&app.hub, &app.mercure_index, &reader, &log, id).await? {
             Some(found) => {
                 let visible = found
                     .topics
@@ -300,38 +347,58 @@ pub(crate) struct Found {
     pub(crate) topics: Option<(Vec<Box<str>>, bool)>,
 }
 
-/// Where the update `id` sits in the log: its newest update with that id,
-/// from the [`Index`], else among the newest [`SCAN_PAGE`] updates (the
-/// index may still be reading the history at start), else a Herald cursor
-/// naming the log. `None`: none of them.
+/// Where the update `id` sits in the log, for `reader`: of the indexed
+/// updates with that id (newest first), the newest `reader` would have
+/// received, else the newest; else, while the [`Index`] is still reading
+/// the history, among the newest [`SCAN_PAGE`] updates; else a Herald
+/// cursor naming the log. `None`: none of them.
 pub(crate) async fn locate(
     hub: &Hub,
     index: &Index,
+    reader: &Reader,
     log: &Topic,
     id: &str,
 ) -> Result<Option<Found>, EngineError> {
-    if let Some(p) = index.get(id) {
+    let mut places = index.get(id);
+    if places.is_empty() && index.is_ready() {
+        // Published just now, perhaps: wait for the index to reach the head.
+        let head = hub.engine().read(log, None, 1).await?;
+        if index
+            .caught_up_to(Position::new(head.epoch, head.head), INDEX_WAIT)
+            .await
+        {
+            places = index.get(id);
+        }
+    }
+    let mut newest: Option<Found> = None;
+    for p in places {
         // That one update, for who may see it (gone from the history: no one).
         let before = Position::new(p.epoch, p.seq.saturating_sub(1));
         let read = hub.engine().read(log, Some(before), 1).await?;
-        let topics = read
-            .events
-            .first()
-            .filter(|e| e.position == p)
-            .and_then(|e| update(e))
-            .map(|u| (u.topics.clone(), u.private));
-        return Ok(Some(Found {
+        let event = read.events.first().filter(|e| e.position == p);
+        let found = Found {
             position: p,
-            topics,
-        }));
+            topics: event
+                .and_then(|e| update(e))
+                .map(|u| (u.topics.clone(), u.private)),
+        };
+        if event.is_some_and(|e| reader.frame(e).is_some()) {
+            return Ok(Some(found));
+        }
+        newest.get_or_insert(found);
     }
-    let page = hub.engine().read_back(log, None, SCAN_PAGE).await?;
-    for e in page.events.iter().rev() {
-        if let Some(u) = update(e).filter(|u| &*u.id == id) {
-            return Ok(Some(Found {
-                position: e.position,
-                topics: Some((u.topics.clone(), u.private)),
-            }));
+    if newest.is_some() {
+        return Ok(newest);
+    }
+    if !index.is_ready() {
+        let page = hub.engine().read_back(log, None, SCAN_PAGE).await?;
+        for e in page.events.iter().rev() {
+            if let Some(u) = update(e).filter(|u| &*u.id == id) {
+                return Ok(Some(Found {
+                    position: e.position,
+                    topics: Some((u.topics.clone(), u.private)),
+                }));
+            }
         }
     }
     Ok(Cursor::decode(id)

@@ -281,8 +281,10 @@ async fn list(
             .all(|(p, f)| doc[f].as_str() == Some(p.as_str()))
     };
     let mut subs: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for m in members {
-        if wanted(&m.info) && !subs.iter().any(|s| s["id"] == m.info["id"]) {
+        let id = m.info["id"].as_str().unwrap_or_default().to_owned();
+        if wanted(&m.info) && seen.insert(id) {
             let mut doc = m.info;
             if let Some(o) = doc.as_object_mut() {
                 o.remove("@context");
@@ -291,7 +293,9 @@ async fn list(
         }
     }
     subs.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    let last = last_event_id(&app.hub).await.map_err(|e| Err(e.into()))?;
+    let last = last_event_id(&app.hub, &grant)
+        .await
+        .map_err(|e| Err(e.into()))?;
     if parts.len() == 3 {
         let Some(mut one) = subs.into_iter().next() else {
             return Err(Err(ApiError::no_such("no such active subscription")));
@@ -309,13 +313,27 @@ async fn list(
     }))
 }
 
-/// The id of the newest update in the log, or `earliest`.
-async fn last_event_id(hub: &Hub) -> Result<String, herald_core::EngineError> {
-    let page = hub.engine().read_back(&log_topic(), None, 1).await?;
+/// Updates looked at, newest first, for the newest one the caller may see.
+const LAST_EVENT_SCAN: usize = 32;
+
+/// The id of the newest update in the log the caller may see (a private
+/// update's id is never disclosed to a token that does not grant one of
+/// its topics), among the newest [`LAST_EVENT_SCAN`]; else `earliest`.
+async fn last_event_id(
+    hub: &Hub,
+    grant: &herald_auth::mercure::claims::MercureGrant,
+) -> Result<String, herald_core::EngineError> {
+    let page = hub
+        .engine()
+        .read_back(&log_topic(), None, LAST_EVENT_SCAN)
+        .await?;
     Ok(page
         .events
-        .last()
-        .and_then(|e| update(e).map(|u| u.id.to_string()))
+        .iter()
+        .rev()
+        .filter_map(|e| update(e))
+        .find(|u| !u.private || u.topics.iter().any(|t| grant.may_subscribe(t)))
+        .map(|u| u.id.to_string())
         .unwrap_or_else(|| "earliest".to_owned()))
 }
 

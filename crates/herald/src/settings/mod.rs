@@ -194,6 +194,16 @@ impl Settings {
         if mercure.as_ref().is_some_and(|m| m.subscriptions) {
             tables.insert(0, mercure::policy_table());
         }
+        if s.admin {
+            // The admin stats are live only: nothing to keep.
+            let mut t = toml::Table::new();
+            t.insert(
+                "pattern".into(),
+                toml::Value::String(herald_auth::Auth::ADMIN_STATS_TOPIC.into()),
+            );
+            t.insert("history".into(), toml::Value::Integer(0));
+            tables.insert(0, t);
+        }
         hub.policies = topics::policies(&tables, hub.history)?;
         warnings.extend(topics::warnings(&hub.policies));
         if hub.policies.has_hooks() && s.hook_url.as_deref().is_none_or(str::is_empty) {

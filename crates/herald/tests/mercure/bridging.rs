@@ -849,3 +849,151 @@ async fn an_old_id_is_found_after_a_restart() {
     assert_eq!(unknown.last_event_id_header(), Some("earliest"));
     assert!(herald.sigterm().success());
 }
+
+/// What an attack on the bridge found, closed: a topic whose policy has a
+/// subscribe hook is copied as private (the hook may refuse anyone, so
+/// `--public` alone does not make it public); an ephemeral topic is not
+/// copied at all (live only on Herald's side, so not kept in the log); and
+/// a Mercure publisher cannot write where only Herald writes (LLM streams,
+/// the admin stats), the publisher key's own limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_keeps_herald_topic_policies() {
+    let dir = TempDir::new("mercure-policies");
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        "[[topics]]\npattern = \"hooked/**\"\nsubscribe_hook = true\n\n\
+         [[topics]]\npattern = \"cursors/**\"\nhistory = 0\n",
+    )
+    .unwrap();
+    let s = hub(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--jwt-secret",
+        HERALD_SECRET,
+        "--publish-key",
+        PUBLISH_KEY,
+        "--public",
+        "**",
+        "--hook-url",
+        "http://127.0.0.1:9/hook",
+        "--hook-secret",
+        "bridging-hook-secret-0123456789abcdef",
+    ]);
+    let herald = s.client.clone().with_token(PUBLISH_KEY);
+    let mut anonymous = MercureSub::open(&s.client, "topic=*", None, None).await;
+    herald_publish(&herald, "hooked/secret", json!("HOOK-PROTECTED"), None).await;
+    herald_publish(&herald, "cursors/a", json!("EPHEMERAL"), None).await;
+    herald_publish(&herald, "news/1", json!("marker"), None).await;
+    let e = anonymous.next().await;
+    assert_eq!(
+        e.data, "marker",
+        "neither the hooked nor the ephemeral topic reached it"
+    );
+    let mut replay = MercureSub::open(&s.client, "topic=*&lastEventID=earliest", None, None).await;
+    assert_eq!(
+        replay.next().await.data,
+        "marker",
+        "nor the replay of the log"
+    );
+    let everything = mercure_token(&[], &["*"]);
+    let mut granted = MercureSub::open(
+        &s.client,
+        "topic=*&lastEventID=earliest",
+        Some(&everything),
+        None,
+    )
+    .await;
+    let seen: Vec<String> = [granted.next().await, granted.next().await]
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(
+        seen,
+        ["HOOK-PROTECTED", "marker"],
+        "private, not lost; the ephemeral one not kept"
+    );
+
+    for topic in ["llm/abc", "herald/admin/stats"] {
+        let (status, body) =
+            mercure_publish_raw(&s.client, &publisher(), &[("topic", topic), ("data", "x")]).await;
+        assert_eq!(status, 403, "Mercure publish to {topic}: {body}");
+    }
+}
+
+/// A publisher reusing another topic's update id cannot move that topic's
+/// subscribers: they resume after the newest update with that id they
+/// would have received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_id_does_not_move_other_subscribers() {
+    let s = hub(&[]);
+    for (id, data) in [("W-1", "v1"), ("W-2", "v2"), ("W-3", "v3")] {
+        mercure_publish(
+            &s.client,
+            &[("topic", "victim"), ("id", id), ("data", data)],
+        )
+        .await;
+    }
+    let attacker = mercure_token(&["attacker/{x}"], &[]);
+    let (status, body) = mercure_publish_raw(
+        &s.client,
+        &attacker,
+        &[("topic", "attacker/1"), ("id", "W-1"), ("data", "forged")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut sub = MercureSub::open(&s.client, "topic=victim", None, Some("W-1")).await;
+    assert_eq!(sub.last_event_id_header(), Some("W-1"));
+    assert_eq!(sub.next().await.id, "W-2");
+    assert_eq!(sub.next().await.id, "W-3");
+}
+
+/// The limits an attack on the endpoint asked for: `earliest` is not an
+/// id; an update's copies are bounded in number and bytes; a caller
+/// without a token is refused before any URL pattern is compiled, and a
+/// subscription holds at most 8 of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_bounds_what_one_request_costs() {
+    let s = ServeProcess::memory(&[
+        "--mercure-publisher-jwt-key",
+        MERCURE_KEY,
+        "--max-body",
+        "100000",
+    ]);
+    let c = &s.client;
+    let (status, _) =
+        mercure_publish_raw(c, &publisher(), &[("topic", "a"), ("id", "earliest")]).await;
+    assert_eq!(status, 400, "`earliest` as an id");
+    let many: Vec<String> = (0..65).map(|i| format!("t/{i}")).collect();
+    let fields: Vec<(&str, &str)> = many.iter().map(|t| ("topic", t.as_str())).collect();
+    let (status, _) = mercure_publish_raw(c, &publisher(), &fields).await;
+    assert_eq!(status, 400, "65 topics");
+    let data = "x".repeat(90_000);
+    let mut fields: Vec<(&str, &str)> = many[..5].iter().map(|t| ("topic", t.as_str())).collect();
+    fields.push(("data", &data));
+    let (status, _) = mercure_publish_raw(c, &publisher(), &fields).await;
+    assert_eq!(status, 413, "90 kB × 6 copies over 4 × --max-body");
+
+    let patterns: String = (0..64)
+        .map(|i| format!("matchURLPattern=%2F{i}&"))
+        .collect();
+    assert_eq!(
+        get_status(c, &format!("/.well-known/mercure?{patterns}")).await,
+        401
+    );
+    let nine: String = (0..9).map(|i| format!("matchURLPattern=%2F{i}&")).collect();
+    let (status, _) = {
+        let token = mercure_token(&[], &["*"]);
+        let r = c
+            .request(
+                http::Method::GET,
+                &format!("/.well-known/mercure?{nine}"),
+                &[("authorization", &format!("Bearer {token}"))],
+                Bytes::new(),
+            )
+            .await
+            .expect("subscribe");
+        answer(r).await
+    };
+    assert_eq!(status, 400, "nine URL patterns");
+}
