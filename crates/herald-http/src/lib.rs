@@ -87,6 +87,8 @@ pub(crate) struct AppState {
     pub(crate) poll_presence: Arc<presence::PollPresence>,
     /// Mercure update ids and their places in the log (empty without Mercure).
     pub(crate) mercure_index: Arc<mercure::index::Index>,
+    /// Streams holding each active Mercure subscription on this node.
+    pub(crate) mercure_streams: Arc<mercure::subscriptions::Streams>,
 }
 
 impl AppState {
@@ -121,6 +123,7 @@ pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
         limiter: Arc::default(),
         poll_presence: Arc::default(),
         mercure_index: Arc::default(),
+        mercure_streams: Arc::default(),
     };
     Router::new()
         .route("/v1/publish", post(publish::publish))

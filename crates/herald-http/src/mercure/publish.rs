@@ -146,6 +146,15 @@ pub fn parse_form(body: &[u8]) -> Result<Form, MercureError> {
                         "an id may not start with `#` nor hold CR, LF or NUL",
                     ));
                 }
+                // A `Last-Event-ID` header loses leading and trailing
+                // spaces and tabs (RFC 9110, 5.5), so such an id could not
+                // come back as sent (and ` earliest` would come back as
+                // `earliest`, the reserved value).
+                if v.starts_with([' ', '\t']) || v.ends_with([' ', '\t']) {
+                    return Err(MercureError::invalid_request(
+                        "an id may not start or end with a space or a tab",
+                    ));
+                }
                 if v == "earliest" {
                     return Err(MercureError::invalid_request(
                         "`earliest` is reserved (it asks for every retained update)",
@@ -413,6 +422,9 @@ mod tests {
             b"topic=a&id=%23x",
             b"topic=a&id=a%0Ab",
             b"topic=a&id=a%00b",
+            b"topic=a&id=earliest",
+            b"topic=a&id=%20earliest",
+            b"topic=a&id=earliest%09",
             b"topic=a&type=a%0Db",
             b"topic=a&retry=1x",
             b"topic=a&retry=",

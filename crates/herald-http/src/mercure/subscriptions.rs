@@ -69,61 +69,77 @@ pub fn event_topic(match_type: &str, matcher: &str, subscriber: &str) -> String 
     )
 }
 
-/// What a live stream holds: its presence entries (one per selector, with
-/// the client ids they were entered as), and the documents to publish again
-/// with `active: false` when it ends.
+/// How many streams of this node hold each active subscription (by its
+/// id), so that the first announces it and the last ends it, at the cost of
+/// a map update per selector (never a read of the whole list).
+#[derive(Default)]
+pub struct Streams {
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Streams {
+    /// Counts one more stream on `id`; true when it is the first.
+    fn open(&self, id: &str) -> bool {
+        let Ok(mut g) = self.held.lock() else {
+            return true;
+        };
+        let n = g.entry(id.to_owned()).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Counts one stream less on `id`; true when it was the last.
+    fn close(&self, id: &str) -> bool {
+        let Ok(mut g) = self.held.lock() else {
+            return true;
+        };
+        match g.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                g.remove(id);
+                true
+            }
+        }
+    }
+}
+
+/// What a live stream holds: its presence entries, and the documents to
+/// publish again with `active: false` when it ends.
 struct Held {
     hub: Hub,
+    streams: std::sync::Arc<Streams>,
     ended: Vec<Value>,
-    clients: Vec<String>,
     presence: Vec<PresenceGuard>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let docs = std::mem::take(&mut self.ended);
-        let clients = std::mem::take(&mut self.clients);
+        let docs: Vec<Value> = std::mem::take(&mut self.ended)
+            .into_iter()
+            .filter(|d| self.streams.close(d["id"].as_str().unwrap_or_default()))
+            .collect();
         let presence = std::mem::take(&mut self.presence);
         let hub = self.hub.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 drop(presence);
-                // A subscription another stream still holds (the same
-                // subscriber on the same selector) has not ended.
-                let others = held_elsewhere(&hub, &clients).await;
-                let docs = docs
-                    .into_iter()
-                    .filter(|d| !others.iter().any(|id| d["id"].as_str() == Some(id)))
-                    .collect();
                 publish_docs(&hub, docs).await;
             });
         }
     }
 }
 
-/// The subscription ids the members of [`PRESENCE_TOPIC`] other than
-/// `own` (client ids) hold.
-async fn held_elsewhere(hub: &Hub, own: &[String]) -> Vec<String> {
-    let Ok(topic) = Topic::new(PRESENCE_TOPIC) else {
-        return Vec::new();
-    };
-    match hub.presence(&topic).await {
-        Ok(members) => members
-            .into_iter()
-            .filter(|m| !own.iter().any(|c| **c == *m.client))
-            .filter_map(|m| m.info["id"].as_str().map(str::to_owned))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 /// Announces the subscriptions of a stream that opens (one per selector)
 /// and enters them as presence members; the value returned, dropped when
 /// the stream ends, announces their end. One subscriber (one `sub`) on one
-/// selector is one subscription however many streams it opens (spec: the
-/// same `{subscriber}` for requests the hub can correlate; hubs "MAY
-/// deduplicate subscriptions"): announced active by the first stream,
-/// ended by the last.
+/// selector is one subscription however many streams it opens on a node
+/// (spec: the same `{subscriber}` for requests the hub can correlate; hubs
+/// "MAY deduplicate subscriptions"): announced active by the first stream,
+/// ended by the last (streams of one subscriber on several nodes announce
+/// it once per node).
 pub(crate) async fn open(
     app: &AppState,
     reader: &Reader,
@@ -135,11 +151,9 @@ pub(crate) async fn open(
         .and_then(|g| g.subject.clone())
         .unwrap_or_else(new_id);
     let topic = Topic::new(PRESENCE_TOPIC).ok()?;
-    let already = held_elsewhere(&app.hub, &[]).await;
     let mut docs = Vec::new();
     let mut fresh = Vec::new();
     let mut presence = Vec::new();
-    let mut clients = Vec::new();
     for (i, s) in reader.selectors.iter().enumerate() {
         let kind = match_type(s.kind());
         let id = event_topic(kind, s.as_str(), &subscriber);
@@ -168,8 +182,7 @@ pub(crate) async fn open(
             transport: Transport::Sse,
         };
         presence.push(app.hub.enter(&topic, member, Duration::ZERO).await);
-        clients.push(member_client);
-        if !already.contains(&id) {
+        if app.mercure_streams.open(&id) {
             fresh.push(doc.clone());
         }
         docs.push(doc);
@@ -180,8 +193,8 @@ pub(crate) async fn open(
     }
     Some(Box::new(Held {
         hub: app.hub.clone(),
+        streams: app.mercure_streams.clone(),
         ended: docs,
-        clients,
         presence,
     }))
 }
