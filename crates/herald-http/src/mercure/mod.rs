@@ -58,6 +58,7 @@ use herald_auth::{Action, Auth, Principal, RELAY_TOPIC_PREFIX};
 use herald_core::{Data, Event, Mirror, NewEvent, Topic};
 use serde::{Deserialize, Serialize};
 
+use crate::error::ApiError;
 use crate::AppState;
 
 /// The Mercure hub's settings (`--mercure-*` flags of `herald serve`).
@@ -276,6 +277,33 @@ impl Mirror for LogMirror {
             }
             .to_event(&self.log),
         )
+    }
+}
+
+/// Why a Mercure request was refused: in the Mercure specification's
+/// words ([`MercureError`]), or as any Herald endpoint answers (limits, an
+/// engine that is down, shutdown: [`ApiError`], which an SSE stream turns
+/// into a `herald.disconnect` the browser retries after).
+pub(crate) enum Refusal {
+    Mercure(MercureError),
+    Api(ApiError),
+}
+
+impl From<MercureError> for Refusal {
+    fn from(e: MercureError) -> Refusal {
+        Refusal::Mercure(e)
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        Refusal::Api(e)
+    }
+}
+
+impl From<herald_core::EngineError> for Refusal {
+    fn from(e: herald_core::EngineError) -> Refusal {
+        Refusal::Api(e.into())
     }
 }
 

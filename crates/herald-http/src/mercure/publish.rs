@@ -34,7 +34,7 @@ use herald_auth::{Action, Principal};
 use herald_core::hub::validate_event_name;
 use herald_core::{Data, NewEvent, Topic};
 
-use super::{grant, link_header, log_topic, new_id, MercureError, Record};
+use super::{grant, link_header, log_topic, new_id, MercureError, Record, Refusal};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -61,23 +61,6 @@ pub(crate) async fn handler(
     };
     r.headers_mut().insert(header::LINK, link_header());
     r
-}
-
-enum Refusal {
-    Mercure(MercureError),
-    Api(ApiError),
-}
-
-impl From<MercureError> for Refusal {
-    fn from(e: MercureError) -> Refusal {
-        Refusal::Mercure(e)
-    }
-}
-
-impl From<ApiError> for Refusal {
-    fn from(e: ApiError) -> Refusal {
-        Refusal::Api(e)
-    }
 }
 
 /// An update as the form gives it, checked.

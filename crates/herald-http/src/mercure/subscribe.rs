@@ -42,7 +42,7 @@ use herald_core::subscription::Start;
 use herald_core::{Cursor, Event, Hub, Position, Topic, Transport};
 
 use super::index::Index;
-use super::{grant, link_header, log_topic, update, MercureError};
+use super::{grant, link_header, log_topic, update, MercureError, Refusal};
 use crate::connection::ConnectionHandle;
 use crate::error::ApiError;
 use crate::transport::sse::{self, Opened, View};
@@ -125,29 +125,6 @@ pub(crate) async fn handler(
     };
     r.headers_mut().insert(header::LINK, link_header());
     r
-}
-
-enum Refusal {
-    Mercure(MercureError),
-    Api(ApiError),
-}
-
-impl From<MercureError> for Refusal {
-    fn from(e: MercureError) -> Refusal {
-        Refusal::Mercure(e)
-    }
-}
-
-impl From<ApiError> for Refusal {
-    fn from(e: ApiError) -> Refusal {
-        Refusal::Api(e)
-    }
-}
-
-impl From<EngineError> for Refusal {
-    fn from(e: EngineError) -> Refusal {
-        Refusal::Api(e.into())
-    }
 }
 
 /// The selectors of a subscription request, in order, without repeats.
