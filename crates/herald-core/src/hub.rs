@@ -477,6 +477,14 @@ impl Hub {
                     v.truncate(n);
                     v
                 }
+                Err(EngineError::NotReplicated { stored, detail }) => {
+                    // Stored but not known to survive the primary's loss:
+                    // refused (503), yet recorded, so that a retry with the
+                    // same id answers with these positions and never stores
+                    // the event a second time.
+                    self.record_unconfirmed(&plan, stored).await;
+                    return Err(EngineError::Unavailable(detail).into());
+                }
                 Err(err) => {
                     self.abandon(&plan).await;
                     return Err(err.into());
@@ -546,6 +554,27 @@ impl Hub {
     }
 
     /// Releases the claims `plan` holds (its publish failed).
+    /// Completes the claims of `plan` with the events the engine stored
+    /// but could not confirm as replicated (in plan order, mirrors after
+    /// them), and abandons any claim left without one.
+    async fn record_unconfirmed(&self, plan: &[Planned], stored: Vec<Arc<Event>>) {
+        let mut stored = stored.into_iter();
+        for planned in plan {
+            if let Planned::Store { claim } = planned {
+                let event = stored.next();
+                if let Some((topic, id)) = claim {
+                    let done = match &event {
+                        Some(event) => self.inner.idempotency.complete(topic, id, event).await,
+                        None => Err(EngineError::Unavailable("lost a batch result".into())),
+                    };
+                    if done.is_err() {
+                        self.inner.idempotency.abandon(topic, id).await;
+                    }
+                }
+            }
+        }
+    }
+
     async fn abandon(&self, plan: &[Planned]) {
         for planned in plan {
             if let Planned::Store {

@@ -101,7 +101,20 @@ pub struct Subscription {
     topics: Vec<TopicState>,
     pending: VecDeque<Delivery>,
     closed: Option<CloseReason>,
+    /// After a failed history read: when to read again, and the pause
+    /// used (it doubles up to [`READ_RETRY_MAX`]).
+    retry: Option<(tokio::time::Instant, std::time::Duration)>,
 }
+
+/// The first pause after a failed history read (a back-fill, or the read a
+/// hole in live events sends a subscriber to).
+const READ_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest pause between history reads that keep failing. A
+/// subscription is never ended for it: the engine is recovering (a Redis
+/// failover, a network cut), and live events queue meanwhile, up to the
+/// subscriber queue's bound.
+const READ_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where delivery of a topic starts (DESIGN.md, "History": starting
 /// points). Every start is resolved to a position, then resumed from it
@@ -140,6 +153,7 @@ impl Subscription {
             topics: Vec::new(),
             pending: VecDeque::new(),
             closed: None,
+            retry: None,
         }
     }
 
@@ -276,8 +290,27 @@ impl Subscription {
                 return Some(d);
             }
             if let Some(i) = self.topics.iter().position(|t| t.catching_up) {
-                if self.catch_up(i).await.is_err() {
-                    self.closed = Some(CloseReason::EngineUnavailable);
+                if let Some((at, _)) = self.retry {
+                    if tokio::time::Instant::now() < at {
+                        if !wait {
+                            return None;
+                        }
+                        // Cancel-safe: the retry time stays.
+                        tokio::time::sleep_until(at).await;
+                    }
+                }
+                match self.catch_up(i).await {
+                    Ok(()) => self.retry = None,
+                    Err(e) => {
+                        let pause = self
+                            .retry
+                            .map_or(READ_RETRY_FIRST, |(_, p)| (p * 2).min(READ_RETRY_MAX));
+                        tracing::debug!(error = %e, "history read failed; retrying");
+                        self.retry = Some((
+                            tokio::time::Instant::now() + crate::engine::jittered(pause),
+                            pause,
+                        ));
+                    }
                 }
                 continue;
             }

@@ -106,19 +106,21 @@ mod listener;
 mod occupancy;
 mod presence;
 pub mod scripts;
+mod shards;
 pub mod stores;
+#[cfg(feature = "test-util")]
+pub mod test_cluster;
 #[cfg(feature = "test-util")]
 pub mod test_server;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use fred::clients::Pool;
 use fred::interfaces::{ClientLike, PubsubInterface};
-use fred::prelude::{Builder, Client, Config, ReconnectPolicy};
+use fred::prelude::Client;
 use fred::types::scripts::Script;
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use herald_core::engine::{new_epoch, resolve_start, BoxFuture, Exhausted};
 use herald_core::fanout::Fanout;
 use herald_core::idempotency::IdempotencyStore;
@@ -154,13 +156,24 @@ pub struct RedisConfig {
     /// How presence entries are refreshed, expire and are swept (defaults:
     /// 8 s, 20 s, 4 s); shorter in tests.
     pub presence: PresenceTiming,
+    /// Replicas that must hold a publish before it is acknowledged (Redis
+    /// `WAIT`), counted against the replicas the topic's master has online
+    /// (with fewer online, as many as there are; with none, the master
+    /// alone). 0 acknowledges once the master has the write. Default 1.
+    pub replica_acks: u32,
+    /// How long a publish waits for its replicas; past it the publish
+    /// answers 503 (the event is stored on the master but not known to
+    /// survive its loss; a retry with the same idempotency id answers with
+    /// its position). Default 1 s.
+    pub replica_timeout: Duration,
 }
 
 impl RedisConfig {
     /// The configuration for `url` (see [`RedisConfig::url`]) with `history`
     /// and the defaults: key prefix `herald:`, 2 pooled connections, a
     /// 2-second command timeout, reconnection backoff up to 2 seconds,
-    /// [`PresenceTiming::default`].
+    /// [`PresenceTiming::default`], one replica acknowledging each publish
+    /// within 1 s.
     pub fn new(url: &str, history: HistoryLimits) -> RedisConfig {
         RedisConfig {
             url: url.to_owned(),
@@ -170,6 +183,8 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(2),
             max_reconnect_delay: Duration::from_secs(2),
             presence: PresenceTiming::default(),
+            replica_acks: 1,
+            replica_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -234,8 +249,15 @@ pub(crate) struct Shared {
     /// Per-topic policies ([`Engine::set_policies`]): each topic's history
     /// limits, and ephemeral topics (pub/sub only, never a stream).
     policies: RwLock<Arc<TopicPolicies>>,
-    pub(crate) pool: Pool,
+    /// The masters and who serves which slot.
+    pub(crate) shards: Arc<shards::Shards>,
+    /// The furthest position this node has seen of each topic.
+    floors: Floors,
+    replica_acks: u32,
+    replica_timeout: Duration,
+    command_timeout: Duration,
     publish_script: Script,
+    notify_script: Script,
     read_script: Script,
     pub(crate) touch_script: Script,
     pub(crate) fanout: RwLock<Option<Arc<Fanout>>>,
@@ -244,7 +266,8 @@ pub(crate) struct Shared {
 /// The Redis engine. See the crate docs.
 pub struct RedisEngine {
     shared: Arc<Shared>,
-    subscriber: Client,
+    /// Reads the layout and the replica counts every second.
+    layout_upkeep: tokio::task::JoinHandle<()>,
     control: mpsc::UnboundedSender<listener::Control>,
     listener: tokio::task::JoinHandle<()>,
     presence: Arc<presence::RedisPresence>,
@@ -260,69 +283,46 @@ impl RedisEngine {
     /// engine still starts (not ready, publishes answer 503) and keeps
     /// trying in the background.
     pub async fn connect(config: RedisConfig) -> Result<RedisEngine, RedisConfigError> {
-        let mut fred_config = Config::from_url(&config.url).map_err(|e| RedisConfigError::Url {
-            url: config.url.clone(),
-            reason: e.details().to_string(),
-        })?;
-        // Start even when Redis is down; the reconnect policy takes over.
-        fred_config.fail_fast = false;
-        let max_delay = u32::try_from(config.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
-        let mut builder = Builder::from_config(fred_config);
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                50,
-                max_delay.max(50),
-                2,
-            ))
-            .with_connection_config(|c| {
-                c.connection_timeout = config.command_timeout;
-                c.internal_command_timeout = config.command_timeout;
-                // A publish must never run twice: a command whose connection
-                // drops fails instead of being sent again.
-                c.max_command_attempts = 1;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = config.command_timeout;
-                // Pub/sub messages are buffered here between the socket and
-                // the listener; if it ever lags, it catches up from history.
-                p.broadcast_channel_capacity = 4096;
-            });
-        let client_error = |e: fred::error::Error| RedisConfigError::Client(e.to_string());
-        let pool = builder
-            .build_pool(config.pool_size.max(1))
-            .map_err(client_error)?;
-        let subscriber = builder.build().map_err(client_error)?;
-        pool.connect_pool();
-        subscriber.connect();
-        let wait = async {
-            let _ = pool.wait_for_connect().await;
-            let _ = subscriber.wait_for_connect().await;
-        };
-        if tokio::time::timeout(config.command_timeout, wait)
-            .await
-            .is_err()
-        {
+        let (shards, node_events) = shards::Shards::new(
+            &config.url,
+            shards::ClientSettings {
+                pool_size: config.pool_size,
+                publish_pool_size: PUBLISH_CONNECTIONS,
+                command_timeout: config.command_timeout,
+                max_reconnect_delay: config.max_reconnect_delay,
+            },
+        )?;
+        if shards.wait_for_connect(config.command_timeout).await {
+            for node in shards.layout_nodes() {
+                node.read_replicas(config.command_timeout).await;
+            }
+        } else {
             tracing::warn!(url = %redact_url(&config.url), "Redis is not reachable yet; retrying in the background");
         }
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.prefix),
             history: config.history,
             policies: RwLock::new(Arc::new(TopicPolicies::default())),
-            pool,
+            shards: shards.clone(),
+            floors: Floors::default(),
+            replica_acks: config.replica_acks,
+            replica_timeout: config.replica_timeout,
+            command_timeout: config.command_timeout,
             publish_script: Script::from_lua(scripts::publish()),
+            notify_script: Script::from_lua(scripts::NOTIFY),
             read_script: Script::from_lua(scripts::read()),
             touch_script: Script::from_lua(scripts::TOUCH),
             fanout: RwLock::new(None),
         });
         let (control, rx) = mpsc::unbounded_channel();
-        let listener = tokio::spawn(listener::run(shared.clone(), subscriber.clone(), rx));
+        let listener = tokio::spawn(listener::run(shared.clone(), node_events, rx));
+        let layout_upkeep = tokio::spawn(shards.upkeep());
         let presence = presence::RedisPresence::new(shared.clone(), config.presence);
         let upkeep = presence.start();
         let occupancy = occupancy::RedisOccupancy::new(shared.clone(), config.presence);
         Ok(RedisEngine {
             shared,
-            subscriber,
+            layout_upkeep,
             control,
             listener,
             presence,
@@ -336,9 +336,10 @@ impl RedisEngine {
         &self.shared.keys
     }
 
-    /// A client of the command pool (tests and tools).
-    pub fn client(&self) -> &Client {
-        self.shared.pool.next()
+    /// A connected command connection to the master serving `key` (tests
+    /// and tools), or 503 when it is not reachable.
+    pub fn client_for(&self, key: &str) -> Result<Client, EngineError> {
+        self.shared.client(key)
     }
 
     /// A shared one-time token store on this engine's connections.
@@ -350,18 +351,13 @@ impl RedisEngine {
 impl Drop for RedisEngine {
     fn drop(&mut self) {
         self.listener.abort();
+        self.layout_upkeep.abort();
         for task in &self.upkeep {
             task.abort();
         }
         self.occupancy.stop();
         // Close the connections (their tasks would otherwise outlive us).
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (pool, subscriber) = (self.shared.pool.clone(), self.subscriber.clone());
-            rt.spawn(async move {
-                let _ = subscriber.quit().await;
-                let _ = pool.quit().await;
-            });
-        }
+        self.shared.shards.close();
     }
 }
 
@@ -374,14 +370,10 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Shared {
-    /// A connected command client, or 503 at once.
-    pub(crate) fn client(&self) -> Result<&Client, EngineError> {
-        let c = self.pool.next_connected();
-        if c.is_connected() {
-            Ok(c)
-        } else {
-            Err(EngineError::Unavailable("redis is not connected".into()))
-        }
+    /// A connected command connection to the master serving `key`, or
+    /// 503 at once (that master is down, or no master serves the slot).
+    pub(crate) fn client(&self, key: &str) -> Result<Client, EngineError> {
+        self.shards.client(key)
     }
 
     /// `topic`'s history limits: its policy's over the engine's (0 events:
@@ -391,6 +383,11 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .history_limits(topic, self.history)
+    }
+
+    /// How long one command may take.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.command_timeout
     }
 
     pub(crate) fn ttl_ms(&self) -> u64 {
@@ -408,12 +405,10 @@ impl Shared {
     /// Sends a signal on its topic's channel: every node watching the
     /// topic dispatches it, in order with the topic's events.
     pub(crate) async fn signal(&self, event: &Event) -> Result<(), EngineError> {
-        let client = self.client()?;
+        let channel = self.keys.channel(&event.topic);
+        let client = self.client(&channel)?;
         let _: Value = client
-            .spublish(
-                self.keys.channel(&event.topic),
-                codec::signal_message(event),
-            )
+            .spublish(channel, codec::signal_message(event))
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -421,29 +416,108 @@ impl Shared {
 
     async fn publish_topic(&self, events: Vec<NewEvent>) -> Result<Vec<Arc<Event>>, EngineError> {
         let topic = events[0].topic.clone();
-        let client = self.client()?;
         let limits = self.limits_of(&topic);
-        let mut args: Vec<Value> = Vec::with_capacity(4 + 3 * events.len());
-        args.push(new_epoch().to_string().into());
-        args.push(limits.max_events.to_string().into());
-        args.push(max_age_ms(&limits).to_string().into());
-        args.push(self.keys.channel(&topic).into());
-        args.push(ttl_ms(&limits).to_string().into());
-        for e in &events {
-            codec::push_event_args(e, &mut args);
-        }
+        let ephemeral = limits.max_events == 0;
         let keys = vec![self.keys.meta(&topic), self.keys.stream(&topic)];
-        let answer: Vec<Value> = self
-            .publish_script
-            .evalsha_with_reload(client, keys, args)
-            .await
-            .map_err(write_error)?;
-        let (epoch, first, at) = codec::publish_answer(&answer).map_err(unavailable)?;
-        Ok(events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| Arc::new(Event::new(e, Position::new(epoch, first + i as u64), at)))
-            .collect())
+        let channel = self.keys.channel(&topic);
+        let deadline = Instant::now() + self.command_timeout;
+        loop {
+            let node = self.shards.node_for(&keys[0])?;
+            // An ephemeral topic keeps nothing a replica could save.
+            let acks = if ephemeral {
+                0
+            } else {
+                (self.replica_acks as usize).min(node.replicas())
+            };
+            let floor = self.floors.get(&topic);
+            let mut args: Vec<Value> = Vec::with_capacity(8 + 3 * events.len());
+            args.push(new_epoch().to_string().into());
+            args.push(limits.max_events.to_string().into());
+            args.push(max_age_ms(&limits).to_string().into());
+            args.push(channel.as_str().into());
+            args.push(ttl_ms(&limits).to_string().into());
+            args.push(if acks == 0 { "1" } else { "0" }.into());
+            push_floor(floor, &mut args);
+            for e in &events {
+                codec::push_event_args(e, &mut args);
+            }
+            let client = node.publish_client()?;
+            let answer: Vec<Value> = match self
+                .publish_script
+                .evalsha_with_reload(&client, keys.clone(), args)
+                .await
+            {
+                Ok(answer) => answer,
+                // Not run (a redirection is answered before the script
+                // starts): ask for the layout again and retry while time is
+                // left.
+                Err(e) if redirected(&e) => {
+                    self.shards.refresh().await;
+                    if Instant::now() >= deadline {
+                        return Err(unavailable(e));
+                    }
+                    tokio::time::sleep(REDIRECT_PAUSE).await;
+                    continue;
+                }
+                Err(e) => return Err(write_error(e)),
+            };
+            let (epoch, first, at) = codec::publish_answer(&answer).map_err(unavailable)?;
+            if let Some(f) = floor.filter(|f| f.epoch != epoch) {
+                tracing::debug!(%topic, old = f.epoch, new = epoch, "topic is in a new epoch");
+            }
+            let stored: Vec<Arc<Event>> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| Arc::new(Event::new(e, Position::new(epoch, first + i as u64), at)))
+                .collect();
+            if let Some(last) = stored.last() {
+                self.floors.raise(&topic, last.position);
+            }
+            if acks == 0 {
+                return Ok(stored);
+            }
+            // The connection's writes, this one included, reach `acks`
+            // replicas or the timeout passes (Redis `WAIT`).
+            let timeout_ms = i64::try_from(self.replica_timeout.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let waited: Result<i64, _> = client
+                .custom(
+                    CustomCommand::new_static("WAIT", ClusterHash::Random, true),
+                    vec![acks as i64, timeout_ms],
+                )
+                .await;
+            let reached = match waited {
+                Ok(n) => usize::try_from(n).unwrap_or(0),
+                Err(e) => {
+                    return Err(EngineError::NotReplicated {
+                        stored,
+                        detail: format!("redis: stored, but waiting for its replicas failed: {e}"),
+                    })
+                }
+            };
+            if reached < acks {
+                return Err(EngineError::NotReplicated {
+                    stored,
+                    detail: format!(
+                        "redis: stored on the master, but {reached} of {acks} replicas had it within {} ms; it may be lost if the master fails (retry with the same idempotency id to get its position)",
+                        timeout_ms
+                    ),
+                });
+            }
+            // Replicated: now every node's subscribers may see it.
+            let messages: Vec<String> = stored.iter().map(|e| codec::event_message(e)).collect();
+            let notified: Result<Value, _> = self
+                .notify_script
+                .evalsha_with_reload(&client, vec![channel.clone()], messages)
+                .await;
+            if let Err(e) = notified {
+                // Stored and replicated: acknowledged. Subscribers see it
+                // with the topic's next event (a hole sends them to history).
+                tracing::warn!(%e, %topic, "notifying a replicated publish failed");
+            }
+            return Ok(stored);
+        }
     }
 
     /// Reads `topic`; `after` is `Some(None)` for the latest event alone.
@@ -453,29 +527,41 @@ impl Shared {
         after: ReadFrom,
         limit: usize,
     ) -> Result<ReadResult, EngineError> {
-        let client = self.client()?;
         let limits = self.limits_of(topic);
         let (after_epoch, after_seq) = match after {
             ReadFrom::Now => (String::new(), 0),
             ReadFrom::Latest => ("*".to_owned(), 0),
             ReadFrom::After(p) => (p.epoch.to_string(), p.seq),
         };
-        let args: Vec<Value> = vec![
-            new_epoch().to_string().into(),
-            after_epoch.into(),
-            after_seq.to_string().into(),
-            limit.to_string().into(),
-            limits.max_events.to_string().into(),
-            max_age_ms(&limits).to_string().into(),
-            ttl_ms(&limits).to_string().into(),
-        ];
         let keys = vec![self.keys.meta(topic), self.keys.stream(topic)];
-        let answer: Vec<Value> = self
-            .read_script
-            .evalsha_with_reload(client, keys, args)
-            .await
-            .map_err(unavailable)?;
+        let deadline = Instant::now() + self.command_timeout;
+        let answer: Vec<Value> = loop {
+            let client = self.client(&keys[0])?;
+            let mut args: Vec<Value> = vec![
+                new_epoch().to_string().into(),
+                after_epoch.as_str().into(),
+                after_seq.to_string().into(),
+                limit.to_string().into(),
+                limits.max_events.to_string().into(),
+                max_age_ms(&limits).to_string().into(),
+                ttl_ms(&limits).to_string().into(),
+            ];
+            push_floor(self.floors.get(topic), &mut args);
+            match self
+                .read_script
+                .evalsha_with_reload(&client, keys.clone(), args)
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e) if redirected(&e) && Instant::now() < deadline => {
+                    self.shards.refresh().await;
+                    tokio::time::sleep(REDIRECT_PAUSE).await;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
         let raw = codec::read_answer(topic, answer).map_err(unavailable)?;
+        self.floors.raise(topic, Position::new(raw.epoch, raw.head));
         let requested = match after {
             ReadFrom::After(p) => Some(p),
             ReadFrom::Now => None,
@@ -496,6 +582,81 @@ impl Shared {
             from,
             events,
         })
+    }
+
+    /// Remembers that this node saw `topic` at `position` (dispatched it).
+    pub(crate) fn saw(&self, topic: &Topic, position: Position) {
+        self.floors.raise(topic, position);
+    }
+}
+
+/// Connections per master for publishes (each may be held by a `WAIT`).
+const PUBLISH_CONNECTIONS: usize = 4;
+
+/// The pause before a redirected command is sent again (a slot that is
+/// migrating answers `ASK`/`TRYAGAIN` until its keys have moved).
+const REDIRECT_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether Redis answered with a cluster redirection or a refusal to serve
+/// the slot now: the command did not run, and the layout may have changed.
+fn redirected(e: &fred::error::Error) -> bool {
+    let d = e.details();
+    ["MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN"]
+        .iter()
+        .any(|p| d.starts_with(p) || d.contains(&format!(": {p}")))
+        || d.contains("MOVED") && d.contains(':')
+}
+
+/// Appends a floor (epoch, seq) to script arguments: `''` and `0` for none.
+fn push_floor(floor: Option<Position>, args: &mut Vec<Value>) {
+    match floor {
+        Some(f) => {
+            args.push(f.epoch.to_string().into());
+            args.push(f.seq.to_string().into());
+        }
+        None => {
+            args.push("".into());
+            args.push("0".into());
+        }
+    }
+}
+
+/// The furthest position this node has seen of each topic (published,
+/// read or dispatched), passed to the scripts so that a topic that lost
+/// writes in a failover starts a new epoch instead of handing out its lost
+/// positions again (see `scripts`). At most [`FLOORS_MAX`] topics: past
+/// it, a tenth of them is forgotten (those topics lose the check on this
+/// node until it sees them again).
+#[derive(Default)]
+struct Floors(Mutex<HashMap<Topic, Position>>);
+
+/// Topics whose floor a node keeps (each about 100 bytes).
+const FLOORS_MAX: usize = 100_000;
+
+impl Floors {
+    fn get(&self, topic: &Topic) -> Option<Position> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .copied()
+    }
+
+    fn raise(&self, topic: &Topic, p: Position) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get_mut(topic) {
+            if f.epoch != p.epoch || p.seq > f.seq {
+                *f = p;
+            }
+            return;
+        }
+        if map.len() >= FLOORS_MAX {
+            let forget: Vec<Topic> = map.keys().take(FLOORS_MAX / 10).cloned().collect();
+            for t in forget {
+                map.remove(&t);
+            }
+        }
+        map.insert(topic.clone(), p);
     }
 }
 
@@ -611,9 +772,10 @@ impl Engine for RedisEngine {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         local.close_user(user, herald_core::CloseReason::Disconnected);
         Box::pin(async move {
-            let client = self.shared.client()?;
+            let control = self.shared.keys.control();
+            let client = self.shared.client(&control)?;
             let _: Value = client
-                .publish(self.shared.keys.control(), codec::disconnect_message(user))
+                .publish(control, codec::disconnect_message(user))
                 .await
                 .map_err(unavailable)?;
             Ok(())
@@ -631,16 +793,39 @@ impl Engine for RedisEngine {
         Box::pin(async move { self.shared.signal(&event).await })
     }
 
+    /// Ready while at least one master serving slots answers `PING` and
+    /// its pub/sub connection is up. With one master of a cluster down,
+    /// its topics answer 503 while the others work, and the node stays
+    /// ready: every node shares that master, and taking them all out of a
+    /// load balancer at once would refuse every topic. Not ready when the
+    /// layout is unknown or no master is reachable (a node cut off from
+    /// Redis).
     fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>> {
         Box::pin(async move {
-            if !self.subscriber.is_connected() {
+            let nodes = self.shared.shards.layout_nodes();
+            if nodes.is_empty() {
                 return Err(EngineError::Unavailable(
-                    "redis pub/sub is not connected".into(),
+                    "redis: the cluster's slot layout is not known yet".into(),
                 ));
             }
-            let client = self.shared.client()?;
-            let _: Value = client.ping(None).await.map_err(unavailable)?;
-            Ok(())
+            let mut last = None;
+            for node in nodes {
+                if !node.subscriber.is_connected() {
+                    last = Some(EngineError::Unavailable(format!(
+                        "redis {} pub/sub is not connected",
+                        node.addr
+                    )));
+                    continue;
+                }
+                match node.client() {
+                    Ok(client) => match client.ping::<Value>(None).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = Some(unavailable(e)),
+                    },
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| EngineError::Unavailable("redis is not connected".into())))
         })
     }
 

@@ -12,18 +12,24 @@
 //! not seen. Subscribers also heal themselves: an event that is not the next
 //! one sends them back to history. Events already dispatched are skipped by
 //! position, so nothing arrives twice.
+//!
+//! Each channel is subscribed on the master serving its slot (see
+//! `shards`). When the layout changes (a replica promoted, a slot
+//! migrated) or a master's pub/sub connection comes back, the channels
+//! follow within [`FOLLOW_PERIOD`]: subscribed where they are served now,
+//! then caught up. A catch-up read that fails (the master is still down)
+//! is retried with backoff; it never ends anything.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fred::interfaces::{EventInterface, PubsubInterface};
-use fred::prelude::Client;
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Value;
 use herald_core::{Event, Position, Topic};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
+use crate::shards::{Node, NodeEvent};
 use crate::{codec, ReadFrom, Shared};
 
 /// Asked of the task by the engine.
@@ -38,31 +44,55 @@ struct Watched {
     topic: Topic,
     /// The last position dispatched.
     last: Option<Position>,
+    /// The master the channel is subscribed on (none: not subscribed yet,
+    /// or its connection broke).
+    on: Option<Arc<Node>>,
 }
 
-/// Events read from history for a channel, to dispatch if still new.
-type CaughtUp = (String, Vec<Arc<Event>>);
+/// What a catch-up read found.
+enum CaughtUp {
+    /// Events read from history for a channel, to dispatch if still new.
+    Caught(String, Vec<Arc<Event>>),
+}
 
 /// Events read per topic when catching up; if more were missed, the latest
 /// is dispatched too and subscribers read the rest themselves.
 const CATCH_UP_PAGE: usize = 256;
 
+/// How often channels are checked against the layout and subscribed where
+/// they are not yet.
+pub(crate) const FOLLOW_PERIOD: Duration = Duration::from_secs(1);
+
+/// Catch-up reads in flight at once (a reconnect with many watched topics
+/// reads them all).
+const CATCH_UP_CONCURRENCY: usize = 32;
+
+/// Attempts of one catch-up read: backoff from 100 ms doubling to 5 s,
+/// with jitter, so about a minute in all; the next reconnect or layout
+/// change starts another.
+const CATCH_UP_ATTEMPTS: u32 = 16;
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    subscriber: Client,
+    mut events: mpsc::Receiver<NodeEvent>,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
-    let mut messages = subscriber.message_rx();
-    let mut reconnects = subscriber.reconnect_rx();
     let (caught_tx, mut caught_rx) = mpsc::unbounded_channel::<CaughtUp>();
+    let reads = Arc::new(Semaphore::new(CATCH_UP_CONCURRENCY));
+    let catch = Catch {
+        shared: shared.clone(),
+        tx: caught_tx,
+        reads,
+    };
     let mut watched: HashMap<String, Watched> = HashMap::new();
     let mut refresh = tokio::time::interval(refresh_period(&shared));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut follow_tick = tokio::time::interval(FOLLOW_PERIOD);
+    follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut followed = u64::MAX;
     let mut touching = Touching(None);
     let control_channel = shared.keys.control();
-    if let Err(e) = subscriber.subscribe(control_channel.as_str()).await {
-        tracing::debug!(%e, "SUBSCRIBE to the control channel failed; retrying after reconnect");
-    }
+    let mut control_on: Option<Arc<Node>> = None;
     loop {
         tokio::select! {
             _ = refresh.tick() => {
@@ -72,6 +102,15 @@ pub(crate) async fn run(
                     touching.0 = Some(tokio::spawn(touch(shared.clone(), topics)));
                 }
             }
+            _ = follow_tick.tick() => {
+                let version = shared.shards.version();
+                let behind = watched.values().any(|w| w.on.is_none());
+                if version != followed || behind || control_on.is_none() {
+                    followed = version;
+                    follow_control(&shared, &control_channel, &mut control_on).await;
+                    follow(&shared, &catch, &mut watched).await;
+                }
+            }
             c = control.recv() => match c {
                 None => return,
                 Some(Control::Watch(topic)) => {
@@ -79,24 +118,27 @@ pub(crate) async fn run(
                     if watched.contains_key(&channel) {
                         continue;
                     }
-                    watched.insert(channel.clone(), Watched { topic: topic.clone(), last: None });
-                    // On failure (Redis down) the reconnect subscribes again.
-                    if let Err(e) = subscriber.ssubscribe(channel.as_str()).await {
-                        tracing::debug!(%e, %topic, "SSUBSCRIBE failed; retrying after reconnect");
-                    }
-                    catch_up(&shared, &caught_tx, channel, topic, None);
+                    let mut w = Watched { topic: topic.clone(), last: None, on: None };
+                    // On failure (the master is down) the next follow
+                    // subscribes it.
+                    subscribe(&shared, &channel, &mut w).await;
+                    catch.start(channel.clone(), topic, None);
+                    watched.insert(channel, w);
                 }
                 Some(Control::Unwatch(topic)) => {
                     let channel = shared.keys.channel(&topic);
-                    if watched.remove(&channel).is_some() {
-                        if let Err(e) = subscriber.sunsubscribe(channel.as_str()).await {
-                            tracing::debug!(%e, %topic, "SUNSUBSCRIBE failed");
+                    if let Some(w) = watched.remove(&channel) {
+                        if let Some(node) = w.on.filter(|n| n.subscriber.is_connected()) {
+                            if let Err(e) = node.subscriber.sunsubscribe(channel.as_str()).await {
+                                tracing::debug!(%e, %topic, "SUNSUBSCRIBE failed");
+                            }
                         }
                     }
                 }
             },
-            m = messages.recv() => match m {
-                Ok(message) if *message.channel == *control_channel => {
+            e = events.recv() => match e {
+                None => return,
+                Some(NodeEvent::Message(message)) if *message.channel == *control_channel => {
                     let Some(payload) = message.value.as_str() else { continue };
                     if let Some(user) = codec::decode_disconnect(&payload) {
                         let fanout = shared.fanout.read().unwrap_or_else(|e| e.into_inner());
@@ -105,7 +147,7 @@ pub(crate) async fn run(
                         }
                     }
                 }
-                Ok(message) => {
+                Some(NodeEvent::Message(message)) => {
                     let Some(w) = watched.get_mut(&*message.channel) else { continue };
                     let Some(payload) = message.value.as_str() else { continue };
                     match codec::decode_message(&w.topic, &payload) {
@@ -116,38 +158,116 @@ pub(crate) async fn run(
                         Err(e) => tracing::warn!(%e, topic = %w.topic, "undecodable notification"),
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "pub/sub listener lagged; catching up from history");
-                    catch_up_all(&shared, &caught_tx, &watched);
-                }
-                Err(RecvError::Closed) => return,
-            },
-            r = reconnects.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    // A new connection has no subscriptions: subscribe again,
-                    // then read what went by while we were away.
-                    if let Err(e) = subscriber.subscribe(control_channel.as_str()).await {
-                        tracing::debug!(%e, "SUBSCRIBE to the control channel after reconnect failed");
+                Some(NodeEvent::Lagged) => {
+                    tracing::warn!("pub/sub listener lagged; catching up from history");
+                    for (channel, w) in &watched {
+                        catch.start(channel.clone(), w.topic.clone(), w.last);
                     }
-                    for channel in watched.keys() {
-                        if let Err(e) = subscriber.ssubscribe(channel.as_str()).await {
-                            tracing::debug!(%e, channel, "SSUBSCRIBE after reconnect failed");
+                }
+                Some(NodeEvent::Reconnected(addr)) => {
+                    // A new connection has no subscriptions: subscribe again
+                    // (where the layout says now), then read what went by
+                    // while it was away.
+                    if control_on.as_ref().is_some_and(|n| n.addr == addr) {
+                        control_on = None;
+                    }
+                    let mut dropped = 0;
+                    for w in watched.values_mut() {
+                        if w.on.as_ref().is_some_and(|n| n.addr == addr) {
+                            w.on = None;
+                            dropped += 1;
                         }
                     }
-                    if !watched.is_empty() {
-                        tracing::info!(topics = watched.len(), "Redis pub/sub reconnected; catching up");
+                    if dropped > 0 {
+                        tracing::info!(node = %addr, topics = dropped, "Redis pub/sub reconnected; catching up");
                     }
-                    catch_up_all(&shared, &caught_tx, &watched);
+                    follow_control(&shared, &control_channel, &mut control_on).await;
+                    follow(&shared, &catch, &mut watched).await;
                 }
-                Err(RecvError::Closed) => return,
             },
-            Some((channel, events)) = caught_rx.recv() => {
+            Some(CaughtUp::Caught(channel, events)) = caught_rx.recv() => {
                 if let Some(w) = watched.get_mut(&channel) {
                     for e in &events {
                         dispatch(&shared, w, e);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Subscribes `channel` on the master serving it; false (and `w.on` none)
+/// when that master is not reachable now.
+async fn subscribe(shared: &Shared, channel: &str, w: &mut Watched) -> bool {
+    let Ok(node) = shared.shards.node_for(channel) else {
+        return false;
+    };
+    if !node.subscriber.is_connected() {
+        return false;
+    }
+    match tokio::time::timeout(
+        shared.command_timeout(),
+        node.subscriber.ssubscribe(channel),
+    )
+    .await
+    {
+        Ok(Ok(())) => {
+            w.on = Some(node);
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%e, channel, "SSUBSCRIBE failed; retrying");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Moves every channel whose slot is served elsewhere now (or that is not
+/// subscribed) to the master serving it, and catches each moved one up.
+async fn follow(shared: &Shared, catch: &Catch, watched: &mut HashMap<String, Watched>) {
+    for (channel, w) in watched.iter_mut() {
+        let owner = shared.shards.node_for(channel).ok();
+        let settled = match (&w.on, &owner) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) && a.subscriber.is_connected(),
+            _ => false,
+        };
+        if settled {
+            continue;
+        }
+        if let Some(old) = w.on.take().filter(|n| n.subscriber.is_connected()) {
+            let _ = tokio::time::timeout(
+                shared.command_timeout(),
+                old.subscriber.sunsubscribe(channel.as_str()),
+            )
+            .await;
+        }
+        if subscribe(shared, channel, w).await {
+            catch.start(channel.clone(), w.topic.clone(), w.last);
+        }
+    }
+}
+
+/// Keeps the control channel (plain pub/sub, which a cluster carries to
+/// every node) subscribed on a reachable master.
+async fn follow_control(shared: &Shared, channel: &str, on: &mut Option<Arc<Node>>) {
+    if on.as_ref().is_some_and(|n| n.subscriber.is_connected()) {
+        return;
+    }
+    *on = None;
+    let mut nodes = shared.shards.layout_nodes();
+    if let Ok(preferred) = shared.shards.node_for(channel) {
+        nodes.insert(0, preferred);
+    }
+    for node in nodes {
+        if !node.subscriber.is_connected() {
+            continue;
+        }
+        let r = tokio::time::timeout(shared.command_timeout(), node.subscriber.subscribe(channel))
+            .await;
+        if let Ok(Ok(())) = r {
+            *on = Some(node);
+            return;
         }
     }
 }
@@ -175,13 +295,13 @@ fn refresh_period(shared: &Shared) -> Duration {
 async fn touch(shared: Arc<Shared>, topics: Vec<Topic>) {
     let ttl = shared.ttl_ms().to_string();
     for topic in topics {
-        let Ok(client) = shared.client() else {
-            return; // disconnected: the next pass tries again
-        };
         let keys = vec![shared.keys.meta(&topic), shared.keys.stream(&topic)];
+        let Ok(client) = shared.client(&keys[0]) else {
+            continue; // that master is down: the next pass tries again
+        };
         let r: Result<Value, _> = shared
             .touch_script
-            .evalsha_with_reload(client, keys, vec![ttl.clone()])
+            .evalsha_with_reload(&client, keys, vec![ttl.clone()])
             .await;
         if let Err(e) = r {
             tracing::debug!(%e, %topic, "extending a watched topic's keys failed");
@@ -197,6 +317,7 @@ fn dispatch(shared: &Shared, w: &mut Watched, event: &Arc<Event>) {
         }
     }
     w.last = Some(event.position);
+    shared.saw(&w.topic, event.position);
     let fanout = shared.fanout.read().unwrap_or_else(|e| e.into_inner());
     if let Some(f) = fanout.as_ref() {
         f.dispatch(event);
@@ -212,55 +333,72 @@ fn dispatch_signal(shared: &Shared, signal: &Arc<Event>) {
     }
 }
 
-fn catch_up_all(
-    shared: &Arc<Shared>,
-    tx: &mpsc::UnboundedSender<CaughtUp>,
-    watched: &HashMap<String, Watched>,
-) {
-    for (channel, w) in watched {
-        catch_up(shared, tx, channel.clone(), w.topic.clone(), w.last);
+/// Starts catch-up reads, at most [`CATCH_UP_CONCURRENCY`] at once.
+struct Catch {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<CaughtUp>,
+    reads: Arc<Semaphore>,
+}
+
+impl Catch {
+    /// Reads, in the background, what `topic` has after `last` (or its
+    /// latest event) and sends it back to the task to dispatch; a failed
+    /// read is retried with backoff.
+    fn start(&self, channel: String, topic: Topic, last: Option<Position>) {
+        let shared = self.shared.clone();
+        let tx = self.tx.clone();
+        let reads = self.reads.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            for attempt in 1..=CATCH_UP_ATTEMPTS {
+                let read = {
+                    let Ok(_permit) = reads.acquire().await else {
+                        return;
+                    };
+                    catch_up(&shared, &topic, last).await
+                };
+                match read {
+                    Ok(events) => {
+                        let _ = tx.send(CaughtUp::Caught(channel, events));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%e, %topic, attempt, "catch-up read failed; retrying");
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(herald_core::engine::jittered(delay)).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            tracing::warn!(%topic, "catch-up reads kept failing; subscribers heal from the next event");
+        });
     }
 }
 
-/// Reads, in the background, what `topic` has after `last` (or its latest
-/// event) and sends it back to the task to dispatch.
-fn catch_up(
-    shared: &Arc<Shared>,
-    tx: &mpsc::UnboundedSender<CaughtUp>,
-    channel: String,
-    topic: Topic,
+/// What `topic` has after `last`, or its latest event: dispatching the
+/// latest event makes every subscriber that is behind it read history for
+/// the rest.
+async fn catch_up(
+    shared: &Shared,
+    topic: &Topic,
     last: Option<Position>,
-) {
-    let shared = shared.clone();
-    let tx = tx.clone();
-    tokio::spawn(async move {
-        let mut events = Vec::new();
-        if let Some(last) = last {
-            match shared
-                .read_raw(&topic, ReadFrom::After(last), CATCH_UP_PAGE)
-                .await
-            {
-                Ok(r) if r.gap.is_none() => {
-                    let more = r.more();
-                    events = r.events;
-                    if !more {
-                        let _ = tx.send((channel, events));
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(%e, %topic, "catch-up read failed");
-                    return;
-                }
+) -> Result<Vec<Arc<Event>>, herald_core::EngineError> {
+    let mut events = Vec::new();
+    if let Some(last) = last {
+        let r = shared
+            .read_raw(topic, ReadFrom::After(last), CATCH_UP_PAGE)
+            .await?;
+        if r.gap.is_none() {
+            let more = r.more();
+            events = r.events;
+            if !more {
+                return Ok(events);
             }
         }
-        // Dispatching the latest event makes every subscriber that is
-        // behind it read history for the rest.
-        match shared.read_raw(&topic, ReadFrom::Latest, 1).await {
-            Ok(r) => events.extend(r.events),
-            Err(e) => tracing::debug!(%e, %topic, "catch-up read failed"),
-        }
-        let _ = tx.send((channel, events));
-    });
+    }
+    let r = shared.read_raw(topic, ReadFrom::Latest, 1).await?;
+    events.extend(r.events);
+    Ok(events)
 }

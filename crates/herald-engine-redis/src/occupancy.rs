@@ -255,11 +255,11 @@ impl RedisOccupancy {
 
     /// Removes this node's entry; true when the topic became vacant.
     async fn leave_topic(&self, topic: &Topic) -> Result<bool, EngineError> {
-        let client = self.shared.client()?;
+        let client = self.shared.client(&self.shared.keys.occupancy(topic))?;
         let edge: i64 = self
             .leave
             .evalsha_with_reload(
-                client,
+                &client,
                 vec![self.shared.keys.occupancy(topic)],
                 vec![self.node.as_str()],
             )
@@ -273,14 +273,14 @@ impl RedisOccupancy {
     /// entry is ever out of the sweepers' sight.
     async fn mark_topics(&self, topics: &[Topic]) -> Result<(), EngineError> {
         for chunk in topics.chunks(MARK_BATCH) {
-            let client = self.shared.client()?;
+            let client = self.shared.client(&self.shared.keys.occupancy_index())?;
             let mut args: Vec<Value> = Vec::with_capacity(2 + chunk.len());
             args.push(millis(self.timing.ttl).into());
             args.push(millis(KEY_LIFE).into());
             args.extend(chunk.iter().map(|t| Value::from(t.as_str())));
             let _: Value = self
                 .mark
-                .evalsha_with_reload(client, vec![self.shared.keys.occupancy_index()], args)
+                .evalsha_with_reload(&client, vec![self.shared.keys.occupancy_index()], args)
                 .await
                 .map_err(write_error)?;
         }
@@ -316,7 +316,7 @@ impl RedisOccupancy {
     /// [`RedisOccupancy::enter_topic`] without marking (the pass marked
     /// every topic at once).
     async fn enter_topic_only(&self, topic: &Topic) -> Result<bool, EngineError> {
-        let client = self.shared.client()?;
+        let client = self.shared.client(&self.shared.keys.occupancy(topic))?;
         let args: Vec<Value> = vec![
             self.node.as_str().into(),
             millis(self.timing.ttl).into(),
@@ -324,7 +324,7 @@ impl RedisOccupancy {
         ];
         let edge: i64 = self
             .enter
-            .evalsha_with_reload(client, vec![self.shared.keys.occupancy(topic)], args)
+            .evalsha_with_reload(&client, vec![self.shared.keys.occupancy(topic)], args)
             .await
             .map_err(write_error)?;
         Ok(edge == 1)
@@ -347,20 +347,20 @@ impl RedisOccupancy {
     /// One batch of due topics; true when the batch was full (more may be due).
     async fn sweep_round(&self) -> Result<bool, EngineError> {
         let index = self.shared.keys.occupancy_index();
-        let client = self.shared.client()?;
+        let client = self.shared.client(&self.shared.keys.occupancy_index())?;
         let due: Vec<String> = self
             .due
-            .evalsha_with_reload(client, vec![index.clone()], SWEEP_BATCH.to_string())
+            .evalsha_with_reload(&client, vec![index.clone()], SWEEP_BATCH.to_string())
             .await
             .map_err(write_error)?;
         let full = due.len() >= SWEEP_BATCH;
         for name in due {
             let next = match Topic::new(&name) {
                 Ok(topic) => {
-                    let client = self.shared.client()?;
+                    let client = self.shared.client(&self.shared.keys.occupancy(&topic))?;
                     let answer: Vec<i64> = self
                         .sweep
-                        .evalsha_with_reload(client, vec![self.shared.keys.occupancy(&topic)], ())
+                        .evalsha_with_reload(&client, vec![self.shared.keys.occupancy(&topic)], ())
                         .await
                         .map_err(write_error)?;
                     if answer.first() == Some(&1) {
@@ -371,10 +371,10 @@ impl RedisOccupancy {
                 }
                 Err(_) => 0, // not a topic: forget it
             };
-            let client = self.shared.client()?;
+            let client = self.shared.client(&self.shared.keys.occupancy_index())?;
             let _: Value = self
                 .settle
-                .evalsha_with_reload(client, vec![index.clone()], vec![name, next.to_string()])
+                .evalsha_with_reload(&client, vec![index.clone()], vec![name, next.to_string()])
                 .await
                 .map_err(write_error)?;
         }

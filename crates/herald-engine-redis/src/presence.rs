@@ -280,7 +280,9 @@ impl RedisPresence {
             .unwrap_or_default();
         let join_leave = self.shared.policy(topic).join_leave;
         for chunk in pairs.chunks(REFRESH_BATCH) {
-            let client = self.shared.client()?;
+            let client = self
+                .shared
+                .client(&self.shared.keys.presence_members(topic))?;
             let mut args: Vec<Value> = Vec::with_capacity(3 + 2 * chunk.len());
             args.push(self.node.as_str().into());
             args.push(millis(self.timing.ttl).into());
@@ -291,7 +293,7 @@ impl RedisPresence {
             }
             let added: Vec<String> = self
                 .refresh
-                .evalsha_with_reload(client, self.keys(topic), args)
+                .evalsha_with_reload(&client, self.keys(topic), args)
                 .await
                 .map_err(write_error)?;
             for id in added {
@@ -328,10 +330,12 @@ impl RedisPresence {
 
     async fn sweep_topic(&self, topic: &Topic, join_leave: bool) -> Result<(), EngineError> {
         for _ in 0..SWEEP_ROUNDS {
-            let client = self.shared.client()?;
+            let client = self
+                .shared
+                .client(&self.shared.keys.presence_members(topic))?;
             let removed: Vec<String> = self
                 .sweep
-                .evalsha_with_reload(client, self.keys(topic), SWEEP_BATCH.to_string())
+                .evalsha_with_reload(&client, self.keys(topic), SWEEP_BATCH.to_string())
                 .await
                 .map_err(write_error)?;
             let done = removed.len() < SWEEP_BATCH;
@@ -385,7 +389,9 @@ impl PresenceStore for RedisPresence {
             let _write = self.write_lock(topic).lock().await;
             // Held even if Redis fails now: the next refresh enters it.
             self.hold(topic, &member.client, entry.clone());
-            let client = self.shared.client()?;
+            let client = self
+                .shared
+                .client(&self.shared.keys.presence_members(topic))?;
             let args: Vec<Value> = vec![
                 (&*member.client).into(),
                 entry.into(),
@@ -394,7 +400,7 @@ impl PresenceStore for RedisPresence {
             ];
             let new: i64 = self
                 .join
-                .evalsha_with_reload(client, self.keys(topic), args)
+                .evalsha_with_reload(&client, self.keys(topic), args)
                 .await
                 .map_err(write_error)?;
             Ok(new == 1)
@@ -411,10 +417,12 @@ impl PresenceStore for RedisPresence {
             // Released even if Redis fails now: the entry then expires and
             // a sweeper reports it.
             self.release(topic, client);
-            let redis = self.shared.client()?;
+            let redis = self
+                .shared
+                .client(&self.shared.keys.presence_members(topic))?;
             let entry: Option<String> = self
                 .leave
-                .evalsha_with_reload(redis, self.keys(topic), vec![client, self.node.as_str()])
+                .evalsha_with_reload(&redis, self.keys(topic), vec![client, self.node.as_str()])
                 .await
                 .map_err(unavailable)?;
             Ok(entry.as_deref().and_then(parse_entry))
@@ -423,10 +431,12 @@ impl PresenceStore for RedisPresence {
 
     fn members<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<Vec<Member>, EngineError>> {
         Box::pin(async move {
-            let client = self.shared.client()?;
+            let client = self
+                .shared
+                .client(&self.shared.keys.presence_members(topic))?;
             let entries: Vec<String> = self
                 .members
-                .evalsha_with_reload(client, self.keys(topic), ())
+                .evalsha_with_reload(&client, self.keys(topic), ())
                 .await
                 .map_err(unavailable)?;
             let mut list: Vec<Member> = entries.iter().filter_map(|e| parse_entry(e)).collect();

@@ -32,10 +32,16 @@ local meta, stream = KEYS[1], KEYS[2]
 -- `ttl` (ms): how long new metadata lives unless a publish extends it.
 -- `ephemeral`: the topic keeps no stream (history = 0), so a missing one
 -- is no sign of lost history.
-local function ensure_epoch(candidate, ttl, ephemeral)
+-- `floor_epoch`, `floor_seq`: the furthest position the calling node has
+-- seen of the topic ('' and 0 for none). A shorter topic in the same epoch
+-- lost writes (a failover promoted a replica that had not received them):
+-- its next positions would repeat ones already handed out, so it starts a
+-- new epoch instead, and clients holding the lost positions get a gap.
+local function ensure_epoch(candidate, ttl, ephemeral, floor_epoch, floor_seq)
   local m = redis.call('HMGET', meta, 'epoch', 'seq')
   local epoch, seq = m[1], tonumber(m[2] or '0')
-  if epoch and (ephemeral or not (seq > 0 and redis.call('EXISTS', stream) == 0)) then
+  local lost = epoch and epoch == floor_epoch and seq < floor_seq
+  if epoch and not lost and (ephemeral or not (seq > 0 and redis.call('EXISTS', stream) == 0)) then
     return epoch, seq
   end
   redis.call('DEL', stream)
@@ -83,9 +89,12 @@ end
 "#;
 
 /// KEYS: meta, stream. ARGV: candidate epoch, max events, max age ms, channel,
-/// time-to-live ms, then `k`, `n`, `d` of each event. Appends the events,
-/// notifies the channel with each, trims, and sets both keys to expire after
-/// the time-to-live. Returns `{epoch, first seq, published ms}`.
+/// time-to-live ms, notify (`1`: notify the channel here; `0`: the caller
+/// notifies once the write reached its replicas), floor epoch, floor seq
+/// (see `ensure_epoch`), then `k`, `n`, `d` of each event. Appends the
+/// events, notifies the channel with each (when asked), trims, and sets
+/// both keys to expire after the time-to-live. Returns `{epoch, first seq,
+/// published ms}`.
 ///
 /// With max events 0 (an ephemeral topic) nothing is appended: the events
 /// get their sequences in `meta` and go to the channel only, and no stream
@@ -95,19 +104,20 @@ end
 /// characters, so only the data may contain newlines, and it comes last.
 const PUBLISH_BODY: &str = r#"
 local maxlen, maxage, channel, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local notify = ARGV[6] == '1'
 local now = now_ms()
 local ephemeral = maxlen == 0
-local epoch, seq = ensure_epoch(ARGV[1], ttl, ephemeral)
+local epoch, seq = ensure_epoch(ARGV[1], ttl, ephemeral, ARGV[7], tonumber(ARGV[8]))
 if ephemeral then redis.call('DEL', stream) end
 local first = seq + 1
-local i = 6
+local i = 9
 while i + 2 <= #ARGV do
   seq = seq + 1
   local id = string.format('%d-%d', seq, now)
   if not ephemeral then
     redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2], id, 'k', ARGV[i], 'n', ARGV[i + 1], 'd', ARGV[i + 2])
   end
-  redis.call('SPUBLISH', channel, epoch .. '\n' .. id .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2])
+  if notify then redis.call('SPUBLISH', channel, epoch .. '\n' .. id .. '\n' .. ARGV[i] .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i + 2]) end
   i = i + 3
 end
 redis.call('HSET', meta, 'seq', string.format('%d', seq))
@@ -118,7 +128,8 @@ return {epoch, string.format('%d', first), string.format('%d', now)}
 "#;
 
 /// KEYS: meta, stream. ARGV: candidate epoch, after epoch, after seq, limit,
-/// max events, max age ms, time-to-live ms (of metadata the read creates).
+/// max events, max age ms, time-to-live ms (of metadata the read creates),
+/// floor epoch, floor seq (see `ensure_epoch`).
 /// "After epoch" is empty to read from now (no
 /// events, just the head), `*` for the latest event alone, else a position.
 /// Returns `{epoch, head, first retained, entries...}`, each entry
@@ -127,7 +138,7 @@ return {epoch, string.format('%d', first), string.format('%d', now)}
 const READ_BODY: &str = r#"
 local after_epoch, after_seq, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxlen, maxage = tonumber(ARGV[5]), tonumber(ARGV[6])
-local epoch, head = ensure_epoch(ARGV[1], ARGV[7], maxlen == 0)
+local epoch, head = ensure_epoch(ARGV[1], ARGV[7], maxlen == 0, ARGV[8], tonumber(ARGV[9]))
 trim_age(now_ms() - maxage)
 local first = first_retained(head, maxlen)
 local start = nil
@@ -148,6 +159,14 @@ end
 return out
 "#;
 
+/// KEYS: the topic's channel. ARGV: notifications, in order. Sends each on
+/// the channel (`SPUBLISH`) in one round trip: the notifications of a
+/// publish that waited for its replicas. Returns how many were sent.
+pub const NOTIFY: &str = r#"
+for i = 1, #ARGV do redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
+return #ARGV
+"#;
+
 /// KEYS: meta, stream. ARGV: time-to-live ms. Extends the life of a topic
 /// that local clients are subscribed to, so a quiet topic keeps the epoch
 /// its subscribers hold (else its next event would start a new one and they
@@ -161,7 +180,8 @@ return 1
 
 /// The publish script's Lua source: the prelude, then the body documented on
 /// `PUBLISH_BODY` (KEYS: meta, stream; ARGV: candidate epoch, max events,
-/// max age ms, channel, time-to-live ms, then `k`, `n`, `d` of each event;
+/// max age ms, channel, time-to-live ms, notify, floor epoch, floor seq,
+/// then `k`, `n`, `d` of each event;
 /// returns `{epoch, first seq, published ms}`).
 pub fn publish() -> String {
     format!("{PRELUDE}{PUBLISH_BODY}")

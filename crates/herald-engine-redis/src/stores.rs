@@ -57,11 +57,11 @@ impl IdempotencyStore for RedisIdempotency {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Claim, EngineError>> {
         Box::pin(async move {
-            let client = self.shared.client()?;
             let key = self.shared.keys.idempotency(topic, id);
+            let client = self.shared.client(&key)?;
             let answer: String = self
                 .claim
-                .evalsha_with_reload(client, key, millis(CLAIM_TTL))
+                .evalsha_with_reload(&client, key, millis(CLAIM_TTL))
                 .await
                 .map_err(unavailable)?;
             Ok(match answer.as_str() {
@@ -82,8 +82,8 @@ impl IdempotencyStore for RedisIdempotency {
         event: &'a Arc<Event>,
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
-            let client = self.shared.client()?;
             let key = self.shared.keys.idempotency(topic, id);
+            let client = self.shared.client(&key)?;
             let p = event.position;
             let record = format!("{}:{}-{}", p.epoch, p.seq, event.published_at_ms);
             let _: Value = client
@@ -102,11 +102,11 @@ impl IdempotencyStore for RedisIdempotency {
 
     fn abandon<'a>(&'a self, topic: &'a Topic, id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Ok(client) = self.shared.client() else {
+            let key = self.shared.keys.idempotency(topic, id);
+            let Ok(client) = self.shared.client(&key) else {
                 return; // the claim expires by itself
             };
-            let key = self.shared.keys.idempotency(topic, id);
-            let r: Result<Value, _> = self.abandon.evalsha_with_reload(client, key, ()).await;
+            let r: Result<Value, _> = self.abandon.evalsha_with_reload(&client, key, ()).await;
             if let Err(e) = r {
                 tracing::debug!(%e, "could not release an idempotency claim");
             }
@@ -182,12 +182,13 @@ impl RedisOneTimeTokens {
     /// Forgets that `owner` holds `token`. Best effort: the entry also
     /// leaves when the token expires.
     async fn release(&self, owner: &str, token: &str) {
-        let Ok(client) = self.shared.client() else {
+        let owner_key = self.owner_key(owner);
+        let Ok(client) = self.shared.client(&owner_key) else {
             return;
         };
         let r: Result<Value, _> = self
             .release
-            .evalsha_with_reload(client, self.owner_key(owner), token)
+            .evalsha_with_reload(&client, owner_key, token)
             .await;
         if let Err(e) = r {
             tracing::debug!(%e, "could not release a one-time token's place");
@@ -205,11 +206,12 @@ impl OneTimeStore for RedisOneTimeTokens {
         caps: OneTimeCaps,
     ) -> BoxFuture<'a, Result<Capped, EngineError>> {
         Box::pin(async move {
-            let client = self.shared.client()?;
+            let owner_key = self.owner_key(owner);
+            let client = self.shared.client(&owner_key)?;
             let max = i64::try_from(caps.per_owner).unwrap_or(i64::MAX);
             let wait: i64 = self
                 .reserve
-                .evalsha_with_reload(client, self.owner_key(owner), (token, millis(ttl), max))
+                .evalsha_with_reload(&client, owner_key, (token, millis(ttl), max))
                 .await
                 .map_err(unavailable)?;
             if wait >= 0 {
@@ -218,18 +220,24 @@ impl OneTimeStore for RedisOneTimeTokens {
                 });
             }
             let key = self.shared.keys.one_time_token(token);
-            let stored: Result<Value, _> = client
-                .set(
-                    key,
-                    pack(owner, &value),
-                    Some(Expiration::PX(millis(ttl))),
-                    None,
-                    false,
-                )
-                .await;
+            // On a cluster the token and its owner's list may live on
+            // different masters.
+            let stored: Result<Value, _> = match self.shared.client(&key) {
+                Ok(client) => client
+                    .set(
+                        key,
+                        pack(owner, &value),
+                        Some(Expiration::PX(millis(ttl))),
+                        None,
+                        false,
+                    )
+                    .await
+                    .map_err(unavailable),
+                Err(e) => Err(e),
+            };
             if let Err(e) = stored {
                 self.release(owner, token).await;
-                return Err(unavailable(e));
+                return Err(e);
             }
             Ok(Capped::Stored)
         })
@@ -237,8 +245,8 @@ impl OneTimeStore for RedisOneTimeTokens {
 
     fn take<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Taken, EngineError>> {
         Box::pin(async move {
-            let client = self.shared.client()?;
             let key = self.shared.keys.one_time_token(token);
+            let client = self.shared.client(&key)?;
             let stored: Option<String> = client.getdel(key).await.map_err(unavailable)?;
             // Redis drops an expired token by itself: it cannot be told apart.
             let Some(stored) = stored else {

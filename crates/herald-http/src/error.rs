@@ -239,9 +239,9 @@ impl From<EngineError> for ApiError {
         match e {
             // A global budget is used up: temporary, like any 503 (Retry-After).
             EngineError::ServerFull(_) => ApiError::server_full(e.to_string()),
-            EngineError::Unavailable(_) | EngineError::ShuttingDown => {
-                ApiError::unavailable(e.to_string())
-            }
+            EngineError::Unavailable(_)
+            | EngineError::ShuttingDown
+            | EngineError::NotReplicated { .. } => ApiError::unavailable(e.to_string()),
         }
     }
 }

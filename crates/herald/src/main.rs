@@ -211,6 +211,8 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
             let mut config =
                 herald_engine_redis::RedisConfig::new(&redis.url, settings.hub.history);
             config.prefix = redis.prefix;
+            config.replica_acks = redis.replica_acks;
+            config.replica_timeout = redis.replica_timeout;
             let engine = Arc::new(herald_engine_redis::RedisEngine::connect(config).await?);
             Hub::new(engine, settings.hub.clone())
         }

@@ -55,6 +55,19 @@ pub enum EngineError {
     /// Shutting down; no new publishes are accepted.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The events were stored, but the write did not reach the replicas
+    /// the engine waits for within its timeout (the Redis engine's `WAIT`,
+    /// see its "Guarantees"): they may be lost if the primary fails now.
+    /// Maps to 503 like [`EngineError::Unavailable`]; the hub records the
+    /// stored positions under the publish's idempotency ids, so a retry
+    /// with the same id answers with them instead of storing again.
+    #[error("engine unavailable: {detail}")]
+    NotReplicated {
+        /// What was stored, in the order given, positions assigned.
+        stored: Vec<Arc<Event>>,
+        /// Why, for the 503's message (how many replicas answered in time).
+        detail: String,
+    },
     /// A [`Budget`] is used up: the publish would create a topic beyond
     /// `max_topics` or retain more than `max_retained_bytes`. Nothing of the
     /// publish was stored (maps to 503 `server_full` with `Retry-After`).
@@ -437,6 +450,14 @@ pub async fn read_back_forward<E: Engine + ?Sized>(
         r.gap = gap;
         return Ok(r);
     }
+}
+
+/// `d` with up to ±25 % random jitter (0.75 d to 1.25 d), so that the many
+/// readers retrying after one outage do not all retry at the same moment.
+pub fn jittered(d: std::time::Duration) -> std::time::Duration {
+    // new_epoch() is random enough for spreading retries.
+    let r = new_epoch() % 1001;
+    d.mul_f64(0.75 + r as f64 / 2000.0)
 }
 
 /// A fresh epoch: random enough that two runs never share one.

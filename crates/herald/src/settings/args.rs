@@ -95,6 +95,15 @@ layered_settings! {
         /// Put before every Redis key and channel name [default: herald:].
         #[arg(long, env = "HERALD_REDIS_PREFIX")]
         pub redis_prefix: Option<String>,
+        /// Replicas that must hold a publish before it is acknowledged (Redis
+        /// WAIT), when the topic's master has replicas online; 0 answers once
+        /// the master has it, which a failover can lose [default: 1].
+        #[arg(long, env = "HERALD_REDIS_REPLICA_ACKS")]
+        pub redis_replica_acks: Option<u32>,
+        /// How long a publish waits for its replicas before answering 503
+        /// (stored on the master, not known to survive its loss) [default: 1s].
+        #[arg(long, env = "HERALD_REDIS_REPLICA_TIMEOUT")]
+        pub redis_replica_timeout: Option<String>,
         /// Events kept per topic [default: 1000].
         #[arg(long, env = "HERALD_HISTORY")]
         pub history: Option<usize>,

@@ -80,15 +80,32 @@ pub(super) fn storage(s: &ServeArgs, warnings: &mut Vec<String>) -> anyhow::Resu
                     herald_engine_redis::redact_url(&url)
                 );
             }
+            let replica_timeout = dur(
+                "redis-replica-timeout",
+                &s.redis_replica_timeout,
+                Duration::from_secs(1),
+            )?;
+            if replica_timeout.is_zero() || replica_timeout > Duration::from_secs(60) {
+                bail!("--redis-replica-timeout must be between 1ms and 60s: every publish may wait that long");
+            }
+            let replica_acks = s.redis_replica_acks.unwrap_or(1);
+            if replica_acks > 16 {
+                bail!("--redis-replica-acks {replica_acks}: at most 16 replicas can be waited for");
+            }
             Some(RedisSettings {
                 url,
                 prefix: s.redis_prefix.clone().unwrap_or_else(|| "herald:".into()),
+                replica_acks,
+                replica_timeout,
             })
         }
         (EngineKind::Redis, None) => {
             bail!("--engine redis needs --redis-url (e.g. redis://127.0.0.1:6379)")
         }
         (_, Some(_)) => bail!("--redis-url is used only with --engine redis"),
+        (_, None) if s.redis_replica_acks.is_some() || s.redis_replica_timeout.is_some() => {
+            bail!("--redis-replica-acks and --redis-replica-timeout are used only with --engine redis")
+        }
         (_, None) => None,
     };
     Ok(Storage {

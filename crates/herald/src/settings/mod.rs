@@ -81,6 +81,10 @@ pub struct RedisSettings {
     pub url: String,
     /// Put before every key and channel name.
     pub prefix: String,
+    /// `--redis-replica-acks`: replicas a publish waits for.
+    pub replica_acks: u32,
+    /// `--redis-replica-timeout`: how long it waits for them.
+    pub replica_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -88,6 +92,8 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &herald_engine_redis::redact_url(&self.url))
             .field("prefix", &self.prefix)
+            .field("replica_acks", &self.replica_acks)
+            .field("replica_timeout", &self.replica_timeout)
             .finish()
     }
 }
