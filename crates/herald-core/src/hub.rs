@@ -407,8 +407,13 @@ impl Hub {
             let (events, n) = self.with_mirrors(events, mirrored);
             let stored_at = Instant::now();
             let store = self.inner.engine.publish(events);
-            let mut out =
-                tracing::Instrument::instrument(store, tracing::debug_span!("store")).await?;
+            let mut out = tracing::Instrument::instrument(store, tracing::debug_span!("store"))
+                .await
+                .map_err(|e| match e {
+                    // Stored but unconfirmed: a plain 503 to the caller.
+                    EngineError::NotReplicated { detail, .. } => EngineError::Unavailable(detail),
+                    e => e,
+                })?;
             self.inner.metrics.observe_store(stored_at.elapsed());
             out.truncate(n);
             self.inner

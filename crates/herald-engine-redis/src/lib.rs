@@ -258,6 +258,7 @@ pub(crate) struct Shared {
     command_timeout: Duration,
     publish_script: Script,
     notify_script: Script,
+    retouch_script: Script,
     read_script: Script,
     pub(crate) touch_script: Script,
     pub(crate) fanout: RwLock<Option<Arc<Fanout>>>,
@@ -310,6 +311,7 @@ impl RedisEngine {
             command_timeout: config.command_timeout,
             publish_script: Script::from_lua(scripts::publish()),
             notify_script: Script::from_lua(scripts::NOTIFY),
+            retouch_script: Script::from_lua(scripts::RETOUCH),
             read_script: Script::from_lua(scripts::read()),
             touch_script: Script::from_lua(scripts::TOUCH),
             fanout: RwLock::new(None),
@@ -424,11 +426,7 @@ impl Shared {
         loop {
             let node = self.shards.node_for(&keys[0])?;
             // An ephemeral topic keeps nothing a replica could save.
-            let acks = if ephemeral {
-                0
-            } else {
-                (self.replica_acks as usize).min(node.replicas())
-            };
+            let acks = if ephemeral { 0 } else { self.acks_for(&node) };
             let floor = self.floors.get(&topic);
             let mut args: Vec<Value> = Vec::with_capacity(8 + 3 * events.len());
             args.push(new_epoch().to_string().into());
@@ -478,17 +476,8 @@ impl Shared {
             }
             // The connection's writes, this one included, reach `acks`
             // replicas or the timeout passes (Redis `WAIT`).
-            let timeout_ms = i64::try_from(self.replica_timeout.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(1);
-            let waited: Result<i64, _> = client
-                .custom(
-                    CustomCommand::new_static("WAIT", ClusterHash::Random, true),
-                    vec![acks as i64, timeout_ms],
-                )
-                .await;
-            let reached = match waited {
-                Ok(n) => usize::try_from(n).unwrap_or(0),
+            let reached = match self.wait_replicas(&client, acks).await {
+                Ok(n) => n,
                 Err(e) => {
                     return Err(EngineError::NotReplicated {
                         stored,
@@ -500,8 +489,8 @@ impl Shared {
                 return Err(EngineError::NotReplicated {
                     stored,
                     detail: format!(
-                        "redis: stored on the master, but {reached} of {acks} replicas had it within {} ms; it may be lost if the master fails (retry with the same idempotency id to get its position)",
-                        timeout_ms
+                        "redis: stored on the master, but {reached} of {acks} replicas had it within {} ms; it may be lost if the master fails (retry with the same idempotency id to get its position once replicated)",
+                        self.replica_timeout.as_millis()
                     ),
                 });
             }
@@ -582,6 +571,64 @@ impl Shared {
             from,
             events,
         })
+    }
+
+    /// Replicas a write through `node` waits for: the configured count,
+    /// at most the replicas it has online.
+    fn acks_for(&self, node: &shards::Node) -> usize {
+        (self.replica_acks as usize).min(node.replicas())
+    }
+
+    /// Waits until everything the master serving `key` holds now has
+    /// reached the replicas a publish waits for: a write to `key` (its
+    /// time-to-live set again, unchanged) followed by `WAIT` on the same
+    /// connection, which covers every earlier write of that master. For
+    /// an idempotent retry of a publish that was stored but refused
+    /// (503): answered with its position only once it is replicated.
+    ///
+    /// Errors: 503 when the master is down or the replicas do not have it
+    /// within the replica timeout.
+    pub(crate) async fn confirm_replicated(&self, key: &str) -> Result<(), EngineError> {
+        let node = self.shards.node_for(key)?;
+        let acks = self.acks_for(&node);
+        if acks == 0 {
+            return Ok(());
+        }
+        let client = node.publish_client()?;
+        let _: Value = self
+            .retouch_script
+            .evalsha_with_reload(&client, vec![key.to_owned()], ())
+            .await
+            .map_err(unavailable)?;
+        let reached = self
+            .wait_replicas(&client, acks)
+            .await
+            .map_err(unavailable)?;
+        if reached < acks {
+            return Err(EngineError::Unavailable(format!(
+                "redis: stored on the master, not yet on its replicas ({reached} of {acks}); retry later"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `WAIT acks timeout` on `client`: how many replicas have every write
+    /// this connection made.
+    async fn wait_replicas(
+        &self,
+        client: &Client,
+        acks: usize,
+    ) -> Result<usize, fred::error::Error> {
+        let timeout_ms = i64::try_from(self.replica_timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let n: i64 = client
+            .custom(
+                CustomCommand::new_static("WAIT", ClusterHash::Random, true),
+                vec![acks as i64, timeout_ms],
+            )
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Remembers that this node saw `topic` at `position` (dispatched it).

@@ -167,6 +167,15 @@ for i = 1, #ARGV do redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
 return #ARGV
 "#;
 
+/// KEYS: any key. Sets its time-to-live again, unchanged: a write that
+/// changes nothing, so that a `WAIT` after it on the same connection
+/// covers every earlier write of the master. Returns 1.
+pub const RETOUCH: &str = r#"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"#;
+
 /// KEYS: meta, stream. ARGV: time-to-live ms. Extends the life of a topic
 /// that local clients are subscribed to, so a quiet topic keeps the epoch
 /// its subscribers hold (else its next event would start a new one and they

@@ -61,14 +61,19 @@ impl IdempotencyStore for RedisIdempotency {
             let client = self.shared.client(&key)?;
             let answer: String = self
                 .claim
-                .evalsha_with_reload(&client, key, millis(CLAIM_TTL))
+                .evalsha_with_reload(&client, key.clone(), millis(CLAIM_TTL))
                 .await
                 .map_err(unavailable)?;
             Ok(match answer.as_str() {
                 "owned" => Claim::Owned,
                 "pending" => Claim::Wait(None),
                 v => match parse_record(v) {
-                    Some((position, at)) => Claim::DoneAt(position, at),
+                    // A publish refused for want of replicas is recorded
+                    // too: answered only once it is replicated.
+                    Some((position, at)) => {
+                        self.shared.confirm_replicated(&key).await?;
+                        Claim::DoneAt(position, at)
+                    }
                     None => return Err(unavailable(format!("bad idempotency record {v:?}"))),
                 },
             })
