@@ -27,11 +27,19 @@
 //!   subscribed to a topic, the node extends its keys' life every third
 //!   of the time-to-live (one small script per watched topic), so a quiet
 //!   topic keeps the epoch its subscribers hold.
-//! - **Publish**: one Lua script per topic appends the events, notifies the
-//!   topic's sharded pub/sub channel with each (`SPUBLISH`) and trims, all
+//! - **Publish**: one Lua script per topic appends the events and trims,
 //!   atomically: a subscriber that resumes during a publish reads either
 //!   before or after it, and the core's live-first-then-back-fill resume does
-//!   the rest.
+//!   the rest. When the topic's master has replicas online, the engine then
+//!   waits (`WAIT`, [`RedisConfig::replica_acks`] within
+//!   [`RedisConfig::replica_timeout`]) and only then notifies the topic's
+//!   sharded pub/sub channel (`SPUBLISH`) and acknowledges; a write no
+//!   replica confirmed in time is [`EngineError::NotReplicated`] (503).
+//!   Without replicas the script notifies at once.
+//! - **Lost writes**: each node remembers the furthest position it has seen
+//!   of each topic (its floor) and passes it to the scripts; a topic shorter
+//!   than that in the same epoch lost writes in a failover, and starts a new
+//!   epoch instead of handing the lost positions out again (see `scripts`).
 //! - **Live fan-out**: each node subscribes (`SSUBSCRIBE`) only to the
 //!   channels of topics its own clients use ([`Engine::watch`]) and
 //!   unsubscribes when the last one leaves. Every message is dispatched
@@ -43,6 +51,9 @@
 //! - **Outages**: with Redis unreachable, publishes fail at once with
 //!   [`EngineError::Unavailable`] (503), [`Engine::ready`] fails (`/readyz`),
 //!   live connections stay open, and the clients reconnect with backoff.
+//!   Each master of a cluster has its own connections (`shards`): one dead
+//!   master refuses only its own topics, and a catch-up read that fails is
+//!   retried with backoff.
 //! - **Shared records**: idempotent publish ids ([`Engine::idempotency_store`])
 //!   and one-time tokens ([`Engine::one_time_store`], [`RedisOneTimeTokens`])
 //!   live in Redis too, so they hold across nodes.
@@ -59,19 +70,20 @@
 //!   swept like presence, so a topic is occupied once and vacated once
 //!   cluster-wide, and a dead node's topics vacate; see `occupancy`.
 //!
-//! The client library is [fred](https://docs.rs/fred): it speaks sharded
-//! pub/sub to a single server and to a cluster (routing each `SSUBSCRIBE` to
-//! the shard that owns the channel), reconnects with a backoff policy, and
-//! takes `redis://`, `rediss://`, `redis-cluster://` and `rediss-cluster://`
-//! URLs.
+//! The client library is [fred](https://docs.rs/fred) (RESP, reconnect
+//! policies, TLS, `redis://`, `rediss://`, `redis-cluster://` and
+//! `rediss-cluster://` URLs), used as single-server clients, one small set
+//! per master: `shards` routes each command by its key's hash slot.
 //!
 //! # Layout
 //!
 //! - [`keys`]: key and channel names (pure).
 //! - [`scripts`]: the Lua scripts for publish, read and idempotency claims.
 //! - `codec`: events to script arguments and back (pure).
-//! - `listener`: the pub/sub task: subscriptions, dispatch, catch-up, and
-//!   keeping watched topics' keys alive.
+//! - `shards`: the connections of each master, the slot layout, replica
+//!   counts.
+//! - `listener`: the pub/sub task: subscriptions (following the layout),
+//!   dispatch, catch-up, and keeping watched topics' keys alive.
 //! - [`stores`]: idempotency records and one-time tokens in Redis.
 //! - `presence`: presence members in Redis, their refresh and sweep tasks.
 //! - `occupancy`: which nodes have subscribers of a topic, for the
@@ -80,9 +92,12 @@
 //!   retention, gaps, idempotency, one-time tokens); `tests/engine.rs` and
 //!   `tests/lifecycle.rs` what is Redis's own (nodes, outages, expiry);
 //!   `tests/presence.rs` the suite's presence and presence across nodes
-//!   (a node that dies).
-//! - `test_server` (feature `test-util`): a throw-away `redis-server` for
-//!   the tests of this and other crates.
+//!   (a node that dies); `tests/replicas.rs` a master and its replica
+//!   (`WAIT`, refusals, lost writes and new epochs);
+//!   `tests/cluster_harness.rs` the throw-away cluster itself.
+//! - `test_server` and `test_cluster` (feature `test-util`): a throw-away
+//!   `redis-server` and Redis Cluster for the tests of this and other
+//!   crates.
 //!
 //! # Example
 //!
