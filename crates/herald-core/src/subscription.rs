@@ -89,6 +89,10 @@ struct TopicState {
     /// The topic's policy keeps no history (`history = 0`): nothing to
     /// fill a hole from, so any later live event is delivered as it comes.
     ephemeral: bool,
+    /// After a failed history read of this topic: when to read again, and
+    /// the pause used (it doubles up to [`READ_RETRY_MAX`]). The other
+    /// topics of the subscription go on meanwhile.
+    retry: Option<(tokio::time::Instant, std::time::Duration)>,
 }
 
 /// The first back-fill read of a topic asks for this many events.
@@ -101,9 +105,6 @@ pub struct Subscription {
     topics: Vec<TopicState>,
     pending: VecDeque<Delivery>,
     closed: Option<CloseReason>,
-    /// After a failed history read: when to read again, and the pause
-    /// used (it doubles up to [`READ_RETRY_MAX`]).
-    retry: Option<(tokio::time::Instant, std::time::Duration)>,
 }
 
 /// The first pause after a failed history read (a back-fill, or the read a
@@ -153,7 +154,6 @@ impl Subscription {
             topics: Vec::new(),
             pending: VecDeque::new(),
             closed: None,
-            retry: None,
         }
     }
 
@@ -192,11 +192,18 @@ impl Subscription {
                 catching_up: true,
                 page: FIRST_PAGE,
                 ephemeral,
+                retry: None,
             });
         }
         let i = self.topics.len() - 1;
         let i = self.index(&topic).unwrap_or(i);
-        self.catch_up(i).await?;
+        self.topics[i].retry = None;
+        if let Err(e) = self.catch_up(i).await {
+            // Refused: the topic is not part of the subscription (its live
+            // events would otherwise wait for a back-fill nobody asked for).
+            self.remove(&topic);
+            return Err(e.into());
+        }
         let st = &self.topics[i];
         Ok(st.delivered.or(st.fetched).unwrap_or(Position::new(0, 0)))
     }
@@ -289,33 +296,50 @@ impl Subscription {
                 self.mark_delivered(&d);
                 return Some(d);
             }
-            if let Some(i) = self.topics.iter().position(|t| t.catching_up) {
-                if let Some((at, _)) = self.retry {
-                    if tokio::time::Instant::now() < at {
-                        if !wait {
-                            return None;
-                        }
-                        // Cancel-safe: the retry time stays.
-                        tokio::time::sleep_until(at).await;
-                    }
-                }
+            let now = tokio::time::Instant::now();
+            if let Some(i) = self
+                .topics
+                .iter()
+                .position(|t| t.catching_up && t.retry.is_none_or(|(at, _)| at <= now))
+            {
                 match self.catch_up(i).await {
-                    Ok(()) => self.retry = None,
+                    Ok(()) => {
+                        if let Some(st) = self.topics.get_mut(i) {
+                            st.retry = None;
+                        }
+                    }
                     Err(e) => {
-                        let pause = self
-                            .retry
-                            .map_or(READ_RETRY_FIRST, |(_, p)| (p * 2).min(READ_RETRY_MAX));
-                        tracing::debug!(error = %e, "history read failed; retrying");
-                        self.retry = Some((
-                            tokio::time::Instant::now() + crate::engine::jittered(pause),
-                            pause,
-                        ));
+                        if let Some(st) = self.topics.get_mut(i) {
+                            let pause = st
+                                .retry
+                                .map_or(READ_RETRY_FIRST, |(_, p)| (p * 2).min(READ_RETRY_MAX));
+                            tracing::debug!(error = %e, topic = %st.topic, "history read failed; retrying");
+                            st.retry = Some((
+                                tokio::time::Instant::now() + crate::engine::jittered(pause),
+                                pause,
+                            ));
+                        }
                     }
                 }
                 continue;
             }
+            // Topics waiting to read again: the others' live events are
+            // delivered meanwhile.
+            let next_retry = self
+                .topics
+                .iter()
+                .filter(|t| t.catching_up)
+                .filter_map(|t| t.retry.map(|(at, _)| at))
+                .min();
             let popped = if wait {
-                self.queue.pop().await
+                match next_retry {
+                    // Cancel-safe: the queue gives nothing up unless popped.
+                    Some(at) => match tokio::time::timeout_at(at, self.queue.pop()).await {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    },
+                    None => self.queue.pop().await,
+                }
             } else {
                 self.queue.try_pop()?
             };

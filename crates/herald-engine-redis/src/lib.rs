@@ -483,10 +483,10 @@ impl Shared {
                 .enumerate()
                 .map(|(i, e)| Arc::new(Event::new(e, Position::new(epoch, first + i as u64), at)))
                 .collect();
-            if let Some(last) = stored.last() {
-                self.floors.raise(&topic, last.position);
-            }
             if acks == 0 {
+                if let Some(last) = stored.last() {
+                    self.floors.raise(&topic, last.position);
+                }
                 return Ok(stored);
             }
             // The connection's writes, this one included, reach `acks`
@@ -509,11 +509,19 @@ impl Shared {
                     ),
                 });
             }
-            // Replicated: now every node's subscribers may see it.
-            let messages: Vec<String> = stored.iter().map(|e| codec::event_message(e)).collect();
+            // Replicated: now readers may be given it, and every node's
+            // subscribers see it.
+            let last = stored
+                .last()
+                .map_or(Position::new(epoch, 0), |e| e.position);
+            self.floors.raise(&topic, last);
+            let mut args = Vec::with_capacity(2 + stored.len());
+            args.push(last.epoch.to_string());
+            args.push(last.seq.to_string());
+            args.extend(stored.iter().map(|e| codec::event_message(e)));
             let notified: Result<Value, _> = self
                 .notify_script
-                .evalsha_with_reload(&client, vec![channel.clone()], messages)
+                .evalsha_with_reload(&client, vec![channel.clone(), keys[0].clone()], args)
                 .await;
             if let Err(e) = notified {
                 // Stored and replicated: acknowledged. Subscribers see it
@@ -603,7 +611,12 @@ impl Shared {
     ///
     /// Errors: 503 when the master is down or the replicas do not have it
     /// within the replica timeout.
-    pub(crate) async fn confirm_replicated(&self, key: &str) -> Result<(), EngineError> {
+    pub(crate) async fn confirm_replicated(
+        &self,
+        topic: &Topic,
+        key: &str,
+        position: Position,
+    ) -> Result<(), EngineError> {
         let node = self.shards.node_for(key)?;
         let acks = self.acks_for(&node);
         if acks == 0 {
@@ -624,6 +637,16 @@ impl Shared {
                 "redis: stored on the master, not yet on its replicas ({reached} of {acks}); retry later"
             )));
         }
+        // Replicated: readers may be given it now (its live notification
+        // was never sent; subscribers get it with the topic's next event).
+        let args = vec![position.epoch.to_string(), position.seq.to_string()];
+        let keys = vec![self.keys.channel(topic), self.keys.meta(topic)];
+        let _: Value = self
+            .notify_script
+            .evalsha_with_reload(&client, keys, args)
+            .await
+            .map_err(unavailable)?;
+        self.floors.raise(topic, position);
         Ok(())
     }
 
@@ -637,7 +660,13 @@ impl Shared {
         let timeout_ms = i64::try_from(self.replica_timeout.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
+        // The client's own timeout must outlast the wait it asks Redis for.
+        let options = fred::prelude::Options {
+            timeout: Some(self.replica_timeout + self.command_timeout),
+            ..Default::default()
+        };
         let n: i64 = client
+            .with_options(&options)
             .custom(
                 CustomCommand::new_static("WAIT", ClusterHash::Random, true),
                 vec![acks as i64, timeout_ms],
@@ -771,13 +800,32 @@ impl Engine for RedisEngine {
                 groups[g].2.push(e);
             }
             let mut out: Vec<Option<Arc<Event>>> = vec![None; n];
+            // A topic whose write its replicas did not confirm is stored
+            // all the same: the others go on, and the whole batch is then
+            // reported as stored but unconfirmed, in batch order, so that
+            // every idempotency id is recorded with its own position.
+            let mut unconfirmed = None;
             for (_, slots, group) in groups {
-                let stored = self.shared.publish_topic(group).await?;
+                let stored = match self.shared.publish_topic(group).await {
+                    Ok(stored) => stored,
+                    Err(EngineError::NotReplicated { stored, detail }) => {
+                        unconfirmed.get_or_insert(detail);
+                        stored
+                    }
+                    Err(e) => return Err(e),
+                };
                 for (slot, e) in slots.into_iter().zip(stored) {
                     out[slot] = Some(e);
                 }
             }
-            Ok(out.into_iter().flatten().collect())
+            let out: Vec<Arc<Event>> = out.into_iter().flatten().collect();
+            match unconfirmed {
+                Some(detail) => Err(EngineError::NotReplicated {
+                    stored: out,
+                    detail,
+                }),
+                None => Ok(out),
+            }
         })
     }
 

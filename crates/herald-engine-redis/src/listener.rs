@@ -83,6 +83,7 @@ pub(crate) async fn run(
         shared: shared.clone(),
         tx: caught_tx,
         reads,
+        running: Arc::default(),
     };
     let mut watched: HashMap<String, Watched> = HashMap::new();
     let mut refresh = tokio::time::interval(refresh_period(&shared));
@@ -128,8 +129,15 @@ pub(crate) async fn run(
                 Some(Control::Unwatch(topic)) => {
                     let channel = shared.keys.channel(&topic);
                     if let Some(w) = watched.remove(&channel) {
+                        // Awaited, not sent in the background: a Watch of the
+                        // same topic right after must subscribe after it.
                         if let Some(node) = w.on.filter(|n| n.subscriber.is_connected()) {
-                            if let Err(e) = node.subscriber.sunsubscribe(channel.as_str()).await {
+                            let r = tokio::time::timeout(
+                                shared.command_timeout(),
+                                node.subscriber.sunsubscribe(channel.as_str()),
+                            )
+                            .await;
+                            if let Ok(Err(e)) = r {
                                 tracing::debug!(%e, %topic, "SUNSUBSCRIBE failed");
                             }
                         }
@@ -235,17 +243,29 @@ async fn follow(shared: &Shared, catch: &Catch, watched: &mut HashMap<String, Wa
         if settled {
             continue;
         }
-        if let Some(old) = w.on.take().filter(|n| n.subscriber.is_connected()) {
-            let _ = tokio::time::timeout(
-                shared.command_timeout(),
-                old.subscriber.sunsubscribe(channel.as_str()),
-            )
-            .await;
+        if let Some(old) = w.on.take() {
+            unsubscribe(shared, old, channel.clone());
         }
         if subscribe(shared, channel, w).await {
             catch.start(channel.clone(), w.topic.clone(), w.last);
         }
     }
+}
+
+/// Unsubscribes `channel` on `node`, a node that no longer serves it, in
+/// the background: a node that stopped answering (cut off, or no longer a
+/// master) must not hold up the listener.
+fn unsubscribe(shared: &Shared, node: Arc<Node>, channel: String) {
+    if !node.subscriber.is_connected() {
+        return;
+    }
+    let limit = shared.command_timeout();
+    tokio::spawn(async move {
+        let r = tokio::time::timeout(limit, node.subscriber.sunsubscribe(channel.as_str())).await;
+        if let Ok(Err(e)) = r {
+            tracing::debug!(%e, channel, "SUNSUBSCRIBE failed");
+        }
+    });
 }
 
 /// Keeps the control channel (plain pub/sub, which a cluster carries to
@@ -338,6 +358,9 @@ struct Catch {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<CaughtUp>,
     reads: Arc<Semaphore>,
+    /// Channels with a catch-up running: one at a time each, however
+    /// often the connections flap.
+    running: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Catch {
@@ -345,10 +368,33 @@ impl Catch {
     /// latest event) and sends it back to the task to dispatch; a failed
     /// read is retried with backoff.
     fn start(&self, channel: String, topic: Topic, last: Option<Position>) {
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel.clone())
+        {
+            return;
+        }
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         let reads = self.reads.clone();
+        let running = self.running.clone();
         tokio::spawn(async move {
+            // Leaves the set however the task ends.
+            struct Done(
+                Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+                String,
+            );
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _done = Done(running, channel.clone());
             let mut delay = Duration::from_millis(100);
             for attempt in 1..=CATCH_UP_ATTEMPTS {
                 let read = {

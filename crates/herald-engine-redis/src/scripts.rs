@@ -1,7 +1,9 @@
 //! The Lua scripts that make a publish and a read atomic on the topic's shard.
 //!
-//! A topic is two keys with one hash tag: `meta` (a hash: `epoch`, and `seq`,
-//! the last sequence given out) and `stream` (entries with id
+//! A topic is two keys with one hash tag: `meta` (a hash: `epoch`, `seq`,
+//! the last sequence given out, and `acked`, the last its replicas are
+//! known to hold when publishes wait for them: reads serve up to `acked`
+//! only, so a position anyone was given survives a failover) and `stream` (entries with id
 //! `<seq>-<published ms>` and fields `k` (`t` text / `j` JSON), `n` (event
 //! name, empty for none) and `d` (data)). Both scripts start by checking the
 //! epoch: when the metadata is missing, or the stream is gone while the
@@ -35,17 +37,24 @@ local meta, stream = KEYS[1], KEYS[2]
 -- `floor_epoch`, `floor_seq`: the furthest position the calling node has
 -- seen of the topic ('' and 0 for none). A shorter topic in the same epoch
 -- lost writes (a failover promoted a replica that had not received them):
--- its next positions would repeat ones already handed out, so it starts a
--- new epoch instead, and clients holding the lost positions get a gap.
+-- its next positions would repeat ones already handed out. It starts a new
+-- epoch instead, so clients holding the lost positions get a gap, and its
+-- sequence continues after the floor, so the retained history (the writes
+-- that did survive) keeps its entries and no position is ever reused.
 local function ensure_epoch(candidate, ttl, ephemeral, floor_epoch, floor_seq)
   local m = redis.call('HMGET', meta, 'epoch', 'seq')
   local epoch, seq = m[1], tonumber(m[2] or '0')
-  local lost = epoch and epoch == floor_epoch and seq < floor_seq
-  if epoch and not lost and (ephemeral or not (seq > 0 and redis.call('EXISTS', stream) == 0)) then
+  if epoch and epoch == floor_epoch and seq < floor_seq then
+    local resumed = string.format('%d', floor_seq)
+    redis.call('HSET', meta, 'epoch', candidate, 'seq', resumed, 'acked', resumed)
+    redis.call('PEXPIRE', meta, ttl)
+    return candidate, floor_seq
+  end
+  if epoch and (ephemeral or not (seq > 0 and redis.call('EXISTS', stream) == 0)) then
     return epoch, seq
   end
   redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', candidate, 'seq', '0')
+  redis.call('HSET', meta, 'epoch', candidate, 'seq', '0', 'acked', '0')
   redis.call('PEXPIRE', meta, ttl)
   return candidate, 0
 end
@@ -121,6 +130,7 @@ while i + 2 <= #ARGV do
   i = i + 3
 end
 redis.call('HSET', meta, 'seq', string.format('%d', seq))
+if notify then redis.call('HSET', meta, 'acked', string.format('%d', seq)) end
 trim_age(now - maxage)
 redis.call('PEXPIRE', meta, ttl)
 redis.call('PEXPIRE', stream, ttl)
@@ -139,6 +149,10 @@ const READ_BODY: &str = r#"
 local after_epoch, after_seq, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxlen, maxage = tonumber(ARGV[5]), tonumber(ARGV[6])
 local epoch, head = ensure_epoch(ARGV[1], ARGV[7], maxlen == 0, ARGV[8], tonumber(ARGV[9]))
+-- Only what its replicas hold is read: a position served to anyone
+-- survives the master's loss (see `acked`).
+local acked = tonumber(redis.call('HGET', meta, 'acked') or head)
+if acked < head then head = acked end
 trim_age(now_ms() - maxage)
 local first = first_retained(head, maxlen)
 local start = nil
@@ -153,18 +167,26 @@ elseif after_epoch ~= '' then
 end
 local out = {epoch, string.format('%d', head), string.format('%d', first)}
 if start and start >= first and start <= head and limit > 0 then
-  local entries = redis.call('XRANGE', stream, string.format('%d', start), '+', 'COUNT', limit)
+  local entries = redis.call('XRANGE', stream, string.format('%d', start), string.format('%d', head), 'COUNT', limit)
   for i = 1, #entries do out[#out + 1] = entries[i] end
 end
 return out
 "#;
 
-/// KEYS: the topic's channel. ARGV: notifications, in order. Sends each on
-/// the channel (`SPUBLISH`) in one round trip: the notifications of a
-/// publish that waited for its replicas. Returns how many were sent.
+/// KEYS: the topic's channel, meta. ARGV: epoch, seq, then notifications
+/// in order. Run once a publish's write reached its replicas: raises the
+/// topic's `acked` (the last sequence its replicas are known to hold, the
+/// furthest a read serves) to `seq` if the topic is still in `epoch`, then
+/// sends each notification on the channel (`SPUBLISH`), all in one round
+/// trip. A `WAIT` covers every earlier write of the master, so raising
+/// `acked` past another publisher's pending write is safe. Returns 1.
 pub const NOTIFY: &str = r#"
-for i = 1, #ARGV do redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
-return #ARGV
+local m = redis.call('HMGET', KEYS[2], 'epoch', 'acked')
+if m[1] == ARGV[1] and tonumber(ARGV[2]) > tonumber(m[2] or '0') then
+  redis.call('HSET', KEYS[2], 'acked', ARGV[2])
+end
+for i = 3, #ARGV do redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
+return 1
 "#;
 
 /// KEYS: any key. Sets its time-to-live again, unchanged: a write that

@@ -71,7 +71,9 @@ impl IdempotencyStore for RedisIdempotency {
                     // A publish refused for want of replicas is recorded
                     // too: answered only once it is replicated.
                     Some((position, at)) => {
-                        self.shared.confirm_replicated(&key).await?;
+                        self.shared
+                            .confirm_replicated(topic, &key, position)
+                            .await?;
                         Claim::DoneAt(position, at)
                     }
                     None => return Err(unavailable(format!("bad idempotency record {v:?}"))),

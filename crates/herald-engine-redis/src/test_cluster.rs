@@ -27,7 +27,7 @@
 //! A node is started under a small shell that watches a pipe from the test
 //! process: when the test binary exits (even killed, even with this value
 //! in a `static` that is never dropped), the pipe closes and the shell kills
-//! the node. The node's pid is the shell's own (the shell `exec`s it), so
+//! the node and removes its folder. The node's pid is the shell's own (the shell `exec`s it), so
 //! kill, pause and resume signal exactly the process started here.
 
 use std::collections::BTreeSet;
@@ -476,13 +476,17 @@ impl Node {
     /// Starts the node; `false` if it exited before answering (most likely
     /// its port or bus port was taken).
     fn spawn(&self) -> bool {
-        // The shell keeps the pipe on fd 3 in a background job that kills
-        // the node unless told `keep` (EOF: the test process is gone), then
-        // becomes the node itself.
-        let script = "exec 3<&0; { read -r word <&3; [ \"$word\" = keep ] || kill -9 $$; } & \
+        // The shell keeps the pipe on fd 3 in a background job that, unless
+        // told `keep` (EOF: the test process is gone), kills the node and
+        // removes its folder (and the cluster's, once empty: a cluster in a
+        // `static` is never dropped); then the shell becomes the node itself.
+        let script = "exec 3<&0; { read -r word <&3; [ \"$word\" = keep ] || { kill -9 $$; \
+                      i=0; while kill -0 $$ 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; \
+                      rm -rf \"$HERALD_CLUSTER_NODE_DIR\"; rmdir \"${HERALD_CLUSTER_NODE_DIR%/*}\" 2>/dev/null; }; } & \
                       exec \"$0\" \"$@\" 0</dev/null 3<&-";
         let mut cmd = Command::new("sh");
-        cmd.arg("-c")
+        cmd.env("HERALD_CLUSTER_NODE_DIR", &self.dir)
+            .arg("-c")
             .arg(script)
             .arg(server_binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])

@@ -188,10 +188,28 @@ async fn a_topic_that_lost_writes_starts_a_new_epoch() {
     lose_after(&redis, &e, &t, &positions, &at, 2);
 
     // This node handed out seq 5: the next publish must not be given 3
-    // again in the same epoch.
+    // again in the same epoch. A new epoch, numbered on after the loss.
     let next = hub.publish(text(&t, "after the loss")).await.unwrap();
     assert_ne!(next.position.epoch, held.epoch, "{:?}", next.position);
-    assert_eq!(next.position.seq, 1);
+    assert_eq!(next.position.seq, 6);
+    // What survived the loss is still history, in the new epoch.
+    let r = e
+        .read(&t, Some(Position::new(next.position.epoch, 0)), 10)
+        .await
+        .unwrap();
+    let kept: Vec<_> = r
+        .events
+        .iter()
+        .map(|ev| (ev.position.seq, ev.data.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, Data::Text("1".into())),
+            (2, Data::Text("2".into())),
+            (6, Data::Text("after the loss".into()))
+        ]
+    );
 
     // A client holding a lost position is told it missed events.
     let mut sub = hub.subscribe();

@@ -688,8 +688,10 @@ async fn ws_subscribed_names_its_presence_client() {
     }
 }
 
-/// Each scenario on each transport, on the memory engine and, in `mod
-/// redis`, on the Redis engine (a `redis-server` per test).
+/// Each scenario on each transport, on the memory engine, in `mod redis`
+/// on the Redis engine (a `redis-server` per test) and, in `mod
+/// redis_cluster`, on the Redis engine over a Redis Cluster (one for the
+/// binary, a key prefix per test).
 macro_rules! contract {
     ($engine:expr; $($scenario:ident),* $(,)?) => {
         $(
@@ -731,6 +733,11 @@ scenarios!(EngineChoice::Memory);
 mod redis {
     use super::*;
     scenarios!(EngineChoice::Redis);
+}
+
+mod redis_cluster {
+    use super::*;
+    scenarios!(EngineChoice::RedisCluster);
 }
 
 #[allow(dead_code)]

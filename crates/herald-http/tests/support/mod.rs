@@ -2,17 +2,21 @@
 //! per transport so the contract suite runs the same scenario on each.
 //!
 //! Servers use the memory engine, or the Redis engine (each on its own
-//! throw-away `redis-server`) inside [`with_engine`]`(EngineChoice::Redis, ..)`.
+//! throw-away `redis-server`) inside [`with_engine`]`(EngineChoice::Redis, ..)`,
+//! or on one Redis Cluster shared by the test binary, each server under a key
+//! prefix of its own, inside `with_engine(EngineChoice::RedisCluster, ..)`.
 #![allow(dead_code)]
 
 pub mod transport;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use herald_client::Client;
 use herald_core::{Engine, Hub, HubConfig, MemoryEngine};
+use herald_engine_redis::test_cluster::RedisCluster;
 use herald_engine_redis::test_server::RedisServer;
 use herald_engine_redis::{RedisConfig, RedisEngine};
 use herald_http::HttpConfig;
@@ -42,6 +46,9 @@ pub enum EngineChoice {
     Memory,
     /// A Redis engine on a `redis-server` of its own.
     Redis,
+    /// A Redis engine on the binary's shared Redis Cluster ([`shared_cluster`]),
+    /// under a key prefix of its own.
+    RedisCluster,
 }
 
 tokio::task_local! {
@@ -58,6 +65,44 @@ pub async fn redis_engine(redis: &RedisServer, hub_config: &HubConfig) -> Arc<Re
     let mut config = RedisConfig::new(&redis.url(), hub_config.history);
     config.command_timeout = Duration::from_millis(500);
     config.max_reconnect_delay = Duration::from_millis(200);
+    Arc::new(RedisEngine::connect(config).await.expect("redis engine"))
+}
+
+/// [`RedisConfig`] for `url` (a `redis://` or `redis-cluster://` URL) with
+/// test timings: commands time out after 500 ms, reconnections back off up
+/// to 200 ms.
+pub fn redis_config(url: &str, hub_config: &HubConfig) -> RedisConfig {
+    let mut config = RedisConfig::new(url, hub_config.history);
+    config.command_timeout = Duration::from_millis(500);
+    config.max_reconnect_delay = Duration::from_millis(200);
+    config
+}
+
+/// A Redis engine on `url` with test timings ([`redis_config`]).
+pub async fn redis_engine_url(url: &str, hub_config: &HubConfig) -> Arc<RedisEngine> {
+    let config = redis_config(url, hub_config);
+    Arc::new(RedisEngine::connect(config).await.expect("redis engine"))
+}
+
+/// One Redis Cluster for the whole test binary, started on first use (a
+/// cluster per test would cost seconds each). Statics are never dropped:
+/// its nodes die with the binary (see `test_cluster`). Tests share it
+/// under distinct key prefixes ([`cluster_engine`]).
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: LazyLock<RedisCluster> = LazyLock::new(RedisCluster::start);
+    &CLUSTER
+}
+
+/// A Redis engine on [`shared_cluster`] whose keys no other engine of this
+/// binary shares (prefix `herald:tN:`).
+pub async fn cluster_engine(hub_config: &HubConfig) -> Arc<RedisEngine> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Starting the cluster blocks for a few seconds: not on a runtime thread.
+    let url = tokio::task::spawn_blocking(|| shared_cluster().url())
+        .await
+        .expect("start the shared redis cluster");
+    let mut config = redis_config(&url, hub_config);
+    config.prefix = format!("herald:t{}:", NEXT.fetch_add(1, Ordering::Relaxed));
     Arc::new(RedisEngine::connect(config).await.expect("redis engine"))
 }
 
@@ -81,6 +126,7 @@ impl TestServer {
                 let redis = Arc::new(RedisServer::start());
                 (redis_engine(&redis, &hub_config).await, Some(redis))
             }
+            EngineChoice::RedisCluster => (cluster_engine(&hub_config).await, None),
         };
         let mut s = TestServer::start_on(
             "127.0.0.1:0".parse().unwrap(),
