@@ -155,14 +155,16 @@ async fn a_batch_with_one_unreplicated_topic_records_each_id_with_its_own_positi
     let e = engine(&master, 1).await;
     // Let the engine read the replica count.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let mut config = HubConfig::default();
-    config.policies = Arc::new(TopicPolicies::new(vec![PolicyRule {
-        pattern: TopicPattern::parse("eph").unwrap(),
-        policy: TopicPolicy {
-            history: Some(0),
-            ..Default::default()
-        },
-    }]));
+    let config = HubConfig {
+        policies: Arc::new(TopicPolicies::new(vec![PolicyRule {
+            pattern: TopicPattern::parse("eph").unwrap(),
+            policy: TopicPolicy {
+                history: Some(0),
+                ..Default::default()
+            },
+        }])),
+        ..HubConfig::default()
+    };
     let hub = Hub::new(e.clone(), config);
     let eph = topic("eph");
     let stored = topic("kept/1");
@@ -240,8 +242,10 @@ async fn one_topic_whose_reads_fail_does_not_stall_the_others() {
         inner: MemoryEngine::new(HistoryLimits::default()),
         failing: Mutex::new(None),
     });
-    let mut config = HubConfig::default();
-    config.queue_capacity = 16;
+    let config = HubConfig {
+        queue_capacity: 16,
+        ..HubConfig::default()
+    };
     let hub = Hub::new(engine.clone(), config);
     let (a, b) = (topic("down/a"), topic("up/b"));
     let mut sub = hub.subscribe();
