@@ -139,21 +139,6 @@ pub(crate) enum Notification {
 const SIGNAL_MARK: &str = "~";
 
 /// The notification of a signal: `~ \n published ms \n k \n n \n d`.
-/// The notification of a stored event, as the publish script sends it
-/// (`epoch \n <seq>-<published ms> \n k \n n \n d`): sent after the
-/// write reached its replicas when the publish waits for them.
-pub(crate) fn event_message(e: &Event) -> String {
-    let (kind, data) = match &e.data {
-        Data::Text(s) => ("t", s),
-        Data::Json(s) => ("j", s),
-    };
-    let name = e.name.as_deref().unwrap_or("");
-    format!(
-        "{}\n{}-{}\n{kind}\n{name}\n{data}",
-        e.position.epoch, e.position.seq, e.published_at_ms
-    )
-}
-
 pub(crate) fn signal_message(e: &Event) -> String {
     let (kind, data) = match &e.data {
         Data::Text(s) => ("t", s),

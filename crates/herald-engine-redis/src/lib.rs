@@ -515,20 +515,42 @@ impl Shared {
                 .last()
                 .map_or(Position::new(epoch, 0), |e| e.position);
             self.floors.raise(&topic, last);
-            let mut args = Vec::with_capacity(2 + stored.len());
-            args.push(last.epoch.to_string());
-            args.push(last.seq.to_string());
-            args.extend(stored.iter().map(|e| codec::event_message(e)));
-            let notified: Result<Value, _> = self
-                .notify_script
-                .evalsha_with_reload(&client, vec![channel.clone(), keys[0].clone()], args)
-                .await;
-            if let Err(e) = notified {
-                // Stored and replicated: acknowledged. Subscribers see it
-                // with the topic's next event (a hole sends them to history).
-                tracing::warn!(%e, %topic, "notifying a replicated publish failed");
+            let args = vec![last.epoch.to_string(), last.seq.to_string()];
+            // Until it runs, readers are not given the events: tried on
+            // this connection, then on others of the master.
+            let notify_keys = vec![channel.clone(), keys[0].clone(), keys[1].clone()];
+            let mut failure = None;
+            for attempt in 0..NOTIFY_ATTEMPTS {
+                let c = if attempt == 0 {
+                    client.clone()
+                } else {
+                    match node.publish_client() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    }
+                };
+                let notified: Result<Value, _> = self
+                    .notify_script
+                    .evalsha_with_reload(&c, notify_keys.clone(), args.clone())
+                    .await;
+                match notified {
+                    Ok(_) => return Ok(stored),
+                    Err(e) => failure = Some(e.to_string()),
+                }
             }
-            return Ok(stored);
+            tracing::warn!(error = ?failure, %topic, "notifying a replicated publish failed");
+            // Stored and replicated, but not yet readable: not acknowledged.
+            // An idempotent retry makes it readable and answers its id.
+            return Err(EngineError::NotReplicated {
+                stored,
+                detail: format!(
+                    "redis: stored and replicated, but not yet made readable ({}); retry with the same idempotency id",
+                    failure.unwrap_or_default()
+                ),
+            });
         }
     }
 
@@ -637,10 +659,14 @@ impl Shared {
                 "redis: stored on the master, not yet on its replicas ({reached} of {acks}); retry later"
             )));
         }
-        // Replicated: readers may be given it now (its live notification
-        // was never sent; subscribers get it with the topic's next event).
+        // Replicated: readers may be given it now, and subscribers get its
+        // notification (with any other event not yet announced).
         let args = vec![position.epoch.to_string(), position.seq.to_string()];
-        let keys = vec![self.keys.channel(topic), self.keys.meta(topic)];
+        let keys = vec![
+            self.keys.channel(topic),
+            self.keys.meta(topic),
+            self.keys.stream(topic),
+        ];
         let _: Value = self
             .notify_script
             .evalsha_with_reload(&client, keys, args)
@@ -680,6 +706,9 @@ impl Shared {
         self.floors.raise(topic, position);
     }
 }
+
+/// Attempts at the notification that makes a replicated publish readable.
+const NOTIFY_ATTEMPTS: usize = 3;
 
 /// Connections per master for publishes (each may be held by a `WAIT`).
 const PUBLISH_CONNECTIONS: usize = 4;

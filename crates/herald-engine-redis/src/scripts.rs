@@ -173,20 +173,26 @@ end
 return out
 "#;
 
-/// KEYS: the topic's channel, meta. ARGV: epoch, seq, then notifications
-/// in order. Run once a publish's write reached its replicas: raises the
-/// topic's `acked` (the last sequence its replicas are known to hold, the
-/// furthest a read serves) to `seq` if the topic is still in `epoch`, then
-/// sends each notification on the channel (`SPUBLISH`), all in one round
-/// trip. A `WAIT` covers every earlier write of the master, so raising
-/// `acked` past another publisher's pending write is safe. Returns 1.
+/// KEYS: the topic's channel, meta, stream. ARGV: epoch, seq. Run once
+/// writes up to `seq` reached the replicas (a `WAIT` covers every earlier
+/// write of the master, so other publishers' pending events too): if the
+/// topic is still in `epoch`, sends the notification of each stored event
+/// after `acked` up to `seq` (at most 1000; subscribers read any others
+/// from history), in position order, then raises `acked` (the furthest a
+/// read serves) to `seq`. Returns how many were sent.
 pub const NOTIFY: &str = r#"
 local m = redis.call('HMGET', KEYS[2], 'epoch', 'acked')
-if m[1] == ARGV[1] and tonumber(ARGV[2]) > tonumber(m[2] or '0') then
-  redis.call('HSET', KEYS[2], 'acked', ARGV[2])
+if m[1] ~= ARGV[1] then return 0 end
+-- A topic written before `acked` existed: only the newest is announced.
+local from, to = tonumber(m[2] or (tonumber(ARGV[2]) - 1)) + 1, tonumber(ARGV[2])
+if to < from then return 0 end
+local entries = redis.call('XRANGE', KEYS[3], string.format('%d', from), ARGV[2], 'COUNT', 1000)
+for i = 1, #entries do
+  local f = entries[i][2]
+  redis.call('SPUBLISH', KEYS[1], ARGV[1] .. '\n' .. entries[i][1] .. '\n' .. f[2] .. '\n' .. f[4] .. '\n' .. f[6])
 end
-for i = 3, #ARGV do redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
-return 1
+redis.call('HSET', KEYS[2], 'acked', ARGV[2])
+return #entries
 "#;
 
 /// KEYS: any key. Sets its time-to-live again, unchanged: a write that

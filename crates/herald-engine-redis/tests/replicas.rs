@@ -74,6 +74,8 @@ async fn a_publish_waits_for_a_replica_and_is_refused_when_none_has_it() {
     hub.publish(text(&t, "replicated"))
         .await
         .expect("a replica is online");
+    let mut live = hub.subscribe();
+    live.add(t.clone(), None).await.unwrap();
 
     // The replica stops answering (a stalled or cut-off replica): the
     // master still lists it as online until its repl-timeout.
@@ -120,6 +122,18 @@ async fn a_publish_waits_for_a_replica_and_is_refused_when_none_has_it() {
         .count();
     assert_eq!(keyed_count, 1, "{:?}", r.events);
     assert_eq!(r.events.last().unwrap().position, retried.position);
+
+    // The confirmed retry announced what was stored but refused, in order,
+    // to live subscribers (no later publish needed).
+    for want in ["unconfirmed", "keyed"] {
+        match tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("announced once confirmed")
+        {
+            herald_core::Delivery::Event(ev) => assert_eq!(ev.data, Data::Text(want.into())),
+            other => panic!("expected {want}, got {other:?}"),
+        }
+    }
 
     // Replicated now: publishes are acknowledged again.
     hub.publish(text(&t, "after"))
