@@ -11,6 +11,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+step "test dependencies: redis-cli and ip (the Redis Cluster tests create their cluster with redis-cli; the network-fault tests make namespaces with ip)"
+if ! command -v redis-cli >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools iproute2 >/dev/null
+fi
+
 step "test dependencies: nginx and caddy (the deploy/nginx.conf and deploy/Caddyfile tests start their own on free loopback ports)"
 if { ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; } || ! command -v caddy >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx caddy >/dev/null
