@@ -1,9 +1,10 @@
 //! A history read that fails while the engine recovers (a Redis failover, a
 //! network cut) is retried with backoff: the subscription stays open, and
-//! once reads work again it delivers every event, in order, once.
+//! once reads work again it delivers every event, in order, once; the
+//! subscription's other topics go on meanwhile.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald_core::engine::BoxFuture;
@@ -13,11 +14,24 @@ use herald_core::{
     NewEvent, Position, ReadResult, Topic,
 };
 
-/// The memory engine, whose reads fail while `down` is set.
+/// The memory engine, whose reads fail while `down` is set, or for one
+/// topic (its master is down).
 struct Flaky {
     inner: MemoryEngine,
     down: AtomicBool,
+    failing: Mutex<Option<Topic>>,
     failed: AtomicUsize,
+}
+
+impl Flaky {
+    fn new() -> Flaky {
+        Flaky {
+            inner: MemoryEngine::new(HistoryLimits::default()),
+            down: AtomicBool::new(false),
+            failing: Mutex::new(None),
+            failed: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Engine for Flaky {
@@ -38,7 +52,8 @@ impl Engine for Flaky {
         after: Option<Position>,
         limit: usize,
     ) -> BoxFuture<'a, Result<ReadResult, EngineError>> {
-        if self.down.load(Ordering::SeqCst) {
+        let failing = self.failing.lock().unwrap().as_ref() == Some(topic);
+        if failing || self.down.load(Ordering::SeqCst) {
             self.failed.fetch_add(1, Ordering::SeqCst);
             return Box::pin(async { Err(EngineError::Unavailable("recovering".into())) });
         }
@@ -60,11 +75,7 @@ fn text(t: &Topic, s: &str) -> NewEvent {
 
 #[tokio::test]
 async fn a_failed_back_fill_is_retried_and_the_subscription_stays_open() {
-    let engine = Arc::new(Flaky {
-        inner: MemoryEngine::new(HistoryLimits::default()),
-        down: AtomicBool::new(false),
-        failed: AtomicUsize::new(0),
-    });
+    let engine = Arc::new(Flaky::new());
     // One event per history read, so that the back-fill needs several.
     let hub = Hub::new(
         engine.clone(),
@@ -116,4 +127,38 @@ async fn a_failed_back_fill_is_retried_and_the_subscription_stays_open() {
         }
     }
     assert_eq!(got, ["2", "3", "4"]);
+}
+
+/// A WebSocket-style subscription holds topic B; the client subscribes to
+/// topic A whose reads fail: the subscribe is refused (503) and leaves
+/// nothing behind, and B keeps being delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_topic_whose_reads_fail_does_not_stall_the_others() {
+    let engine = Arc::new(Flaky::new());
+    let hub = Hub::new(
+        engine.clone(),
+        HubConfig {
+            queue_capacity: 16,
+            ..HubConfig::default()
+        },
+    );
+    let (a, b) = (Topic::new("down/a").unwrap(), Topic::new("up/b").unwrap());
+    let mut sub = hub.subscribe();
+    sub.add(b.clone(), None).await.unwrap();
+    *engine.failing.lock().unwrap() = Some(a.clone());
+    assert!(sub.add(a.clone(), None).await.is_err());
+    assert!(sub.position(&a).is_none(), "a refused topic stays out");
+    // Fewer than the queue holds: a slow reader is not what this tests.
+    for i in 0..10 {
+        hub.publish(text(&b, &i.to_string())).await.unwrap();
+    }
+    for i in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+            Ok(Delivery::Event(e)) => {
+                assert_eq!(e.topic, b);
+                assert_eq!(e.data, Data::Text(i.to_string().into()));
+            }
+            other => panic!("B is not delivered while A's reads fail: {other:?}"),
+        }
+    }
 }

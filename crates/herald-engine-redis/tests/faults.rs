@@ -3,22 +3,24 @@
 //! destroys none of the history that survived; a position not yet on a
 //! replica is never served (so no node can hand it out again after a
 //! failover); a batch whose one topic is not replicated records every
-//! idempotency id with its own position; one topic whose reads fail does
-//! not stall the other topics of a subscription.
+//! idempotency id with its own position. (One topic whose reads fail not
+//! stalling the others is herald-core's `tests/read_retry.rs`.)
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use herald_core::engine::BoxFuture;
-use herald_core::fanout::Fanout;
 use herald_core::policy::PolicyRule;
 use herald_core::topic_pattern::TopicPattern;
 use herald_core::{
-    Data, Delivery, Engine, EngineError, HistoryLimits, Hub, HubConfig, MemoryEngine, NewEvent,
-    Position, ReadResult, Topic, TopicPolicies, TopicPolicy,
+    Data, Engine, HistoryLimits, Hub, HubConfig, NewEvent, Position, Topic, TopicPolicies,
+    TopicPolicy,
 };
 use herald_engine_redis::test_server::RedisServer;
 use herald_engine_redis::{RedisConfig, RedisEngine};
+
+#[path = "common/replication.rs"]
+mod replication;
+use replication::{lose_after, master_and_replica, signal};
 
 fn topic(s: &str) -> Topic {
     Topic::new(s).unwrap()
@@ -33,27 +35,6 @@ async fn engine(redis: &RedisServer, acks: u32) -> Arc<RedisEngine> {
     config.replica_acks = acks;
     config.replica_timeout = Duration::from_millis(300);
     Arc::new(RedisEngine::connect(config).await.expect("engine"))
-}
-
-/// As `tests/replicas.rs` does: the topic loses its events after `keep`
-/// (a failover to a replica that lacked them).
-fn lose_after(
-    redis: &RedisServer,
-    e: &RedisEngine,
-    t: &Topic,
-    evs: &[Arc<herald_core::Event>],
-    keep: u64,
-) {
-    for ev in evs {
-        if ev.position.seq > keep {
-            redis.command(&[
-                "XDEL",
-                &e.keys().stream(t),
-                &format!("{}-{}", ev.position.seq, ev.published_at_ms),
-            ]);
-        }
-    }
-    redis.command(&["HSET", &e.keys().meta(t), "seq", &keep.to_string()]);
 }
 
 /// Seq 1..3 acknowledged and still held by the promoted replica; seq 4
@@ -122,30 +103,6 @@ async fn a_position_not_yet_replicated_is_never_served() {
     signal(replica.pid().unwrap(), "-CONT");
 }
 
-fn master_and_replica() -> (RedisServer, RedisServer) {
-    let master = RedisServer::start_persistent();
-    let replica = RedisServer::start_persistent();
-    let port = master.addr().port().to_string();
-    replica.command(&["REPLICAOF", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !master
-        .command(&["INFO", "replication"])
-        .contains("state=online")
-    {
-        assert!(Instant::now() < deadline, "replica never online");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (master, replica)
-}
-
-fn signal(pid: u32, sig: &str) {
-    assert!(std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// A batch [ephemeral topic (no WAIT), stored topic (WAIT times out)],
 /// both with idempotency ids. The retry must not answer the first event
 /// with the second's position, nor store the second twice.
@@ -193,77 +150,4 @@ async fn a_batch_with_one_unreplicated_topic_records_each_id_with_its_own_positi
         "the ephemeral event was answered with the stored topic's position"
     );
     assert_eq!(xlen.trim(), ":1", "event b stored twice");
-}
-
-/// An engine whose reads of one topic fail (its master is down).
-struct Flaky {
-    inner: MemoryEngine,
-    failing: Mutex<Option<Topic>>,
-}
-
-impl Engine for Flaky {
-    fn attach(&self, f: Arc<Fanout>) {
-        self.inner.attach(f)
-    }
-    fn set_policies(&self, p: Arc<TopicPolicies>) {
-        self.inner.set_policies(p)
-    }
-    fn publish(
-        &self,
-        events: Vec<NewEvent>,
-    ) -> BoxFuture<'_, Result<Vec<Arc<herald_core::Event>>, EngineError>> {
-        self.inner.publish(events)
-    }
-    fn read<'a>(
-        &'a self,
-        topic: &'a Topic,
-        after: Option<Position>,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<ReadResult, EngineError>> {
-        if self.failing.lock().unwrap().as_ref() == Some(topic) {
-            return Box::pin(async { Err(EngineError::Unavailable("master down".into())) });
-        }
-        self.inner.read(topic, after, limit)
-    }
-    fn ready(&self) -> BoxFuture<'_, Result<(), EngineError>> {
-        self.inner.ready()
-    }
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-}
-
-/// A WebSocket-style subscription holds topic B (healthy master);
-/// the client subscribes to topic A whose master is down: the subscribe
-/// fails (503), but B must keep being delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_topic_whose_reads_fail_does_not_stall_the_others() {
-    let engine = Arc::new(Flaky {
-        inner: MemoryEngine::new(HistoryLimits::default()),
-        failing: Mutex::new(None),
-    });
-    let config = HubConfig {
-        queue_capacity: 16,
-        ..HubConfig::default()
-    };
-    let hub = Hub::new(engine.clone(), config);
-    let (a, b) = (topic("down/a"), topic("up/b"));
-    let mut sub = hub.subscribe();
-    sub.add(b.clone(), None).await.unwrap();
-    *engine.failing.lock().unwrap() = Some(a.clone());
-    let added = sub.add(a.clone(), None).await;
-    eprintln!(
-        "subscribe to A while its master is down: {:?}",
-        added.is_err()
-    );
-    // Fewer than the queue holds: a slow reader is not what this tests.
-    for i in 0..10 {
-        hub.publish(text(&b, &i.to_string())).await.unwrap();
-    }
-    let got = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
-    eprintln!("next delivery on B: {got:?}");
-    match got {
-        Ok(Delivery::Event(e)) => assert_eq!(e.topic, b),
-        other => panic!("B is not delivered while A's reads fail: {other:?}"),
-    }
 }

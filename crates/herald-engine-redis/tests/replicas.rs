@@ -15,6 +15,10 @@ use herald_core::{
 use herald_engine_redis::test_server::RedisServer;
 use herald_engine_redis::{RedisConfig, RedisEngine};
 
+#[path = "common/replication.rs"]
+mod replication;
+use replication::{lose_after, master_and_replica, signal};
+
 fn topic(s: &str) -> Topic {
     Topic::new(s).unwrap()
 }
@@ -29,32 +33,6 @@ async fn engine(redis: &RedisServer, acks: u32, timeout: Duration) -> Arc<RedisE
     config.replica_acks = acks;
     config.replica_timeout = timeout;
     Arc::new(RedisEngine::connect(config).await.expect("engine"))
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill {sig} {pid}");
-}
-
-/// A master with one replica whose link is up.
-fn master_and_replica() -> (RedisServer, RedisServer) {
-    let master = RedisServer::start_persistent();
-    let replica = RedisServer::start_persistent();
-    let port = master.addr().port().to_string();
-    replica.command(&["REPLICAOF", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !master
-        .command(&["INFO", "replication"])
-        .contains("state=online")
-    {
-        assert!(Instant::now() < deadline, "the replica never came online");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (master, replica)
 }
 
 /// Entries of a topic's stream on `redis`.
@@ -167,39 +145,18 @@ async fn a_master_without_replicas_answers_at_once() {
     }
 }
 
-/// Drops the events after `keep` from the topic, as a failover to a
-/// replica that had not received them does.
-fn lose_after(
-    redis: &RedisServer,
-    e: &RedisEngine,
-    t: &Topic,
-    published: &[Position],
-    at: &[u64],
-    keep: u64,
-) {
-    for (p, ms) in published.iter().zip(at) {
-        if p.seq > keep {
-            redis.command(&["XDEL", &e.keys().stream(t), &format!("{}-{}", p.seq, ms)]);
-        }
-    }
-    redis.command(&["HSET", &e.keys().meta(t), "seq", &keep.to_string()]);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_that_lost_writes_starts_a_new_epoch() {
     let redis = RedisServer::start();
     let e = engine(&redis, 1, Duration::from_millis(300)).await;
     let hub = Hub::new(e.clone(), HubConfig::default());
     let t = topic("rooms/lost");
-    let mut positions = Vec::new();
-    let mut at = Vec::new();
+    let mut evs = Vec::new();
     for i in 1..=5 {
-        let ev = hub.publish(text(&t, &i.to_string())).await.unwrap();
-        positions.push(ev.position);
-        at.push(ev.published_at_ms);
+        evs.push(hub.publish(text(&t, &i.to_string())).await.unwrap());
     }
-    let held = positions[4];
-    lose_after(&redis, &e, &t, &positions, &at, 2);
+    let held = evs[4].position;
+    lose_after(&redis, &e, &t, &evs, 2);
 
     // This node handed out seq 5: the next publish must not be given 3
     // again in the same epoch. A new epoch, numbered on after the loss.
@@ -243,14 +200,12 @@ async fn a_read_by_a_node_that_saw_lost_positions_starts_a_new_epoch() {
     let e = engine(&redis, 1, Duration::from_millis(300)).await;
     let hub = Hub::new(e.clone(), HubConfig::default());
     let t = topic("rooms/read");
-    let mut positions = Vec::new();
-    let mut at = Vec::new();
+    let mut evs = Vec::new();
     for i in 1..=4 {
-        let ev = hub.publish(text(&t, &i.to_string())).await.unwrap();
-        positions.push(ev.position);
-        at.push(ev.published_at_ms);
+        evs.push(hub.publish(text(&t, &i.to_string())).await.unwrap());
     }
-    lose_after(&redis, &e, &t, &positions, &at, 1);
+    let positions: Vec<Position> = evs.iter().map(|ev| ev.position).collect();
+    lose_after(&redis, &e, &t, &evs, 1);
     let r = e.read(&t, Some(positions[3]), 10).await.unwrap();
     assert_eq!(r.gap, Some(GapReason::EpochChanged));
     assert_ne!(r.epoch, positions[0].epoch);
