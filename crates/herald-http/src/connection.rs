@@ -35,6 +35,14 @@ pub struct ConnectionHandle {
     /// failures), rendered by `/metrics` beside the hub's; `None` when the
     /// server keeps none.
     pub server_metrics: Option<Arc<dyn MetricsSource>>,
+    /// The server writes the head of an answer that is not an event stream
+    /// only once its body's first frame is ready (or the body ended), with
+    /// `content-length` when the body knows its length by then
+    /// (herald-server's HTTP/1.1 direct path). A held long poll then
+    /// returns its response at once with a body that waits for the answer,
+    /// and holds only what the wait needs. `false`: the handler waits and
+    /// the body is complete when returned.
+    pub defers_head: bool,
 }
 
 impl ConnectionHandle {
@@ -46,6 +54,7 @@ impl ConnectionHandle {
             peer,
             read_closed: None,
             server_metrics: None,
+            defers_head: false,
         }
     }
 }

@@ -223,6 +223,7 @@ impl Conn {
             peer: self.peer,
             read_closed: None,
             server_metrics: Some(self.metrics.clone()),
+            defers_head: false,
         }
     }
 
@@ -242,11 +243,12 @@ impl Conn {
             match Box::pin(http1_push::first_request(&mut io)).await {
                 First::Gone => break None,
                 First::TooLarge => {
-                    http1_push::refuse_head(&mut io).await;
+                    // Boxed, as every rare path here: the task is sized for its largest await.
+                    Box::pin(http1_push::refuse_head(&mut io)).await;
                     break None;
                 }
                 First::UriTooLong => {
-                    http1_push::refuse_uri(&mut io).await;
+                    Box::pin(http1_push::refuse_uri(&mut io)).await;
                     break None;
                 }
                 First::Other(prefix) => {
@@ -267,7 +269,8 @@ impl Conn {
                     .await;
                     match answered {
                         Answered::Stream(io, body, deadline) => {
-                            http1_push::stream(io, body, &kill, deadline).await;
+                            // Boxed: only event streams pay for writing one.
+                            Box::pin(http1_push::stream(io, body, &kill, deadline)).await;
                             break None;
                         }
                         Answered::Done(back) => io = back,

@@ -16,6 +16,12 @@
 //! On the HTTP/1.1 direct path a held poll whose client half-closes (shuts
 //! down its sending side) is answered at once with what there is, and the
 //! connection then closes.
+//!
+//! What a held poll costs: on a server that writes the head only once the
+//! body has something ([`ConnectionHandle::defers_head`], herald-server's
+//! HTTP/1.1 direct path), the handler returns at once with a body that
+//! waits, so a held poll keeps its subscription, its batch and its timer,
+//! not the request and the handling around it.
 
 use std::time::Duration;
 
@@ -49,6 +55,7 @@ pub(crate) async fn handler(
 ) -> Response {
     let conn = conn.map(|c| c.0);
     let peer = conn.as_ref().map(|c| c.peer.ip());
+    let defer = conn.as_ref().is_some_and(|c| c.defers_head);
     let read_closed = conn.and_then(|c| c.read_closed);
     // The poll's span (`topics` once they are read), linked to the publish
     // of each traced event it answers with.
@@ -58,7 +65,7 @@ pub(crate) async fn handler(
         transport = "poll",
         topics = tracing::field::Empty,
     );
-    let polled = poll(app, headers, uri, peer, read_closed);
+    let polled = poll(app, headers, uri, peer, read_closed, defer);
     match tracing::Instrument::instrument(polled, span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -88,6 +95,7 @@ async fn poll(
     uri: Uri,
     peer: Option<IpAddr>,
     read_closed: Option<watch::Receiver<bool>>,
+    defer: bool,
 ) -> Result<Response, ApiError> {
     // Strict decoding: a topic that is not UTF-8 is refused, never replaced.
     let query = crate::input::Query::parse(uri.query())?;
@@ -96,7 +104,7 @@ async fn poll(
     tracing::Span::current().record("topics", topics.len());
     let (who, _) = authenticate(&app, &headers, pairs).await?;
     authorize_all(&app, &who, Action::Subscribe, &topics)?;
-    let _slot = app.connection_slot(peer, &headers)?;
+    let slot = app.connection_slot(peer, &headers)?;
     let cursor =
         crate::input::resume_cursor(&headers, &query, crate::input::POLL_SOURCES, &topics)?;
     let wait = parse_timeout(
@@ -110,7 +118,7 @@ async fn poll(
         Some(d) => wait.min(d.saturating_duration_since(tokio::time::Instant::now())),
         None => wait,
     };
-    let _guard = app.hub.metrics().connection(Transport::Poll);
+    let guard = app.hub.metrics().connection(Transport::Poll);
     let start = crate::input::starting_point(&query)?;
     let mut sub = subscribe_all(app.hub.subscribe(), &topics, &cursor, start).await?;
     let client = crate::presence::poll_client_id(&who, peer, param(pairs, "client"), &headers);
@@ -126,7 +134,7 @@ async fn poll(
         .iter()
         .filter(|t| app.hub.policy(t).tracks_presence())
         .count();
-    let _presence = if wait.is_zero() || presence_topics == 0 {
+    let presence = if wait.is_zero() || presence_topics == 0 {
         Vec::new()
     } else if app.poll_presence.admit(
         &crate::presence::poll_caller(&who, peer),
@@ -145,35 +153,31 @@ async fn poll(
     );
 
     // What is already there.
-    let mut open = batch.drain(&mut sub).await;
+    let open = batch.drain(&mut sub).await;
     // Nothing yet: hold until something arrives, the timeout passes, or the
     // peer half-closes (it is then answered at once with what there is).
     let peer_left = read_closed.as_ref().is_some_and(|r| *r.borrow());
-    if open && batch.is_empty() && !wait.is_zero() && !app.hub.is_shutting_down() && !peer_left {
-        let closed = async move {
-            match read_closed {
-                Some(mut r) => {
-                    let _ = r.wait_for(|c| *c).await;
-                }
-                None => std::future::pending().await,
-            }
+    let hold =
+        open && batch.is_empty() && !wait.is_zero() && !app.hub.is_shutting_down() && !peer_left;
+    let body = if !hold {
+        answer_body(&app, batch)
+    } else {
+        let held = Held {
+            app: app.clone(),
+            sub,
+            batch,
+            wait,
+            read_closed,
+            _keep: (slot, guard, presence),
         };
-        tokio::select! {
-            d = tokio::time::timeout(wait, sub.next()) => if let Ok(d) = d {
-                open = batch.take(d, &sub);
-                if open {
-                    batch.drain(&mut sub).await;
-                }
-            },
-            _ = closed => {}
+        if defer {
+            // The request's handling ends here; the answer's body waits.
+            Body::new(HeldBody::Waiting(Box::pin(held.finish())))
+        } else {
+            held.finish().await
         }
-    }
-    app.hub.metrics().events_delivered.fetch_add(
-        batch.frames.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-
-    let mut r = Body::new(batch.into_body()).into_response();
+    };
+    let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -183,6 +187,106 @@ async fn poll(
     r.extensions_mut()
         .insert(WriteDeadline(app.config.write_timeout));
     Ok(r)
+}
+
+/// A held poll: what it keeps while it waits for an event (the request and
+/// its handling are gone by then on a server that defers the head; see
+/// [`ConnectionHandle::defers_head`]).
+struct Held {
+    app: AppState,
+    sub: Subscription,
+    batch: Batch,
+    wait: Duration,
+    read_closed: Option<watch::Receiver<bool>>,
+    /// The connection slot, the connection gauge and the presence entries,
+    /// released with the answer.
+    _keep: (
+        crate::limits::Slot,
+        herald_core::metrics::ConnectionGuard,
+        Vec<herald_core::PresenceGuard>,
+    ),
+}
+
+impl Held {
+    /// Waits until an event arrives, the timeout passes or the peer
+    /// half-closes, then takes what is ready: the answer's body.
+    async fn finish(mut self) -> Body {
+        // Fields used in place, not moved out: a future keeps a moved-out
+        // value twice.
+        let read_closed = self.read_closed.take();
+        let closed = async move {
+            match read_closed {
+                Some(mut r) => {
+                    let _ = r.wait_for(|c| *c).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            d = tokio::time::timeout(self.wait, self.sub.next()) => if let Ok(d) = d {
+                if self.batch.take(d, &self.sub) {
+                    self.batch.drain(&mut self.sub).await;
+                }
+            },
+            _ = closed => {}
+        }
+        answer_body(
+            &self.app,
+            std::mem::replace(&mut self.batch, Batch::new(1, 1, Cursor::default())),
+        )
+    }
+}
+
+/// The answer's body, counted as delivered.
+fn answer_body(app: &AppState, batch: Batch) -> Body {
+    app.hub.metrics().events_delivered.fetch_add(
+        batch.frames.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Body::new(batch.into_body())
+}
+
+/// The body of a held poll on a server that defers the head: nothing until
+/// the poll is answered, then the answer's frames, its length exact from
+/// then on (so the head that follows the first frame says
+/// `content-length`).
+enum HeldBody {
+    Waiting(Pin<Box<dyn std::future::Future<Output = Body> + Send>>),
+    Ready(Body),
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            match &mut *self {
+                HeldBody::Waiting(held) => {
+                    let body = std::task::ready!(held.as_mut().poll(cx));
+                    *self = HeldBody::Ready(body);
+                }
+                HeldBody::Ready(body) => return Pin::new(body).poll_frame(cx),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            HeldBody::Waiting(_) => false,
+            HeldBody::Ready(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            HeldBody::Waiting(_) => SizeHint::default(),
+            HeldBody::Ready(body) => body.size_hint(),
+        }
+    }
 }
 
 /// One answer's events, bounded by count and by bytes.

@@ -173,7 +173,8 @@ async fn refuse<I>(io: &mut I, refusal: ApiError)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    if write_answer(io, refusal.into_response(), true, WRITE_TIMEOUT)
+    let (parts, body) = refusal.into_response().into_parts();
+    if write_answer(io, parts, None, body, true, WRITE_TIMEOUT)
         .await
         .is_ok()
     {
@@ -228,7 +229,7 @@ pub(crate) async fn answer<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut req = *req;
+    let mut req = req;
     let close_asked = req
         .headers()
         .get_all(http::header::CONNECTION)
@@ -239,32 +240,18 @@ where
         });
     let (closed_tx, closed_rx) = watch::channel(io.eof);
     handle.read_closed = Some(closed_rx);
+    handle.defers_head = true;
     req.extensions_mut().insert(handle);
-    let route = router.oneshot(req);
-    tokio::pin!(route);
     // Bytes the client sent while its request was held (a pipelined next
     // request), given back to the connection afterwards.
     let mut early: Vec<u8> = Vec::new();
-    let response = loop {
-        let reading = !io.eof && early.len() < EARLY_MAX;
-        tokio::select! {
-            r = &mut route => match r {
-                Ok(r) => break r,
-                Err(never) => match never {},
-            },
-            n = read_early(&mut io, &mut early), if reading => {
-                if n == 0 {
-                    // End of input (or a failed read): answer what was sent.
-                    io.eof = true;
-                    let _ = closed_tx.send(true);
-                }
-            }
-        }
+    // Boxed: the routing future is large and ends before any wait for an
+    // event (a held poll's body does that wait; see below).
+    let route = Box::pin(router.oneshot(*req));
+    let response = match reading_while(&mut io, &mut early, &closed_tx, route).await {
+        Ok(r) => r,
+        Err(never) => match never {},
     };
-    drop(closed_tx);
-    if !early.is_empty() {
-        io.unread(Bytes::from(early));
-    }
     let deadline = response
         .extensions()
         .get::<WriteDeadline>()
@@ -275,6 +262,10 @@ where
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if is_stream {
+        drop(closed_tx);
+        if !early.is_empty() {
+            io.unread(Bytes::from(early));
+        }
         if io.eof {
             // A stream is for a peer that stays.
             return Answered::Gone;
@@ -290,8 +281,26 @@ where
         }
         return Answered::Stream(io, body, deadline);
     }
+    // The head waits for the body's first frame (a held poll's answer),
+    // while the socket is still watched for a peer that leaves.
+    let (parts, mut body) = response.into_parts();
+    let first = if body.size_hint().exact().is_none() && !body.is_end_stream() {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        match reading_while(&mut io, &mut early, &closed_tx, frame).await {
+            Some(Ok(frame)) => frame.into_data().ok(),
+            Some(Err(_)) => return Answered::Gone,
+            None => Some(Bytes::new()),
+        }
+    } else {
+        None
+    };
+    drop(closed_tx);
+    if !early.is_empty() {
+        io.unread(Bytes::from(early));
+    }
     let close = close_asked || shutting_down();
-    if write_answer(&mut io, response, close, deadline)
+    // Boxed: a held poll's wait above is the long-lived part of this future.
+    if Box::pin(write_answer(&mut io, parts, first, body, close, deadline))
         .await
         .is_err()
     {
@@ -304,40 +313,87 @@ where
     Answered::Done(io)
 }
 
-/// Reads what the peer sent into `early`, up to [`EARLY_MAX`]; 0 at the
-/// end of input or on an error.
-async fn read_early<I: AsyncRead + Unpin>(io: &mut I, early: &mut Vec<u8>) -> usize {
-    let mut scratch = [0u8; 1024];
-    let room = (EARLY_MAX - early.len()).min(scratch.len());
-    match io.read(&mut scratch[..room]).await {
-        Ok(n) => {
-            early.extend_from_slice(&scratch[..n]);
-            n
+/// Runs `f` while reading what the peer sends into `early` (up to
+/// [`EARLY_MAX`]); at the end of input `closed` says so, and `f` goes on.
+async fn reading_while<I, F>(
+    io: &mut Rewind<I>,
+    early: &mut Vec<u8>,
+    closed: &watch::Sender<bool>,
+    f: F,
+) -> F::Output
+where
+    I: AsyncRead + Unpin,
+    F: Future + Unpin,
+{
+    let mut f = f;
+    loop {
+        let reading = !io.eof && early.len() < EARLY_MAX;
+        tokio::select! {
+            r = &mut f => return r,
+            n = read_early(io, early), if reading => {
+                if n == 0 {
+                    // End of input (or a failed read): answer what was sent.
+                    io.eof = true;
+                    let _ = closed.send(true);
+                }
+            }
         }
-        Err(_) => 0,
     }
+}
+
+/// Reads what the peer sent into `early`, up to [`EARLY_MAX`]; 0 at the
+/// end of input or on an error. The scratch buffer lives on the stack of
+/// each poll, not in the future (which a held poll keeps).
+async fn read_early<I: AsyncRead + Unpin>(io: &mut I, early: &mut Vec<u8>) -> usize {
+    std::future::poll_fn(|cx| {
+        let mut scratch = [0u8; 1024];
+        let room = (EARLY_MAX - early.len()).min(scratch.len());
+        let mut rb = ReadBuf::new(&mut scratch[..room]);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                early.extend_from_slice(rb.filled());
+                Poll::Ready(rb.filled().len())
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(0),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Writes an answer that is not an event stream: with `content-length` when
 /// its body knows its length (a poll's batch, an error), chunked otherwise,
 /// its frames written as they come (small ones gathered into one write),
-/// each write within `deadline`.
+/// each write within `deadline`. `first` is a frame already taken from the
+/// body (its length then counts in `content-length`).
 async fn write_answer<I>(
     io: &mut I,
-    response: http::Response<Body>,
+    parts: http::response::Parts,
+    first: Option<Bytes>,
+    mut body: Body,
     close: bool,
     deadline: Duration,
 ) -> std::io::Result<()>
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
     let mut out = response_head(&parts, close);
-    let exact = body.size_hint().exact();
+    let taken = first.as_ref().map_or(0, |f| f.len() as u64);
+    let exact = body.size_hint().exact().map(|rest| rest + taken);
     out.extend_from_slice(&framing(exact));
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
-            continue;
+    let mut first = first;
+    loop {
+        let data = match first.take() {
+            Some(data) => data,
+            None => match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                Some(frame) => {
+                    let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
+                        continue;
+                    };
+                    data
+                }
+                None => break,
+            },
         };
         if data.is_empty() {
             continue;
