@@ -142,7 +142,7 @@ pub struct Event {
     /// to. `None` for events read back from an engine's storage.
     pub trace: Option<TraceParent>,
     sse: OnceLock<SseFrame>,
-    json: OnceLock<Bytes>,
+    json: OnceLock<JsonMessage>,
     extension: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
@@ -164,6 +164,14 @@ impl SseFrame {
     pub fn body(&self) -> Bytes {
         self.frame.slice(self.body_start..)
     }
+}
+
+/// The JSON message of an event and its WebSocket frame: two views of one
+/// buffer, the frame's header just before the message.
+#[derive(Debug)]
+struct JsonMessage {
+    json: Bytes,
+    ws_frame: Bytes,
 }
 
 impl Event {
@@ -237,13 +245,32 @@ impl Event {
     /// used by WebSocket and long polling, computed once (signals: without
     /// `id`).
     pub fn json(&self) -> &Bytes {
+        &self.json_message().json
+    }
+
+    /// The WebSocket frame of [`json`](Event::json) that every WebSocket
+    /// subscriber writes as is: an RFC 6455 (section 5.2) server-to-client
+    /// frame, final (FIN), opcode text, unmasked, the payload length in 7
+    /// bits, or 126 and 16 bits, or 127 and 64 bits (big-endian), then the
+    /// JSON ([`wire::ws_frame`]). Computed once with the JSON, in the same
+    /// buffer: `json()` is this frame's tail.
+    pub fn ws_frame(&self) -> &Bytes {
+        &self.json_message().ws_frame
+    }
+
+    fn json_message(&self) -> &JsonMessage {
         self.json.get_or_init(|| {
             let id = if self.is_signal() {
                 String::new()
             } else {
                 self.id()
             };
-            Bytes::from(wire::json::encode_event(self, &id))
+            // The JSON after room for the longest frame header, so the frame
+            // is made in place.
+            let mut buf = vec![0; wire::ws_frame::MAX_HEADER_LEN];
+            wire::json::encode_event_into(&mut buf, self, &id);
+            let (ws_frame, json) = wire::ws_frame::frame_text_in_place(buf);
+            JsonMessage { json, ws_frame }
         })
     }
 }
@@ -254,4 +281,38 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: &str) -> Event {
+        let topic = Topic::new("chat").unwrap();
+        Event::new(
+            NewEvent::new(topic, Data::Text(data.into())).named("n"),
+            Position::new(1, 7),
+            42,
+        )
+    }
+
+    #[test]
+    fn the_ws_frame_is_the_json_behind_its_header_in_one_buffer() {
+        // Payloads around each length boundary of the frame header.
+        for len in [0, 100, 125, 126, 65535, 65536, 70000] {
+            let e = event(&"d".repeat(len));
+            let (json, frame) = (e.json(), e.ws_frame());
+            let header = frame.len() - json.len();
+            assert_eq!(&frame[header..], &json[..]);
+            assert_eq!(
+                &frame[..header],
+                &wire::ws_frame::text_header(json.len()).0[..header]
+            );
+            // One allocation: the JSON is the frame's tail.
+            assert_eq!(json.as_ptr(), frame[header..].as_ptr());
+            // Computed once.
+            assert!(std::ptr::eq(e.ws_frame(), frame));
+            assert_eq!(&json[..], &wire::json::encode_event(&e, &e.id())[..]);
+        }
+    }
 }

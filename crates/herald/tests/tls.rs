@@ -1,5 +1,6 @@
 //! `herald serve` over HTTPS: certificate files, reload on SIGHUP and on file
-//! change without a restart, the self-signed development mode, clear errors.
+//! change without a restart, the self-signed development mode, clear errors,
+//! WebSocket events over TLS.
 
 mod process;
 #[path = "../../herald-server/tests/wire/mod.rs"]
@@ -113,6 +114,97 @@ async fn certificate_files_reload_on_sighup_and_on_change() {
         failed() > failed_before
     });
     assert!(handshake(&addr, &c_cert).await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A WebSocket over TLS (HTTP/1.1) to `addr`, trusting only `pem`.
+async fn wss(
+    addr: &str,
+    pem: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = wire::tls_client(pem, &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tokio_tungstenite::client_async("wss://localhost/v1/ws", tls)
+        .await
+        .unwrap()
+        .0
+}
+
+/// The next text message's JSON, skipping pings.
+async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Events are written to a WebSocket as shared frames, past tungstenite:
+/// over TLS they arrive whole, in order, at every header length (7-bit,
+/// 16-bit, 64-bit), one at a time and in a burst.
+#[tokio::test]
+async fn websocket_events_arrive_whole_over_tls() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = std::env::temp_dir().join(format!("herald-tls-ws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (pem, key) = cert("ws.test");
+    std::fs::write(&cert_path, &pem).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let (_s, addr, _log) = serve(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let mut sub = wss(&addr, &pem).await;
+    sub.send(Message::text(r#"{"type":"subscribe","topic":"t"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut sub).await["type"], "subscribed");
+    let mut publisher = wss(&addr, &pem).await;
+    let sizes = [0, 100, 125, 126, 1000, 65535, 65536, 200_000];
+    let publish = |n: usize| {
+        let data = "x".repeat(n);
+        Message::text(serde_json::json!({"type":"publish","topic":"t","data":data}).to_string())
+    };
+    // One at a time: each event its own write.
+    for n in sizes {
+        publisher.send(publish(n)).await.unwrap();
+        assert_eq!(next_json(&mut publisher).await["type"], "published");
+        let e = next_json(&mut sub).await;
+        assert_eq!(e["data"].as_str().unwrap().len(), n, "{e:.100}");
+    }
+    // A burst: queued events go out in vectored writes.
+    for _ in 0..3 {
+        for n in sizes {
+            publisher.feed(publish(n)).await.unwrap();
+        }
+    }
+    publisher.flush().await.unwrap();
+    for _ in 0..3 {
+        for n in sizes {
+            let e = next_json(&mut sub).await;
+            assert_eq!(e["type"], "event");
+            assert_eq!(e["data"].as_str().unwrap().len(), n);
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

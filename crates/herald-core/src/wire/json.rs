@@ -41,7 +41,16 @@ impl Serialize for RawData<'_> {
 
 /// `{"type":"event","topic","id","event"?,"data","published_at"}`.
 pub fn encode_event(event: &Event, id: &str) -> Vec<u8> {
-    encode_event_parts(
+    let mut buf = Vec::new();
+    encode_event_into(&mut buf, event, id);
+    buf
+}
+
+/// [`encode_event`], appended to `buf` (which may already hold room for a
+/// frame header, as [`Event::ws_frame`] does).
+pub fn encode_event_into(buf: &mut Vec<u8>, event: &Event, id: &str) {
+    encode_event_parts_into(
+        buf,
         event.topic.as_str(),
         id,
         event.name.as_deref(),
@@ -58,6 +67,21 @@ pub fn encode_event_parts(
     data: &Data,
     published_at: u64,
 ) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_event_parts_into(&mut buf, topic, id, name, data, published_at);
+    buf
+}
+
+/// [`encode_event_parts`], appended to `buf`. Appends nothing if the
+/// message cannot be encoded (it always can: every part is valid JSON).
+pub fn encode_event_parts_into(
+    buf: &mut Vec<u8>,
+    topic: &str,
+    id: &str,
+    name: Option<&str>,
+    data: &Data,
+    published_at: u64,
+) {
     let msg = EventFrame {
         r#type: "event",
         topic,
@@ -66,7 +90,11 @@ pub fn encode_event_parts(
         data: RawData(data),
         published_at,
     };
-    serde_json::to_vec(&msg).unwrap_or_default()
+    let start = buf.len();
+    buf.reserve(128 + data.len());
+    if serde_json::to_writer(&mut *buf, &msg).is_err() {
+        buf.truncate(start);
+    }
 }
 
 /// An event message as a client reads it:

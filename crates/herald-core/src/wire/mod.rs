@@ -5,6 +5,8 @@
 //!   "Server-sent events").
 //! - [`json`]: the JSON event message of WebSocket and long polling.
 //! - [`ws`]: the WebSocket messages, both directions, as typed values.
+//! - [`ws_frame`]: the RFC 6455 frame of a server's text message, made once
+//!   per event and written as is by every WebSocket subscriber.
 //! - [`poll`]: the long-poll answer.
 //! - [`reserved`]: Herald's own events (`herald.gap`, `herald.disconnect`)
 //!   and their payloads.
@@ -17,5 +19,6 @@ pub mod poll;
 pub mod reserved;
 pub mod sse;
 pub mod ws;
+pub mod ws_frame;
 
 pub use disconnect::Disconnect;

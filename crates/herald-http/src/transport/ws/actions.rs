@@ -3,13 +3,13 @@
 //! the credential in force, answered with a
 //! [`ServerMessage`](herald_core::wire::ws::ServerMessage).
 
-use axum::extract::ws::Message;
 use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
 use herald_core::subscription::Start;
 use herald_core::wire::disconnect;
 use herald_core::wire::ws::{ClientMessage, Frame, ServerMessage};
 use herald_core::{Cursor, Topic};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::session::{is_too_large, Connection, Outcome};
 use crate::error::ApiError;
@@ -17,15 +17,12 @@ use crate::publish::{publish_as, Caller, PublishItem};
 
 impl Connection {
     /// Handles what the socket read.
-    pub(super) async fn on_message(
-        &mut self,
-        msg: Option<Result<Message, axum::Error>>,
-    ) -> Outcome {
+    pub(super) async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Outcome {
         let msg = match msg {
             None => return Outcome::Gone,
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                return if is_too_large(e) {
+                return if is_too_large(&e) {
                     Outcome::Close(disconnect::MESSAGE_TOO_LARGE)
                 } else {
                     Outcome::Gone
@@ -47,7 +44,8 @@ impl Connection {
                 self.send_error("bad_request", "send JSON text messages, not binary", None)
                     .await
             }
-            Message::Ping(_) | Message::Pong(_) => Outcome::Continue,
+            // Pings are answered by tungstenite; a raw frame is never read.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Outcome::Continue,
             Message::Close(_) => Outcome::Gone,
         }
     }

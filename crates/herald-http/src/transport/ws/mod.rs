@@ -1,9 +1,14 @@
 //! `GET /v1/ws`: WebSocket, JSON text messages both ways.
 //!
-//! Built on axum's WebSocket (tokio-tungstenite underneath: a complete,
-//! Autobahn-tested RFC 6455 implementation that validates UTF-8, reassembles
-//! fragments and runs the close handshake). Event frames are the JSON bytes
-//! each event encodes once; every subscriber sends the same bytes.
+//! Built on tokio-tungstenite (a complete, Autobahn-tested RFC 6455
+//! implementation that validates UTF-8, reassembles fragments and runs the
+//! close handshake): it reads every client message and writes every reply,
+//! ping and close. axum's `WebSocketUpgrade` checks the handshake (its
+//! refusals are the answers); the upgrade itself is completed here, so that
+//! the session owns the socket. Events skip tungstenite: each event is
+//! framed once ([`herald_core::Event::ws_frame`]) and every subscriber writes
+//! those same bytes to its socket, several queued events in one vectored
+//! write, as SSE does with its shared frames.
 //!
 //! The messages are typed values of [`herald_core::wire::ws`]: client →
 //! server `subscribe {topic, since?, history?}`, `unsubscribe {topic}`,
@@ -13,7 +18,8 @@
 //! message gets an `error` and the connection stays usable. This module only
 //! translates between the socket and those values:
 //!
-//! - here: the handshake (credential, origin, connection slot, buffer sizes);
+//! - here: the handshake (credential, origin, connection slot, buffer sizes)
+//!   and the upgrade;
 //! - `session`: the connection's loop (reads, deliveries, pings, the
 //!   credential's deadline) and the close handshake;
 //! - `actions`: what each client message does.
@@ -43,12 +49,19 @@
 mod actions;
 mod session;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::extract::{FromRequestParts, State};
+use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, Version};
 use axum::response::Response;
 use herald_auth::Source;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::origin_allowed;
 use crate::connection::ConnectionHandle;
@@ -56,12 +69,79 @@ use crate::error::ApiError;
 use crate::transport::query_pairs;
 use crate::AppState;
 
+/// A connection's socket after the upgrade.
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// A WebSocket handshake that axum's [`WebSocketUpgrade`] found valid, with
+/// the connection's upgrade, which [`handler`] completes itself.
+pub(crate) struct Handshake {
+    /// `Sec-WebSocket-Key` over HTTP/1.1; `None` over HTTP/2 (RFC 8441's
+    /// extended CONNECT has no key).
+    key: Option<HeaderValue>,
+    /// Resolves to the connection once the answer has been sent.
+    upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // axum's extractor takes the upgrade out of the request: keep a
+        // handle to it first. axum's value only validates and is dropped
+        // (its `on_upgrade` is never called), so the upgrade is ours.
+        let upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+        let validated = WebSocketUpgrade::from_request_parts(parts, state).await?;
+        drop(validated);
+        // axum accepts no handshake without an upgrade, nor an HTTP/1.1 one
+        // without a key; this answer is only a guard.
+        let not_upgradable = || {
+            ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                "this request cannot be upgraded to a WebSocket",
+            )
+        };
+        let key = if parts.version <= Version::HTTP_11 {
+            let key = parts.headers.get(SEC_WEBSOCKET_KEY).cloned();
+            Some(key.ok_or_else(not_upgradable)?)
+        } else {
+            None
+        };
+        Ok(Handshake {
+            key,
+            upgrade: upgrade.ok_or_else(not_upgradable)?,
+        })
+    }
+}
+
+impl Handshake {
+    /// The answer that accepts the handshake, as axum writes it: over
+    /// HTTP/1.1, 101 with the key's `Sec-WebSocket-Accept` (RFC 6455,
+    /// section 4.2.2); over HTTP/2, 200 with an empty body (RFC 8441 and
+    /// RFC 9113, section 8.5).
+    fn accept(&self) -> Response {
+        let mut response = Response::new(Body::empty());
+        if let Some(key) = &self.key {
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let accept = derive_accept_key(key.as_bytes());
+            let headers = response.headers_mut();
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(
+                SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::try_from(accept).expect("base64 is a valid header value"),
+            );
+        }
+        response
+    }
+}
+
 pub(crate) async fn handler(
     State(app): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Handshake, ApiError>,
 ) -> Result<Response, ApiError> {
     let ws = ws?;
     if app.hub.is_shutting_down() {
@@ -87,6 +167,14 @@ pub(crate) async fn handler(
     let who = crate::auth::upgrade_principal(&app, &headers, credential).await?;
     let slot = app.connection_slot(conn.map(|c| c.0.peer.ip()), &headers)?;
     let max = app.config.ws_max_message_bytes;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        // Small buffers: an idle connection should cost little memory
+        // (subscribers send little; a bigger message just takes more reads;
+        // events do not pass through the write buffer).
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024);
     // The connection's span: a trace of its own, holding the publish spans
     // of its publishes and linked to the publish of each traced event it
     // sends; `topics` follows its subscriptions.
@@ -96,14 +184,16 @@ pub(crate) async fn handler(
         transport = "ws",
         topics = 0usize,
     );
-    Ok(ws
-        .max_message_size(max)
-        .max_frame_size(max)
-        // Small buffers: an idle connection should cost little memory
-        // (subscribers send little; a bigger message just takes more reads).
-        .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| {
-            tracing::Instrument::instrument(session::run(app, socket, who, slot), span)
-        }))
+    let response = ws.accept();
+    tokio::spawn(async move {
+        // The upgrade fails when the client leaves before it: nothing to do.
+        let Ok(upgraded) = ws.upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        tracing::Instrument::instrument(session::run(app, socket, who, slot), span).await;
+    });
+    Ok(response)
 }

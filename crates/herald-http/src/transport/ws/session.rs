@@ -1,20 +1,33 @@
 //! One WebSocket connection's loop: client messages, deliveries, pings and
 //! the credential's deadline, until something ends it; then the close
 //! handshake with the code and reason of the [`Disconnect`] table.
+//!
+//! Replies, pings and the close go through tungstenite. Deliveries do not:
+//! they are each event's shared frame ([`herald_core::Event::ws_frame`]),
+//! written straight to the socket after whatever tungstenite holds. That
+//! interleaving is sound because a server's data frames carry no state
+//! tungstenite tracks (no masking, no fragmentation, no extension), and
+//! nothing is written after the close.
 
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald_auth::{AuthError, Principal};
 use herald_core::wire::disconnect::{self, Disconnect};
 use herald_core::wire::ws::{Frame, ServerMessage};
+use herald_core::wire::ws_frame;
 use herald_core::{CloseReason, Delivery, Subscription, Transport};
 use serde_json::Value;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
+use super::Socket;
 use crate::auth::deadline_of;
 use crate::limits::Slot;
 use crate::AppState;
@@ -57,7 +70,7 @@ pub(super) struct Connection {
     pub(super) app: AppState,
     /// Not split into a sink and a stream: the loop below reads or writes,
     /// never both at once, and a split pair costs a lock on every write.
-    pub(super) ws: WebSocket,
+    pub(super) ws: Socket,
     pub(super) sub: Subscription,
     /// Publishes.
     pub(super) rate: RateLimit,
@@ -86,7 +99,7 @@ pub(super) enum Outcome {
 
 pub(super) async fn run(
     app: AppState,
-    socket: WebSocket,
+    socket: Socket,
     who: Result<Principal, AuthError>,
     _slot: Slot,
 ) {
@@ -152,7 +165,7 @@ pub(super) async fn run(
         let frame = CloseFrame {
             // Every reason a WebSocket closes for has a code; 1011 (internal
             // error) would only show a table entry used by mistake.
-            code: d.code.unwrap_or(1011),
+            code: d.code.unwrap_or(1011).into(),
             reason: Utf8Bytes::from_static(d.close_text),
         };
         let _ = timeout(
@@ -244,10 +257,16 @@ impl Connection {
     }
 
     async fn write_deliveries(&mut self, first: Delivery) -> Outcome {
+        // Whatever tungstenite holds (a reply, a pong) goes out whole first,
+        // so that the frames written below start on a frame boundary.
+        if self.ws.flush().await.is_err() {
+            return Outcome::Gone;
+        }
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut closed = None;
         let mut next = Some(first);
-        let mut n = 0;
         while let Some(d) = next.take() {
-            let frame = match d {
+            match d {
                 Delivery::Event(e) => {
                     self.app
                         .hub
@@ -255,38 +274,57 @@ impl Connection {
                         .events_delivered
                         .fetch_add(1, Ordering::Relaxed);
                     e.link_current_span();
-                    e.json().clone()
+                    frames.push(e.ws_frame().clone());
                 }
-                Delivery::Gap(g) => g.json(),
+                // Rare, and with this subscription's own cursor: framed here.
+                Delivery::Gap(g) => frames.push(ws_frame::text_frame(&g.json())),
                 Delivery::Closed(reason) => {
-                    let _ = self.ws.flush().await;
-                    if reason == CloseReason::Shutdown {
-                        // Spread the closes of a shutdown over the drain
-                        // window, so clients do not all come back at once.
-                        let drain = self.app.config.shutdown_drain;
-                        tokio::time::sleep(drain.mul_f64(fastrand::f64())).await;
-                    }
-                    return Outcome::Close(Disconnect::from(reason));
+                    closed = Some(reason);
+                    break;
                 }
-            };
-            let text = match Utf8Bytes::try_from(frame) {
-                Ok(t) => t,
-                Err(_) => continue,
-            };
-            // Feed without flushing; one flush sends everything queued.
-            if self.ws.feed(Message::Text(text)).await.is_err() {
-                return Outcome::Gone;
             }
-            n += 1;
-            if n < self.app.config.max_coalesce && self.sub.queued() > 0 {
+            if frames.len() < self.app.config.max_coalesce && self.sub.queued() > 0 {
                 next = self.sub.next_ready().await;
             }
         }
-        match self.ws.flush().await {
-            Ok(()) => Outcome::Continue,
-            Err(_) => Outcome::Gone,
+        if write_frames(self.ws.get_mut(), &frames).await.is_err() {
+            return Outcome::Gone;
+        }
+        match closed {
+            None => Outcome::Continue,
+            Some(reason) => {
+                if reason == CloseReason::Shutdown {
+                    // Spread the closes of a shutdown over the drain
+                    // window, so clients do not all come back at once.
+                    let drain = self.app.config.shutdown_drain;
+                    tokio::time::sleep(drain.mul_f64(fastrand::f64())).await;
+                }
+                Outcome::Close(Disconnect::from(reason))
+            }
         }
     }
+}
+
+/// Writes `frames` whole and in order, as few vectored writes as the socket
+/// takes (a write may take part of a frame: the next one resumes there),
+/// then flushes (TLS holds its records until then).
+async fn write_frames<W: AsyncWrite + Unpin>(io: &mut W, frames: &[Bytes]) -> io::Result<()> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    // At most this many slices per write, well under any system's IOV_MAX.
+    const MAX_SLICES: usize = 64;
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let k = rest.len().min(MAX_SLICES);
+        let n = io.write_vectored(&rest[..k]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    io.flush().await
 }
 
 /// Resolves at the credential's deadline; never without one.
@@ -298,10 +336,54 @@ async fn expired(deadline: &mut Option<Pin<Box<Sleep>>>) {
 }
 
 /// Whether a read failed because the message was over the size limit.
-pub(super) fn is_too_large(e: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e.into_inner().downcast::<WsError>() {
-        Ok(e) => matches!(*e, WsError::Capacity(_)),
-        Err(_) => false,
+pub(super) fn is_too_large(e: &WsError) -> bool {
+    matches!(e, WsError::Capacity(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use herald_core::{Data, Event, NewEvent, Position, Topic};
+    use tokio::io::AsyncReadExt;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
+
+    use super::*;
+
+    /// Frames at each payload-length boundary of RFC 6455's header, and an
+    /// event's shared frame, written through a pipe that takes a few bytes
+    /// at a time, read back by tungstenite's own parser as a client.
+    #[tokio::test]
+    async fn shared_frames_written_in_pieces_are_read_by_tungstenite() {
+        let event = Event::new(
+            NewEvent::new(Topic::new("t").unwrap(), Data::Text("hi".into())),
+            Position::new(1, 1),
+            0,
+        );
+        let mut texts: Vec<Bytes> = [0, 125, 126, 65535, 65536]
+            .into_iter()
+            .map(|n| Bytes::from("é".repeat(n / 2) + &"x".repeat(n % 2)))
+            .collect();
+        let mut frames: Vec<Bytes> = texts.iter().map(|t| ws_frame::text_frame(t)).collect();
+        texts.push(event.json().clone());
+        frames.push(event.ws_frame().clone());
+        let (mut tx, mut rx) = tokio::io::duplex(1000);
+        let reader = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            rx.read_to_end(&mut wire).await.unwrap();
+            wire
+        });
+        write_frames(&mut tx, &frames).await.unwrap();
+        drop(tx);
+        let wire = reader.await.unwrap();
+        let mut client = WebSocket::from_raw_socket(Cursor::new(wire), Role::Client, None);
+        for text in texts {
+            match client.read().unwrap() {
+                Message::Text(t) => assert_eq!(t.as_bytes(), &text[..]),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Nothing more: the stream ends without another message.
+        assert!(client.read().is_err());
     }
 }
