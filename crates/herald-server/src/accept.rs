@@ -263,17 +263,18 @@ impl Conn {
                     let router = self.router.clone();
                     let hub = &self.hub;
                     // Boxed: routing is a large future that ends before streaming starts.
-                    let answered = Box::pin(http1_push::answer(io, req, router, handle, || {
-                        hub.is_shutting_down()
-                    }))
-                    .await;
+                    let answered =
+                        Box::pin(http1_push::answer(&mut io, req, router, handle, || {
+                            hub.is_shutting_down()
+                        }))
+                        .await;
                     match answered {
-                        Answered::Stream(io, body, deadline) => {
+                        Answered::Stream(body, deadline) => {
                             // Boxed: only event streams pay for writing one.
                             Box::pin(http1_push::stream(io, body, &kill, deadline)).await;
                             break None;
                         }
-                        Answered::Done(back) => io = back,
+                        Answered::Done => {}
                         Answered::Gone => break None,
                     }
                 }

@@ -201,13 +201,13 @@ async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
 }
 
 /// How [`answer`] left the connection.
-pub(crate) enum Answered<I> {
+pub(crate) enum Answered {
     /// The head of an event stream is written: write `body` with [`stream`]
     /// under this write deadline.
-    Stream(Rewind<I>, Body, Duration),
+    Stream(Body, Duration),
     /// An answer that was not a stream was written whole; the connection's
     /// next request may follow.
-    Done(Rewind<I>),
+    Done,
     /// The connection is closed or failed, or the client asked to close it.
     Gone,
 }
@@ -215,17 +215,21 @@ pub(crate) enum Answered<I> {
 /// Routes a request read by [`first_request`] and writes the answer: an
 /// event stream's head (its body is then written by [`stream`], which is
 /// kept apart so that the long-lived part of a connection's task is sized
-/// only for what streaming needs), or any other answer whole. While the
-/// handler holds the request (a long poll), the socket is watched so that a
-/// client that leaves or half-closes frees the poll at once (the handler
-/// sees it through [`ConnectionHandle::read_closed`]).
+/// only for what streaming needs), or any other answer whole. The head of
+/// an answer whose body does not know its length yet (a held long poll) is
+/// written once the body's first frame is ready. While the handler runs and
+/// while such a body waits, the socket is watched so that a client that
+/// leaves or half-closes frees the poll at once (the handler sees it
+/// through [`ConnectionHandle::read_closed`]). `io` is borrowed, not
+/// moved: a held poll keeps this future, and every argument it owns costs
+/// its size for as long as the poll is held.
 pub(crate) async fn answer<I>(
-    mut io: Rewind<I>,
+    io: &mut Rewind<I>,
     req: Box<http::Request<Body>>,
     router: Router,
     mut handle: ConnectionHandle,
     shutting_down: impl Fn() -> bool,
-) -> Answered<I>
+) -> Answered
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -248,7 +252,7 @@ where
     // Boxed: the routing future is large and ends before any wait for an
     // event (a held poll's body does that wait; see below).
     let route = Box::pin(router.oneshot(*req));
-    let response = match reading_while(&mut io, &mut early, &closed_tx, route).await {
+    let response = match reading_while(io, &mut early, &closed_tx, route).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
@@ -279,14 +283,14 @@ where
         if timed(deadline, io.write_all(&head)).await.is_err() {
             return Answered::Gone;
         }
-        return Answered::Stream(io, body, deadline);
+        return Answered::Stream(body, deadline);
     }
     // The head waits for the body's first frame (a held poll's answer),
     // while the socket is still watched for a peer that leaves.
     let (parts, mut body) = response.into_parts();
     let first = if body.size_hint().exact().is_none() && !body.is_end_stream() {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-        match reading_while(&mut io, &mut early, &closed_tx, frame).await {
+        match reading_while(io, &mut early, &closed_tx, frame).await {
             Some(Ok(frame)) => frame.into_data().ok(),
             Some(Err(_)) => return Answered::Gone,
             None => Some(Bytes::new()),
@@ -300,7 +304,7 @@ where
     }
     let close = close_asked || shutting_down();
     // Boxed: a held poll's wait above is the long-lived part of this future.
-    if Box::pin(write_answer(&mut io, parts, first, body, close, deadline))
+    if Box::pin(write_answer(io, parts, first, body, close, deadline))
         .await
         .is_err()
     {
@@ -310,7 +314,7 @@ where
         let _ = timed(deadline, io.shutdown()).await;
         return Answered::Gone;
     }
-    Answered::Done(io)
+    Answered::Done
 }
 
 /// Runs `f` while reading what the peer sends into `early` (up to

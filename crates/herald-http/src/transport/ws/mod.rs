@@ -60,7 +60,7 @@ use herald_auth::Source;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::origin_allowed;
@@ -185,15 +185,13 @@ pub(crate) async fn handler(
         topics = 0usize,
     );
     let response = ws.accept();
-    tokio::spawn(async move {
-        // The upgrade fails when the client leaves before it: nothing to do.
-        let Ok(upgraded) = ws.upgrade.await else {
-            return;
-        };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        tracing::Instrument::instrument(session::run(app, socket, who, slot), span).await;
+    let start = Box::new(session::Start {
+        app,
+        upgrade: ws.upgrade,
+        config,
+        who,
+        slot,
     });
+    tokio::spawn(tracing::Instrument::instrument(session::start(start), span));
     Ok(response)
 }

@@ -86,6 +86,8 @@ pub(super) struct Connection {
     pub(super) client: Option<Box<str>>,
     /// Present on these subscribed presence topics.
     pub(super) presence: Vec<(herald_core::Topic, herald_core::PresenceGuard)>,
+    /// The connection slot and the connection gauge, released with it.
+    _held: (Slot, herald_core::metrics::ConnectionGuard),
 }
 
 /// What a step of the loop leaves the connection in.
@@ -97,34 +99,79 @@ pub(super) enum Outcome {
     Gone,
 }
 
-pub(super) async fn run(
-    app: AppState,
-    socket: Socket,
-    who: Result<Principal, AuthError>,
-    _slot: Slot,
-) {
-    let _guard = app.hub.metrics().connection(Transport::WebSocket);
-    let sub = app.hub.subscribe();
-    let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
-    let messages = RateLimit::new(app.config.ws_message_rate, app.config.ws_message_rate * 2.0);
-    let errors = RateLimit::new(1.0, app.config.ws_error_burst);
-    let mut c = Connection {
-        app,
-        ws: socket,
-        sub,
-        rate,
-        messages,
-        errors,
-        who: Principal::Anonymous,
-        deadline: None,
-        client: None,
-        presence: Vec::new(),
+/// What a connection starts from, handed to [`start`] in one box.
+pub(super) struct Start {
+    pub(super) app: AppState,
+    pub(super) upgrade: hyper::upgrade::OnUpgrade,
+    pub(super) config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    pub(super) who: Result<Principal, AuthError>,
+    pub(super) slot: Slot,
+}
+
+/// Completes the upgrade and runs the connection until it ends. Its one
+/// argument is a box and the connection is built in a block that ends
+/// before the loop: a future keeps every argument and every moved-from
+/// local for its whole life, and an idle connection is mostly this future.
+pub(super) async fn start(start: Box<Start>) {
+    let (mut c, refused) = {
+        let Start {
+            app,
+            upgrade,
+            config,
+            who,
+            slot,
+        } = *start;
+        // The upgrade fails when the client leaves before it: nothing to do.
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(config),
+        )
+        .await;
+        Connection::new(app, socket, who, slot)
     };
-    let mut refused = None;
-    match who {
-        Ok(w) => c.set_credential(w),
-        Err(e) => refused = Some(e),
+    run(&mut c, refused).await;
+}
+
+impl Connection {
+    /// The connection's state, and the refusal of its credential if any.
+    fn new(
+        app: AppState,
+        socket: Socket,
+        who: Result<Principal, AuthError>,
+        slot: Slot,
+    ) -> (Connection, Option<AuthError>) {
+        let guard = app.hub.metrics().connection(Transport::WebSocket);
+        let sub = app.hub.subscribe();
+        let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
+        let messages = RateLimit::new(app.config.ws_message_rate, app.config.ws_message_rate * 2.0);
+        let errors = RateLimit::new(1.0, app.config.ws_error_burst);
+        let mut c = Connection {
+            app,
+            ws: socket,
+            sub,
+            rate,
+            messages,
+            errors,
+            who: Principal::Anonymous,
+            deadline: None,
+            client: None,
+            presence: Vec::new(),
+            _held: (slot, guard),
+        };
+        let mut refused = None;
+        match who {
+            Ok(w) => c.set_credential(w),
+            Err(e) => refused = Some(e),
+        }
+        (c, refused)
     }
+}
+
+async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
     let keepalive = c.app.config.keepalive;
     let pong_timeout = c.app.config.ws_pong_timeout;
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
