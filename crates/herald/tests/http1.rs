@@ -130,6 +130,49 @@ async fn sixteen_kib_pipelined_behind_a_held_poll_are_answered_in_order() {
     );
 }
 
+/// A held poll's answer is written when the event arrives, not before: its
+/// head waits for the body (no early head, no chunked framing), carries the
+/// exact `content-length`, and the connection serves the next request.
+#[tokio::test]
+async fn a_held_poll_answers_with_its_length_once_the_event_arrives() {
+    let h = Herald::start(&[]);
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /v1/poll?topic=held-len&timeout=20 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut r = BufReader::new(s);
+    // Nothing is written while the poll is held.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::io::AsyncReadExt::read(&mut r, &mut byte),
+    )
+    .await;
+    assert!(early.is_err(), "no byte before the event: {early:?}");
+    let id = h
+        .client
+        .publish("held-len", json!({"n": 1}), None)
+        .await
+        .unwrap();
+    let a = answer_in_time(&mut r, "held poll").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("transfer-encoding"), None);
+    let len: usize = a.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(len, a.body.len());
+    let v = a.json();
+    assert_eq!(v["events"][0]["id"], json!(id));
+    assert_eq!(v["events"][0]["data"], json!({"n": 1}));
+    // The same connection takes the next poll, from the answer's cursor.
+    let next = format!(
+        "GET /v1/poll?topic=held-len&cursor={}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        pct(v["cursor"].as_str().unwrap())
+    );
+    r.get_mut().write_all(next.as_bytes()).await.unwrap();
+    let a = answer_in_time(&mut r, "next poll").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["events"], json!([]));
+}
+
 #[tokio::test]
 async fn half_closed_clients_get_their_answers() {
     let h = Herald::start(&[]);
