@@ -13,7 +13,8 @@
 //!   HTTP/2 on one port, WebSocket upgrades over both, per-connection kill
 //!   switches, graceful shutdown.
 //! - `http1_push`: HTTP/1.1 `GET /v1/sse` and `GET /v1/poll` written on
-//!   the socket without hyper's buffers; its request-head reading and
+//!   the socket without hyper's buffers, and `POST /v1/publish` when its
+//!   body comes with its head; its request-head reading and
 //!   response encoding are pure functions apart from the socket loop.
 //! - `shutdown`: the drain channel that graceful shutdown waits on.
 //! - `stream_end`: ending one HTTP/2 event stream of a slow consumer.

@@ -457,3 +457,147 @@ async fn stalled_long_poll_readers_hold_bounded_memory() {
     assert_eq!(got, ids, "every event once, in order");
     drop(stalled);
 }
+
+/// A publish whose body comes with its head is answered by Herald's own
+/// HTTP/1.1 path, one whose body comes in a later segment by hyper: both
+/// answer alike (status, error code, content type), refusals included, the
+/// direct path's connection serves the next request, and each accepted
+/// publish is stored once, in order.
+#[tokio::test]
+async fn publishes_answer_alike_whether_their_body_comes_with_the_head_or_later() {
+    const KEY: &str = "publisher-key-0123456789abcdef";
+    let h = Herald::start(&["--publish-key", KEY, "--max-body", "64"]);
+    let topic = "direct-or-hyper";
+    let ok = format!(r#"{{"topic":"{topic}","data":{{"n":1}}}}"#);
+    let auth = format!("authorization: Bearer {KEY}\r\n");
+    let json = "content-type: application/json\r\n";
+    // (what, extra head lines, body, status, error code)
+    let cases: Vec<(&str, String, String, u16, Option<&str>)> = vec![
+        ("accepted", format!("{auth}{json}"), ok.clone(), 200, None),
+        (
+            "no credential",
+            json.into(),
+            ok.clone(),
+            401,
+            Some("unauthorized"),
+        ),
+        (
+            "wrong key",
+            format!("authorization: Bearer nope\r\n{json}"),
+            ok.clone(),
+            401,
+            Some("unauthorized"),
+        ),
+        (
+            "not JSON",
+            format!("{auth}{json}"),
+            "{oops".into(),
+            400,
+            Some("invalid_json"),
+        ),
+        (
+            "unknown field",
+            format!("{auth}{json}"),
+            format!(r#"{{"topic":"{topic}","data":1,"x":1}}"#),
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "bad topic",
+            format!("{auth}{json}"),
+            r#"{"topic":"","data":1}"#.into(),
+            400,
+            Some("invalid_topic"),
+        ),
+        (
+            "not application/json",
+            format!("{auth}content-type: text/plain\r\n"),
+            ok.clone(),
+            415,
+            Some("unsupported_media_type"),
+        ),
+        (
+            "over --max-body",
+            format!("{auth}{json}"),
+            format!(r#"{{"topic":"{topic}","data":"{}"}}"#, "x".repeat(80)),
+            413,
+            Some("too_large"),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (what, lines, body, status, code) in &cases {
+        let head = format!(
+            "POST /v1/publish HTTP/1.1\r\nhost: x\r\n{lines}content-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut answers = Vec::new();
+        for split in [false, true] {
+            let mut s = TcpStream::connect(h.addr).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            if split {
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.write_all(body.as_bytes()).await.unwrap();
+            } else {
+                s.write_all(format!("{head}{body}").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            let mut r = BufReader::new(s);
+            let a = answer_in_time(&mut r, what).await;
+            let how = if split {
+                "body later"
+            } else {
+                "body with the head"
+            };
+            assert_eq!(
+                a.status,
+                *status,
+                "{what}, {how}: {:?}",
+                String::from_utf8_lossy(&a.body)
+            );
+            assert_eq!(
+                a.header("content-type"),
+                Some("application/json"),
+                "{what}, {how}"
+            );
+            let v = a.json();
+            match code {
+                Some(code) => assert_eq!(v["error"]["code"], json!(code), "{what}, {how}: {v}"),
+                None => ids.push(v["id"].as_str().expect("an id").to_owned()),
+            }
+            if !split && a.header("connection") != Some("close") {
+                // The direct path's connection takes the next request.
+                r.get_mut()
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let next = answer_in_time(&mut r, "the next request").await;
+                assert_eq!(next.status, 200, "{what}: the next request");
+            }
+            answers.push((a.status, v.get("error").map(|e| e["code"].clone())));
+        }
+        assert_eq!(answers[0], answers[1], "{what}: both paths answer alike");
+    }
+    let resp = h
+        .client
+        .request(
+            http::Method::GET,
+            &format!("/v1/history?topic={topic}"),
+            &[("authorization", &format!("Bearer {KEY}"))],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    use http_body_util::BodyExt;
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let stored: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, ids, "each accepted publish stored once, in order");
+}

@@ -24,6 +24,8 @@ const SSE_PATH: &str = "/v1/sse";
 const POLL_PATH: &str = "/v1/poll";
 /// A Mercure subscriber's stream (`herald-http`'s `mercure` module).
 const MERCURE_PATH: &str = "/.well-known/mercure";
+/// Publishes whose body came with their head (see [`parse_direct_request`]).
+const PUBLISH_PATH: &str = "/v1/publish";
 
 /// What the parser says of the bytes read so far.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,10 +73,18 @@ pub(crate) fn head_status(buf: &[u8]) -> Head {
     }
 }
 
+/// The largest publish body read on the push path: a `POST /v1/publish`
+/// whose body is longer, or not yet wholly read with its head, goes to hyper.
+pub(crate) const MAX_DIRECT_BODY: usize = 16 * 1024;
+
 /// An HTTP/1.1 `GET /v1/sse`, `GET /v1/poll` or `GET /.well-known/mercure`
-/// (a Mercure subscriber) with no body and no upgrade,
-/// as a request for the router; `None` for anything else (hyper handles it,
-/// errors included).
+/// (a Mercure subscriber) with no body and no upgrade, or a
+/// `POST /v1/publish` with one `content-length` of at most
+/// [`MAX_DIRECT_BODY`] bytes whose whole body is already in `buf` (a
+/// publisher's head and body usually arrive in one segment), as a request
+/// for the router, and the bytes of `buf` it used (head and body); `None`
+/// for anything else (hyper handles it, errors included: a chunked body,
+/// `expect: 100-continue`, a malformed or repeated length).
 pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -84,27 +94,51 @@ pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, u
     };
     let path = req.path?;
     let route = path.split('?').next();
-    if req.method != Some("GET")
-        || req.version != Some(1)
-        || !(route == Some(SSE_PATH) || route == Some(POLL_PATH) || route == Some(MERCURE_PATH))
-    {
+    if req.version != Some(1) {
         return None;
     }
+    let method = match req.method {
+        Some("GET")
+            if route == Some(SSE_PATH)
+                || route == Some(POLL_PATH)
+                || route == Some(MERCURE_PATH) =>
+        {
+            http::Method::GET
+        }
+        Some("POST") if route == Some(PUBLISH_PATH) => http::Method::POST,
+        _ => return None,
+    };
+    let mut length: Option<usize> = None;
     let mut b = http::Request::builder()
-        .method(http::Method::GET)
+        .method(method.clone())
         .uri(path)
         .version(http::Version::HTTP_11);
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length")
+        if name.eq_ignore_ascii_case("content-length") && method == http::Method::POST {
+            // RFC 9110, section 8.6: one decimal length, nothing else.
+            if length.is_some() || h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            length = Some(std::str::from_utf8(h.value).ok()?.parse().ok()?);
+        } else if name.eq_ignore_ascii_case("content-length")
             || name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
         {
             return None;
         }
         b = b.header(name, h.value);
     }
-    b.body(Body::empty()).ok().map(|r| (r, used))
+    let body = match (method, length) {
+        (http::Method::GET, _) => Body::empty(),
+        (_, Some(len)) if len <= MAX_DIRECT_BODY && buf.len() - used >= len => {
+            let body = Body::from(bytes::Bytes::copy_from_slice(&buf[used..used + len]));
+            return b.body(body).ok().map(|r| (r, used + len));
+        }
+        _ => return None,
+    };
+    b.body(body).ok().map(|r| (r, used))
 }
 
 #[cfg(test)]
@@ -137,7 +171,15 @@ mod tests {
         for other in [
             &b"GET /v1/ssex HTTP/1.1\r\n\r\n"[..],
             b"GET /v1/polls HTTP/1.1\r\n\r\n",
-            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 5\r\n\r\n{\"a\"",
+            b"POST /v1/publish HTTP/1.1\r\n\r\n",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n{",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: +1\r\n\r\n{",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n{}",
+            b"POST /v1/publish HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"POST /v1/publish HTTP/1.0\r\ncontent-length: 2\r\n\r\n{}",
+            b"GET /v1/publish HTTP/1.1\r\n\r\n",
+            b"POST /v1/tokens HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}",
             b"POST /v1/sse HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
             b"GET /v1/sse HTTP/1.0\r\n\r\n",
             b"GET /v1/sse HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
@@ -147,6 +189,33 @@ mod tests {
         ] {
             assert!(parse_direct_request(other).is_none(), "{other:?}");
         }
+    }
+
+    #[test]
+    fn a_publish_is_direct_only_with_its_whole_body() {
+        let (r, n) = parse_direct_request(
+            b"POST /v1/publish?x=1 HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}GET",
+        )
+        .unwrap();
+        assert_eq!(r.method(), http::Method::POST);
+        assert_eq!(r.uri(), "/v1/publish?x=1");
+        assert_eq!(r.headers()["content-length"], "2");
+        assert_eq!(n, 86, "head and body used, the next request's bytes left");
+        let (r, n) =
+            parse_direct_request(b"POST /v1/publish HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+        assert_eq!(r.headers()["content-length"], "0");
+        assert_eq!(n, 48);
+        let mut big = format!(
+            "POST /v1/publish HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            MAX_DIRECT_BODY + 1
+        )
+        .into_bytes();
+        big.resize(big.len() + MAX_DIRECT_BODY + 1, b' ');
+        assert!(
+            parse_direct_request(&big).is_none(),
+            "a body over the bound goes to hyper"
+        );
     }
 
     #[test]

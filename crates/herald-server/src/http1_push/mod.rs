@@ -6,7 +6,11 @@
 //! request head it reads nothing and writes little. So the accept loop reads
 //! request heads itself. A cleartext or TLS HTTP/1.1 `GET /v1/sse`,
 //! `GET /v1/poll` or `GET /.well-known/mercure` goes through the same router as any request
-//! (authentication, limits and the handler are unchanged); an event stream's
+//! (authentication, limits and the handler are unchanged), and so does a
+//! `POST /v1/publish` whose whole body (one `content-length`, at most
+//! [`head::MAX_DIRECT_BODY`] bytes) was read with its head: a publisher on a
+//! keep-alive connection then costs no hyper dispatch per publish (measured
+//! with `bench/run.sh --only d-publish`, see bench/README.md); an event stream's
 //! head and chunks are written here with no buffer kept between writes, and
 //! any other answer (a poll's batch, an error) is written piece by piece
 //! from its body, after which the connection's next request is read the same
@@ -92,8 +96,8 @@ const GATHER: usize = 16 * 1024;
 
 /// What the next bytes of a connection asked for.
 pub(crate) enum First {
-    /// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll`: the request, and the
-    /// bytes that followed its head.
+    /// An HTTP/1.1 `GET /v1/sse` or `GET /v1/poll`, or a `POST /v1/publish`
+    /// with its body: the request, and the bytes that followed it.
     Direct(Box<http::Request<Body>>, Bytes),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),

@@ -115,7 +115,9 @@ proptest::proptest! {
         }
     }
 
-    /// A valid request cut anywhere means the same as when it arrives whole.
+    /// A valid request cut anywhere means the same as when it arrives
+    /// whole; except that a publish whose body did not come with its head
+    /// goes to hyper with every byte.
     #[test]
     fn valid_requests_split_anywhere(
         which in 0..REQUESTS.len(),
@@ -125,6 +127,12 @@ proptest::proptest! {
         let (whole, unread) = first_of(input, &[]);
         let whole = meaning(whole, unread);
         let (split, unread) = first_of(input, &cuts);
-        proptest::prop_assert_eq!(meaning(split, unread), whole);
+        let split = meaning(split, unread);
+        let to_hyper = format!("other {:?}", String::from_utf8_lossy(input));
+        if input.starts_with(b"POST") && split == to_hyper {
+            proptest::prop_assert!(whole.starts_with("direct /v1/publish"), "{}", whole);
+        } else {
+            proptest::prop_assert_eq!(split, whole);
+        }
     }
 }
