@@ -75,11 +75,20 @@ fn a_killed_master_is_replaced_by_its_replica_and_rejoins_as_a_replica() {
     }
     assert_eq!(cluster.master_of_topic(&topic), replica);
     assert_eq!(cluster.masters().len(), MASTERS);
-    assert_eq!(
-        cluster.command(replica, &["GET", &key]),
-        "$4\r\nkept\r\n",
-        "the promoted replica has the write"
-    );
+    let got = cluster.command(replica, &["GET", &key]);
+    if got != "$4\r\nkept\r\n" {
+        // Seen once in CI and never again since (nil here after `WAIT`
+        // answered 1): what the promoted node says of itself, to find why.
+        std::thread::sleep(Duration::from_millis(500));
+        let again = cluster.command(replica, &["GET", &key]);
+        let info = cluster.command(replica, &["INFO", "replication"]);
+        let size = cluster.command(replica, &["DBSIZE"]);
+        let nodes = cluster.command(replica, &["CLUSTER", "NODES"]);
+        panic!(
+            "the promoted replica {replica} lacks the write to {key} on {master}: {got:?}, \
+             500 ms later {again:?}; DBSIZE {size:?}; {info}; CLUSTER NODES {nodes}"
+        );
+    }
 
     cluster.restart(master);
     cluster.wait_healthy(Duration::from_secs(10));
