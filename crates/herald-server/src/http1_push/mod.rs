@@ -75,7 +75,7 @@ use tower::ServiceExt;
 pub(crate) use head::H2_PREFACE;
 use head::{head_status, parse_direct_request, Head};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
-use response::{chunk_size_line, framing, response_head, LAST_CHUNK};
+use response::{chunk_size_line, framing, response_head, Fields, LAST_CHUNK};
 pub(crate) use rewind::Rewind;
 
 mod head;
@@ -178,7 +178,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let (parts, body) = refusal.into_response().into_parts();
-    if write_answer(io, parts, None, body, true, WRITE_TIMEOUT)
+    if write_answer(io, Fields::of(&parts), None, body, true, WRITE_TIMEOUT)
         .await
         .is_ok()
     {
@@ -237,7 +237,6 @@ pub(crate) async fn answer<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut req = req;
     let close_asked = req
         .headers()
         .get_all(http::header::CONNECTION)
@@ -249,13 +248,17 @@ where
     let (closed_tx, closed_rx) = watch::channel(io.eof);
     handle.read_closed = Some(closed_rx);
     handle.defers_head = true;
-    req.extensions_mut().insert(handle);
+    // Boxed: the routing future is large and ends before any wait for an
+    // event (a held poll's body does that wait; see below). The request's
+    // box is freed here, not kept for as long as this future.
+    let route = {
+        let mut req = req;
+        req.extensions_mut().insert(handle);
+        Box::pin(router.oneshot(*req))
+    };
     // Bytes the client sent while its request was held (a pipelined next
     // request), given back to the connection afterwards.
     let mut early: Vec<u8> = Vec::new();
-    // Boxed: the routing future is large and ends before any wait for an
-    // event (a held poll's body does that wait; see below).
-    let route = Box::pin(router.oneshot(*req));
     let response = match reading_while(io, &mut early, &closed_tx, route).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -290,8 +293,11 @@ where
         return Answered::Stream(body, deadline);
     }
     // The head waits for the body's first frame (a held poll's answer),
-    // while the socket is still watched for a peer that leaves.
+    // while the socket is still watched for a peer that leaves; meanwhile
+    // only the rendered header lines are kept, not the header map.
     let (parts, mut body) = response.into_parts();
+    let fields = Fields::of(&parts);
+    drop(parts);
     let first = if body.size_hint().exact().is_none() && !body.is_end_stream() {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
         match reading_while(io, &mut early, &closed_tx, frame).await {
@@ -308,7 +314,7 @@ where
     }
     let close = close_asked || shutting_down();
     // Boxed: a held poll's wait above is the long-lived part of this future.
-    if Box::pin(write_answer(io, parts, first, body, close, deadline))
+    if Box::pin(write_answer(io, fields, first, body, close, deadline))
         .await
         .is_err()
     {
@@ -376,7 +382,7 @@ async fn read_early<I: AsyncRead + Unpin>(io: &mut I, early: &mut Vec<u8>) -> us
 /// body (its length then counts in `content-length`).
 async fn write_answer<I>(
     io: &mut I,
-    parts: http::response::Parts,
+    fields: Fields,
     first: Option<Bytes>,
     mut body: Body,
     close: bool,
@@ -385,7 +391,8 @@ async fn write_answer<I>(
 where
     I: AsyncWrite + Unpin,
 {
-    let mut out = response_head(&parts, close);
+    let mut out = fields.head(close);
+    drop(fields);
     let taken = first.as_ref().map_or(0, |f| f.len() as u64);
     let exact = body.size_hint().exact().map(|rest| rest + taken);
     out.extend_from_slice(&framing(exact));

@@ -38,42 +38,75 @@ pub(crate) fn uri_too_long(advice: bool) -> ApiError {
 /// `HTTP/1.1 <status>`, `date` and the response's headers (without framing
 /// headers, which the caller adds), each line ended.
 pub(crate) fn response_head(parts: &http::response::Parts, close: bool) -> Vec<u8> {
-    response_head_at(parts, close, SystemTime::now())
+    Fields::of(parts).head(close)
+}
+
+/// What a response head says apart from its framing, its `date` and
+/// `connection`: the status and the header lines, rendered. A held long
+/// poll keeps these few bytes while it waits, instead of the response's
+/// header map and extensions.
+pub(crate) struct Fields {
+    status: http::StatusCode,
+    /// `name: value\r\n` for every header but `content-length`,
+    /// `transfer-encoding` and `connection`.
+    lines: Box<[u8]>,
+}
+
+impl Fields {
+    /// Renders the header lines of `parts`.
+    pub(crate) fn of(parts: &http::response::Parts) -> Fields {
+        let mut lines = Vec::with_capacity(128);
+        for (name, value) in &parts.headers {
+            if name == http::header::CONTENT_LENGTH
+                || name == http::header::TRANSFER_ENCODING
+                || name == http::header::CONNECTION
+            {
+                continue;
+            }
+            lines.extend_from_slice(name.as_str().as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        Fields {
+            status: parts.status,
+            lines: lines.into_boxed_slice(),
+        }
+    }
+
+    /// The head without its framing line, dated now.
+    pub(crate) fn head(&self, close: bool) -> Vec<u8> {
+        self.head_at(close, SystemTime::now())
+    }
+
+    /// [`Fields::head`] with the `date` of `now`.
+    fn head_at(&self, close: bool, now: SystemTime) -> Vec<u8> {
+        let mut head = Vec::with_capacity(96 + self.lines.len());
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(self.status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            self.status
+                .canonical_reason()
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        );
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&self.lines);
+        if close {
+            head.extend_from_slice(b"connection: close\r\n");
+        }
+        head
+    }
 }
 
 /// [`response_head`] with the `date` of `now`.
+#[cfg(test)]
 fn response_head_at(parts: &http::response::Parts, close: bool, now: SystemTime) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
-    head.extend_from_slice(b"date: ");
-    head.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == http::header::CONTENT_LENGTH
-            || name == http::header::TRANSFER_ENCODING
-            || name == http::header::CONNECTION
-        {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head
+    Fields::of(parts).head_at(close, now)
 }
 
 /// The line that ends a head whose body has `len` bytes, or, with `None`,
