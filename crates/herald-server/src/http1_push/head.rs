@@ -77,6 +77,34 @@ pub(crate) fn head_status(buf: &[u8]) -> Head {
 /// whose body is longer, or not yet wholly read with its head, goes to hyper.
 pub(crate) const MAX_DIRECT_BODY: usize = 16 * 1024;
 
+/// The body length of a complete request head that is an HTTP/1.1
+/// `POST /v1/publish` with one valid `content-length` of at most
+/// [`MAX_DIRECT_BODY`] bytes (the publishes [`parse_direct_request`] serves
+/// once their body is read); `None` for any other head.
+pub(crate) fn publish_length(head: &[u8]) -> Option<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    if req.method != Some("POST")
+        || req.version != Some(1)
+        || req.path?.split('?').next() != Some(PUBLISH_PATH)
+    {
+        return None;
+    }
+    let mut lengths = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+    let value = lengths.next()?.value;
+    if lengths.next().is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let len: usize = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (len <= MAX_DIRECT_BODY).then_some(len)
+}
+
 /// An HTTP/1.1 `GET /v1/sse`, `GET /v1/poll` or `GET /.well-known/mercure`
 /// (a Mercure subscriber) with no body and no upgrade, or a
 /// `POST /v1/publish` with one `content-length` of at most
@@ -216,6 +244,30 @@ mod tests {
             parse_direct_request(&big).is_none(),
             "a body over the bound goes to hyper"
         );
+    }
+
+    #[test]
+    fn publish_lengths_are_those_of_direct_publishes() {
+        let head = |h: &str| format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n");
+        assert_eq!(
+            publish_length(head("content-length: 900\r\n").as_bytes()),
+            Some(900)
+        );
+        assert_eq!(
+            publish_length(head(&format!("content-length: {MAX_DIRECT_BODY}\r\n")).as_bytes()),
+            Some(MAX_DIRECT_BODY)
+        );
+        for other in [
+            head(&format!("content-length: {}\r\n", MAX_DIRECT_BODY + 1)),
+            head("content-length: 1\r\ncontent-length: 1\r\n"),
+            head("content-length: +1\r\n"),
+            head(""),
+            "POST /v1/tokens HTTP/1.1\r\ncontent-length: 2\r\n\r\n".into(),
+            "GET /v1/publish HTTP/1.1\r\ncontent-length: 2\r\n\r\n".into(),
+            "POST /v1/publish HTTP/1.1\r\ncontent-length: 2\r\n".into(),
+        ] {
+            assert_eq!(publish_length(other.as_bytes()), None, "{other:?}");
+        }
     }
 
     #[test]
