@@ -290,11 +290,17 @@ impl Conn {
             // an HTTP/2 connection all the time).
             let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
             let upgraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // The write deadline of the answer being written (hyper has no
+            // write timeout): its `WriteDeadline`, else the default.
+            let write_limit = Arc::new(std::sync::atomic::AtomicU64::new(
+                http1_push::WRITE_TIMEOUT.as_millis() as u64,
+            ));
             if !io.starts_with(http1_push::H2_PREFACE) {
                 io.on_read_closed(closed_tx, upgraded.clone());
+                io.limit_stalled_writes(write_limit.clone(), upgraded.clone());
             }
             // Boxed: only connections served by hyper pay for its state.
-            Box::pin(self.serve_hyper(io, kill, closed_rx, upgraded)).await;
+            Box::pin(self.serve_hyper(io, kill, closed_rx, upgraded, write_limit)).await;
         }
         metrics.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
     }
@@ -305,6 +311,7 @@ impl Conn {
         kill: Arc<Notify>,
         read_closed: tokio::sync::watch::Receiver<bool>,
         upgraded: Arc<std::sync::atomic::AtomicBool>,
+        write_limit: Arc<std::sync::atomic::AtomicU64>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -330,8 +337,16 @@ impl Conn {
                 }
                 req.extensions_mut().insert(http1.clone());
             }
+            let write_limit = (!http2).then(|| write_limit.clone());
             async move {
                 let resp = router.oneshot(req.map(Body::new)).await?;
+                if let Some(limit) = write_limit {
+                    let deadline = resp
+                        .extensions()
+                        .get::<herald_http::connection::WriteDeadline>()
+                        .map_or(http1_push::WRITE_TIMEOUT, |d| d.0);
+                    limit.store(deadline.as_millis() as u64, Ordering::Relaxed);
+                }
                 Ok::<_, std::convert::Infallible>(match stream_kill {
                     Some(kill) => stream_end::end_on_kill(resp, kill),
                     None => resp,

@@ -90,6 +90,75 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
     drop(stalled);
 }
 
+/// The same on a connection hyper serves (its first request is one the
+/// direct path does not take): hyper has no write timeout of its own, the
+/// stream under it gives the answer's write deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_answer_on_a_connection_hyper_serves_is_dropped_at_the_write_deadline() {
+    let http = HttpConfig {
+        write_timeout: Duration::from_secs(1),
+        poll_max_bytes: 32 * 1024 * 1024,
+        ..quick_http()
+    };
+    let s = TestServer::start_with(HubConfig::default(), http).await;
+    let start = s
+        .client
+        .poll(&["big-hyper"], None, Duration::ZERO)
+        .await
+        .unwrap()
+        .cursor;
+    let topic = Topic::new("big-hyper").unwrap();
+    let mb = "x".repeat(1_000_000);
+    for _ in 0..12 {
+        s.hub
+            .publish(NewEvent::new(topic.clone(), Data::from_json(&json!(mb))))
+            .await
+            .unwrap();
+    }
+    let m = s.server_metrics.clone();
+    let open_now = || {
+        m.tcp_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let base = open_now();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let c = sock.connect(s.addr).await.unwrap();
+    let mut r = BufReader::new(c);
+    // `GET /healthz` is hyper's: the connection is hyper's from then on.
+    r.get_mut()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(answer_in_time(&mut r, "healthz").await.status, 200);
+    r.get_mut()
+        .write_all(
+            format!(
+                "GET /v1/poll?topic=big-hyper&cursor={}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+                pct(&start)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Not read from now on: dropped once a write has not progressed for 1 s.
+    let started = Instant::now();
+    let deadline = started + WAIT;
+    while open_now() > base {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection is still open after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "dropped at the deadline, not before: {:?}",
+        started.elapsed()
+    );
+    drop(r);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_requests_split_anywhere_are_answered_the_same() {
     // The accept loop's head reader and its hand-over to hyper, over a real

@@ -1,9 +1,13 @@
 //! The connection's stream as hyper sees it: the bytes already read put
 //! back in front, and hyper's empty automatic refusals given the JSON body.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use super::response::automatic_answer;
 use crate::shutdown::DrainToken;
@@ -24,6 +28,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// It may carry the server's [`DrainToken`], so that whoever ends up with
 /// the socket (hyper, or the WebSocket hyper upgrades it to) holds off the
 /// end of a graceful shutdown until it is done with it.
+///
+/// It may fail writes that make no progress within a deadline
+/// ([`Rewind::limit_stalled_writes`]): hyper has no write timeout of its
+/// own, so without it a client that stops reading would hold its
+/// connection, and the kernel's send buffer, for good.
 pub(crate) struct Rewind<I> {
     prefix: Bytes,
     inner: I,
@@ -36,10 +45,12 @@ pub(crate) struct Rewind<I> {
     drain: Option<DrainToken>,
     /// Told when a read finds the end of input (the peer closed or
     /// half-closed), for the handlers of requests hyper serves.
-    read_closed: Option<(
-        tokio::sync::watch::Sender<bool>,
-        std::sync::Arc<std::sync::atomic::AtomicBool>,
-    )>,
+    read_closed: Option<(tokio::sync::watch::Sender<bool>, Arc<AtomicBool>)>,
+    /// The write deadline in milliseconds (see
+    /// [`Rewind::limit_stalled_writes`]), and the timer of the write that
+    /// is waiting now.
+    write_limit: Option<(Arc<AtomicU64>, Arc<AtomicBool>)>,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I> Rewind<I> {
@@ -51,6 +62,54 @@ impl<I> Rewind<I> {
             replacing: None,
             drain: None,
             read_closed: None,
+            write_limit: None,
+            stalled: None,
+        }
+    }
+
+    /// From now on a write or flush that makes no progress for `limit`
+    /// milliseconds (read at the moment it starts waiting; the caller sets
+    /// it to the write deadline of the answer being written) fails with
+    /// `TimedOut`, and hyper then drops the connection with all it held, as
+    /// the direct path does. Not once `upgraded` is set: the upgraded
+    /// protocol (a WebSocket) times its own writes.
+    pub(crate) fn limit_stalled_writes(
+        &mut self,
+        limit: Arc<AtomicU64>,
+        upgraded: Arc<AtomicBool>,
+    ) {
+        self.write_limit = Some((limit, upgraded));
+    }
+
+    /// `r`, a write's or a flush's outcome, failed with `TimedOut` once the
+    /// write has waited past the deadline; the timer starts when a write
+    /// first waits and stops when one progresses.
+    fn stall_check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let limit = match &self.write_limit {
+            Some((limit, upgraded)) if r.is_pending() && !upgraded.load(Ordering::Relaxed) => {
+                limit.load(Ordering::Relaxed)
+            }
+            _ => {
+                self.stalled = None;
+                return r;
+            }
+        };
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(limit))));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "a write made no progress within the write deadline",
+                )))
+            }
+            Poll::Pending => r,
         }
     }
 
@@ -67,7 +126,7 @@ impl<I> Rewind<I> {
     pub(crate) fn on_read_closed(
         &mut self,
         tx: tokio::sync::watch::Sender<bool>,
-        upgraded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        upgraded: Arc<AtomicBool>,
     ) {
         self.read_closed = Some((tx, upgraded));
     }
@@ -91,7 +150,7 @@ impl<I: AsyncRead + Unpin> Rewind<I> {
         let watching = self
             .read_closed
             .as_ref()
-            .is_some_and(|(_, up)| !up.load(std::sync::atomic::Ordering::Relaxed));
+            .is_some_and(|(_, up)| !up.load(Ordering::Relaxed));
         if !watching || self.eof || self.prefix.len() >= PEEK_MAX {
             return;
         }
@@ -202,10 +261,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
                 self.replacing = Some((answer, buf.len()));
             }
         }
-        if self.replacing.is_some() {
-            return self.poll_replace(cx);
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = if self.replacing.is_some() {
+            self.poll_replace(cx)
+        } else {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        };
+        self.stall_check(cx, r)
     }
 
     fn poll_write_vectored(
@@ -214,7 +275,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         if self.replacing.is_some() {
-            return self.poll_replace(cx);
+            let r = self.poll_replace(cx);
+            return self.stall_check(cx, r);
         }
         // An automatic answer is one head alone.
         let mut non_empty = bufs.iter().filter(|b| !b.is_empty());
@@ -224,7 +286,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
                 return self.poll_write(cx, first);
             }
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stall_check(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -237,12 +300,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
                 return Poll::Ready(Err(e));
             }
             if self.replacing.is_some() {
-                return Poll::Pending;
+                return self.stall_check(cx, Poll::Pending);
             }
         }
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         self.watch_end(cx);
-        r
+        self.stall_check(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
