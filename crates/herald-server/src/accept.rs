@@ -204,6 +204,18 @@ fn authority_as_host<B>(req: &mut Request<B>) {
     }
 }
 
+/// The write deadline of a connection hyper serves over HTTP/1.1, shared
+/// between the service (which knows each answer) and the stream under
+/// hyper (which times the writes): see `Rewind::limit_stalled_writes`.
+#[derive(Clone)]
+struct WriteLimit {
+    /// The deadline of the answer being written, in milliseconds.
+    millis: Arc<std::sync::atomic::AtomicU64>,
+    /// An answer switched protocols (101): the upgraded protocol times its
+    /// own writes from then on.
+    switched: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// One accepted connection.
 struct Conn {
     builder: Arc<Builder<TokioExecutor>>,
@@ -291,13 +303,18 @@ impl Conn {
             let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
             let upgraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
             // The write deadline of the answer being written (hyper has no
-            // write timeout): its `WriteDeadline`, else the default.
-            let write_limit = Arc::new(std::sync::atomic::AtomicU64::new(
-                http1_push::WRITE_TIMEOUT.as_millis() as u64,
-            ));
+            // write timeout): its `WriteDeadline`, else the default; off
+            // once an answer switches protocols (101), not merely when a
+            // request asks to.
+            let write_limit = WriteLimit {
+                millis: Arc::new(std::sync::atomic::AtomicU64::new(
+                    http1_push::WRITE_TIMEOUT.as_millis() as u64,
+                )),
+                switched: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            };
             if !io.starts_with(http1_push::H2_PREFACE) {
                 io.on_read_closed(closed_tx, upgraded.clone());
-                io.limit_stalled_writes(write_limit.clone(), upgraded.clone());
+                io.limit_stalled_writes(write_limit.millis.clone(), write_limit.switched.clone());
             }
             // Boxed: only connections served by hyper pay for its state.
             Box::pin(self.serve_hyper(io, kill, closed_rx, upgraded, write_limit)).await;
@@ -311,7 +328,7 @@ impl Conn {
         kill: Arc<Notify>,
         read_closed: tokio::sync::watch::Receiver<bool>,
         upgraded: Arc<std::sync::atomic::AtomicBool>,
-        write_limit: Arc<std::sync::atomic::AtomicU64>,
+        write_limit: WriteLimit,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -345,7 +362,12 @@ impl Conn {
                         .extensions()
                         .get::<herald_http::connection::WriteDeadline>()
                         .map_or(http1_push::WRITE_TIMEOUT, |d| d.0);
-                    limit.store(deadline.as_millis() as u64, Ordering::Relaxed);
+                    limit
+                        .millis
+                        .store(deadline.as_millis() as u64, Ordering::Relaxed);
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        limit.switched.store(true, Ordering::Relaxed);
+                    }
                 }
                 Ok::<_, std::convert::Infallible>(match stream_kill {
                     Some(kill) => stream_end::end_on_kill(resp, kill),

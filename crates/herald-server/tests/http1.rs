@@ -92,7 +92,8 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
 
 /// The same on a connection hyper serves (its first request is one the
 /// direct path does not take): hyper has no write timeout of its own, the
-/// stream under it gives the answer's write deadline.
+/// stream under it gives the answer's write deadline, and a request that
+/// asks for an upgrade it does not get does not turn that off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_answer_on_a_connection_hyper_serves_is_dropped_at_the_write_deadline() {
     let http = HttpConfig {
@@ -126,8 +127,9 @@ async fn a_stalled_answer_on_a_connection_hyper_serves_is_dropped_at_the_write_d
     let c = sock.connect(s.addr).await.unwrap();
     let mut r = BufReader::new(c);
     // `GET /healthz` is hyper's: the connection is hyper's from then on.
+    // Asking for an upgrade that is not granted leaves the deadline on.
     r.get_mut()
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(answer_in_time(&mut r, "healthz").await.status, 200);

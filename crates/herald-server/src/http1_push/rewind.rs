@@ -71,14 +71,15 @@ impl<I> Rewind<I> {
     /// milliseconds (read at the moment it starts waiting; the caller sets
     /// it to the write deadline of the answer being written) fails with
     /// `TimedOut`, and hyper then drops the connection with all it held, as
-    /// the direct path does. Not once `upgraded` is set: the upgraded
-    /// protocol (a WebSocket) times its own writes.
+    /// the direct path does. Not once `switched` is set (an answer
+    /// switched protocols): the upgraded protocol (a WebSocket) times its
+    /// own writes.
     pub(crate) fn limit_stalled_writes(
         &mut self,
         limit: Arc<AtomicU64>,
-        upgraded: Arc<AtomicBool>,
+        switched: Arc<AtomicBool>,
     ) {
-        self.write_limit = Some((limit, upgraded));
+        self.write_limit = Some((limit, switched));
     }
 
     /// `r`, a write's or a flush's outcome, failed with `TimedOut` once the
@@ -90,7 +91,7 @@ impl<I> Rewind<I> {
         r: Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
         let limit = match &self.write_limit {
-            Some((limit, upgraded)) if r.is_pending() && !upgraded.load(Ordering::Relaxed) => {
+            Some((limit, switched)) if r.is_pending() && !switched.load(Ordering::Relaxed) => {
                 limit.load(Ordering::Relaxed)
             }
             _ => {
