@@ -933,7 +933,9 @@ impl Engine for RedisEngine {
     }
 
     /// Ready while at least one master serving slots answers `PING` and
-    /// its pub/sub connection is up. With one master of a cluster down,
+    /// its pub/sub connection and a publish connection are up (after an
+    /// outage the pools reconnect one by one: ready means a publish is
+    /// taken). With one master of a cluster down,
     /// its topics answer 503 while the others work, and the node stays
     /// ready: every node shares that master, and taking them all out of a
     /// load balancer at once would refuse every topic. Not ready when the
@@ -954,6 +956,10 @@ impl Engine for RedisEngine {
                         "redis {} pub/sub is not connected",
                         node.addr
                     )));
+                    continue;
+                }
+                if let Err(e) = node.publish_client() {
+                    last = Some(e);
                     continue;
                 }
                 match node.client() {
