@@ -17,10 +17,10 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use wire::{answer_in_time, pct, WAIT};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
-    // Answers larger than the kernel's socket buffers (4 MiB at most here),
-    // so that the writes block.
+/// A server with a 1 s write deadline whose `topic` holds 12 MB of events
+/// after the returned cursor: a poll's answer larger than the kernel's
+/// socket buffers (4 MiB at most here), so that its writes block.
+async fn stalling_server(topic: &str) -> (TestServer, String) {
     let http = HttpConfig {
         write_timeout: Duration::from_secs(1),
         poll_max_bytes: 32 * 1024 * 1024,
@@ -29,18 +29,24 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
     let s = TestServer::start_with(HubConfig::default(), http).await;
     let start = s
         .client
-        .poll(&["big"], None, Duration::ZERO)
+        .poll(&[topic], None, Duration::ZERO)
         .await
         .unwrap()
         .cursor;
-    let topic = Topic::new("big").unwrap();
+    let t = Topic::new(topic).unwrap();
     let mb = "x".repeat(1_000_000);
     for _ in 0..12 {
         s.hub
-            .publish(NewEvent::new(topic.clone(), Data::from_json(&json!(mb))))
+            .publish(NewEvent::new(t.clone(), Data::from_json(&json!(mb))))
             .await
             .unwrap();
     }
+    (s, start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
+    let (s, start) = stalling_server("big").await;
     let m = s.server_metrics.clone();
     // The client's own pooled connection stays open.
     let base = m
@@ -96,26 +102,7 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
 /// asks for an upgrade it does not get does not turn that off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_answer_on_a_connection_hyper_serves_is_dropped_at_the_write_deadline() {
-    let http = HttpConfig {
-        write_timeout: Duration::from_secs(1),
-        poll_max_bytes: 32 * 1024 * 1024,
-        ..quick_http()
-    };
-    let s = TestServer::start_with(HubConfig::default(), http).await;
-    let start = s
-        .client
-        .poll(&["big-hyper"], None, Duration::ZERO)
-        .await
-        .unwrap()
-        .cursor;
-    let topic = Topic::new("big-hyper").unwrap();
-    let mb = "x".repeat(1_000_000);
-    for _ in 0..12 {
-        s.hub
-            .publish(NewEvent::new(topic.clone(), Data::from_json(&json!(mb))))
-            .await
-            .unwrap();
-    }
+    let (s, start) = stalling_server("big-hyper").await;
     let m = s.server_metrics.clone();
     let open_now = || {
         m.tcp_connections_open
