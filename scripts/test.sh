@@ -3,6 +3,9 @@
 # formatting, clippy with warnings as errors, and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-shot run gains nothing from incremental compilation, whose caches
+# would double target/ (1.8 GiB of 4.2 GiB); set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
