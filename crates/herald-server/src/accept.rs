@@ -204,7 +204,7 @@ fn authority_as_host<B>(req: &mut Request<B>) {
     }
 }
 
-/// The write deadline of a connection hyper serves over HTTP/1.1, shared
+/// The write deadline of a connection hyper serves, shared
 /// between the service (which knows each answer) and the stream under
 /// hyper (which times the writes): see `Rewind::limit_stalled_writes`.
 #[derive(Clone)]
@@ -303,9 +303,14 @@ impl Conn {
             let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
             let upgraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
             // The write deadline of the answer being written (hyper has no
-            // write timeout): its `WriteDeadline`, else the default; off
-            // once an answer switches protocols (101), not merely when a
-            // request asks to.
+            // write timeout): its `WriteDeadline`, else the default; over
+            // HTTP/1.1 off once an answer switches protocols (101), not
+            // merely when a request asks to. Over HTTP/2 on for the
+            // connection's whole life: a peer that stops reading its socket
+            // stalls every stream (and the PINGs and GOAWAY queued behind
+            // them), which no healthy HTTP/2 client does; a stream a client
+            // stops reading without stalling the socket fills its
+            // flow-control window instead, and the slow-consumer rule ends it.
             let write_limit = WriteLimit {
                 millis: Arc::new(std::sync::atomic::AtomicU64::new(
                     http1_push::WRITE_TIMEOUT.as_millis() as u64,
@@ -314,8 +319,8 @@ impl Conn {
             };
             if !io.starts_with(http1_push::H2_PREFACE) {
                 io.on_read_closed(closed_tx, upgraded.clone());
-                io.limit_stalled_writes(write_limit.millis.clone(), write_limit.switched.clone());
             }
+            io.limit_stalled_writes(write_limit.millis.clone(), write_limit.switched.clone());
             // Boxed: only connections served by hyper pay for its state.
             Box::pin(self.serve_hyper(io, kill, closed_rx, upgraded, write_limit)).await;
         }
@@ -354,20 +359,20 @@ impl Conn {
                 }
                 req.extensions_mut().insert(http1.clone());
             }
-            let write_limit = (!http2).then(|| write_limit.clone());
+            let limit = write_limit.clone();
             async move {
                 let resp = router.oneshot(req.map(Body::new)).await?;
-                if let Some(limit) = write_limit {
-                    let deadline = resp
-                        .extensions()
-                        .get::<herald_http::connection::WriteDeadline>()
-                        .map_or(http1_push::WRITE_TIMEOUT, |d| d.0);
-                    limit
-                        .millis
-                        .store(deadline.as_millis() as u64, Ordering::Relaxed);
-                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        limit.switched.store(true, Ordering::Relaxed);
-                    }
+                // Over HTTP/2 the deadline of the latest answer holds for
+                // the connection: each is bounded, none turns it off.
+                let deadline = resp
+                    .extensions()
+                    .get::<herald_http::connection::WriteDeadline>()
+                    .map_or(http1_push::WRITE_TIMEOUT, |d| d.0);
+                limit
+                    .millis
+                    .store(deadline.as_millis() as u64, Ordering::Relaxed);
+                if !http2 && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    limit.switched.store(true, Ordering::Relaxed);
                 }
                 Ok::<_, std::convert::Infallible>(match stream_kill {
                     Some(kill) => stream_end::end_on_kill(resp, kill),

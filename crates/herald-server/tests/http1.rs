@@ -3,46 +3,20 @@
 //! cut anywhere get the answer they get whole. (Hostile clients against the
 //! binary: crates/herald/tests/http1.rs.)
 
+mod stall;
 #[path = "../../herald-http/tests/support/mod.rs"]
 mod support;
 mod wire;
 
 use std::time::{Duration, Instant};
 
-use herald_core::{Data, HubConfig, NewEvent, Topic};
-use herald_http::HttpConfig;
+use herald_core::{HubConfig, Topic};
 use serde_json::json;
+use stall::stalling_server;
 use support::{quick_http, TestServer};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use wire::{answer_in_time, pct, WAIT};
-
-/// A server with a 1 s write deadline whose `topic` holds 12 MB of events
-/// after the returned cursor: a poll's answer larger than the kernel's
-/// socket buffers (4 MiB at most here), so that its writes block.
-async fn stalling_server(topic: &str) -> (TestServer, String) {
-    let http = HttpConfig {
-        write_timeout: Duration::from_secs(1),
-        poll_max_bytes: 32 * 1024 * 1024,
-        ..quick_http()
-    };
-    let s = TestServer::start_with(HubConfig::default(), http).await;
-    let start = s
-        .client
-        .poll(&[topic], None, Duration::ZERO)
-        .await
-        .unwrap()
-        .cursor;
-    let t = Topic::new(topic).unwrap();
-    let mb = "x".repeat(1_000_000);
-    for _ in 0..12 {
-        s.hub
-            .publish(NewEvent::new(t.clone(), Data::from_json(&json!(mb))))
-            .await
-            .unwrap();
-    }
-    (s, start)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_poll_is_dropped_at_the_write_deadline() {

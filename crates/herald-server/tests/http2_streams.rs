@@ -1,8 +1,10 @@
 //! HTTP/2 streams under the resource rules: a stream dropped as a slow
 //! consumer frees its queue and connection slot at once and is reset, and a
 //! same-origin cookie WebSocket is accepted although HTTP/2 sends
-//! `:authority` instead of `Host`.
+//! `:authority` instead of `Host`, and a connection whose client stops
+//! reading its socket is dropped at the write deadline.
 
+mod stall;
 #[path = "../../herald-http/tests/support/mod.rs"]
 mod support;
 mod wire;
@@ -19,7 +21,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use support::{quick_http, TestServer};
-use wire::{get_h2, h2_over, Sender, Windows};
+use wire::{get_h2, h2_over, pct, Sender, Windows};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &[u8] = b"http2-streams-secret-0123456789abcdef";
@@ -197,4 +199,97 @@ async fn a_same_origin_cookie_websocket_over_http2_is_accepted() {
         let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
         assert_eq!(v["type"], "subscribed", "{v}");
     }
+}
+
+/// A socket that stops being read after its first `left` bytes: a client
+/// that stops reading mid-answer, its kernel buffer as small as it goes.
+struct StopsReading {
+    inner: tokio::net::TcpStream,
+    left: usize,
+}
+
+impl tokio::io::AsyncRead for StopsReading {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            // Never woken: nothing is read from this socket again.
+            return std::task::Poll::Pending;
+        }
+        let mut chunk = vec![0u8; self.left.min(buf.remaining()).min(8192)];
+        let mut part = tokio::io::ReadBuf::new(&mut chunk);
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut part);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            let n = part.filled().len();
+            buf.put_slice(part.filled());
+            self.left -= n;
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for StopsReading {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 has flow control per stream, but a client that stops reading its
+/// socket stalls the whole connection (its PINGs and a GOAWAY queue behind
+/// the data): hyper has no write timeout, and the stream under it drops
+/// the connection once a write has made no progress for the deadline, as
+/// over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_client_stops_reading_is_dropped_at_the_write_deadline() {
+    let (s, start) = stall::stalling_server("big-h2").await;
+    let m = s.server_metrics.clone();
+    let open_now = || m.tcp_connections_open.load(Ordering::Relaxed);
+    let base = open_now();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(s.addr).await.unwrap();
+    // Windows as large as HTTP/2 allows: flow control never holds the
+    // answer back, only the stalled socket does.
+    let max = (1u32 << 31) - 1;
+    let windows = Windows {
+        stream: max,
+        connection: Some(max),
+    };
+    let io = StopsReading {
+        inner: tcp,
+        left: 64 * 1024,
+    };
+    let mut sender = h2_over(io, windows).await;
+    let path = format!("/v1/poll?topic=big-h2&cursor={}&timeout=0", pct(&start));
+    let resp = get(&mut sender, s.addr, &path).await;
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    wait_until("the stalled HTTP/2 connection was dropped", || {
+        open_now() < base + 1
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "dropped at the deadline, not before: {:?}",
+        started.elapsed()
+    );
+    drop(resp);
 }

@@ -1,0 +1,37 @@
+//! A server whose answers are too large for the kernel's socket buffers,
+//! for the tests of clients that stop reading (HTTP/1.1 and HTTP/2).
+
+use std::time::Duration;
+
+use herald_core::{Data, HubConfig, NewEvent, Topic};
+use herald_http::HttpConfig;
+use serde_json::json;
+
+use crate::support::{quick_http, TestServer};
+
+/// A server with a 1 s write deadline whose `topic` holds 12 MB of events
+/// after the returned cursor: a poll's answer larger than the kernel's
+/// socket buffers (4 MiB at most here), so that its writes block.
+pub async fn stalling_server(topic: &str) -> (TestServer, String) {
+    let http = HttpConfig {
+        write_timeout: Duration::from_secs(1),
+        poll_max_bytes: 32 * 1024 * 1024,
+        ..quick_http()
+    };
+    let s = TestServer::start_with(HubConfig::default(), http).await;
+    let start = s
+        .client
+        .poll(&[topic], None, Duration::ZERO)
+        .await
+        .unwrap()
+        .cursor;
+    let t = Topic::new(topic).unwrap();
+    let mb = "x".repeat(1_000_000);
+    for _ in 0..12 {
+        s.hub
+            .publish(NewEvent::new(t.clone(), Data::from_json(&json!(mb))))
+            .await
+            .unwrap();
+    }
+    (s, start)
+}
