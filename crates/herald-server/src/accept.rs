@@ -51,6 +51,7 @@ use tower::ServiceExt;
 use crate::http1_push::{self, Answered, First, Rewind, MAX_HEAD, MAX_HEADERS};
 use crate::metrics::ServerMetrics;
 use crate::shutdown::{Drain, DrainWatch};
+use crate::socket::Socket;
 use crate::stream_end;
 use crate::tls::Tls;
 
@@ -139,6 +140,7 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
+        let stream = Socket::new(stream);
         metrics
             .tcp_connections_total
             .fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,8 @@
 //!   body comes with its head; its request-head reading and
 //!   response encoding are pure functions apart from the socket loop.
 //! - `shutdown`: the drain channel that graceful shutdown waits on.
+//! - `socket`: the accepted socket, reset (not closed) when dropped while
+//!   a write is blocked.
 //! - `stream_end`: ending one HTTP/2 event stream of a slow consumer.
 //! - [`tls`]: rustls, ALPN, certificate reload, self-signed certificates.
 //! - [`metrics`]: TCP and TLS counters, shown by `/metrics`.
@@ -44,6 +46,7 @@ pub mod accept;
 mod http1_push;
 pub mod metrics;
 mod shutdown;
+mod socket;
 mod stream_end;
 pub mod tls;
 

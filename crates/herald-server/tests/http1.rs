@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use herald_core::{HubConfig, Topic};
 use serde_json::json;
-use stall::stalling_server;
+use stall::{read_to_end, stalling_server};
 use support::{quick_http, TestServer};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -67,7 +67,15 @@ async fn a_stalled_poll_is_dropped_at_the_write_deadline() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(stalled);
+    // Reset, not closed: the unsent answer is not left in the kernel.
+    for mut c in stalled {
+        let end = read_to_end(&mut c, WAIT).await;
+        assert_eq!(
+            end.as_ref().map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{end:?}"
+        );
+    }
 }
 
 /// The same on a connection hyper serves (its first request is one the
@@ -119,7 +127,12 @@ async fn a_stalled_answer_on_a_connection_hyper_serves_is_dropped_at_the_write_d
         "dropped at the deadline, not before: {:?}",
         started.elapsed()
     );
-    drop(r);
+    let end = read_to_end(r.get_mut(), WAIT).await;
+    assert_eq!(
+        end.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

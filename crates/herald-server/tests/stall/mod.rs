@@ -1,5 +1,7 @@
 //! A server whose answers are too large for the kernel's socket buffers,
 //! for the tests of clients that stop reading (HTTP/1.1 and HTTP/2).
+// Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -34,4 +36,23 @@ pub async fn stalling_server(topic: &str) -> (TestServer, String) {
             .unwrap();
     }
     (s, start)
+}
+
+/// Reads `c` to its end (at most `wait`): how the server ended the
+/// connection. A server that drops a connection whose writes are blocked
+/// resets it (`ConnectionReset`) rather than leave its unsent bytes to
+/// trickle out before a FIN (`Ok` with the bytes read).
+pub async fn read_to_end(c: &mut tokio::net::TcpStream, wait: Duration) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = tokio::time::timeout(wait, async {
+        loop {
+            match c.read(&mut buf).await? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    });
+    read.await.expect("the connection did not end in time")
 }

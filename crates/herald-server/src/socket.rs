@@ -1,0 +1,96 @@
+//! The accepted TCP socket, reset rather than closed when it is dropped
+//! while a write is blocked.
+//!
+//! A connection is dropped with a write blocked when its client stopped
+//! reading: at the write deadline, as a slow consumer, or at the end of a
+//! shutdown's drain. Closed the usual way (FIN), the kernel would keep the
+//! orphaned socket in FIN-WAIT-1 with its whole send buffer (megabytes)
+//! for as long as the peer keeps acknowledging zero-window probes, so a
+//! client could hold that memory past its connection's end, one connection
+//! after another. With `SO_LINGER` 0 the close sends RST and frees it at
+//! once (RFC 9293, section 3.10.5: an abort). The bytes the peer had not
+//! read are lost either way. A socket whose writes all completed closes
+//! with FIN as usual.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// An accepted TCP stream that remembers whether its last write (or flush,
+/// or shutdown) was left waiting, and if so aborts the connection (RST)
+/// when dropped.
+pub(crate) struct Socket {
+    inner: TcpStream,
+    /// The last write, flush or shutdown returned `Pending`.
+    write_blocked: bool,
+}
+
+impl Socket {
+    pub(crate) fn new(inner: TcpStream) -> Self {
+        Socket {
+            inner,
+            write_blocked: false,
+        }
+    }
+
+    fn note<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.write_blocked = r.is_pending();
+        r
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.write_blocked {
+            let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(r)
+    }
+}
