@@ -26,7 +26,8 @@
 //! their way out to carry the same JSON error body. HTTP/2 requests without
 //! `Host` get one from their `:authority`, as an HTTP/1.1 request would
 //! carry it (RFC 9113, section 8.3.1), so that checks made against `Host`
-//! (a WebSocket's same-origin rule) work on both.
+//! (a WebSocket's same-origin rule) work on both. A request without
+//! exactly one `Host` is refused with 400 (RFC 9112, section 3.2).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -206,6 +207,24 @@ fn authority_as_host<B>(req: &mut Request<B>) {
     }
 }
 
+/// The refusal of a request that does not carry exactly one `Host`: 400
+/// `invalid_request` for an HTTP/1.1 request without one and for any
+/// request with more than one (RFC 9112, section 3.2). HTTP/1.0 may leave
+/// it out, and an HTTP/2 request has been given its `:authority` as `Host`
+/// ([`authority_as_host`]) before this.
+fn host_refusal<B>(req: &Request<B>) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {
+        let refusal = herald_http::ApiError::bad_request(
+            "invalid_request",
+            "a request must carry exactly one Host header (RFC 9112, section 3.2)",
+        );
+        return Some(refusal.into_response());
+    }
+    None
+}
+
 /// The write deadline of a connection hyper serves, shared
 /// between the service (which knows each answer) and the stream under
 /// hyper (which times the writes): see `Rewind::limit_stalled_writes`.
@@ -362,8 +381,12 @@ impl Conn {
                 req.extensions_mut().insert(http1.clone());
             }
             let limit = write_limit.clone();
+            let refusal = host_refusal(&req);
             async move {
-                let resp = router.oneshot(req.map(Body::new)).await?;
+                let resp = match refusal {
+                    Some(refusal) => refusal,
+                    None => router.oneshot(req.map(Body::new)).await?,
+                };
                 // Over HTTP/2 the deadline of the latest answer holds for
                 // the connection: each is bounded, none turns it off.
                 let deadline = resp

@@ -295,6 +295,58 @@ async fn heads_over_the_limit_get_431_with_the_json_body() {
     assert_eq!(a.json()["error"]["code"], "invalid_request");
 }
 
+/// RFC 9112, section 3.2: an HTTP/1.1 request without `Host`, and any
+/// request with two, get 400; on routes the direct path serves, on hyper's,
+/// and on a later request of a connection hyper serves. HTTP/1.0 may leave
+/// it out.
+#[tokio::test]
+async fn requests_without_exactly_one_host_get_400() {
+    let h = Herald::start(&[]);
+    let body = r#"{"topic":"hosts","data":1}"#;
+    let publish = |hosts: &str| {
+        format!(
+            "POST /v1/publish HTTP/1.1\r\n{hosts}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (req, what) in [
+        ("GET /v1/sse?topic=hosts HTTP/1.1\r\n\r\n".to_owned(), "sse, no Host"),
+        (
+            "GET /v1/poll?topic=hosts&timeout=0 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned(),
+            "poll, two Hosts",
+        ),
+        (publish(""), "publish, no Host"),
+        (publish("Host: a\r\nhost: a\r\n"), "publish, two Hosts"),
+        ("GET /healthz HTTP/1.1\r\n\r\n".to_owned(), "healthz, no Host"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/poll?topic=hosts&timeout=0 HTTP/1.1\r\n\r\n".to_owned(),
+            "a later request, no Host",
+        ),
+    ] {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut r = BufReader::new(s);
+        if what.starts_with("a later") {
+            assert_eq!(answer_in_time(&mut r, what).await.status, 200, "{what}");
+        }
+        let a = answer_in_time(&mut r, what).await;
+        assert_eq!(a.status, 400, "{what}");
+        assert_eq!(a.header("content-type"), Some("application/json"), "{what}");
+        assert_eq!(a.json()["error"]["code"], "invalid_request", "{what}");
+    }
+    // Nothing refused was published.
+    let history = h
+        .client
+        .poll_with(&["hosts"], None, Duration::ZERO, &[("since", "earliest")])
+        .await
+        .unwrap();
+    assert!(history.events.is_empty(), "{:?}", history.events);
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+    let a = answer_in_time(&mut BufReader::new(&mut s), "HTTP/1.0").await;
+    assert_eq!(a.status, 200, "HTTP/1.0 without Host");
+}
+
 #[tokio::test]
 async fn the_documented_topic_limits_fit_in_a_head() {
     let h = Herald::start(&[]);

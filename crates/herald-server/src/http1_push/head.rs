@@ -28,10 +28,11 @@ const MERCURE_PATH: &str = "/.well-known/mercure";
 const PUBLISH_PATH: &str = "/v1/publish";
 
 /// What the parser says of the bytes read so far.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Head {
-    /// A complete head of this many bytes.
-    Complete(usize),
+    /// A complete head of this many bytes, and the request it is when the
+    /// push path serves it (see [`Direct`]); `None`: hyper serves it.
+    Complete(usize, Option<Box<Direct>>),
     /// A complete head whose request target is over [`MAX_URI`] bytes.
     UriTooLong,
     /// More bytes are needed.
@@ -47,7 +48,9 @@ pub(crate) enum Head {
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Classifies `buf`, the start of a connection's next request.
+/// Classifies `buf`, the start of a connection's next request, in one
+/// parse: whether it holds a complete head, whether that is over the
+/// limits, and whether it is a request the push path serves.
 pub(crate) fn head_status(buf: &[u8]) -> Head {
     const PREFACE: &[u8] = H2_PREFACE;
     let n = buf.len().min(PREFACE.len());
@@ -65,7 +68,7 @@ pub(crate) fn head_status(buf: &[u8]) -> Head {
         Ok(httparse::Status::Complete(_)) if req.path.is_some_and(|p| p.len() > MAX_URI) => {
             Head::UriTooLong
         }
-        Ok(httparse::Status::Complete(n)) => Head::Complete(n),
+        Ok(httparse::Status::Complete(n)) => Head::Complete(n, direct(&req)),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Head::TooLarge,
         Ok(httparse::Status::Partial) => Head::Partial,
         Err(httparse::Error::TooManyHeaders) => Head::TooLarge,
@@ -77,49 +80,45 @@ pub(crate) fn head_status(buf: &[u8]) -> Head {
 /// whose body is longer, or not yet wholly read with its head, goes to hyper.
 pub(crate) const MAX_DIRECT_BODY: usize = 16 * 1024;
 
-/// The body length of a complete request head that is an HTTP/1.1
-/// `POST /v1/publish` with one valid `content-length` of at most
-/// [`MAX_DIRECT_BODY`] bytes (the publishes [`parse_direct_request`] serves
-/// once their body is read); `None` for any other head.
-pub(crate) fn publish_length(head: &[u8]) -> Option<usize> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return None;
-    }
-    if req.method != Some("POST")
-        || req.version != Some(1)
-        || req.path?.split('?').next() != Some(PUBLISH_PATH)
-    {
-        return None;
-    }
-    let mut lengths = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
-    let value = lengths.next()?.value;
-    if lengths.next().is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let len: usize = std::str::from_utf8(value).ok()?.parse().ok()?;
-    (len <= MAX_DIRECT_BODY).then_some(len)
+/// A request the push path serves: an HTTP/1.1 `GET /v1/sse`,
+/// `GET /v1/poll` or `GET /.well-known/mercure` (a Mercure subscriber) with
+/// no body and no upgrade, or a `POST /v1/publish` with one
+/// `content-length` of at most [`MAX_DIRECT_BODY`] bytes, once its whole
+/// body has been read with its head ([`Direct::with_body`]; a publisher's
+/// head and body usually arrive in one segment). Each has exactly one
+/// `Host` (RFC 9112, section 3.2). Anything else is hyper's, errors
+/// included: a chunked body, `expect: 100-continue`, a malformed or
+/// repeated length, a missing or repeated `Host` (refused there with 400).
+#[derive(Debug)]
+pub(crate) struct Direct {
+    /// The request's head.
+    pub(crate) head: http::Request<()>,
+    /// Its body's length in bytes (0 for a `GET`).
+    pub(crate) body_len: usize,
 }
 
-/// An HTTP/1.1 `GET /v1/sse`, `GET /v1/poll` or `GET /.well-known/mercure`
-/// (a Mercure subscriber) with no body and no upgrade, or a
-/// `POST /v1/publish` with one `content-length` of at most
-/// [`MAX_DIRECT_BODY`] bytes whose whole body is already in `buf` (a
-/// publisher's head and body usually arrive in one segment), as a request
-/// for the router, and the bytes of `buf` it used (head and body); `None`
-/// for anything else (hyper handles it, errors included: a chunked body,
-/// `expect: 100-continue`, a malformed or repeated length).
-pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let used = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return None,
-    };
+impl Direct {
+    /// The request with its body, taken from `buf` after its `head_len`-byte
+    /// head, and how many bytes of `buf` it used (head and body); `None`
+    /// while the body is not all in `buf`.
+    pub(crate) fn with_body(
+        self,
+        buf: &[u8],
+        head_len: usize,
+    ) -> Option<(http::Request<Body>, usize)> {
+        let end = head_len + self.body_len;
+        let body = buf.get(head_len..end)?;
+        let body = if body.is_empty() {
+            Body::empty()
+        } else {
+            Body::from(bytes::Bytes::copy_from_slice(body))
+        };
+        Some((self.head.map(|()| body), end))
+    }
+}
+
+/// The [`Direct`] request a complete head is, if it is one.
+fn direct(req: &httparse::Request<'_, '_>) -> Option<Box<Direct>> {
     let path = req.path?;
     let route = path.split('?').next();
     if req.version != Some(1) {
@@ -137,13 +136,12 @@ pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, u
         _ => return None,
     };
     let mut length: Option<usize> = None;
-    let mut b = http::Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .version(http::Version::HTTP_11);
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") && method == http::Method::POST {
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("content-length") && method == http::Method::POST {
             // RFC 9110, section 8.6: one decimal length, nothing else.
             if length.is_some() || h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -156,22 +154,50 @@ pub(crate) fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, u
         {
             return None;
         }
-        b = b.header(name, h.value);
     }
-    let body = match (method, length) {
-        (http::Method::GET, _) => Body::empty(),
-        (_, Some(len)) if len <= MAX_DIRECT_BODY && buf.len() - used >= len => {
-            let body = Body::from(bytes::Bytes::copy_from_slice(&buf[used..used + len]));
-            return b.body(body).ok().map(|r| (r, used + len));
-        }
+    let body_len = match (&method, length) {
+        _ if hosts != 1 => return None,
+        (&http::Method::GET, _) => 0,
+        (_, Some(len)) if len <= MAX_DIRECT_BODY => len,
         _ => return None,
     };
-    b.body(body).ok().map(|r| (r, used))
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .version(http::Version::HTTP_11);
+    for h in req.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    let head = b.body(()).ok()?;
+    Some(Box::new(Direct { head, body_len }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request and the bytes it used, when `buf` holds a direct one whole.
+    fn parse_direct_request(buf: &[u8]) -> Option<(http::Request<Body>, usize)> {
+        match head_status(buf) {
+            Head::Complete(n, Some(d)) => d.with_body(buf, n),
+            _ => None,
+        }
+    }
+
+    /// The body length of a complete head that is a direct publish.
+    fn publish_length(head: &[u8]) -> Option<usize> {
+        match head_status(head) {
+            Head::Complete(_, Some(d)) if d.head.method() == http::Method::POST => Some(d.body_len),
+            _ => None,
+        }
+    }
+
+    fn complete(buf: &[u8]) -> Option<usize> {
+        match head_status(buf) {
+            Head::Complete(n, _) => Some(n),
+            _ => None,
+        }
+    }
 
     #[test]
     fn only_plain_sse_gets_through() {
@@ -183,10 +209,12 @@ mod tests {
         assert_eq!(r.headers()["last-event-id"], "1");
         assert_eq!(n, 59);
         let (r, _) =
-            parse_direct_request(b"GET /v1/poll?topic=a&timeout=5 HTTP/1.1\r\n\r\n").unwrap();
+            parse_direct_request(b"GET /v1/poll?topic=a&timeout=5 HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
         assert_eq!(r.uri(), "/v1/poll?topic=a&timeout=5");
         let (r, _) =
-            parse_direct_request(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\n\r\n").unwrap();
+            parse_direct_request(b"GET /.well-known/mercure?topic=a HTTP/1.1\r\nhost: x\r\n\r\n")
+                .unwrap();
         assert_eq!(r.uri(), "/.well-known/mercure?topic=a");
         assert!(parse_direct_request(
             b"POST /.well-known/mercure HTTP/1.1\r\ncontent-length: 7\r\n\r\ntopic=a"
@@ -214,6 +242,10 @@ mod tests {
             b"GET /v1/sse HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET /v1/sse HTTP/1.1\r\n",
+            // RFC 9112, section 3.2: exactly one Host (hyper refuses the rest).
+            b"GET /v1/sse?topic=a HTTP/1.1\r\n\r\n",
+            b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: x\r\nHost: y\r\n\r\n",
+            b"POST /v1/publish HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}",
         ] {
             assert!(parse_direct_request(other).is_none(), "{other:?}");
         }
@@ -222,20 +254,21 @@ mod tests {
     #[test]
     fn a_publish_is_direct_only_with_its_whole_body() {
         let (r, n) = parse_direct_request(
-            b"POST /v1/publish?x=1 HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}GET",
+            b"POST /v1/publish?x=1 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}GET",
         )
         .unwrap();
         assert_eq!(r.method(), http::Method::POST);
         assert_eq!(r.uri(), "/v1/publish?x=1");
         assert_eq!(r.headers()["content-length"], "2");
-        assert_eq!(n, 86, "head and body used, the next request's bytes left");
-        let (r, n) =
-            parse_direct_request(b"POST /v1/publish HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
-                .unwrap();
+        assert_eq!(n, 95, "head and body used, the next request's bytes left");
+        let (r, n) = parse_direct_request(
+            b"POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(r.headers()["content-length"], "0");
-        assert_eq!(n, 48);
+        assert_eq!(n, 57);
         let mut big = format!(
-            "POST /v1/publish HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            "POST /v1/publish HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
             MAX_DIRECT_BODY + 1
         )
         .into_bytes();
@@ -248,7 +281,7 @@ mod tests {
 
     #[test]
     fn publish_lengths_are_those_of_direct_publishes() {
-        let head = |h: &str| format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n");
+        let head = |h: &str| format!("POST /v1/publish HTTP/1.1\r\nhost: x\r\n{h}\r\n");
         assert_eq!(
             publish_length(head("content-length: 900\r\n").as_bytes()),
             Some(900)
@@ -272,38 +305,35 @@ mod tests {
 
     #[test]
     fn head_completeness_is_the_parser_s() {
+        assert_eq!(complete(b"GET /healthz HTTP/1.1\nHost: x\n\n"), Some(31));
         assert_eq!(
-            head_status(b"GET /healthz HTTP/1.1\nHost: x\n\n"),
-            Head::Complete(31)
+            complete(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(34)
         );
-        assert_eq!(
-            head_status(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Head::Complete(34)
-        );
-        assert_eq!(
+        assert!(matches!(
             head_status(b"GET /healthz HTTP/1.1\nHost: x\n"),
             Head::Partial
-        );
-        assert_eq!(head_status(b"GET /heal"), Head::Partial);
-        assert_eq!(head_status(b"PRI * HTTP/2.0\r\n"), Head::Partial);
-        assert_eq!(
+        ));
+        assert!(matches!(head_status(b"GET /heal"), Head::Partial));
+        assert!(matches!(head_status(b"PRI * HTTP/2.0\r\n"), Head::Partial));
+        assert!(matches!(
             head_status(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Head::Other
-        );
-        assert_eq!(head_status(b"\x16\x03\x01\x02\x00"), Head::Other);
+        ));
+        assert!(matches!(head_status(b"\x16\x03\x01\x02\x00"), Head::Other));
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert_eq!(head_status(&many), Head::TooLarge);
+        assert!(matches!(head_status(&many), Head::TooLarge));
         let mut long = b"GET /v1/sse?topic=".to_vec();
         long.resize(MAX_HEAD, b'a');
-        assert_eq!(head_status(&long), Head::TooLarge);
+        assert!(matches!(head_status(&long), Head::TooLarge));
         let mut uri = b"GET /v1/sse?topic=".to_vec();
         uri.resize("GET ".len() + MAX_URI + 1, b'a');
         uri.extend_from_slice(b" HTTP/1.1\r\n\r\n");
-        assert_eq!(head_status(&uri), Head::UriTooLong);
+        assert!(matches!(head_status(&uri), Head::UriTooLong));
         let (r, n) =
             parse_direct_request(b"GET /v1/poll?topic=a HTTP/1.1\nHost: x\n\nnext").unwrap();
         assert_eq!(r.uri(), "/v1/poll?topic=a");

@@ -73,7 +73,7 @@ use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
 pub(crate) use head::H2_PREFACE;
-use head::{head_status, parse_direct_request, publish_length, Head};
+use head::{head_status, Head};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
 use response::{chunk_size_line, framing, response_head, Fields, LAST_CHUNK};
 pub(crate) use rewind::Rewind;
@@ -128,7 +128,7 @@ where
             }
             // Parse only when a line may have ended.
             if !buf[before..].contains(&b'\n') && buf.len() < MAX_HEAD {
-                if head_status(&buf[..buf.len().min(24)]) == Head::Other {
+                if matches!(head_status(&buf[..buf.len().min(24)]), Head::Other) {
                     return Some(Head::Other);
                 }
                 continue;
@@ -146,28 +146,24 @@ where
     match status {
         Head::TooLarge => First::TooLarge,
         Head::UriTooLong => First::UriTooLong,
-        Head::Complete(head) => {
-            take_ready_body(io, &mut buf, head);
-            match parse_direct_request(&buf) {
+        Head::Complete(head, Some(direct)) => {
+            take_ready_body(io, &mut buf, head + direct.body_len);
+            match direct.with_body(&buf, head) {
                 Some((req, used)) => {
                     First::Direct(Box::new(req), Bytes::copy_from_slice(&buf[used..]))
                 }
                 None => First::Other(Bytes::from(buf)),
             }
         }
-        Head::Partial | Head::Other => First::Other(Bytes::from(buf)),
+        Head::Complete(_, None) | Head::Partial | Head::Other => First::Other(Bytes::from(buf)),
     }
 }
 
-/// When `buf` holds the complete `head_len`-byte head of a publish the
-/// direct path may serve ([`publish_length`]) but not yet all of its body,
-/// takes what more of the body the socket already holds, without waiting
-/// (a body still on its way leaves the request to hyper, whose body
-/// reading and timeouts then apply).
-fn take_ready_body<I: AsyncRead + Unpin>(io: &mut I, buf: &mut Vec<u8>, head_len: usize) {
-    let Some(total) = publish_length(&buf[..head_len]).map(|len| head_len + len) else {
-        return;
-    };
+/// When `buf` holds less than the `total` bytes of a direct request's
+/// head and body (a publish, see [`head::Direct`]), takes what more of the
+/// body the socket already holds, without waiting (a body still on its way
+/// leaves the request to hyper, whose body reading and timeouts then apply).
+fn take_ready_body<I: AsyncRead + Unpin>(io: &mut I, buf: &mut Vec<u8>, total: usize) {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut scratch = [0u8; 4096];
     while buf.len() < total {
