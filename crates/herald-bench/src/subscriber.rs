@@ -95,7 +95,12 @@ pub(crate) struct Counter<'a> {
 impl Counter<'_> {
     /// Counts every marker in `bytes`; returns how many it found.
     pub(crate) fn bytes(&self, scan: &mut MarkerScanner, bytes: &[u8]) -> usize {
-        let now = self.shared.now_us();
+        self.bytes_at(scan, bytes, self.shared.now_us())
+    }
+
+    /// [`Counter::bytes`] for bytes that arrived at `now` (microseconds of
+    /// the run): the messages of one read share one clock reading.
+    pub(crate) fn bytes_at(&self, scan: &mut MarkerScanner, bytes: &[u8], now: u64) -> usize {
         let mut st = self.stats.borrow_mut();
         let mut found = 0;
         scan.feed(bytes, |seq, sent| {
@@ -308,16 +313,18 @@ fn frames(
     acks_needed: &mut usize,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    let now = c.shared.now_us();
     ws_messages(pending, bytes, out, |payload| {
-        if *acks_needed > 0 && wire::find(payload, b"\"subscribed\"").is_some() {
-            *acks_needed -= 1;
-        } else if wire::find(payload, b"\"error\"").is_some()
-            && payload.first() == Some(&b'{')
-            && *acks_needed > 0
-        {
-            bail!("subscribe refused: {}", String::from_utf8_lossy(payload));
+        // Only while subscribing: events are not searched for these.
+        if *acks_needed > 0 {
+            if wire::find(payload, b"\"subscribed\"").is_some() {
+                *acks_needed -= 1;
+            } else if payload.first() == Some(&b'{') && wire::find(payload, b"\"error\"").is_some()
+            {
+                bail!("subscribe refused: {}", String::from_utf8_lossy(payload));
+            }
         }
-        c.bytes(scan, payload);
+        c.bytes_at(scan, payload, now);
         Ok(())
     })
 }
@@ -325,31 +332,47 @@ fn frames(
 /// Parses every complete frame of `pending` + `bytes` and keeps the rest in
 /// `pending`: data frames go to `on_data`, a ping gets its pong appended to
 /// `out`, a close frame is an error (the run did not end it).
+///
+/// A frame begun in an earlier read is completed with only the bytes it
+/// needs; the rest are parsed where they are (copying each read behind a
+/// partial frame cost the load generator more than the server's write).
 pub(crate) fn ws_messages(
     pending: &mut Vec<u8>,
-    bytes: &[u8],
+    mut bytes: &[u8],
     out: &mut Vec<u8>,
     mut on_data: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    let owned;
-    let data: &[u8] = if pending.is_empty() {
-        bytes
-    } else {
-        pending.extend_from_slice(bytes);
-        owned = std::mem::take(pending);
-        &owned
-    };
-    let mut at = 0;
-    while let Some((f, n)) = wire::parse_ws_frame(&data[at..]).map_err(|e| anyhow!(e))? {
-        at += n;
+    let mut on_frame = |f: wire::WsFrame<'_>| -> Result<()> {
         match f.opcode {
             0..=2 => on_data(f.payload)?,
             8 => bail!("server closed the WebSocket: {:?}", close_reason(f.payload)),
             9 => out.extend_from_slice(&wire::ws_client_frame(0xA, f.payload)),
             _ => {}
         }
+        Ok(())
+    };
+    while !pending.is_empty() {
+        // The frame's whole length once its header is in; until then, one
+        // more byte of the header at a time.
+        let want = wire::ws_frame_len(pending).unwrap_or(pending.len() + 1);
+        let take = want.saturating_sub(pending.len()).min(bytes.len());
+        pending.extend_from_slice(&bytes[..take]);
+        bytes = &bytes[take..];
+        match wire::parse_ws_frame(pending).map_err(|e| anyhow!(e))? {
+            Some((f, n)) => {
+                on_frame(f)?;
+                pending.drain(..n);
+            }
+            None if bytes.is_empty() => return Ok(()),
+            None => {}
+        }
     }
-    pending.extend_from_slice(&data[at..]);
+    let mut at = 0;
+    while let Some((f, n)) = wire::parse_ws_frame(&bytes[at..]).map_err(|e| anyhow!(e))? {
+        at += n;
+        on_frame(f)?;
+    }
+    pending.extend_from_slice(&bytes[at..]);
     Ok(())
 }
 
@@ -461,6 +484,82 @@ async fn poll<T>(
                 h.last_modified.unwrap_or_default(),
                 h.etag.unwrap_or_default(),
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 0xffff => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Frames of each header size, a ping and an empty frame, cut into
+    /// reads at every point (and in pieces of every size up to 300 bytes),
+    /// give the same messages and pongs as the stream read whole.
+    #[test]
+    fn frames_split_across_reads_are_parsed_whole() {
+        let payloads: Vec<Vec<u8>> = vec![
+            b"abc".to_vec(),
+            vec![b'x'; 200],
+            vec![],
+            vec![b'y'; 70_000],
+            b"{\"type\":\"event\"}".to_vec(),
+        ];
+        let mut wire = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            wire.extend(server_frame(1, p));
+            if i == 1 {
+                wire.extend(server_frame(9, b"ping"));
+            }
+        }
+        let run = |cuts: &mut dyn Iterator<Item = usize>| {
+            let (mut pending, mut out, mut got) = (Vec::new(), Vec::new(), Vec::new());
+            let mut at = 0;
+            while at < wire.len() {
+                let n = cuts.next().unwrap().clamp(1, wire.len() - at);
+                ws_messages(&mut pending, &wire[at..at + n], &mut out, |p| {
+                    got.push(p.to_vec());
+                    Ok(())
+                })
+                .unwrap();
+                at += n;
+            }
+            assert!(pending.is_empty());
+            (got, out)
+        };
+        let (whole, pong) = run(&mut std::iter::repeat(wire.len()));
+        assert_eq!(whole, payloads);
+        assert_eq!(pong, wire::ws_client_frame(0xA, b"ping"));
+        for cut in 1..wire.len().min(400) {
+            let mut cuts = [cut, wire.len()].into_iter();
+            assert_eq!(
+                run(&mut cuts),
+                (whole.clone(), pong.clone()),
+                "cut at {cut}"
+            );
+        }
+        for piece in 1..300 {
+            assert_eq!(
+                run(&mut std::iter::repeat(piece)),
+                (whole.clone(), pong.clone()),
+                "pieces of {piece}"
+            );
         }
     }
 }

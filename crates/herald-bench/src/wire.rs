@@ -248,6 +248,20 @@ pub struct WsFrame<'a> {
     pub payload: &'a [u8],
 }
 
+/// The whole length in bytes (header and payload) of the server frame
+/// starting `buf`, once its header is complete; `None` before.
+pub fn ws_frame_len(buf: &[u8]) -> Option<usize> {
+    let (len, at): (usize, usize) = match *buf.get(1)? & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(b)).ok()?, 10)
+        }
+        n => (n as usize, 2),
+    };
+    at.checked_add(len)
+}
+
 /// Parses one frame at the start of `buf`. `Ok(None)`: incomplete.
 /// `Ok(Some((frame, len)))`: the frame and the bytes it took.
 pub fn parse_ws_frame(buf: &[u8]) -> Result<Option<(WsFrame<'_>, usize)>, String> {

@@ -86,6 +86,12 @@ pub(super) struct Connection {
     pub(super) client: Option<Box<str>>,
     /// Present on these subscribed presence topics.
     pub(super) presence: Vec<(herald_core::Topic, herald_core::PresenceGuard)>,
+    /// tungstenite may hold bytes not yet written: set when a read
+    /// returns (reading a ping or a close queues the reply, which later
+    /// reads write as they can), cleared once a flush completes. Deliveries
+    /// flush first only then, so that their frames start on a frame
+    /// boundary without a flush per event batch.
+    unflushed: bool,
     /// The connection slot and the connection gauge, released with it.
     _held: (Slot, herald_core::metrics::ConnectionGuard),
 }
@@ -160,6 +166,7 @@ impl Connection {
             deadline: None,
             client: None,
             presence: Vec::new(),
+            unflushed: false,
             _held: (slot, guard),
         };
         let mut refused = None;
@@ -188,6 +195,7 @@ async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
             // `next` is cancel-safe: a frame read in part stays buffered.
             msg = c.ws.next() => {
                 last_seen = Instant::now();
+                c.unflushed = true;
                 // Boxed: handling a client message (subscribe, publish) is a
                 // large future, and every idle connection's task would
                 // otherwise be sized for it.
@@ -259,7 +267,11 @@ impl Connection {
 
     pub(super) async fn send(&mut self, m: Message) -> Outcome {
         match timeout(self.app.config.write_timeout, self.ws.send(m)).await {
-            Ok(Ok(())) => Outcome::Continue,
+            Ok(Ok(())) => {
+                // `send` flushes: tungstenite holds nothing now.
+                self.unflushed = false;
+                Outcome::Continue
+            }
             _ => Outcome::Gone,
         }
     }
@@ -306,14 +318,21 @@ impl Connection {
     async fn write_deliveries(&mut self, first: Delivery) -> Outcome {
         // Whatever tungstenite holds (a reply, a pong) goes out whole first,
         // so that the frames written below start on a frame boundary.
-        if self.ws.flush().await.is_err() {
-            return Outcome::Gone;
+        if self.unflushed {
+            if self.ws.flush().await.is_err() {
+                return Outcome::Gone;
+            }
+            self.unflushed = false;
         }
-        let mut frames: Vec<Bytes> = Vec::new();
+        // The common case, one event and nothing else queued, is written
+        // without a list (no allocation per event per subscriber).
+        let mut one: Option<Bytes> = None;
+        let mut more: Vec<Bytes> = Vec::new();
+        let mut count = 0;
         let mut closed = None;
         let mut next = Some(first);
         while let Some(d) = next.take() {
-            match d {
+            let frame = match d {
                 Delivery::Event(e) => {
                     self.app
                         .hub
@@ -321,20 +340,30 @@ impl Connection {
                         .events_delivered
                         .fetch_add(1, Ordering::Relaxed);
                     e.link_current_span();
-                    frames.push(e.ws_frame().clone());
+                    e.ws_frame().clone()
                 }
                 // Rare, and with this subscription's own cursor: framed here.
-                Delivery::Gap(g) => frames.push(ws_frame::text_frame(&g.json())),
+                Delivery::Gap(g) => ws_frame::text_frame(&g.json()),
                 Delivery::Closed(reason) => {
                     closed = Some(reason);
                     break;
                 }
+            };
+            count += 1;
+            match one.take() {
+                None if more.is_empty() => one = Some(frame),
+                held => more.extend(held.into_iter().chain([frame])),
             }
-            if frames.len() < self.app.config.max_coalesce && self.sub.queued() > 0 {
+            if count < self.app.config.max_coalesce && self.sub.queued() > 0 {
                 next = self.sub.next_ready().await;
             }
         }
-        if write_frames(self.ws.get_mut(), &frames).await.is_err() {
+        let io = self.ws.get_mut();
+        let written = match one {
+            Some(frame) => write_frames(io, std::slice::from_ref(&frame)).await,
+            None => write_frames(io, &more).await,
+        };
+        if written.is_err() {
             return Outcome::Gone;
         }
         match closed {
@@ -352,12 +381,31 @@ impl Connection {
     }
 }
 
+/// The most bytes of queued frames gathered into one buffer per write.
+const GATHER_MAX: usize = 16 * 1024;
+
 /// Writes `frames` whole and in order, as few vectored writes as the socket
 /// takes (a write may take part of a frame: the next one resumes there),
 /// then flushes (TLS holds its records until then).
 async fn write_frames<W: AsyncWrite + Unpin>(io: &mut W, frames: &[Bytes]) -> io::Result<()> {
     if frames.is_empty() {
         return Ok(());
+    }
+    if let [frame] = frames {
+        io.write_all(frame).await?;
+        return io.flush().await;
+    }
+    // Small frames are gathered into one buffer first: the kernel copies
+    // one contiguous slice much faster than many small ones (measured at
+    // 10k subscribers, where the per-slice copy cost dominated the write).
+    let total: usize = frames.iter().map(|f| f.len()).sum();
+    if total <= GATHER_MAX {
+        let mut gathered = Vec::with_capacity(total);
+        for f in frames {
+            gathered.extend_from_slice(f);
+        }
+        io.write_all(&gathered).await?;
+        return io.flush().await;
     }
     // At most this many slices per write, well under any system's IOV_MAX.
     const MAX_SLICES: usize = 64;
