@@ -132,6 +132,19 @@ impl<I> Rewind<I> {
         self.read_closed = Some((tx, upgraded));
     }
 
+    /// Once an answer has switched protocols (101), no HTTP handler will
+    /// wait for the end of input again: the channel that tells them goes,
+    /// with its memory (about 340 bytes per WebSocket for its whole life).
+    fn release_after_switch(&mut self) {
+        let switched = self
+            .write_limit
+            .as_ref()
+            .is_some_and(|(_, switched)| switched.load(Ordering::Relaxed));
+        if switched {
+            self.read_closed = None;
+        }
+    }
+
     fn saw_end(&mut self) {
         if let Some((tx, _)) = &self.read_closed {
             tx.send_replace(true);
@@ -206,6 +219,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.read_closed.is_some() {
+            self.release_after_switch();
+        }
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);

@@ -136,3 +136,29 @@ proptest::proptest! {
         }
     }
 }
+
+/// Once an answer has switched protocols, the next read lets go of the
+/// end-of-input channel (its receivers see it closed); before, it is kept.
+#[tokio::test]
+async fn the_end_of_input_channel_goes_once_an_answer_switches_protocols() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (mut client, server) = tokio::io::duplex(64);
+    let mut io = Rewind::new(bytes::Bytes::new(), server);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let upgraded = Arc::new(AtomicBool::new(false));
+    let switched = Arc::new(AtomicBool::new(false));
+    io.on_read_closed(tx, upgraded.clone());
+    io.limit_stalled_writes(Arc::new(AtomicU64::new(30_000)), switched.clone());
+    let mut buf = [0u8; 8];
+    client.write_all(b"a").await.unwrap();
+    assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+    assert!(rx.has_changed().is_ok(), "kept while HTTP is spoken");
+    upgraded.store(true, Ordering::Relaxed);
+    switched.store(true, Ordering::Relaxed);
+    client.write_all(b"b").await.unwrap();
+    assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+    assert!(rx.has_changed().is_err(), "released after the switch");
+}
