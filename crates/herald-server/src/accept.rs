@@ -400,7 +400,7 @@ impl Conn {
                     limit.switched.store(true, Ordering::Relaxed);
                 }
                 Ok::<_, std::convert::Infallible>(match stream_kill {
-                    Some(kill) => stream_end::end_on_kill(resp, kill),
+                    Some(kill) => stream_end::end_on_kill(resp, kill, deadline),
                     None => resp,
                 })
             }

@@ -293,3 +293,37 @@ async fn a_connection_whose_client_stops_reading_is_dropped_at_the_write_deadlin
     );
     drop(resp);
 }
+
+/// A stream whose client keeps its window closed while it reads the
+/// connection (the connection's writes progress, its PINGs are answered)
+/// is dropped once it has made no progress for the write deadline, with
+/// what it held (here a back-fill of megabytes); a stream its client reads
+/// stays, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_window_stays_closed_is_dropped_at_the_write_deadline() {
+    let (s, _) = stall::stalling_server("big-window").await;
+    let m = s.hub.metrics().clone();
+    let mut conn = h2(s.addr, 64 * 1024).await;
+    let stalled = get(&mut conn, s.addr, "/v1/sse?topic=big-window&since=earliest").await;
+    assert_eq!(stalled.status(), 200);
+    let read = get(&mut conn, s.addr, "/v1/sse?topic=quiet").await;
+    assert_eq!(read.status(), 200);
+    let reader = tokio::spawn(async move {
+        let mut body = read.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
+    });
+    wait_until("both streams open", || m.open(Transport::Sse) == 2).await;
+    let started = Instant::now();
+    wait_until("the stalled stream dropped", || m.open(Transport::Sse) == 1).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "dropped at the deadline, not before: {:?}",
+        started.elapsed()
+    );
+    // The stream that is read stays through several deadlines.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(m.open(Transport::Sse), 1, "the read stream stays");
+    assert!(!reader.is_finished());
+    drop(stalled);
+    reader.abort();
+}
