@@ -70,6 +70,13 @@ pub struct ServeOptions {
     /// Where the accept loop counts TCP connections and failed TLS
     /// handshakes; `/metrics` shows them. Keep a clone to read them.
     pub metrics: Arc<ServerMetrics>,
+    /// How long the kernel keeps trying to send what a connection still
+    /// had unsent when it was closed (its answer fitted in the socket's
+    /// buffer, the peer reads nothing): the socket's `TCP_USER_TIMEOUT`
+    /// (RFC 5482), set as it closes. `None`: 30 s, the default write
+    /// deadline. Without it such an orphaned socket holds its send buffer
+    /// for as long as the peer acknowledges the kernel's probes.
+    pub close_timeout: Option<Duration>,
 }
 
 /// Serves `router` in cleartext (HTTP/1.1 and h2c) until `shutdown`
@@ -141,7 +148,10 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let stream = Socket::new(stream);
+        let stream = Socket::new(
+            stream,
+            options.close_timeout.unwrap_or(http1_push::WRITE_TIMEOUT),
+        );
         metrics
             .tcp_connections_total
             .fetch_add(1, Ordering::Relaxed);

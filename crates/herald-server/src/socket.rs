@@ -10,7 +10,10 @@
 //! after another. With `SO_LINGER` 0 the close sends RST and frees it at
 //! once (RFC 9293, section 3.10.5: an abort). The bytes the peer had not
 //! read are lost either way. A socket whose writes all completed closes
-//! with FIN as usual.
+//! with FIN as usual, with a `TCP_USER_TIMEOUT` (RFC 5482) set first: what
+//! it still has unsent when the peer reads nothing (an answer that fitted
+//! in the send buffer) is given up on after that long, instead of holding
+//! the buffer for as long as the peer acknowledges the kernel's probes.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -27,13 +30,16 @@ pub(crate) struct Socket {
     inner: TcpStream,
     /// The last write, flush or shutdown returned `Pending`.
     write_blocked: bool,
+    /// The `TCP_USER_TIMEOUT` set as the socket closes gracefully.
+    close_timeout: Duration,
 }
 
 impl Socket {
-    pub(crate) fn new(inner: TcpStream) -> Self {
+    pub(crate) fn new(inner: TcpStream, close_timeout: Duration) -> Self {
         Socket {
             inner,
             write_blocked: false,
+            close_timeout,
         }
     }
 
@@ -45,8 +51,11 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        let socket = socket2::SockRef::from(&self.inner);
         if self.write_blocked {
-            let _ = socket2::SockRef::from(&self.inner).set_linger(Some(Duration::ZERO));
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        } else {
+            let _ = socket.set_tcp_user_timeout(Some(self.close_timeout));
         }
     }
 }

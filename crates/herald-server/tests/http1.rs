@@ -10,7 +10,7 @@ mod wire;
 
 use std::time::{Duration, Instant};
 
-use herald_core::{HubConfig, Topic};
+use herald_core::{Data, HubConfig, NewEvent, Topic};
 use serde_json::json;
 use stall::{read_to_end, stalling_server};
 use support::{quick_http, TestServer};
@@ -248,4 +248,59 @@ async fn a_stream_after_another_request_ends_when_the_client_closes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The state (`/proc/net/tcp`'s `st`, hex) of the server's side of the
+/// loopback connection between `server` and `client` ports, if it exists.
+fn server_side_state(server: u16, client: u16) -> Option<String> {
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (port(f[1]) == Some(server) && port(f[2]) == Some(client)).then(|| f[3].to_owned())
+        })
+}
+
+/// An answer that fits in the server's send buffer completes its write,
+/// and the connection closes (`Connection: close`) with it unsent to a
+/// client that reads nothing. The kernel keeps such an orphan in
+/// FIN-WAIT-1, with its buffer, for as long as the client acknowledges its
+/// probes; the close timeout (here the 1 s write deadline) gives up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_left_unsent_at_close_is_given_up_after_the_close_timeout() {
+    let (s, _) = stalling_server("unused").await;
+    let fits = Topic::new("fits").unwrap();
+    let data = Data::from_json(&json!("x".repeat(1_000_000)));
+    s.hub.publish(NewEvent::new(fits, data)).await.unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = sock.connect(s.addr).await.unwrap();
+    c.write_all(
+        b"GET /v1/poll?topic=fits&since=earliest&timeout=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (server, client) = (s.addr.port(), c.local_addr().unwrap().port());
+    const FIN_WAIT1: &str = "04";
+    let deadline = Instant::now() + WAIT;
+    while server_side_state(server, client).as_deref() != Some(FIN_WAIT1) {
+        assert!(
+            Instant::now() < deadline,
+            "the answer was not left unsent at close: {:?}",
+            server_side_state(server, client)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let orphaned = Instant::now();
+    while let Some(state) = server_side_state(server, client) {
+        assert!(
+            orphaned.elapsed() < WAIT,
+            "the orphan is still there ({state}) after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
 }

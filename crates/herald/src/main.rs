@@ -307,9 +307,11 @@ async fn serve(mut settings: Settings) -> anyhow::Result<()> {
         extra = extra.merge(examples::router(dir));
         tokio::spawn(examples::run_dashboard_generator(hub.clone()));
     }
+    let close_timeout = Some(settings.http.write_timeout);
     let router = herald_http::router_with(hub.clone(), settings.http, extra);
     let options = herald_server::ServeOptions {
         tls,
+        close_timeout,
         ..Default::default()
     };
     herald_server::serve_with(listener, router, hub, options, shutdown_signal()).await?;

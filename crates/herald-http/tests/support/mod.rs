@@ -161,7 +161,10 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let router = herald_http::router(hub.clone(), http_config.clone());
         let (tx, rx) = oneshot::channel::<()>();
-        let options = herald_server::ServeOptions::default();
+        let options = herald_server::ServeOptions {
+            close_timeout: Some(http_config.write_timeout),
+            ..Default::default()
+        };
         let server_metrics = options.metrics.clone();
         let task = tokio::spawn({
             let hub = hub.clone();
