@@ -217,22 +217,47 @@ fn authority_as_host<B>(req: &mut Request<B>) {
     }
 }
 
-/// The refusal of a request that does not carry exactly one `Host`: 400
-/// `invalid_request` for an HTTP/1.1 request without one and for any
-/// request with more than one (RFC 9112, section 3.2). HTTP/1.0 may leave
-/// it out, and an HTTP/2 request has been given its `:authority` as `Host`
-/// ([`authority_as_host`]) before this.
+/// The refusal of a request without one valid `Host`, 400
+/// `invalid_request`: over HTTP/1.1 one without it, with more than one or
+/// with a value that is not a host and port (RFC 9112, section 3.2; see
+/// `host_is_valid`); over HTTP/2 one whose `Host` and `:authority` differ
+/// or that has neither (RFC 9113, section 8.3.1), and more than one `Host`
+/// on any version. HTTP/1.0 may leave it out. An HTTP/2 request has been
+/// given its `:authority` as `Host` ([`authority_as_host`]) before this.
 fn host_refusal<B>(req: &Request<B>) -> Option<axum::response::Response> {
     use axum::response::IntoResponse;
-    let hosts = req.headers().get_all(http::header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {
-        let refusal = herald_http::ApiError::bad_request(
-            "invalid_request",
-            "a request must carry exactly one Host header (RFC 9112, section 3.2)",
-        );
-        return Some(refusal.into_response());
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    let refusal = |message: &'static str| {
+        Some(herald_http::ApiError::bad_request("invalid_request", message).into_response())
+    };
+    if hosts.next().is_some() {
+        return refusal("a request must carry exactly one Host header (RFC 9112, section 3.2)");
     }
-    None
+    if req.version() == hyper::Version::HTTP_2 {
+        let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+        return match (host.map(|h| h.as_bytes()), authority) {
+            (None, None) => {
+                refusal("an HTTP/2 request must carry :authority or Host (RFC 9113, section 8.3.1)")
+            }
+            (Some(h), Some(a)) if h != a => {
+                refusal("Host and :authority must not differ (RFC 9113, section 8.3.1)")
+            }
+            (Some(h), _) if !http1_push::host_is_valid(h) => {
+                refusal("the Host header is not a host and port (RFC 9113, section 8.3.1)")
+            }
+            _ => None,
+        };
+    }
+    match host {
+        None if req.version() == hyper::Version::HTTP_11 => {
+            refusal("a request must carry exactly one Host header (RFC 9112, section 3.2)")
+        }
+        Some(h) if !http1_push::host_is_valid(h.as_bytes()) => {
+            refusal("the Host header is not a host and port (RFC 9112, section 3.2)")
+        }
+        _ => None,
+    }
 }
 
 /// The write deadline of a connection hyper serves, shared

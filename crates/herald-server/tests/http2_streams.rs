@@ -327,3 +327,26 @@ async fn a_stream_whose_window_stays_closed_is_dropped_at_the_write_deadline() {
     drop(stalled);
     reader.abort();
 }
+
+/// RFC 9113, section 8.3.1: an HTTP/2 request whose `Host` differs from its
+/// `:authority` is refused with 400; the same `Host` is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_differs_from_the_authority_is_refused() {
+    let s = TestServer::start().await;
+    let mut conn = h2(s.addr, 64 * 1024).await;
+    let authority = format!("localhost:{}", s.addr.port());
+    for (host, status) in [("elsewhere.example", 400), (authority.as_str(), 200)] {
+        conn.ready().await.unwrap();
+        let req = hyper::Request::get(format!("http://{authority}/healthz"))
+            .header(http::header::HOST, host)
+            .body(Empty::new())
+            .unwrap();
+        let resp = conn.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), status, "Host {host}");
+        if status == 400 {
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "invalid_request");
+        }
+    }
+}

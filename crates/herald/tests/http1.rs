@@ -295,8 +295,8 @@ async fn heads_over_the_limit_get_431_with_the_json_body() {
     assert_eq!(a.json()["error"]["code"], "invalid_request");
 }
 
-/// RFC 9112, section 3.2: an HTTP/1.1 request without `Host`, and any
-/// request with two, get 400; on routes the direct path serves, on hyper's,
+/// RFC 9112, section 3.2: an HTTP/1.1 request without `Host`, any request
+/// with two, and one whose `Host` is not a host and port, get 400; on routes the direct path serves, on hyper's,
 /// and on a later request of a connection hyper serves. HTTP/1.0 may leave
 /// it out.
 #[tokio::test]
@@ -318,6 +318,15 @@ async fn requests_without_exactly_one_host_get_400() {
         (publish(""), "publish, no Host"),
         (publish("Host: a\r\nhost: a\r\n"), "publish, two Hosts"),
         ("GET /healthz HTTP/1.1\r\n\r\n".to_owned(), "healthz, no Host"),
+        (
+            "GET /v1/sse?topic=hosts HTTP/1.1\r\nHost: a, b\r\n\r\n".to_owned(),
+            "sse, a Host list",
+        ),
+        (publish("Host: a, b\r\n"), "publish, a Host list"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: user@a\r\n\r\n".to_owned(),
+            "healthz, userinfo in Host",
+        ),
         (
             "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/poll?topic=hosts&timeout=0 HTTP/1.1\r\n\r\n".to_owned(),
             "a later request, no Host",

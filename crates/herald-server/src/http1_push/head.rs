@@ -117,6 +117,16 @@ impl Direct {
     }
 }
 
+/// Whether `value` is a `Host` field value Herald accepts: `uri-host
+/// [":" port]` (RFC 9112, section 3.2; RFC 3986, section 3.2), or empty.
+/// A comma list (what merging two `Host` lines gives) and userinfo are
+/// refused.
+pub(crate) fn host_is_valid(value: &[u8]) -> bool {
+    value.is_empty()
+        || (!value.iter().any(|&b| b == b',' || b == b'@')
+            && http::uri::Authority::try_from(value).is_ok())
+}
+
 /// The [`Direct`] request a complete head is, if it is one.
 fn direct(req: &httparse::Request<'_, '_>) -> Option<Box<Direct>> {
     let path = req.path?;
@@ -140,6 +150,9 @@ fn direct(req: &httparse::Request<'_, '_>) -> Option<Box<Direct>> {
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
+            if !host_is_valid(h.value) {
+                return None;
+            }
             hosts += 1;
         } else if name.eq_ignore_ascii_case("content-length") && method == http::Method::POST {
             // RFC 9110, section 8.6: one decimal length, nothing else.
@@ -189,6 +202,22 @@ mod tests {
         match head_status(head) {
             Head::Complete(_, Some(d)) if d.head.method() == http::Method::POST => Some(d.body_len),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            &b""[..],
+            b"x",
+            b"example.com:8080",
+            b"127.0.0.1",
+            b"[::1]:80",
+        ] {
+            assert!(host_is_valid(ok), "{ok:?}");
+        }
+        for bad in [&b"a, b"[..], b"a,b", b"u@a", b"a b", b"a\tb", b"a/b"] {
+            assert!(!host_is_valid(bad), "{bad:?}");
         }
     }
 
@@ -246,6 +275,9 @@ mod tests {
             b"GET /v1/sse?topic=a HTTP/1.1\r\n\r\n",
             b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: x\r\nHost: y\r\n\r\n",
             b"POST /v1/publish HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}",
+            b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: a, b\r\n\r\n",
+            b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: u@a\r\n\r\n",
+            b"GET /v1/sse?topic=a HTTP/1.1\r\nhost: a b\r\n\r\n",
         ] {
             assert!(parse_direct_request(other).is_none(), "{other:?}");
         }

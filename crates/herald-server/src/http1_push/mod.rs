@@ -72,6 +72,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
+pub(crate) use head::host_is_valid;
 pub(crate) use head::H2_PREFACE;
 use head::{head_status, Head};
 pub use head::{MAX_HEAD, MAX_HEADERS, MAX_URI};
