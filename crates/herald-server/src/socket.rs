@@ -30,8 +30,10 @@ pub(crate) struct Socket {
     inner: TcpStream,
     /// The last write, flush or shutdown returned `Pending`.
     write_blocked: bool,
-    /// The `TCP_USER_TIMEOUT` set as the socket closes gracefully.
-    close_timeout: Duration,
+    /// The `TCP_USER_TIMEOUT` set as the socket closes gracefully, in
+    /// milliseconds (4 bytes, not a `Duration`'s 16: every connection's
+    /// task holds it).
+    close_timeout_ms: u32,
 }
 
 impl Socket {
@@ -39,7 +41,7 @@ impl Socket {
         Socket {
             inner,
             write_blocked: false,
-            close_timeout,
+            close_timeout_ms: u32::try_from(close_timeout.as_millis()).unwrap_or(u32::MAX),
         }
     }
 
@@ -55,7 +57,8 @@ impl Drop for Socket {
         if self.write_blocked {
             let _ = socket.set_linger(Some(Duration::ZERO));
         } else {
-            let _ = socket.set_tcp_user_timeout(Some(self.close_timeout));
+            let timeout = Duration::from_millis(self.close_timeout_ms.into());
+            let _ = socket.set_tcp_user_timeout(Some(timeout));
         }
     }
 }
