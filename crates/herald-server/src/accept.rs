@@ -240,7 +240,7 @@ fn host_refusal<B>(req: &Request<B>) -> Option<axum::response::Response> {
             (None, None) => {
                 refusal("an HTTP/2 request must carry :authority or Host (RFC 9113, section 8.3.1)")
             }
-            (Some(h), Some(a)) if h != a => {
+            (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => {
                 refusal("Host and :authority must not differ (RFC 9113, section 8.3.1)")
             }
             (Some(h), _) if !http1_push::host_is_valid(h) => {
@@ -366,7 +366,8 @@ impl Conn {
             // stalls every stream (and the PINGs and GOAWAY queued behind
             // them), which no healthy HTTP/2 client does; a stream a client
             // stops reading without stalling the socket fills its
-            // flow-control window instead, and the slow-consumer rule ends it.
+            // flow-control window instead, and the slow-consumer rule or
+            // the stream's own deadline (`stream_end`) ends it.
             let write_limit = WriteLimit {
                 millis: Arc::new(std::sync::atomic::AtomicU64::new(
                     http1_push::WRITE_TIMEOUT.as_millis() as u64,
@@ -416,6 +417,7 @@ impl Conn {
                 req.extensions_mut().insert(http1.clone());
             }
             let limit = write_limit.clone();
+            let connection_kill = http1.kill.clone();
             let refusal = host_refusal(&req);
             async move {
                 let resp = match refusal {
@@ -435,7 +437,7 @@ impl Conn {
                     limit.switched.store(true, Ordering::Relaxed);
                 }
                 Ok::<_, std::convert::Infallible>(match stream_kill {
-                    Some(kill) => stream_end::end_on_kill(resp, kill, deadline),
+                    Some(kill) => stream_end::end_on_kill(resp, kill, deadline, connection_kill),
                     None => resp,
                 })
             }

@@ -16,7 +16,13 @@
 //! megabytes) for good. A stream is stalled when its body handed hyper a
 //! frame and hyper has not asked for the next one since; the watcher looks
 //! once per deadline, and a stream stalled at two looks in a row (so for
-//! at least one deadline) is dropped as if killed.
+//! at least one deadline) is dropped with its whole connection: hyper has
+//! already handed that frame to the HTTP/2 layer, which keeps it (up to
+//! the size of an event, or of a back-fill's batch) until the stream is
+//! reset, and hyper resets a stream only when it polls its body, which it
+//! does not do while the window is closed. The client reconnects and
+//! resumes from its cursors; no healthy client keeps a stream's window
+//! closed for the deadline while it reads the connection.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,13 +35,15 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::Notify;
 
-/// `resp` with its body dropped when `kill` fires or when it stalls for
-/// `deadline` (see the module's text), if it is an event stream; other
-/// responses unchanged.
+/// `resp` with its body dropped when `kill` fires, or when it stalls for
+/// `deadline` (then `connection`, the connection's kill switch, fires too;
+/// see the module's text), if it is an event stream; other responses
+/// unchanged.
 pub(crate) fn end_on_kill(
     resp: http::Response<Body>,
     kill: Arc<Notify>,
     deadline: Duration,
+    connection: Option<Arc<Notify>>,
 ) -> http::Response<Body> {
     let is_stream = resp
         .headers()
@@ -66,7 +74,11 @@ pub(crate) fn end_on_kill(
         };
         tokio::select! {
             _ = kill.notified() => {}
-            _ = stalled => {}
+            _ = stalled => {
+                if let Some(connection) = &connection {
+                    connection.notify_one();
+                }
+            }
             _ = finished.notified() => return,
         }
         if let Some(slot) = watched.upgrade() {

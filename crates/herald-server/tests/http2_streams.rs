@@ -297,22 +297,26 @@ async fn a_connection_whose_client_stops_reading_is_dropped_at_the_write_deadlin
 /// A stream whose client keeps its window closed while it reads the
 /// connection (the connection's writes progress, its PINGs are answered)
 /// is dropped once it has made no progress for the write deadline, with
-/// what it held (here a back-fill of megabytes); a stream its client reads
-/// stays, on the same connection.
+/// its connection (the HTTP/2 layer keeps the frame it was handed until
+/// the stream is reset; here a back-fill of megabytes); a stream read on
+/// another connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_window_stays_closed_is_dropped_at_the_write_deadline() {
     let (s, _) = stall::stalling_server("big-window").await;
     let m = s.hub.metrics().clone();
+    let tcp = s.server_metrics.clone();
     let mut conn = h2(s.addr, 64 * 1024).await;
     let stalled = get(&mut conn, s.addr, "/v1/sse?topic=big-window&since=earliest").await;
     assert_eq!(stalled.status(), 200);
-    let read = get(&mut conn, s.addr, "/v1/sse?topic=quiet").await;
+    let mut other = h2(s.addr, 64 * 1024).await;
+    let read = get(&mut other, s.addr, "/v1/sse?topic=quiet").await;
     assert_eq!(read.status(), 200);
     let reader = tokio::spawn(async move {
         let mut body = read.into_body();
         while let Some(Ok(_)) = body.frame().await {}
     });
     wait_until("both streams open", || m.open(Transport::Sse) == 2).await;
+    let connections = tcp.tcp_connections_open.load(Ordering::Relaxed);
     let started = Instant::now();
     wait_until("the stalled stream dropped", || m.open(Transport::Sse) == 1).await;
     assert!(
@@ -320,6 +324,10 @@ async fn a_stream_whose_window_stays_closed_is_dropped_at_the_write_deadline() {
         "dropped at the deadline, not before: {:?}",
         started.elapsed()
     );
+    wait_until("its connection closed", || {
+        tcp.tcp_connections_open.load(Ordering::Relaxed) < connections
+    })
+    .await;
     // The stream that is read stays through several deadlines.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(m.open(Transport::Sse), 1, "the read stream stays");

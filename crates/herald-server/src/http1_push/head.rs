@@ -122,9 +122,24 @@ impl Direct {
 /// A comma list (what merging two `Host` lines gives) and userinfo are
 /// refused.
 pub(crate) fn host_is_valid(value: &[u8]) -> bool {
-    value.is_empty()
-        || (!value.iter().any(|&b| b == b',' || b == b'@')
-            && http::uri::Authority::try_from(value).is_ok())
+    if value.is_empty() {
+        return true;
+    }
+    if value.iter().any(|&b| b == b',' || b == b'@') {
+        return false;
+    }
+    // A port, when there is one, is a number that fits in 16 bits (the
+    // last colon outside an IPv6 literal's brackets starts it).
+    let port_ok = match value.iter().rposition(|&b| b == b':') {
+        Some(i) if !value[i..].contains(&b']') => {
+            let port = &value[i + 1..];
+            port.iter().all(u8::is_ascii_digit)
+                && (port.is_empty()
+                    || std::str::from_utf8(port).is_ok_and(|p| p.parse::<u16>().is_ok()))
+        }
+        _ => true,
+    };
+    port_ok && http::uri::Authority::try_from(value).is_ok()
 }
 
 /// The [`Direct`] request a complete head is, if it is one.
@@ -216,7 +231,18 @@ mod tests {
         ] {
             assert!(host_is_valid(ok), "{ok:?}");
         }
-        for bad in [&b"a, b"[..], b"a,b", b"u@a", b"a b", b"a\tb", b"a/b"] {
+        for bad in [
+            &b"a, b"[..],
+            b"a,b",
+            b"u@a",
+            b"a b",
+            b"a\tb",
+            b"a/b",
+            b"a:99999",
+            b"a:65536",
+            b"a:http",
+            b"a:+80",
+        ] {
             assert!(!host_is_valid(bad), "{bad:?}");
         }
     }
