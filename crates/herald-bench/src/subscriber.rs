@@ -492,23 +492,6 @@ async fn poll<T>(
 mod tests {
     use super::*;
 
-    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n if n <= 0xffff => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
-    }
-
     /// Frames of each header size, a ping and an empty frame, cut into
     /// reads at every point (and in pieces of every size up to 300 bytes),
     /// give the same messages and pongs as the stream read whole.
@@ -523,9 +506,9 @@ mod tests {
         ];
         let mut wire = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
-            wire.extend(server_frame(1, p));
+            wire.extend(wire::ws_server_frame(1, p));
             if i == 1 {
-                wire.extend(server_frame(9, b"ping"));
+                wire.extend(wire::ws_server_frame(9, b"ping"));
             }
         }
         let run = |cuts: &mut dyn Iterator<Item = usize>| {
