@@ -428,6 +428,7 @@ impl Shards {
                             }
                         }
                     }
+                    self.settle(&built).await;
                     self.install(built);
                     return;
                 }
@@ -437,6 +438,26 @@ impl Shards {
                     continue;
                 }
             }
+        }
+    }
+
+    /// Waits, up to the command timeout, for the connections of the
+    /// masters `ranges` brings into the layout (a promoted replica, a new
+    /// shard). Until they are up a read sent there fails at once with 503;
+    /// the masters they replace are down or no longer serve the slots, so
+    /// waiting here loses nothing. Masters already in the layout are not
+    /// waited for (one that is down must not hold up a layout change).
+    async fn settle(&self, ranges: &[Range]) {
+        let current = self.layout_nodes();
+        let mut fresh: Vec<&Arc<Node>> = ranges
+            .iter()
+            .map(|r| &r.node)
+            .filter(|n| !current.iter().any(|c| Arc::ptr_eq(c, n)))
+            .collect();
+        fresh.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let deadline = Instant::now() + self.settings.command_timeout;
+        while fresh.iter().any(|n| !n.fully_connected()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

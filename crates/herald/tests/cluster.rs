@@ -779,6 +779,9 @@ async fn replay(s: &TestServer, topic: &str, cursor: &str) -> (bool, Vec<u64>) {
             ns.push(n);
         }
     }
+    if let Some(end) = &sub.ended {
+        eprintln!("the replay's stream ended: {end}");
+    }
     (gap, ns)
 }
 
