@@ -56,7 +56,14 @@ impl Cursor {
         let key = topic.key();
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = position,
-            None => self.entries.push((key, position)),
+            None => {
+                // Doubling from one (see `Subscription::add`): a held
+                // poll keeps its cursor, most often of one topic.
+                if self.entries.len() == self.entries.capacity() {
+                    self.entries.reserve_exact(self.entries.len().max(1));
+                }
+                self.entries.push((key, position))
+            }
         }
     }
 
