@@ -328,6 +328,11 @@ async fn requests_without_exactly_one_host_get_400() {
             "healthz, userinfo in Host",
         ),
         (
+            "GET /v1/poll?topic=hosts&timeout=0 HTTP/1.1\r\nHost: [zz]:80\r\n\r\n".to_owned(),
+            "poll, a bracketed host that is not IPv6",
+        ),
+        (publish("Host: [127.0.0.1]\r\n"), "publish, an IPv4 address in brackets"),
+        (
             "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/poll?topic=hosts&timeout=0 HTTP/1.1\r\n\r\n".to_owned(),
             "a later request, no Host",
         ),

@@ -120,13 +120,24 @@ impl Direct {
 /// Whether `value` is a `Host` field value Herald accepts: `uri-host
 /// [":" port]` (RFC 9112, section 3.2; RFC 3986, section 3.2), or empty.
 /// A comma list (what merging two `Host` lines gives) and userinfo are
-/// refused.
+/// refused, and so is a bracketed host that is not an IPv6 address (an
+/// IP-literal, RFC 3986, section 3.2.2; `IPvFuture` is not accepted).
 pub(crate) fn host_is_valid(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
     if value.iter().any(|&b| b == b',' || b == b'@') {
         return false;
+    }
+    if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let ipv6 = std::str::from_utf8(&value[1..end])
+            .is_ok_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        if !ipv6 || value.get(end + 1).is_some_and(|&b| b != b':') {
+            return false;
+        }
     }
     // A port, when there is one, is a number that fits in 16 bits (the
     // last colon outside an IPv6 literal's brackets starts it).
@@ -228,6 +239,8 @@ mod tests {
             b"example.com:8080",
             b"127.0.0.1",
             b"[::1]:80",
+            b"[::1]",
+            b"[2001:db8::7]:443",
         ] {
             assert!(host_is_valid(ok), "{ok:?}");
         }
@@ -242,6 +255,12 @@ mod tests {
             b"a:65536",
             b"a:http",
             b"a:+80",
+            b"[zz]",
+            b"[zz]:80",
+            b"[127.0.0.1]",
+            b"[::1",
+            b"[::1]x",
+            b"[v1.fe]",
         ] {
             assert!(!host_is_valid(bad), "{bad:?}");
         }
