@@ -151,6 +151,7 @@ where
         let stream = Socket::new(
             stream,
             options.close_timeout.unwrap_or(http1_push::WRITE_TIMEOUT),
+            metrics.clone(),
         );
         metrics
             .tcp_connections_total
@@ -299,8 +300,6 @@ impl Conn {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let metrics = self.metrics.clone();
-        metrics.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Notify::new());
         // HTTP/1.1 event streams and long polls are written directly (see
         // `http1_push`), one request after another; the first other request goes
@@ -381,7 +380,6 @@ impl Conn {
             // Boxed: only connections served by hyper pay for its state.
             Box::pin(self.serve_hyper(io, kill, closed_rx, upgraded, write_limit)).await;
         }
-        metrics.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
     async fn serve_hyper<I>(

@@ -13,7 +13,9 @@ use herald_core::metrics::{Family, MetricsSource, Value};
 pub struct ServerMetrics {
     /// TCP connections accepted (one HTTP/2 connection carries many streams).
     pub tcp_connections_total: AtomicU64,
-    /// TCP connections open now (past their TLS handshake, if any).
+    /// TCP connections open now: accepted and not yet closed, TLS
+    /// handshakes in progress and WebSockets upgraded from HTTP/1.1
+    /// included.
     pub tcp_connections_open: AtomicI64,
     /// TLS handshakes that failed or did not finish within
     /// [`HANDSHAKE_TIMEOUT`](crate::HANDSHAKE_TIMEOUT).

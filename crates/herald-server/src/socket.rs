@@ -20,14 +20,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::metrics::ServerMetrics;
+
 /// An accepted TCP stream that remembers whether its last write (or flush,
 /// or shutdown) was left waiting, and if so aborts the connection (RST)
-/// when dropped.
+/// when dropped. It counts itself in
+/// [`ServerMetrics::tcp_connections_open`] from its making to its drop:
+/// the socket outlives whatever serves it (a WebSocket upgraded from
+/// HTTP/1.1 holds it after hyper's connection has ended).
 pub(crate) struct Socket {
     inner: TcpStream,
+    metrics: Arc<ServerMetrics>,
     /// The last write, flush or shutdown returned `Pending`.
     write_blocked: bool,
     /// The `TCP_USER_TIMEOUT` set as the socket closes gracefully, in
@@ -37,9 +46,15 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(inner: TcpStream, close_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        inner: TcpStream,
+        close_timeout: Duration,
+        metrics: Arc<ServerMetrics>,
+    ) -> Self {
+        metrics.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         Socket {
             inner,
+            metrics,
             write_blocked: false,
             close_timeout_ms: u32::try_from(close_timeout.as_millis()).unwrap_or(u32::MAX),
         }
@@ -53,6 +68,9 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        self.metrics
+            .tcp_connections_open
+            .fetch_sub(1, Ordering::Relaxed);
         let socket = socket2::SockRef::from(&self.inner);
         if self.write_blocked {
             let _ = socket.set_linger(Some(Duration::ZERO));

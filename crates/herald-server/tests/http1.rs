@@ -304,3 +304,50 @@ async fn an_answer_left_unsent_at_close_is_given_up_after_the_close_timeout() {
     }
     drop(c);
 }
+
+/// A WebSocket upgraded from HTTP/1.1 counts as an open TCP connection for
+/// as long as its socket is open: hyper's connection ends at the upgrade,
+/// the socket does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_websocket_counts_as_an_open_connection_until_it_closes() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::start().await;
+    let m = s.server_metrics.clone();
+    let open_now = || {
+        m.tcp_connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let base = open_now();
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, c.read(&mut byte))
+            .await
+            .expect("the upgrade's answer in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the answer's end: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Past the upgrade (hyper's connection has ended by now), still open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open_now(), base + 1, "the upgraded socket is not counted");
+    drop(c);
+    let deadline = Instant::now() + WAIT;
+    while open_now() > base {
+        assert!(Instant::now() < deadline, "still counted after its close");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open_now(), base);
+}
