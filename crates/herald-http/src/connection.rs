@@ -21,7 +21,10 @@ use tokio::sync::{watch, Notify};
 #[derive(Clone, Debug)]
 pub struct ConnectionHandle {
     /// Wake to end the response at once: HTTP/1.1 drops the connection,
-    /// HTTP/2 ends this stream's event-stream body.
+    /// HTTP/2 ends this stream's event-stream body. A WebSocket fires it
+    /// itself when a write makes no progress for the write deadline; over
+    /// HTTP/2 (extended CONNECT, RFC 8441) herald-server gives it the
+    /// connection's switch, so that firing it drops the whole connection.
     pub kill: Option<Arc<Notify>>,
     /// The peer's address.
     pub peer: SocketAddr,

@@ -402,8 +402,18 @@ impl Conn {
             let stream_kill = http2.then(|| Arc::new(Notify::new()));
             if http2 {
                 authority_as_host(&mut req);
+                // A WebSocket (extended CONNECT, RFC 8441) gets the
+                // connection's switch instead: it fires it when a write
+                // stalls for the deadline, because hyper resets an upgraded
+                // stream only when it can write to it, never while its
+                // window is closed (see `stream_end` for event streams).
+                let websocket = req.method() == hyper::Method::CONNECT;
                 req.extensions_mut().insert(ConnectionHandle {
-                    kill: stream_kill.clone(),
+                    kill: if websocket {
+                        http1.kill.clone()
+                    } else {
+                        stream_kill.clone()
+                    },
                     // HTTP/2 streams end with RST_STREAM, not a read EOF.
                     read_closed: None,
                     ..http1.clone()

@@ -2,7 +2,8 @@
 //! consumer frees its queue and connection slot at once and is reset, and a
 //! same-origin cookie WebSocket is accepted although HTTP/2 sends
 //! `:authority` instead of `Host`, and a connection whose client stops
-//! reading its socket is dropped at the write deadline.
+//! reading its socket, or a stream's window, is dropped at the write
+//! deadline.
 
 mod stall;
 #[path = "../../herald-http/tests/support/mod.rs"]
@@ -334,6 +335,79 @@ async fn a_stream_whose_window_stays_closed_is_dropped_at_the_write_deadline() {
     assert!(!reader.is_finished());
     drop(stalled);
     reader.abort();
+}
+
+/// A WebSocket over HTTP/2 (RFC 8441) whose client keeps the stream's
+/// window closed while it keeps the connection (hyper answers its PINGs)
+/// ends at the write deadline with its connection: hyper resets an
+/// upgraded stream only when it can write to it, so the stream and the
+/// back-fill it was handed would otherwise stay as long as the client
+/// keeps the connection. A WebSocket on another connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_whose_window_stays_closed_is_dropped_with_its_connection() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (s, _) = stall::stalling_server("ws-window").await;
+    let m = s.hub.metrics().clone();
+    let tcp = s.server_metrics.clone();
+    let authority = format!("localhost:{}", s.addr.port());
+    let mut open = Vec::new();
+    for topic in ["ws-window", "ws-quiet"] {
+        let mut sender = h2(s.addr, 64 * 1024).await;
+        sender.ready().await.unwrap();
+        let mut req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("http://{authority}/v1/ws"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        // Subscribed with the topic's 12 MB back-fill, then never read:
+        // the stream's 64 KiB window closes at once.
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "topic": topic, "since": "earliest"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        open.push((sender, ws));
+    }
+    wait_until("both WebSockets open", || m.open(Transport::WebSocket) == 2).await;
+    let connections = tcp.tcp_connections_open.load(Ordering::Relaxed);
+    let started = Instant::now();
+    wait_until("the stalled WebSocket ended", || {
+        m.open(Transport::WebSocket) == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "ended at the deadline, not before: {:?}",
+        started.elapsed()
+    );
+    wait_until("its connection closed", || {
+        tcp.tcp_connections_open.load(Ordering::Relaxed) < connections
+    })
+    .await;
+    assert_eq!(
+        tcp.tcp_connections_open.load(Ordering::Relaxed),
+        connections - 1,
+        "only the stalled WebSocket's connection closed"
+    );
+    // The quiet WebSocket stays through several deadlines.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(m.open(Transport::WebSocket), 1, "the quiet WebSocket stays");
+    drop(open);
 }
 
 /// RFC 9113, section 8.3.1: an HTTP/2 request whose `Host` differs from its

@@ -2,13 +2,15 @@
 //!
 //! Built on tokio-tungstenite (a complete, Autobahn-tested RFC 6455
 //! implementation that validates UTF-8, reassembles fragments and runs the
-//! close handshake): it reads every client message and writes every reply,
-//! ping and close. axum's `WebSocketUpgrade` checks the handshake (its
+//! close handshake): it reads every client message and writes every ping,
+//! pong and close. axum's `WebSocketUpgrade` checks the handshake (its
 //! refusals are the answers); the upgrade itself is completed here, so that
 //! the session owns the socket. Events skip tungstenite: each event is
 //! framed once ([`herald_core::Event::ws_frame`]) and every subscriber writes
 //! those same bytes to its socket, several queued events in one vectored
-//! write, as SSE does with its shared frames.
+//! write, as SSE does with its shared frames. Replies are framed here too
+//! (`session`), and reads go through a stack chunk (`read_ahead`): an idle
+//! connection keeps neither a write nor a large read buffer.
 //!
 //! The messages are typed values of [`herald_core::wire::ws`]: client →
 //! server `subscribe {topic, since?, history?}`, `unsubscribe {topic}`,
@@ -47,6 +49,7 @@
 //! credential, 4003 forbidden topic.
 
 mod actions;
+mod read_ahead;
 mod session;
 
 use axum::body::Body;
@@ -70,7 +73,7 @@ use crate::transport::query_pairs;
 use crate::AppState;
 
 /// A connection's socket after the upgrade.
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<read_ahead::ReadAhead<TokioIo<Upgraded>>>;
 
 /// A WebSocket handshake that axum's [`WebSocketUpgrade`] found valid, with
 /// the connection's upgrade, which [`handler`] completes itself.
@@ -165,15 +168,17 @@ pub(crate) async fn handler(
     // where browsers can see them. Without a credential, the connect hook
     // (when configured) says who this is, from the handshake's headers.
     let who = crate::auth::upgrade_principal(&app, &headers, credential).await?;
+    let kill = conn.as_ref().and_then(|c| c.0.kill.clone());
     let slot = app.connection_slot(conn.map(|c| c.0.peer.ip()), &headers)?;
     let max = app.config.ws_max_message_bytes;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
         // Small buffers: an idle connection should cost little memory
-        // (subscribers send little; a bigger message just takes more reads;
-        // events do not pass through the write buffer).
-        .read_buffer_size(1024)
+        // (subscribers send little; reads of the socket go through a stack
+        // chunk, see `read_ahead`; events do not pass through the write
+        // buffer).
+        .read_buffer_size(read_ahead::TUNGSTENITE_READ)
         .write_buffer_size(16 * 1024);
     // The connection's span: a trace of its own, holding the publish spans
     // of its publishes and linked to the publish of each traced event it
@@ -191,6 +196,7 @@ pub(crate) async fn handler(
         config,
         who,
         slot,
+        kill,
     });
     tokio::spawn(tracing::Instrument::instrument(session::start(start), span));
     Ok(response)

@@ -2,9 +2,10 @@
 //! the credential's deadline, until something ends it; then the close
 //! handshake with the code and reason of the [`Disconnect`] table.
 //!
-//! Replies, pings and the close go through tungstenite. Deliveries do not:
+//! Pings, pongs and the close go through tungstenite. Deliveries do not:
 //! they are each event's shared frame ([`herald_core::Event::ws_frame`]),
-//! written straight to the socket after whatever tungstenite holds. That
+//! written straight to the socket after whatever tungstenite holds; nor do
+//! replies, framed here. That
 //! interleaving is sound because a server's data frames carry no state
 //! tungstenite tracks (no masking, no fragmentation, no extension), and
 //! nothing is written after the close.
@@ -12,6 +13,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use herald_core::wire::ws_frame;
 use herald_core::{CloseReason, Delivery, Subscription, Transport};
 use serde_json::Value;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::{timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -92,6 +95,8 @@ pub(super) struct Connection {
     /// flush first only then, so that their frames start on a frame
     /// boundary without a flush per event batch.
     unflushed: bool,
+    /// Fired when a write stalls for the deadline (see [`Outcome::Stalled`]).
+    kill: Option<Arc<Notify>>,
     /// The connection slot and the connection gauge, released with it.
     _held: (Slot, herald_core::metrics::ConnectionGuard),
 }
@@ -103,6 +108,13 @@ pub(super) enum Outcome {
     Close(Disconnect),
     /// The peer went away (or a write failed): nothing more to send.
     Gone,
+    /// A write made no progress for the write deadline: nothing more can
+    /// be sent, and the server's kill switch fires. Over HTTP/2 that drops
+    /// the connection: hyper resets an upgraded stream only when it can
+    /// write to it, which it cannot while the client keeps the stream's
+    /// window closed, so the stream (and what it was handed) would stay
+    /// for as long as the client keeps the connection.
+    Stalled,
 }
 
 /// What a connection starts from, handed to [`start`] in one box.
@@ -112,6 +124,9 @@ pub(super) struct Start {
     pub(super) config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     pub(super) who: Result<Principal, AuthError>,
     pub(super) slot: Slot,
+    /// The server's kill switch for this connection
+    /// ([`ConnectionHandle::kill`](crate::connection::ConnectionHandle)).
+    pub(super) kill: Option<Arc<Notify>>,
 }
 
 /// Completes the upgrade and runs the connection until it ends. Its one
@@ -137,15 +152,18 @@ async fn connect(start: Box<Start>) -> Option<(Connection, Option<AuthError>)> {
         config,
         who,
         slot,
+        kill,
     } = *start;
     let upgraded = upgrade.await.ok()?;
     let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        hyper_util::rt::TokioIo::new(upgraded),
+        super::read_ahead::ReadAhead::new(hyper_util::rt::TokioIo::new(upgraded)),
         tokio_tungstenite::tungstenite::protocol::Role::Server,
         Some(config),
     )
     .await;
-    Some(Connection::new(app, socket, who, slot))
+    let (mut c, refused) = Connection::new(app, socket, who, slot);
+    c.kill = kill;
+    Some((c, refused))
 }
 
 impl Connection {
@@ -173,6 +191,7 @@ impl Connection {
             client: None,
             presence: Vec::new(),
             unflushed: false,
+            kill: None,
             _held: (slot, guard),
         };
         let mut refused = None;
@@ -222,6 +241,7 @@ async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
             other => break other,
         }
     };
+    let mut stalled = matches!(outcome, Outcome::Stalled);
     if let Outcome::Close(d) = outcome {
         let frame = CloseFrame {
             // Every reason a WebSocket closes for has a code; 1011 (internal
@@ -229,20 +249,29 @@ async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
             code: d.code.unwrap_or(1011).into(),
             reason: Utf8Bytes::from_static(d.close_text),
         };
-        let _ = timeout(
+        let sent = timeout(
             Duration::from_secs(2),
             c.ws.send(Message::Close(Some(frame))),
         )
         .await;
-        // Wait briefly for the peer's close reply so the handshake completes.
-        let _ = timeout(Duration::from_secs(2), async {
-            while let Some(Ok(m)) = c.ws.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+        // A close that cannot be written in time (a slow consumer's, whose
+        // client stopped reading) stalled like any write.
+        stalled = sent.is_err();
+        if !stalled {
+            // Wait briefly for the peer's close reply so the handshake completes.
+            let _ = timeout(Duration::from_secs(2), async {
+                while let Some(Ok(m)) = c.ws.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
+        }
+    }
+    if let (true, Some(kill)) = (stalled, &c.kill) {
+        tracing::debug!("dropping a WebSocket whose writes made no progress");
+        kill.notify_one();
     }
 }
 
@@ -278,14 +307,37 @@ impl Connection {
                 self.unflushed = false;
                 Outcome::Continue
             }
-            _ => Outcome::Gone,
+            Ok(Err(_)) => Outcome::Gone,
+            Err(_) => Outcome::Stalled,
         }
     }
 
-    /// Sends one server message, echoing `reference`.
+    /// Sends one server message, echoing `reference`. Framed here and
+    /// written past tungstenite like events: tungstenite's write buffer
+    /// would keep the largest reply's capacity for the connection's life.
     pub(super) async fn reply(&mut self, m: ServerMessage, reference: Option<Value>) -> Outcome {
-        let text = Frame::answering(m, reference).encode();
-        self.send(Message::Text(text.into())).await
+        let frame = ws_frame::text_frame(Frame::answering(m, reference).encode().as_bytes());
+        let write_timeout = self.app.config.write_timeout;
+        let written = timeout(write_timeout, async {
+            self.flush_tungstenite().await?;
+            write_frames(self.ws.get_mut(), std::slice::from_ref(&frame)).await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Outcome::Continue,
+            Ok(Err(_)) => Outcome::Gone,
+            Err(_) => Outcome::Stalled,
+        }
+    }
+
+    /// Writes out whatever tungstenite holds (a pong, a ping), so that
+    /// frames written past it start on a frame boundary.
+    async fn flush_tungstenite(&mut self) -> io::Result<()> {
+        if self.unflushed {
+            self.ws.flush().await.map_err(io::Error::other)?;
+            self.unflushed = false;
+        }
+        Ok(())
     }
 
     /// Answers an `error {code, message}` (and counts it).
@@ -318,17 +370,12 @@ impl Connection {
         let write_timeout = self.app.config.write_timeout;
         timeout(write_timeout, self.write_deliveries(first))
             .await
-            .unwrap_or(Outcome::Gone)
+            .unwrap_or(Outcome::Stalled)
     }
 
     async fn write_deliveries(&mut self, first: Delivery) -> Outcome {
-        // Whatever tungstenite holds (a reply, a pong) goes out whole first,
-        // so that the frames written below start on a frame boundary.
-        if self.unflushed {
-            if self.ws.flush().await.is_err() {
-                return Outcome::Gone;
-            }
-            self.unflushed = false;
+        if self.flush_tungstenite().await.is_err() {
+            return Outcome::Gone;
         }
         // The common case, one event and nothing else queued, is written
         // without a list (no allocation per event per subscriber).
