@@ -293,6 +293,35 @@ impl Subscription {
         self.next_inner(false).await
     }
 
+    /// The next delivery if one is ready without waiting at all: queued
+    /// already, and no topic needing a history read first (`None` then,
+    /// and [`next`](Self::next) reads it). Used to batch what is already
+    /// queued; unlike [`next_ready`](Self::next_ready) it is not a future,
+    /// so a connection's task is not sized for a history read it never
+    /// makes there.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(reason) = self.closed {
+                return Some(Delivery::Closed(reason));
+            }
+            if let Some(d) = self.pending.pop_front() {
+                self.mark_delivered(&d);
+                return Some(d);
+            }
+            if self.topics.iter().any(|t| t.catching_up) {
+                return None;
+            }
+            match self.queue.try_pop()? {
+                Popped::Closed(reason) => self.closed = Some(reason),
+                Popped::Event(e) => {
+                    if let Some(d) = self.accept_live(e) {
+                        return Some(d);
+                    }
+                }
+            }
+        }
+    }
+
     async fn next_inner(&mut self, wait: bool) -> Option<Delivery> {
         loop {
             if let Some(reason) = self.closed {
@@ -343,7 +372,10 @@ impl Subscription {
             let popped = if wait {
                 match next_retry {
                     // Cancel-safe: the queue gives nothing up unless popped.
-                    Some(at) => match tokio::time::timeout_at(at, self.queue.pop()).await {
+                    // Boxed: rare (a history read failed), and every idle
+                    // connection's task would otherwise be sized for its timer.
+                    Some(at) => match Box::pin(tokio::time::timeout_at(at, self.queue.pop())).await
+                    {
                         Ok(p) => p,
                         Err(_) => continue,
                     },

@@ -77,9 +77,21 @@ pub use error::ApiError;
 pub use herald_core::{Hub, HubConfig};
 pub use transport::query_pairs;
 
-/// What every handler gets.
+/// What every handler gets: one pointer to the router's state. Every open
+/// connection keeps a clone, so it is one pointer, not six.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The router's state, shared by every handler and connection.
+pub(crate) struct Shared {
     pub(crate) hub: Hub,
     pub(crate) config: Arc<HttpConfig>,
     pub(crate) limiter: Arc<limits::ConnectionLimiter>,
@@ -91,7 +103,7 @@ pub(crate) struct AppState {
     pub(crate) mercure_streams: Arc<mercure::subscriptions::Streams>,
 }
 
-impl AppState {
+impl Shared {
     /// A slot for one more streaming connection from the client at `peer`
     /// (behind a trusted proxy: the address its headers name, see
     /// [`forwarded`]).
@@ -117,14 +129,14 @@ pub fn router(hub: Hub, config: HttpConfig) -> Router {
 /// The Herald routes plus `extra` routes (such as the LLM relay's), under
 /// the same layers (access log, CORS) and the same JSON 404/405.
 pub fn router_with(hub: Hub, config: HttpConfig, extra: Router) -> Router {
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         hub,
         config: Arc::new(config),
         limiter: Arc::default(),
         poll_presence: Arc::default(),
         mercure_index: Arc::default(),
         mercure_streams: Arc::default(),
-    };
+    }));
     Router::new()
         .route("/v1/publish", post(publish::publish))
         .route("/v1/tokens", post(auth::tokens))

@@ -312,7 +312,7 @@ impl SseStream {
         // The subscriber has fallen behind: coalesce what is waiting into one write.
         let mut buf = BytesMut::from(&first[..]);
         for _ in 1..self.max_coalesce {
-            match self.sub.next_ready().await {
+            match self.sub.try_next() {
                 Some(d) => {
                     if let Some(b) = self.encode(d) {
                         buf.extend_from_slice(&b);

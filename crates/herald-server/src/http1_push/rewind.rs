@@ -39,8 +39,9 @@ pub(crate) struct Rewind<I> {
     /// The peer has shut down its sending side.
     pub(crate) eof: bool,
     /// The JSON answer being written in place of hyper's empty one, and the
-    /// length of hyper's (reported as written once ours is).
-    replacing: Option<(Bytes, usize)>,
+    /// length of hyper's (reported as written once ours is). Boxed: rare,
+    /// and every socket would otherwise carry its 40 bytes.
+    replacing: Option<Box<(Bytes, usize)>>,
     /// Held for as long as the socket lives.
     drain: Option<DrainToken>,
     /// Told when a read finds the end of input (the peer closed or
@@ -134,7 +135,9 @@ impl<I> Rewind<I> {
 
     /// Once an answer has switched protocols (101), no HTTP handler will
     /// wait for the end of input again: the channel that tells them goes,
-    /// with its memory (about 340 bytes per WebSocket for its whole life).
+    /// with its memory (about 340 bytes per WebSocket for its whole life),
+    /// and so does the write deadline (off once switched), with its two
+    /// shared values.
     fn release_after_switch(&mut self) {
         let switched = self
             .write_limit
@@ -142,6 +145,7 @@ impl<I> Rewind<I> {
             .is_some_and(|(_, switched)| switched.load(Ordering::Relaxed));
         if switched {
             self.read_closed = None;
+            self.write_limit = None;
         }
     }
 
@@ -248,9 +252,10 @@ impl<I: AsyncWrite + Unpin> Rewind<I> {
     /// Writes the pending replacement; `Ok(n)` with the length of what it
     /// stands for once all of it is written.
     fn poll_replace(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let Some((bytes, stands_for)) = self.replacing.as_mut() else {
+        let Some(replacing) = self.replacing.as_mut() else {
             return Poll::Ready(Ok(0));
         };
+        let (bytes, stands_for) = &mut **replacing;
         while !bytes.is_empty() {
             match Pin::new(&mut self.inner).poll_write(cx, bytes) {
                 Poll::Ready(Ok(0)) => {
@@ -275,7 +280,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     ) -> Poll<std::io::Result<usize>> {
         if self.replacing.is_none() {
             if let Some(answer) = automatic_answer(buf) {
-                self.replacing = Some((answer, buf.len()));
+                self.replacing = Some(Box::new((answer, buf.len())));
             }
         }
         let r = if self.replacing.is_some() {

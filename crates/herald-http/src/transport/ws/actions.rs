@@ -29,7 +29,8 @@ impl Connection {
                 };
             }
         };
-        if !self.messages.allow() {
+        let rate = self.app.config.ws_message_rate;
+        if !self.messages.allow(rate, rate * 2.0) {
             return self
                 .send_error(
                     "rate_limited",
@@ -193,7 +194,11 @@ impl Connection {
     }
 
     async fn publish(&mut self, item: PublishItem, reference: Option<Value>) -> Outcome {
-        if !self.rate.allow() {
+        let (rate, burst) = (
+            self.app.config.ws_publish_rate,
+            self.app.config.ws_publish_burst,
+        );
+        if !self.rate.allow(rate, burst) {
             return self
                 .send_error(
                     "rate_limited",

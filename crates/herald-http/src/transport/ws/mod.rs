@@ -168,7 +168,12 @@ pub(crate) async fn handler(
     // where browsers can see them. Without a credential, the connect hook
     // (when configured) says who this is, from the handshake's headers.
     let who = crate::auth::upgrade_principal(&app, &headers, credential).await?;
-    let kill = conn.as_ref().and_then(|c| c.0.kill.clone());
+    // Over HTTP/2 only (no key): an HTTP/1.1 connection's switch does
+    // nothing once the socket is upgraded, and closing the socket is enough.
+    let kill = match ws.key {
+        None => conn.as_ref().and_then(|c| c.0.kill.clone()),
+        Some(_) => None,
+    };
     let slot = app.connection_slot(conn.map(|c| c.0.peer.ip()), &headers)?;
     let max = app.config.ws_max_message_bytes;
     let config = WebSocketConfig::default()

@@ -18,9 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// tungstenite's read buffer (`WebSocketConfig::read_buffer_size`): kept
 /// for the connection's life, and the most it takes per read from
-/// [`ReadAhead`], so a message of `n` bytes takes `n / 128` copies out of
+/// [`ReadAhead`], so a message of `n` bytes takes `n / 64` copies out of
 /// the chunk, not that many system calls.
-pub(super) const TUNGSTENITE_READ: usize = 128;
+pub(super) const TUNGSTENITE_READ: usize = 64;
 
 /// The most bytes one read of the socket takes (on the stack).
 const CHUNK: usize = 16 * 1024;

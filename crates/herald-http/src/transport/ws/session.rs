@@ -10,6 +10,7 @@
 //! tungstenite tracks (no masking, no fragmentation, no extension), and
 //! nothing is written after the close.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -35,29 +36,29 @@ use crate::auth::deadline_of;
 use crate::limits::Slot;
 use crate::AppState;
 
-/// A token bucket: `rate` per second, at most `burst` at once.
+/// A token bucket's state: tokens left and when they were counted. Its
+/// rate and burst come from the configuration at each use (not kept per
+/// connection: three buckets on every connection).
 pub(super) struct RateLimit {
-    rate: f64,
-    burst: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl RateLimit {
-    fn new(rate: f64, burst: f64) -> Self {
+    /// A full bucket of `burst` (at least 1) tokens.
+    fn new(burst: f64) -> Self {
         RateLimit {
-            rate,
-            burst: burst.max(1.0),
             tokens: burst.max(1.0),
             at: Instant::now(),
         }
     }
 
-    /// Takes a token if there is one.
-    pub(super) fn allow(&mut self) -> bool {
+    /// Takes a token if there is one, after adding `rate` per second since
+    /// the last count, up to `burst` (at least 1).
+    pub(super) fn allow(&mut self, rate: f64, burst: f64) -> bool {
         let now = Instant::now();
         self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst.max(1.0));
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -125,7 +126,8 @@ pub(super) struct Start {
     pub(super) who: Result<Principal, AuthError>,
     pub(super) slot: Slot,
     /// The server's kill switch for this connection
-    /// ([`ConnectionHandle::kill`](crate::connection::ConnectionHandle)).
+    /// ([`ConnectionHandle::kill`](crate::connection::ConnectionHandle)),
+    /// over HTTP/2.
     pub(super) kill: Option<Arc<Notify>>,
 }
 
@@ -137,10 +139,30 @@ pub(super) struct Start {
 /// bytes of padding in front of the loop's state; read with
 /// `-Zprint-type-sizes`.)
 pub(super) async fn start(start: Box<Start>) {
-    let Some((mut c, refused)) = connect(start).await else {
+    let Some((c, refused)) = connect(start).await else {
         return;
     };
-    run(&mut c, refused).await;
+    serve(c, refused).await;
+}
+
+/// Runs the connection (unless its credential was refused), then ends it.
+/// A function returning a block, not an `async fn`: a future keeps its
+/// arguments for its whole life, and an `async fn` with a `mut` argument
+/// keeps it twice (as argument and as local; 680 bytes here). Owning the
+/// connection here, not in `start`, lets it lie over `connect`'s future
+/// (a local held across two awaits is laid out beside every other).
+fn serve(mut c: Connection, refused: Option<AuthError>) -> impl Future<Output = ()> + Send {
+    let refused: Option<&'static Disconnect> = refused.map(|e| match e {
+        AuthError::Unavailable(_) => &disconnect::ENGINE_UNAVAILABLE,
+        AuthError::Invalid(_) => &disconnect::INVALID_CREDENTIAL,
+    });
+    async move {
+        let outcome = match refused {
+            Some(d) => Outcome::Close(*d),
+            None => run(&mut c).await,
+        };
+        end(&mut c, outcome).await;
+    }
 }
 
 /// Completes the upgrade and builds the connection's state; `None` when
@@ -176,9 +198,9 @@ impl Connection {
     ) -> (Connection, Option<AuthError>) {
         let guard = app.hub.metrics().connection(Transport::WebSocket);
         let sub = app.hub.subscribe();
-        let rate = RateLimit::new(app.config.ws_publish_rate, app.config.ws_publish_burst);
-        let messages = RateLimit::new(app.config.ws_message_rate, app.config.ws_message_rate * 2.0);
-        let errors = RateLimit::new(1.0, app.config.ws_error_burst);
+        let rate = RateLimit::new(app.config.ws_publish_burst);
+        let messages = RateLimit::new(app.config.ws_message_rate * 2.0);
+        let errors = RateLimit::new(app.config.ws_error_burst);
         let mut c = Connection {
             app,
             ws: socket,
@@ -203,19 +225,13 @@ impl Connection {
     }
 }
 
-async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
+/// The connection's loop, until something ends it.
+async fn run(c: &mut Connection) -> Outcome {
     let keepalive = c.app.config.keepalive;
-    let pong_timeout = c.app.config.ws_pong_timeout;
     let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
-    let outcome = loop {
-        if let Some(e) = refused.take() {
-            break Outcome::Close(match e {
-                AuthError::Unavailable(_) => disconnect::ENGINE_UNAVAILABLE,
-                AuthError::Invalid(_) => disconnect::INVALID_CREDENTIAL,
-            });
-        }
+    loop {
         let step = tokio::select! {
             // `next` is cancel-safe: a frame read in part stays buffered.
             msg = c.ws.next() => {
@@ -229,7 +245,7 @@ async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
             d = c.sub.next() => c.on_delivery(d).await,
             _ = expired(&mut c.deadline) => Outcome::Close(disconnect::TOKEN_EXPIRED),
             _ = ping.tick() => {
-                if last_seen.elapsed() > pong_timeout {
+                if last_seen.elapsed() > c.app.config.ws_pong_timeout {
                     Outcome::Close(disconnect::NO_PONG)
                 } else {
                     c.send(Message::Ping(bytes::Bytes::new())).await
@@ -238,9 +254,14 @@ async fn run(c: &mut Connection, mut refused: Option<AuthError>) {
         };
         match step {
             Outcome::Continue => {}
-            other => break other,
+            other => return other,
         }
-    };
+    }
+}
+
+/// Ends the connection as `outcome` says: the close handshake for a
+/// `Close`, the server's kill switch for a stalled write.
+async fn end(c: &mut Connection, outcome: Outcome) {
     let mut stalled = matches!(outcome, Outcome::Stalled);
     if let Outcome::Close(d) = outcome {
         let frame = CloseFrame {
@@ -293,7 +314,8 @@ impl Connection {
     /// Counts an error against the connection's allowance: `Continue` while
     /// some is left, else the close that ends an abusive connection.
     fn count_error(&mut self) -> Outcome {
-        if self.errors.allow() {
+        let burst = self.app.config.ws_error_burst;
+        if self.errors.allow(1.0, burst) {
             Outcome::Continue
         } else {
             Outcome::Close(disconnect::TOO_MANY_ERRORS)
@@ -366,23 +388,51 @@ impl Connection {
     /// Writes `first` and whatever else is already queued (up to
     /// `max_coalesce`) with one flush, all under one write timeout (a timer
     /// per event per subscriber would cost more than the write).
-    async fn on_delivery(&mut self, first: Delivery) -> Outcome {
-        let write_timeout = self.app.config.write_timeout;
-        timeout(write_timeout, self.write_deliveries(first))
-            .await
-            .unwrap_or(Outcome::Stalled)
+    ///
+    /// What to write is gathered before the future is made: it holds the
+    /// frames and the write, not the deliveries they came from (every
+    /// connection's task is sized for this future).
+    fn on_delivery(&mut self, first: Delivery) -> impl Future<Output = Outcome> + Send + '_ {
+        let (frames, closed) = self.gather(first);
+        async move {
+            let write_timeout = self.app.config.write_timeout;
+            let written = timeout(write_timeout, async {
+                self.flush_tungstenite().await?;
+                let io = self.ws.get_mut();
+                match &frames {
+                    Frames::One(frame) => write_frames(io, std::slice::from_ref(frame)).await,
+                    Frames::Many(frames) => write_frames(io, frames).await,
+                }
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Outcome::Gone,
+                Err(_) => return Outcome::Stalled,
+            }
+            match closed {
+                None => Outcome::Continue,
+                Some(reason) => {
+                    if reason == CloseReason::Shutdown {
+                        // Spread the closes of a shutdown over the drain
+                        // window, so clients do not all come back at once.
+                        // Boxed: once per connection's life.
+                        let drain = self.app.config.shutdown_drain;
+                        Box::pin(tokio::time::sleep(drain.mul_f64(fastrand::f64()))).await;
+                    }
+                    Outcome::Close(Disconnect::from(reason))
+                }
+            }
+        }
     }
 
-    async fn write_deliveries(&mut self, first: Delivery) -> Outcome {
-        if self.flush_tungstenite().await.is_err() {
-            return Outcome::Gone;
-        }
+    /// The frames of `first` and of what else is queued and ready (up to
+    /// `max_coalesce`), and the subscription's end if one came among them.
+    fn gather(&mut self, first: Delivery) -> (Frames, Option<CloseReason>) {
         // The common case, one event and nothing else queued, is written
         // without a list (no allocation per event per subscriber).
-        let mut one: Option<Bytes> = None;
-        let mut more: Vec<Bytes> = Vec::new();
+        let mut frames = Frames::Many(Vec::new());
         let mut count = 0;
-        let mut closed = None;
         let mut next = Some(first);
         while let Some(d) = next.take() {
             let frame = match d {
@@ -397,41 +447,29 @@ impl Connection {
                 }
                 // Rare, and with this subscription's own cursor: framed here.
                 Delivery::Gap(g) => ws_frame::text_frame(&g.json()),
-                Delivery::Closed(reason) => {
-                    closed = Some(reason);
-                    break;
-                }
+                Delivery::Closed(reason) => return (frames, Some(reason)),
             };
             count += 1;
-            match one.take() {
-                None if more.is_empty() => one = Some(frame),
-                held => more.extend(held.into_iter().chain([frame])),
-            }
-            if count < self.app.config.max_coalesce && self.sub.queued() > 0 {
-                next = self.sub.next_ready().await;
-            }
-        }
-        let io = self.ws.get_mut();
-        let written = match one {
-            Some(frame) => write_frames(io, std::slice::from_ref(&frame)).await,
-            None => write_frames(io, &more).await,
-        };
-        if written.is_err() {
-            return Outcome::Gone;
-        }
-        match closed {
-            None => Outcome::Continue,
-            Some(reason) => {
-                if reason == CloseReason::Shutdown {
-                    // Spread the closes of a shutdown over the drain
-                    // window, so clients do not all come back at once.
-                    let drain = self.app.config.shutdown_drain;
-                    tokio::time::sleep(drain.mul_f64(fastrand::f64())).await;
+            frames = match frames {
+                Frames::Many(more) if more.is_empty() => Frames::One(frame),
+                Frames::One(one) => Frames::Many(vec![one, frame]),
+                Frames::Many(mut more) => {
+                    more.push(frame);
+                    Frames::Many(more)
                 }
-                Outcome::Close(Disconnect::from(reason))
+            };
+            if count < self.app.config.max_coalesce {
+                next = self.sub.try_next();
             }
         }
+        (frames, None)
     }
+}
+
+/// The frames of one write.
+enum Frames {
+    One(Bytes),
+    Many(Vec<Bytes>),
 }
 
 /// The most bytes of queued frames gathered into one buffer per write.
