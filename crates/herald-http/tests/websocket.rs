@@ -310,3 +310,118 @@ async fn a_request_that_is_not_a_handshake_gets_a_json_error() {
         "{v}"
     );
 }
+
+/// A WebSocket on a plain TCP socket, past the HTTP/1.1 handshake, for
+/// frames no client library sends.
+async fn raw_ws(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        addr.port()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            c.read(&mut b).await.unwrap(),
+            1,
+            "the handshake's answer ended"
+        );
+        answer.push(b[0]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 101"), "{answer:?}");
+    c
+}
+
+/// A client frame (masked with a zero key, so the payload is as given).
+fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![
+        (if fin { 0x80 } else { 0 }) | opcode,
+        0x80 | payload.len() as u8,
+    ];
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads server frames until the close: its code and reason.
+async fn read_close(c: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            c.read_exact(&mut head).await.expect("a close frame");
+            let len = match head[1] & 0x7F {
+                126 => c.read_u16().await.unwrap() as usize,
+                127 => c.read_u64().await.unwrap() as usize,
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            c.read_exact(&mut payload).await.unwrap();
+            if head[0] & 0x0F == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8(payload[2..].to_vec()).unwrap());
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("closed in time")
+}
+
+/// RFC 6455 where the server must answer or bound what a client sends: a
+/// client's close is answered with a close (section 5.5.1); a message whose
+/// frames are still coming `body_timeout` after its first byte is closed
+/// 1008 `message not completed in time` (the client keeps the connection
+/// alive meanwhile); an unmasked frame is closed 1002, a text message that
+/// is not UTF-8 1007; the server keeps serving.
+#[tokio::test]
+async fn close_handshake_slow_messages_and_protocol_errors() {
+    use tokio::io::AsyncWriteExt;
+    let http = HttpConfig {
+        body_timeout: Duration::from_millis(500),
+        ..quick_http()
+    };
+    let s = TestServer::start_with(HubConfig::default(), http).await;
+
+    let mut c = raw_ws(s.addr).await;
+    c.write_all(&client_frame(true, 0x8, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(read_close(&mut c).await, (1000, String::new()));
+
+    let mut c = raw_ws(s.addr).await;
+    c.write_all(&client_frame(false, 0x1, br#"{"type":"#))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.write_all(&client_frame(true, 0xA, b"")).await.unwrap();
+    }
+    assert_eq!(
+        read_close(&mut c).await,
+        (1008, "message not completed in time".to_owned())
+    );
+
+    let mut c = raw_ws(s.addr).await;
+    c.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(
+        read_close(&mut c).await,
+        (1002, "protocol error".to_owned())
+    );
+
+    let mut c = raw_ws(s.addr).await;
+    c.write_all(&client_frame(true, 0x1, &[0xFF, 0xFE]))
+        .await
+        .unwrap();
+    assert_eq!(read_close(&mut c).await, (1007, "invalid utf-8".to_owned()));
+
+    // The server keeps serving.
+    let mut ws = s.client.ws().await.unwrap();
+    subscribed(&mut ws, "still-served").await;
+}

@@ -85,11 +85,13 @@ pub const RATE_LIMITED: Disconnect = Disconnect {
 };
 
 /// The server holds its maximum of connections or a global budget is used
-/// up (a WebSocket upgrade gets 503 instead).
+/// up (a WebSocket upgrade gets 503 instead; an open WebSocket whose message
+/// in progress would pass the bytes of WebSocket messages being received
+/// at once is closed with 1013, "try again later", RFC 6455 section 7.4.1).
 pub const SERVER_FULL: Disconnect = Disconnect {
     reason: "server_full",
-    code: None,
-    close_text: "",
+    code: Some(1013),
+    close_text: "server full",
     sse: true,
     reconnect: true,
 };
@@ -118,6 +120,37 @@ pub const MESSAGE_TOO_LARGE: Disconnect = Disconnect {
     reason: "message_too_large",
     code: Some(1009),
     close_text: "message too large",
+    sse: false,
+    reconnect: false,
+};
+
+/// A WebSocket message (all its frames) did not arrive within
+/// `--body-timeout` of its first byte, as a request body must.
+pub const MESSAGE_TIMEOUT: Disconnect = Disconnect {
+    reason: "message_timeout",
+    code: Some(1008),
+    close_text: "message not completed in time",
+    sse: false,
+    reconnect: true,
+};
+
+/// A WebSocket peer broke the protocol (RFC 6455: an unmasked frame, a
+/// reserved opcode or bit, a fragmented or oversized control frame, a
+/// continuation with no message, a bad close code): 1002.
+pub const PROTOCOL_ERROR: Disconnect = Disconnect {
+    reason: "protocol_error",
+    code: Some(1002),
+    close_text: "protocol error",
+    sse: false,
+    reconnect: false,
+};
+
+/// A WebSocket text message that is not UTF-8: 1007 (RFC 6455, section
+/// 8.1).
+pub const INVALID_UTF8: Disconnect = Disconnect {
+    reason: "invalid_utf8",
+    code: Some(1007),
+    close_text: "invalid utf-8",
     sse: false,
     reconnect: false,
 };
@@ -173,8 +206,11 @@ pub const TABLE: &[Disconnect] = &[
     RATE_LIMITED,
     SERVER_FULL,
     NO_PONG,
+    MESSAGE_TIMEOUT,
     TOO_MANY_ERRORS,
     MESSAGE_TOO_LARGE,
+    PROTOCOL_ERROR,
+    INVALID_UTF8,
     INVALID_CREDENTIAL,
     CREDENTIAL_REQUIRED,
     FORBIDDEN,

@@ -183,7 +183,7 @@ async fn resume_case<F: EngineFactory>(
                 // Every other drain takes only what needs no read
                 // (`try_next`, as the transports batch); what it leaves
                 // for a history read comes later, through `next`.
-                if counter % 2 == 0 {
+                if counter.is_multiple_of(2) {
                     while let Some(d) = sub.try_next() {
                         take(d, &mut got);
                     }

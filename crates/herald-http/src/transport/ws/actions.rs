@@ -3,6 +3,7 @@
 //! the credential in force, answered with a
 //! [`ServerMessage`](herald_core::wire::ws::ServerMessage).
 
+use futures_util::SinkExt;
 use herald_auth::{Action, AuthError, Credential, Denied, Principal, Source};
 use herald_core::subscription::Start;
 use herald_core::wire::disconnect;
@@ -11,9 +12,29 @@ use herald_core::{Cursor, Topic};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::session::{is_too_large, Connection, Outcome};
+use super::read_ahead::Refusal;
+use super::session::{Connection, Outcome};
 use crate::error::ApiError;
 use crate::publish::{publish_as, Caller, PublishItem};
+
+/// How long the reply to a client's close may take to write.
+const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How a failed read ends the connection: with the close its cause has in
+/// the table ([`disconnect`]), or without one when the peer is gone.
+fn read_failed(e: &WsError) -> Outcome {
+    match e {
+        WsError::Capacity(_) => Outcome::Close(disconnect::MESSAGE_TOO_LARGE),
+        WsError::Protocol(_) => Outcome::Close(disconnect::PROTOCOL_ERROR),
+        WsError::Utf8(_) => Outcome::Close(disconnect::INVALID_UTF8),
+        WsError::Io(io) => match Refusal::of(io) {
+            Some(Refusal::Timeout) => Outcome::Close(disconnect::MESSAGE_TIMEOUT),
+            Some(Refusal::Full) => Outcome::Close(disconnect::SERVER_FULL),
+            None => Outcome::Gone,
+        },
+        _ => Outcome::Gone,
+    }
+}
 
 impl Connection {
     /// Handles what the socket read.
@@ -21,13 +42,7 @@ impl Connection {
         let msg = match msg {
             None => return Outcome::Gone,
             Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                return if is_too_large(&e) {
-                    Outcome::Close(disconnect::MESSAGE_TOO_LARGE)
-                } else {
-                    Outcome::Gone
-                };
-            }
+            Some(Err(e)) => return read_failed(&e),
         };
         let rate = self.app.config.ws_message_rate;
         if !self.messages.allow(rate, rate * 2.0) {
@@ -47,7 +62,12 @@ impl Connection {
             }
             // Pings are answered by tungstenite; a raw frame is never read.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Outcome::Continue,
-            Message::Close(_) => Outcome::Gone,
+            Message::Close(_) => {
+                // tungstenite queued the reply that completes the close
+                // handshake (RFC 6455, section 5.5.1): send it, briefly.
+                let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, self.ws.flush()).await;
+                Outcome::Gone
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! A WebSocket's socket with its read-ahead buffer on the stack: an idle
-//! connection holds no read buffer at all.
+//! A WebSocket's socket with its read-ahead buffer on the stack, and the
+//! bounds on messages being received.
 //!
 //! tungstenite keeps its own read buffer for a connection's whole life, and
 //! reads into it at most its configured size at a time. Sized for few
@@ -8,13 +8,30 @@
 //! read of the socket goes into a chunk on the stack, what tungstenite
 //! asked for is copied out, and only what is left over (bytes the client
 //! has already sent) moves to the heap, until tungstenite takes it.
+//!
+//! tungstenite holds a message until its last frame arrives (up to
+//! `--ws-max-message-bytes`, fragments and all). So that a client cannot
+//! make the server hold that much on every connection for good,
+//! [`ReadAhead`] follows the frame headers (RFC 6455, section 5.2) of what
+//! it reads and bounds a message still in progress at the end of a read:
+//!
+//! - in time: all of it within `--body-timeout` of its first byte, as a
+//!   request body ([`Refusal::Timeout`], close 1008 `message_timeout`);
+//! - in bytes, across all connections: at most
+//!   [`MAX_WS_MESSAGE_BYTES_IN_FLIGHT`] ([`Refusal::Full`], close 1013
+//!   `server_full`).
+//!
+//! It only counts: tungstenite validates the frames.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// tungstenite's read buffer (`WebSocketConfig::read_buffer_size`): kept
 /// for the connection's life, and the most it takes per read from
@@ -25,28 +42,235 @@ pub(super) const TUNGSTENITE_READ: usize = 64;
 /// The most bytes one read of the socket takes (on the stack).
 const CHUNK: usize = 16 * 1024;
 
-/// A socket whose reads go through a stack chunk; writes pass through.
+/// The most bytes of WebSocket messages still in progress at the end of a
+/// read that the process holds at once, over all connections: 64 MiB. A
+/// message that would pass it closes its connection with 1013
+/// `server_full` (reconnect and send again).
+pub(super) const MAX_WS_MESSAGE_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+
+/// The budget's unit, in bytes.
+const BUDGET_UNIT: u64 = 1024;
+
+/// The process's budget of [`MAX_WS_MESSAGE_BYTES_IN_FLIGHT`], in
+/// [`BUDGET_UNIT`]s.
+fn budget() -> &'static Semaphore {
+    static BUDGET: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| Semaphore::new(MAX_WS_MESSAGE_BYTES_IN_FLIGHT / BUDGET_UNIT as usize))
+}
+
+/// Why a read failed on purpose: the session closes with its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Refusal {
+    /// A message was still in progress `--body-timeout` after its first byte.
+    #[error("a WebSocket message was not completed in time")]
+    Timeout,
+    /// The message in progress would pass the process's budget.
+    #[error("too many bytes of WebSocket messages are being received at once")]
+    Full,
+}
+
+impl Refusal {
+    /// The refusal a failed read carries, if it is one.
+    pub(super) fn of(e: &io::Error) -> Option<Refusal> {
+        e.get_ref()?.downcast_ref::<Refusal>().copied()
+    }
+}
+
+/// A socket whose reads go through a stack chunk and whose messages in
+/// progress are bounded; writes pass through.
 pub(super) struct ReadAhead<S> {
     io: S,
-    /// Bytes read from the socket that the reader has not taken yet, from
-    /// `at`; `None` (no allocation) whenever it took everything.
-    ahead: Option<Box<[u8]>>,
+    /// What reads left behind: bytes not taken yet, a frame or a message
+    /// in progress. `None` (no allocation) between messages, which is
+    /// where an idle connection is.
+    pending: Option<Box<Pending>>,
+    /// How long a message may take, from its first byte (`--body-timeout`).
+    limit: Duration,
+    budget: &'static Semaphore,
+}
+
+/// See [`ReadAhead::pending`].
+struct Pending {
+    /// Bytes read from the socket that the reader has not taken yet, from `at`.
+    ahead: Vec<u8>,
     at: usize,
+    frames: Frames,
+    /// When the message in progress was first seen unfinished.
+    started: Option<Instant>,
+    /// Budget units held for it.
+    held: u32,
+    budget: &'static Semaphore,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.held as usize);
+    }
+}
+
+/// Where the byte stream is among frames (RFC 6455, section 5.2): only
+/// what it takes to know where each frame ends and whether a message is in
+/// progress.
+#[derive(Default, Clone, Copy)]
+struct Frames {
+    /// The header read so far of the frame that starts next.
+    head: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// The current frame is a data frame with FIN: its end ends the message.
+    ends_message: bool,
+    /// A data message has begun and not ended.
+    in_message: bool,
+    /// Bytes of that message so far (headers, payloads, control frames
+    /// between its fragments).
+    bytes: u64,
+}
+
+impl Frames {
+    /// Follows `data`, the next bytes of the stream.
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload_left > 0 {
+                let n = (data.len() as u64).min(self.payload_left);
+                self.count(n);
+                self.payload_left -= n;
+                data = &data[n as usize..];
+                if self.payload_left == 0 {
+                    self.frame_end();
+                }
+                continue;
+            }
+            let b = data[0];
+            data = &data[1..];
+            // Opcodes below 8 are data frames (continuation, text, binary,
+            // reserved); 8 and above are control frames.
+            if self.have == 0 && b & 0x0F < 8 {
+                self.in_message = true;
+            }
+            self.count(1);
+            self.head[self.have as usize] = b;
+            self.have += 1;
+            if self.have >= 2 && self.have == header_len(self.head[1]) {
+                self.ends_message = self.head[0] & 0x80 != 0 && self.head[0] & 0x0F < 8;
+                self.payload_left = payload_len(&self.head);
+                self.have = 0;
+                if self.payload_left == 0 {
+                    self.frame_end();
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, n: u64) {
+        if self.in_message {
+            self.bytes = self.bytes.saturating_add(n);
+        }
+    }
+
+    fn frame_end(&mut self) {
+        if self.ends_message {
+            self.in_message = false;
+            self.bytes = 0;
+        }
+        self.ends_message = false;
+    }
+
+    /// At a frame boundary with no message in progress.
+    fn is_idle(&self) -> bool {
+        self.have == 0 && self.payload_left == 0 && !self.in_message
+    }
+}
+
+/// A frame header's length from its second byte: 2, plus 2 or 8 for an
+/// extended length, plus 4 for a mask.
+fn header_len(b1: u8) -> u8 {
+    let extended = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + extended + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// A complete header's payload length.
+fn payload_len(head: &[u8; 14]) -> u64 {
+    match head[1] & 0x7F {
+        126 => u16::from_be_bytes([head[2], head[3]]) as u64,
+        127 => u64::from_be_bytes(head[2..10].try_into().expect("eight bytes")),
+        n => n as u64,
+    }
 }
 
 impl<S> ReadAhead<S> {
-    pub(super) fn new(io: S) -> Self {
+    /// `io`, whose messages must each arrive within `limit`.
+    pub(super) fn new(io: S, limit: Duration) -> Self {
+        Self::with_budget(io, limit, budget())
+    }
+
+    fn with_budget(io: S, limit: Duration, budget: &'static Semaphore) -> Self {
         ReadAhead {
             io,
-            ahead: None,
-            at: 0,
+            pending: None,
+            limit,
+            budget,
         }
+    }
+
+    /// Follows `data`, just read from the socket, and bounds the message
+    /// left in progress; `leftover` is what the reader did not take.
+    fn track(&mut self, data: &[u8], leftover: &[u8]) -> Result<(), Refusal> {
+        let mut frames = self
+            .pending
+            .as_ref()
+            .map_or_else(Frames::default, |p| p.frames);
+        frames.feed(data);
+        if frames.is_idle() && leftover.is_empty() {
+            // Between messages with nothing left over: no state, and the
+            // budget held (if any) goes back.
+            if self.pending.as_ref().is_none_or(|p| p.at == p.ahead.len()) {
+                self.pending = None;
+                return Ok(());
+            }
+        }
+        let budget = self.budget;
+        let p = self.pending.get_or_insert_with(|| {
+            Box::new(Pending {
+                ahead: Vec::new(),
+                at: 0,
+                frames,
+                started: None,
+                held: 0,
+                budget,
+            })
+        });
+        p.frames = frames;
+        if !leftover.is_empty() {
+            p.ahead.extend_from_slice(leftover);
+        }
+        if !frames.in_message {
+            p.started = None;
+            budget.add_permits(std::mem::take(&mut p.held) as usize);
+            return Ok(());
+        }
+        let started = *p.started.get_or_insert_with(Instant::now);
+        if started.elapsed() > self.limit {
+            return Err(Refusal::Timeout);
+        }
+        let units = frames.bytes.div_ceil(BUDGET_UNIT).min(u32::MAX as u64) as u32;
+        if units > p.held {
+            let more = units - p.held;
+            let permits = budget.try_acquire_many(more).map_err(|_| Refusal::Full)?;
+            permits.forget();
+            p.held = units;
+        }
+        Ok(())
     }
 
     /// Bytes read from the socket and not yet taken by the reader.
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.ahead.as_ref().map_or(0, |a| a.len() - self.at)
+        self.pending.as_ref().map_or(0, |p| p.ahead.len() - p.at)
     }
 }
 
@@ -60,29 +284,34 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if let Some(ahead) = &this.ahead {
-            let n = (ahead.len() - this.at).min(buf.remaining());
-            buf.put_slice(&ahead[this.at..this.at + n]);
-            this.at += n;
-            if this.at == ahead.len() {
-                this.ahead = None;
-                this.at = 0;
+        if let Some(p) = this.pending.as_mut().filter(|p| p.at < p.ahead.len()) {
+            let n = (p.ahead.len() - p.at).min(buf.remaining());
+            buf.put_slice(&p.ahead[p.at..p.at + n]);
+            p.at += n;
+            if p.at == p.ahead.len() {
+                p.ahead = Vec::new();
+                p.at = 0;
+                if p.frames.is_idle() {
+                    this.pending = None;
+                }
             }
             return Poll::Ready(Ok(()));
         }
-        if buf.remaining() >= CHUNK {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
-        let mut read = ReadBuf::uninit(&mut chunk);
-        ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
-        let got = read.filled();
-        let n = got.len().min(buf.remaining());
-        buf.put_slice(&got[..n]);
-        if n < got.len() {
-            this.ahead = Some(got[n..].into());
-        }
-        Poll::Ready(Ok(()))
+        let refused = if buf.remaining() >= CHUNK {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+            let read = buf.filled()[before..].to_vec();
+            this.track(&read, &[])
+        } else {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+            let got = read.filled();
+            let n = got.len().min(buf.remaining());
+            buf.put_slice(&got[..n]);
+            this.track(got, &got[n..])
+        };
+        Poll::Ready(refused.map_err(io::Error::other))
     }
 }
 
@@ -119,34 +348,169 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
 
     use super::*;
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    /// A client frame: FIN, `opcode`, masked with a zero key.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn leaked(units: usize) -> &'static Semaphore {
+        Box::leak(Box::new(Semaphore::new(units)))
+    }
 
     /// Small reads see every byte in order, the leftover is freed once
     /// taken, and a read as large as a chunk goes straight to the socket.
     #[tokio::test]
     async fn small_reads_take_every_byte_and_free_the_leftover() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-        client.write_all(&sent).await.unwrap();
-        drop(client);
-        let mut socket = ReadAhead::new(server);
+        // One unmasked binary frame of 65,536 bytes: followed, not refused.
+        let mut sent = vec![0x82, 127];
+        sent.extend_from_slice(&65_536u64.to_be_bytes());
+        sent.extend((0..65_536u32).map(|i| (i % 251) as u8));
+        let total = sent.len();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            sent
+        });
+        let mut socket = ReadAhead::with_budget(server, LONG, leaked(1024));
         let mut got = Vec::new();
         let mut small = [0u8; TUNGSTENITE_READ];
         let n = socket.read(&mut small).await.unwrap();
         assert_eq!(n, TUNGSTENITE_READ);
         got.extend_from_slice(&small[..n]);
-        assert_eq!(socket.held(), CHUNK - TUNGSTENITE_READ);
+        assert!(socket.held() > 0);
         while socket.held() > 0 {
             let n = socket.read(&mut small).await.unwrap();
             got.extend_from_slice(&small[..n]);
         }
-        assert!(socket.ahead.is_none());
         let mut large = vec![0u8; CHUNK];
-        let n = socket.read(&mut large).await.unwrap();
-        assert_eq!(socket.held(), 0);
-        got.extend_from_slice(&large[..n]);
-        socket.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, sent);
+        while got.len() < total {
+            let n = socket.read(&mut large).await.unwrap();
+            got.extend_from_slice(&large[..n]);
+            while socket.held() > 0 {
+                let n = socket.read(&mut small).await.unwrap();
+                got.extend_from_slice(&small[..n]);
+            }
+        }
+        assert_eq!(got, writer.await.unwrap());
+        // The message ended with the last byte: nothing kept.
+        assert!(socket.pending.is_none());
+    }
+
+    /// A fragmented text message with a ping between its fragments, written
+    /// one byte at a time, reaches tungstenite whole; then nothing is kept.
+    #[tokio::test]
+    async fn fragments_written_byte_by_byte_are_read_whole() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut wire = frame(false, 0x1, b"hel");
+        wire.extend(frame(true, 0x9, b"p"));
+        wire.extend(frame(false, 0x0, b"lo "));
+        wire.extend(frame(true, 0x0, &[b'x'; 300]));
+        tokio::spawn(async move {
+            for b in wire {
+                client.write_all(&[b]).await.unwrap();
+            }
+            // Kept open: the server's pong goes nowhere.
+            std::future::pending::<()>().await;
+        });
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(TUNGSTENITE_READ);
+        let socket = ReadAhead::with_budget(server, LONG, leaked(1024));
+        let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
+        use futures_util::StreamExt;
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Ping("p".into()));
+        let text = ws.next().await.unwrap().unwrap();
+        assert_eq!(
+            text.to_text().unwrap(),
+            format!("hello {}", "x".repeat(300))
+        );
+        assert!(ws.get_ref().pending.is_none());
+    }
+
+    /// A message still unfinished past the limit is refused at the next
+    /// read; one finished in time is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_past_its_time_is_refused() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut socket = ReadAhead::with_budget(server, Duration::from_secs(30), leaked(1024));
+        let mut buf = [0u8; TUNGSTENITE_READ];
+        let whole = frame(true, 0x1, b"done");
+        client.write_all(&whole[..3]).await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        client.write_all(&whole[3..]).await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), whole.len() - 3);
+        assert!(socket.pending.is_none(), "finished in time");
+        // A second message: its first part, then pongs only, past the limit.
+        let slow = frame(false, 0x1, b"never");
+        client.write_all(&slow).await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), slow.len());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        client.write_all(&frame(true, 0xA, b"")).await.unwrap();
+        let e = socket.read(&mut buf).await.unwrap_err();
+        assert_eq!(Refusal::of(&e), Some(Refusal::Timeout));
+    }
+
+    /// Messages in progress hold the budget by the kilobyte, give it back
+    /// when they end or their connection goes, and one that would pass it
+    /// is refused.
+    #[tokio::test]
+    async fn messages_in_progress_hold_the_budget() {
+        let budget = leaked(8);
+        let (mut a_client, a_server) = tokio::io::duplex(64 * 1024);
+        let (mut b_client, b_server) = tokio::io::duplex(64 * 1024);
+        let mut a = ReadAhead::with_budget(a_server, LONG, budget);
+        let mut b = ReadAhead::with_budget(b_server, LONG, budget);
+        let mut buf = vec![0u8; 8 * 1024];
+        // A: 5 KiB of a message whose last fragment has not come.
+        a_client
+            .write_all(&frame(false, 0x2, &[1; 5 * 1024]))
+            .await
+            .unwrap();
+        while a.read(&mut buf).await.unwrap() > 0 && a.held() > 0 {}
+        assert_eq!(budget.available_permits(), 2);
+        // B: 4 KiB more would pass the 8 KiB budget.
+        b_client
+            .write_all(&frame(false, 0x2, &[2; 4 * 1024]))
+            .await
+            .unwrap();
+        let e = b.read(&mut buf).await.unwrap_err();
+        assert_eq!(Refusal::of(&e), Some(Refusal::Full));
+        drop(b);
+        assert_eq!(budget.available_permits(), 2);
+        // A's last fragment ends the message: its budget comes back.
+        a_client.write_all(&frame(true, 0x0, b"end")).await.unwrap();
+        assert_eq!(a.read(&mut buf).await.unwrap(), 9);
+        assert_eq!(budget.available_permits(), 8);
+        // A connection that goes mid-message gives its budget back too.
+        a_client
+            .write_all(&frame(false, 0x2, &[3; 3 * 1024]))
+            .await
+            .unwrap();
+        assert_eq!(a.read(&mut buf).await.unwrap(), 8 + 3 * 1024);
+        assert_eq!(budget.available_permits(), 4);
+        drop(a);
+        assert_eq!(budget.available_permits(), 8);
     }
 }

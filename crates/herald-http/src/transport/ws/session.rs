@@ -29,7 +29,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{timeout, Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::Socket;
 use crate::auth::deadline_of;
@@ -178,7 +178,10 @@ async fn connect(start: Box<Start>) -> Option<(Connection, Option<AuthError>)> {
     } = *start;
     let upgraded = upgrade.await.ok()?;
     let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        super::read_ahead::ReadAhead::new(hyper_util::rt::TokioIo::new(upgraded)),
+        super::read_ahead::ReadAhead::new(
+            hyper_util::rt::TokioIo::new(upgraded),
+            app.config.body_timeout,
+        ),
         tokio_tungstenite::tungstenite::protocol::Role::Server,
         Some(config),
     )
@@ -519,11 +522,6 @@ async fn expired(deadline: &mut Option<Pin<Box<Sleep>>>) {
         Some(d) => d.await,
         None => std::future::pending().await,
     }
-}
-
-/// Whether a read failed because the message was over the size limit.
-pub(super) fn is_too_large(e: &WsError) -> bool {
-    matches!(e, WsError::Capacity(_))
 }
 
 #[cfg(test)]
