@@ -513,8 +513,8 @@ def main():
                     continue
                 if scenario.startswith(("c-", "d-")) and t == "ceiling":
                     continue  # the ceiling serves one topic
-                if t == "herald-base" and "10000" not in scenario and not scenario.startswith("d-"):
-                    continue  # the earlier build: at 10k connections and publishes only
+                if t == "herald-base" and "10000" not in scenario and not scenario.startswith(("d-", "e-")):
+                    continue  # the earlier build: at 10k connections, publishes and rooms only
                 if t == "herald1" and not scenario.startswith("b-"):
                     continue  # one thread: fan-out and latency only
                 if scenario.startswith("e-") and t not in ROOMS:
