@@ -5,10 +5,9 @@
 //! Pings, pongs and the close go through tungstenite. Deliveries do not:
 //! they are each event's shared frame ([`herald_core::Event::ws_frame`]),
 //! written straight to the socket after whatever tungstenite holds; nor do
-//! replies, framed here. That
-//! interleaving is sound because a server's data frames carry no state
-//! tungstenite tracks (no masking, no fragmentation, no extension), and
-//! nothing is written after the close.
+//! replies, framed here. That interleaving is sound because a server's
+//! data frames carry no state tungstenite tracks (no masking, no
+//! fragmentation, no extension), and nothing is written after the close.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
