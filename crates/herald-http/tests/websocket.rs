@@ -377,8 +377,8 @@ async fn read_close(c: &mut tokio::net::TcpStream) -> (u16, String) {
 /// RFC 6455 where the server must answer or bound what a client sends: a
 /// client's close is answered with a close (section 5.5.1); a message whose
 /// frames are still coming `body_timeout` after its first byte is closed
-/// 1008 `message not completed in time` (the client keeps the connection
-/// alive meanwhile); an unmasked frame is closed 1002, a text message that
+/// 1008 `message not completed in time` (whether the client keeps the
+/// connection alive meanwhile or sends nothing more); an unmasked frame is closed 1002, a text message that
 /// is not UTF-8 1007; the server keeps serving.
 #[tokio::test]
 async fn close_handshake_slow_messages_and_protocol_errors() {
@@ -399,13 +399,29 @@ async fn close_handshake_slow_messages_and_protocol_errors() {
     c.write_all(&client_frame(false, 0x1, br#"{"type":"#))
         .await
         .unwrap();
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Pongs keep the connection alive, not the message.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
         c.write_all(&client_frame(true, 0xA, b"")).await.unwrap();
     }
     assert_eq!(
         read_close(&mut c).await,
         (1008, "message not completed in time".to_owned())
+    );
+
+    // A message that stops coming is closed at its deadline, not at the
+    // pong timeout; nothing else arrives meanwhile.
+    let mut c = raw_ws(s.addr).await;
+    c.write_all(&client_frame(false, 0x1, b"{")).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        read_close(&mut c).await,
+        (1008, "message not completed in time".to_owned())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
     );
 
     let mut c = raw_ws(s.addr).await;

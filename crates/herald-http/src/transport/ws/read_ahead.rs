@@ -23,6 +23,7 @@
 //!
 //! It only counts: tungstenite validates the frames.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// tungstenite's read buffer (`WebSocketConfig::read_buffer_size`): kept
 /// for the connection's life, and the most it takes per read from
@@ -95,8 +96,10 @@ struct Pending {
     ahead: Vec<u8>,
     at: usize,
     frames: Frames,
-    /// When the message in progress was first seen unfinished.
-    started: Option<Instant>,
+    /// When the message in progress must be complete: set when it is first
+    /// seen unfinished at the end of a read (the timer wakes the reader
+    /// then, even if nothing more arrives).
+    deadline: Option<Pin<Box<Sleep>>>,
     /// Budget units held for it.
     held: u32,
     budget: &'static Semaphore,
@@ -220,6 +223,10 @@ impl<S> ReadAhead<S> {
     /// Follows `data`, just read from the socket, and bounds the message
     /// left in progress; `leftover` is what the reader did not take.
     fn track(&mut self, data: &[u8], leftover: &[u8]) -> Result<(), Refusal> {
+        // A message past its deadline is refused even if these bytes end it.
+        if self.is_late() {
+            return Err(Refusal::Timeout);
+        }
         let mut frames = self
             .pending
             .as_ref()
@@ -239,7 +246,7 @@ impl<S> ReadAhead<S> {
                 ahead: Vec::new(),
                 at: 0,
                 frames,
-                started: None,
+                deadline: None,
                 held: 0,
                 budget,
             })
@@ -249,14 +256,13 @@ impl<S> ReadAhead<S> {
             p.ahead.extend_from_slice(leftover);
         }
         if !frames.in_message {
-            p.started = None;
+            p.deadline = None;
             budget.add_permits(std::mem::take(&mut p.held) as usize);
             return Ok(());
         }
-        let started = *p.started.get_or_insert_with(Instant::now);
-        if started.elapsed() > self.limit {
-            return Err(Refusal::Timeout);
-        }
+        let limit = self.limit;
+        p.deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         let units = frames.bytes.div_ceil(BUDGET_UNIT).min(u32::MAX as u64) as u32;
         if units > p.held {
             let more = units - p.held;
@@ -265,6 +271,14 @@ impl<S> ReadAhead<S> {
             p.held = units;
         }
         Ok(())
+    }
+
+    /// Whether a message in progress is past its deadline.
+    fn is_late(&self) -> bool {
+        self.pending
+            .as_ref()
+            .and_then(|p| p.deadline.as_ref())
+            .is_some_and(|d| d.deadline() <= Instant::now())
     }
 
     /// Bytes read from the socket and not yet taken by the reader.
@@ -305,7 +319,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         } else {
             let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
             let mut read = ReadBuf::uninit(&mut chunk);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+            if Pin::new(&mut this.io)
+                .poll_read(cx, &mut read)?
+                .is_pending()
+            {
+                // Nothing to read: a message in progress still ends at its
+                // deadline (its timer wakes this task).
+                let late = this
+                    .pending
+                    .as_mut()
+                    .and_then(|p| p.deadline.as_mut())
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                return if late {
+                    Poll::Ready(Err(io::Error::other(Refusal::Timeout)))
+                } else {
+                    Poll::Pending
+                };
+            }
             let got = read.filled();
             let n = got.len().min(buf.remaining());
             buf.put_slice(&got[..n]);
@@ -448,26 +478,51 @@ mod tests {
         assert!(ws.get_ref().pending.is_none());
     }
 
-    /// A message still unfinished past the limit is refused at the next
-    /// read; one finished in time is not.
+    /// A message still unfinished at its deadline is refused: at the next
+    /// read if bytes keep coming (pongs), at the deadline itself if none
+    /// do, and even if the late bytes would end it. One finished in time
+    /// is not.
     #[tokio::test(start_paused = true)]
     async fn a_message_past_its_time_is_refused() {
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_budget(server, Duration::from_secs(30), leaked(1024));
+        let limit = Duration::from_secs(30);
         let mut buf = [0u8; TUNGSTENITE_READ];
         let whole = frame(true, 0x1, b"done");
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut socket = ReadAhead::with_budget(server, limit, leaked(1024));
         client.write_all(&whole[..3]).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
         tokio::time::advance(Duration::from_secs(20)).await;
         client.write_all(&whole[3..]).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), whole.len() - 3);
         assert!(socket.pending.is_none(), "finished in time");
-        // A second message: its first part, then pongs only, past the limit.
+        // Its first fragment, then pongs only, past the limit.
         let slow = frame(false, 0x1, b"never");
         client.write_all(&slow).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), slow.len());
         tokio::time::advance(Duration::from_secs(31)).await;
         client.write_all(&frame(true, 0xA, b"")).await.unwrap();
+        let e = socket.read(&mut buf).await.unwrap_err();
+        assert_eq!(Refusal::of(&e), Some(Refusal::Timeout));
+
+        // Nothing more after the first bytes: refused at the deadline (the
+        // paused clock jumps to it while the read waits).
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut socket = ReadAhead::with_budget(server, limit, leaked(1024));
+        client.write_all(&whole[..3]).await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        let started = Instant::now();
+        let e = socket.read(&mut buf).await.unwrap_err();
+        assert_eq!(Refusal::of(&e), Some(Refusal::Timeout));
+        assert_eq!(started.elapsed(), limit);
+
+        // The rest arrives, but late.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut socket = ReadAhead::with_budget(server, limit, leaked(1024));
+        client.write_all(&whole[..3]).await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        client.write_all(&whole[3..]).await.unwrap();
         let e = socket.read(&mut buf).await.unwrap_err();
         assert_eq!(Refusal::of(&e), Some(Refusal::Timeout));
     }
