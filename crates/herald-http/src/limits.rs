@@ -22,6 +22,13 @@ pub struct Slot {
     ip: Option<IpAddr>,
 }
 
+impl Slot {
+    /// The client address the slot counts against; `None` when unknown.
+    pub(crate) fn client(&self) -> Option<IpAddr> {
+        self.ip
+    }
+}
+
 impl ConnectionLimiter {
     /// Takes a slot for `ip` (unknown when Herald is nested in another server).
     pub fn acquire(

@@ -18,15 +18,19 @@
 //! - in time: all of it within `--body-timeout` of its first byte, as a
 //!   request body ([`Refusal::Timeout`], close 1008 `message_timeout`);
 //! - in bytes, across all connections: at most
-//!   [`MAX_WS_MESSAGE_BYTES_IN_FLIGHT`] ([`Refusal::Full`], close 1013
-//!   `server_full`).
+//!   [`MAX_WS_MESSAGE_BYTES_IN_FLIGHT`], and at most
+//!   [`MAX_WS_MESSAGE_BYTES_PER_CLIENT`] for one client address
+//!   ([`Refusal::Full`], close 1013 `server_full`).
 //!
 //! It only counts: tungstenite validates the frames.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -49,14 +53,88 @@ const CHUNK: usize = 16 * 1024;
 /// `server_full` (reconnect and send again).
 pub(super) const MAX_WS_MESSAGE_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
 
+/// The most of [`MAX_WS_MESSAGE_BYTES_IN_FLIGHT`] one client address may
+/// hold: a quarter (16 MiB), so that one client cannot keep every other's
+/// large messages refused.
+pub(super) const MAX_WS_MESSAGE_BYTES_PER_CLIENT: usize = MAX_WS_MESSAGE_BYTES_IN_FLIGHT / 4;
+
 /// The budget's unit, in bytes.
 const BUDGET_UNIT: u64 = 1024;
 
-/// The process's budget of [`MAX_WS_MESSAGE_BYTES_IN_FLIGHT`], in
-/// [`BUDGET_UNIT`]s.
-fn budget() -> &'static Semaphore {
-    static BUDGET: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
-    BUDGET.get_or_init(|| Semaphore::new(MAX_WS_MESSAGE_BYTES_IN_FLIGHT / BUDGET_UNIT as usize))
+/// The process's bounds on messages in progress, in [`BUDGET_UNIT`]s.
+struct Bounds {
+    budget: Semaphore,
+    /// Units held per client address (only addresses holding some).
+    per_client: Mutex<HashMap<IpAddr, u32>>,
+    per_client_max: u32,
+}
+
+impl Bounds {
+    fn new(total: usize, per_client: usize) -> Bounds {
+        Bounds {
+            budget: Semaphore::new(total / BUDGET_UNIT as usize),
+            per_client: Mutex::default(),
+            per_client_max: (per_client / BUDGET_UNIT as usize) as u32,
+        }
+    }
+
+    /// Takes `units` more for `client`, within its share and the total.
+    fn take(&self, client: Option<IpAddr>, units: u32) -> Result<(), Refusal> {
+        if let Some(ip) = client {
+            let mut held = self
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mine = held.entry(ip).or_default();
+            if *mine + units > self.per_client_max {
+                if *mine == 0 {
+                    held.remove(&ip);
+                }
+                return Err(Refusal::Full);
+            }
+            *mine += units;
+        }
+        match self.budget.try_acquire_many(units) {
+            Ok(permits) => {
+                permits.forget();
+                Ok(())
+            }
+            Err(_) => {
+                self.give(client, 0, units);
+                Err(Refusal::Full)
+            }
+        }
+    }
+
+    /// Gives back `units` to the total and `client_units` to the client's share.
+    fn give(&self, client: Option<IpAddr>, units: u32, client_units: u32) {
+        if units > 0 {
+            self.budget.add_permits(units as usize);
+        }
+        if let (Some(ip), true) = (client, client_units > 0) {
+            let mut held = self
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(mine) = held.get_mut(&ip) {
+                *mine = mine.saturating_sub(client_units);
+                if *mine == 0 {
+                    held.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The process's [`Bounds`].
+fn bounds() -> &'static Bounds {
+    static BOUNDS: std::sync::OnceLock<Bounds> = std::sync::OnceLock::new();
+    BOUNDS.get_or_init(|| {
+        Bounds::new(
+            MAX_WS_MESSAGE_BYTES_IN_FLIGHT,
+            MAX_WS_MESSAGE_BYTES_PER_CLIENT,
+        )
+    })
 }
 
 /// Why a read failed on purpose: the session closes with its reason.
@@ -85,9 +163,12 @@ pub(super) struct ReadAhead<S> {
     /// in progress. `None` (no allocation) between messages, which is
     /// where an idle connection is.
     pending: Option<Box<Pending>>,
-    /// How long a message may take, from its first byte (`--body-timeout`).
-    limit: Duration,
-    budget: &'static Semaphore,
+    /// How long a message may take from its first byte (`--body-timeout`),
+    /// in milliseconds.
+    limit_ms: u32,
+    /// The client address whose share a message in progress counts against.
+    client: Option<IpAddr>,
+    bounds: &'static Bounds,
 }
 
 /// See [`ReadAhead::pending`].
@@ -102,12 +183,13 @@ struct Pending {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Budget units held for it.
     held: u32,
-    budget: &'static Semaphore,
+    client: Option<IpAddr>,
+    bounds: &'static Bounds,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.budget.add_permits(self.held as usize);
+        self.bounds.give(self.client, self.held, self.held);
     }
 }
 
@@ -206,17 +288,24 @@ fn payload_len(head: &[u8; 14]) -> u64 {
 }
 
 impl<S> ReadAhead<S> {
-    /// `io`, whose messages must each arrive within `limit`.
-    pub(super) fn new(io: S, limit: Duration) -> Self {
-        Self::with_budget(io, limit, budget())
+    /// `io`, a connection from `client`, whose messages must each arrive
+    /// within `limit`.
+    pub(super) fn new(io: S, limit: Duration, client: Option<IpAddr>) -> Self {
+        Self::with_bounds(io, limit, client, bounds())
     }
 
-    fn with_budget(io: S, limit: Duration, budget: &'static Semaphore) -> Self {
+    fn with_bounds(
+        io: S,
+        limit: Duration,
+        client: Option<IpAddr>,
+        bounds: &'static Bounds,
+    ) -> Self {
         ReadAhead {
             io,
             pending: None,
-            limit,
-            budget,
+            limit_ms: limit.as_millis().min(u32::MAX as u128) as u32,
+            client,
+            bounds,
         }
     }
 
@@ -240,7 +329,7 @@ impl<S> ReadAhead<S> {
                 return Ok(());
             }
         }
-        let budget = self.budget;
+        let (client, bounds) = (self.client, self.bounds);
         let p = self.pending.get_or_insert_with(|| {
             Box::new(Pending {
                 ahead: Vec::new(),
@@ -248,7 +337,8 @@ impl<S> ReadAhead<S> {
                 frames,
                 deadline: None,
                 held: 0,
-                budget,
+                client,
+                bounds,
             })
         });
         p.frames = frames;
@@ -257,17 +347,16 @@ impl<S> ReadAhead<S> {
         }
         if !frames.in_message {
             p.deadline = None;
-            budget.add_permits(std::mem::take(&mut p.held) as usize);
+            let held = std::mem::take(&mut p.held);
+            bounds.give(client, held, held);
             return Ok(());
         }
-        let limit = self.limit;
+        let limit = Duration::from_millis(self.limit_ms as u64);
         p.deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         let units = frames.bytes.div_ceil(BUDGET_UNIT).min(u32::MAX as u64) as u32;
         if units > p.held {
-            let more = units - p.held;
-            let permits = budget.try_acquire_many(more).map_err(|_| Refusal::Full)?;
-            permits.forget();
+            bounds.take(client, units - p.held)?;
             p.held = units;
         }
         Ok(())
@@ -405,8 +494,9 @@ mod tests {
         f
     }
 
-    fn leaked(units: usize) -> &'static Semaphore {
-        Box::leak(Box::new(Semaphore::new(units)))
+    /// Bounds of `total` KiB, `per_client` KiB for one address.
+    fn leaked(total: usize, per_client: usize) -> &'static Bounds {
+        Box::leak(Box::new(Bounds::new(total * 1024, per_client * 1024)))
     }
 
     /// Small reads see every byte in order, the leftover is freed once
@@ -423,7 +513,7 @@ mod tests {
             client.write_all(&sent).await.unwrap();
             sent
         });
-        let mut socket = ReadAhead::with_budget(server, LONG, leaked(1024));
+        let mut socket = ReadAhead::with_bounds(server, LONG, None, leaked(1024, 1024));
         let mut got = Vec::new();
         let mut small = [0u8; TUNGSTENITE_READ];
         let n = socket.read(&mut small).await.unwrap();
@@ -466,7 +556,7 @@ mod tests {
         });
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(TUNGSTENITE_READ);
-        let socket = ReadAhead::with_budget(server, LONG, leaked(1024));
+        let socket = ReadAhead::with_bounds(server, LONG, None, leaked(1024, 1024));
         let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
         use futures_util::StreamExt;
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::Ping("p".into()));
@@ -489,7 +579,7 @@ mod tests {
         let whole = frame(true, 0x1, b"done");
 
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_budget(server, limit, leaked(1024));
+        let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
         client.write_all(&whole[..3]).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
         tokio::time::advance(Duration::from_secs(20)).await;
@@ -508,7 +598,7 @@ mod tests {
         // Nothing more after the first bytes: refused at the deadline (the
         // paused clock jumps to it while the read waits).
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_budget(server, limit, leaked(1024));
+        let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
         client.write_all(&whole[..3]).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
         let started = Instant::now();
@@ -518,7 +608,7 @@ mod tests {
 
         // The rest arrives, but late.
         let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_budget(server, limit, leaked(1024));
+        let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
         client.write_all(&whole[..3]).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -528,44 +618,60 @@ mod tests {
     }
 
     /// Messages in progress hold the budget by the kilobyte, give it back
-    /// when they end or their connection goes, and one that would pass it
-    /// is refused.
+    /// when they end or their connection goes, and one that would pass the
+    /// total, or its client's share, is refused.
     #[tokio::test]
     async fn messages_in_progress_hold_the_budget() {
-        let budget = leaked(8);
+        let bounds = leaked(8, 6);
+        let free = || bounds.budget.available_permits();
+        let one: Option<IpAddr> = Some([10, 0, 0, 1].into());
+        let other: Option<IpAddr> = Some([10, 0, 0, 2].into());
         let (mut a_client, a_server) = tokio::io::duplex(64 * 1024);
         let (mut b_client, b_server) = tokio::io::duplex(64 * 1024);
-        let mut a = ReadAhead::with_budget(a_server, LONG, budget);
-        let mut b = ReadAhead::with_budget(b_server, LONG, budget);
+        let (mut c_client, c_server) = tokio::io::duplex(64 * 1024);
+        let mut a = ReadAhead::with_bounds(a_server, LONG, one, bounds);
+        let mut b = ReadAhead::with_bounds(b_server, LONG, one, bounds);
+        let mut c = ReadAhead::with_bounds(c_server, LONG, other, bounds);
         let mut buf = vec![0u8; 8 * 1024];
-        // A: 5 KiB of a message whose last fragment has not come.
-        a_client
-            .write_all(&frame(false, 0x2, &[1; 5 * 1024]))
-            .await
-            .unwrap();
-        while a.read(&mut buf).await.unwrap() > 0 && a.held() > 0 {}
-        assert_eq!(budget.available_permits(), 2);
-        // B: 4 KiB more would pass the 8 KiB budget.
+        // A: 5 KiB of a message whose last fragment has not come: 6 units.
+        let first = frame(false, 0x2, &[1; 5 * 1024]);
+        a_client.write_all(&first).await.unwrap();
+        assert_eq!(a.read(&mut buf).await.unwrap(), first.len());
+        assert_eq!(free(), 2);
+        // B, from the same address: over its share, though the total has room.
         b_client
-            .write_all(&frame(false, 0x2, &[2; 4 * 1024]))
+            .write_all(&frame(false, 0x2, &[2; 100]))
             .await
             .unwrap();
         let e = b.read(&mut buf).await.unwrap_err();
         assert_eq!(Refusal::of(&e), Some(Refusal::Full));
         drop(b);
-        assert_eq!(budget.available_permits(), 2);
+        assert_eq!(free(), 2);
+        // C, from another address: 1 KiB fits; 3 KiB more would pass the total.
+        let small = frame(false, 0x2, &[3; 900]);
+        c_client.write_all(&small).await.unwrap();
+        assert_eq!(c.read(&mut buf).await.unwrap(), small.len());
+        assert_eq!(free(), 1);
+        c_client
+            .write_all(&frame(false, 0x0, &[4; 3 * 1024]))
+            .await
+            .unwrap();
+        let e = c.read(&mut buf).await.unwrap_err();
+        assert_eq!(Refusal::of(&e), Some(Refusal::Full));
+        drop(c);
+        assert_eq!(free(), 2);
         // A's last fragment ends the message: its budget comes back.
         a_client.write_all(&frame(true, 0x0, b"end")).await.unwrap();
         assert_eq!(a.read(&mut buf).await.unwrap(), 9);
-        assert_eq!(budget.available_permits(), 8);
+        assert_eq!(free(), 8);
+        assert!(bounds.per_client.lock().unwrap().is_empty());
         // A connection that goes mid-message gives its budget back too.
-        a_client
-            .write_all(&frame(false, 0x2, &[3; 3 * 1024]))
-            .await
-            .unwrap();
-        assert_eq!(a.read(&mut buf).await.unwrap(), 8 + 3 * 1024);
-        assert_eq!(budget.available_permits(), 4);
+        let again = frame(false, 0x2, &[3; 3 * 1024]);
+        a_client.write_all(&again).await.unwrap();
+        assert_eq!(a.read(&mut buf).await.unwrap(), again.len());
+        assert_eq!(free(), 4);
         drop(a);
-        assert_eq!(budget.available_permits(), 8);
+        assert_eq!(free(), 8);
+        assert!(bounds.per_client.lock().unwrap().is_empty());
     }
 }

@@ -35,34 +35,48 @@ use crate::auth::deadline_of;
 use crate::limits::Slot;
 use crate::AppState;
 
-/// A token bucket's state: tokens left and when they were counted. Its
-/// rate and burst come from the configuration at each use (not kept per
-/// connection: three buckets on every connection).
+/// A token bucket's state: tokens left and when they were counted (8
+/// bytes: three buckets on every connection). Its rate and burst come from
+/// the configuration at each use.
 pub(super) struct RateLimit {
-    tokens: f64,
-    at: Instant,
+    tokens: f32,
+    /// Milliseconds since [`epoch`] (wrapping after 49 days: only the gap
+    /// between two counts matters).
+    at: u32,
+}
+
+/// The process's reference instant for [`RateLimit`]s.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`], wrapping.
+fn now_ms() -> u32 {
+    epoch().elapsed().as_millis() as u32
 }
 
 impl RateLimit {
     /// A full bucket of `burst` (at least 1) tokens.
     fn new(burst: f64) -> Self {
         RateLimit {
-            tokens: burst.max(1.0),
-            at: Instant::now(),
+            tokens: burst.max(1.0) as f32,
+            at: now_ms(),
         }
     }
 
     /// Takes a token if there is one, after adding `rate` per second since
     /// the last count, up to `burst` (at least 1).
     pub(super) fn allow(&mut self, rate: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst.max(1.0));
+        let now = now_ms();
+        let elapsed = now.wrapping_sub(self.at) as f64 / 1000.0;
+        let tokens = (self.tokens as f64 + elapsed * rate).min(burst.max(1.0));
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if tokens >= 1.0 {
+            self.tokens = (tokens - 1.0) as f32;
             true
         } else {
+            self.tokens = tokens as f32;
             false
         }
     }
@@ -180,6 +194,7 @@ async fn connect(start: Box<Start>) -> Option<(Connection, Option<AuthError>)> {
         super::read_ahead::ReadAhead::new(
             hyper_util::rt::TokioIo::new(upgraded),
             app.config.body_timeout,
+            slot.client(),
         ),
         tokio_tungstenite::tungstenite::protocol::Role::Server,
         Some(config),
