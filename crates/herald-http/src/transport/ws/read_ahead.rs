@@ -210,6 +210,9 @@ struct Frames {
     /// Bytes of that message so far (headers, payloads, control frames
     /// between its fragments).
     bytes: u64,
+    /// Messages ended so far (wrapping): tells a read that ended one
+    /// message and began the next from one that went on with the same.
+    ended: u32,
 }
 
 impl Frames {
@@ -257,6 +260,7 @@ impl Frames {
         if self.ends_message {
             self.in_message = false;
             self.bytes = 0;
+            self.ended = self.ended.wrapping_add(1);
         }
         self.ends_message = false;
     }
@@ -320,6 +324,7 @@ impl<S> ReadAhead<S> {
             .pending
             .as_ref()
             .map_or_else(Frames::default, |p| p.frames);
+        let ended = frames.ended;
         frames.feed(data);
         if frames.is_idle() && leftover.is_empty() {
             // Between messages with nothing left over: no state, and the
@@ -342,6 +347,13 @@ impl<S> ReadAhead<S> {
             })
         });
         p.frames = frames;
+        if frames.ended != ended {
+            // The message that held the deadline and the budget ended; one
+            // begun in the same read gets its own.
+            p.deadline = None;
+            let held = std::mem::take(&mut p.held);
+            bounds.give(client, held, held);
+        }
         if !leftover.is_empty() {
             p.ahead.extend_from_slice(leftover);
         }
@@ -615,6 +627,30 @@ mod tests {
         client.write_all(&whole[3..]).await.unwrap();
         let e = socket.read(&mut buf).await.unwrap_err();
         assert_eq!(Refusal::of(&e), Some(Refusal::Timeout));
+    }
+
+    /// Large messages back to back, each ending in the read that begins
+    /// the next: each has its own deadline, so a client streaming them for
+    /// longer than the limit is not refused.
+    #[tokio::test(start_paused = true)]
+    async fn back_to_back_messages_each_get_their_own_deadline() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let bounds = leaked(1024, 1024);
+        let mut socket = ReadAhead::with_bounds(server, Duration::from_secs(30), None, bounds);
+        let mut buf = [0u8; 4096];
+        let message = frame(true, 0x2, &[7; 3000]);
+        let (head, tail) = message.split_at(1000);
+        client.write_all(head).await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), head.len());
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(20)).await;
+            let mut next = tail.to_vec();
+            next.extend_from_slice(head);
+            client.write_all(&next).await.unwrap();
+            assert_eq!(socket.read(&mut buf).await.unwrap(), next.len());
+            // Only the new message's kilobyte is held.
+            assert_eq!(bounds.budget.available_permits(), 1023);
+        }
     }
 
     /// Messages in progress hold the budget by the kilobyte, give it back
