@@ -236,7 +236,14 @@ test('two long-polling clients of one user are two presence entries', async () =
       },
       { opts: { transport: 'poll', token: alice, ...FAST } },
     );
-    const { answer } = await presenceOf(page, 'room/2');
+    // A long-polling client is present once its held poll reaches the
+    // server, which can come a moment after `ready` (its first, zero-timeout
+    // poll): ask again for up to 5 s.
+    let { answer } = await presenceOf(page, 'room/2');
+    for (let i = 0; i < 50 && answer.clients.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      ({ answer } = await presenceOf(page, 'room/2'));
+    }
     assert.equal(answer.clients.length, 2, JSON.stringify(answer));
     assert.ok(answer.clients.every((c) => c.user === 'alice' && c.transport === 'poll'));
     assert.notEqual(answer.clients[0].client, answer.clients[1].client);
