@@ -301,34 +301,48 @@ impl Subscription {
     /// makes there.
     pub fn try_next(&mut self) -> Option<Delivery> {
         loop {
-            if let Some(reason) = self.closed {
-                return Some(Delivery::Closed(reason));
-            }
-            if let Some(d) = self.pending.pop_front() {
-                self.mark_delivered(&d);
+            if let Some(d) = self.take_pending() {
                 return Some(d);
             }
             if self.topics.iter().any(|t| t.catching_up) {
                 return None;
             }
-            match self.queue.try_pop()? {
-                Popped::Closed(reason) => self.closed = Some(reason),
-                Popped::Event(e) => {
-                    if let Some(d) = self.accept_live(e) {
-                        return Some(d);
-                    }
-                }
+            let popped = self.queue.try_pop()?;
+            if let Some(d) = self.take_popped(popped) {
+                return Some(d);
             }
+        }
+    }
+
+    /// What is owed before anything more is popped: the reason this
+    /// subscription closed, else the oldest back-filled delivery (then
+    /// recorded as delivered).
+    fn take_pending(&mut self) -> Option<Delivery> {
+        if let Some(reason) = self.closed {
+            return Some(Delivery::Closed(reason));
+        }
+        let d = self.pending.pop_front()?;
+        self.mark_delivered(&d);
+        Some(d)
+    }
+
+    /// What a popped item gives: a live event's delivery ([`accept_live`](
+    /// Self::accept_live); `None` when history has it or it begins a
+    /// catch-up), or nothing yet for a close, which is recorded and then
+    /// given by [`take_pending`](Self::take_pending).
+    fn take_popped(&mut self, popped: Popped) -> Option<Delivery> {
+        match popped {
+            Popped::Closed(reason) => {
+                self.closed = Some(reason);
+                None
+            }
+            Popped::Event(e) => self.accept_live(e),
         }
     }
 
     async fn next_inner(&mut self, wait: bool) -> Option<Delivery> {
         loop {
-            if let Some(reason) = self.closed {
-                return Some(Delivery::Closed(reason));
-            }
-            if let Some(d) = self.pending.pop_front() {
-                self.mark_delivered(&d);
+            if let Some(d) = self.take_pending() {
                 return Some(d);
             }
             // The clock is read only when a topic is catching up (a read of
@@ -384,13 +398,8 @@ impl Subscription {
             } else {
                 self.queue.try_pop()?
             };
-            match popped {
-                Popped::Closed(reason) => self.closed = Some(reason),
-                Popped::Event(e) => {
-                    if let Some(d) = self.accept_live(e) {
-                        return Some(d);
-                    }
-                }
+            if let Some(d) = self.take_popped(popped) {
+                return Some(d);
             }
         }
     }

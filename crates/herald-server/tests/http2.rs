@@ -15,7 +15,6 @@ use herald_http::HttpConfig;
 use herald_server::tls::{CertSource, Tls};
 use herald_server::{ServeOptions, ServerMetrics};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio_rustls::rustls;
 use wire::{get_h2, h2_over, tls_client, Sender, Windows};
@@ -194,24 +193,9 @@ async fn websocket_over_http2_extended_connect() {
     for tls in [false, true] {
         let s = start(tls, HubConfig::default()).await;
         let mut sender = h2_connection(&s).await;
-        sender.ready().await.unwrap();
-        let mut req = hyper::Request::builder()
-            .method(hyper::Method::CONNECT)
-            .uri(uri(&s, "/v1/ws"))
-            .header("sec-websocket-version", "13")
-            .body(Empty::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200, "extended CONNECT accepted");
-        let upgraded = hyper::upgrade::on(resp).await.unwrap();
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
+        let (status, ws) = wire::ws_over_h2(&mut sender, uri(&s, "/v1/ws"), &[]).await;
+        assert_eq!(status, 200, "extended CONNECT accepted");
+        let mut ws = ws.unwrap();
         use tokio_tungstenite::tungstenite::Message;
         ws.send(Message::Text(
             json!({"type": "subscribe", "topic": "h2/chat"})

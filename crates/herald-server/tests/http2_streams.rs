@@ -19,10 +19,9 @@ use herald_auth::{jwt, Auth, AuthConfig};
 use herald_core::{Data, HubConfig, NewEvent, Topic, Transport};
 use herald_http::HttpConfig;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use support::{quick_http, TestServer};
-use wire::{get_h2, h2_over, pct, Sender, Windows};
+use wire::{get_h2, h2_over, pct, ws_over_h2, Sender, Windows};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &[u8] = b"http2-streams-secret-0123456789abcdef";
@@ -160,29 +159,13 @@ async fn a_same_origin_cookie_websocket_over_http2_is_accepted() {
         ("https://evil.example".to_owned(), 403),
     ] {
         let mut sender = h2(s.addr, 1024 * 1024).await;
-        sender.ready().await.unwrap();
-        let mut req = hyper::Request::builder()
-            .method(hyper::Method::CONNECT)
-            .uri(format!("http://{authority}/v1/ws"))
-            .header("sec-websocket-version", "13")
-            .header("cookie", &cookie)
-            .header("origin", &origin)
-            .body(Empty::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), status, "origin {origin}");
-        if status != 200 {
+        let headers = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+        let (got, ws) =
+            ws_over_h2(&mut sender, format!("http://{authority}/v1/ws"), &headers).await;
+        assert_eq!(got, status, "origin {origin}");
+        let Some(mut ws) = ws else {
             continue;
-        }
-        let upgraded = hyper::upgrade::on(resp).await.unwrap();
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
+        };
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
         ws.send(Message::Text(
@@ -354,24 +337,9 @@ async fn a_websocket_whose_window_stays_closed_is_dropped_with_its_connection() 
     let mut open = Vec::new();
     for topic in ["ws-window", "ws-quiet"] {
         let mut sender = h2(s.addr, 64 * 1024).await;
-        sender.ready().await.unwrap();
-        let mut req = hyper::Request::builder()
-            .method(hyper::Method::CONNECT)
-            .uri(format!("http://{authority}/v1/ws"))
-            .header("sec-websocket-version", "13")
-            .body(Empty::new())
-            .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let upgraded = hyper::upgrade::on(resp).await.unwrap();
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
+        let (status, ws) = ws_over_h2(&mut sender, format!("http://{authority}/v1/ws"), &[]).await;
+        assert_eq!(status, 200);
+        let mut ws = ws.unwrap();
         // Subscribed with the topic's 12 MB back-fill, then never read:
         // the stream's 64 KiB window closes at once.
         ws.send(Message::Text(

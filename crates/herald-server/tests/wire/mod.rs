@@ -155,6 +155,43 @@ where
     sender
 }
 
+/// A WebSocket over HTTP/2, on the stream of an upgraded extended CONNECT.
+pub type H2WebSocket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens a WebSocket over HTTP/2 (RFC 8441: extended CONNECT with
+/// `:protocol websocket`) on `sender` to `uri`, with `headers` added: the
+/// answer's status, and the WebSocket when it is 200.
+pub async fn ws_over_h2(
+    sender: &mut Sender,
+    uri: String,
+    headers: &[(&str, &str)],
+) -> (hyper::StatusCode, Option<H2WebSocket>) {
+    sender.ready().await.unwrap();
+    let mut req = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(uri)
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let mut req = req.body(Empty::new()).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    if status != hyper::StatusCode::OK {
+        return (status, None);
+    }
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (status, Some(ws))
+}
+
 /// A rustls client trusting only the certificates in `pem`, offering
 /// `alpn` (ring provider, safe default versions).
 pub fn tls_client(pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
