@@ -72,7 +72,7 @@ use std::sync::Arc;
 use axum::routing::{get, on, post, MethodFilter};
 use axum::Router;
 pub use config::HttpConfig;
-pub use connection::{ConnectionHandle, WriteDeadline};
+pub use connection::{ConnectionHandle, ReadClosed, ReadClosedSender, WriteDeadline};
 pub use error::ApiError;
 pub use herald_core::{Hub, HubConfig};
 pub use transport::query_pairs;

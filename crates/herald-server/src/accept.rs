@@ -355,7 +355,7 @@ impl Conn {
             // at once, a held poll answers), as on the direct path.
             // Not for HTTP/2 (streams end with RST_STREAM, and hyper reads
             // an HTTP/2 connection all the time).
-            let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+            let (closed_tx, closed_rx) = herald_http::ReadClosed::channel();
             let upgraded = Arc::new(std::sync::atomic::AtomicBool::new(false));
             // The write deadline of the answer being written (hyper has no
             // write timeout): its `WriteDeadline`, else the default; over
@@ -386,7 +386,7 @@ impl Conn {
         self,
         io: I,
         kill: Arc<Notify>,
-        read_closed: tokio::sync::watch::Receiver<bool>,
+        read_closed: herald_http::ReadClosed,
         upgraded: Arc<std::sync::atomic::AtomicBool>,
         write_limit: WriteLimit,
     ) where

@@ -39,7 +39,6 @@ use http_body::{Frame, SizeHint};
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::watch;
 
 use super::{param, subscribe_all, topics_param};
 use crate::auth::{authenticate, authorize_all};
@@ -94,7 +93,7 @@ async fn poll(
     headers: HeaderMap,
     uri: Uri,
     peer: Option<IpAddr>,
-    read_closed: Option<watch::Receiver<bool>>,
+    read_closed: Option<crate::ReadClosed>,
     defer: bool,
 ) -> Result<Response, ApiError> {
     // Strict decoding: a topic that is not UTF-8 is refused, never replaced.
@@ -156,7 +155,7 @@ async fn poll(
     let open = batch.drain(&mut sub).await;
     // Nothing yet: hold until something arrives, the timeout passes, or the
     // peer half-closes (it is then answered at once with what there is).
-    let peer_left = read_closed.as_ref().is_some_and(|r| *r.borrow());
+    let peer_left = read_closed.as_ref().is_some_and(|r| r.is_closed());
     let hold =
         open && batch.is_empty() && !wait.is_zero() && !app.hub.is_shutting_down() && !peer_left;
     let body = if !hold {
@@ -197,7 +196,7 @@ struct Held {
     sub: Subscription,
     batch: Batch,
     wait: Duration,
-    read_closed: Option<watch::Receiver<bool>>,
+    read_closed: Option<crate::ReadClosed>,
     /// The connection slot, the connection gauge and the presence entries,
     /// released with the answer.
     _keep: (
@@ -225,8 +224,8 @@ impl Held {
             let read_closed = held.read_closed.take();
             let closed = async move {
                 match read_closed {
-                    Some(mut r) => {
-                        let _ = r.wait_for(|c| *c).await;
+                    Some(r) => {
+                        r.wait().await;
                     }
                     None => std::future::pending().await,
                 }

@@ -233,7 +233,7 @@ struct SseStream {
     /// Becomes true when the client closes the connection (see
     /// [`ConnectionHandle::read_closed`]): the stream ends at once rather
     /// than at its next failed write.
-    peer_closed: Option<tokio::sync::watch::Receiver<bool>>,
+    peer_closed: Option<crate::ReadClosed>,
     metrics: Arc<herald_core::Metrics>,
     _guard: ConnectionGuard,
     _slot: Slot,
@@ -382,9 +382,9 @@ fn disconnect_event(d: Disconnect) -> Bytes {
 
 /// Resolves when the peer closed the connection; never when nobody watches
 /// (or the watch ended without seeing it close).
-async fn peer_closed(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+async fn peer_closed(rx: &mut Option<crate::ReadClosed>) {
     if let Some(r) = rx {
-        if r.wait_for(|closed| *closed).await.is_ok() {
+        if r.wait().await {
             return;
         }
         *rx = None;

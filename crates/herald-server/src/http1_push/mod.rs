@@ -69,7 +69,7 @@ use herald_http::connection::{ConnectionHandle, WriteDeadline};
 use herald_http::ApiError;
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tower::ServiceExt;
 
 pub(crate) use head::host_is_valid;
@@ -270,7 +270,10 @@ where
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
         });
-    let (closed_tx, closed_rx) = watch::channel(io.eof);
+    let (closed_tx, closed_rx) = herald_http::ReadClosed::channel();
+    if io.eof {
+        closed_tx.close();
+    }
     handle.read_closed = Some(closed_rx);
     handle.defers_head = true;
     // Boxed: the routing future is large and ends before any wait for an
@@ -357,7 +360,7 @@ where
 async fn reading_while<I, F>(
     io: &mut Rewind<I>,
     early: &mut Vec<u8>,
-    closed: &watch::Sender<bool>,
+    closed: &herald_http::ReadClosedSender,
     f: F,
 ) -> F::Output
 where
@@ -373,7 +376,7 @@ where
                 if n == 0 {
                     // End of input (or a failed read): answer what was sent.
                     io.eof = true;
-                    let _ = closed.send(true);
+                    closed.close();
                 }
             }
         }

@@ -46,7 +46,7 @@ pub(crate) struct Rewind<I> {
     drain: Option<DrainToken>,
     /// Told when a read finds the end of input (the peer closed or
     /// half-closed), for the handlers of requests hyper serves.
-    read_closed: Option<(tokio::sync::watch::Sender<bool>, Arc<AtomicBool>)>,
+    read_closed: Option<(herald_http::ReadClosedSender, Arc<AtomicBool>)>,
     /// The write deadline in milliseconds (see
     /// [`Rewind::limit_stalled_writes`]), and the timer of the write that
     /// is waiting now.
@@ -127,17 +127,16 @@ impl<I> Rewind<I> {
     /// connection (a WebSocket), its protocol reads all the time itself.
     pub(crate) fn on_read_closed(
         &mut self,
-        tx: tokio::sync::watch::Sender<bool>,
+        tx: herald_http::ReadClosedSender,
         upgraded: Arc<AtomicBool>,
     ) {
         self.read_closed = Some((tx, upgraded));
     }
 
     /// Once an answer has switched protocols (101), no HTTP handler will
-    /// wait for the end of input again: the channel that tells them goes,
-    /// with its memory (about 340 bytes per WebSocket for its whole life),
-    /// and so does the write deadline (off once switched), with its two
-    /// shared values.
+    /// wait for the end of input again: the sender that tells them goes
+    /// (its receivers learn it never will), and so does the write deadline
+    /// (off once switched), with its two shared values.
     fn release_after_switch(&mut self) {
         let switched = self
             .write_limit
@@ -151,7 +150,7 @@ impl<I> Rewind<I> {
 
     fn saw_end(&mut self) {
         if let Some((tx, _)) = &self.read_closed {
-            tx.send_replace(true);
+            tx.close();
         }
     }
 }

@@ -147,7 +147,7 @@ async fn the_end_of_input_channel_goes_once_an_answer_switches_protocols() {
 
     let (mut client, server) = tokio::io::duplex(64);
     let mut io = Rewind::new(bytes::Bytes::new(), server);
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = herald_http::ReadClosed::channel();
     let upgraded = Arc::new(AtomicBool::new(false));
     let switched = Arc::new(AtomicBool::new(false));
     io.on_read_closed(tx, upgraded.clone());
@@ -155,10 +155,10 @@ async fn the_end_of_input_channel_goes_once_an_answer_switches_protocols() {
     let mut buf = [0u8; 8];
     client.write_all(b"a").await.unwrap();
     assert_eq!(io.read(&mut buf).await.unwrap(), 1);
-    assert!(rx.has_changed().is_ok(), "kept while HTTP is spoken");
+    assert!(rx.is_watched(), "kept while HTTP is spoken");
     upgraded.store(true, Ordering::Relaxed);
     switched.store(true, Ordering::Relaxed);
     client.write_all(b"b").await.unwrap();
     assert_eq!(io.read(&mut buf).await.unwrap(), 1);
-    assert!(rx.has_changed().is_err(), "released after the switch");
+    assert!(!rx.is_watched(), "released after the switch");
 }
