@@ -224,6 +224,62 @@ async fn half_closed_clients_get_their_answers() {
     }
 }
 
+/// A long-lived GET (event stream, long poll, Mercure subscription) that
+/// carries content is refused with 400 at once, its body sent or not:
+/// held while the body was still arriving, such a request kept the server
+/// from reading the connection, so a client that then left held its poll
+/// until the timeout and its stream (and presence) until the next
+/// keepalive. `Content-Length: 0` is no content.
+#[tokio::test]
+async fn long_lived_gets_with_content_are_refused_at_once() {
+    let h = Herald::start(&[
+        "--mercure-anonymous",
+        "--mercure-publisher-jwt-key",
+        "k3y-of-at-least-32-bytes-long-0123",
+    ]);
+    let targets = [
+        "/v1/poll?topic=gb&timeout=20",
+        "/v1/sse?topic=gb",
+        "/.well-known/mercure?topic=gb",
+    ];
+    for target in targets {
+        for (framing, body) in [
+            ("Content-Length: 5\r\n", ""),
+            ("Content-Length: 5\r\n", "hello"),
+            ("Transfer-Encoding: chunked\r\n", ""),
+            ("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ] {
+            let what = format!("{target} with {} and {:?}", framing.trim(), body);
+            let mut s = TcpStream::connect(h.addr).await.unwrap();
+            let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{framing}\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            // The body, if any, in a later segment (the case that was held).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.write_all(body.as_bytes()).await.unwrap();
+            let started = Instant::now();
+            let mut r = BufReader::new(s);
+            let a = answer_in_time(&mut r, &what).await;
+            assert_eq!(a.status, 400, "{what}");
+            assert_eq!(a.json()["error"]["code"], "invalid_request", "{what}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: at once"
+            );
+        }
+    }
+    // No content: served as before.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"GET /v1/poll?topic=gb&timeout=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let a = answer_in_time(&mut r, "a poll with Content-Length: 0").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["events"], json!([]));
+}
+
 fn topics_query(count: usize, len: usize) -> String {
     (0..count)
         .map(|i| {

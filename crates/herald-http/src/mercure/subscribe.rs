@@ -206,6 +206,7 @@ async fn open(
     let Some(cfg) = app.config.mercure.clone() else {
         return Err(ApiError::not_found().into());
     };
+    crate::transport::refuse_content(&headers)?;
     let pairs = strict_pairs(uri.query())?;
     let mut from_query = false;
     let grant = match grant(&headers, uri.query(), &cfg.subscriber)? {

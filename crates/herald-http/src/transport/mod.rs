@@ -11,6 +11,29 @@ use herald_core::{Cursor, Subscription, Topic};
 
 use crate::error::ApiError;
 
+/// Refuses content on a long-lived `GET` (an event stream, a long poll, a
+/// Mercure subscription): 400 `invalid_request`. Content in a `GET` has no
+/// meaning here (RFC 9110, section 9.3.1), and a request whose body is
+/// still arriving while it is held would keep the server from reading its
+/// connection, so a client that left would hold its stream, its poll and
+/// its presence until the next keepalive or the poll's timeout.
+/// `Content-Length: 0` is no content.
+pub(crate) fn refuse_content(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let has_content = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_content {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "this GET takes no request body",
+        ));
+    }
+    Ok(())
+}
+
 /// The query string as decoded pairs, in order. Lenient (bytes that are not
 /// UTF-8 become U+FFFD): for reading credentials only. Transports decode
 /// their parameters with [`crate::input::Query`], which refuses such bytes.

@@ -96,6 +96,7 @@ async fn poll(
     read_closed: Option<crate::ReadClosed>,
     defer: bool,
 ) -> Result<Response, ApiError> {
+    super::refuse_content(&headers)?;
     // Strict decoding: a topic that is not UTF-8 is refused, never replaced.
     let query = crate::input::Query::parse(uri.query())?;
     let pairs = query.pairs();

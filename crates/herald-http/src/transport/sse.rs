@@ -104,6 +104,7 @@ async fn open(
     if app.hub.is_shutting_down() {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
+    super::refuse_content(&headers)?;
     let query = Query::parse(uri.query())?;
     let topics = topics_param(query.pairs(), app.hub.config().max_topics_per_subscription)?;
     let cursor = sse_cursor(&headers, &query, &topics)?;
