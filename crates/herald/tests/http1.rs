@@ -280,6 +280,62 @@ async fn long_lived_gets_with_content_are_refused_at_once() {
     assert_eq!(a.json()["events"], json!([]));
 }
 
+/// An event stream lets empty lines from its client be (RFC 9112, section
+/// 2.2) and goes on delivering; a request sent on its connection, which a
+/// stream does not take, ends it.
+#[tokio::test]
+async fn an_event_stream_lets_blank_lines_be_and_ends_on_a_request() {
+    use tokio::io::AsyncBufReadExt;
+    let h = Herald::start(&[]);
+    let s = TcpStream::connect(h.addr).await.unwrap();
+    let mut r = BufReader::new(s);
+    r.get_mut()
+        .write_all(b"GET /v1/sse?topic=blank HTTP/1.1\r\nHost: x\r\n\r\n\r\n")
+        .await
+        .unwrap();
+    // Reads lines until one holds `want`; false at the end of the stream.
+    async fn until(r: &mut BufReader<TcpStream>, want: &str) -> bool {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = tokio::time::timeout(WAIT, r.read_line(&mut line))
+                .await
+                .expect("a line within the wait")
+                .unwrap();
+            if n == 0 {
+                return false;
+            }
+            if line.contains(want) {
+                return true;
+            }
+        }
+    }
+    assert!(
+        until(&mut r, "text/event-stream").await,
+        "the stream's head"
+    );
+    for (i, blank) in ["\r\n", "\n", "\r\n\r\n"].iter().enumerate() {
+        r.get_mut().write_all(blank.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.client
+            .publish("blank", json!({ "i": i }), None)
+            .await
+            .unwrap();
+        assert!(
+            until(&mut r, &format!("\"i\":{i}")).await,
+            "event {i} after {blank:?}"
+        );
+    }
+    r.get_mut()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closes_within(&mut r, WAIT).await,
+        "a request on a stream's connection ends the stream"
+    );
+}
+
 fn topics_query(count: usize, len: usize) -> String {
     (0..count)
         .map(|i| {

@@ -537,12 +537,22 @@ fn poll_wake<I: AsyncRead + Unpin>(
     io: &mut I,
     body: &mut Body,
 ) -> Poll<Wake> {
-    // Watch the read side so that a peer that leaves frees its stream at once.
+    // Watch the read side so that a peer that leaves frees its stream at
+    // once. Empty lines are let be (RFC 9112, section 2.2: a server ignores
+    // them before a request; some clients send them to keep a connection
+    // warm), a few reads at a time; anything else (the end of input, an
+    // error, a further request, which a stream does not take) ends it.
     let mut scratch = [0u8; 64];
-    let mut rb = ReadBuf::new(&mut scratch);
-    if Pin::new(&mut *io).poll_read(cx, &mut rb).is_ready() {
-        // EOF, an error, or bytes (a stream takes no further request).
-        return Poll::Ready(Wake::Gone);
+    let mut blank_reads = 0;
+    loop {
+        let mut rb = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Pending => break,
+            Poll::Ready(Ok(())) if blank_reads < BLANK_READS && is_blank(rb.filled()) => {
+                blank_reads += 1;
+            }
+            Poll::Ready(_) => return Poll::Ready(Wake::Gone),
+        }
     }
     match Pin::new(body).poll_frame(cx) {
         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -552,6 +562,15 @@ fn poll_wake<I: AsyncRead + Unpin>(
         Poll::Ready(Some(Err(_))) | Poll::Ready(None) => Poll::Ready(Wake::End),
         Poll::Pending => Poll::Pending,
     }
+}
+
+/// Reads of empty lines an event stream lets be at one wake (64 bytes
+/// each); more, and the client is flooding its connection: the stream ends.
+const BLANK_READS: usize = 4;
+
+/// Bytes that are only line ends (CR, LF), and at least one.
+fn is_blank(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|b| matches!(b, b'\r' | b'\n'))
 }
 
 /// One chunk of the chunked encoding, with one vectored write in the common case.
