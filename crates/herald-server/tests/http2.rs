@@ -1,6 +1,7 @@
 //! HTTP/2: many SSE streams and long polls on one connection (TLS with ALPN
 //! and cleartext h2c), WebSockets over HTTP/2 (RFC 8441), a stalled stream
-//! that does not hold the others back, GOAWAY on shutdown.
+//! that does not hold the others back, GOAWAY on shutdown, long-lived GETs
+//! that carry DATA frames refused.
 
 mod wire;
 
@@ -32,11 +33,15 @@ struct Server {
 }
 
 async fn start(tls: bool, hub_config: HubConfig) -> Server {
+    start_with(tls, hub_config, HttpConfig::default()).await
+}
+
+async fn start_with(tls: bool, hub_config: HubConfig, http: HttpConfig) -> Server {
     let hub = Hub::memory(hub_config);
     let tls = tls.then(|| Arc::new(Tls::new(CertSource::SelfSigned).unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = herald_http::router(hub.clone(), HttpConfig::default());
+    let router = herald_http::router(hub.clone(), http);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let options = ServeOptions {
         tls: tls.clone(),
@@ -319,4 +324,91 @@ async fn graceful_shutdown_ends_h2_streams() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A GET whose HEADERS do not end its stream, on a connection of its own:
+/// the answer (when it comes within `wait`) and the sender of its DATA.
+async fn open_get_with_body(
+    s: &Server,
+    path: &str,
+    wait: Duration,
+) -> (
+    Option<hyper::Response<hyper::body::Incoming>>,
+    http_body_util::channel::Sender<bytes::Bytes>,
+    tokio::task::JoinHandle<hyper::Response<hyper::body::Incoming>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let windows = Windows {
+        stream: 256 * 1024,
+        connection: None,
+    };
+    let mut sender: hyper::client::conn::http2::SendRequest<
+        http_body_util::channel::Channel<bytes::Bytes>,
+    > = h2_over(tcp, windows).await;
+    let (tx, body) = http_body_util::channel::Channel::new(4);
+    let req = hyper::Request::get(uri(s, path)).body(body).unwrap();
+    sender.ready().await.unwrap();
+    let mut answer = tokio::spawn(async move { sender.send_request(req).await.unwrap() });
+    let early = tokio::time::timeout(wait, &mut answer)
+        .await
+        .ok()
+        .map(|r| r.unwrap());
+    (early, tx, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_gets_carrying_data_frames_are_refused() {
+    let http = HttpConfig {
+        body_timeout: Duration::from_secs(1),
+        ..HttpConfig::default()
+    };
+    let s = start_with(false, HubConfig::default(), http).await;
+    for path in ["/v1/sse?topic=a", "/v1/poll?topic=a&timeout=5"] {
+        // Content in DATA frames, no content-length (RFC 9113, section
+        // 8.1): refused at its first byte, and the stream reset, so the
+        // client cannot go on sending.
+        let (early, mut tx, answer) =
+            open_get_with_body(&s, path, Duration::from_millis(200)).await;
+        assert!(early.is_none(), "{path}: answered before its stream ended");
+        tx.send_data(bytes::Bytes::from_static(b"x")).await.unwrap();
+        let resp = tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{path}: {v}");
+        let chunk = bytes::Bytes::from(vec![b'y'; 16 * 1024]);
+        let mut refused = false;
+        for _ in 0..1_000 {
+            let sent = tokio::time::timeout(WAIT, tx.send_data(chunk.clone())).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                refused = true;
+                break;
+            }
+        }
+        assert!(
+            refused,
+            "{path}: 16 MB more content was taken after the refusal"
+        );
+
+        // HEADERS, then an empty DATA frame that ends the stream: no
+        // content, so the request is served.
+        let (early, mut tx, answer) =
+            open_get_with_body(&s, path, Duration::from_millis(200)).await;
+        assert!(early.is_none(), "{path}: answered before its stream ended");
+        tx.send_data(bytes::Bytes::new()).await.unwrap();
+        drop(tx);
+        let resp = tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+
+        // A stream that never ends: 408 after the body timeout.
+        let (early, tx, answer) = open_get_with_body(&s, path, Duration::from_millis(200)).await;
+        assert!(early.is_none(), "{path}: answered before its stream ended");
+        let resp = tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 408, "{path}");
+        drop(tx);
+    }
+    // A bodiless GET is served at once, as before.
+    let mut sender = h2_connection(&s).await;
+    let resp = get(&mut sender, &s, "/v1/sse?topic=a").await;
+    assert_eq!(resp.status(), 200);
 }

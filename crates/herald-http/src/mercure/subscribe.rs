@@ -31,6 +31,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
@@ -112,10 +113,11 @@ pub(crate) async fn handler(
     headers: HeaderMap,
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
+    body: Body,
 ) -> Response {
     let shutting_down = app.hub.is_shutting_down();
     let retry_ms = app.config.sse_retry_ms;
-    let mut r = match open(app, headers, uri, conn.map(|c| c.0)).await {
+    let mut r = match open(app, headers, uri, conn.map(|c| c.0), body).await {
         Ok(r) => r,
         Err(Refusal::Mercure(e)) => e.into_response(),
         Err(Refusal::Api(e)) => match e.disconnect(shutting_down) {
@@ -199,6 +201,7 @@ async fn open(
     headers: HeaderMap,
     uri: Uri,
     conn: Option<ConnectionHandle>,
+    body: Body,
 ) -> Result<Response, Refusal> {
     if app.hub.is_shutting_down() {
         return Err(ApiError::unavailable("the server is shutting down").into());
@@ -206,7 +209,7 @@ async fn open(
     let Some(cfg) = app.config.mercure.clone() else {
         return Err(ApiError::not_found().into());
     };
-    crate::transport::refuse_content(&headers)?;
+    crate::transport::refuse_content(&headers, body, app.config.body_timeout).await?;
     let pairs = strict_pairs(uri.query())?;
     let mut from_query = false;
     let grant = match grant(&headers, uri.query(), &cfg.subscriber)? {

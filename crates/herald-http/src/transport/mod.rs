@@ -17,21 +17,55 @@ use crate::error::ApiError;
 /// still arriving while it is held would keep the server from reading its
 /// connection, so a client that left would hold its stream, its poll and
 /// its presence until the next keepalive or the poll's timeout.
-/// `Content-Length: 0` is no content.
-pub(crate) fn refuse_content(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+///
+/// - `Transfer-Encoding`, or a `Content-Length` other than zero (`0`,
+///   `00`, ...), is refused at once, before a byte of content is read.
+/// - Over HTTP/2 a request may carry DATA frames without a
+///   `content-length` (RFC 9113, section 8.1): when its HEADERS did not end
+///   the stream, the request is answered once the stream ends, and refused
+///   at the first byte of content; empty DATA frames are no content. A
+///   stream not ended within `within` (the body timeout) is answered 408
+///   `request_timeout`; a stream reset before it ended, 400 `invalid_body`.
+///   The refusal resets the stream, so no more content is taken.
+pub(crate) async fn refuse_content(
+    headers: &axum::http::HeaderMap,
+    mut body: axum::body::Body,
+    within: std::time::Duration,
+) -> Result<(), ApiError> {
     use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    let refused = || ApiError::bad_request("invalid_request", "this GET takes no request body");
+    let is_zero = |v: &[u8]| !v.is_empty() && v.iter().all(|b| *b == b'0');
     let has_content = headers.contains_key(TRANSFER_ENCODING)
         || headers
             .get_all(CONTENT_LENGTH)
             .iter()
-            .any(|v| v.as_bytes() != b"0");
+            .any(|v| !is_zero(v.as_bytes()));
     if has_content {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "this GET takes no request body",
-        ));
+        return Err(refused());
     }
-    Ok(())
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    let ended = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("could not read the request: {e}"))
+            })?;
+            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                return Err(refused());
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(within, ended).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::request_timeout(format!(
+            "the request did not end within {} s",
+            within.as_secs_f64()
+        ))),
+    }
 }
 
 /// The query string as decoded pairs, in order. Lenient (bytes that are not

@@ -51,6 +51,7 @@ pub(crate) async fn handler(
     headers: HeaderMap,
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
+    body: axum::body::Body,
 ) -> Response {
     let conn = conn.map(|c| c.0);
     let peer = conn.as_ref().map(|c| c.peer.ip());
@@ -64,7 +65,7 @@ pub(crate) async fn handler(
         transport = "poll",
         topics = tracing::field::Empty,
     );
-    let polled = poll(app, headers, uri, peer, read_closed, defer);
+    let polled = poll(app, headers, uri, body, peer, read_closed, defer);
     match tracing::Instrument::instrument(polled, span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -92,11 +93,12 @@ async fn poll(
     app: AppState,
     headers: HeaderMap,
     uri: Uri,
+    body: axum::body::Body,
     peer: Option<IpAddr>,
     read_closed: Option<crate::ReadClosed>,
     defer: bool,
 ) -> Result<Response, ApiError> {
-    super::refuse_content(&headers)?;
+    super::refuse_content(&headers, body, app.config.body_timeout).await?;
     // Strict decoding: a topic that is not UTF-8 is refused, never replaced.
     let query = crate::input::Query::parse(uri.query())?;
     let pairs = query.pairs();

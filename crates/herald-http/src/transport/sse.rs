@@ -49,10 +49,11 @@ pub(crate) async fn handler(
     headers: HeaderMap,
     uri: Uri,
     conn: Option<axum::Extension<ConnectionHandle>>,
+    body: Body,
 ) -> Response {
     let shutting_down = app.hub.is_shutting_down();
     let retry_ms = app.config.sse_retry_ms;
-    match open(app, headers, uri, conn.map(|c| c.0)).await {
+    match open(app, headers, uri, conn.map(|c| c.0), body).await {
         Ok(r) => r,
         Err(e) => match e.disconnect(shutting_down) {
             Some(reason) => refusal(reason, retry_after_ms(&e, retry_ms)),
@@ -100,11 +101,12 @@ async fn open(
     headers: HeaderMap,
     uri: Uri,
     conn: Option<ConnectionHandle>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     if app.hub.is_shutting_down() {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    super::refuse_content(&headers)?;
+    super::refuse_content(&headers, body, app.config.body_timeout).await?;
     let query = Query::parse(uri.query())?;
     let topics = topics_param(query.pairs(), app.hub.config().max_topics_per_subscription)?;
     let cursor = sse_cursor(&headers, &query, &topics)?;

@@ -508,8 +508,9 @@ async fn write_body<I>(mut io: I, mut body: Body, deadline: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut blank = BlankAllowance::new();
     loop {
-        match std::future::poll_fn(|cx| poll_wake(cx, &mut io, &mut body)).await {
+        match std::future::poll_fn(|cx| poll_wake(cx, &mut io, &mut body, &mut blank)).await {
             Wake::Chunk(data) => {
                 if data.is_empty() {
                     continue;
@@ -536,21 +537,20 @@ fn poll_wake<I: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     io: &mut I,
     body: &mut Body,
+    blank: &mut BlankAllowance,
 ) -> Poll<Wake> {
     // Watch the read side so that a peer that leaves frees its stream at
     // once. Empty lines are let be (RFC 9112, section 2.2: a server ignores
     // them before a request; some clients send them to keep a connection
-    // warm), a few reads at a time; anything else (the end of input, an
-    // error, a further request, which a stream does not take) ends it.
-    let mut scratch = [0u8; 64];
-    let mut blank_reads = 0;
+    // warm), within the stream's allowance; anything else (the end of
+    // input, an error, a further request, which a stream does not take, or
+    // more empty lines than allowed) ends it. The allowance bounds the loop.
+    let mut scratch = [0u8; 256];
     loop {
         let mut rb = ReadBuf::new(&mut scratch);
         match Pin::new(&mut *io).poll_read(cx, &mut rb) {
             Poll::Pending => break,
-            Poll::Ready(Ok(())) if blank_reads < BLANK_READS && is_blank(rb.filled()) => {
-                blank_reads += 1;
-            }
+            Poll::Ready(Ok(())) if is_blank(rb.filled()) && blank.take(rb.filled().len()) => {}
             Poll::Ready(_) => return Poll::Ready(Wake::Gone),
         }
     }
@@ -564,9 +564,56 @@ fn poll_wake<I: AsyncRead + Unpin>(
     }
 }
 
-/// Reads of empty lines an event stream lets be at one wake (64 bytes
-/// each); more, and the client is flooding its connection: the stream ends.
-const BLANK_READS: usize = 4;
+/// The empty lines an event stream's client may send: a burst of
+/// [`BLANK_BURST`] bytes, then [`BLANK_RATE`] bytes a second (a CRLF now
+/// and then to keep a connection warm is two bytes). Past it the client is
+/// flooding its connection and the stream ends. Eight bytes per stream.
+struct BlankAllowance {
+    /// Bytes the client may still send.
+    bytes: u32,
+    /// When `bytes` was last topped up, in whole seconds of [`coarse_now`].
+    at: u32,
+}
+
+/// The most empty-line bytes an event stream takes at once.
+const BLANK_BURST: u32 = 1024;
+/// Empty-line bytes per second an event stream takes after its burst.
+const BLANK_RATE: u32 = 256;
+
+impl BlankAllowance {
+    fn new() -> Self {
+        BlankAllowance {
+            bytes: BLANK_BURST,
+            at: coarse_now(),
+        }
+    }
+
+    /// Takes `n` bytes from the allowance: false (and nothing taken) when
+    /// they exceed it.
+    fn take(&mut self, n: usize) -> bool {
+        let now = coarse_now();
+        let earned = now.wrapping_sub(self.at).saturating_mul(BLANK_RATE);
+        self.bytes = self.bytes.saturating_add(earned).min(BLANK_BURST);
+        self.at = now;
+        match u32::try_from(n) {
+            Ok(n) if n <= self.bytes => {
+                self.bytes -= n;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whole seconds since this process first asked (wrapping after 136
+/// years): a clock for allowances that fits in four bytes.
+fn coarse_now() -> u32 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs() as u32
+}
 
 /// Bytes that are only line ends (CR, LF), and at least one.
 fn is_blank(bytes: &[u8]) -> bool {

@@ -162,3 +162,44 @@ async fn the_end_of_input_channel_goes_once_an_answer_switches_protocols() {
     assert_eq!(io.read(&mut buf).await.unwrap(), 1);
     assert!(!rx.is_watched(), "released after the switch");
 }
+
+/// An event stream's client may send empty lines up to its allowance (a
+/// burst, then a rate per second); beyond it the stream ends.
+#[tokio::test]
+async fn an_event_stream_takes_empty_lines_within_its_allowance() {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    let (mut client, server) = tokio::io::duplex(4096);
+    let body = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+    let kill = Arc::new(Notify::new());
+    let k = kill.clone();
+    let mut task =
+        tokio::spawn(async move { stream(server, body, &k, Duration::from_secs(30)).await });
+    // The whole burst, in pieces: let be.
+    for _ in 0..(BLANK_BURST / 64) {
+        client.write_all(&b"\r\n".repeat(32)).await.unwrap();
+    }
+    assert!(still_running(&mut task).await, "the burst ended the stream");
+    // A second later the rate has earned a little more.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client.write_all(&b"\r\n".repeat(100)).await.unwrap();
+    assert!(
+        still_running(&mut task).await,
+        "the rate's bytes ended the stream"
+    );
+    // A flood past the allowance ends it.
+    client.write_all(&b"\n".repeat(2048)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut task)
+        .await
+        .expect("a flood of empty lines ends the stream")
+        .unwrap();
+    drop(kill);
+}
+
+/// Whether `task` is still running 200 ms from now.
+async fn still_running(task: &mut tokio::task::JoinHandle<()>) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), task)
+        .await
+        .is_err()
+}

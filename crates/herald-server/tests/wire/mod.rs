@@ -140,10 +140,13 @@ pub struct Windows {
 }
 
 /// The HTTP/2 handshake over `io` (any byte stream), the connection driven
-/// on a task of its own.
-pub async fn h2_over<IO>(io: IO, windows: Windows) -> Sender
+/// on a task of its own; requests carry bodies of type `B`.
+pub async fn h2_over<IO, B>(io: IO, windows: Windows) -> SendRequest<B>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder.initial_stream_window_size(windows.stream);
