@@ -586,14 +586,24 @@ mod tests {
     /// is not.
     #[tokio::test(start_paused = true)]
     async fn a_message_past_its_time_is_refused() {
+        /// A socket that has read `first`, the first bytes of a message.
+        async fn begun(
+            limit: Duration,
+            first: &[u8],
+        ) -> (tokio::io::DuplexStream, ReadAhead<tokio::io::DuplexStream>) {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
+            client.write_all(first).await.unwrap();
+            let mut buf = [0u8; TUNGSTENITE_READ];
+            assert_eq!(socket.read(&mut buf).await.unwrap(), first.len());
+            (client, socket)
+        }
+
         let limit = Duration::from_secs(30);
         let mut buf = [0u8; TUNGSTENITE_READ];
         let whole = frame(true, 0x1, b"done");
 
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
-        client.write_all(&whole[..3]).await.unwrap();
-        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        let (mut client, mut socket) = begun(limit, &whole[..3]).await;
         tokio::time::advance(Duration::from_secs(20)).await;
         client.write_all(&whole[3..]).await.unwrap();
         assert_eq!(socket.read(&mut buf).await.unwrap(), whole.len() - 3);
@@ -609,20 +619,14 @@ mod tests {
 
         // Nothing more after the first bytes: refused at the deadline (the
         // paused clock jumps to it while the read waits).
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
-        client.write_all(&whole[..3]).await.unwrap();
-        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        let (_client, mut socket) = begun(limit, &whole[..3]).await;
         let started = Instant::now();
         let e = socket.read(&mut buf).await.unwrap_err();
         assert_eq!(Refusal::of(&e), Some(Refusal::Timeout));
         assert_eq!(started.elapsed(), limit);
 
         // The rest arrives, but late.
-        let (mut client, server) = tokio::io::duplex(1024);
-        let mut socket = ReadAhead::with_bounds(server, limit, None, leaked(1024, 1024));
-        client.write_all(&whole[..3]).await.unwrap();
-        assert_eq!(socket.read(&mut buf).await.unwrap(), 3);
+        let (mut client, mut socket) = begun(limit, &whole[..3]).await;
         tokio::time::advance(Duration::from_secs(31)).await;
         client.write_all(&whole[3..]).await.unwrap();
         let e = socket.read(&mut buf).await.unwrap_err();
