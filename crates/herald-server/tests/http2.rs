@@ -326,6 +326,10 @@ async fn graceful_shutdown_ends_h2_streams() {
         .unwrap();
 }
 
+/// Held by the tests that make GETs wait for their stream's end: the bound
+/// on such GETs is the process's, shared by every server in this binary.
+static AWAITING_END: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A GET whose HEADERS do not end its stream, on a connection of its own:
 /// the answer (when it comes within `wait`) and the sender of its DATA.
 async fn open_get_with_body(
@@ -358,6 +362,7 @@ async fn open_get_with_body(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_lived_gets_carrying_data_frames_are_refused() {
+    let _alone = AWAITING_END.lock().await;
     let http = HttpConfig {
         body_timeout: Duration::from_secs(1),
         ..HttpConfig::default()
@@ -411,4 +416,75 @@ async fn long_lived_gets_carrying_data_frames_are_refused() {
     let mut sender = h2_connection(&s).await;
     let resp = get(&mut sender, &s, "/v1/sse?topic=a").await;
     assert_eq!(resp.status(), 200);
+}
+
+/// Long-lived GETs waiting for their stream to end are bounded in the
+/// process: past the bound the next is refused 503 `server_full` at once,
+/// and the room comes back when the waiters leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_waiting_for_their_stream_to_end_are_bounded() {
+    let _alone = AWAITING_END.lock().await;
+    let http = HttpConfig {
+        body_timeout: Duration::from_secs(60),
+        ..HttpConfig::default()
+    };
+    let s = start_with(false, HubConfig::default(), http).await;
+    let max = herald_http::transport::MAX_GETS_AWAITING_END;
+    let mut held = Vec::new();
+    for chunk in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let windows = Windows {
+            stream: 64 * 1024,
+            connection: None,
+        };
+        let sender: hyper::client::conn::http2::SendRequest<
+            http_body_util::channel::Channel<bytes::Bytes>,
+        > = h2_over(tcp, windows).await;
+        let n = if chunk == 0 { max / 2 } else { max - max / 2 };
+        for _ in 0..n {
+            let (tx, body) = http_body_util::channel::Channel::new(1);
+            let req = hyper::Request::get(uri(&s, "/v1/sse?topic=w"))
+                .body(body)
+                .unwrap();
+            let mut sender = sender.clone();
+            let task = tokio::spawn(async move {
+                sender.ready().await.unwrap();
+                sender.send_request(req).await
+            });
+            held.push((tx, task));
+        }
+    }
+    // Every one of them waits: the next is refused once they have arrived.
+    let mut refused = None;
+    for _ in 0..100 {
+        let (early, tx, answer) =
+            open_get_with_body(&s, "/v1/sse?topic=w", Duration::from_millis(200)).await;
+        if let Some(resp) = early {
+            refused = Some(resp);
+            break;
+        }
+        held.push((tx, tokio::spawn(async move { Ok(answer.await.unwrap()) })));
+    }
+    let resp = refused.expect("a GET past the bound is answered at once");
+    // An event stream learns it as a temporary refusal it understands.
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("server_full"), "{text}");
+    assert!(held.len() <= max + 100);
+    // The waiters leave (their streams end without content and are served,
+    // or are dropped): a new one waits again instead of being refused.
+    for (tx, task) in held {
+        drop(tx);
+        task.abort();
+    }
+    for _ in 0..100 {
+        let (early, _tx, _answer) =
+            open_get_with_body(&s, "/v1/sse?topic=w", Duration::from_millis(200)).await;
+        if early.is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the bound's room did not come back");
 }

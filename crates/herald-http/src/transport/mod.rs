@@ -11,6 +11,12 @@ use herald_core::{Cursor, Subscription, Topic};
 
 use crate::error::ApiError;
 
+/// The most long-lived `GET`s over HTTP/2 whose HEADERS did not end their
+/// stream that wait at once for the stream's end, to learn it has no content:
+/// mainstream clients end a `GET`'s stream with its HEADERS, so this is
+/// room for unusual ones, not a pool an attacker can grow.
+pub const MAX_GETS_AWAITING_END: usize = 1024;
+
 /// Refuses content on a long-lived `GET` (an event stream, a long poll, a
 /// Mercure subscription): 400 `invalid_request`. Content in a `GET` has no
 /// meaning here (RFC 9110, section 9.3.1), and a request whose body is
@@ -26,7 +32,9 @@ use crate::error::ApiError;
 ///   at the first byte of content; empty DATA frames are no content. A
 ///   stream not ended within `within` (the body timeout) is answered 408
 ///   `request_timeout`; a stream reset before it ended, 400 `invalid_body`.
-///   The refusal resets the stream, so no more content is taken.
+///   The refusal resets the stream, so no more content is taken. At most
+///   [`MAX_GETS_AWAITING_END`] such requests wait at once in the process;
+///   beyond, 503 `server_full` (with `Retry-After`).
 pub(crate) async fn refuse_content(
     headers: &axum::http::HeaderMap,
     mut body: axum::body::Body,
@@ -48,6 +56,11 @@ pub(crate) async fn refuse_content(
     if body.is_end_stream() {
         return Ok(());
     }
+    static AWAITING_END: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(MAX_GETS_AWAITING_END);
+    let _waiting = AWAITING_END.try_acquire().map_err(|_| {
+        ApiError::server_full("too many requests are waiting for their stream to end")
+    })?;
     let ended = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
