@@ -494,41 +494,84 @@ enum Wake {
 /// Writes the body's chunks until it ends, the peer leaves, a write does
 /// not progress within `deadline`, or `kill` fires (also while a write is
 /// blocked on a full socket: that is when it fires).
-pub(crate) async fn stream<I>(io: I, body: Body, kill: &Notify, deadline: Duration)
+///
+/// A plain function building [`Stream`], not an `async fn`: an `async fn`
+/// keeps its arguments beside the futures it moves them into, and the
+/// socket would be held twice in every idle stream.
+pub(crate) fn stream<I>(
+    io: I,
+    body: Body,
+    kill: &Notify,
+    deadline: Duration,
+) -> Stream<'_, impl Future<Output = ()>>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::select! {
-        _ = write_body(io, body, deadline) => {}
-        _ = kill.notified() => {}
+    Stream {
+        write: write_body(io, body, deadline),
+        killed: kill.notified(),
     }
 }
 
-async fn write_body<I>(mut io: I, mut body: Body, deadline: Duration)
+pin_project_lite::pin_project! {
+    /// An event stream being written ([`stream`]): the writing, raced with
+    /// the kill signal. Resolves when either ends.
+    pub(crate) struct Stream<'a, W> {
+        #[pin]
+        write: W,
+        #[pin]
+        killed: tokio::sync::futures::Notified<'a>,
+    }
+}
+
+impl<W: Future<Output = ()>> Future for Stream<'_, W> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.killed.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.write.poll(cx)
+    }
+}
+
+/// Writes the body's chunks until it ends, the peer leaves or a write does
+/// not progress within `deadline`. A plain function returning an `async
+/// move` block, for the reason given at [`stream`].
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice (see `stream`)"
+)]
+fn write_body<I>(mut io: I, mut body: Body, deadline: Duration) -> impl Future<Output = ()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut blank = BlankAllowance::new();
-    loop {
-        match std::future::poll_fn(|cx| poll_wake(cx, &mut io, &mut body, &mut blank)).await {
-            Wake::Chunk(data) => {
-                if data.is_empty() {
-                    continue;
-                }
-                if timed(deadline, write_chunk(&mut io, data)).await.is_err() {
+    async move {
+        let mut blank = BlankAllowance::new();
+        loop {
+            let wake = std::future::poll_fn(|cx| poll_wake(cx, &mut io, &mut body, &mut blank));
+            // The chunk taken out of the wake, so that the wake is not kept
+            // beside it while the chunk is written.
+            let data = match wake.await {
+                Wake::Chunk(data) => data,
+                Wake::End => {
+                    let _ = timed(deadline, async {
+                        io.write_all(LAST_CHUNK).await?;
+                        io.flush().await?;
+                        io.shutdown().await
+                    })
+                    .await;
                     return;
                 }
+                Wake::Gone => return,
+            };
+            if data.is_empty() {
+                continue;
             }
-            Wake::End => {
-                let _ = timed(deadline, async {
-                    io.write_all(LAST_CHUNK).await?;
-                    io.flush().await?;
-                    io.shutdown().await
-                })
-                .await;
+            if timed(deadline, write_chunk(&mut io, data)).await.is_err() {
                 return;
             }
-            Wake::Gone => return,
         }
     }
 }
